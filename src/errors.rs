@@ -1,0 +1,84 @@
+//! payledger's error codes.
+//!
+//! pgrx can only raise standard SQLSTATEs from Rust (an unknown code becomes
+//! XX000), so the engine returns domain errors as data and the SQL wrappers
+//! raise them with `RAISE … USING ERRCODE`. Class `PL` is not used by
+//! PostgreSQL. The table is documented in `docs/errors.md`.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    InvalidAmount,
+    UnknownAccount,
+    AssetMismatch,
+    AccountClosed,
+    InsufficientFunds,
+    Unbalanced,
+    IdempotencyConflict,
+    UnknownHold,
+    HoldNotPending,
+    HoldExpired,
+    HoldAmountExceeded,
+    /// 22023: a malformed argument (wrong JSON shape, bad uuid, bad time).
+    Malformed,
+}
+
+impl Code {
+    pub const fn sqlstate(self) -> &'static str {
+        match self {
+            Code::InvalidAmount => "PL001",
+            Code::UnknownAccount => "PL002",
+            Code::AssetMismatch => "PL004",
+            Code::AccountClosed => "PL005",
+            Code::InsufficientFunds => "PL006",
+            Code::Unbalanced => "PL007",
+            Code::IdempotencyConflict => "PL008",
+            Code::UnknownHold => "PL009",
+            Code::HoldNotPending => "PL010",
+            Code::HoldExpired => "PL011",
+            Code::HoldAmountExceeded => "PL012",
+            Code::Malformed => "22023",
+        }
+    }
+}
+
+/// A failed item: its SQLSTATE, a message and an optional detail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerError {
+    pub code: Code,
+    pub message: String,
+    pub detail: Option<String>,
+}
+
+impl LedgerError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        LedgerError {
+            code,
+            message: message.into(),
+            detail: None,
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+impl fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.code.sqlstate())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, LedgerError>;
+
+/// Raise a standard-SQLSTATE error for a whole call (not one item of it).
+pub fn raise_malformed(message: &str) -> ! {
+    pgrx::ereport!(
+        ERROR,
+        pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        message
+    );
+}

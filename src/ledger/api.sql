@@ -1,0 +1,503 @@
+-- payledger ledger API: SECURITY DEFINER functions with a pinned search_path.
+-- Every failure raises a specific SQLSTATE (docs/errors.md) and changes nothing.
+
+-- The engine's statements are prepared once per backend; keep their generic plans
+-- (array parameters otherwise make the plan cache re-plan them on every call).
+ALTER FUNCTION payledger.transfer_batch(jsonb) SET plan_cache_mode = force_generic_plan;
+
+-- Raise an engine failure with its own SQLSTATE (pgrx cannot raise custom codes).
+CREATE FUNCTION payledger.raise_failure(code text, message text, detail text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF detail IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message, DETAIL = detail;
+END;
+$$;
+
+-- Run one engine item and raise its failure, if any.
+CREATE FUNCTION payledger.apply_one(item jsonb, OUT journal_id uuid, OUT hold_id uuid)
+LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    SELECT * INTO STRICT r FROM payledger.transfer_batch(jsonb_build_array(item));
+    IF r.status = 'error' THEN
+        PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+    END IF;
+    journal_id := r.journal_id;
+    hold_id := r.hold_id;
+END;
+$$;
+
+CREATE FUNCTION payledger.require(value anyelement, name text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION 'argument "%" must not be null', name USING ERRCODE = '22004';
+    END IF;
+END;
+$$;
+
+---------------------------------------------------------------------------
+-- Assets, account kinds, accounts
+---------------------------------------------------------------------------
+
+CREATE FUNCTION payledger.create_asset(code text, scale integer, description text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    existing payledger.assets;
+BEGIN
+    PERFORM payledger.require(code, 'code');
+    PERFORM payledger.require(scale, 'scale');
+    IF code !~ '^[a-z][a-z0-9_]{0,31}$' THEN
+        RAISE EXCEPTION 'asset code % is not valid', quote_literal(code)
+            USING ERRCODE = '22023', HINT = 'Use 1 to 32 lower-case letters, digits or _, starting with a letter.';
+    END IF;
+    IF scale NOT BETWEEN 0 AND 18 THEN
+        RAISE EXCEPTION 'asset scale must be between 0 and 18, got %', scale USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.assets AS a (code, scale, description)
+    VALUES (create_asset.code, create_asset.scale, create_asset.description)
+    ON CONFLICT ON CONSTRAINT assets_pkey DO NOTHING;
+    SELECT * INTO existing FROM payledger.assets a WHERE a.code = create_asset.code;
+    IF existing.scale <> create_asset.scale THEN
+        RAISE EXCEPTION 'asset % already exists with scale %', code, existing.scale USING ERRCODE = 'PL014';
+    END IF;
+    RETURN code;
+END;
+$$;
+
+CREATE FUNCTION payledger.register_account_kind(kind text, description text)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(kind, 'kind');
+    PERFORM payledger.require(description, 'description');
+    IF kind !~ '^[a-z][a-z0-9_]{0,62}$' THEN
+        RAISE EXCEPTION 'account kind % is not valid', quote_literal(kind) USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.account_kinds AS k (kind, description)
+    VALUES (register_account_kind.kind, register_account_kind.description)
+    ON CONFLICT ON CONSTRAINT account_kinds_pkey DO NOTHING;
+    RETURN kind;
+END;
+$$;
+
+CREATE FUNCTION payledger.open_account(
+    owner_id        text,
+    asset           text,
+    kind            text DEFAULT 'user',
+    name            text DEFAULT 'main',
+    allow_negative  boolean DEFAULT false,
+    overdraft_limit bigint DEFAULT NULL,
+    metadata        jsonb DEFAULT '{}'::jsonb)
+RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    acc payledger.accounts;
+BEGIN
+    PERFORM payledger.require(owner_id, 'owner_id');
+    PERFORM payledger.require(asset, 'asset');
+    PERFORM payledger.require(kind, 'kind');
+    PERFORM payledger.require(name, 'name');
+    PERFORM payledger.require(allow_negative, 'allow_negative');
+    IF owner_id = '' OR name = '' THEN
+        RAISE EXCEPTION 'owner_id and name must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = open_account.asset) THEN
+        RAISE EXCEPTION 'asset % does not exist', quote_literal(asset) USING ERRCODE = 'PL003';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.account_kinds k WHERE k.kind = open_account.kind) THEN
+        RAISE EXCEPTION 'account kind % does not exist', quote_literal(kind)
+            USING ERRCODE = 'PL017', HINT = 'Register it with payledger.register_account_kind().';
+    END IF;
+    IF overdraft_limit IS NOT NULL AND (overdraft_limit < 0 OR NOT allow_negative) THEN
+        RAISE EXCEPTION 'overdraft_limit must be >= 0 and needs allow_negative' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.accounts AS a (id, owner_id, asset, kind, name, allow_negative, overdraft_limit, metadata)
+    VALUES (payledger.new_id(), open_account.owner_id, open_account.asset, open_account.kind, open_account.name,
+            open_account.allow_negative, open_account.overdraft_limit, coalesce(open_account.metadata, '{}'::jsonb))
+    ON CONFLICT ON CONSTRAINT accounts_owner_id_asset_kind_name_key DO NOTHING;
+    SELECT * INTO acc FROM payledger.accounts a
+     WHERE a.owner_id = open_account.owner_id AND a.asset = open_account.asset
+       AND a.kind = open_account.kind AND a.name = open_account.name;
+    -- Opening is idempotent; the same key with other settings is a conflict.
+    IF acc.allow_negative IS DISTINCT FROM open_account.allow_negative
+       OR acc.overdraft_limit IS DISTINCT FROM open_account.overdraft_limit THEN
+        RAISE EXCEPTION 'account %/%/%/% already exists with other limits', owner_id, asset, kind, name
+            USING ERRCODE = 'PL014', DETAIL = format('existing account %s', acc.id),
+                  HINT = 'Change limits with payledger.set_account_limits().';
+    END IF;
+    RETURN acc.id;
+END;
+$$;
+
+CREATE FUNCTION payledger.account_id(owner_id text, asset text, kind text DEFAULT 'user', name text DEFAULT 'main')
+RETURNS uuid LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    found_id uuid;
+BEGIN
+    SELECT a.id INTO found_id FROM payledger.accounts a
+     WHERE a.owner_id = account_id.owner_id AND a.asset = account_id.asset
+       AND a.kind = account_id.kind AND a.name = account_id.name;
+    IF found_id IS NULL THEN
+        RAISE EXCEPTION 'no account %/%/%/%', owner_id, asset, kind, name USING ERRCODE = 'PL002';
+    END IF;
+    RETURN found_id;
+END;
+$$;
+
+-- Lock an account row for a management change; unknown ids raise PL002.
+CREATE FUNCTION payledger.lock_account(account uuid)
+RETURNS payledger.accounts LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    acc payledger.accounts;
+BEGIN
+    PERFORM payledger.require(account, 'account');
+    SELECT * INTO acc FROM payledger.accounts a WHERE a.id = lock_account.account FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'account % does not exist', account USING ERRCODE = 'PL002';
+    END IF;
+    RETURN acc;
+END;
+$$;
+
+CREATE FUNCTION payledger.close_account(account uuid)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    acc payledger.accounts := payledger.lock_account(account);
+BEGIN
+    IF acc.closed_at IS NOT NULL THEN
+        RAISE EXCEPTION 'account % is already closed', account USING ERRCODE = 'PL005';
+    END IF;
+    IF acc.balance <> 0 OR acc.pending_debits <> 0 THEN
+        RAISE EXCEPTION 'account % is not empty', account
+            USING ERRCODE = 'PL013',
+                  DETAIL = format('balance %s, pending %s', acc.balance, acc.pending_debits),
+                  HINT = 'Move the balance out and resolve pending holds first.';
+    END IF;
+    UPDATE payledger.accounts a SET closed_at = now() WHERE a.id = close_account.account;
+END;
+$$;
+
+CREATE FUNCTION payledger.set_account_limits(account uuid, allow_negative boolean, overdraft_limit bigint DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    acc payledger.accounts := payledger.lock_account(account);
+    available bigint := acc.balance - acc.pending_debits;
+BEGIN
+    PERFORM payledger.require(allow_negative, 'allow_negative');
+    IF overdraft_limit IS NOT NULL AND (overdraft_limit < 0 OR NOT allow_negative) THEN
+        RAISE EXCEPTION 'overdraft_limit must be >= 0 and needs allow_negative' USING ERRCODE = '22023';
+    END IF;
+    IF available < 0 AND (NOT allow_negative OR available < -overdraft_limit) THEN
+        RAISE EXCEPTION 'account % is below the new limit', account
+            USING ERRCODE = 'PL006', DETAIL = format('available %s', available);
+    END IF;
+    UPDATE payledger.accounts a
+       SET allow_negative = set_account_limits.allow_negative,
+           overdraft_limit = set_account_limits.overdraft_limit
+     WHERE a.id = set_account_limits.account;
+END;
+$$;
+
+---------------------------------------------------------------------------
+-- Transfers and holds (through the engine)
+---------------------------------------------------------------------------
+
+CREATE FUNCTION payledger.transfer(
+    from_account    uuid,
+    to_account      uuid,
+    amount          bigint,
+    idempotency_key text DEFAULT NULL,
+    metadata        jsonb DEFAULT NULL,
+    effective_at    timestamptz DEFAULT NULL,
+    kind            text DEFAULT 'transfer')
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    IF from_account IS NULL OR to_account IS NULL OR amount IS NULL THEN
+        RAISE EXCEPTION 'from_account, to_account and amount must not be null' USING ERRCODE = '22004';
+    END IF;
+    RETURN (payledger.apply_one(jsonb_build_object(
+        'from', from_account, 'to', to_account, 'amount', amount,
+        'idempotency_key', idempotency_key, 'metadata', metadata,
+        'effective_at', effective_at, 'kind', kind))).journal_id;
+END;
+$$;
+
+CREATE FUNCTION payledger.post_journal(
+    postings        jsonb,
+    idempotency_key text DEFAULT NULL,
+    metadata        jsonb DEFAULT NULL,
+    effective_at    timestamptz DEFAULT NULL,
+    kind            text DEFAULT 'transfer')
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(postings, 'postings');
+    RETURN (payledger.apply_one(jsonb_build_object(
+        'postings', postings, 'idempotency_key', idempotency_key, 'metadata', metadata,
+        'effective_at', effective_at, 'kind', kind))).journal_id;
+END;
+$$;
+
+CREATE FUNCTION payledger.create_hold(
+    from_account    uuid,
+    to_account      uuid,
+    amount          bigint,
+    timeout         interval DEFAULT NULL,
+    idempotency_key text DEFAULT NULL,
+    metadata        jsonb DEFAULT NULL)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    IF from_account IS NULL OR to_account IS NULL OR amount IS NULL THEN
+        RAISE EXCEPTION 'from_account, to_account and amount must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF timeout IS NOT NULL AND timeout <= interval '0' THEN
+        RAISE EXCEPTION 'timeout must be positive, got %', timeout USING ERRCODE = '22023';
+    END IF;
+    RETURN (payledger.apply_one(jsonb_build_object(
+        'op', 'hold', 'from', from_account, 'to', to_account, 'amount', amount,
+        'timeout_ms', ceil(extract(epoch FROM timeout) * 1000)::bigint,
+        'idempotency_key', idempotency_key, 'metadata', metadata))).hold_id;
+END;
+$$;
+
+CREATE FUNCTION payledger.post_hold(
+    hold            uuid,
+    amount          bigint DEFAULT NULL,
+    idempotency_key text DEFAULT NULL,
+    metadata        jsonb DEFAULT NULL,
+    effective_at    timestamptz DEFAULT NULL)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(hold, 'hold');
+    RETURN (payledger.apply_one(jsonb_build_object(
+        'op', 'post_hold', 'hold', hold, 'amount', amount,
+        'idempotency_key', idempotency_key, 'metadata', metadata, 'effective_at', effective_at))).journal_id;
+END;
+$$;
+
+CREATE FUNCTION payledger.void_hold(hold uuid)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(hold, 'hold');
+    PERFORM payledger.apply_one(jsonb_build_object('op', 'void_hold', 'hold', hold));
+END;
+$$;
+
+-- Release pending holds past their expiry; returns how many were released.
+-- Holds locked by another session are skipped (they are being posted or voided).
+CREATE FUNCTION payledger.expire_holds(max_holds integer DEFAULT 1000)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    items jsonb;
+    released integer;
+BEGIN
+    IF max_holds IS NULL OR max_holds < 1 THEN
+        RAISE EXCEPTION 'max_holds must be a positive integer' USING ERRCODE = '22023';
+    END IF;
+    SELECT jsonb_agg(jsonb_build_object('op', 'expire_hold', 'hold', s.id) ORDER BY s.id) INTO items
+      FROM (SELECT h.id FROM payledger.holds h
+             WHERE h.status = 'pending' AND h.expires_at <= clock_timestamp()
+             ORDER BY h.expires_at LIMIT max_holds
+               FOR UPDATE SKIP LOCKED) s;
+    IF items IS NULL THEN
+        RETURN 0;
+    END IF;
+    SELECT count(*) FILTER (WHERE r.status = 'ok') INTO released FROM payledger.transfer_batch(items) r;
+    RETURN released;
+END;
+$$;
+
+---------------------------------------------------------------------------
+-- Balances
+---------------------------------------------------------------------------
+
+CREATE FUNCTION payledger.balance(account uuid)
+RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    b bigint;
+BEGIN
+    SELECT a.balance INTO b FROM payledger.accounts a WHERE a.id = balance.account;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'account % does not exist', account USING ERRCODE = 'PL002';
+    END IF;
+    RETURN b;
+END;
+$$;
+
+CREATE FUNCTION payledger.available_balance(account uuid)
+RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    b bigint;
+BEGIN
+    SELECT a.balance - a.pending_debits INTO b FROM payledger.accounts a WHERE a.id = available_balance.account;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'account % does not exist', account USING ERRCODE = 'PL002';
+    END IF;
+    RETURN b;
+END;
+$$;
+
+-- Balance by business time: the entries effective at or before `at`. Computed
+-- as the current balance minus what was posted after `at`, so recent times are cheap.
+CREATE FUNCTION payledger.balance_at(account uuid, at timestamptz)
+RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    b bigint;
+BEGIN
+    PERFORM payledger.require(at, 'at');
+    SELECT a.balance - coalesce((SELECT sum(e.amount) FROM payledger.entries e
+                                  WHERE e.account_id = a.id AND e.effective_at > balance_at.at), 0)
+      INTO b FROM payledger.accounts a WHERE a.id = balance_at.account;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'account % does not exist', account USING ERRCODE = 'PL002';
+    END IF;
+    RETURN b;
+END;
+$$;
+
+---------------------------------------------------------------------------
+-- Amount formatting
+---------------------------------------------------------------------------
+
+-- Minor units as a decimal string in the asset's display unit: 1234 msat -> '1.234'.
+CREATE FUNCTION payledger.format_amount(asset text, amount bigint)
+RETURNS text LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    s smallint;
+BEGIN
+    SELECT a.scale INTO s FROM payledger.assets a WHERE a.code = format_amount.asset;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'asset % does not exist', quote_literal(asset) USING ERRCODE = 'PL003';
+    END IF;
+    RETURN round(amount::numeric / (10::numeric ^ s), s)::text;
+END;
+$$;
+
+-- A decimal amount in display units to exact minor units; more decimals than
+-- the asset has is an error, never a silent rounding.
+CREATE FUNCTION payledger.parse_amount(asset text, value numeric)
+RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    s smallint;
+    minor numeric;
+BEGIN
+    PERFORM payledger.require(value, 'value');
+    SELECT a.scale INTO s FROM payledger.assets a WHERE a.code = parse_amount.asset;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'asset % does not exist', quote_literal(asset) USING ERRCODE = 'PL003';
+    END IF;
+    minor := value * (10::numeric ^ s);
+    IF minor <> trunc(minor) THEN
+        RAISE EXCEPTION '% has more than % decimal places for asset %', value, s, asset USING ERRCODE = 'PL001';
+    END IF;
+    IF minor NOT BETWEEN -9223372036854775807 AND 9223372036854775807 THEN
+        RAISE EXCEPTION '% is out of range for asset %', value, asset USING ERRCODE = 'PL001';
+    END IF;
+    RETURN minor::bigint;
+END;
+$$;
+
+---------------------------------------------------------------------------
+-- Invariants
+---------------------------------------------------------------------------
+
+-- Every violation of the ledger's invariants; empty when healthy.
+CREATE FUNCTION payledger.check_invariants()
+RETURNS TABLE (invariant text, subject text, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    -- money is neither created nor destroyed, per asset
+    SELECT 'conservation', e.asset, format('entries of %s sum to %s', e.asset, sum(e.amount))
+      FROM payledger.entries e GROUP BY e.asset HAVING sum(e.amount) <> 0
+    UNION ALL
+    SELECT 'conservation', a.asset, format('balances of %s sum to %s', a.asset, sum(a.balance))
+      FROM payledger.accounts a GROUP BY a.asset HAVING sum(a.balance) <> 0
+    UNION ALL
+    SELECT 'journal_balanced', e.journal_id::text, format('%s postings sum to %s', e.asset, sum(e.amount))
+      FROM payledger.entries e GROUP BY e.journal_id, e.asset HAVING sum(e.amount) <> 0
+    UNION ALL
+    SELECT 'balance_equals_entries', a.id::text,
+           format('balance %s vs entries %s; entry_count %s vs %s entries (last seq %s)',
+                  a.balance, coalesce(s.total, 0), a.entry_count, coalesce(s.n, 0), coalesce(s.last_seq, 0))
+      FROM payledger.accounts a
+      LEFT JOIN (SELECT e.account_id, sum(e.amount) AS total, count(*) AS n, max(e.seq) AS last_seq
+                   FROM payledger.entries e GROUP BY e.account_id) s ON s.account_id = a.id
+     WHERE a.balance <> coalesce(s.total, 0) OR a.entry_count <> coalesce(s.n, 0)
+        OR a.entry_count <> coalesce(s.last_seq, 0)
+    UNION ALL
+    SELECT 'balance_after_chain', format('%s/%s', c.account_id, c.seq),
+           format('previous %s (seq %s) + amount %s <> balance_after %s', c.prev, c.prev_seq, c.amount, c.balance_after)
+      FROM (SELECT e.account_id, e.seq, e.amount, e.balance_after,
+                   lag(e.balance_after, 1, 0::bigint) OVER w AS prev,
+                   lag(e.seq, 1, 0::bigint) OVER w AS prev_seq
+              FROM payledger.entries e WINDOW w AS (PARTITION BY e.account_id ORDER BY e.seq)) c
+     WHERE c.prev + c.amount <> c.balance_after OR c.seq <> c.prev_seq + 1
+    UNION ALL
+    SELECT 'entry_matches_account', format('%s/%s', e.account_id, e.seq), 'unknown account, or asset/owner differs'
+      FROM payledger.entries e LEFT JOIN payledger.accounts a ON a.id = e.account_id
+     WHERE a.id IS NULL OR a.asset <> e.asset OR a.owner_id <> e.owner_id
+    UNION ALL
+    SELECT 'entry_has_journal', format('%s/%s', e.account_id, e.seq), format('journal %s does not exist', e.journal_id)
+      FROM payledger.entries e WHERE NOT EXISTS (SELECT 1 FROM payledger.journals j WHERE j.id = e.journal_id)
+    UNION ALL
+    SELECT 'floor', a.id::text, format('available %s (balance %s, pending %s) below the allowed floor',
+                                       a.balance - a.pending_debits, a.balance, a.pending_debits)
+      FROM payledger.accounts a
+     WHERE a.balance - a.pending_debits < 0
+       AND NOT (a.allow_negative AND (a.overdraft_limit IS NULL OR a.balance - a.pending_debits >= -a.overdraft_limit))
+    UNION ALL
+    SELECT 'holds_pending', a.id::text, format('pending_debits %s, pending holds sum to %s', a.pending_debits, coalesce(h.total, 0))
+      FROM payledger.accounts a
+      LEFT JOIN (SELECT h.debit_account, sum(h.amount) AS total FROM payledger.holds h
+                  WHERE h.status = 'pending' GROUP BY h.debit_account) h ON h.debit_account = a.id
+     WHERE a.pending_debits <> coalesce(h.total, 0)
+    UNION ALL
+    SELECT 'hold_matches_accounts', h.id::text, 'asset or owner differs from its accounts'
+      FROM payledger.holds h
+      JOIN payledger.accounts d ON d.id = h.debit_account
+      JOIN payledger.accounts c ON c.id = h.credit_account
+     WHERE d.asset <> h.asset OR c.asset <> h.asset OR d.owner_id <> h.owner_id
+    UNION ALL
+    SELECT 'hold_posted', h.id::text, format('journal %s does not move %s from %s to %s', h.journal_id, h.posted_amount, h.debit_account, h.credit_account)
+      FROM payledger.holds h
+     WHERE h.status = 'posted'
+       AND (SELECT count(*) FROM payledger.entries e
+             WHERE e.journal_id = h.journal_id
+               AND ((e.account_id = h.debit_account AND e.amount = -h.posted_amount)
+                 OR (e.account_id = h.credit_account AND e.amount = h.posted_amount))) <> 2
+    UNION ALL
+    SELECT 'closed_is_empty', a.id::text, format('closed with balance %s, pending %s', a.balance, a.pending_debits)
+      FROM payledger.accounts a WHERE a.closed_at IS NOT NULL AND (a.balance <> 0 OR a.pending_debits <> 0)
+$$;
+
+---------------------------------------------------------------------------
+-- End-user views (filtered by owner; the tables themselves are not readable)
+---------------------------------------------------------------------------
+
+-- The owner key of the current end user. Default: the setting payledger.owner_id,
+-- else Supabase's JWT subject (what auth.uid() returns). Replaceable: see docs/security.md.
+CREATE FUNCTION payledger.current_owner_id()
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(
+        nullif(current_setting('payledger.owner_id', true), ''),
+        nullif(current_setting('request.jwt.claim.sub', true), ''),
+        nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub');
+$$;
+
+CREATE VIEW payledger.my_accounts WITH (security_barrier) AS
+SELECT a.id, a.asset, a.kind, a.name, a.balance, a.pending_debits,
+       a.balance - a.pending_debits AS available, a.created_at, a.closed_at
+  FROM payledger.accounts a
+ WHERE a.owner_id = payledger.current_owner_id();
+
+CREATE VIEW payledger.my_entries WITH (security_barrier) AS
+SELECT e.account_id, e.seq, e.journal_id, j.kind, e.asset, e.amount, e.balance_after, e.effective_at, j.created_at
+  FROM payledger.entries e
+  JOIN payledger.journals j ON j.id = e.journal_id
+ WHERE e.owner_id = payledger.current_owner_id();
+
+CREATE VIEW payledger.my_holds WITH (security_barrier) AS
+SELECT h.id, h.debit_account, h.asset, h.amount, h.status, h.posted_amount, h.expires_at, h.created_at, h.resolved_at
+  FROM payledger.holds h
+ WHERE h.owner_id = payledger.current_owner_id();

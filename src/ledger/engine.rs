@@ -1,0 +1,809 @@
+//! The posting engine: applies a batch of transfers and hold operations.
+//!
+//! One call runs in five steps, whatever the batch size:
+//! 1. parse every item (a bad item fails alone);
+//! 2. serialise idempotency keys with advisory locks (sorted), then look them up;
+//! 3. lock the holds named by the batch, then every account it touches, each
+//!    set in uuid order (holds before accounts everywhere, so no deadlock);
+//! 4. apply the items one by one in memory, each succeeding or failing alone;
+//! 5. write everything with one statement per table.
+//!
+//! Domain failures come back as data (sqlstate, message, detail) because pgrx
+//! cannot raise a custom SQLSTATE; the SQL wrappers raise them.
+
+use super::request::{key_lock, parse_item, Id, Item, Op};
+use crate::errors::{Code, LedgerError, Result};
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::PgOid;
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+use pgrx::Uuid;
+use serde_json::Value;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+
+/// The outcome of one item.
+pub struct Outcome {
+    pub status: &'static str,
+    pub journal_id: Option<Id>,
+    pub hold_id: Option<Id>,
+    pub error: Option<LedgerError>,
+}
+
+impl Outcome {
+    fn ok(journal_id: Option<Id>, hold_id: Option<Id>) -> Self {
+        Outcome {
+            status: "ok",
+            journal_id,
+            hold_id,
+            error: None,
+        }
+    }
+    fn exists(journal_id: Option<Id>, hold_id: Option<Id>) -> Self {
+        Outcome {
+            status: "exists",
+            journal_id,
+            hold_id,
+            error: None,
+        }
+    }
+    fn failed(e: LedgerError) -> Self {
+        Outcome {
+            status: "error",
+            journal_id: None,
+            hold_id: None,
+            error: Some(e),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Account {
+    owner: String,
+    asset: String,
+    /// The lowest available balance allowed; None = unbounded.
+    floor: Option<i64>,
+    balance: i64,
+    pending: i64,
+    seq: i64,
+    closed: bool,
+    dirty: bool,
+}
+
+#[derive(Clone)]
+struct Hold {
+    debit: Id,
+    credit: Id,
+    amount: i64,
+    status: String,
+    expired: bool,
+}
+
+#[derive(Default)]
+struct Writes {
+    // journals
+    j_id: Vec<Uuid>,
+    j_kind: Vec<String>,
+    j_key: Vec<Option<String>>,
+    j_hash: Vec<Option<Vec<u8>>>,
+    j_hold: Vec<Option<Uuid>>,
+    j_meta: Vec<String>,
+    j_eff: Vec<Option<String>>,
+    // entries
+    e_account: Vec<Uuid>,
+    e_seq: Vec<i64>,
+    e_journal: Vec<Uuid>,
+    e_owner: Vec<String>,
+    e_asset: Vec<String>,
+    e_amount: Vec<i64>,
+    e_after: Vec<i64>,
+    e_eff: Vec<Option<String>>,
+    // new holds
+    h_id: Vec<Uuid>,
+    h_owner: Vec<String>,
+    h_debit: Vec<Uuid>,
+    h_credit: Vec<Uuid>,
+    h_asset: Vec<String>,
+    h_amount: Vec<i64>,
+    h_expires: Vec<Option<String>>,
+    h_timeout: Vec<Option<i64>>,
+    h_key: Vec<Option<String>>,
+    h_hash: Vec<Option<Vec<u8>>>,
+    h_meta: Vec<String>,
+    // resolved holds
+    r_id: Vec<Uuid>,
+    r_status: Vec<String>,
+    r_posted: Vec<Option<i64>>,
+    r_journal: Vec<Option<Uuid>>,
+}
+
+fn u(id: &Id) -> Uuid {
+    Uuid::from_bytes(*id)
+}
+
+fn id_str(id: &Id) -> String {
+    uuid::Uuid::from_bytes(*id).to_string()
+}
+
+fn new_id() -> Id {
+    *uuid::Uuid::now_v7().as_bytes()
+}
+
+fn spi_err(e: pgrx::spi::Error) -> ! {
+    // An SPI failure here is a bug or a broken installation, never bad input.
+    pgrx::error!("payledger engine: SPI error: {e}")
+}
+
+thread_local! {
+    // Plans prepared once per backend: planning costs more than running these statements.
+    static PLANS: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// Run one of the engine's statements through its cached plan.
+fn exec<'c>(
+    client: &mut SpiClient<'c>,
+    sql: &'static str,
+    args: &[DatumWithOid],
+) -> SpiTupleTable<'c> {
+    PLANS.with(|plans| {
+        let mut plans = plans.borrow_mut();
+        if !plans.contains_key(sql) {
+            let oids: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+            let plan = client
+                .prepare_mut(sql, &oids)
+                .unwrap_or_else(|e| spi_err(e))
+                .keep();
+            plans.insert(sql, plan);
+        }
+        client
+            .update(&plans[sql], None, args)
+            .unwrap_or_else(|e| spi_err(e))
+    })
+}
+
+/// Parse and apply a JSON array of items; one outcome per item, in order.
+pub fn apply_json(items: &Value, max_items: usize) -> Vec<Outcome> {
+    let arr = match items.as_array() {
+        Some(a) => a,
+        None => crate::errors::raise_malformed("the batch must be a JSON array of items"),
+    };
+    if arr.len() > max_items {
+        pgrx::ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "a batch holds at most {max_items} items (payledger.max_batch_size), got {}",
+                arr.len()
+            )
+        );
+    }
+    let parsed: Vec<Result<Item>> = arr.iter().map(parse_item).collect();
+    Spi::connect_mut(|client| apply(client, parsed))
+}
+
+fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Vec<Outcome> {
+    let mut outcomes: Vec<Option<Outcome>> = parsed
+        .iter()
+        .map(|r| r.as_ref().err().map(|e| Outcome::failed(e.clone())))
+        .collect();
+    let items: Vec<Option<&Item>> = parsed.iter().map(|r| r.as_ref().ok()).collect();
+
+    // 2. idempotency keys: wait for any session using the same key, then look it up.
+    let mut journal_keys = BTreeSet::new();
+    let mut hold_keys = BTreeSet::new();
+    for it in items.iter().flatten() {
+        if let Some(k) = &it.key {
+            if it.key_is_journal() {
+                journal_keys.insert(k.clone());
+            } else {
+                hold_keys.insert(k.clone());
+            }
+        }
+    }
+    // (key, is_journal) -> (hash, id)
+    let mut known: HashMap<(String, bool), (Vec<u8>, Id)> = HashMap::new();
+    if !journal_keys.is_empty() || !hold_keys.is_empty() {
+        let mut locks: Vec<i64> = journal_keys
+            .iter()
+            .map(|k| key_lock(k))
+            .chain(hold_keys.iter().map(|k| key_lock(&format!("hold/{k}"))))
+            .collect();
+        locks.sort_unstable();
+        locks.dedup();
+        exec(
+            client,
+            "SELECT pg_catalog.pg_advisory_xact_lock(k) FROM \
+             (SELECT k FROM pg_catalog.unnest($1::int8[]) WITH ORDINALITY AS u(k, o) ORDER BY o OFFSET 0) s",
+            &[DatumWithOid::from(locks)],
+        );
+        for (q, keys, is_journal) in [
+            (
+                "SELECT idempotency_key, request_hash, id FROM payledger.journals WHERE idempotency_key = ANY($1)",
+                &journal_keys,
+                true,
+            ),
+            (
+                "SELECT idempotency_key, request_hash, id FROM payledger.holds WHERE idempotency_key = ANY($1)",
+                &hold_keys,
+                false,
+            ),
+        ] {
+            if keys.is_empty() {
+                continue;
+            }
+            let keys: Vec<String> = keys.iter().cloned().collect();
+            let rows = exec(client, q, &[DatumWithOid::from(keys)]);
+            for row in rows {
+                let k: String = row.get(1).ok().flatten().unwrap_or_default();
+                let h: Vec<u8> = row.get(2).ok().flatten().unwrap_or_default();
+                let id: Uuid = row
+                    .get(3)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| pgrx::error!("idempotent row without id"));
+                known.insert((k, is_journal), (h, *id.as_bytes()));
+            }
+        }
+    }
+
+    // 3a. lock the holds the batch names.
+    let hold_ids: BTreeSet<Id> = items
+        .iter()
+        .flatten()
+        .filter_map(|it| match it.op {
+            Op::HoldPost { hold, .. } | Op::HoldVoid { hold } | Op::HoldExpire { hold } => {
+                Some(hold)
+            }
+            _ => None,
+        })
+        .collect();
+    let mut holds: HashMap<Id, Hold> = HashMap::new();
+    if !hold_ids.is_empty() {
+        let ids: Vec<Uuid> = hold_ids.iter().map(u).collect();
+        let rows = exec(
+            client,
+            "SELECT id, debit_account, credit_account, amount, status, \
+                    coalesce(expires_at <= pg_catalog.clock_timestamp(), false) \
+               FROM payledger.holds WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &[DatumWithOid::from(ids)],
+        );
+        for row in rows {
+            let g = |i| -> Uuid { row.get::<Uuid>(i).ok().flatten().expect("not null") };
+            let hold = Hold {
+                debit: *g(2).as_bytes(),
+                credit: *g(3).as_bytes(),
+                amount: row.get(4).ok().flatten().unwrap_or_default(),
+                status: row.get(5).ok().flatten().unwrap_or_default(),
+                expired: row.get(6).ok().flatten().unwrap_or_default(),
+            };
+            holds.insert(*g(1).as_bytes(), hold);
+        }
+    }
+
+    // 3b. lock every account the batch touches, in uuid order.
+    let mut account_ids: BTreeSet<Id> = BTreeSet::new();
+    for it in items.iter().flatten() {
+        match &it.op {
+            Op::Transfer { postings, .. } => account_ids.extend(postings.iter().map(|p| p.0)),
+            Op::HoldCreate { debit, credit, .. } => {
+                account_ids.insert(*debit);
+                account_ids.insert(*credit);
+            }
+            _ => {}
+        }
+    }
+    for h in holds.values() {
+        account_ids.insert(h.debit);
+        account_ids.insert(h.credit);
+    }
+    let mut accounts: HashMap<Id, Account> = HashMap::new();
+    if !account_ids.is_empty() {
+        let ids: Vec<Uuid> = account_ids.iter().map(u).collect();
+        let rows = exec(
+            client,
+            "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
+                    entry_count, closed_at IS NOT NULL \
+               FROM payledger.accounts WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+            &[DatumWithOid::from(ids)],
+        );
+        for row in rows {
+            let id: Uuid = row.get(1).ok().flatten().expect("id");
+            let allow_negative: bool = row.get(4).ok().flatten().unwrap_or(false);
+            let overdraft: Option<i64> = row.get(5).ok().flatten();
+            let floor = if allow_negative {
+                overdraft.map(|l| -l)
+            } else {
+                Some(0)
+            };
+            accounts.insert(
+                *id.as_bytes(),
+                Account {
+                    owner: row.get(2).ok().flatten().unwrap_or_default(),
+                    asset: row.get(3).ok().flatten().unwrap_or_default(),
+                    floor,
+                    balance: row.get(6).ok().flatten().unwrap_or_default(),
+                    pending: row.get(7).ok().flatten().unwrap_or_default(),
+                    seq: row.get(8).ok().flatten().unwrap_or_default(),
+                    closed: row.get(9).ok().flatten().unwrap_or(false),
+                    dirty: false,
+                },
+            );
+        }
+    }
+
+    // 4. apply in order.
+    let mut w = Writes::default();
+    for (i, it) in items.iter().enumerate() {
+        let Some(it) = it else { continue };
+        if let (Some(key), Some(hash)) = (&it.key, &it.hash) {
+            if let Some((h, id)) = known.get(&(key.clone(), it.key_is_journal())) {
+                outcomes[i] = Some(if h == hash {
+                    if it.key_is_journal() {
+                        Outcome::exists(Some(*id), None)
+                    } else {
+                        Outcome::exists(None, Some(*id))
+                    }
+                } else {
+                    Outcome::failed(
+                        LedgerError::new(
+                            Code::IdempotencyConflict,
+                            format!(
+                                "idempotency key {key:?} was already used with a different request"
+                            ),
+                        )
+                        .detail(format!("the key belongs to {}", id_str(id))),
+                    )
+                });
+                continue;
+            }
+        }
+        let result = match &it.op {
+            Op::Transfer {
+                postings,
+                kind,
+                effective_at,
+            } => apply_transfer(
+                &mut accounts,
+                &mut w,
+                it,
+                postings,
+                kind,
+                effective_at,
+                None,
+            )
+            .map(|j| (Some(j), None)),
+            Op::HoldCreate {
+                debit,
+                credit,
+                amount,
+                expires_at,
+                timeout_ms,
+            } => apply_hold_create(
+                &mut accounts,
+                &mut w,
+                it,
+                (*debit, *credit, *amount),
+                expires_at,
+                *timeout_ms,
+            )
+            .map(|h| (None, Some(h))),
+            Op::HoldPost {
+                hold,
+                amount,
+                effective_at,
+            } => apply_hold_post(
+                &mut accounts,
+                &mut holds,
+                &mut w,
+                it,
+                *hold,
+                *amount,
+                effective_at,
+            )
+            .map(|j| (Some(j), Some(*hold))),
+            Op::HoldVoid { hold } => {
+                release_hold(&mut accounts, &mut holds, &mut w, *hold, "voided")
+                    .map(|_| (None, Some(*hold)))
+            }
+            Op::HoldExpire { hold } => {
+                release_hold(&mut accounts, &mut holds, &mut w, *hold, "expired")
+                    .map(|_| (None, Some(*hold)))
+            }
+        };
+        outcomes[i] = Some(match result {
+            Ok((j, h)) => {
+                if let (Some(key), Some(hash)) = (&it.key, &it.hash) {
+                    let id = if it.key_is_journal() { j } else { h };
+                    if let Some(id) = id {
+                        known.insert((key.clone(), it.key_is_journal()), (hash.clone(), id));
+                    }
+                }
+                Outcome::ok(j, h)
+            }
+            Err(e) => Outcome::failed(e),
+        });
+    }
+
+    // 5. write.
+    write(client, &accounts, w);
+    outcomes
+        .into_iter()
+        .map(|o| o.expect("every item has an outcome"))
+        .collect()
+}
+
+fn account<'a>(accounts: &'a HashMap<Id, Account>, id: &Id) -> Result<&'a Account> {
+    let a = accounts.get(id).ok_or_else(|| {
+        LedgerError::new(
+            Code::UnknownAccount,
+            format!("account {} does not exist", id_str(id)),
+        )
+    })?;
+    if a.closed {
+        return Err(LedgerError::new(
+            Code::AccountClosed,
+            format!("account {} is closed", id_str(id)),
+        ));
+    }
+    Ok(a)
+}
+
+fn insufficient(id: &Id, a: &Account, needed: i64) -> LedgerError {
+    let available = a.balance - a.pending;
+    LedgerError::new(
+        Code::InsufficientFunds,
+        format!("insufficient funds in account {}", id_str(id)),
+    )
+    .detail(format!(
+        "available {available} {asset}, needed {needed} {asset}, floor {floor}",
+        asset = a.asset,
+        floor = a.floor.map_or("none".to_string(), |f| f.to_string())
+    ))
+}
+
+fn check_floor(id: &Id, a: &Account, new_available: i64, needed: i64) -> Result<()> {
+    match a.floor {
+        Some(f) if new_available < f => Err(insufficient(id, a, needed)),
+        _ => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_transfer(
+    accounts: &mut HashMap<Id, Account>,
+    w: &mut Writes,
+    it: &Item,
+    postings: &[(Id, i64)],
+    kind: &str,
+    effective_at: &Option<String>,
+    hold: Option<Id>,
+) -> Result<Id> {
+    // Validate against the current state, then apply: an item fails whole.
+    let mut net: Vec<(Id, i64)> = Vec::new();
+    let mut per_asset: HashMap<&str, i128> = HashMap::new();
+    for (id, amount) in postings {
+        let a = account(accounts, id)?;
+        *per_asset.entry(a.asset.as_str()).or_default() += *amount as i128;
+        match net.iter_mut().find(|(n, _)| n == id) {
+            Some(n) => n.1 = n.1.checked_add(*amount).ok_or_else(overflow)?,
+            None => net.push((*id, *amount)),
+        }
+    }
+    if per_asset.len() > 1 && postings.len() == 2 {
+        return Err(LedgerError::new(
+            Code::AssetMismatch,
+            "the two accounts hold different assets".to_string(),
+        )
+        .detail(format!(
+            "{} is {}, {} is {}",
+            id_str(&postings[0].0),
+            accounts[&postings[0].0].asset,
+            id_str(&postings[1].0),
+            accounts[&postings[1].0].asset
+        )));
+    }
+    if let Some((asset, sum)) = per_asset.iter().find(|(_, s)| **s != 0) {
+        return Err(LedgerError::new(
+            Code::Unbalanced,
+            format!("postings do not balance: {asset} legs sum to {sum}"),
+        ));
+    }
+    for (id, delta) in &net {
+        let a = &accounts[id];
+        let balance = a.balance.checked_add(*delta).ok_or_else(overflow)?;
+        if *delta < 0 {
+            check_floor(id, a, balance - a.pending, -delta)?;
+        }
+    }
+    let journal = new_id();
+    for (id, amount) in postings {
+        let a = accounts.get_mut(id).expect("validated");
+        a.balance += amount;
+        a.seq += 1;
+        a.dirty = true;
+        w.e_account.push(u(id));
+        w.e_seq.push(a.seq);
+        w.e_journal.push(u(&journal));
+        w.e_owner.push(a.owner.clone());
+        w.e_asset.push(a.asset.clone());
+        w.e_amount.push(*amount);
+        w.e_after.push(a.balance);
+        w.e_eff.push(effective_at.clone());
+    }
+    w.j_id.push(u(&journal));
+    w.j_kind.push(kind.to_string());
+    w.j_key.push(it.key.clone());
+    w.j_hash.push(it.hash.clone());
+    w.j_hold.push(hold.as_ref().map(u));
+    w.j_meta.push(it.metadata.clone());
+    w.j_eff.push(effective_at.clone());
+    Ok(journal)
+}
+
+fn overflow() -> LedgerError {
+    LedgerError::new(
+        Code::InvalidAmount,
+        "amount out of range: a balance would overflow bigint",
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_hold_create(
+    accounts: &mut HashMap<Id, Account>,
+    w: &mut Writes,
+    it: &Item,
+    (debit, credit, amount): (Id, Id, i64),
+    expires_at: &Option<String>,
+    timeout_ms: Option<i64>,
+) -> Result<Id> {
+    let d = account(accounts, &debit)?;
+    let c = account(accounts, &credit)?;
+    if d.asset != c.asset {
+        return Err(LedgerError::new(
+            Code::AssetMismatch,
+            "the two accounts hold different assets",
+        )
+        .detail(format!(
+            "{} is {}, {} is {}",
+            id_str(&debit),
+            d.asset,
+            id_str(&credit),
+            c.asset
+        )));
+    }
+    if let Some(t) = expires_at {
+        if t.as_str()
+            <= chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .as_str()
+        {
+            return Err(LedgerError::new(
+                Code::Malformed,
+                format!("\"expires_at\" {t} is not in the future"),
+            ));
+        }
+    }
+    let pending = d.pending.checked_add(amount).ok_or_else(overflow)?;
+    check_floor(&debit, d, d.balance - pending, amount)?;
+    let (owner, asset) = (d.owner.clone(), d.asset.clone());
+    let d = accounts.get_mut(&debit).expect("validated");
+    d.pending = pending;
+    d.dirty = true;
+    let id = new_id();
+    w.h_id.push(u(&id));
+    w.h_owner.push(owner);
+    w.h_debit.push(u(&debit));
+    w.h_credit.push(u(&credit));
+    w.h_asset.push(asset);
+    w.h_amount.push(amount);
+    w.h_expires.push(expires_at.clone());
+    w.h_timeout.push(timeout_ms);
+    w.h_key.push(it.key.clone());
+    w.h_hash.push(it.hash.clone());
+    w.h_meta.push(it.metadata.clone());
+    Ok(id)
+}
+
+fn pending_hold<'a>(holds: &'a HashMap<Id, Hold>, id: &Id, expiring: bool) -> Result<&'a Hold> {
+    let h = holds.get(id).ok_or_else(|| {
+        LedgerError::new(
+            Code::UnknownHold,
+            format!("hold {} does not exist", id_str(id)),
+        )
+    })?;
+    if h.status != "pending" {
+        return Err(LedgerError::new(
+            Code::HoldNotPending,
+            format!("hold {} is already {}", id_str(id), h.status),
+        ));
+    }
+    if h.expired && !expiring {
+        return Err(LedgerError::new(
+            Code::HoldExpired,
+            format!("hold {} has expired", id_str(id)),
+        )
+        .detail("an expired hold can be neither posted nor voided; its amount is released"));
+    }
+    if !h.expired && expiring {
+        return Err(LedgerError::new(
+            Code::HoldNotPending,
+            format!("hold {} has not expired yet", id_str(id)),
+        ));
+    }
+    Ok(h)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_hold_post(
+    accounts: &mut HashMap<Id, Account>,
+    holds: &mut HashMap<Id, Hold>,
+    w: &mut Writes,
+    it: &Item,
+    hold_id: Id,
+    amount: Option<i64>,
+    effective_at: &Option<String>,
+) -> Result<Id> {
+    let h = pending_hold(holds, &hold_id, false)?.clone();
+    let post = amount.unwrap_or(h.amount);
+    if post > h.amount {
+        return Err(LedgerError::new(
+            Code::HoldAmountExceeded,
+            format!(
+                "cannot post {post} from hold {} of {}",
+                id_str(&hold_id),
+                h.amount
+            ),
+        ));
+    }
+    // Release the reservation first; the transfer then moves what is posted.
+    {
+        let d = accounts
+            .get_mut(&h.debit)
+            .expect("hold accounts are locked");
+        d.pending -= h.amount;
+        d.dirty = true;
+    }
+    let journal = match apply_transfer(
+        accounts,
+        w,
+        it,
+        &[(h.debit, -post), (h.credit, post)],
+        "hold_post",
+        effective_at,
+        Some(hold_id),
+    ) {
+        Ok(j) => j,
+        Err(e) => {
+            accounts.get_mut(&h.debit).expect("locked").pending += h.amount;
+            return Err(e);
+        }
+    };
+    holds.get_mut(&hold_id).expect("loaded").status = "posted".into();
+    w.r_id.push(u(&hold_id));
+    w.r_status.push("posted".into());
+    w.r_posted.push(Some(post));
+    w.r_journal.push(Some(u(&journal)));
+    Ok(journal)
+}
+
+fn release_hold(
+    accounts: &mut HashMap<Id, Account>,
+    holds: &mut HashMap<Id, Hold>,
+    w: &mut Writes,
+    hold_id: Id,
+    status: &str,
+) -> Result<()> {
+    let h = pending_hold(holds, &hold_id, status == "expired")?.clone();
+    let d = accounts
+        .get_mut(&h.debit)
+        .expect("hold accounts are locked");
+    d.pending -= h.amount;
+    d.dirty = true;
+    holds.get_mut(&hold_id).expect("loaded").status = status.into();
+    w.r_id.push(u(&hold_id));
+    w.r_status.push(status.into());
+    w.r_posted.push(None);
+    w.r_journal.push(None);
+    Ok(())
+}
+
+fn write(client: &mut SpiClient<'_>, accounts: &HashMap<Id, Account>, w: Writes) {
+    let mut ids = Vec::new();
+    let mut bal = Vec::new();
+    let mut pend = Vec::new();
+    let mut seq = Vec::new();
+    for (id, a) in accounts.iter().filter(|(_, a)| a.dirty) {
+        ids.push(u(id));
+        bal.push(a.balance);
+        pend.push(a.pending);
+        seq.push(a.seq);
+    }
+    let run = |client: &mut SpiClient<'_>, sql: &'static str, args: Vec<DatumWithOid>| {
+        exec(client, sql, &args);
+    };
+    if !ids.is_empty() {
+        run(
+            client,
+            "UPDATE payledger.accounts a SET balance = u.b, pending_debits = u.p, entry_count = u.s \
+               FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[]) AS u(id, b, p, s) \
+              WHERE a.id = u.id",
+            vec![ids.into(), bal.into(), pend.into(), seq.into()],
+        );
+    }
+    if !w.j_id.is_empty() {
+        run(
+            client,
+            "INSERT INTO payledger.journals (id, kind, idempotency_key, request_hash, hold_id, metadata, effective_at) \
+             SELECT id, kind, k, h, hold, m::jsonb, coalesce(eff::timestamptz, pg_catalog.now()) \
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::uuid[], $6::text[], $7::text[]) \
+                    AS u(id, kind, k, h, hold, m, eff)",
+            vec![
+                w.j_id.into(),
+                w.j_kind.into(),
+                w.j_key.into(),
+                w.j_hash.into(),
+                w.j_hold.into(),
+                w.j_meta.into(),
+                w.j_eff.into(),
+            ],
+        );
+    }
+    if !w.e_account.is_empty() {
+        run(
+            client,
+            "INSERT INTO payledger.entries (account_id, seq, journal_id, owner_id, asset, amount, balance_after, effective_at) \
+             SELECT a, s, j, o, c, n, b, coalesce(eff::timestamptz, pg_catalog.now()) \
+               FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::text[]) \
+                    AS u(a, s, j, o, c, n, b, eff)",
+            vec![
+                w.e_account.into(),
+                w.e_seq.into(),
+                w.e_journal.into(),
+                w.e_owner.into(),
+                w.e_asset.into(),
+                w.e_amount.into(),
+                w.e_after.into(),
+                w.e_eff.into(),
+            ],
+        );
+    }
+    if !w.h_id.is_empty() {
+        run(
+            client,
+            "INSERT INTO payledger.holds (id, owner_id, debit_account, credit_account, asset, amount, expires_at, \
+                                          idempotency_key, request_hash, metadata) \
+             SELECT id, o, d, c, a, n, \
+                    coalesce(e::timestamptz, pg_catalog.clock_timestamp() + t * interval '1 millisecond'), k, h, m::jsonb \
+               FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::int8[], $7::text[], \
+                                      $8::text[], $9::bytea[], $10::text[], $11::int8[]) AS u(id, o, d, c, a, n, e, k, h, m, t)",
+            vec![
+                w.h_id.into(),
+                w.h_owner.into(),
+                w.h_debit.into(),
+                w.h_credit.into(),
+                w.h_asset.into(),
+                w.h_amount.into(),
+                w.h_expires.into(),
+                w.h_key.into(),
+                w.h_hash.into(),
+                w.h_meta.into(),
+                w.h_timeout.into(),
+            ],
+        );
+    }
+    if !w.r_id.is_empty() {
+        run(
+            client,
+            "UPDATE payledger.holds h SET status = u.s, posted_amount = u.p, journal_id = u.j, \
+                    resolved_at = pg_catalog.clock_timestamp() \
+               FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::uuid[]) AS u(id, s, p, j) \
+              WHERE h.id = u.id",
+            vec![
+                w.r_id.into(),
+                w.r_status.into(),
+                w.r_posted.into(),
+                w.r_journal.into(),
+            ],
+        );
+    }
+}

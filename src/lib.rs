@@ -1,0 +1,30 @@
+//! payledger: a double-entry payments ledger inside PostgreSQL.
+//!
+//! The ledger core lives in `ledger` (schema, posting engine, SQL API);
+//! settings in `gucs`; error codes in `errors`. Roles and grants are applied
+//! last, from `src/security.sql`.
+
+use pgrx::prelude::*;
+
+mod errors;
+mod gucs;
+mod ledger;
+
+::pgrx::pg_module_magic!(name, version);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+extension_sql_file!("security.sql", name = "security", finalize);
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

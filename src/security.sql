@@ -1,0 +1,66 @@
+-- Roles and privileges, applied last. See docs/security.md.
+--
+--   payledger_admin    operators: everything, including invariants and raw tables
+--   payledger_app      the application backend (Supabase: service_role)
+--   payledger_enduser  end users (Supabase: authenticated): their own rows, through views
+--
+-- Nothing is granted to PUBLIC. Roles are cluster-wide, so they may already exist.
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['payledger_admin', 'payledger_app', 'payledger_enduser'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END;
+$$;
+
+REVOKE ALL ON SCHEMA payledger FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA payledger FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA payledger FROM PUBLIC;
+GRANT USAGE ON SCHEMA payledger TO payledger_admin, payledger_app, payledger_enduser;
+
+-- Reading the raw tables: the admin and the backend (RLS is on, so say so).
+GRANT SELECT ON payledger.assets, payledger.account_kinds, payledger.accounts, payledger.journals,
+                payledger.entries, payledger.holds TO payledger_admin, payledger_app;
+CREATE POLICY backend_read ON payledger.assets FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.account_kinds FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.accounts FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.journals FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.entries FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.holds FOR SELECT TO payledger_admin, payledger_app USING (true);
+
+-- End users: the owner-filtered views and the owner lookup only.
+GRANT SELECT ON payledger.my_accounts, payledger.my_entries, payledger.my_holds
+    TO payledger_enduser, payledger_app, payledger_admin;
+GRANT EXECUTE ON FUNCTION payledger.current_owner_id(), payledger.format_amount(text, bigint),
+    payledger.parse_amount(text, numeric)
+TO payledger_enduser, payledger_app, payledger_admin;
+
+-- The backend: money movement and lookups.
+GRANT EXECUTE ON FUNCTION
+    payledger.open_account(text, text, text, text, boolean, bigint, jsonb),
+    payledger.account_id(text, text, text, text),
+    payledger.transfer(uuid, uuid, bigint, text, jsonb, timestamptz, text),
+    payledger.post_journal(jsonb, text, jsonb, timestamptz, text),
+    payledger.transfer_batch(jsonb),
+    payledger.create_hold(uuid, uuid, bigint, interval, text, jsonb),
+    payledger.post_hold(uuid, bigint, text, jsonb, timestamptz),
+    payledger.void_hold(uuid),
+    payledger.balance(uuid),
+    payledger.available_balance(uuid),
+    payledger.balance_at(uuid, timestamptz),
+    payledger.new_id()
+TO payledger_app, payledger_admin;
+
+-- Operators only.
+GRANT EXECUTE ON FUNCTION
+    payledger.create_asset(text, integer, text),
+    payledger.register_account_kind(text, text),
+    payledger.close_account(uuid),
+    payledger.set_account_limits(uuid, boolean, bigint),
+    payledger.expire_holds(integer),
+    payledger.check_invariants()
+TO payledger_admin;

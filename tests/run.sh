@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Every test suite, from a fresh machine: #[pg_test] units, pg_regress golden
+# tests, pg_isolation_regress specs, and the integration tests (a real cluster).
+#   bash tests/run.sh            all suites
+#   bash tests/run.sh regress    only some: unit regress isolation integration
+#   ACCEPT=1 bash tests/run.sh regress   rewrite expected/ from the results
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+
+SUITES=${*:-unit regress isolation integration}
+OUT="$REPO/tests/.out"
+mkdir -p "$OUT"
+failed=()
+
+run_unit() {
+  log "unit: cargo pgrx test (#[pg_test] and #[test])"
+  local pgdata; pgdata=$(pg_scratch)
+  (cd "$REPO" && cargo pgrx test --release pg$PG_VERSION --runas postgres --pgdata "$pgdata/data")
+  rm -rf "$pgdata"
+}
+
+# pg_regress / pg_isolation_regress as postgres, on a temp instance.
+run_pg_regress() { # <kind: regress|isolation>
+  local kind=$1 dir tool args
+  dir=$(pg_scratch)
+  if [ "$kind" = regress ]; then
+    cp -r "$REPO/tests/pg_regress/sql" "$REPO/tests/pg_regress/expected" "$dir/"
+    tool="$PGXS_TEST/regress/pg_regress"
+    args=(--schedule="$REPO/tests/pg_regress/schedule" --dbname=payledger_regress)
+  else
+    cp -r "$REPO/tests/isolation/specs" "$REPO/tests/isolation/expected" "$dir/"
+    tool="$PGXS_TEST/isolation/pg_isolation_regress"
+    args=($(cd "$REPO/tests/isolation/specs" && ls *.spec | sed 's/\.spec$//'))
+  fi
+  mkdir -p "$dir/results"
+  chown -R postgres:postgres "$dir"
+  chmod -R a+rX "$REPO/tests"
+  local rc=0
+  as_pg "$tool" --temp-instance="$dir/tmp_check" --temp-config="$REPO/tests/pg_regress/regress.conf" \
+    --bindir="$PG_BIN" --inputdir="$dir" --outputdir="$dir" --port="$TEST_PORT" "${args[@]}" || rc=$?
+  if [ -n "${ACCEPT:-}" ]; then
+    local target="$REPO/tests/pg_regress/expected"; [ "$kind" = isolation ] && target="$REPO/tests/isolation/expected"
+    cp "$dir"/results/*.out "$target/"
+  fi
+  if [ $rc -ne 0 ]; then
+    [ -f "$dir/regression.diffs" ] && cp "$dir/regression.diffs" "$OUT/$kind.diffs" && cat "$dir/regression.diffs"
+    rm -rf "$dir"
+    return 1
+  fi
+  rm -rf "$dir"
+}
+
+run_integration() {
+  local t
+  for t in "$REPO"/tests/integration/*.sh; do
+    log "integration: $(basename "$t")"
+    bash "$t"
+  done
+}
+
+setup_machine
+for s in $SUITES; do
+  case $s in
+    unit) run_unit || failed+=(unit) ;;
+    regress|isolation|integration)
+      if [ -z "${INSTALLED:-}" ]; then install_extension; INSTALLED=1; fi
+      case $s in
+        regress) log "pg_regress"; run_pg_regress regress || failed+=(regress) ;;
+        isolation) log "pg_isolation_regress"; run_pg_regress isolation || failed+=(isolation) ;;
+        integration) run_integration || failed+=(integration) ;;
+      esac ;;
+    *) echo "unknown suite $s" >&2; exit 2 ;;
+  esac
+done
+if ((${#failed[@]})); then
+  log "FAILED: ${failed[*]}"
+  exit 1
+fi
+log "all suites passed: $SUITES"
