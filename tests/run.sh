@@ -13,9 +13,10 @@ failed=()
 
 run_unit() {
   log "unit: cargo pgrx test (#[pg_test] and #[test])"
-  local pgdata; pgdata=$(pg_scratch)
-  (cd "$REPO" && cargo pgrx test --release pg$PG_VERSION --runas postgres --pgdata "$pgdata/data")
+  local pgdata rc=0; pgdata=$(pg_scratch)
+  (cd "$REPO" && cargo pgrx test --release pg$PG_VERSION --runas postgres --pgdata "$pgdata/data") || rc=$?
   rm -rf "$pgdata"
+  return $rc
 }
 
 # pg_regress / pg_isolation_regress as postgres, on a temp instance.
@@ -50,11 +51,12 @@ run_pg_regress() { # <kind: regress|isolation>
 }
 
 run_integration() {
-  local t
+  local t rc=0
   for t in "$REPO"/tests/integration/*.sh; do
     log "integration: $(basename "$t")"
-    bash "$t"
+    bash "$t" || { rc=1; log "FAILED: $(basename "$t")"; }
   done
+  return $rc
 }
 
 setup_machine

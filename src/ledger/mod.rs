@@ -20,6 +20,7 @@ extension_sql_file!(
 /// fails on its own; the result has one row per item, in input order.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(payledger, pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)] // pgrx needs the row type spelled out here
 fn transfer_batch(
     items: Option<JsonB>,
 ) -> TableIterator<
@@ -65,4 +66,98 @@ fn transfer_batch(
 #[search_path(pg_catalog, pg_temp)]
 fn new_id() -> Uuid {
     Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes())
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn setup() {
+        Spi::run(
+            "SELECT payledger.create_asset('msat', 3);
+             CREATE TEMP TABLE t AS SELECT payledger.open_account('w', 'msat', 'external', 'main', true) AS w,
+                                           payledger.open_account('a', 'msat') AS a,
+                                           payledger.open_account('b', 'msat') AS b;",
+        )
+        .unwrap();
+    }
+
+    fn one<T: IntoDatum + FromDatum>(q: &str) -> T {
+        Spi::get_one::<T>(q).unwrap().expect("a non-null result")
+    }
+
+    #[pg_test]
+    fn ids_are_time_ordered() {
+        let ordered: bool = one(
+            "SELECT bool_and(x < y) FROM (SELECT payledger.new_id() AS x, payledger.new_id() AS y
+                                            FROM generate_series(1, 100)) s",
+        );
+        assert!(ordered);
+    }
+
+    #[pg_test]
+    fn a_transfer_writes_balanced_entries_with_running_balances() {
+        setup();
+        Spi::run("SELECT payledger.transfer(w, a, 500) FROM t").unwrap();
+        Spi::run("SELECT payledger.transfer(a, b, 200) FROM t").unwrap();
+        let a: i64 = one("SELECT payledger.balance(a) FROM t");
+        let b: i64 = one("SELECT payledger.balance(b) FROM t");
+        assert_eq!((a, b), (300, 200));
+        let chain: String = one(
+            "SELECT string_agg(amount || '>' || balance_after, ',' ORDER BY seq)
+               FROM payledger.entries, t WHERE account_id = t.a",
+        );
+        assert_eq!(chain, "500>500,-200>300");
+        let violations: i64 = one("SELECT count(*) FROM payledger.check_invariants()");
+        assert_eq!(violations, 0);
+    }
+
+    #[pg_test]
+    fn batch_items_fail_alone_and_replays_report_exists() {
+        setup();
+        Spi::run("SELECT payledger.transfer(w, a, 100) FROM t").unwrap();
+        let statuses: String = one(
+            "SELECT string_agg(status || coalesce(':' || sqlstate, ''), ',' ORDER BY item)
+               FROM t, payledger.transfer_batch(jsonb_build_array(
+                 jsonb_build_object('from', t.a, 'to', t.b, 'amount', 60, 'idempotency_key', 'k'),
+                 jsonb_build_object('from', t.a, 'to', t.b, 'amount', 60),
+                 jsonb_build_object('from', t.a, 'to', t.b, 'amount', 60, 'idempotency_key', 'k'),
+                 jsonb_build_object('from', t.a, 'to', t.b, 'amount', 40)))",
+        );
+        assert_eq!(statuses, "ok,error:PL006,exists,ok");
+        let b: i64 = one("SELECT payledger.balance(b) FROM t");
+        assert_eq!(b, 100);
+    }
+
+    #[pg_test]
+    fn hold_timeout_sets_the_expiry() {
+        setup();
+        Spi::run("SELECT payledger.transfer(w, a, 100) FROM t").unwrap();
+        // The hold is read in a later statement: a statement does not see its own function's writes.
+        Spi::run("CREATE TEMP TABLE h AS SELECT payledger.create_hold(a, b, 10, timeout => '10 seconds') AS id FROM t")
+            .unwrap();
+        let ok: bool = one(
+            "SELECT expires_at BETWEEN clock_timestamp() + interval '9 seconds' AND clock_timestamp() + interval '11 seconds'
+               FROM payledger.holds WHERE id = (SELECT id FROM h)",
+        );
+        assert!(ok);
+        let available: i64 = one("SELECT payledger.available_balance(a) FROM t");
+        assert_eq!(available, 90);
+    }
+
+    #[pg_test]
+    fn overdraft_raises_pl006_and_changes_nothing() {
+        setup();
+        Spi::run(
+            "DO $$ BEGIN
+                 PERFORM payledger.transfer(a, b, 1) FROM t;
+                 RAISE EXCEPTION 'the overdraft was accepted';
+             EXCEPTION WHEN SQLSTATE 'PL006' THEN NULL;
+             END $$",
+        )
+        .unwrap();
+        let entries: i64 = one("SELECT count(*) FROM payledger.entries");
+        assert_eq!(entries, 0);
+    }
 }
