@@ -1,0 +1,33 @@
+-- Benchmark fixtures: the same 50 accounts (plus one hot account, n = 0) for payledger and the floor.
+CREATE EXTENSION payledger;
+SELECT payledger.create_asset('msat', 3);
+SELECT payledger.open_account('bench-world', 'msat', 'external', 'main', true) AS world \gset
+CREATE TABLE bench_acc AS
+  SELECT n, payledger.open_account('bench-' || n, 'msat') AS id FROM generate_series(0, :accounts) n;
+CREATE UNIQUE INDEX ON bench_acc (n);
+SELECT count(*) FROM (SELECT payledger.transfer(:'world', id, 1000000000000000) FROM bench_acc) s;
+
+-- The floor: the least a correct two-leg transfer must do, in one server-side call.
+CREATE TABLE floor_accounts (id uuid PRIMARY KEY, balance bigint NOT NULL, seq bigint NOT NULL DEFAULT 0);
+CREATE TABLE floor_entries (account_id uuid, seq bigint, amount bigint NOT NULL, balance_after bigint NOT NULL,
+                            PRIMARY KEY (account_id, seq));
+INSERT INTO floor_accounts (id, balance) SELECT id, 1000000000000000 FROM bench_acc;
+CREATE FUNCTION floor_transfer(a uuid, b uuid, amt bigint) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM 1 FROM floor_accounts WHERE id IN (a, b) ORDER BY id FOR NO KEY UPDATE;
+  UPDATE floor_accounts SET balance = balance - amt, seq = seq + 1 WHERE id = a;
+  UPDATE floor_accounts SET balance = balance + amt, seq = seq + 1 WHERE id = b;
+  INSERT INTO floor_entries SELECT id, seq, CASE WHEN id = a THEN -amt ELSE amt END, balance
+    FROM floor_accounts WHERE id IN (a, b);
+END;
+$$;
+
+-- Pre-built batches of 1,000 random transfers among the spread accounts.
+CREATE TABLE bench_batches AS
+  SELECT k, jsonb_agg(jsonb_build_object('from', (SELECT id FROM bench_acc WHERE n = x),
+                                         'to', (SELECT id FROM bench_acc WHERE n = 1 + (x + d - 1) % :accounts),
+                                         'amount', 1)) AS items
+    FROM (SELECT k, 1 + (random() * (:accounts - 1))::int AS x, 1 + (random() * (:accounts - 2))::int AS d
+            FROM generate_series(1, 20) k, generate_series(1, 1000) g) s
+   GROUP BY k;
+VACUUM ANALYZE;
