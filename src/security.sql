@@ -61,6 +61,7 @@ GRANT EXECUTE ON FUNCTION
     payledger.register_account_kind(text, text),
     payledger.close_account(uuid),
     payledger.set_account_limits(uuid, boolean, bigint),
+    payledger.set_account_shards(uuid, integer),
     payledger.expire_holds(integer),
     payledger.check_invariants()
 TO payledger_admin;

@@ -1,9 +1,7 @@
 -- payledger ledger API: SECURITY DEFINER functions with a pinned search_path.
 -- Every failure raises a specific SQLSTATE (docs/errors.md) and changes nothing.
 
--- The engine's statements are prepared once per backend; keep their generic plans
--- (array parameters otherwise make the plan cache re-plan them on every call).
-ALTER FUNCTION payledger.transfer_batch(jsonb) SET plan_cache_mode = force_generic_plan;
+
 
 -- Raise an engine failure with its own SQLSTATE (pgrx cannot raise custom codes).
 CREATE FUNCTION payledger.raise_failure(code text, message text, detail text)
@@ -101,8 +99,9 @@ BEGIN
     PERFORM payledger.require(kind, 'kind');
     PERFORM payledger.require(name, 'name');
     PERFORM payledger.require(allow_negative, 'allow_negative');
-    IF owner_id = '' OR name = '' THEN
-        RAISE EXCEPTION 'owner_id and name must not be empty' USING ERRCODE = '22023';
+    IF owner_id = '' OR name = '' OR strpos(name, '#') > 0 THEN
+        RAISE EXCEPTION 'owner_id and name must not be empty, and a name has no #' USING ERRCODE = '22023',
+            HINT = '# marks the shards of an account.';
     END IF;
     IF NOT EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = open_account.asset) THEN
         RAISE EXCEPTION 'asset % does not exist', quote_literal(asset) USING ERRCODE = 'PL003';
@@ -166,17 +165,24 @@ CREATE FUNCTION payledger.close_account(account uuid)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     acc payledger.accounts := payledger.lock_account(account);
+    total bigint;
 BEGIN
     IF acc.closed_at IS NOT NULL THEN
         RAISE EXCEPTION 'account % is already closed', account USING ERRCODE = 'PL005';
     END IF;
-    IF acc.balance <> 0 OR acc.pending_debits <> 0 THEN
+    IF acc.parent_id IS NOT NULL THEN
+        RAISE EXCEPTION 'account % is a shard: close %', account, acc.parent_id USING ERRCODE = '22023';
+    END IF;
+    -- lock the shards too, so that no credit lands between the check and the close
+    SELECT acc.balance + coalesce(sum(s.balance), 0) INTO total
+      FROM (SELECT a.balance FROM payledger.accounts a WHERE a.parent_id = acc.id ORDER BY a.id FOR NO KEY UPDATE) s;
+    IF total <> 0 OR acc.pending_debits <> 0 THEN
         RAISE EXCEPTION 'account % is not empty', account
             USING ERRCODE = 'PL013',
-                  DETAIL = format('balance %s, pending %s', acc.balance, acc.pending_debits),
+                  DETAIL = format('balance %s, pending %s', total, acc.pending_debits),
                   HINT = 'Move the balance out and resolve pending holds first.';
     END IF;
-    UPDATE payledger.accounts a SET closed_at = now() WHERE a.id = close_account.account;
+    UPDATE payledger.accounts a SET closed_at = now() WHERE a.id = acc.id OR a.parent_id = acc.id;
 END;
 $$;
 
@@ -201,6 +207,35 @@ BEGIN
 END;
 $$;
 
+-- Split an account that many sessions credit at once into n rows (the account
+-- and n - 1 shards that only receive). Credits then take any free shard instead
+-- of queueing on one row lock; debits and holds use the account's own row and
+-- count the shards' money. Only grows; returns the new count.
+CREATE FUNCTION payledger.set_account_shards(account uuid, shards integer)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    acc payledger.accounts := payledger.lock_account(account);
+BEGIN
+    PERFORM payledger.require(shards, 'shards');
+    IF acc.parent_id IS NOT NULL THEN
+        RAISE EXCEPTION 'account % is itself a shard of %', account, acc.parent_id USING ERRCODE = '22023';
+    END IF;
+    IF acc.closed_at IS NOT NULL THEN
+        RAISE EXCEPTION 'account % is closed', account USING ERRCODE = 'PL005';
+    END IF;
+    IF shards NOT BETWEEN acc.shards AND 256 THEN
+        RAISE EXCEPTION 'shards must be between the current % and 256, got %', acc.shards, shards
+            USING ERRCODE = '22023', HINT = 'Shards are never removed.';
+    END IF;
+    INSERT INTO payledger.accounts (id, owner_id, asset, kind, name, parent_id, metadata)
+    SELECT payledger.new_id(), acc.owner_id, acc.asset, acc.kind, acc.name || '#' || k, acc.id,
+           jsonb_build_object('shard_of', acc.id)
+      FROM generate_series(acc.shards, set_account_shards.shards - 1) AS k;
+    UPDATE payledger.accounts a SET shards = set_account_shards.shards WHERE a.id = acc.id;
+    RETURN shards;
+END;
+$$;
+
 ---------------------------------------------------------------------------
 -- Transfers and holds (through the engine)
 ---------------------------------------------------------------------------
@@ -214,14 +249,18 @@ CREATE FUNCTION payledger.transfer(
     effective_at    timestamptz DEFAULT NULL,
     kind            text DEFAULT 'transfer')
 RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
 BEGIN
     IF from_account IS NULL OR to_account IS NULL OR amount IS NULL THEN
         RAISE EXCEPTION 'from_account, to_account and amount must not be null' USING ERRCODE = '22004';
     END IF;
-    RETURN (payledger.apply_one(jsonb_build_object(
-        'from', from_account, 'to', to_account, 'amount', amount,
-        'idempotency_key', idempotency_key, 'metadata', metadata,
-        'effective_at', effective_at, 'kind', kind))).journal_id;
+    SELECT * INTO r FROM payledger.transfer_one(from_account, to_account, amount, idempotency_key,
+                                                metadata, effective_at, kind);
+    IF r.sqlstate IS NOT NULL THEN
+        PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+    END IF;
+    RETURN r.journal_id;
 END;
 $$;
 
@@ -313,12 +352,20 @@ $$;
 -- Balances
 ---------------------------------------------------------------------------
 
+-- What an account's shards hold (0 for an unsharded account).
+CREATE FUNCTION payledger.shard_balance(acc payledger.accounts)
+RETURNS bigint LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN acc.shards > 1
+                THEN (SELECT coalesce(sum(s.balance), 0)::bigint FROM payledger.accounts s WHERE s.parent_id = acc.id)
+                ELSE 0 END;
+$$;
+
 CREATE FUNCTION payledger.balance(account uuid)
 RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     b bigint;
 BEGIN
-    SELECT a.balance INTO b FROM payledger.accounts a WHERE a.id = balance.account;
+    SELECT a.balance + payledger.shard_balance(a) INTO b FROM payledger.accounts a WHERE a.id = balance.account;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'account % does not exist', account USING ERRCODE = 'PL002';
     END IF;
@@ -331,7 +378,8 @@ RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payled
 DECLARE
     b bigint;
 BEGIN
-    SELECT a.balance - a.pending_debits INTO b FROM payledger.accounts a WHERE a.id = available_balance.account;
+    SELECT a.balance + payledger.shard_balance(a) - a.pending_debits INTO b
+      FROM payledger.accounts a WHERE a.id = available_balance.account;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'account % does not exist', account USING ERRCODE = 'PL002';
     END IF;
@@ -347,8 +395,12 @@ DECLARE
     b bigint;
 BEGIN
     PERFORM payledger.require(at, 'at');
-    SELECT a.balance - coalesce((SELECT sum(e.amount) FROM payledger.entries e
-                                  WHERE e.account_id = a.id AND e.effective_at > balance_at.at), 0)
+    SELECT a.balance + payledger.shard_balance(a)
+           - coalesce((SELECT sum(e.amount) FROM payledger.entries e
+                        WHERE e.account_id = a.id AND e.effective_at > balance_at.at), 0)
+           - coalesce((SELECT sum(e.amount) FROM payledger.accounts s
+                         JOIN payledger.entries e ON e.account_id = s.id AND e.effective_at > balance_at.at
+                        WHERE a.shards > 1 AND s.parent_id = a.id), 0)
       INTO b FROM payledger.accounts a WHERE a.id = balance_at.account;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'account % does not exist', account USING ERRCODE = 'PL002';
@@ -438,14 +490,30 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
       FROM payledger.entries e LEFT JOIN payledger.accounts a ON a.id = e.account_id
      WHERE a.id IS NULL OR a.asset <> e.asset OR a.owner_id <> e.owner_id
     UNION ALL
+    SELECT 'journal_key_has_hash', j.id::text, 'idempotency key and request hash must come together'
+      FROM payledger.journals j WHERE (j.idempotency_key IS NULL) <> (j.request_hash IS NULL)
+    UNION ALL
     SELECT 'entry_has_journal', format('%s/%s', e.account_id, e.seq), format('journal %s does not exist', e.journal_id)
       FROM payledger.entries e WHERE NOT EXISTS (SELECT 1 FROM payledger.journals j WHERE j.id = e.journal_id)
     UNION ALL
-    SELECT 'floor', a.id::text, format('available %s (balance %s, pending %s) below the allowed floor',
-                                       a.balance - a.pending_debits, a.balance, a.pending_debits)
-      FROM payledger.accounts a
-     WHERE a.balance - a.pending_debits < 0
-       AND NOT (a.allow_negative AND (a.overdraft_limit IS NULL OR a.balance - a.pending_debits >= -a.overdraft_limit))
+    SELECT 'floor', t.id::text, format('available %s (balance %s, pending %s) below the allowed floor',
+                                       t.available, t.total, t.pending_debits)
+      FROM (SELECT a.id, a.allow_negative, a.overdraft_limit, a.pending_debits,
+                   a.balance + payledger.shard_balance(a) AS total,
+                   a.balance + payledger.shard_balance(a) - a.pending_debits AS available
+              FROM payledger.accounts a WHERE a.parent_id IS NULL) t
+     WHERE t.available < 0 AND NOT (t.allow_negative AND (t.overdraft_limit IS NULL OR t.available >= -t.overdraft_limit))
+    UNION ALL
+    SELECT 'shard_matches_account', s.id::text, format('shard of %s', s.parent_id)
+      FROM payledger.accounts s LEFT JOIN payledger.accounts p ON p.id = s.parent_id
+     WHERE s.parent_id IS NOT NULL
+       AND (p.id IS NULL OR p.parent_id IS NOT NULL OR p.shards < 2 OR p.owner_id <> s.owner_id
+            OR p.asset <> s.asset OR p.kind <> s.kind OR s.allow_negative OR s.pending_debits <> 0
+            OR s.balance < 0 OR (p.closed_at IS NULL) <> (s.closed_at IS NULL))
+    UNION ALL
+    SELECT 'shard_only_receives', format('%s/%s', e.account_id, e.seq), 'a shard was debited'
+      FROM payledger.entries e JOIN payledger.accounts s ON s.id = e.account_id
+     WHERE s.parent_id IS NOT NULL AND e.amount < 0
     UNION ALL
     SELECT 'holds_pending', a.id::text, format('pending_debits %s, pending holds sum to %s', a.pending_debits, coalesce(h.total, 0))
       FROM payledger.accounts a
@@ -468,7 +536,9 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
                  OR (e.account_id = h.credit_account AND e.amount = h.posted_amount))) <> 2
     UNION ALL
     SELECT 'closed_is_empty', a.id::text, format('closed with balance %s, pending %s', a.balance, a.pending_debits)
-      FROM payledger.accounts a WHERE a.closed_at IS NOT NULL AND (a.balance <> 0 OR a.pending_debits <> 0)
+      FROM payledger.accounts a
+     WHERE a.parent_id IS NULL AND a.closed_at IS NOT NULL
+       AND (a.balance + payledger.shard_balance(a) <> 0 OR a.pending_debits <> 0)
 $$;
 
 ---------------------------------------------------------------------------
@@ -486,15 +556,21 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 CREATE VIEW payledger.my_accounts WITH (security_barrier) AS
-SELECT a.id, a.asset, a.kind, a.name, a.balance, a.pending_debits,
-       a.balance - a.pending_debits AS available, a.created_at, a.closed_at
+SELECT a.id, a.asset, a.kind, a.name, a.balance + coalesce(s.total, 0) AS balance, a.pending_debits,
+       a.balance + coalesce(s.total, 0) - a.pending_debits AS available, a.created_at, a.closed_at
   FROM payledger.accounts a
- WHERE a.owner_id = payledger.current_owner_id();
+  LEFT JOIN LATERAL (SELECT sum(x.balance)::bigint AS total FROM payledger.accounts x
+                      WHERE a.shards > 1 AND x.parent_id = a.id) s ON true
+ WHERE a.owner_id = payledger.current_owner_id() AND a.parent_id IS NULL;
 
+-- Entries on a shard are shown under their account; balance_after is then the
+-- shard's running balance.
 CREATE VIEW payledger.my_entries WITH (security_barrier) AS
-SELECT e.account_id, e.seq, e.journal_id, j.kind, e.asset, e.amount, e.balance_after, e.effective_at, j.created_at
+SELECT coalesce(a.parent_id, e.account_id) AS account_id, e.seq, e.journal_id, j.kind, e.asset, e.amount,
+       e.balance_after, e.effective_at, j.created_at, a.parent_id IS NOT NULL AS on_shard
   FROM payledger.entries e
   JOIN payledger.journals j ON j.id = e.journal_id
+  JOIN payledger.accounts a ON a.id = e.account_id
  WHERE e.owner_id = payledger.current_owner_id();
 
 CREATE VIEW payledger.my_holds WITH (security_barrier) AS

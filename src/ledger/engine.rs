@@ -20,7 +20,7 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use pgrx::Uuid;
 use serde_json::Value;
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// The outcome of one item.
 pub struct Outcome {
@@ -68,6 +68,11 @@ struct Account {
     seq: i64,
     closed: bool,
     dirty: bool,
+    /// Set on the shard rows of a sharded account: the account they belong to.
+    parent: Option<Id>,
+    /// Money held by the account's shards (read without locking them; shards
+    /// only ever receive, so this is a lower bound). 0 for unsharded accounts.
+    in_shards: i64,
 }
 
 #[derive(Clone)]
@@ -137,6 +142,38 @@ fn spi_err(e: pgrx::spi::Error) -> ! {
 thread_local! {
     // Plans prepared once per backend: planning costs more than running these statements.
     static PLANS: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+    // Accounts this backend has seen with shards. Sharding is never undone, so a
+    // stale miss only means the slower path of locking the account itself.
+    static SHARDED: RefCell<HashSet<Id>> = RefCell::new(HashSet::new());
+}
+
+fn read_account(row: &pgrx::spi::SpiHeapTupleData) -> (Id, Account, i16) {
+    let id: Uuid = row.get(1).ok().flatten().expect("id");
+    let allow_negative: bool = row.get(4).ok().flatten().unwrap_or(false);
+    let overdraft: Option<i64> = row.get(5).ok().flatten();
+    let floor = if allow_negative {
+        overdraft.map(|l| -l)
+    } else {
+        Some(0)
+    };
+    let parent: Option<Uuid> = row.get(11).ok().flatten();
+    let account = Account {
+        owner: row.get(2).ok().flatten().unwrap_or_default(),
+        asset: row.get(3).ok().flatten().unwrap_or_default(),
+        floor,
+        balance: row.get(6).ok().flatten().unwrap_or_default(),
+        pending: row.get(7).ok().flatten().unwrap_or_default(),
+        seq: row.get(8).ok().flatten().unwrap_or_default(),
+        closed: row.get(9).ok().flatten().unwrap_or(false),
+        dirty: false,
+        parent: parent.map(|p| *p.as_bytes()),
+        in_shards: 0,
+    };
+    (
+        *id.as_bytes(),
+        account,
+        row.get(10).ok().flatten().unwrap_or(1),
+    )
 }
 
 /// Run one of the engine's statements through its cached plan.
@@ -177,7 +214,11 @@ pub fn apply_json(items: &Value, max_items: usize) -> Vec<Outcome> {
             )
         );
     }
-    let parsed: Vec<Result<Item>> = arr.iter().map(parse_item).collect();
+    apply_items(arr.iter().map(parse_item).collect())
+}
+
+/// Apply already-parsed items (a parse failure is that item's outcome).
+pub fn apply_items(parsed: Vec<Result<Item>>) -> Vec<Outcome> {
     Spi::connect_mut(|client| apply(client, parsed))
 }
 
@@ -280,14 +321,26 @@ fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Vec<Outcome> 
         }
     }
 
-    // 3b. lock every account the batch touches, in uuid order.
+    // 3b. lock every account the batch touches, in uuid order. An account that
+    // this call only credits and that has shards is not locked: one of its
+    // shards is, with SKIP LOCKED, after all the others (3c).
     let mut account_ids: BTreeSet<Id> = BTreeSet::new();
+    let mut debited: HashSet<Id> = HashSet::new();
     for it in items.iter().flatten() {
         match &it.op {
-            Op::Transfer { postings, .. } => account_ids.extend(postings.iter().map(|p| p.0)),
+            Op::Transfer { postings, .. } => {
+                for (id, amount) in postings {
+                    account_ids.insert(*id);
+                    if *amount < 0 {
+                        debited.insert(*id);
+                    }
+                }
+            }
             Op::HoldCreate { debit, credit, .. } => {
                 account_ids.insert(*debit);
                 account_ids.insert(*credit);
+                debited.insert(*debit);
+                debited.insert(*credit);
             }
             _ => {}
         }
@@ -295,40 +348,105 @@ fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Vec<Outcome> 
     for h in holds.values() {
         account_ids.insert(h.debit);
         account_ids.insert(h.credit);
+        debited.insert(h.debit);
+        debited.insert(h.credit);
+    }
+    // Which of the accounts this call only credits have shards: known ones from
+    // the backend's cache (sharding is never undone), the rest by an unlocked read.
+    let credit_only: Vec<Id> = account_ids
+        .iter()
+        .filter(|id| !debited.contains(*id))
+        .copied()
+        .collect();
+    let (mut credit_only_sharded, unknown): (BTreeSet<Id>, Vec<Id>) = SHARDED.with(|sh| {
+        let sh = sh.borrow();
+        let (known, unknown): (Vec<Id>, Vec<Id>) =
+            credit_only.iter().partition(|id| sh.contains(*id));
+        (known.into_iter().collect(), unknown)
+    });
+    if !unknown.is_empty() {
+        let ids: Vec<Uuid> = unknown.iter().map(u).collect();
+        for row in exec(
+            client,
+            "SELECT id FROM payledger.accounts WHERE id = ANY($1) AND shards > 1",
+            &[DatumWithOid::from(ids)],
+        ) {
+            let id: Uuid = row.get(1).ok().flatten().expect("id");
+            SHARDED.with(|sh| sh.borrow_mut().insert(*id.as_bytes()));
+            credit_only_sharded.insert(*id.as_bytes());
+        }
     }
     let mut accounts: HashMap<Id, Account> = HashMap::new();
-    if !account_ids.is_empty() {
-        let ids: Vec<Uuid> = account_ids.iter().map(u).collect();
+    let mut sharded_debited: Vec<Uuid> = Vec::new();
+    let to_lock: Vec<Uuid> = account_ids
+        .iter()
+        .filter(|id| !credit_only_sharded.contains(*id))
+        .map(u)
+        .collect();
+    if !to_lock.is_empty() {
         let rows = exec(
             client,
             "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
-                    entry_count, closed_at IS NOT NULL \
+                    entry_count, closed_at IS NOT NULL, shards, parent_id \
                FROM payledger.accounts WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-            &[DatumWithOid::from(ids)],
+            &[DatumWithOid::from(to_lock)],
         );
         for row in rows {
-            let id: Uuid = row.get(1).ok().flatten().expect("id");
-            let allow_negative: bool = row.get(4).ok().flatten().unwrap_or(false);
-            let overdraft: Option<i64> = row.get(5).ok().flatten();
-            let floor = if allow_negative {
-                overdraft.map(|l| -l)
-            } else {
-                Some(0)
-            };
-            accounts.insert(
-                *id.as_bytes(),
-                Account {
-                    owner: row.get(2).ok().flatten().unwrap_or_default(),
-                    asset: row.get(3).ok().flatten().unwrap_or_default(),
-                    floor,
-                    balance: row.get(6).ok().flatten().unwrap_or_default(),
-                    pending: row.get(7).ok().flatten().unwrap_or_default(),
-                    seq: row.get(8).ok().flatten().unwrap_or_default(),
-                    closed: row.get(9).ok().flatten().unwrap_or(false),
-                    dirty: false,
-                },
-            );
+            let (id, account, shards) = read_account(&row);
+            if shards > 1 {
+                SHARDED.with(|sh| sh.borrow_mut().insert(id));
+                if debited.contains(&id) {
+                    sharded_debited.push(u(&id));
+                }
+            }
+            accounts.insert(id, account);
         }
+    }
+    // A sharded account's money is partly in its shards; a debit may use it.
+    if !sharded_debited.is_empty() {
+        let rows = exec(
+            client,
+            "SELECT parent_id, sum(balance)::int8 FROM payledger.accounts \
+              WHERE parent_id = ANY($1) GROUP BY parent_id",
+            &[DatumWithOid::from(sharded_debited)],
+        );
+        for row in rows {
+            let parent: Uuid = row.get(1).ok().flatten().expect("parent");
+            let sum: i64 = row.get(2).ok().flatten().unwrap_or(0);
+            if let Some(a) = accounts.get_mut(parent.as_bytes()) {
+                a.in_shards = sum;
+            }
+        }
+    }
+    // 3c. one shard per credited sharded account: a free one if any, else wait
+    // for a random one. Shards come last in the lock order and are taken one
+    // per account in uuid order, so this cannot deadlock either.
+    let mut redirect: HashMap<Id, Id> = HashMap::new();
+    for parent in &credit_only_sharded {
+        let mut shard = None;
+        for sql in [
+            "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
+                    entry_count, closed_at IS NOT NULL, shards, parent_id \
+               FROM payledger.accounts WHERE parent_id = $1 \
+              ORDER BY random() LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED",
+            "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
+                    entry_count, closed_at IS NOT NULL, shards, parent_id \
+               FROM payledger.accounts WHERE parent_id = $1 \
+              ORDER BY random() LIMIT 1 FOR NO KEY UPDATE",
+        ] {
+            if let Some(row) = exec(client, sql, &[DatumWithOid::from(u(parent))]).next() {
+                shard = Some(read_account(&row));
+                break;
+            }
+        }
+        let (id, account, _) = shard.unwrap_or_else(|| {
+            pgrx::error!(
+                "payledger: sharded account {} has no shards",
+                id_str(parent)
+            )
+        });
+        accounts.insert(id, account);
+        redirect.insert(*parent, id);
     }
 
     // 4. apply in order.
@@ -362,31 +480,46 @@ fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Vec<Outcome> 
                 postings,
                 kind,
                 effective_at,
-            } => apply_transfer(
-                &mut accounts,
-                &mut w,
-                it,
-                postings,
-                kind,
-                effective_at,
-                None,
-            )
-            .map(|j| (Some(j), None)),
+            } => match postings
+                .iter()
+                .find_map(|(id, _)| shard_named(&accounts, id))
+            {
+                Some(e) => Err(e),
+                None => {
+                    let postings: Vec<(Id, i64)> = postings
+                        .iter()
+                        .map(|(id, n)| (*redirect.get(id).unwrap_or(id), *n))
+                        .collect();
+                    apply_transfer(
+                        &mut accounts,
+                        &mut w,
+                        it,
+                        &postings,
+                        kind,
+                        effective_at,
+                        None,
+                    )
+                    .map(|j| (Some(j), None))
+                }
+            },
             Op::HoldCreate {
                 debit,
                 credit,
                 amount,
                 expires_at,
                 timeout_ms,
-            } => apply_hold_create(
-                &mut accounts,
-                &mut w,
-                it,
-                (*debit, *credit, *amount),
-                expires_at,
-                *timeout_ms,
-            )
-            .map(|h| (None, Some(h))),
+            } => match shard_named(&accounts, debit).or_else(|| shard_named(&accounts, credit)) {
+                Some(e) => Err(e),
+                None => apply_hold_create(
+                    &mut accounts,
+                    &mut w,
+                    it,
+                    (*debit, *credit, *amount),
+                    expires_at,
+                    *timeout_ms,
+                )
+                .map(|h| (None, Some(h))),
+            },
             Op::HoldPost {
                 hold,
                 amount,
@@ -432,6 +565,23 @@ fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Vec<Outcome> 
         .collect()
 }
 
+/// Shards are reached through their account, never named directly: debiting
+/// one would break the rule that shards only receive.
+fn shard_named(accounts: &HashMap<Id, Account>, id: &Id) -> Option<LedgerError> {
+    let parent = accounts.get(id)?.parent?;
+    Some(
+        LedgerError::new(
+            Code::Malformed,
+            format!(
+                "account {} is a shard of account {}",
+                id_str(id),
+                id_str(&parent)
+            ),
+        )
+        .detail("name the sharded account itself"),
+    )
+}
+
 fn account<'a>(accounts: &'a HashMap<Id, Account>, id: &Id) -> Result<&'a Account> {
     let a = accounts.get(id).ok_or_else(|| {
         LedgerError::new(
@@ -449,7 +599,7 @@ fn account<'a>(accounts: &'a HashMap<Id, Account>, id: &Id) -> Result<&'a Accoun
 }
 
 fn insufficient(id: &Id, a: &Account, needed: i64) -> LedgerError {
-    let available = a.balance - a.pending;
+    let available = a.balance - a.pending + a.in_shards;
     LedgerError::new(
         Code::InsufficientFunds,
         format!("insufficient funds in account {}", id_str(id)),
@@ -463,7 +613,7 @@ fn insufficient(id: &Id, a: &Account, needed: i64) -> LedgerError {
 
 fn check_floor(id: &Id, a: &Account, new_available: i64, needed: i64) -> Result<()> {
     match a.floor {
-        Some(f) if new_available < f => Err(insufficient(id, a, needed)),
+        Some(f) if new_available + a.in_shards < f => Err(insufficient(id, a, needed)),
         _ => Ok(()),
     }
 }
@@ -707,6 +857,46 @@ fn release_hold(
     Ok(())
 }
 
+/// Everything is written by one statement: fewer executor start-ups than a
+/// statement per table, and the entry guard then sees the updated accounts.
+/// Calls without hold changes (most) use the shorter form.
+const WRITE_TRANSFERS: &str = "\
+WITH acc AS (
+    UPDATE payledger.accounts a SET balance = u.b, pending_debits = u.p, entry_count = u.s
+      FROM (SELECT unnest($1::uuid[]) AS id, unnest($2::int8[]) AS b, unnest($3::int8[]) AS p, unnest($4::int8[]) AS s) AS u
+     WHERE a.id = u.id),
+jrn AS (
+    INSERT INTO payledger.journals (id, kind, idempotency_key, request_hash, hold_id, metadata, effective_at)
+    SELECT id, kind, k, h, hold, m::jsonb, coalesce(eff::timestamptz, pg_catalog.now())
+      FROM (SELECT unnest($5::uuid[]) AS id, unnest($6::text[]) AS kind, unnest($7::text[]) AS k, unnest($8::bytea[]) AS h, unnest($9::uuid[]) AS hold, unnest($10::text[]) AS m, unnest($11::text[]) AS eff) AS u)
+INSERT INTO payledger.entries (account_id, seq, journal_id, owner_id, asset, amount, balance_after, effective_at)
+SELECT a, s, j, o, c, n, b, coalesce(eff::timestamptz, pg_catalog.now())
+  FROM (SELECT unnest($12::uuid[]) AS a, unnest($13::int8[]) AS s, unnest($14::uuid[]) AS j, unnest($15::text[]) AS o, unnest($16::text[]) AS c, unnest($17::int8[]) AS n, unnest($18::int8[]) AS b, unnest($19::text[]) AS eff) AS u";
+
+const WRITE_ALL: &str = "\
+WITH acc AS (
+    UPDATE payledger.accounts a SET balance = u.b, pending_debits = u.p, entry_count = u.s
+      FROM (SELECT unnest($1::uuid[]) AS id, unnest($2::int8[]) AS b, unnest($3::int8[]) AS p, unnest($4::int8[]) AS s) AS u
+     WHERE a.id = u.id),
+jrn AS (
+    INSERT INTO payledger.journals (id, kind, idempotency_key, request_hash, hold_id, metadata, effective_at)
+    SELECT id, kind, k, h, hold, m::jsonb, coalesce(eff::timestamptz, pg_catalog.now())
+      FROM (SELECT unnest($5::uuid[]) AS id, unnest($6::text[]) AS kind, unnest($7::text[]) AS k, unnest($8::bytea[]) AS h, unnest($9::uuid[]) AS hold, unnest($10::text[]) AS m, unnest($11::text[]) AS eff) AS u),
+new_holds AS (
+    INSERT INTO payledger.holds (id, owner_id, debit_account, credit_account, asset, amount, expires_at,
+                                 idempotency_key, request_hash, metadata)
+    SELECT id, o, d, c, a, n,
+           coalesce(e::timestamptz, pg_catalog.clock_timestamp() + t * interval '1 millisecond'), k, h, m::jsonb
+      FROM (SELECT unnest($12::uuid[]) AS id, unnest($13::text[]) AS o, unnest($14::uuid[]) AS d, unnest($15::uuid[]) AS c, unnest($16::text[]) AS a, unnest($17::int8[]) AS n, unnest($18::text[]) AS e, unnest($19::text[]) AS k, unnest($20::bytea[]) AS h, unnest($21::text[]) AS m, unnest($22::int8[]) AS t) AS u),
+resolved AS (
+    UPDATE payledger.holds h SET status = u.s, posted_amount = u.p, journal_id = u.j,
+           resolved_at = pg_catalog.clock_timestamp()
+      FROM (SELECT unnest($23::uuid[]) AS id, unnest($24::text[]) AS s, unnest($25::int8[]) AS p, unnest($26::uuid[]) AS j) AS u
+     WHERE h.id = u.id)
+INSERT INTO payledger.entries (account_id, seq, journal_id, owner_id, asset, amount, balance_after, effective_at)
+SELECT a, s, j, o, c, n, b, coalesce(eff::timestamptz, pg_catalog.now())
+  FROM (SELECT unnest($27::uuid[]) AS a, unnest($28::int8[]) AS s, unnest($29::uuid[]) AS j, unnest($30::text[]) AS o, unnest($31::text[]) AS c, unnest($32::int8[]) AS n, unnest($33::int8[]) AS b, unnest($34::text[]) AS eff) AS u";
+
 fn write(client: &mut SpiClient<'_>, accounts: &HashMap<Id, Account>, w: Writes) {
     let mut ids = Vec::new();
     let mut bal = Vec::new();
@@ -718,92 +908,69 @@ fn write(client: &mut SpiClient<'_>, accounts: &HashMap<Id, Account>, w: Writes)
         pend.push(a.pending);
         seq.push(a.seq);
     }
-    let run = |client: &mut SpiClient<'_>, sql: &'static str, args: Vec<DatumWithOid>| {
-        exec(client, sql, &args);
-    };
-    if !ids.is_empty() {
-        run(
-            client,
-            "UPDATE payledger.accounts a SET balance = u.b, pending_debits = u.p, entry_count = u.s \
-               FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[]) AS u(id, b, p, s) \
-              WHERE a.id = u.id",
-            vec![ids.into(), bal.into(), pend.into(), seq.into()],
-        );
+    if ids.is_empty() && w.j_id.is_empty() && w.h_id.is_empty() && w.r_id.is_empty() {
+        return;
     }
-    if !w.j_id.is_empty() {
-        run(
-            client,
-            "INSERT INTO payledger.journals (id, kind, idempotency_key, request_hash, hold_id, metadata, effective_at) \
-             SELECT id, kind, k, h, hold, m::jsonb, coalesce(eff::timestamptz, pg_catalog.now()) \
-               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::uuid[], $6::text[], $7::text[]) \
-                    AS u(id, kind, k, h, hold, m, eff)",
-            vec![
-                w.j_id.into(),
-                w.j_kind.into(),
-                w.j_key.into(),
-                w.j_hash.into(),
-                w.j_hold.into(),
-                w.j_meta.into(),
-                w.j_eff.into(),
-            ],
-        );
+    if w.h_id.is_empty() && w.r_id.is_empty() {
+        let args: Vec<DatumWithOid> = vec![
+            ids.into(),
+            bal.into(),
+            pend.into(),
+            seq.into(),
+            w.j_id.into(),
+            w.j_kind.into(),
+            w.j_key.into(),
+            w.j_hash.into(),
+            w.j_hold.into(),
+            w.j_meta.into(),
+            w.j_eff.into(),
+            w.e_account.into(),
+            w.e_seq.into(),
+            w.e_journal.into(),
+            w.e_owner.into(),
+            w.e_asset.into(),
+            w.e_amount.into(),
+            w.e_after.into(),
+            w.e_eff.into(),
+        ];
+        exec(client, WRITE_TRANSFERS, &args);
+        return;
     }
-    if !w.e_account.is_empty() {
-        run(
-            client,
-            "INSERT INTO payledger.entries (account_id, seq, journal_id, owner_id, asset, amount, balance_after, effective_at) \
-             SELECT a, s, j, o, c, n, b, coalesce(eff::timestamptz, pg_catalog.now()) \
-               FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::text[]) \
-                    AS u(a, s, j, o, c, n, b, eff)",
-            vec![
-                w.e_account.into(),
-                w.e_seq.into(),
-                w.e_journal.into(),
-                w.e_owner.into(),
-                w.e_asset.into(),
-                w.e_amount.into(),
-                w.e_after.into(),
-                w.e_eff.into(),
-            ],
-        );
-    }
-    if !w.h_id.is_empty() {
-        run(
-            client,
-            "INSERT INTO payledger.holds (id, owner_id, debit_account, credit_account, asset, amount, expires_at, \
-                                          idempotency_key, request_hash, metadata) \
-             SELECT id, o, d, c, a, n, \
-                    coalesce(e::timestamptz, pg_catalog.clock_timestamp() + t * interval '1 millisecond'), k, h, m::jsonb \
-               FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::int8[], $7::text[], \
-                                      $8::text[], $9::bytea[], $10::text[], $11::int8[]) AS u(id, o, d, c, a, n, e, k, h, m, t)",
-            vec![
-                w.h_id.into(),
-                w.h_owner.into(),
-                w.h_debit.into(),
-                w.h_credit.into(),
-                w.h_asset.into(),
-                w.h_amount.into(),
-                w.h_expires.into(),
-                w.h_key.into(),
-                w.h_hash.into(),
-                w.h_meta.into(),
-                w.h_timeout.into(),
-            ],
-        );
-    }
-    if !w.r_id.is_empty() {
-        run(
-            client,
-            "UPDATE payledger.holds h SET status = u.s, posted_amount = u.p, journal_id = u.j, \
-                    resolved_at = pg_catalog.clock_timestamp() \
-               FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::uuid[]) AS u(id, s, p, j) \
-              WHERE h.id = u.id",
-            vec![
-                w.r_id.into(),
-                w.r_status.into(),
-                w.r_posted.into(),
-                w.r_journal.into(),
-            ],
-        );
-    }
+    let args: Vec<DatumWithOid> = vec![
+        ids.into(),
+        bal.into(),
+        pend.into(),
+        seq.into(),
+        w.j_id.into(),
+        w.j_kind.into(),
+        w.j_key.into(),
+        w.j_hash.into(),
+        w.j_hold.into(),
+        w.j_meta.into(),
+        w.j_eff.into(),
+        w.h_id.into(),
+        w.h_owner.into(),
+        w.h_debit.into(),
+        w.h_credit.into(),
+        w.h_asset.into(),
+        w.h_amount.into(),
+        w.h_expires.into(),
+        w.h_key.into(),
+        w.h_hash.into(),
+        w.h_meta.into(),
+        w.h_timeout.into(),
+        w.r_id.into(),
+        w.r_status.into(),
+        w.r_posted.into(),
+        w.r_journal.into(),
+        w.e_account.into(),
+        w.e_seq.into(),
+        w.e_journal.into(),
+        w.e_owner.into(),
+        w.e_asset.into(),
+        w.e_amount.into(),
+        w.e_after.into(),
+        w.e_eff.into(),
+    ];
+    exec(client, WRITE_ALL, &args);
 }

@@ -6,6 +6,7 @@
 mod engine;
 mod request;
 
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 
@@ -13,7 +14,7 @@ extension_sql_file!("schema.sql", name = "ledger_schema", bootstrap);
 extension_sql_file!(
     "api.sql",
     name = "ledger_api",
-    requires = ["ledger_schema", transfer_batch, new_id]
+    requires = ["ledger_schema", transfer_batch, transfer_one, new_id]
 );
 
 /// Apply many transfers and hold operations in one call. Each item succeeds or
@@ -59,6 +60,52 @@ fn transfer_batch(
             detail,
         )
     }))
+}
+
+/// One two-leg transfer without JSON in between: the fast path behind
+/// `payledger.transfer`, which raises the failure this returns.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(payledger, pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn transfer_one(
+    from_account: Option<Uuid>,
+    to_account: Option<Uuid>,
+    amount: Option<i64>,
+    idempotency_key: Option<String>,
+    metadata: Option<JsonB>,
+    effective_at: Option<TimestampWithTimeZone>,
+    kind: Option<String>,
+) -> TableIterator<
+    'static,
+    (
+        name!(journal_id, Option<Uuid>),
+        name!(sqlstate, Option<&'static str>),
+        name!(message, Option<String>),
+        name!(detail, Option<String>),
+    ),
+> {
+    let mut item = serde_json::Map::new();
+    let uuid =
+        |u: Uuid| serde_json::Value::String(uuid::Uuid::from_bytes(*u.as_bytes()).to_string());
+    item.insert("from".into(), from_account.map(uuid).into());
+    item.insert("to".into(), to_account.map(uuid).into());
+    item.insert("amount".into(), amount.into());
+    item.insert("idempotency_key".into(), idempotency_key.into());
+    item.insert("metadata".into(), metadata.map(|m| m.0).into());
+    item.insert(
+        "effective_at".into(),
+        effective_at.map(request::rfc3339).into(),
+    );
+    item.insert("kind".into(), kind.into());
+    let parsed = request::parse_item(&serde_json::Value::Object(item));
+    let o = engine::apply_items(vec![parsed])
+        .pop()
+        .expect("one outcome");
+    let row = match o.error {
+        Some(e) => (None, Some(e.code.sqlstate()), Some(e.message), e.detail),
+        None => (o.journal_id.map(Uuid::from_bytes), None, None, None),
+    };
+    TableIterator::once(row)
 }
 
 /// A time-ordered (version 7) uuid, used for every payledger id.

@@ -4,6 +4,7 @@
 # hot accounts. Expected refusals (insufficient funds, resolved holds) are
 # counted; any other error, a deadlock included, fails the run. Afterwards
 # check_invariants() must be empty and balances must match a recomputation.
+# Two of the accounts are sharded.
 CLUSTER_CONF="deadlock_timeout = 100ms"
 source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 CLIENTS=${CLIENTS:-16}
@@ -14,6 +15,8 @@ CREATE EXTENSION payledger;
 SELECT payledger.create_asset('msat', 3);
 CREATE TABLE w_acc AS SELECT n, payledger.open_account('w' || n, 'msat', CASE WHEN n = 0 THEN 'external' ELSE 'user' END,
                                                        'main', n = 0) AS id FROM generate_series(0, 12) n;
+-- two of the accounts are sharded (hot): credits spread over shards, debits see them
+SELECT payledger.set_account_shards(id, 4) FROM w_acc WHERE n IN (1, 2);
 SELECT count(*) FROM (SELECT payledger.transfer((SELECT id FROM w_acc WHERE n = 0), id, 5000) FROM w_acc WHERE n > 0) s;
 CREATE TABLE w_outcome (code text PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
 CREATE FUNCTION w_acc(k int) RETURNS uuid LANGUAGE sql STABLE AS $$ SELECT id FROM w_acc WHERE n = k $$;

@@ -10,12 +10,14 @@ SELECT payledger.create_asset('msat', 3);
 SELECT payledger.register_account_kind('territory', 'territory revenue');
 CREATE TEMP TABLE a AS SELECT n, payledger.open_account('u' || n, 'msat', CASE WHEN n = 0 THEN 'external' ELSE 'user' END,
                                                       'main', n = 0) AS id FROM generate_series(0, 20) n;
-SELECT payledger.open_account('founder', 'msat', 'territory');
+SELECT payledger.set_account_shards(payledger.open_account('founder', 'msat', 'territory'), 8);
 SELECT count(*) FROM (SELECT payledger.transfer((SELECT id FROM a WHERE n = 0), id, 100000, idempotency_key => 'dep-' || n)
                         FROM a WHERE n > 0) s;
 SELECT count(*) FROM payledger.transfer_batch((SELECT jsonb_agg(jsonb_build_object(
   'from', (SELECT id FROM a WHERE n = 1 + g % 20), 'to', (SELECT id FROM a WHERE n = 1 + (g + 7) % 20),
   'amount', g, 'metadata', jsonb_build_object('g', g))) FROM generate_series(1, 500) g));
+SELECT count(*) FROM (SELECT payledger.transfer((SELECT id FROM a WHERE n = 1 + g % 20),
+  payledger.account_id('founder', 'msat', 'territory'), 7) FROM generate_series(1, 50) g) s;
 SELECT payledger.create_hold((SELECT id FROM a WHERE n = 3), (SELECT id FROM a WHERE n = 4), 777, timeout => '1 day');
 SELECT payledger.post_hold(payledger.create_hold((SELECT id FROM a WHERE n = 5), (SELECT id FROM a WHERE n = 6), 50), 20);
 SQL
