@@ -3,6 +3,21 @@
 
 
 
+-- Every function that runs the engine sets plan_cache_mode = force_generic_plan:
+-- the engine prepares its statements once per backend, and their parameters are
+-- arrays, for which the plan cache would otherwise re-plan on every call.
+
+-- Apply many transfers and hold operations in one call; each item succeeds or
+-- fails on its own; one row per item, in input order.
+CREATE FUNCTION payledger.transfer_batch(items jsonb)
+RETURNS TABLE (item integer, status text, journal_id uuid, hold_id uuid, sqlstate text, message text, detail text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM payledger.engine_batch(items);
+END;
+$$;
+
 -- Raise an engine failure with its own SQLSTATE (pgrx cannot raise custom codes).
 CREATE FUNCTION payledger.raise_failure(code text, message text, detail text)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -16,11 +31,12 @@ $$;
 
 -- Run one engine item and raise its failure, if any.
 CREATE FUNCTION payledger.apply_one(item jsonb, OUT journal_id uuid, OUT hold_id uuid)
-LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql
+SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     r record;
 BEGIN
-    SELECT * INTO STRICT r FROM payledger.transfer_batch(jsonb_build_array(item));
+    SELECT * INTO STRICT r FROM payledger.engine_batch(jsonb_build_array(item));
     IF r.status = 'error' THEN
         PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
     END IF;
@@ -248,7 +264,8 @@ CREATE FUNCTION payledger.transfer(
     metadata        jsonb DEFAULT NULL,
     effective_at    timestamptz DEFAULT NULL,
     kind            text DEFAULT 'transfer')
-RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     r record;
 BEGIN
@@ -327,7 +344,8 @@ $$;
 -- Release pending holds past their expiry; returns how many were released.
 -- Holds locked by another session are skipped (they are being posted or voided).
 CREATE FUNCTION payledger.expire_holds(max_holds integer DEFAULT 1000)
-RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     items jsonb;
     released integer;
@@ -343,7 +361,7 @@ BEGIN
     IF items IS NULL THEN
         RETURN 0;
     END IF;
-    SELECT count(*) FILTER (WHERE r.status = 'ok') INTO released FROM payledger.transfer_batch(items) r;
+    SELECT count(*) FILTER (WHERE r.status = 'ok') INTO released FROM payledger.engine_batch(items) r;
     RETURN released;
 END;
 $$;

@@ -14,15 +14,16 @@ extension_sql_file!("schema.sql", name = "ledger_schema", bootstrap);
 extension_sql_file!(
     "api.sql",
     name = "ledger_api",
-    requires = ["ledger_schema", transfer_batch, transfer_one, new_id]
+    requires = ["ledger_schema", engine_batch, transfer_one, new_id]
 );
 
-/// Apply many transfers and hold operations in one call. Each item succeeds or
-/// fails on its own; the result has one row per item, in input order.
-#[pg_extern(security_definer, volatile, parallel_unsafe)]
-#[search_path(payledger, pg_catalog, pg_temp)]
+/// The engine behind `payledger.transfer_batch` (one row per item, in input
+/// order). Internal: granted to no one, and without SET clauses, because a
+/// value-per-call SRF would apply them again for every row it returns; the
+/// PL/pgSQL wrapper sets them once.
+#[pg_extern(volatile, parallel_unsafe)]
 #[allow(clippy::type_complexity)] // pgrx needs the row type spelled out here
-fn transfer_batch(
+fn engine_batch(
     items: Option<JsonB>,
 ) -> TableIterator<
     'static,
@@ -63,9 +64,9 @@ fn transfer_batch(
 }
 
 /// One two-leg transfer without JSON in between: the fast path behind
-/// `payledger.transfer`, which raises the failure this returns.
+/// `payledger.transfer`, which raises the failure this returns (and sets the
+/// search_path and plan cache mode).
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(payledger, pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn transfer_one(
     from_account: Option<Uuid>,

@@ -6,8 +6,13 @@ SELECT count(*) AS public_table_grants FROM information_schema.role_table_grants
  WHERE table_schema = 'payledger' AND grantee = 'PUBLIC';
 SELECT count(*) AS public_function_grants FROM information_schema.role_routine_grants
  WHERE routine_schema = 'payledger' AND grantee = 'PUBLIC';
--- every function of the API pins its search_path
-SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+-- every function pins its search_path, but for the engine's two entry points,
+-- which no role may call (their PL/pgSQL wrappers pin it)
+SELECT p.proname,
+       has_function_privilege('payledger_admin', p.oid, 'EXECUTE')
+       OR has_function_privilege('payledger_app', p.oid, 'EXECUTE')
+       OR has_function_privilege('payledger_enduser', p.oid, 'EXECUTE') AS callable
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = 'payledger' AND NOT EXISTS (
    SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%')
  ORDER BY 1;
