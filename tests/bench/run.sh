@@ -5,10 +5,12 @@
 #   spread = random pairs of 50 accounts; hot = every transfer credits one account
 #   batch  = payledger.transfer_batch with 1,000 transfers per call
 # Prints transfers/s and the ratios the README reports.
-#   bash tests/bench/run.sh            (DURATION=15 CLIENTS=20 by default)
+#   bash tests/bench/run.sh   (DURATION=10 CLIENTS=20 BATCH_CLIENTS=2 ROUNDS=3 by default)
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
-DURATION=${DURATION:-15}
+DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-20}
+BATCH_CLIENTS=${BATCH_CLIENTS:-2}
+ROUNDS=${ROUNDS:-3}
 ACCOUNTS=${ACCOUNTS:-50}
 
 setup_machine
@@ -20,30 +22,42 @@ psql_() { as_pg "$PG_BIN/psql" -X -q -h "$DIR" -p "$TEST_PORT" -U postgres -v ON
 cp "$REPO"/tests/bench/*.sql "$DIR/" && chown postgres "$DIR"/*.sql
 psql_ -d postgres -v accounts="$ACCOUNTS" -f "$DIR/setup.sql"
 
-bench() { # bench <script> -> transactions per second
-  as_pg "$PG_BIN/pgbench" -h "$DIR" -p "$TEST_PORT" -U postgres -n -c "$CLIENTS" -j 2 -T "$DURATION" \
-    -D accounts="$ACCOUNTS" -f "$DIR/$1.sql" postgres 2>&1 | tee "$DIR/$1.log" |
-    awk '/^tps = / {printf "%d\n", $3}'
+bench() { # bench <script> <clients> -> transactions per second
+  as_pg "$PG_BIN/pgbench" -h "$DIR" -p "$TEST_PORT" -U postgres -n -c "$2" -j 2 -T "$DURATION" \
+    -D accounts="$ACCOUNTS" -f "$DIR/$1.sql" postgres > "$DIR/$1.log" 2>&1
   grep -q "number of failed transactions: 0 " "$DIR/$1.log" || { cat "$DIR/$1.log" >&2; exit 1; }
+  awk '/^tps = / {printf "%d\n", $3}' "$DIR/$1.log"
 }
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
-log "pgbench: $CLIENTS clients, ${DURATION}s per run, $ACCOUNTS accounts, $(nproc) cores"
-floor_spread=$(bench floor_spread);   echo "floor spread      $floor_spread transfers/s"
-pl_spread=$(bench transfer_spread);   echo "payledger spread  $pl_spread transfers/s"
-floor_hot=$(bench floor_hot);         echo "floor hot         $floor_hot transfers/s"
-pl_hot=$(bench transfer_hot);         echo "payledger hot     $pl_hot transfers/s"
-batch_calls=$(bench batch_1000);      batch=$((batch_calls * 1000))
-echo "payledger batch   $batch transfers/s ($batch_calls calls/s of 1,000)"
+# Let the setup's writes settle, then run every configuration ROUNDS times,
+# interleaved, and keep the median of each.
+psql_ -d postgres -c "VACUUM ANALYZE" -c "CHECKPOINT"
+log "pgbench: $CLIENTS clients (batch: $CLIENTS and $BATCH_CLIENTS), ${DURATION}s per run, $ROUNDS rounds, $ACCOUNTS accounts, $(nproc) cores"
+declare -A runs
+for r in $(seq "$ROUNDS"); do
+  for cfg in floor_spread transfer_spread floor_hot transfer_hot; do
+    runs[$cfg]+=" $(bench "$cfg" "$CLIENTS")"
+  done
+  runs[batch]+=" $(( $(bench batch_1000 "$CLIENTS") * 1000 ))"
+  runs[batch_few]+=" $(( $(bench batch_1000 "$BATCH_CLIENTS") * 1000 ))"
+  echo "round $r:$(for c in floor_spread transfer_spread floor_hot transfer_hot batch batch_few; do printf ' %s=%s' "$c" "${runs[$c]##* }"; done)"
+done
+floor_spread=$(median ${runs[floor_spread]}); pl_spread=$(median ${runs[transfer_spread]})
+floor_hot=$(median ${runs[floor_hot]}); pl_hot=$(median ${runs[transfer_hot]})
+batch=$(median ${runs[batch]}); batch_few=$(median ${runs[batch_few]})
 v=$(psql_ -d postgres -At -c "SELECT count(*) FROM payledger.check_invariants()")
 [ "$v" = 0 ] || { echo "invariant violations after the benchmark: $v" >&2; exit 1; }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 cat <<TXT
 
+Medians of $ROUNDS rounds (transfers/s):
 | measure | result | target |
 |---|---|---|
-| payledger / floor, spread | $(ratio "$pl_spread" "$floor_spread")x ($pl_spread vs $floor_spread/s) | >= 0.9x |
-| payledger / floor, hot account | $(ratio "$pl_hot" "$floor_hot")x ($pl_hot vs $floor_hot/s) | |
-| payledger hot / spread | $(ratio "$pl_hot" "$pl_spread")x | >= 0.8x |
-| batch / single call | $(ratio "$batch" "$pl_spread")x ($batch/s) | >= 20x |
+| payledger / floor, 50 accounts | $(ratio "$pl_spread" "$floor_spread")x ($pl_spread vs $floor_spread) | >= 0.9x |
+| payledger / floor, one hot account | $(ratio "$pl_hot" "$floor_hot")x ($pl_hot vs $floor_hot) | |
+| payledger hot / 50 accounts | $(ratio "$pl_hot" "$pl_spread")x | >= 0.8x |
+| batch of 1,000 / single calls, $CLIENTS clients | $(ratio "$batch" "$pl_spread")x ($batch) | >= 20x |
+| batch of 1,000 / single calls, $BATCH_CLIENTS clients | $(ratio "$batch_few" "$pl_spread")x ($batch_few) | |
 TXT
