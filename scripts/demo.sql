@@ -47,6 +47,12 @@ SELECT item, status, sqlstate, message
          jsonb_build_object('from', :'alice', 'to', :'bob', 'amount', 0),
          jsonb_build_object('from', :'bob', 'to', :'revenue', 'amount', 500)));
 
+\echo '--- a hot account: the operator''s revenue gets 8 shards; each credit takes a free shard'
+SELECT payledger.set_account_shards(:'revenue', 8) AS shards;
+SELECT count(*) AS credits FROM (SELECT payledger.transfer(:'world', :'revenue', 1000) FROM generate_series(1, 200)) s;
+SELECT count(*) FILTER (WHERE balance > 0) AS shards_used, payledger.format_amount('msat', payledger.balance(:'revenue')) AS revenue_sat
+  FROM payledger.accounts WHERE parent_id = :'revenue';
+
 \echo '--- balances now (they sum to zero), and alice''s balance before she paid for the coffee'
 SELECT o.owner, payledger.format_amount('msat', payledger.balance(o.id)) AS sat
   FROM (VALUES ('alice', :'alice'::uuid), ('bob', :'bob'::uuid), ('world', :'world'::uuid),

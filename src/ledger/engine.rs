@@ -857,45 +857,55 @@ fn release_hold(
     Ok(())
 }
 
-/// Everything is written by one statement: fewer executor start-ups than a
-/// statement per table, and the entry guard then sees the updated accounts.
-/// Calls without hold changes (most) use the shorter form.
-const WRITE_TRANSFERS: &str = "\
-WITH acc AS (
+// Everything is written by one statement: fewer executor start-ups than a
+// statement per table. Parameters: $1-$4 accounts, $5-$11 journals, $12-$19
+// entries, then (only when holds change) $20-$30 new holds, $31-$34 resolved holds.
+macro_rules! write_head {
+    () => {
+        "WITH acc AS (
     UPDATE payledger.accounts a SET balance = u.b, pending_debits = u.p, entry_count = u.s
-      FROM (SELECT unnest($1::uuid[]) AS id, unnest($2::int8[]) AS b, unnest($3::int8[]) AS p, unnest($4::int8[]) AS s) AS u
+      FROM (SELECT unnest($1::uuid[]) AS id, unnest($2::int8[]) AS b, unnest($3::int8[]) AS p,
+                   unnest($4::int8[]) AS s) AS u
      WHERE a.id = u.id),
 jrn AS (
     INSERT INTO payledger.journals (id, kind, idempotency_key, request_hash, hold_id, metadata, effective_at)
     SELECT id, kind, k, h, hold, m::jsonb, coalesce(eff::timestamptz, pg_catalog.now())
-      FROM (SELECT unnest($5::uuid[]) AS id, unnest($6::text[]) AS kind, unnest($7::text[]) AS k, unnest($8::bytea[]) AS h, unnest($9::uuid[]) AS hold, unnest($10::text[]) AS m, unnest($11::text[]) AS eff) AS u)
+      FROM (SELECT unnest($5::uuid[]) AS id, unnest($6::text[]) AS kind, unnest($7::text[]) AS k,
+                   unnest($8::bytea[]) AS h, unnest($9::uuid[]) AS hold, unnest($10::text[]) AS m,
+                   unnest($11::text[]) AS eff) AS u)"
+    };
+}
+macro_rules! write_entries {
+    () => {
+        "
 INSERT INTO payledger.entries (account_id, seq, journal_id, owner_id, asset, amount, balance_after, effective_at)
 SELECT a, s, j, o, c, n, b, coalesce(eff::timestamptz, pg_catalog.now())
-  FROM (SELECT unnest($12::uuid[]) AS a, unnest($13::int8[]) AS s, unnest($14::uuid[]) AS j, unnest($15::text[]) AS o, unnest($16::text[]) AS c, unnest($17::int8[]) AS n, unnest($18::int8[]) AS b, unnest($19::text[]) AS eff) AS u";
-
-const WRITE_ALL: &str = "\
-WITH acc AS (
-    UPDATE payledger.accounts a SET balance = u.b, pending_debits = u.p, entry_count = u.s
-      FROM (SELECT unnest($1::uuid[]) AS id, unnest($2::int8[]) AS b, unnest($3::int8[]) AS p, unnest($4::int8[]) AS s) AS u
-     WHERE a.id = u.id),
-jrn AS (
-    INSERT INTO payledger.journals (id, kind, idempotency_key, request_hash, hold_id, metadata, effective_at)
-    SELECT id, kind, k, h, hold, m::jsonb, coalesce(eff::timestamptz, pg_catalog.now())
-      FROM (SELECT unnest($5::uuid[]) AS id, unnest($6::text[]) AS kind, unnest($7::text[]) AS k, unnest($8::bytea[]) AS h, unnest($9::uuid[]) AS hold, unnest($10::text[]) AS m, unnest($11::text[]) AS eff) AS u),
+  FROM (SELECT unnest($12::uuid[]) AS a, unnest($13::int8[]) AS s, unnest($14::uuid[]) AS j,
+               unnest($15::text[]) AS o, unnest($16::text[]) AS c, unnest($17::int8[]) AS n,
+               unnest($18::int8[]) AS b, unnest($19::text[]) AS eff) AS u"
+    };
+}
+const WRITE_TRANSFERS: &str = concat!(write_head!(), write_entries!());
+const WRITE_ALL: &str = concat!(
+    write_head!(),
+    ",
 new_holds AS (
     INSERT INTO payledger.holds (id, owner_id, debit_account, credit_account, asset, amount, expires_at,
                                  idempotency_key, request_hash, metadata)
     SELECT id, o, d, c, a, n,
            coalesce(e::timestamptz, pg_catalog.clock_timestamp() + t * interval '1 millisecond'), k, h, m::jsonb
-      FROM (SELECT unnest($12::uuid[]) AS id, unnest($13::text[]) AS o, unnest($14::uuid[]) AS d, unnest($15::uuid[]) AS c, unnest($16::text[]) AS a, unnest($17::int8[]) AS n, unnest($18::text[]) AS e, unnest($19::text[]) AS k, unnest($20::bytea[]) AS h, unnest($21::text[]) AS m, unnest($22::int8[]) AS t) AS u),
+      FROM (SELECT unnest($20::uuid[]) AS id, unnest($21::text[]) AS o, unnest($22::uuid[]) AS d,
+                   unnest($23::uuid[]) AS c, unnest($24::text[]) AS a, unnest($25::int8[]) AS n,
+                   unnest($26::text[]) AS e, unnest($27::text[]) AS k, unnest($28::bytea[]) AS h,
+                   unnest($29::text[]) AS m, unnest($30::int8[]) AS t) AS u),
 resolved AS (
     UPDATE payledger.holds h SET status = u.s, posted_amount = u.p, journal_id = u.j,
            resolved_at = pg_catalog.clock_timestamp()
-      FROM (SELECT unnest($23::uuid[]) AS id, unnest($24::text[]) AS s, unnest($25::int8[]) AS p, unnest($26::uuid[]) AS j) AS u
-     WHERE h.id = u.id)
-INSERT INTO payledger.entries (account_id, seq, journal_id, owner_id, asset, amount, balance_after, effective_at)
-SELECT a, s, j, o, c, n, b, coalesce(eff::timestamptz, pg_catalog.now())
-  FROM (SELECT unnest($27::uuid[]) AS a, unnest($28::int8[]) AS s, unnest($29::uuid[]) AS j, unnest($30::text[]) AS o, unnest($31::text[]) AS c, unnest($32::int8[]) AS n, unnest($33::int8[]) AS b, unnest($34::text[]) AS eff) AS u";
+      FROM (SELECT unnest($31::uuid[]) AS id, unnest($32::text[]) AS s, unnest($33::int8[]) AS p,
+                   unnest($34::uuid[]) AS j) AS u
+     WHERE h.id = u.id)",
+    write_entries!()
+);
 
 fn write(client: &mut SpiClient<'_>, accounts: &HashMap<Id, Account>, w: Writes) {
     let mut ids = Vec::new();
@@ -908,35 +918,11 @@ fn write(client: &mut SpiClient<'_>, accounts: &HashMap<Id, Account>, w: Writes)
         pend.push(a.pending);
         seq.push(a.seq);
     }
-    if ids.is_empty() && w.j_id.is_empty() && w.h_id.is_empty() && w.r_id.is_empty() {
+    let holds_change = !w.h_id.is_empty() || !w.r_id.is_empty();
+    if ids.is_empty() && w.j_id.is_empty() && !holds_change {
         return;
     }
-    if w.h_id.is_empty() && w.r_id.is_empty() {
-        let args: Vec<DatumWithOid> = vec![
-            ids.into(),
-            bal.into(),
-            pend.into(),
-            seq.into(),
-            w.j_id.into(),
-            w.j_kind.into(),
-            w.j_key.into(),
-            w.j_hash.into(),
-            w.j_hold.into(),
-            w.j_meta.into(),
-            w.j_eff.into(),
-            w.e_account.into(),
-            w.e_seq.into(),
-            w.e_journal.into(),
-            w.e_owner.into(),
-            w.e_asset.into(),
-            w.e_amount.into(),
-            w.e_after.into(),
-            w.e_eff.into(),
-        ];
-        exec(client, WRITE_TRANSFERS, &args);
-        return;
-    }
-    let args: Vec<DatumWithOid> = vec![
+    let mut args: Vec<DatumWithOid> = vec![
         ids.into(),
         bal.into(),
         pend.into(),
@@ -948,6 +934,20 @@ fn write(client: &mut SpiClient<'_>, accounts: &HashMap<Id, Account>, w: Writes)
         w.j_hold.into(),
         w.j_meta.into(),
         w.j_eff.into(),
+        w.e_account.into(),
+        w.e_seq.into(),
+        w.e_journal.into(),
+        w.e_owner.into(),
+        w.e_asset.into(),
+        w.e_amount.into(),
+        w.e_after.into(),
+        w.e_eff.into(),
+    ];
+    if !holds_change {
+        exec(client, WRITE_TRANSFERS, &args);
+        return;
+    }
+    args.extend([
         w.h_id.into(),
         w.h_owner.into(),
         w.h_debit.into(),
@@ -963,14 +963,6 @@ fn write(client: &mut SpiClient<'_>, accounts: &HashMap<Id, Account>, w: Writes)
         w.r_status.into(),
         w.r_posted.into(),
         w.r_journal.into(),
-        w.e_account.into(),
-        w.e_seq.into(),
-        w.e_journal.into(),
-        w.e_owner.into(),
-        w.e_asset.into(),
-        w.e_amount.into(),
-        w.e_after.into(),
-        w.e_eff.into(),
-    ];
+    ]);
     exec(client, WRITE_ALL, &args);
 }
