@@ -61,13 +61,21 @@ fn malformed(msg: impl Into<String>) -> LedgerError {
     LedgerError::new(Code::Malformed, msg)
 }
 
+/// A bad value quoted in an error message, cut short: input may be huge.
+fn quoted(s: &str) -> String {
+    match s.char_indices().nth(40) {
+        Some((i, _)) => format!("{:?}…", &s[..i]),
+        None => format!("{s:?}"),
+    }
+}
+
 pub fn parse_uuid(v: &Value, field: &str) -> Result<Id> {
     let s = v
         .as_str()
         .ok_or_else(|| malformed(format!("\"{field}\" must be a uuid string")))?;
     uuid::Uuid::parse_str(s)
         .map(|u| *u.as_bytes())
-        .map_err(|_| malformed(format!("\"{field}\" is not a valid uuid: {s:?}")))
+        .map_err(|_| malformed(format!("\"{field}\" is not a valid uuid: {}", quoted(s))))
 }
 
 /// An amount: a JSON integer or a string of digits (for clients without 64-bit numbers).
@@ -107,7 +115,12 @@ pub fn parse_time(v: &Value, field: &str) -> Result<Option<String>> {
                         .to_rfc3339_opts(SecondsFormat::Micros, true),
                 )
             })
-            .map_err(|_| malformed(format!("\"{field}\" is not an RFC 3339 time: {s:?}"))),
+            .map_err(|_| {
+                malformed(format!(
+                    "\"{field}\" is not an RFC 3339 time: {}",
+                    quoted(s)
+                ))
+            }),
         _ => Err(malformed(format!("\"{field}\" must be an RFC 3339 string"))),
     }
 }
@@ -194,7 +207,7 @@ pub fn parse_item(v: &Value) -> Result<Item> {
         "expire_hold" => Op::HoldExpire {
             hold: parse_uuid(required(obj, "hold")?, "hold")?,
         },
-        other => return Err(malformed(format!("unknown op {other:?}"))),
+        other => return Err(malformed(format!("unknown op {}", quoted(other)))),
     };
     let key = match field(obj, "idempotency_key") {
         Value::Null => None,

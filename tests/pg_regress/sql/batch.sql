@@ -52,3 +52,28 @@ SELECT count(*) FILTER (WHERE status = 'ok') AS ok, count(*) FILTER (WHERE statu
       FROM generate_series(1, 1000) g));
 SELECT payledger.balance(:'a') AS a, payledger.balance(:'b') AS b;
 SELECT * FROM payledger.check_invariants();
+
+-- hostile input never crashes the backend nor leaks an internal error: every
+-- item gets a 22023/PL001-class answer
+SELECT item, status, sqlstate FROM payledger.transfer_batch($$[
+  {"from": 1e300, "to": "x", "amount": 1},
+  {"postings": [{"account": null, "amount": 1}, {"account": [], "amount": -1}]},
+  {"postings": "[]"},
+  {"from": "00000000-0000-0000-0000-000000000000", "to": "00000000-0000-0000-0000-000000000001", "amount": 1e30},
+  {"from": "00000000-0000-0000-0000-000000000000", "to": "00000000-0000-0000-0000-000000000001", "amount": -9223372036854775808},
+  {"from": "00000000-0000-0000-0000-000000000000", "to": "00000000-0000-0000-0000-000000000001", "amount": "12abc"},
+  {"op": "post_hold", "hold": "00000000-0000-0000-0000-000000000000", "amount": {}},
+  {"op": "hold", "from": "00000000-0000-0000-0000-000000000000", "to": "00000000-0000-0000-0000-000000000001", "amount": 5, "timeout_ms": "soon"},
+  {"op": "void_hold"},
+  {"op": 7},
+  {"from": "00000000-0000-0000-0000-000000000000", "to": "00000000-0000-0000-0000-000000000001", "amount": 1, "effective_at": "2026-13-45T99:00:00Z"},
+  {"from": "00000000-0000-0000-0000-000000000000", "to": "00000000-0000-0000-0000-000000000001", "amount": 1, "metadata": "x"},
+  null,
+  [],
+  "just a string"
+]$$::jsonb) ORDER BY item;
+SELECT t_try($$SELECT count(*) FROM payledger.transfer_batch((SELECT jsonb_agg(jsonb_build_object('from', repeat('x', 100000))) FROM generate_series(1, 3)))$$);
+SELECT t_try(format($q$SELECT payledger.post_journal((SELECT jsonb_agg(jsonb_build_object('account', %L, 'amount', 1)) FROM generate_series(1, 10001)))$q$, acc('alice')));
+-- a huge bad value is quoted short in the message
+SELECT sqlstate, length(message) < 120 AS short_message
+  FROM payledger.transfer_batch(jsonb_build_array(jsonb_build_object('from', repeat('x', 100000), 'to', 'y', 'amount', 1)));
