@@ -405,25 +405,32 @@ BEGIN
 END;
 $$;
 
--- Balance by business time: the entries effective at or before `at`. Computed
--- as the current balance minus what was posted after `at`, so recent times are cheap.
+-- Balance by business time: the sum of the entries effective at or before `at`,
+-- back-dated ones included. Walks each row's entries back from the newest and
+-- stops where the running maximum of effective_at is no longer after `at`, so
+-- the cost is the number of entries after `at`.
 CREATE FUNCTION payledger.balance_at(account uuid, at timestamptz)
 RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    b bigint;
+    total bigint := 0;
+    later bigint;
+    r record;
 BEGIN
     PERFORM payledger.require(at, 'at');
-    SELECT a.balance + payledger.shard_balance(a)
-           - coalesce((SELECT sum(e.amount) FROM payledger.entries e
-                        WHERE e.account_id = a.id AND e.effective_at > balance_at.at), 0)
-           - coalesce((SELECT sum(e.amount) FROM payledger.accounts s
-                         JOIN payledger.entries e ON e.account_id = s.id AND e.effective_at > balance_at.at
-                        WHERE a.shards > 1 AND s.parent_id = a.id), 0)
-      INTO b FROM payledger.accounts a WHERE a.id = balance_at.account;
-    IF NOT FOUND THEN
+    IF NOT EXISTS (SELECT 1 FROM payledger.accounts a WHERE a.id = balance_at.account) THEN
         RAISE EXCEPTION 'account % does not exist', account USING ERRCODE = 'PL002';
     END IF;
-    RETURN b;
+    -- the account's own row and its shards, each with its own entry chain
+    FOR r IN SELECT a.id, a.balance, a.entry_count FROM payledger.accounts a
+              WHERE a.id = balance_at.account OR a.parent_id = balance_at.account LOOP
+        SELECT coalesce(sum(e.amount) FILTER (WHERE e.effective_at > balance_at.at), 0) INTO later
+          FROM payledger.entries e
+         WHERE e.account_id = r.id
+           AND e.seq > coalesce((SELECT max(x.seq) FROM payledger.entries x
+                                  WHERE x.account_id = r.id AND x.effective_max <= balance_at.at), 0);
+        total := total + r.balance - later;
+    END LOOP;
+    RETURN total;
 END;
 $$;
 
@@ -497,12 +504,31 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
         OR a.entry_count <> coalesce(s.last_seq, 0)
     UNION ALL
     SELECT 'balance_after_chain', format('%s/%s', c.account_id, c.seq),
-           format('previous %s (seq %s) + amount %s <> balance_after %s', c.prev, c.prev_seq, c.amount, c.balance_after)
-      FROM (SELECT e.account_id, e.seq, e.amount, e.balance_after,
+           CASE WHEN c.effective_max <> c.running_max THEN 'effective_max is not the running maximum of effective_at'
+                ELSE format('previous %s (seq %s) + amount %s <> balance_after %s',
+                            c.prev, c.prev_seq, c.amount, c.balance_after) END
+      FROM (SELECT e.account_id, e.seq, e.amount, e.balance_after, e.effective_max,
                    lag(e.balance_after, 1, 0::bigint) OVER w AS prev,
-                   lag(e.seq, 1, 0::bigint) OVER w AS prev_seq
+                   lag(e.seq, 1, 0::bigint) OVER w AS prev_seq,
+                   max(e.effective_at) OVER w AS running_max
               FROM payledger.entries e WINDOW w AS (PARTITION BY e.account_id ORDER BY e.seq)) c
-     WHERE c.prev + c.amount <> c.balance_after OR c.seq <> c.prev_seq + 1
+     WHERE c.prev + c.amount <> c.balance_after OR c.seq <> c.prev_seq + 1 OR c.effective_max <> c.running_max
+    UNION ALL
+    SELECT 'account_effective_max', a.id::text, 'effective_max is not the latest effective_at of its entries'
+      FROM payledger.accounts a
+      LEFT JOIN (SELECT e.account_id, max(e.effective_at) AS e FROM payledger.entries e GROUP BY e.account_id) m
+        ON m.account_id = a.id
+     WHERE a.effective_max IS DISTINCT FROM m.e
+    UNION ALL
+    SELECT 'journal_locates_entries', j.id::text,
+           format('the journal lists %s entries, %s carry its id', cardinality(j.entry_accounts), coalesce(n.n, 0))
+      FROM payledger.journals j
+      LEFT JOIN (SELECT e.journal_id, count(*) AS n FROM payledger.entries e GROUP BY e.journal_id) n ON n.journal_id = j.id
+     WHERE cardinality(j.entry_accounts) <> coalesce(n.n, 0)
+        OR cardinality(j.entry_seqs) <> cardinality(j.entry_accounts)
+        OR EXISTS (SELECT 1 FROM unnest(j.entry_accounts, j.entry_seqs) AS x(a, s)
+                    WHERE NOT EXISTS (SELECT 1 FROM payledger.entries e
+                                       WHERE e.account_id = x.a AND e.seq = x.s AND e.journal_id = j.id))
     UNION ALL
     SELECT 'entry_matches_account', format('%s/%s', e.account_id, e.seq), 'unknown account, or asset/owner differs'
       FROM payledger.entries e LEFT JOIN payledger.accounts a ON a.id = e.account_id
@@ -548,8 +574,9 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
     SELECT 'hold_posted', h.id::text, format('journal %s does not move %s from %s to %s', h.journal_id, h.posted_amount, h.debit_account, h.credit_account)
       FROM payledger.holds h
      WHERE h.status = 'posted'
-       AND (SELECT count(*) FROM payledger.entries e
-             WHERE e.journal_id = h.journal_id
+       AND (SELECT count(*) FROM payledger.journals j, unnest(j.entry_accounts, j.entry_seqs) AS x(a, s)
+              JOIN payledger.entries e ON e.account_id = x.a AND e.seq = x.s
+             WHERE j.id = h.journal_id
                AND ((e.account_id = h.debit_account AND e.amount = -h.posted_amount)
                  OR (e.account_id = h.credit_account AND e.amount = h.posted_amount))) <> 2
     UNION ALL

@@ -14,6 +14,7 @@
 use super::request::{key_lock, parse_item, Id, Item, Op};
 use crate::errors::{Code, LedgerError, Result};
 use pgrx::datum::DatumWithOid;
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
@@ -73,6 +74,8 @@ struct Account {
     /// Money held by the account's shards (read without locking them; shards
     /// only ever receive, so this is a lower bound). 0 for unsharded accounts.
     in_shards: i64,
+    /// The latest effective time among the row's entries (microseconds since 2000).
+    eff_max: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -93,7 +96,10 @@ struct Writes {
     j_hash: Vec<Option<Vec<u8>>>,
     j_hold: Vec<Option<Uuid>>,
     j_meta: Vec<String>,
-    j_eff: Vec<Option<String>>,
+    j_eff: Vec<TimestampWithTimeZone>,
+    /// 1-based position of the journal's first entry in the entry arrays, and how many.
+    j_first: Vec<i32>,
+    j_count: Vec<i32>,
     // entries
     e_account: Vec<Uuid>,
     e_seq: Vec<i64>,
@@ -102,7 +108,8 @@ struct Writes {
     e_asset: Vec<String>,
     e_amount: Vec<i64>,
     e_after: Vec<i64>,
-    e_eff: Vec<Option<String>>,
+    e_eff: Vec<TimestampWithTimeZone>,
+    e_eff_max: Vec<TimestampWithTimeZone>,
     // new holds
     h_id: Vec<Uuid>,
     h_owner: Vec<String>,
@@ -168,12 +175,28 @@ fn read_account(row: &pgrx::spi::SpiHeapTupleData) -> (Id, Account, i16) {
         dirty: false,
         parent: parent.map(|p| *p.as_bytes()),
         in_shards: 0,
+        eff_max: row
+            .get::<TimestampWithTimeZone>(12)
+            .ok()
+            .flatten()
+            .map(|t| t.into()),
     };
     (
         *id.as_bytes(),
         account,
         row.get(10).ok().flatten().unwrap_or(1),
     )
+}
+
+/// The transaction's start (what `now()` returns), the default effective time.
+fn now_micros() -> i64 {
+    // SAFETY: reads the current transaction's start time; no arguments.
+    unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() }
+}
+
+fn timestamp(micros: i64) -> TimestampWithTimeZone {
+    TimestampWithTimeZone::try_from(micros)
+        .unwrap_or_else(|_| pgrx::error!("payledger: time out of range: {micros}"))
 }
 
 /// Run one of the engine's statements through its cached plan.
@@ -387,7 +410,7 @@ fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Vec<Outcome> 
         let rows = exec(
             client,
             "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
-                    entry_count, closed_at IS NOT NULL, shards, parent_id \
+                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max \
                FROM payledger.accounts WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
             &[DatumWithOid::from(to_lock)],
         );
@@ -426,11 +449,11 @@ fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Vec<Outcome> 
         let mut shard = None;
         for sql in [
             "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
-                    entry_count, closed_at IS NOT NULL, shards, parent_id \
+                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max \
                FROM payledger.accounts WHERE parent_id = $1 \
               ORDER BY random() LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED",
             "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
-                    entry_count, closed_at IS NOT NULL, shards, parent_id \
+                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max \
                FROM payledger.accounts WHERE parent_id = $1 \
               ORDER BY random() LIMIT 1 FOR NO KEY UPDATE",
         ] {
@@ -451,6 +474,7 @@ fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Vec<Outcome> 
 
     // 4. apply in order.
     let mut w = Writes::default();
+    let now = now_micros();
     for (i, it) in items.iter().enumerate() {
         let Some(it) = it else { continue };
         if let (Some(key), Some(hash)) = (&it.key, &it.hash) {
@@ -490,16 +514,9 @@ fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Vec<Outcome> 
                         .iter()
                         .map(|(id, n)| (*redirect.get(id).unwrap_or(id), *n))
                         .collect();
-                    apply_transfer(
-                        &mut accounts,
-                        &mut w,
-                        it,
-                        &postings,
-                        kind,
-                        effective_at,
-                        None,
-                    )
-                    .map(|j| (Some(j), None))
+                    let eff = effective_micros(effective_at, now);
+                    apply_transfer(&mut accounts, &mut w, it, &postings, kind, eff, None)
+                        .map(|j| (Some(j), None))
                 }
             },
             Op::HoldCreate {
@@ -531,7 +548,7 @@ fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Vec<Outcome> 
                 it,
                 *hold,
                 *amount,
-                effective_at,
+                effective_micros(effective_at, now),
             )
             .map(|j| (Some(j), Some(*hold))),
             Op::HoldVoid { hold } => {
@@ -625,7 +642,7 @@ fn apply_transfer(
     it: &Item,
     postings: &[(Id, i64)],
     kind: &str,
-    effective_at: &Option<String>,
+    eff: i64,
     hold: Option<Id>,
 ) -> Result<Id> {
     // Validate against the current state, then apply: an item fails whole.
@@ -666,11 +683,14 @@ fn apply_transfer(
         }
     }
     let journal = new_id();
+    w.j_first.push(w.e_account.len() as i32 + 1);
+    w.j_count.push(postings.len() as i32);
     for (id, amount) in postings {
         let a = accounts.get_mut(id).expect("validated");
         a.balance += amount;
         a.seq += 1;
         a.dirty = true;
+        a.eff_max = Some(a.eff_max.map_or(eff, |m| m.max(eff)));
         w.e_account.push(u(id));
         w.e_seq.push(a.seq);
         w.e_journal.push(u(&journal));
@@ -678,7 +698,8 @@ fn apply_transfer(
         w.e_asset.push(a.asset.clone());
         w.e_amount.push(*amount);
         w.e_after.push(a.balance);
-        w.e_eff.push(effective_at.clone());
+        w.e_eff.push(timestamp(eff));
+        w.e_eff_max.push(timestamp(a.eff_max.unwrap_or(eff)));
     }
     w.j_id.push(u(&journal));
     w.j_kind.push(kind.to_string());
@@ -686,8 +707,16 @@ fn apply_transfer(
     w.j_hash.push(it.hash.clone());
     w.j_hold.push(hold.as_ref().map(u));
     w.j_meta.push(it.metadata.clone());
-    w.j_eff.push(effective_at.clone());
+    w.j_eff.push(timestamp(eff));
     Ok(journal)
+}
+
+/// An item's effective time: as given (RFC 3339, already validated), else now.
+fn effective_micros(effective_at: &Option<String>, now: i64) -> i64 {
+    effective_at
+        .as_deref()
+        .and_then(super::request::pg_micros)
+        .unwrap_or(now)
 }
 
 fn overflow() -> LedgerError {
@@ -791,7 +820,7 @@ fn apply_hold_post(
     it: &Item,
     hold_id: Id,
     amount: Option<i64>,
-    effective_at: &Option<String>,
+    eff: i64,
 ) -> Result<Id> {
     let h = pending_hold(holds, &hold_id, false)?.clone();
     let post = amount.unwrap_or(h.amount);
@@ -819,7 +848,7 @@ fn apply_hold_post(
         it,
         &[(h.debit, -post), (h.credit, post)],
         "hold_post",
-        effective_at,
+        eff,
         Some(hold_id),
     ) {
         Ok(j) => j,
@@ -859,30 +888,36 @@ fn release_hold(
 
 // Everything is written by one statement: fewer executor start-ups than a
 // statement per table. Parameters: $1-$4 accounts, $5-$11 journals, $12-$19
-// entries, then (only when holds change) $20-$30 new holds, $31-$34 resolved holds.
+// entries, $20-$30 new holds, $31-$34 resolved holds, then $35 accounts'
+// effective_max, $36-$37 each journal's slice of the entry arrays, $38 the
+// entries' effective_max. Calls without hold changes pass empty hold arrays to
+// the shorter statement, which has no hold CTEs.
 macro_rules! write_head {
     () => {
         "WITH acc AS (
-    UPDATE payledger.accounts a SET balance = u.b, pending_debits = u.p, entry_count = u.s
+    UPDATE payledger.accounts a SET balance = u.b, pending_debits = u.p, entry_count = u.s, effective_max = u.e
       FROM (SELECT unnest($1::uuid[]) AS id, unnest($2::int8[]) AS b, unnest($3::int8[]) AS p,
-                   unnest($4::int8[]) AS s) AS u
+                   unnest($4::int8[]) AS s, unnest($35::timestamptz[]) AS e) AS u
      WHERE a.id = u.id),
 jrn AS (
-    INSERT INTO payledger.journals (id, kind, idempotency_key, request_hash, hold_id, metadata, effective_at)
-    SELECT id, kind, k, h, hold, m::jsonb, coalesce(eff::timestamptz, pg_catalog.now())
+    INSERT INTO payledger.journals (id, kind, idempotency_key, request_hash, hold_id, metadata, effective_at,
+                                    entry_accounts, entry_seqs)
+    SELECT id, kind, k, h, hold, m::jsonb, eff, ($12::uuid[])[f : f + c - 1], ($13::int8[])[f : f + c - 1]
       FROM (SELECT unnest($5::uuid[]) AS id, unnest($6::text[]) AS kind, unnest($7::text[]) AS k,
                    unnest($8::bytea[]) AS h, unnest($9::uuid[]) AS hold, unnest($10::text[]) AS m,
-                   unnest($11::text[]) AS eff) AS u)"
+                   unnest($11::timestamptz[]) AS eff, unnest($36::int4[]) AS f, unnest($37::int4[]) AS c) AS u)"
     };
 }
 macro_rules! write_entries {
     () => {
         "
-INSERT INTO payledger.entries (account_id, seq, journal_id, owner_id, asset, amount, balance_after, effective_at)
-SELECT a, s, j, o, c, n, b, coalesce(eff::timestamptz, pg_catalog.now())
+INSERT INTO payledger.entries (account_id, seq, journal_id, owner_id, asset, amount, balance_after,
+                               effective_at, effective_max)
+SELECT a, s, j, o, c, n, b, eff, emax
   FROM (SELECT unnest($12::uuid[]) AS a, unnest($13::int8[]) AS s, unnest($14::uuid[]) AS j,
                unnest($15::text[]) AS o, unnest($16::text[]) AS c, unnest($17::int8[]) AS n,
-               unnest($18::int8[]) AS b, unnest($19::text[]) AS eff) AS u"
+               unnest($18::int8[]) AS b, unnest($19::timestamptz[]) AS eff,
+               unnest($38::timestamptz[]) AS emax) AS u"
     };
 }
 const WRITE_TRANSFERS: &str = concat!(write_head!(), write_entries!());
@@ -912,11 +947,13 @@ fn write(client: &mut SpiClient<'_>, accounts: &HashMap<Id, Account>, w: Writes)
     let mut bal = Vec::new();
     let mut pend = Vec::new();
     let mut seq = Vec::new();
+    let mut eff_max = Vec::new();
     for (id, a) in accounts.iter().filter(|(_, a)| a.dirty) {
         ids.push(u(id));
         bal.push(a.balance);
         pend.push(a.pending);
         seq.push(a.seq);
+        eff_max.push(a.eff_max.map(timestamp));
     }
     let holds_change = !w.h_id.is_empty() || !w.r_id.is_empty();
     if ids.is_empty() && w.j_id.is_empty() && !holds_change {
@@ -943,10 +980,6 @@ fn write(client: &mut SpiClient<'_>, accounts: &HashMap<Id, Account>, w: Writes)
         w.e_after.into(),
         w.e_eff.into(),
     ];
-    if !holds_change {
-        exec(client, WRITE_TRANSFERS, &args);
-        return;
-    }
     args.extend([
         w.h_id.into(),
         w.h_owner.into(),
@@ -963,6 +996,18 @@ fn write(client: &mut SpiClient<'_>, accounts: &HashMap<Id, Account>, w: Writes)
         w.r_status.into(),
         w.r_posted.into(),
         w.r_journal.into(),
+        eff_max.into(),
+        w.j_first.into(),
+        w.j_count.into(),
+        w.e_eff_max.into(),
     ]);
-    exec(client, WRITE_ALL, &args);
+    exec(
+        client,
+        if holds_change {
+            WRITE_ALL
+        } else {
+            WRITE_TRANSFERS
+        },
+        &args,
+    );
 }

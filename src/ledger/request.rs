@@ -125,9 +125,17 @@ pub fn parse_time(v: &Value, field: &str) -> Result<Option<String>> {
     }
 }
 
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+/// An RFC 3339 time as a PostgreSQL timestamptz (microseconds since 2000-01-01 UTC).
+pub fn pg_micros(t: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|d| d.timestamp_micros() - PG_EPOCH_UNIX_MICROS)
+}
+
 /// A PostgreSQL timestamptz (microseconds since 2000-01-01 UTC) as RFC 3339 UTC.
 pub fn rfc3339(t: impl Into<i64>) -> String {
-    const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
     DateTime::from_timestamp_micros(t.into() + PG_EPOCH_UNIX_MICROS)
         .map(|d| d.to_rfc3339_opts(SecondsFormat::Micros, true))
         .unwrap_or_else(|| "infinity".into())

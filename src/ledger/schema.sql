@@ -51,7 +51,9 @@ CREATE TABLE payledger.accounts (
     -- shards: extra rows that only receive, so credits do not queue on one row
     -- lock. The account's balance is its own row plus its shards.
     shards          smallint NOT NULL DEFAULT 1,
-    parent_id       uuid,  -- checked by the definition trigger (a self-reference would trouble pg_dump)
+    parent_id       uuid,
+    -- the latest effective_at among the row's entries (continues entries.effective_max)
+    effective_max   timestamptz,  -- checked by the definition trigger (a self-reference would trouble pg_dump)
     UNIQUE (owner_id, asset, kind, name),
     -- The one CHECK: PostgreSQL rebuilds every CHECK of a table on each UPDATE
     -- statement, so rules on columns the engine never writes live in a trigger.
@@ -101,7 +103,11 @@ CREATE TABLE payledger.journals (
     hold_id         uuid,
     metadata        jsonb NOT NULL DEFAULT '{}'::jsonb,
     effective_at    timestamptz NOT NULL,
-    created_at      timestamptz NOT NULL DEFAULT now()
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    -- where the journal's entries are: (entry_accounts[i], entry_seqs[i]) is the
+    -- key of its i-th entry. Cheaper than an index on entries.journal_id.
+    entry_accounts  uuid[] NOT NULL DEFAULT '{}',
+    entry_seqs      bigint[] NOT NULL DEFAULT '{}'
 );
 
 -- Partial: journals without a key (most of them) cost no entry in this index.
@@ -117,10 +123,12 @@ CREATE TABLE payledger.entries (
     amount        bigint NOT NULL,
     balance_after bigint NOT NULL,
     effective_at  timestamptz NOT NULL,
+    -- the running maximum of effective_at along the account row's entries: it
+    -- only grows with seq, so balance_at() can stop scanning back at the first
+    -- entry where it is not after the asked time (no index on effective_at).
+    effective_max timestamptz NOT NULL,
     PRIMARY KEY (account_id, seq)
 );
-CREATE INDEX entries_journal_idx ON payledger.entries (journal_id);
-CREATE INDEX entries_effective_idx ON payledger.entries (account_id, effective_at) INCLUDE (amount);
 
 CREATE TABLE payledger.holds (
     id              uuid PRIMARY KEY,

@@ -3,9 +3,9 @@
 SELECT count(*) AS violations FROM payledger.check_invariants();
 
 -- direct inserts that do not balance, or do not match the account, are rejected
-SELECT t_try(format($q$INSERT INTO payledger.entries VALUES (%L, 999, gen_random_uuid(), 'alice', 'msat', 5, 5, now())$q$, acc('alice')));
-SELECT t_try(format($q$INSERT INTO payledger.entries VALUES (%L, 999, '00000000-0000-0000-0000-000000000001', 'alice', 'msat', 5, 5, now()),
-                                                          (%L, 999, '00000000-0000-0000-0000-000000000001', 'bob', 'usd', -5, 5, now())$q$, acc('alice'), acc('bob')));
+SELECT t_try(format($q$INSERT INTO payledger.entries VALUES (%L, 999, gen_random_uuid(), 'alice', 'msat', 5, 5, now(), now())$q$, acc('alice')));
+SELECT t_try(format($q$INSERT INTO payledger.entries VALUES (%L, 999, '00000000-0000-0000-0000-000000000001', 'alice', 'msat', 5, 5, now(), now()),
+                                                          (%L, 999, '00000000-0000-0000-0000-000000000001', 'bob', 'usd', -5, 5, now(), now())$q$, acc('alice'), acc('bob')));
 
 -- corrupt a copy of the data in a transaction (bypassing the guards as a superuser) and look
 BEGIN;
@@ -14,7 +14,7 @@ ALTER TABLE payledger.entries DISABLE TRIGGER USER;
 ALTER TABLE payledger.holds DISABLE TRIGGER USER;
 UPDATE payledger.accounts SET balance = balance + 1 WHERE id = acc('bob');
 UPDATE payledger.entries SET balance_after = balance_after + 7 WHERE account_id = acc('carol') AND seq = 1;
-INSERT INTO payledger.entries VALUES (acc('alice'), 100000, gen_random_uuid(), 'alice', 'msat', 3, 3, now());
+INSERT INTO payledger.entries VALUES (acc('alice'), 100000, gen_random_uuid(), 'alice', 'msat', 3, 3, now(), now());
 UPDATE payledger.accounts SET pending_debits = pending_debits + 2 WHERE id = acc('alice');
 ALTER TABLE payledger.accounts DROP CONSTRAINT accounts_floor;
 UPDATE payledger.accounts SET balance = -1, entry_count = entry_count WHERE id = acc('carol');
