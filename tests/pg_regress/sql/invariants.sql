@@ -7,6 +7,14 @@ SELECT t_try(format($q$INSERT INTO payledger.entries VALUES (%L, 999, gen_random
 SELECT t_try(format($q$INSERT INTO payledger.entries VALUES (%L, 999, '00000000-0000-0000-0000-000000000001', 'alice', 'msat', 5, 5, now(), now()),
                                                           (%L, 999, '00000000-0000-0000-0000-000000000001', 'bob', 'usd', -5, 5, now(), now())$q$, acc('alice'), acc('bob')));
 
+-- table rules hold for direct writes too (as a superuser, past the API)
+SELECT t_try(format($q$INSERT INTO payledger.entries VALUES (%L, 999, gen_random_uuid(), 'alice', 'msat', 0, 5, now(), now())$q$, acc('alice')));
+SELECT t_try(format($q$UPDATE payledger.accounts SET overdraft_limit = 5 WHERE id = %L$q$, acc('alice')));
+SELECT t_try(format($q$UPDATE payledger.accounts SET balance = -1 WHERE id = %L$q$, acc('carol')));
+SELECT t_try(format($q$INSERT INTO payledger.accounts (id, owner_id, asset, kind, name, parent_id)
+                      VALUES (gen_random_uuid(), 'alice', 'msat', 'user', 'main#9', %L)$q$, acc('bob')));
+SELECT t_try($$INSERT INTO payledger.accounts (id, owner_id, asset, kind) VALUES (gen_random_uuid(), '', 'msat', 'user')$$);
+
 -- corrupt a copy of the data in a transaction (bypassing the guards as a superuser) and look
 BEGIN;
 ALTER TABLE payledger.accounts DISABLE TRIGGER USER;
