@@ -149,9 +149,6 @@ fn spi_err(e: pgrx::spi::Error) -> ! {
 thread_local! {
     // Plans prepared once per backend: planning costs more than running these statements.
     static PLANS: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
-    // Accounts this backend has seen with shards. Sharding is never undone, so a
-    // stale miss only means the slower path of locking the account itself.
-    static SHARDED: RefCell<HashSet<Id>> = RefCell::new(HashSet::new());
 }
 
 fn read_account(row: &pgrx::spi::SpiHeapTupleData) -> (Id, Account, i16) {
@@ -374,57 +371,36 @@ fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Vec<Outcome> 
         debited.insert(h.debit);
         debited.insert(h.credit);
     }
-    // Which of the accounts this call only credits have shards: known ones from
-    // the backend's cache (sharding is never undone), the rest by an unlocked read.
-    let credit_only: Vec<Id> = account_ids
-        .iter()
-        .filter(|id| !debited.contains(*id))
-        .copied()
-        .collect();
-    let (mut credit_only_sharded, unknown): (BTreeSet<Id>, Vec<Id>) = SHARDED.with(|sh| {
-        let sh = sh.borrow();
-        let (known, unknown): (Vec<Id>, Vec<Id>) =
-            credit_only.iter().partition(|id| sh.contains(*id));
-        (known.into_iter().collect(), unknown)
-    });
-    if !unknown.is_empty() {
-        let ids: Vec<Uuid> = unknown.iter().map(u).collect();
-        for row in exec(
-            client,
-            "SELECT id FROM payledger.accounts WHERE id = ANY($1) AND shards > 1",
-            &[DatumWithOid::from(ids)],
-        ) {
-            let id: Uuid = row.get(1).ok().flatten().expect("id");
-            SHARDED.with(|sh| sh.borrow_mut().insert(*id.as_bytes()));
-            credit_only_sharded.insert(*id.as_bytes());
-        }
-    }
+    // One statement locks every account except the sharded ones this call
+    // only credits (the row filter runs before the row lock): those are the
+    // accounts asked for that do not come back, and get a shard in 3c.
     let mut accounts: HashMap<Id, Account> = HashMap::new();
     let mut sharded_debited: Vec<Uuid> = Vec::new();
-    let to_lock: Vec<Uuid> = account_ids
-        .iter()
-        .filter(|id| !credit_only_sharded.contains(*id))
-        .map(u)
-        .collect();
-    if !to_lock.is_empty() {
+    if !account_ids.is_empty() {
+        let all: Vec<Uuid> = account_ids.iter().map(u).collect();
+        let must: Vec<Uuid> = debited.iter().map(u).collect();
         let rows = exec(
             client,
             "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
                     entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max \
-               FROM payledger.accounts WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-            &[DatumWithOid::from(to_lock)],
+               FROM payledger.accounts WHERE id = ANY($1) AND (shards = 1 OR id = ANY($2)) \
+              ORDER BY id FOR NO KEY UPDATE",
+            &[DatumWithOid::from(all), DatumWithOid::from(must)],
         );
         for row in rows {
             let (id, account, shards) = read_account(&row);
-            if shards > 1 {
-                SHARDED.with(|sh| sh.borrow_mut().insert(id));
-                if debited.contains(&id) {
-                    sharded_debited.push(u(&id));
-                }
+            if shards > 1 && debited.contains(&id) {
+                sharded_debited.push(u(&id));
             }
             accounts.insert(id, account);
         }
     }
+    // Not returned: sharded and only credited, or unknown (reported when applied).
+    let credit_only_sharded: BTreeSet<Id> = account_ids
+        .iter()
+        .filter(|id| !accounts.contains_key(*id))
+        .copied()
+        .collect();
     // A sharded account's money is partly in its shards; a debit may use it.
     if !sharded_debited.is_empty() {
         let rows = exec(
@@ -462,14 +438,11 @@ fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Vec<Outcome> 
                 break;
             }
         }
-        let (id, account, _) = shard.unwrap_or_else(|| {
-            pgrx::error!(
-                "payledger: sharded account {} has no shards",
-                id_str(parent)
-            )
-        });
-        accounts.insert(id, account);
-        redirect.insert(*parent, id);
+        // No shard: the account does not exist, and applying says so.
+        if let Some((id, account, _)) = shard {
+            accounts.insert(id, account);
+            redirect.insert(*parent, id);
+        }
     }
 
     // 4. apply in order.
