@@ -5,8 +5,9 @@
 //! 2. serialise idempotency keys with advisory locks (sorted), then look them up;
 //! 3. lock the holds named by the batch, then every account it touches, each
 //!    set in uuid order (holds before accounts everywhere, so no deadlock);
+//!    a sharded account that the call only credits gets one free shard instead;
 //! 4. apply the items one by one in memory, each succeeding or failing alone;
-//! 5. write everything with one statement per table.
+//! 5. write everything with one statement.
 //!
 //! Domain failures come back as data (sqlstate, message, detail) because pgrx
 //! cannot raise a custom SQLSTATE; the SQL wrappers raise them.
