@@ -52,6 +52,7 @@ GRANT EXECUTE ON FUNCTION
     payledger.balance(uuid),
     payledger.available_balance(uuid),
     payledger.balance_at(uuid, timestamptz),
+    payledger.journal_entries(uuid),
     payledger.new_id()
 TO payledger_app, payledger_admin;
 

@@ -732,6 +732,27 @@ BEGIN
 END;
 $$;
 
+-- A journal's entries in posting order, found through the keys the journal
+-- stores (entries have no index on journal_id).
+CREATE FUNCTION payledger.journal_entries(journal uuid)
+RETURNS TABLE (posting integer, account_id uuid, seq bigint, owner_id text, asset text, amount bigint,
+               balance_after bigint, effective_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(journal, 'journal');
+    IF NOT EXISTS (SELECT 1 FROM payledger.journals j WHERE j.id = journal_entries.journal) THEN
+        RAISE EXCEPTION 'journal % does not exist', journal USING ERRCODE = 'PL018';
+    END IF;
+    RETURN QUERY
+    SELECT x.n::integer, e.account_id, e.seq, e.owner_id, e.asset, e.amount, e.balance_after, e.effective_at
+      FROM payledger.journals j,
+           unnest(j.entry_accounts, j.entry_seqs) WITH ORDINALITY AS x(a, s, n)
+      JOIN payledger.entries e ON e.account_id = x.a AND e.seq = x.s
+     WHERE j.id = journal_entries.journal
+     ORDER BY x.n;
+END;
+$$;
+
 ---------------------------------------------------------------------------
 -- Amount formatting
 ---------------------------------------------------------------------------
@@ -979,6 +1000,7 @@ GRANT EXECUTE ON FUNCTION
     payledger.balance(uuid),
     payledger.available_balance(uuid),
     payledger.balance_at(uuid, timestamptz),
+    payledger.journal_entries(uuid),
     payledger.new_id()
 TO payledger_app, payledger_admin;
 

@@ -15,6 +15,12 @@ SELECT kind, metadata FROM payledger.journals ORDER BY created_at DESC, id DESC 
 SELECT t_try(format($q$SELECT payledger.post_journal('[{"account":"%s","amount":-1010},{"account":"%s","amount":1000},{"account":"%s","amount":10}]', kind => 'payment')$q$,
                     acc('alice'), acc('bob'), acc('fees')));
 SELECT payledger.balance(acc('alice')) AS alice, payledger.balance(acc('bob')) AS bob, payledger.balance(acc('fees')) AS fees;
+-- a journal's entries, in posting order
+SELECT e.posting, a.name, e.amount, e.balance_after
+  FROM payledger.journal_entries((SELECT id FROM payledger.journals WHERE kind = 'payment')) e
+  JOIN t_acc a ON a.id = e.account_id ORDER BY e.posting;
+SELECT t_try(format('SELECT count(*) FROM payledger.journal_entries(%L)', gen_random_uuid()));
+SELECT t_try($$SELECT count(*) FROM payledger.journal_entries(NULL)$$);
 
 -- idempotency: the same key and request returns the original journal; another request is a conflict
 SELECT payledger.transfer(acc('alice'), acc('bob'), 100, idempotency_key => 'pay-1') AS j1 \gset
