@@ -4,11 +4,11 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-toml() { # toml <section> <key>: one value from pgrx.toml
-  python3 - "$REPO/pgrx.toml" "$1" "$2" <<'PY'
-import sys, tomllib
-print(tomllib.load(open(sys.argv[1], "rb"))[sys.argv[2]][sys.argv[3]])
-PY
+toml() { # toml <section> <key>: one plain value from pgrx.toml (no dependency: awk)
+  awk -v want="$1" -v key="$2" '
+    /^\[/ { section = $0; gsub(/[][ ]/, "", section); next }
+    section == want && $1 == key { sub(/^[^=]*=[ \t]*/, ""); sub(/[ \t]*#.*$/, ""); gsub(/"/, ""); print; exit }
+  ' "$REPO/pgrx.toml"
 }
 
 PG_VERSION=$(toml postgres version)
