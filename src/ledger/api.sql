@@ -129,9 +129,12 @@ BEGIN
     IF overdraft_limit IS NOT NULL AND (overdraft_limit < 0 OR NOT allow_negative) THEN
         RAISE EXCEPTION 'overdraft_limit must be >= 0 and needs allow_negative' USING ERRCODE = '22023';
     END IF;
-    INSERT INTO payledger.accounts AS a (id, owner_id, asset, kind, name, allow_negative, overdraft_limit, metadata)
+    INSERT INTO payledger.accounts AS a (id, owner_id, asset, kind, name, allow_negative, overdraft_limit,
+                                         min_available, metadata)
     VALUES (payledger.new_id(), open_account.owner_id, open_account.asset, open_account.kind, open_account.name,
-            open_account.allow_negative, open_account.overdraft_limit, coalesce(open_account.metadata, '{}'::jsonb))
+            open_account.allow_negative, open_account.overdraft_limit,
+            payledger.min_available(open_account.allow_negative, open_account.overdraft_limit, 1::smallint),
+            coalesce(open_account.metadata, '{}'::jsonb))
     ON CONFLICT ON CONSTRAINT accounts_owner_id_asset_kind_name_key DO NOTHING;
     SELECT * INTO acc FROM payledger.accounts a
      WHERE a.owner_id = open_account.owner_id AND a.asset = open_account.asset
@@ -206,7 +209,7 @@ CREATE FUNCTION payledger.set_account_limits(account uuid, allow_negative boolea
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     acc payledger.accounts := payledger.lock_account(account);
-    available bigint := acc.balance - acc.pending_debits;
+    available bigint := acc.balance + payledger.shard_balance(acc) - acc.pending_debits;
 BEGIN
     PERFORM payledger.require(allow_negative, 'allow_negative');
     IF overdraft_limit IS NOT NULL AND (overdraft_limit < 0 OR NOT allow_negative) THEN
@@ -218,7 +221,9 @@ BEGIN
     END IF;
     UPDATE payledger.accounts a
        SET allow_negative = set_account_limits.allow_negative,
-           overdraft_limit = set_account_limits.overdraft_limit
+           overdraft_limit = set_account_limits.overdraft_limit,
+           min_available = payledger.min_available(set_account_limits.allow_negative,
+                                                   set_account_limits.overdraft_limit, a.shards)
      WHERE a.id = set_account_limits.account;
 END;
 $$;
@@ -247,7 +252,10 @@ BEGIN
     SELECT payledger.new_id(), acc.owner_id, acc.asset, acc.kind, acc.name || '#' || k, acc.id,
            jsonb_build_object('shard_of', acc.id)
       FROM generate_series(acc.shards, set_account_shards.shards - 1) AS k;
-    UPDATE payledger.accounts a SET shards = set_account_shards.shards WHERE a.id = acc.id;
+    UPDATE payledger.accounts a
+       SET shards = set_account_shards.shards,
+           min_available = payledger.min_available(a.allow_negative, a.overdraft_limit, set_account_shards.shards::smallint)
+     WHERE a.id = acc.id;
     RETURN shards;
 END;
 $$;

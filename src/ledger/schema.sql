@@ -51,20 +51,28 @@ CREATE TABLE payledger.accounts (
     -- shards: extra rows that only receive, so credits do not queue on one row
     -- lock. The account's balance is its own row plus its shards.
     shards          smallint NOT NULL DEFAULT 1,
-    parent_id       uuid,
+    parent_id       uuid,  -- checked by the definition trigger (a self-reference would trouble pg_dump)
     -- the latest effective_at among the row's entries (continues entries.effective_max)
-    effective_max   timestamptz,  -- checked by the definition trigger (a self-reference would trouble pg_dump)
+    effective_max   timestamptz,
+    -- The lowest balance - pending_debits the row may reach, derived from the
+    -- limits by payledger.min_available() (checked by the definition trigger).
+    -- A sharded account's own row has none: its floor applies to the total.
+    min_available   bigint NOT NULL DEFAULT 0,
     UNIQUE (owner_id, asset, kind, name),
-    -- The one CHECK: PostgreSQL rebuilds every CHECK of a table on each UPDATE
-    -- statement, so rules on columns the engine never writes live in a trigger.
-    -- This one backs up the engine's insufficient-funds check.
-    -- (A sharded account's own row may dip below its floor: its shards hold the rest.)
-    CONSTRAINT accounts_floor CHECK (
-        pending_debits >= 0
-        AND (balance - pending_debits >= 0 OR shards > 1
-             OR (allow_negative AND (overdraft_limit IS NULL OR balance - pending_debits >= -overdraft_limit))))
+    -- The one CHECK, kept small: PostgreSQL rebuilds every CHECK of a table on
+    -- each UPDATE statement, so rules on columns the engine never writes live in
+    -- a trigger. This one backs up the engine's insufficient-funds check.
+    CONSTRAINT accounts_floor CHECK (balance - pending_debits >= min_available AND pending_debits >= 0)
 );
 CREATE INDEX accounts_owner_idx ON payledger.accounts (owner_id);
+
+-- The floor of an account row's available balance, from its limits.
+CREATE FUNCTION payledger.min_available(allow_negative boolean, overdraft_limit bigint, shards smallint)
+RETURNS bigint LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN shards > 1 OR (allow_negative AND overdraft_limit IS NULL) THEN -9223372036854775808
+                WHEN allow_negative THEN -overdraft_limit
+                ELSE 0 END;
+$$;
 CREATE INDEX accounts_parent_idx ON payledger.accounts (parent_id) WHERE parent_id IS NOT NULL;
 
 -- Rules on an account's definition; runs only when those columns are written.
@@ -82,6 +90,10 @@ BEGIN
         RAISE EXCEPTION 'shards must be between 1 and 256; a shard has none and may not go negative'
             USING ERRCODE = '23514';
     END IF;
+    IF NEW.min_available <> payledger.min_available(NEW.allow_negative, NEW.overdraft_limit, NEW.shards) THEN
+        RAISE EXCEPTION 'min_available must be payledger.min_available(allow_negative, overdraft_limit, shards)'
+            USING ERRCODE = '23514';
+    END IF;
     IF NEW.parent_id IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM payledger.accounts p
          WHERE p.id = NEW.parent_id AND p.parent_id IS NULL AND p.owner_id = NEW.owner_id AND p.asset = NEW.asset) THEN
@@ -91,7 +103,7 @@ BEGIN
 END;
 $$;
 CREATE TRIGGER accounts_definition
-    AFTER INSERT OR UPDATE OF owner_id, name, allow_negative, overdraft_limit, shards, parent_id
+    AFTER INSERT OR UPDATE OF owner_id, name, allow_negative, overdraft_limit, shards, parent_id, min_available
     ON payledger.accounts FOR EACH ROW EXECUTE FUNCTION payledger.accounts_definition_guard();
 
 CREATE TABLE payledger.journals (

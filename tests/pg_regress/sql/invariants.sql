@@ -11,6 +11,7 @@ SELECT t_try(format($q$INSERT INTO payledger.entries VALUES (%L, 999, '00000000-
 SELECT t_try(format($q$INSERT INTO payledger.entries VALUES (%L, 999, gen_random_uuid(), 'alice', 'msat', 0, 5, now(), now())$q$, acc('alice')));
 SELECT t_try(format($q$UPDATE payledger.accounts SET overdraft_limit = 5 WHERE id = %L$q$, acc('alice')));
 SELECT t_try(format($q$UPDATE payledger.accounts SET balance = -1 WHERE id = %L$q$, acc('carol')));
+SELECT t_try(format($q$UPDATE payledger.accounts SET min_available = -100 WHERE id = %L$q$, acc('carol')));
 SELECT t_try(format($q$INSERT INTO payledger.accounts (id, owner_id, asset, kind, name, parent_id)
                       VALUES (gen_random_uuid(), 'alice', 'msat', 'user', 'main#9', %L)$q$, acc('bob')));
 SELECT t_try($$INSERT INTO payledger.accounts (id, owner_id, asset, kind) VALUES (gen_random_uuid(), '', 'msat', 'user')$$);
