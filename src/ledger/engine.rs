@@ -138,7 +138,7 @@ fn id_str(id: &Id) -> String {
     uuid::Uuid::from_bytes(*id).to_string()
 }
 
-fn new_id() -> Id {
+pub(super) fn new_id() -> Id {
     *uuid::Uuid::now_v7().as_bytes()
 }
 

@@ -113,7 +113,7 @@ fn transfer_one(
 #[pg_extern(volatile, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn new_id() -> Uuid {
-    Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes())
+    Uuid::from_bytes(engine::new_id())
 }
 
 #[cfg(any(test, feature = "pg_test"))]
