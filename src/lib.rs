@@ -1,14 +1,16 @@
 //! payledger: a double-entry payments ledger inside PostgreSQL.
 //!
-//! The ledger core lives in `ledger` (schema, posting engine, SQL API);
-//! settings in `gucs`; error codes in `errors`. Roles and grants are applied
-//! last, from `src/security.sql`.
+//! The ledger core lives in `ledger` (schema, posting engine, SQL API); pay-ins
+//! and pay-outs on top of it in `payin`; settings in `gucs`; error codes in
+//! `errors`. `check_invariants()` gathers every module's checks; roles and
+//! grants are applied last, from `src/security.sql`.
 
 use pgrx::prelude::*;
 
 mod errors;
 mod gucs;
 mod ledger;
+mod payin;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -17,6 +19,11 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
 }
 
+extension_sql_file!(
+    "invariants.sql",
+    name = "invariants",
+    requires = ["ledger_api", "payin_api"]
+);
 extension_sql_file!("security.sql", name = "security", finalize);
 
 #[cfg(test)]

@@ -24,16 +24,29 @@ GRANT USAGE ON SCHEMA payledger TO payledger_admin, payledger_app, payledger_end
 
 -- Reading the raw tables: the admin and the backend (RLS is on, so say so).
 GRANT SELECT ON payledger.assets, payledger.account_kinds, payledger.accounts, payledger.journals,
-                payledger.entries, payledger.holds TO payledger_admin, payledger_app;
+                payledger.entries, payledger.holds,
+                payledger.payin_transitions, payledger.payin_types, payledger.payout_types, payledger.split_rules,
+                payledger.payins, payledger.payin_legs, payledger.payouts, payledger.payin_refunds,
+                payledger.payin_history TO payledger_admin, payledger_app;
 CREATE POLICY backend_read ON payledger.assets FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.account_kinds FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.accounts FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.journals FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.entries FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.holds FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.payin_transitions FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.payin_types FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.payout_types FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.split_rules FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.payins FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.payin_legs FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.payouts FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.payin_refunds FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.payin_history FOR SELECT TO payledger_admin, payledger_app USING (true);
 
 -- End users: the owner-filtered views and the owner lookup only.
-GRANT SELECT ON payledger.my_accounts, payledger.my_entries, payledger.my_holds
+GRANT SELECT ON payledger.my_accounts, payledger.my_entries, payledger.my_holds,
+                payledger.my_payins, payledger.my_payouts, payledger.my_payin_history
     TO payledger_enduser, payledger_app, payledger_admin;
 GRANT EXECUTE ON FUNCTION payledger.current_owner_id(), payledger.format_amount(text, bigint),
     payledger.parse_amount(text, numeric)
@@ -53,7 +66,17 @@ GRANT EXECUTE ON FUNCTION
     payledger.available_balance(uuid),
     payledger.balance_at(uuid, timestamptz),
     payledger.journal_entries(uuid),
-    payledger.new_id()
+    payledger.new_id(),
+    payledger.create_payin(text, text, text, bigint, jsonb, jsonb, text, jsonb, text, uuid, jsonb),
+    payledger.split_payouts(text, bigint, jsonb),
+    payledger.transition_payin(uuid, payledger.payin_state, payledger.payin_failure_reason, text),
+    payledger.settle_payin(uuid),
+    payledger.fail_payin(uuid, payledger.payin_failure_reason),
+    payledger.cancel_payin(uuid, payledger.payin_failure_reason),
+    payledger.refund_payin(uuid, bigint, uuid, text, text),
+    payledger.retry_payin(uuid, jsonb, jsonb, text, jsonb, text, text),
+    payledger.payin_stats(timestamptz, timestamptz, text),
+    payledger.payin_audit(uuid)
 TO payledger_app, payledger_admin;
 
 -- Operators only.
@@ -64,5 +87,8 @@ GRANT EXECUTE ON FUNCTION
     payledger.set_account_limits(uuid, boolean, bigint),
     payledger.set_account_shards(uuid, integer),
     payledger.expire_holds(integer),
+    payledger.register_payin_type(text, text, boolean, boolean, integer),
+    payledger.register_payout_type(text, text),
+    payledger.define_split_rule(text, jsonb, text),
     payledger.check_invariants()
 TO payledger_admin;

@@ -509,10 +509,10 @@ $$;
 -- Invariants
 ---------------------------------------------------------------------------
 
--- Every violation of the ledger's invariants; empty when healthy.
-CREATE FUNCTION payledger.check_invariants()
+-- The ledger's part of payledger.check_invariants() (src/invariants.sql).
+CREATE FUNCTION payledger.ledger_invariants()
 RETURNS TABLE (invariant text, subject text, detail text)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     -- money is neither created nor destroyed, per asset
     SELECT 'conservation', e.asset, format('entries of %s sum to %s', e.asset, sum(e.amount))
       FROM payledger.entries e GROUP BY e.asset HAVING sum(e.amount) <> 0

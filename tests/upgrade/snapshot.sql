@@ -39,5 +39,13 @@ SELECT 'config_dump: ' || c::regclass || ' ' || coalesce(w, '')
 UNION ALL
 SELECT 'schema acl: ' || coalesce(nspacl::text, '-') FROM pg_namespace WHERE nspname = 'payledger'
 UNION ALL
+SELECT 'enum: ' || t.typname || ' ' || string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+  FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid
+ WHERE t.typnamespace = 'payledger'::regnamespace GROUP BY t.typname
+UNION ALL
+SELECT 'seed: payin_transitions ' || string_agg(format('%s>%s:%s', from_state, to_state, default_reason), ','
+                                                ORDER BY from_state, to_state)
+  FROM payledger.payin_transitions
+UNION ALL
 SELECT 'seed: account_kinds ' || string_agg(kind, ',' ORDER BY kind) FROM payledger.account_kinds
 ORDER BY 1;
