@@ -1,4 +1,5 @@
--- payledger demo: the ledger core. Run by scripts/demo.sh against a throwaway cluster.
+-- payledger demo: the ledger core, then pay-ins and pay-outs. Run by scripts/demo.sh
+-- against a throwaway cluster.
 \pset footer off
 \set VERBOSITY terse
 CREATE EXTENSION payledger;
@@ -70,5 +71,59 @@ SELECT count(*) FROM payledger.entries;
 \set ON_ERROR_STOP on
 RESET ROLE;
 
-\echo '--- invariants: no violation'
+\echo ''
+\echo '=== pay-ins and pay-outs (Stacker News'' model) ==='
+\echo '--- types, a territory split (founder 70%, rewards pool 30%), and carol''s two balances'
+SELECT payledger.register_payin_type('ITEM_CREATE', 'post an item');
+SELECT payledger.register_payout_type('TERRITORY_REVENUE', 'to the territory founder'),
+       payledger.register_payout_type('REWARDS_POOL', 'to the daily rewards');
+SELECT payledger.open_account('founder', 'msat', 'revenue', 'territory') AS founder \gset
+SELECT payledger.open_account('rewards', 'msat', 'rewards_pool') AS pool \gset
+SELECT payledger.define_split_rule('territory', jsonb_build_array(
+         jsonb_build_object('role', 'founder', 'payout_type', 'TERRITORY_REVENUE', 'percent', 70),
+         jsonb_build_object('role', 'pool', 'payout_type', 'REWARDS_POOL', 'percent', 30, 'account', :'pool')), 'pool');
+SELECT payledger.open_account('carol', 'msat', 'user', 'credits') AS credits \gset
+SELECT payledger.open_account('carol', 'msat', 'user', 'sats') AS sats \gset
+SELECT payledger.transfer(:'world', :'credits', 20000) IS NOT NULL AS credits_20_sat,
+       payledger.transfer(:'world', :'sats', 20000) IS NOT NULL AS reward_sats_20_sat;
+
+\echo '--- a 100-sat action paid 20 credits + 20 reward sats + 60 by invoice'
+SELECT payin_id AS item, state, custodial_amount, external_amount
+  FROM payledger.create_payin('carol', 'ITEM_CREATE', 'msat', 100000, jsonb_build_array(
+         jsonb_build_object('account', :'credits', 'amount', 20000),
+         jsonb_build_object('account', :'sats', 'amount', 20000),
+         jsonb_build_object('external', 'invoice', 'amount', 60000)),
+       split => 'territory', payees => jsonb_build_object('founder', :'founder'), idempotency_key => 'item-1') \gset
+SELECT :'state' AS state, :custodial_amount AS from_balances_msat, :external_amount AS by_invoice_msat;
+\echo 'nothing is paid out yet; carol''s 40 sat wait in her escrow account:'
+SELECT payledger.balance(:'credits') AS credits, payledger.balance(:'sats') AS sats,
+       payledger.balance(:'founder') AS founder, payledger.balance(:'pool') AS pool;
+
+\echo '--- the invoice is created, then paid: PAID, founder and pool credited in the same transaction'
+SELECT * FROM payledger.transition_payin(:'item', 'PENDING', external_ref => 'payment-hash-1');
+SELECT * FROM payledger.settle_payin(:'item');
+\echo 'a second settler (webhook racing the reconciler) changes nothing:'
+SELECT * FROM payledger.settle_payin(:'item');
+SELECT payledger.balance(:'founder') AS founder, payledger.balance(:'pool') AS pool;
+SELECT journal_kind, owner_id, account_kind, account_name, amount, balance_before, balance_after
+  FROM payledger.payin_audit(:'item');
+
+\echo '--- another action whose invoice expires: FAILED, the balances are refunded atomically'
+SELECT payledger.transfer(:'world', :'credits', 30000) IS NOT NULL AS topped_up;
+SELECT payin_id AS item2 FROM payledger.create_payin('carol', 'ITEM_CREATE', 'msat', 100000, jsonb_build_array(
+         jsonb_build_object('account', :'credits'), jsonb_build_object('account', :'sats'),
+         jsonb_build_object('external', 'invoice', 'unit', 1000)),
+       split => 'territory', payees => jsonb_build_object('founder', :'founder')) \gset
+SELECT payledger.balance(:'credits') AS credits_after_create;
+SELECT * FROM payledger.transition_payin(:'item2', 'PENDING', external_ref => 'payment-hash-2');
+SELECT * FROM payledger.fail_payin(:'item2', 'INVOICE_EXPIRED');
+SELECT payledger.balance(:'credits') AS credits_after_refund, kind, amount, reason
+  FROM payledger.payin_refunds WHERE payin_id = :'item2';
+SELECT from_state, to_state, failure_reason FROM payledger.payin_history WHERE payin_id = :'item2' ORDER BY at;
+
+\echo '--- statistics: spending and earning by type and day'
+SELECT owner_id, direction, type, payledger.format_amount('msat', amount) AS sat, count
+  FROM payledger.payin_stats(now() - interval '1 day', now() + interval '1 day') ORDER BY owner_id, direction;
+
+\echo '--- invariants (ledger and pay-ins): no violation'
 SELECT count(*) AS violations FROM payledger.check_invariants();

@@ -4,7 +4,10 @@
 #   payledger.transfer over the same accounts, same clients
 #   spread = random pairs of 50 accounts; hot = every transfer credits one account
 #   batch  = payledger.transfer_batch with 1,000 transfers per call
-# Prints transfers/s and the ratios the README reports.
+#   payin  = payledger.create_payin: 100 msat paid from three balances of the
+#            payer, two pay-outs credited at once (PAID); spread = random
+#            founder and pool, hot = every pay-in pays the same founder
+# Prints transfers/s (pay-ins/s) and the ratios the README reports.
 #   bash tests/bench/run.sh   (DURATION=10 CLIENTS=20 BATCH_CLIENTS=2 ROUNDS=3 by default)
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 DURATION=${DURATION:-10}
@@ -15,6 +18,7 @@ ACCOUNTS=${ACCOUNTS:-50}
 
 setup_machine
 [ -n "${INSTALLED:-}" ] || install_extension
+CONFIGS=${CONFIGS:-}
 DIR=$(pg_scratch)
 trap 'stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
 start_cluster "$DIR" "$TEST_PORT" "max_connections = 200"
@@ -36,16 +40,17 @@ psql_ -d postgres -c "VACUUM ANALYZE" -c "CHECKPOINT"
 log "pgbench: $CLIENTS clients (batch: $CLIENTS and $BATCH_CLIENTS), ${DURATION}s per run, $ROUNDS rounds, $ACCOUNTS accounts, $(nproc) cores"
 declare -A runs
 for r in $(seq "$ROUNDS"); do
-  for cfg in floor_spread transfer_spread floor_hot transfer_hot; do
+  for cfg in floor_spread transfer_spread floor_hot transfer_hot payin_spread payin_hot; do
     runs[$cfg]+=" $(bench "$cfg" "$CLIENTS")"
   done
   runs[batch]+=" $(( $(bench batch_1000 "$CLIENTS") * 1000 ))"
   runs[batch_few]+=" $(( $(bench batch_1000 "$BATCH_CLIENTS") * 1000 ))"
-  echo "round $r:$(for c in floor_spread transfer_spread floor_hot transfer_hot batch batch_few; do printf ' %s=%s' "$c" "${runs[$c]##* }"; done)"
+  echo "round $r:$(for c in floor_spread transfer_spread floor_hot transfer_hot payin_spread payin_hot batch batch_few; do printf ' %s=%s' "$c" "${runs[$c]##* }"; done)"
 done
 floor_spread=$(median ${runs[floor_spread]}); pl_spread=$(median ${runs[transfer_spread]})
 floor_hot=$(median ${runs[floor_hot]}); pl_hot=$(median ${runs[transfer_hot]})
 batch=$(median ${runs[batch]}); batch_few=$(median ${runs[batch_few]})
+payin_spread=$(median ${runs[payin_spread]}); payin_hot=$(median ${runs[payin_hot]})
 v=$(psql_ -d postgres -At -c "SELECT count(*) FROM payledger.check_invariants()")
 [ "$v" = 0 ] || { echo "invariant violations after the benchmark: $v" >&2; exit 1; }
 
@@ -60,4 +65,6 @@ Medians of $ROUNDS rounds (transfers/s):
 | payledger hot / 50 accounts | $(ratio "$pl_hot" "$pl_spread")x | >= 0.8x |
 | batch of 1,000 / single calls, $CLIENTS clients | $(ratio "$batch" "$pl_spread")x ($batch) | >= 20x |
 | batch of 1,000 / single calls, $BATCH_CLIENTS clients | $(ratio "$batch_few" "$pl_spread")x ($batch_few) | |
+| pay-in (3 methods, 2 pay-outs, PAID) / floor transfer | $(ratio "$payin_spread" "$floor_spread")x ($payin_spread pay-ins/s) | >= 0.6x |
+| pay-in, one hot founder / spread | $(ratio "$payin_hot" "$payin_spread")x ($payin_hot pay-ins/s) | >= 0.8x |
 TXT

@@ -26,6 +26,30 @@ BEGIN
 END;
 $$;
 
+-- Pay-ins: each payer pays 100 msat from three balances (30 + 30 + 40), and two
+-- pay-outs (70 to a founder, 30 to a pool) are credited at once (PAID).
+SELECT payledger.register_payin_type('ITEM_CREATE', 'post an item');
+SELECT payledger.register_payout_type('TERRITORY_REVENUE', 'to the founder');
+SELECT payledger.register_payout_type('REWARDS_POOL', 'to the rewards pool');
+CREATE TABLE bench_payer AS
+  SELECT n, 'bench-' || n AS owner, jsonb_build_array(
+           jsonb_build_object('account', id, 'amount', 30),
+           jsonb_build_object('account', payledger.open_account('bench-' || n, 'msat', 'user', 'credits'), 'amount', 30),
+           jsonb_build_object('account', payledger.open_account('bench-' || n, 'msat', 'user', 'sats'), 'amount', 40)) AS methods
+    FROM bench_acc WHERE n > 0;
+CREATE UNIQUE INDEX ON bench_payer (n);
+SELECT count(*) FROM (SELECT payledger.transfer(:'world', (m ->> 'account')::uuid, 1000000000000000)
+                        FROM bench_payer, jsonb_array_elements(methods) m WHERE m ->> 'account' <> (SELECT id FROM bench_acc b WHERE b.n = bench_payer.n)::text) s;
+CREATE FUNCTION bench_payin(payer int, founder int, pool int) RETURNS payledger.payin_state LANGUAGE sql AS $$
+  SELECT (payledger.create_payin(p.owner, 'ITEM_CREATE', 'msat', 100, p.methods, jsonb_build_array(
+            jsonb_build_object('type', 'TERRITORY_REVENUE', 'account', (SELECT id FROM bench_acc WHERE n = founder), 'amount', 70),
+            jsonb_build_object('type', 'REWARDS_POOL', 'account', (SELECT id FROM bench_acc WHERE n = pool), 'amount', 30)))).state
+    FROM bench_payer p WHERE p.n = payer;
+$$;
+
+-- A ledger with some pay-in history, so that the planner knows the tables are not empty.
+SELECT count(bench_payin(1 + g % :accounts, 1 + (g + 7) % :accounts, 1 + (g + 13) % :accounts)) FROM generate_series(1, 2000) g;
+
 -- Pre-built batches of 1,000 random transfers among the spread accounts.
 CREATE TABLE bench_batches AS
   SELECT k, jsonb_agg(jsonb_build_object('from', (SELECT id FROM bench_acc WHERE n = x),
