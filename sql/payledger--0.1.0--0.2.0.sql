@@ -583,20 +583,23 @@ CREATE TRIGGER payins_moved AFTER UPDATE OF state ON payledger.payins
 CREATE FUNCTION payledger.payouts_guard() RETURNS trigger
 LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    bad record;
+    n record;
+    cost bigint;
+    total bigint;
 BEGIN
-    SELECT n.payin_id, p.cost, (SELECT sum(o.amount) FROM payledger.payouts o WHERE o.payin_id = n.payin_id) AS total
-      INTO bad
-      FROM (SELECT DISTINCT payin_id FROM new_payouts) n LEFT JOIN payledger.payins p ON p.id = n.payin_id
-     WHERE p.id IS NULL OR p.cost <> (SELECT sum(o.amount) FROM payledger.payouts o WHERE o.payin_id = n.payin_id)
-     LIMIT 1;
-    IF FOUND THEN
-        IF bad.cost IS NULL THEN
-            RAISE EXCEPTION 'pay-outs of pay-in %, which does not exist', bad.payin_id USING ERRCODE = '23503';
+    -- one pay-in per API call: a loop of index lookups, not a join the
+    -- planner would have to guess the size of
+    FOR n IN SELECT DISTINCT x.payin_id FROM new_payouts x LOOP
+        SELECT p.cost INTO cost FROM payledger.payins p WHERE p.id = n.payin_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'pay-outs of pay-in %, which does not exist', n.payin_id USING ERRCODE = '23503';
         END IF;
-        RAISE EXCEPTION 'pay-outs of pay-in % sum to %, not its cost %', bad.payin_id, bad.total, bad.cost
-            USING ERRCODE = 'PL021';
-    END IF;
+        SELECT sum(o.amount) INTO total FROM payledger.payouts o WHERE o.payin_id = n.payin_id;
+        IF total <> cost THEN
+            RAISE EXCEPTION 'pay-outs of pay-in % sum to %, not its cost %', n.payin_id, total, cost
+                USING ERRCODE = 'PL021';
+        END IF;
+    END LOOP;
     RETURN NULL;
 END;
 $$;
@@ -831,10 +834,12 @@ BEGIN
 
     -- What each method pays, in order.
     SELECT array_agg(CASE WHEN a.allow_negative AND a.overdraft_limit IS NULL THEN cost
-                          ELSE greatest(0, a.balance + payledger.shard_balance(a) - a.pending_debits
+                          ELSE greatest(0, a.balance + coalesce(sh.total, 0) - a.pending_debits
                                            + coalesce(a.overdraft_limit, 0)) END ORDER BY u.n)
       INTO spendable
-      FROM unnest(leg_accounts) WITH ORDINALITY u(id, n) JOIN payledger.accounts a ON a.id = u.id;
+      FROM unnest(leg_accounts) WITH ORDINALITY u(id, n) JOIN payledger.accounts a ON a.id = u.id
+      LEFT JOIN LATERAL (SELECT sum(s.balance) AS total FROM payledger.accounts s
+                          WHERE a.shards > 1 AND s.parent_id = a.id) sh ON true;
     IF explicit THEN
         remaining := cost - coalesce((SELECT sum(x) FROM unnest(leg_amounts) x), 0);
         IF ext IS NOT NULL THEN
