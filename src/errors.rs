@@ -20,6 +20,13 @@ pub enum Code {
     HoldNotPending,
     HoldExpired,
     HoldAmountExceeded,
+    UnknownAsset,
+    UnknownPayin,
+    InvalidTransition,
+    UnbalancedPayin,
+    UnknownType,
+    /// 22004: a required argument is NULL.
+    NullValue,
     /// 22023: a malformed argument (wrong JSON shape, bad uuid, bad time).
     Malformed,
 }
@@ -38,6 +45,12 @@ impl Code {
             Code::HoldNotPending => "PL010",
             Code::HoldExpired => "PL011",
             Code::HoldAmountExceeded => "PL012",
+            Code::UnknownAsset => "PL003",
+            Code::UnknownPayin => "PL019",
+            Code::InvalidTransition => "PL020",
+            Code::UnbalancedPayin => "PL021",
+            Code::UnknownType => "PL022",
+            Code::NullValue => "22004",
             Code::Malformed => "22023",
         }
     }

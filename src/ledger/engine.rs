@@ -138,7 +138,7 @@ fn id_str(id: &Id) -> String {
     uuid::Uuid::from_bytes(*id).to_string()
 }
 
-pub(super) fn new_id() -> Id {
+pub(crate) fn new_id() -> Id {
     *uuid::Uuid::now_v7().as_bytes()
 }
 
@@ -198,7 +198,7 @@ fn timestamp(micros: i64) -> TimestampWithTimeZone {
 }
 
 /// Run one of the engine's statements through its cached plan.
-fn exec<'c>(
+pub(crate) fn exec<'c>(
     client: &mut SpiClient<'c>,
     sql: &'static str,
     args: &[DatumWithOid],
@@ -243,7 +243,7 @@ pub fn apply_items(parsed: Vec<Result<Item>>) -> Vec<Outcome> {
     Spi::connect_mut(|client| apply(client, parsed))
 }
 
-fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Vec<Outcome> {
+pub(crate) fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Vec<Outcome> {
     let mut outcomes: Vec<Option<Outcome>> = parsed
         .iter()
         .map(|r| r.as_ref().err().map(|e| Outcome::failed(e.clone())))

@@ -3,8 +3,8 @@
 //! `schema.sql` holds the tables and their guards, `engine` applies batches of
 //! transfers and hold operations, `api.sql` wraps the engine in the SQL API.
 
-mod engine;
-mod request;
+pub(crate) mod engine;
+pub(crate) mod request;
 
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;

@@ -2,7 +2,7 @@
 -- refunds, retries, statistics and audit. See docs/payins.md.
 
 ---------------------------------------------------------------------------
--- JSON argument helpers (22023 on a bad shape, never a cast error)
+-- A JSON argument helper (22023 on a bad shape, never a cast error)
 ---------------------------------------------------------------------------
 
 CREATE FUNCTION payledger.json_uuid(v jsonb, what text)
@@ -14,19 +14,6 @@ BEGIN
     END IF;
     RAISE EXCEPTION '% must be a uuid string, got %', what, coalesce(left(v::text, 60), 'nothing')
         USING ERRCODE = '22023';
-END;
-$$;
-
--- A whole, non-negative number of minor units.
-CREATE FUNCTION payledger.json_amount(v jsonb, what text)
-RETURNS bigint LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF jsonb_typeof(v) = 'number' AND (v #>> '{}')::numeric = trunc((v #>> '{}')::numeric)
-       AND (v #>> '{}')::numeric BETWEEN 0 AND 9223372036854775807 THEN
-        RETURN (v #>> '{}')::numeric::bigint;
-    END IF;
-    RAISE EXCEPTION '% must be a whole non-negative number of minor units, got %', what,
-        coalesce(left(v::text, 60), 'nothing') USING ERRCODE = 'PL001';
 END;
 $$;
 
@@ -143,48 +130,20 @@ BEGIN
 END;
 $$;
 
--- The pay-outs a split rule gives for a cost: [{"type", "account", "amount", "role"}].
+-- The pay-outs a split rule gives for a cost: [{"type", "account", "amount", "role"}]
+-- (what create_payin computes with split => rule; a preview).
 CREATE FUNCTION payledger.split_payouts(rule text, cost bigint, payees jsonb DEFAULT NULL)
 RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    r payledger.split_rules;
-    result jsonb := '[]';
-    s jsonb;
-    account jsonb;
-    amt bigint;
-    given bigint := 0;
-    rest_at integer;
-    i integer := 0;
+    r record;
 BEGIN
     PERFORM payledger.require(rule, 'split');
     PERFORM payledger.require(cost, 'cost');
-    SELECT * INTO r FROM payledger.split_rules x WHERE x.name = rule;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'split rule % does not exist', quote_literal(rule) USING ERRCODE = 'PL022';
+    SELECT * INTO r FROM payledger.split_payouts_core(rule, cost, payees);
+    IF r.sqlstate IS NOT NULL THEN
+        PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
     END IF;
-    IF payees IS NOT NULL AND jsonb_typeof(payees) <> 'object' THEN
-        RAISE EXCEPTION 'payees must be a JSON object of role -> account' USING ERRCODE = '22023';
-    END IF;
-    FOR s IN SELECT value FROM jsonb_array_elements(r.shares) LOOP
-        account := coalesce(s -> 'account', payees -> (s ->> 'role'));
-        IF account IS NULL THEN
-            RAISE EXCEPTION 'split rule % needs an account for role %', rule, quote_literal(s ->> 'role')
-                USING ERRCODE = '22023', HINT = 'Pass payees => {"<role>": "<account id>", …}.';
-        END IF;
-        amt := floor(cost * (s ->> 'percent')::numeric / 100);
-        given := given + amt;
-        IF s ->> 'role' = r.remainder_role THEN
-            rest_at := i;
-        END IF;
-        result := result || jsonb_build_object('type', s ->> 'payout_type', 'account', account, 'amount', amt,
-                                         'role', s ->> 'role');
-        i := i + 1;
-    END LOOP;
-    result := jsonb_set(result, ARRAY[rest_at::text, 'amount'],
-                        to_jsonb((result -> rest_at ->> 'amount')::bigint + cost - given));
-    -- a share that rounds to nothing is no pay-out
-    RETURN (SELECT coalesce(jsonb_agg(e ORDER BY n), '[]') FROM jsonb_array_elements(result) WITH ORDINALITY x(e, n)
-             WHERE (e ->> 'amount')::bigint > 0);
+    RETURN r.payouts;
 END;
 $$;
 
@@ -371,330 +330,10 @@ CREATE TRIGGER payouts_guard AFTER INSERT ON payledger.payouts
 -- Creating a pay-in
 ---------------------------------------------------------------------------
 
--- The shared body of create_payin and retry_payin.
-CREATE FUNCTION payledger.payin_open(
-    payer           text,
-    type            text,
-    asset           text,
-    cost            bigint,
-    methods         jsonb,
-    payouts         jsonb,
-    split           text,
-    payees          jsonb,
-    idempotency_key text,
-    parent          uuid,
-    metadata        jsonb,
-    predecessor     payledger.payins,
-    retry_policy    text,
-    OUT payin_id uuid, OUT state payledger.payin_state, OUT custodial_amount bigint, OUT external_amount bigint)
-LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
-DECLARE
-    ptype payledger.payin_types;
-    hash bytea;
-    prior payledger.payins;
-    parent_row payledger.payins;
-    m jsonb;
-    n integer;
-    i integer;
-    explicit boolean;
-    leg_accounts uuid[] := '{}';
-    leg_amounts bigint[] := '{}';
-    leg_options jsonb[] := '{}';
-    ext jsonb;
-    ext_account uuid;
-    unit bigint := 1;
-    po jsonb;
-    po_types text[] := '{}';
-    po_accounts uuid[] := '{}';
-    po_amounts bigint[] := '{}';
-    po_roles text[] := '{}';
-    escrow uuid;
-    remaining bigint;
-    take bigint;
-    less bigint;
-    spendable bigint[];
-    bad record;
-    j uuid;
-    postings jsonb;
-    now_ts timestamptz := clock_timestamp();
-BEGIN
-    IF payer IS NULL OR type IS NULL OR asset IS NULL OR cost IS NULL OR methods IS NULL THEN
-        RAISE EXCEPTION 'payer, type, asset, cost and methods must not be null' USING ERRCODE = '22004';
-    END IF;
-    IF cost <= 0 THEN
-        RAISE EXCEPTION 'cost must be positive, got %', cost USING ERRCODE = 'PL001';
-    END IF;
-    IF payer = '' THEN
-        RAISE EXCEPTION 'payer must not be empty' USING ERRCODE = '22023';
-    END IF;
-    metadata := coalesce(metadata, '{}');
-    IF jsonb_typeof(metadata) <> 'object' THEN
-        RAISE EXCEPTION 'metadata must be a JSON object' USING ERRCODE = '22023';
-    END IF;
-
-    -- A replay of the same request returns the first pay-in; the key held by
-    -- another request is a conflict. Concurrent calls with one key queue here.
-    IF idempotency_key IS NOT NULL THEN
-        IF idempotency_key = '' OR length(idempotency_key) > 255 THEN
-            RAISE EXCEPTION 'idempotency_key must be 1 to 255 characters' USING ERRCODE = '22023';
-        END IF;
-        hash := sha256(convert_to(jsonb_build_array(payer, type, asset, cost, methods, payouts, split, payees, parent,
-                                                    metadata, predecessor.id, retry_policy)::text, 'UTF8'));
-        PERFORM pg_advisory_xact_lock(hashtextextended('payledger.payin:' || idempotency_key, 0));
-        SELECT * INTO prior FROM payledger.payins p WHERE p.idempotency_key = payin_open.idempotency_key;
-        IF FOUND THEN
-            IF prior.request_hash <> hash THEN
-                RAISE EXCEPTION 'idempotency key % was used for another request', quote_literal(idempotency_key)
-                    USING ERRCODE = 'PL008', DETAIL = format('pay-in %s', prior.id);
-            END IF;
-            payin_id := prior.id; state := prior.state;
-            custodial_amount := prior.custodial_amount; external_amount := prior.external_amount;
-            RETURN;
-        END IF;
-    END IF;
-
-    SELECT * INTO ptype FROM payledger.payin_types t WHERE t.type = payin_open.type;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pay-in type % is not registered', quote_literal(type) USING ERRCODE = 'PL022';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = payin_open.asset) THEN
-        RAISE EXCEPTION 'asset % does not exist', quote_literal(asset) USING ERRCODE = 'PL003';
-    END IF;
-    IF parent IS NOT NULL THEN
-        -- the lock an UPDATE of the parent takes, so that moving the parent later
-        -- in this transaction is no lock upgrade (which could deadlock)
-        SELECT * INTO parent_row FROM payledger.payins p WHERE p.id = parent FOR NO KEY UPDATE;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'pay-in % does not exist', parent USING ERRCODE = 'PL019';
-        END IF;
-        IF parent_row.state IN ('PAID', 'FAILED', 'CANCELLED') OR parent_row.parent_id IS NOT NULL THEN
-            RAISE EXCEPTION 'pay-in % is % and cannot take a child', parent, parent_row.state USING ERRCODE = 'PL020',
-                HINT = 'A child joins a pending pay-in that is not itself a child.';
-        END IF;
-    END IF;
-
-    -- Methods: custodial accounts in order, then at most one external rail.
-    IF jsonb_typeof(methods) <> 'array' OR jsonb_array_length(methods) = 0 THEN
-        RAISE EXCEPTION 'methods must be a non-empty JSON array' USING ERRCODE = '22023';
-    END IF;
-    n := jsonb_array_length(methods);
-    FOR i IN 1 .. n LOOP
-        m := methods -> (i - 1);
-        IF jsonb_typeof(m) <> 'object' OR (m ? 'account') = (m ? 'external') THEN
-            RAISE EXCEPTION 'method % must be {"account": <uuid>} or {"external": <rail>}', i USING ERRCODE = '22023';
-        END IF;
-        IF i = 1 THEN
-            explicit := m ? 'amount';
-        ELSIF explicit <> (m ? 'amount') THEN
-            RAISE EXCEPTION 'give an amount for every method or for none' USING ERRCODE = '22023';
-        END IF;
-        IF explicit THEN
-            IF payledger.json_amount(m -> 'amount', 'a method''s amount') = 0 THEN
-                RAISE EXCEPTION 'method % has a zero amount', i USING ERRCODE = 'PL001';
-            END IF;
-        END IF;
-        IF m ? 'external' THEN
-            IF i <> n OR jsonb_typeof(m -> 'external') <> 'string' OR m ->> 'external' IN ('', 'custodial') THEN
-                RAISE EXCEPTION 'the external method must be the last one and name its rail (e.g. "invoice")'
-                    USING ERRCODE = '22023';
-            END IF;
-            IF m ? 'unit' THEN
-                unit := payledger.json_amount(m -> 'unit', 'unit');
-                IF unit = 0 THEN
-                    RAISE EXCEPTION 'unit must be positive' USING ERRCODE = '22023';
-                END IF;
-            END IF;
-            IF m ? 'p2p' AND jsonb_typeof(m -> 'p2p') <> 'boolean' THEN
-                RAISE EXCEPTION '"p2p" must be true or false' USING ERRCODE = '22023';
-            END IF;
-            ext := m;
-        ELSE
-            leg_accounts := leg_accounts || payledger.json_uuid(m -> 'account', 'a method''s account');
-            leg_amounts := leg_amounts || CASE WHEN explicit THEN (m ->> 'amount')::bigint END;
-            leg_options := leg_options || m;
-        END IF;
-    END LOOP;
-    IF ext IS NOT NULL AND NOT ptype.allow_external THEN
-        RAISE EXCEPTION 'pay-ins of type % are paid from balances only', type USING ERRCODE = '22023';
-    END IF;
-    IF ext IS NOT NULL AND parent IS NOT NULL THEN
-        RAISE EXCEPTION 'a child pay-in is paid from balances only' USING ERRCODE = '22023';
-    END IF;
-    IF (SELECT count(DISTINCT x) FROM unnest(leg_accounts) x) <> cardinality(leg_accounts) THEN
-        RAISE EXCEPTION 'an account appears twice in methods' USING ERRCODE = '22023';
-    END IF;
-
-    -- Pay-outs: explicit, or from a split rule.
-    IF (payouts IS NULL) = (split IS NULL) THEN
-        RAISE EXCEPTION 'give either payouts or split' USING ERRCODE = '22023';
-    END IF;
-    IF split IS NOT NULL THEN
-        payouts := payledger.split_payouts(split, cost, payees);
-    ELSIF jsonb_typeof(payouts) <> 'array' OR jsonb_array_length(payouts) = 0 THEN
-        RAISE EXCEPTION 'payouts must be a non-empty JSON array' USING ERRCODE = '22023';
-    END IF;
-    FOR po IN SELECT value FROM jsonb_array_elements(payouts) LOOP
-        IF jsonb_typeof(po) <> 'object' OR jsonb_typeof(po -> 'type') <> 'string' THEN
-            RAISE EXCEPTION 'each pay-out is {"type", "account", "amount"}: %', left(po::text, 80) USING ERRCODE = '22023';
-        END IF;
-        po_types := po_types || (po ->> 'type');
-        po_accounts := po_accounts || payledger.json_uuid(po -> 'account', 'a pay-out''s account');
-        po_amounts := po_amounts || payledger.json_amount(po -> 'amount', 'a pay-out''s amount');
-        po_roles := po_roles || (po ->> 'role');
-        IF po_amounts[cardinality(po_amounts)] = 0 THEN
-            RAISE EXCEPTION 'a pay-out''s amount must be positive' USING ERRCODE = 'PL001';
-        END IF;
-    END LOOP;
-    IF (SELECT sum(x) FROM unnest(po_amounts) x) <> cost THEN
-        RAISE EXCEPTION 'pay-outs sum to %, not the cost %', (SELECT sum(x) FROM unnest(po_amounts) x), cost
-            USING ERRCODE = 'PL021', HINT = 'Fees and the operator''s share are pay-outs too.';
-    END IF;
-    SELECT x INTO bad FROM unnest(po_types) x WHERE NOT EXISTS (SELECT 1 FROM payledger.payout_types t WHERE t.type = x);
-    IF FOUND THEN
-        RAISE EXCEPTION 'pay-out type % is not registered', quote_literal(bad.x) USING ERRCODE = 'PL022';
-    END IF;
-
-    -- Where external money comes from, and where custodial money waits.
-    IF ext IS NOT NULL THEN
-        ext_account := CASE WHEN ext ? 'account' THEN payledger.json_uuid(ext -> 'account', 'the external account')
-                            ELSE payledger.open_account('payledger', asset, 'provider_clearing', ext ->> 'external',
-                                                        allow_negative => true) END;
-    END IF;
-    IF ext IS NOT NULL OR ptype.withdrawal OR parent IS NOT NULL THEN
-        escrow := payledger.open_account(payer, asset, 'payin_escrow');
-    END IF;
-
-    -- Every account checked, then locked in one sorted pass: payer accounts,
-    -- escrow and pay-out accounts (a sharded pay-out account is not locked: the
-    -- engine credits a free shard). Nothing is waited on after this point
-    -- except free shards, so concurrent pay-ins cannot deadlock.
-    SELECT u.id, u.role, a.id IS NULL AS missing, a.asset, a.owner_id, a.parent_id INTO bad
-      FROM (SELECT x, 'method' FROM unnest(leg_accounts) x
-            UNION ALL SELECT x, 'pay-out' FROM unnest(po_accounts) x
-            UNION ALL SELECT ext_account, 'external' WHERE ext_account IS NOT NULL) u(id, role)
-      LEFT JOIN payledger.accounts a ON a.id = u.id
-     WHERE a.id IS NULL OR a.asset <> payin_open.asset OR a.parent_id IS NOT NULL
-        OR (u.role = 'method' AND a.owner_id <> payer)
-     LIMIT 1;
-    IF FOUND THEN
-        IF bad.missing THEN
-            RAISE EXCEPTION 'account % does not exist', bad.id USING ERRCODE = 'PL002';
-        ELSIF bad.asset <> asset THEN
-            RAISE EXCEPTION 'account % holds %, the pay-in costs %', bad.id, bad.asset, asset USING ERRCODE = 'PL004';
-        ELSIF bad.parent_id IS NOT NULL THEN
-            RAISE EXCEPTION 'account % is a shard of %', bad.id, bad.parent_id USING ERRCODE = '22023';
-        END IF;
-        RAISE EXCEPTION 'account % belongs to %, not to the payer %', bad.id, bad.owner_id, payer USING ERRCODE = '22023';
-    END IF;
-    PERFORM 1 FROM payledger.accounts a
-     WHERE a.id = ANY (leg_accounts || po_accounts || escrow)
-       AND (a.shards = 1 OR a.id = ANY (leg_accounts))
-     ORDER BY a.id FOR NO KEY UPDATE OF a;
-
-    -- What each method pays, in order.
-    SELECT array_agg(CASE WHEN a.allow_negative AND a.overdraft_limit IS NULL THEN cost
-                          ELSE greatest(0, a.balance + coalesce(sh.total, 0) - a.pending_debits
-                                           + coalesce(a.overdraft_limit, 0)) END ORDER BY u.n)
-      INTO spendable
-      FROM unnest(leg_accounts) WITH ORDINALITY u(id, n) JOIN payledger.accounts a ON a.id = u.id
-      LEFT JOIN LATERAL (SELECT sum(s.balance) AS total FROM payledger.accounts s
-                          WHERE a.shards > 1 AND s.parent_id = a.id) sh ON true;
-    IF explicit THEN
-        remaining := cost - coalesce((SELECT sum(x) FROM unnest(leg_amounts) x), 0);
-        IF ext IS NOT NULL THEN
-            IF (ext ->> 'amount')::bigint <> remaining THEN
-                RAISE EXCEPTION 'methods sum to %, not the cost %',
-                    cost - remaining + (ext ->> 'amount')::bigint, cost USING ERRCODE = 'PL021';
-            END IF;
-        ELSIF remaining <> 0 THEN
-            RAISE EXCEPTION 'methods sum to %, not the cost %', cost - remaining, cost USING ERRCODE = 'PL021';
-        END IF;
-        FOR i IN 1 .. cardinality(leg_accounts) LOOP
-            IF leg_amounts[i] > spendable[i] THEN
-                RAISE EXCEPTION 'insufficient funds in account %', leg_accounts[i] USING ERRCODE = 'PL006',
-                    DETAIL = format('available %s, needed %s', spendable[i], leg_amounts[i]);
-            END IF;
-        END LOOP;
-    ELSE
-        remaining := cost;
-        FOR i IN 1 .. cardinality(leg_accounts) LOOP
-            take := least(remaining, spendable[i]);
-            leg_amounts[i] := take;
-            remaining := remaining - take;
-        END LOOP;
-        -- The external remainder is a whole number of units (e.g. 1,000 msat
-        -- for a Lightning invoice): pay that much less from the last balances.
-        IF remaining > 0 AND remaining % unit <> 0 THEN
-            take := least(cost, (remaining / unit + 1) * unit) - remaining;
-            remaining := remaining + take;
-            FOR i IN REVERSE cardinality(leg_accounts) .. 1 LOOP
-                EXIT WHEN take = 0;
-                less := least(take, leg_amounts[i]);
-                leg_amounts[i] := leg_amounts[i] - less;
-                take := take - less;
-            END LOOP;
-        END IF;
-        IF remaining > 0 AND ext IS NULL THEN
-            RAISE EXCEPTION 'insufficient funds: the payer''s balances cover % of %', cost - remaining, cost
-                USING ERRCODE = 'PL006', HINT = 'Add an external method (an invoice) for the rest.';
-        END IF;
-    END IF;
-
-    payin_id := payledger.new_id();
-    custodial_amount := cost - remaining;
-    external_amount := remaining;
-    state := CASE WHEN parent IS NOT NULL THEN parent_row.state
-                  WHEN remaining > 0 AND coalesce((ext -> 'p2p')::boolean, false) THEN 'PENDING_INVOICE_WRAP'
-                  WHEN remaining > 0 THEN 'PENDING_INVOICE_CREATION'
-                  WHEN ptype.withdrawal THEN 'PENDING_WITHDRAWAL'
-                  ELSE 'PAID' END;
-
-    -- The custodial legs: straight to the pay-outs when PAID now, else into escrow.
-    SELECT jsonb_agg(jsonb_build_object('account', x.a, 'amount', -x.amt)) INTO postings
-      FROM unnest(leg_accounts, leg_amounts) x(a, amt) WHERE x.amt > 0;
-    IF state = 'PAID' THEN
-        SELECT postings || jsonb_agg(jsonb_build_object('account', x.a, 'amount', x.amt)) INTO postings
-          FROM unnest(po_accounts, po_amounts) x(a, amt);
-    ELSIF custodial_amount > 0 THEN
-        postings := postings || jsonb_build_object('account', escrow, 'amount', custodial_amount);
-    END IF;
-    IF custodial_amount > 0 THEN
-        j := (payledger.apply_one(jsonb_build_object(
-            'postings', postings, 'kind', CASE WHEN state = 'PAID' THEN 'payin' ELSE 'payin_open' END,
-            'metadata', jsonb_build_object('payin', payin_id)))).journal_id;
-    END IF;
-
-    WITH p AS (
-        INSERT INTO payledger.payins (id, owner_id, type, asset, cost, state, initial_state, state_changed_at, created_at,
-                                      custodial_amount, external_amount, external_method, external_account,
-                                      escrow_account, open_journal, paid_journal, parent_id, genesis_id,
-                                      predecessor_id, retry_count, retry_policy, idempotency_key, request_hash, metadata)
-        VALUES (payin_id, payer, type, asset, cost, state, state, now_ts, now_ts,
-                custodial_amount, external_amount, CASE WHEN remaining > 0 THEN ext ->> 'external' END,
-                CASE WHEN remaining > 0 THEN ext_account END,
-                escrow, j, CASE WHEN state = 'PAID' THEN j END, parent,
-                coalesce(predecessor.genesis_id, predecessor.id), predecessor.id,
-                coalesce(predecessor.retry_count + 1, 0), retry_policy, idempotency_key, hash, metadata)),
-    l AS (
-        INSERT INTO payledger.payin_legs (payin_id, seq, owner_id, method, account_id, amount, options)
-        SELECT payin_id, x.n, payer, 'custodial', x.a, x.amt, x.o
-          FROM unnest(leg_accounts, leg_amounts, leg_options) WITH ORDINALITY x(a, amt, o, n)
-        UNION ALL
-        SELECT payin_id, cardinality(leg_accounts) + 1, payer, ext ->> 'external', NULL, remaining, ext
-         WHERE ext IS NOT NULL),
-    o AS (
-        INSERT INTO payledger.payouts (payin_id, seq, type, account_id, owner_id, amount, role)
-        SELECT payin_id, x.n, x.t, x.a, a.owner_id, x.amt, x.r
-          FROM unnest(po_types, po_accounts, po_amounts, po_roles) WITH ORDINALITY x(t, a, amt, r, n)
-          JOIN payledger.accounts a ON a.id = x.a)
-    INSERT INTO payledger.payin_history (payin_id, to_state, from_state, owner_id, failure_reason, at)
-    VALUES (payin_id, state, NULL, payer, NULL, now_ts);
-END;
-$$;
-
 -- methods: [{"account": <uuid>}, …, {"external": "invoice", "unit": 1000}]
 --   or with an explicit split: [{"account": a, "amount": 20}, …, {"external": "invoice", "amount": 60}]
 -- payouts: [{"type": "ZAP", "account": <uuid>, "amount": 70}, …], or split + payees.
+-- The work is done by payin_create_core (src/payin/create.rs).
 CREATE FUNCTION payledger.create_payin(
     payer           text,
     type            text,
@@ -708,9 +347,21 @@ CREATE FUNCTION payledger.create_payin(
     parent          uuid DEFAULT NULL,
     metadata        jsonb DEFAULT NULL,
     OUT payin_id uuid, OUT state payledger.payin_state, OUT custodial_amount bigint, OUT external_amount bigint)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT * FROM payledger.payin_open(payer, type, asset, cost, methods, payouts, split, payees, idempotency_key,
-                                       parent, metadata, NULL, NULL);
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    r record;
+BEGIN
+    SELECT * INTO r FROM payledger.payin_create_core(payer, type, asset, cost, methods, payouts, split, payees,
+                                                     idempotency_key, parent, metadata, NULL, NULL, NULL, NULL);
+    IF r.sqlstate IS NOT NULL THEN
+        PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+    END IF;
+    payin_id := r.payin_id;
+    state := r.state;
+    custodial_amount := r.custodial_amount;
+    external_amount := r.external_amount;
+END;
 $$;
 
 ---------------------------------------------------------------------------
@@ -892,7 +543,8 @@ CREATE FUNCTION payledger.retry_payin(
     policy          text DEFAULT NULL,
     idempotency_key text DEFAULT NULL,
     OUT payin_id uuid, OUT state payledger.payin_state, OUT custodial_amount bigint, OUT external_amount bigint)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     old payledger.payins;
     max_retries integer;
@@ -933,8 +585,12 @@ BEGIN
                                                               'role', o.role)) ORDER BY o.seq)
           INTO payouts FROM payledger.payouts o WHERE o.payin_id = old.id;
     END IF;
-    SELECT * INTO r FROM payledger.payin_open(old.owner_id, old.type, old.asset, old.cost, methods, payouts, split, payees,
-                                              idempotency_key, NULL, old.metadata, old, policy);
+    SELECT * INTO r FROM payledger.payin_create_core(old.owner_id, old.type, old.asset, old.cost, methods, payouts, split,
+                                                     payees, idempotency_key, NULL, old.metadata, old.id,
+                                                     old.genesis_id, old.retry_count, policy);
+    IF r.sqlstate IS NOT NULL THEN
+        PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+    END IF;
     UPDATE payledger.payins p SET successor_id = r.payin_id WHERE p.id = old.id;
     payin_id := r.payin_id; state := r.state;
     custodial_amount := r.custodial_amount; external_amount := r.external_amount;

@@ -2,11 +2,15 @@
 //! then an external rail for the rest), its earnings declared up front and
 //! credited only when it is PAID, refunds, retries and statistics.
 //!
-//! All of it is SQL on top of the ledger engine: `schema.sql` holds the tables
-//! and the transition table, `api.sql` the state trigger (which moves the money
-//! of every state change, whoever makes it) and the functions.
+//! `schema.sql` holds the tables and the transition table; `api.sql` the
+//! state trigger (which moves the money of every state change, whoever makes
+//! it) and the SQL API; `create` the hot path, creating a pay-in, in Rust.
 
+mod create;
+
+use crate::errors::LedgerError;
 use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
 
 extension_sql_file!(
     "schema.sql",
@@ -16,8 +20,115 @@ extension_sql_file!(
 extension_sql_file!(
     "api.sql",
     name = "payin_api",
-    requires = ["payin_schema", "ledger_api"]
+    requires = [
+        "payin_schema",
+        "ledger_api",
+        payin_create_core,
+        split_payouts_core
+    ]
 );
+
+type Failure = (Option<&'static str>, Option<String>, Option<String>);
+
+fn failure(e: LedgerError) -> Failure {
+    (Some(e.code.sqlstate()), Some(e.message), e.detail)
+}
+
+/// The body of `payledger.create_payin` and `retry_payin` (which raise the
+/// failure this returns, and set the search_path and plan cache mode).
+/// Internal: granted to no one.
+#[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn payin_create_core(
+    payer: Option<String>,
+    payin_type: Option<String>,
+    asset: Option<String>,
+    cost: Option<i64>,
+    methods: Option<JsonB>,
+    payouts: Option<JsonB>,
+    split: Option<String>,
+    payees: Option<JsonB>,
+    idempotency_key: Option<String>,
+    parent: Option<Uuid>,
+    metadata: Option<JsonB>,
+    predecessor: Option<Uuid>,
+    genesis: Option<Uuid>,
+    retry_count: Option<i32>,
+    retry_policy: Option<String>,
+) -> TableIterator<
+    'static,
+    (
+        name!(payin_id, Option<Uuid>),
+        name!(state, Option<String>),
+        name!(custodial_amount, Option<i64>),
+        name!(external_amount, Option<i64>),
+        name!(sqlstate, Option<&'static str>),
+        name!(message, Option<String>),
+        name!(detail, Option<String>),
+    ),
+> {
+    let request = create::Request {
+        payer,
+        ptype: payin_type,
+        asset,
+        cost,
+        methods: methods.map(|j| j.0),
+        payouts: payouts.map(|j| j.0),
+        split,
+        payees: payees.map(|j| j.0),
+        key: idempotency_key,
+        parent: parent.map(|p| *p.as_bytes()),
+        metadata: metadata.map(|j| j.0),
+        predecessor: predecessor.map(|p| create::Predecessor {
+            id: *p.as_bytes(),
+            genesis: genesis.map(|g| *g.as_bytes()),
+            retry_count: retry_count.unwrap_or(0),
+        }),
+        policy: retry_policy,
+    };
+    TableIterator::once(match create::create(request) {
+        Ok(c) => (
+            Some(Uuid::from_bytes(c.id)),
+            Some(c.state),
+            Some(c.custodial),
+            Some(c.external),
+            None,
+            None,
+            None,
+        ),
+        Err(e) => {
+            let (code, message, detail) = failure(e);
+            (None, None, None, None, code, message, detail)
+        }
+    })
+}
+
+/// The body of `payledger.split_payouts`. Internal: granted to no one.
+#[pg_extern(stable, parallel_safe)]
+#[allow(clippy::type_complexity)]
+fn split_payouts_core(
+    rule: String,
+    cost: i64,
+    payees: Option<JsonB>,
+) -> TableIterator<
+    'static,
+    (
+        name!(payouts, Option<JsonB>),
+        name!(sqlstate, Option<&'static str>),
+        name!(message, Option<String>),
+        name!(detail, Option<String>),
+    ),
+> {
+    TableIterator::once(
+        match create::split_json(&rule, cost, payees.as_ref().map(|p| &p.0)) {
+            Ok(v) => (Some(JsonB(v)), None, None, None),
+            Err(e) => {
+                let (code, message, detail) = failure(e);
+                (None, code, message, detail)
+            }
+        },
+    )
+}
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]

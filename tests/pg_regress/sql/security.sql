@@ -6,7 +6,7 @@ SELECT count(*) AS public_table_grants FROM information_schema.role_table_grants
  WHERE table_schema = 'payledger' AND grantee = 'PUBLIC';
 SELECT count(*) AS public_function_grants FROM information_schema.role_routine_grants
  WHERE routine_schema = 'payledger' AND grantee = 'PUBLIC';
--- every function pins its search_path, but for the engine's two entry points,
+-- every function pins its search_path, but for the internal Rust entry points,
 -- which no role may call (their PL/pgSQL wrappers pin it)
 SELECT p.proname,
        has_function_privilege('payledger_admin', p.oid, 'EXECUTE')

@@ -1,0 +1,954 @@
+//! Creating a pay-in: the hot path, in Rust.
+//!
+//! One call does, in one SPI connection: argument checks; the idempotency key
+//! (advisory lock, then lookup); one lookup of the type, asset and pay-out
+//! types; the split rule; one check of every account named; one lock of the
+//! payer's accounts, the escrow and the pay-out accounts in uuid order (sharded
+//! pay-out accounts excepted, as in the engine); the split of the cost over the
+//! methods; the journal through the ledger engine; and one statement writing
+//! the pay-in, its legs, pay-outs and first history row.
+//!
+//! Failures come back as `LedgerError`s (pgrx cannot raise custom SQLSTATEs);
+//! `payledger.create_payin` and `retry_payin` raise them.
+
+use crate::errors::{Code, LedgerError, Result};
+use crate::ledger::engine::{self, exec};
+use crate::ledger::request::{Id, Item, Op, MAX_KEY_LEN};
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::Uuid;
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::str::FromStr;
+
+/// What `create_payin` (or `retry_payin`, with `predecessor`) asks for.
+pub struct Request {
+    pub payer: Option<String>,
+    pub ptype: Option<String>,
+    pub asset: Option<String>,
+    pub cost: Option<i64>,
+    pub methods: Option<Value>,
+    pub payouts: Option<Value>,
+    pub split: Option<String>,
+    pub payees: Option<Value>,
+    pub key: Option<String>,
+    pub parent: Option<Id>,
+    pub metadata: Option<Value>,
+    pub predecessor: Option<Predecessor>,
+    pub policy: Option<String>,
+}
+
+pub struct Predecessor {
+    pub id: Id,
+    pub genesis: Option<Id>,
+    pub retry_count: i32,
+}
+
+pub struct Created {
+    pub id: Id,
+    pub state: String,
+    pub custodial: i64,
+    pub external: i64,
+}
+
+struct Method {
+    account: Id,
+    amount: Option<i64>,
+    options: Value,
+}
+
+struct External {
+    rail: String,
+    amount: Option<i64>,
+    unit: i64,
+    p2p: bool,
+    account: Option<Id>,
+    options: Value,
+}
+
+struct Payout {
+    ptype: String,
+    account: Id,
+    amount: i64,
+    role: Option<String>,
+}
+
+fn err(code: Code, msg: impl Into<String>) -> LedgerError {
+    LedgerError::new(code, msg)
+}
+
+fn u(id: &Id) -> Uuid {
+    Uuid::from_bytes(*id)
+}
+
+fn id_str(id: &Id) -> String {
+    uuid::Uuid::from_bytes(*id).to_string()
+}
+
+/// `left(v::text, 60)`, as the messages show a bad JSON value.
+fn shown(v: Option<&Value>) -> String {
+    match v {
+        None => "nothing".into(),
+        Some(v) => v.to_string().chars().take(60).collect(),
+    }
+}
+
+fn json_uuid(v: Option<&Value>, what: &str) -> Result<Id> {
+    v.and_then(Value::as_str)
+        .filter(|s| s.len() == 36)
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .map(|u| *u.as_bytes())
+        .ok_or_else(|| {
+            err(
+                Code::Malformed,
+                format!("{what} must be a uuid string, got {}", shown(v)),
+            )
+        })
+}
+
+/// A whole, non-negative number of minor units.
+fn json_amount(v: Option<&Value>, what: &str) -> Result<i64> {
+    let n = v.and_then(|v| match v {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
+                .map(|f| f as i64)
+        }),
+        _ => None,
+    });
+    n.filter(|n| *n >= 0).ok_or_else(|| {
+        err(
+            Code::InvalidAmount,
+            format!(
+                "{what} must be a whole non-negative number of minor units, got {}",
+                shown(v)
+            ),
+        )
+    })
+}
+
+pub fn create(mut r: Request) -> Result<Created> {
+    let (Some(payer), Some(ptype), Some(asset), Some(cost), Some(methods)) = (
+        r.payer.take(),
+        r.ptype.take(),
+        r.asset.take(),
+        r.cost,
+        r.methods.take(),
+    ) else {
+        return Err(err(
+            Code::NullValue,
+            "payer, type, asset, cost and methods must not be null",
+        ));
+    };
+    if cost <= 0 {
+        return Err(err(
+            Code::InvalidAmount,
+            format!("cost must be positive, got {cost}"),
+        ));
+    }
+    if payer.is_empty() {
+        return Err(err(Code::Malformed, "payer must not be empty"));
+    }
+    let metadata = r.metadata.take().unwrap_or_else(|| json!({}));
+    if !metadata.is_object() {
+        return Err(err(Code::Malformed, "metadata must be a JSON object"));
+    }
+    if let Some(k) = &r.key {
+        if k.is_empty() || k.chars().count() > MAX_KEY_LEN {
+            return Err(err(
+                Code::Malformed,
+                "idempotency_key must be 1 to 255 characters",
+            ));
+        }
+    }
+    Spi::connect_mut(|client| {
+        let hash = r.key.as_ref().map(|_| {
+            let canonical = json!([
+                payer,
+                ptype,
+                asset,
+                cost,
+                methods,
+                r.payouts,
+                r.split,
+                r.payees,
+                r.parent.as_ref().map(id_str),
+                metadata,
+                r.predecessor.as_ref().map(|p| id_str(&p.id)),
+                r.policy
+            ]);
+            Sha256::digest(canonical.to_string().as_bytes()).to_vec()
+        });
+        // A replay returns the first pay-in; concurrent calls with one key queue here.
+        if let (Some(key), Some(hash)) = (&r.key, &hash) {
+            exec(
+                client,
+                "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('payledger.payin:' || $1, 0))",
+                &[DatumWithOid::from(key.as_str())],
+            );
+            let found = exec(
+                client,
+                "SELECT id, request_hash, state::text, custodial_amount, external_amount \
+                   FROM payledger.payins WHERE idempotency_key = $1",
+                &[DatumWithOid::from(key.as_str())],
+            )
+            .next()
+            .map(|row| {
+                let id: Uuid = row.get(1).ok().flatten().expect("id");
+                let h: Vec<u8> = row.get(2).ok().flatten().unwrap_or_default();
+                (
+                    *id.as_bytes(),
+                    h,
+                    Created {
+                        id: *id.as_bytes(),
+                        state: row.get(3).ok().flatten().unwrap_or_default(),
+                        custodial: row.get(4).ok().flatten().unwrap_or_default(),
+                        external: row.get(5).ok().flatten().unwrap_or_default(),
+                    },
+                )
+            });
+            if let Some((id, h, created)) = found {
+                if &h != hash {
+                    return Err(err(
+                        Code::IdempotencyConflict,
+                        format!("idempotency key '{key}' was used for another request"),
+                    )
+                    .detail(format!("pay-in {}", id_str(&id))));
+                }
+                return Ok(created);
+            }
+        }
+        open(
+            client, &payer, &ptype, &asset, cost, methods, &r, metadata, hash,
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn open(
+    client: &mut SpiClient<'_>,
+    payer: &str,
+    ptype: &str,
+    asset: &str,
+    cost: i64,
+    methods: Value,
+    r: &Request,
+    metadata: Value,
+    hash: Option<Vec<u8>>,
+) -> Result<Created> {
+    // The type and the asset.
+    let row = exec(
+        client,
+        "SELECT t.allow_external, t.withdrawal, \
+                EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = $2) \
+           FROM (SELECT 1) one LEFT JOIN payledger.payin_types t ON t.type = $1",
+        &[DatumWithOid::from(ptype), DatumWithOid::from(asset)],
+    )
+    .next()
+    .expect("one row");
+    let allow_external: Option<bool> = row.get(1).ok().flatten();
+    let withdrawal: bool = row.get(2).ok().flatten().unwrap_or(false);
+    let asset_exists: bool = row.get(3).ok().flatten().unwrap_or(false);
+    let Some(allow_external) = allow_external else {
+        return Err(err(
+            Code::UnknownType,
+            format!("pay-in type '{ptype}' is not registered"),
+        ));
+    };
+    if !asset_exists {
+        return Err(err(
+            Code::UnknownAsset,
+            format!("asset '{asset}' does not exist"),
+        ));
+    }
+    // A child joins a pending parent; the parent's row is locked the way an
+    // UPDATE of it would lock it, so moving the parent later in this
+    // transaction is no lock upgrade (which could deadlock).
+    let mut parent_state = None;
+    if let Some(parent) = &r.parent {
+        let row = exec(
+            client,
+            "SELECT state::text, parent_id IS NOT NULL FROM payledger.payins WHERE id = $1 FOR NO KEY UPDATE",
+            &[DatumWithOid::from(u(parent))],
+        )
+        .next();
+        let Some(row) = row else {
+            return Err(err(
+                Code::UnknownPayin,
+                format!("pay-in {} does not exist", id_str(parent)),
+            ));
+        };
+        let state: String = row.get(1).ok().flatten().unwrap_or_default();
+        let is_child: bool = row.get(2).ok().flatten().unwrap_or(false);
+        if matches!(state.as_str(), "PAID" | "FAILED" | "CANCELLED") || is_child {
+            return Err(err(
+                Code::InvalidTransition,
+                format!(
+                    "pay-in {} is {state} and cannot take a child",
+                    id_str(parent)
+                ),
+            ));
+        }
+        parent_state = Some(state);
+    }
+
+    let (legs, ext) = parse_methods(&methods)?;
+    if ext.is_some() && !allow_external {
+        return Err(err(
+            Code::Malformed,
+            format!("pay-ins of type {ptype} are paid from balances only"),
+        ));
+    }
+    if ext.is_some() && r.parent.is_some() {
+        return Err(err(
+            Code::Malformed,
+            "a child pay-in is paid from balances only",
+        ));
+    }
+    if legs
+        .iter()
+        .map(|l| l.account)
+        .collect::<BTreeSet<_>>()
+        .len()
+        != legs.len()
+    {
+        return Err(err(Code::Malformed, "an account appears twice in methods"));
+    }
+
+    // Pay-outs: explicit, or from a split rule.
+    let payouts = match (&r.payouts, &r.split) {
+        (Some(p), None) => parse_payouts(p)?,
+        (None, Some(rule)) => split(client, rule, cost, r.payees.as_ref())?,
+        _ => return Err(err(Code::Malformed, "give either payouts or split")),
+    };
+    let total: i128 = payouts.iter().map(|p| p.amount as i128).sum();
+    if total != cost as i128 {
+        return Err(err(
+            Code::UnbalancedPayin,
+            format!("pay-outs sum to {total}, not the cost {cost}"),
+        ));
+    }
+    let types: Vec<String> = payouts.iter().map(|p| p.ptype.clone()).collect();
+    if let Some(row) = exec(
+        client,
+        "SELECT x FROM pg_catalog.unnest($1::text[]) x \
+          WHERE NOT EXISTS (SELECT 1 FROM payledger.payout_types t WHERE t.type = x) LIMIT 1",
+        &[DatumWithOid::from(types)],
+    )
+    .next()
+    {
+        let t: String = row.get(1).ok().flatten().unwrap_or_default();
+        return Err(err(
+            Code::UnknownType,
+            format!("pay-out type '{t}' is not registered"),
+        ));
+    }
+
+    // Every account named: it exists, holds the asset, is not a shard, and a
+    // method's account is the payer's.
+    let ext_account = ext.as_ref().and_then(|e| e.account);
+    let named: Vec<(Id, &str)> = legs
+        .iter()
+        .map(|l| (l.account, "method"))
+        .chain(payouts.iter().map(|p| (p.account, "pay-out")))
+        .chain(ext_account.map(|a| (a, "external")))
+        .collect();
+    let ids: Vec<Uuid> = named.iter().map(|(id, _)| u(id)).collect();
+    let mut info: HashMap<Id, (String, String, Option<Id>)> = HashMap::new();
+    for row in exec(
+        client,
+        "SELECT id, owner_id, asset, parent_id FROM payledger.accounts WHERE id = ANY($1)",
+        &[DatumWithOid::from(ids)],
+    ) {
+        let id: Uuid = row.get(1).ok().flatten().expect("id");
+        let parent: Option<Uuid> = row.get(4).ok().flatten();
+        info.insert(
+            *id.as_bytes(),
+            (
+                row.get(2).ok().flatten().unwrap_or_default(),
+                row.get(3).ok().flatten().unwrap_or_default(),
+                parent.map(|p| *p.as_bytes()),
+            ),
+        );
+    }
+    for (id, role) in &named {
+        let Some((owner, a_asset, parent)) = info.get(id) else {
+            return Err(err(
+                Code::UnknownAccount,
+                format!("account {} does not exist", id_str(id)),
+            ));
+        };
+        if a_asset != asset {
+            return Err(err(
+                Code::AssetMismatch,
+                format!(
+                    "account {} holds {a_asset}, the pay-in costs {asset}",
+                    id_str(id)
+                ),
+            ));
+        }
+        if let Some(p) = parent {
+            return Err(err(
+                Code::Malformed,
+                format!("account {} is a shard of {}", id_str(id), id_str(p)),
+            ));
+        }
+        if *role == "method" && owner != payer {
+            return Err(err(
+                Code::Malformed,
+                format!(
+                    "account {} belongs to {owner}, not to the payer {payer}",
+                    id_str(id)
+                ),
+            ));
+        }
+    }
+
+    // Where external money comes from, and where custodial money waits.
+    let ext_account = ext.as_ref().map(|e| {
+        e.account.unwrap_or_else(|| {
+            open_account(
+                client,
+                "payledger",
+                asset,
+                "provider_clearing",
+                &e.rail,
+                true,
+            )
+        })
+    });
+    let escrow = if ext.is_some() || withdrawal || r.parent.is_some() {
+        Some(open_account(
+            client,
+            payer,
+            asset,
+            "payin_escrow",
+            "main",
+            false,
+        ))
+    } else {
+        None
+    };
+
+    // Lock, in one pass in uuid order, the payer's accounts, the escrow and
+    // the pay-out accounts but the sharded ones (the engine credits a free
+    // shard of those), and read what each method may spend.
+    let leg_ids: Vec<Uuid> = legs.iter().map(|l| u(&l.account)).collect();
+    let lock_ids: Vec<Uuid> = legs
+        .iter()
+        .map(|l| l.account)
+        .chain(payouts.iter().map(|p| p.account))
+        .chain(escrow)
+        .collect::<BTreeSet<_>>()
+        .iter()
+        .map(u)
+        .collect();
+    let mut spendable: HashMap<Id, (i64, bool)> = HashMap::new();
+    let mut sharded: Vec<Uuid> = Vec::new();
+    for row in exec(
+        client,
+        "SELECT id, allow_negative AND overdraft_limit IS NULL, \
+                balance - pending_debits + coalesce(overdraft_limit, 0), shards > 1 \
+           FROM payledger.accounts WHERE id = ANY($1) AND (shards = 1 OR id = ANY($2)) \
+          ORDER BY id FOR NO KEY UPDATE",
+        &[
+            DatumWithOid::from(lock_ids),
+            DatumWithOid::from(leg_ids.clone()),
+        ],
+    ) {
+        let id: Uuid = row.get(1).ok().flatten().expect("id");
+        let unbounded: bool = row.get(2).ok().flatten().unwrap_or(false);
+        let available: i64 = row.get(3).ok().flatten().unwrap_or(0);
+        if row.get::<bool>(4).ok().flatten().unwrap_or(false) {
+            sharded.push(id);
+        }
+        spendable.insert(*id.as_bytes(), (available, unbounded));
+    }
+    if !sharded.is_empty() {
+        // A sharded payer account's money is partly in its shards.
+        for row in exec(
+            client,
+            "SELECT parent_id, sum(balance)::int8 FROM payledger.accounts \
+              WHERE parent_id = ANY($1) GROUP BY parent_id",
+            &[DatumWithOid::from(sharded)],
+        ) {
+            let p: Uuid = row.get(1).ok().flatten().expect("parent");
+            let s: i64 = row.get(2).ok().flatten().unwrap_or(0);
+            if let Some(v) = spendable.get_mut(p.as_bytes()) {
+                v.0 += s;
+            }
+        }
+    }
+    let can_spend = |id: &Id, want: i64| -> i64 {
+        match spendable.get(id) {
+            Some((_, true)) => want,
+            Some((a, false)) => (*a).max(0),
+            None => 0,
+        }
+    };
+
+    // What each method pays, in order.
+    let mut amounts: Vec<i64> = Vec::with_capacity(legs.len());
+    let explicit = legs
+        .first()
+        .map_or(ext.as_ref().is_some_and(|e| e.amount.is_some()), |l| {
+            l.amount.is_some()
+        });
+    let remaining;
+    if explicit {
+        let paid: i128 = legs.iter().map(|l| l.amount.unwrap_or(0) as i128).sum();
+        let ext_amount = ext.as_ref().and_then(|e| e.amount).unwrap_or(0) as i128;
+        if paid + ext_amount != cost as i128 {
+            return Err(err(
+                Code::UnbalancedPayin,
+                format!("methods sum to {}, not the cost {cost}", paid + ext_amount),
+            ));
+        }
+        for l in &legs {
+            let want = l.amount.unwrap_or(0);
+            let have = can_spend(&l.account, want);
+            if want > have {
+                return Err(err(
+                    Code::InsufficientFunds,
+                    format!("insufficient funds in account {}", id_str(&l.account)),
+                )
+                .detail(format!("available {have}, needed {want}")));
+            }
+            amounts.push(want);
+        }
+        remaining = ext_amount as i64;
+    } else {
+        let mut left = cost;
+        for l in &legs {
+            let take = left.min(can_spend(&l.account, left));
+            amounts.push(take);
+            left -= take;
+        }
+        // The external remainder is a whole number of units (1,000 msat for a
+        // Lightning invoice): pay that much less from the last balances.
+        let unit = ext.as_ref().map_or(1, |e| e.unit);
+        if left > 0 && left % unit != 0 {
+            let rounded = cost.min((left / unit + 1).saturating_mul(unit));
+            let mut less = rounded - left;
+            left = rounded;
+            for a in amounts.iter_mut().rev() {
+                let d = less.min(*a);
+                *a -= d;
+                less -= d;
+            }
+        }
+        if left > 0 && ext.is_none() {
+            return Err(err(
+                Code::InsufficientFunds,
+                format!(
+                    "insufficient funds: the payer's balances cover {} of {cost}",
+                    cost - left
+                ),
+            ));
+        }
+        remaining = left;
+    }
+    let custodial = cost - remaining;
+    let state = match (&parent_state, remaining > 0) {
+        (Some(s), _) => s.clone(),
+        (None, true) if ext.as_ref().is_some_and(|e| e.p2p) => "PENDING_INVOICE_WRAP".into(),
+        (None, true) => "PENDING_INVOICE_CREATION".into(),
+        (None, false) if withdrawal => "PENDING_WITHDRAWAL".into(),
+        (None, false) => "PAID".into(),
+    };
+
+    // The custodial legs: straight to the pay-outs when PAID now, else into escrow.
+    let id = engine::new_id();
+    let mut journal = None;
+    if custodial > 0 {
+        let mut postings: Vec<(Id, i64)> = legs
+            .iter()
+            .zip(&amounts)
+            .filter(|(_, a)| **a > 0)
+            .map(|(l, a)| (l.account, -a))
+            .collect();
+        if state == "PAID" {
+            postings.extend(payouts.iter().map(|p| (p.account, p.amount)));
+        } else {
+            postings.push((escrow.expect("an escrow for a pending pay-in"), custodial));
+        }
+        let item = Item {
+            op: Op::Transfer {
+                postings,
+                kind: if state == "PAID" {
+                    "payin"
+                } else {
+                    "payin_open"
+                }
+                .into(),
+                effective_at: None,
+            },
+            key: None,
+            hash: None,
+            metadata: json!({ "payin": id_str(&id) }).to_string(),
+        };
+        let outcome = engine::apply(client, vec![Ok(item)])
+            .pop()
+            .expect("one outcome");
+        if let Some(e) = outcome.error {
+            return Err(e);
+        }
+        journal = outcome.journal_id;
+    }
+
+    // The pay-in, its legs, pay-outs and first history row, in one statement.
+    let mut leg_method: Vec<String> = vec!["custodial".into(); legs.len()];
+    let mut leg_account: Vec<Option<Uuid>> = legs.iter().map(|l| Some(u(&l.account))).collect();
+    let mut leg_amount = amounts.clone();
+    let mut leg_options: Vec<String> = legs.iter().map(|l| l.options.to_string()).collect();
+    if let Some(e) = &ext {
+        leg_method.push(e.rail.clone());
+        leg_account.push(None);
+        leg_amount.push(remaining);
+        leg_options.push(e.options.to_string());
+    }
+    let owners: Vec<String> = payouts
+        .iter()
+        .map(|p| {
+            info.get(&p.account)
+                .map(|i| i.0.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    let pred = r.predecessor.as_ref();
+    exec(
+        client,
+        "WITH p AS (
+            INSERT INTO payledger.payins (id, owner_id, type, asset, cost, state, initial_state, state_changed_at,
+                                          created_at, custodial_amount, external_amount, external_method,
+                                          external_account, escrow_account, open_journal, paid_journal, parent_id,
+                                          genesis_id, predecessor_id, retry_count, retry_policy, idempotency_key,
+                                          request_hash, metadata)
+            VALUES ($1, $2, $3, $4, $5, $6::payledger.payin_state, $6::payledger.payin_state,
+                    pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp(), $7, $8, $9, $10, $11, $12,
+                    CASE WHEN $6 = 'PAID' THEN $12 END, $13, $14, $15, $16, $17, $18, $19, $20::jsonb)),
+         l AS (
+            INSERT INTO payledger.payin_legs (payin_id, seq, owner_id, method, account_id, amount, options)
+            SELECT $1, n, $2, m, a, x, o::jsonb
+              FROM unnest($21::text[], $22::uuid[], $23::int8[], $24::text[]) WITH ORDINALITY u(m, a, x, o, n)),
+         o AS (
+            INSERT INTO payledger.payouts (payin_id, seq, type, account_id, owner_id, amount, role)
+            SELECT $1, n, t, a, w, x, r
+              FROM unnest($25::text[], $26::uuid[], $27::text[], $28::int8[], $29::text[])
+                   WITH ORDINALITY u(t, a, w, x, r, n))
+         INSERT INTO payledger.payin_history (payin_id, to_state, from_state, owner_id, failure_reason, at)
+         VALUES ($1, $6::payledger.payin_state, NULL, $2, NULL, pg_catalog.clock_timestamp())",
+        &[
+            DatumWithOid::from(u(&id)),
+            DatumWithOid::from(payer),
+            DatumWithOid::from(ptype),
+            DatumWithOid::from(asset),
+            DatumWithOid::from(cost),
+            DatumWithOid::from(state.as_str()),
+            DatumWithOid::from(custodial),
+            DatumWithOid::from(remaining),
+            DatumWithOid::from(ext.as_ref().filter(|_| remaining > 0).map(|e| e.rail.clone())),
+            DatumWithOid::from(ext_account.filter(|_| remaining > 0).map(|a| u(&a))),
+            DatumWithOid::from(escrow.map(|a| u(&a))),
+            DatumWithOid::from(journal.map(|j| u(&j))),
+            DatumWithOid::from(r.parent.map(|p| u(&p))),
+            DatumWithOid::from(pred.map(|p| u(&p.genesis.unwrap_or(p.id)))),
+            DatumWithOid::from(pred.map(|p| u(&p.id))),
+            DatumWithOid::from(pred.map_or(0, |p| p.retry_count + 1)),
+            DatumWithOid::from(r.policy.clone()),
+            DatumWithOid::from(r.key.clone()),
+            DatumWithOid::from(hash),
+            DatumWithOid::from(metadata.to_string()),
+            DatumWithOid::from(leg_method),
+            DatumWithOid::from(leg_account),
+            DatumWithOid::from(leg_amount),
+            DatumWithOid::from(leg_options),
+            DatumWithOid::from(types_of(&payouts)),
+            DatumWithOid::from(payouts.iter().map(|p| u(&p.account)).collect::<Vec<_>>()),
+            DatumWithOid::from(owners),
+            DatumWithOid::from(payouts.iter().map(|p| p.amount).collect::<Vec<_>>()),
+            DatumWithOid::from(payouts.iter().map(|p| p.role.clone()).collect::<Vec<_>>()),
+        ],
+    );
+    Ok(Created {
+        id,
+        state,
+        custodial,
+        external: remaining,
+    })
+}
+
+fn types_of(payouts: &[Payout]) -> Vec<String> {
+    payouts.iter().map(|p| p.ptype.clone()).collect()
+}
+
+/// The id of (owner, asset, kind, name), opened if missing.
+fn open_account(
+    client: &mut SpiClient<'_>,
+    owner: &str,
+    asset: &str,
+    kind: &str,
+    name: &str,
+    allow_negative: bool,
+) -> Id {
+    let row = exec(
+        client,
+        "WITH ins AS (
+            INSERT INTO payledger.accounts (id, owner_id, asset, kind, name, allow_negative, min_available)
+            VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 THEN -9223372036854775808 ELSE 0 END)
+            ON CONFLICT (owner_id, asset, kind, name) DO NOTHING RETURNING id)
+         SELECT id FROM ins
+         UNION ALL
+         SELECT id FROM payledger.accounts WHERE owner_id = $2 AND asset = $3 AND kind = $4 AND name = $5",
+        &[
+            DatumWithOid::from(u(&engine::new_id())),
+            DatumWithOid::from(owner),
+            DatumWithOid::from(asset),
+            DatumWithOid::from(kind),
+            DatumWithOid::from(name),
+            DatumWithOid::from(allow_negative),
+        ],
+    )
+    .next();
+    // Opened by a concurrent transaction that committed while the insert
+    // waited on it: not in this statement's snapshot, but in the next one's.
+    let row = row.or_else(|| {
+        exec(
+            client,
+            "SELECT id FROM payledger.accounts WHERE owner_id = $1 AND asset = $2 AND kind = $3 AND name = $4",
+            &[
+                DatumWithOid::from(owner),
+                DatumWithOid::from(asset),
+                DatumWithOid::from(kind),
+                DatumWithOid::from(name),
+            ],
+        )
+        .next()
+    });
+    let id: Uuid = row
+        .and_then(|r| r.get(1).ok().flatten())
+        .unwrap_or_else(|| {
+            pgrx::error!("payledger: account {owner}/{asset}/{kind}/{name} vanished")
+        });
+    *id.as_bytes()
+}
+
+fn parse_methods(methods: &Value) -> Result<(Vec<Method>, Option<External>)> {
+    let list = methods
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| err(Code::Malformed, "methods must be a non-empty JSON array"))?;
+    let mut legs = Vec::new();
+    let mut ext = None;
+    let mut explicit = None;
+    for (i, m) in list.iter().enumerate() {
+        let n = i + 1;
+        let obj = m
+            .as_object()
+            .filter(|o| o.contains_key("account") != o.contains_key("external"))
+            .ok_or_else(|| {
+                err(
+                    Code::Malformed,
+                    format!(
+                        "method {n} must be {{\"account\": <uuid>}} or {{\"external\": <rail>}}"
+                    ),
+                )
+            })?;
+        let has_amount = obj.contains_key("amount");
+        if *explicit.get_or_insert(has_amount) != has_amount {
+            return Err(err(
+                Code::Malformed,
+                "give an amount for every method or for none",
+            ));
+        }
+        let amount = if has_amount {
+            let a = json_amount(obj.get("amount"), "a method's amount")?;
+            if a == 0 {
+                return Err(err(
+                    Code::InvalidAmount,
+                    format!("method {n} has a zero amount"),
+                ));
+            }
+            Some(a)
+        } else {
+            None
+        };
+        if let Some(rail) = obj.get("external") {
+            let rail = rail
+                .as_str()
+                .filter(|r| n == list.len() && !r.is_empty() && *r != "custodial")
+                .ok_or_else(|| {
+                    err(
+                        Code::Malformed,
+                        "the external method must be the last one and name its rail (e.g. \"invoice\")",
+                    )
+                })?;
+            let unit = match obj.get("unit") {
+                None => 1,
+                Some(v) => match json_amount(Some(v), "unit")? {
+                    0 => return Err(err(Code::Malformed, "unit must be positive")),
+                    u => u,
+                },
+            };
+            let p2p = match obj.get("p2p") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(err(Code::Malformed, "\"p2p\" must be true or false")),
+            };
+            let account = match obj.get("account") {
+                None => None,
+                Some(v) => Some(json_uuid(Some(v), "the external account")?),
+            };
+            ext = Some(External {
+                rail: rail.to_string(),
+                amount,
+                unit,
+                p2p,
+                account,
+                options: m.clone(),
+            });
+        } else {
+            legs.push(Method {
+                account: json_uuid(obj.get("account"), "a method's account")?,
+                amount,
+                options: m.clone(),
+            });
+        }
+    }
+    Ok((legs, ext))
+}
+
+fn parse_payouts(payouts: &Value) -> Result<Vec<Payout>> {
+    let list = payouts
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| err(Code::Malformed, "payouts must be a non-empty JSON array"))?;
+    list.iter()
+        .map(|p| {
+            let ptype = p
+                .get("type")
+                .and_then(Value::as_str)
+                .filter(|_| p.is_object())
+                .ok_or_else(|| {
+                    err(
+                        Code::Malformed,
+                        format!(
+                            "each pay-out is {{\"type\", \"account\", \"amount\"}}: {}",
+                            p.to_string().chars().take(80).collect::<String>()
+                        ),
+                    )
+                })?;
+            let account = json_uuid(p.get("account"), "a pay-out's account")?;
+            let amount = json_amount(p.get("amount"), "a pay-out's amount")?;
+            if amount == 0 {
+                return Err(err(
+                    Code::InvalidAmount,
+                    "a pay-out's amount must be positive",
+                ));
+            }
+            Ok(Payout {
+                ptype: ptype.to_string(),
+                account,
+                amount,
+                role: p.get("role").and_then(Value::as_str).map(str::to_string),
+            })
+        })
+        .collect()
+}
+
+/// The pay-outs a split rule gives for a cost: each share floored to a whole
+/// minor unit, the rounding remainder to the rule's remainder role, shares
+/// that round to nothing left out.
+fn split(
+    client: &mut SpiClient<'_>,
+    rule: &str,
+    cost: i64,
+    payees: Option<&Value>,
+) -> Result<Vec<Payout>> {
+    let row = exec(
+        client,
+        "SELECT shares, remainder_role FROM payledger.split_rules WHERE name = $1",
+        &[DatumWithOid::from(rule)],
+    )
+    .next()
+    .ok_or_else(|| {
+        err(
+            Code::UnknownType,
+            format!("split rule '{rule}' does not exist"),
+        )
+    })?;
+    let shares: pgrx::JsonB = row.get(1).ok().flatten().expect("shares");
+    let rest: String = row.get(2).ok().flatten().unwrap_or_default();
+    split_shares(rule, &shares.0, &rest, cost, payees)
+}
+
+fn split_shares(
+    rule: &str,
+    shares: &Value,
+    rest: &str,
+    cost: i64,
+    payees: Option<&Value>,
+) -> Result<Vec<Payout>> {
+    if payees.is_some_and(|p| !p.is_object()) {
+        return Err(err(
+            Code::Malformed,
+            "payees must be a JSON object of role -> account",
+        ));
+    }
+    let mut out = Vec::new();
+    let mut given: i64 = 0;
+    for s in shares.as_array().into_iter().flatten() {
+        let role = s.get("role").and_then(Value::as_str).unwrap_or_default();
+        let account = s
+            .get("account")
+            .or_else(|| payees.and_then(|p| p.get(role)))
+            .ok_or_else(|| {
+                err(
+                    Code::Malformed,
+                    format!("split rule {rule} needs an account for role '{role}'"),
+                )
+            })?;
+        let percent = s
+            .get("percent")
+            .map(|p| Decimal::from_str(&p.to_string()))
+            .and_then(|p| p.ok())
+            .unwrap_or_default();
+        let amount = (Decimal::from(cost) * percent / Decimal::from(100))
+            .floor()
+            .to_i64()
+            .unwrap_or(0);
+        given += amount;
+        out.push(Payout {
+            ptype: s
+                .get("payout_type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            account: json_uuid(Some(account), "a payee's account")?,
+            amount,
+            role: Some(role.to_string()),
+        });
+    }
+    if let Some(p) = out.iter_mut().find(|p| p.role.as_deref() == Some(rest)) {
+        p.amount += cost - given;
+    }
+    out.retain(|p| p.amount > 0);
+    Ok(out)
+}
+
+/// `split_shares` as JSON, for `payledger.split_payouts` (a preview).
+pub fn split_json(rule: &str, cost: i64, payees: Option<&Value>) -> Result<Value> {
+    let payouts = Spi::connect_mut(|client| split(client, rule, cost, payees))?;
+    Ok(Value::Array(
+        payouts
+            .iter()
+            .map(|p| {
+                json!({"type": p.ptype, "account": id_str(&p.account), "amount": p.amount, "role": p.role})
+            })
+            .collect(),
+    ))
+}
