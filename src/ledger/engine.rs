@@ -60,21 +60,21 @@ impl Outcome {
 }
 
 #[derive(Clone)]
-struct Account {
-    owner: String,
-    asset: String,
+pub(crate) struct Account {
+    pub(crate) owner: String,
+    pub(crate) asset: String,
     /// The lowest available balance allowed; None = unbounded.
-    floor: Option<i64>,
-    balance: i64,
-    pending: i64,
+    pub(crate) floor: Option<i64>,
+    pub(crate) balance: i64,
+    pub(crate) pending: i64,
     seq: i64,
-    closed: bool,
+    pub(crate) closed: bool,
     dirty: bool,
     /// Set on the shard rows of a sharded account: the account they belong to.
-    parent: Option<Id>,
+    pub(crate) parent: Option<Id>,
     /// Money held by the account's shards (read without locking them; shards
     /// only ever receive, so this is a lower bound). 0 for unsharded accounts.
-    in_shards: i64,
+    pub(crate) in_shards: i64,
     /// The latest effective time among the row's entries (microseconds since 2000).
     eff_max: Option<i64>,
 }
@@ -89,7 +89,7 @@ struct Hold {
 }
 
 #[derive(Default)]
-struct Writes {
+pub(crate) struct Writes {
     // journals
     j_id: Vec<Uuid>,
     j_kind: Vec<String>,
@@ -372,79 +372,10 @@ pub(crate) fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Ve
         debited.insert(h.debit);
         debited.insert(h.credit);
     }
-    // One statement locks every account except the sharded ones this call
-    // only credits (the row filter runs before the row lock): those are the
-    // accounts asked for that do not come back, and get a shard in 3c.
-    let mut accounts: HashMap<Id, Account> = HashMap::new();
-    let mut sharded_debited: Vec<Uuid> = Vec::new();
-    if !account_ids.is_empty() {
-        let all: Vec<Uuid> = account_ids.iter().map(u).collect();
-        let must: Vec<Uuid> = debited.iter().map(u).collect();
-        let rows = exec(
-            client,
-            "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
-                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max \
-               FROM payledger.accounts WHERE id = ANY($1) AND (shards = 1 OR id = ANY($2)) \
-              ORDER BY id FOR NO KEY UPDATE",
-            &[DatumWithOid::from(all), DatumWithOid::from(must)],
-        );
-        for row in rows {
-            let (id, account, shards) = read_account(&row);
-            if shards > 1 && debited.contains(&id) {
-                sharded_debited.push(u(&id));
-            }
-            accounts.insert(id, account);
-        }
-    }
-    // Not returned: sharded and only credited, or unknown (reported when applied).
-    let credit_only_sharded: BTreeSet<Id> = account_ids
-        .iter()
-        .filter(|id| !accounts.contains_key(*id))
-        .copied()
-        .collect();
-    // A sharded account's money is partly in its shards; a debit may use it.
-    if !sharded_debited.is_empty() {
-        let rows = exec(
-            client,
-            "SELECT parent_id, sum(balance)::int8 FROM payledger.accounts \
-              WHERE parent_id = ANY($1) GROUP BY parent_id",
-            &[DatumWithOid::from(sharded_debited)],
-        );
-        for row in rows {
-            let parent: Uuid = row.get(1).ok().flatten().expect("parent");
-            let sum: i64 = row.get(2).ok().flatten().unwrap_or(0);
-            if let Some(a) = accounts.get_mut(parent.as_bytes()) {
-                a.in_shards = sum;
-            }
-        }
-    }
-    // 3c. one shard per credited sharded account: a free one if any, else wait
-    // for a random one. Shards come last in the lock order and are taken one
-    // per account in uuid order, so this cannot deadlock either.
-    let mut redirect: HashMap<Id, Id> = HashMap::new();
-    for parent in &credit_only_sharded {
-        let mut shard = None;
-        for sql in [
-            "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
-                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max \
-               FROM payledger.accounts WHERE parent_id = $1 \
-              ORDER BY random() LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED",
-            "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
-                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max \
-               FROM payledger.accounts WHERE parent_id = $1 \
-              ORDER BY random() LIMIT 1 FOR NO KEY UPDATE",
-        ] {
-            if let Some(row) = exec(client, sql, &[DatumWithOid::from(u(parent))]).next() {
-                shard = Some(read_account(&row));
-                break;
-            }
-        }
-        // No shard: the account does not exist, and applying says so.
-        if let Some((id, account, _)) = shard {
-            accounts.insert(id, account);
-            redirect.insert(*parent, id);
-        }
-    }
+    let Locked {
+        mut accounts,
+        redirect,
+    } = lock_accounts(client, &account_ids, &debited);
 
     // 4. apply in order.
     let mut w = Writes::default();
@@ -554,6 +485,145 @@ pub(crate) fn apply(client: &mut SpiClient<'_>, parsed: Vec<Result<Item>>) -> Ve
         .into_iter()
         .map(|o| o.expect("every item has an outcome"))
         .collect()
+}
+
+/// Accounts locked for one call: the rows read, and for each sharded account
+/// that the call only credits, the shard locked in its place.
+pub(crate) struct Locked {
+    pub(crate) accounts: HashMap<Id, Account>,
+    pub(crate) redirect: HashMap<Id, Id>,
+}
+
+impl Locked {
+    /// The row a posting to `id` lands on (a shard of a credited sharded account).
+    pub(crate) fn target(&self, id: &Id) -> Option<&Account> {
+        self.accounts.get(self.redirect.get(id).unwrap_or(id))
+    }
+}
+
+/// Lock the accounts of a call in one pass in uuid order (3b, 3c below).
+pub(crate) fn lock_accounts(
+    client: &mut SpiClient<'_>,
+    account_ids: &BTreeSet<Id>,
+    debited: &HashSet<Id>,
+) -> Locked {
+    // One statement locks every account except the sharded ones this call
+    // only credits (the row filter runs before the row lock): those are the
+    // accounts asked for that do not come back, and get a shard in 3c.
+    let mut accounts: HashMap<Id, Account> = HashMap::new();
+    let mut sharded_debited: Vec<Uuid> = Vec::new();
+    if !account_ids.is_empty() {
+        let all: Vec<Uuid> = account_ids.iter().map(u).collect();
+        let must: Vec<Uuid> = debited.iter().map(u).collect();
+        let rows = exec(
+            client,
+            "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
+                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max \
+               FROM payledger.accounts WHERE id = ANY($1) AND (shards = 1 OR id = ANY($2)) \
+              ORDER BY id FOR NO KEY UPDATE",
+            &[DatumWithOid::from(all), DatumWithOid::from(must)],
+        );
+        for row in rows {
+            let (id, account, shards) = read_account(&row);
+            if shards > 1 && debited.contains(&id) {
+                sharded_debited.push(u(&id));
+            }
+            accounts.insert(id, account);
+        }
+    }
+    // Not returned: sharded and only credited, or unknown (reported when applied).
+    let credit_only_sharded: BTreeSet<Id> = account_ids
+        .iter()
+        .filter(|id| !accounts.contains_key(*id))
+        .copied()
+        .collect();
+    // A sharded account's money is partly in its shards; a debit may use it.
+    if !sharded_debited.is_empty() {
+        let rows = exec(
+            client,
+            "SELECT parent_id, sum(balance)::int8 FROM payledger.accounts \
+              WHERE parent_id = ANY($1) GROUP BY parent_id",
+            &[DatumWithOid::from(sharded_debited)],
+        );
+        for row in rows {
+            let parent: Uuid = row.get(1).ok().flatten().expect("parent");
+            let sum: i64 = row.get(2).ok().flatten().unwrap_or(0);
+            if let Some(a) = accounts.get_mut(parent.as_bytes()) {
+                a.in_shards = sum;
+            }
+        }
+    }
+    // 3c. one shard per credited sharded account: a free one if any, else wait
+    // for a random one. Shards come last in the lock order and are taken one
+    // per account in uuid order, so this cannot deadlock either.
+    let mut redirect: HashMap<Id, Id> = HashMap::new();
+    for parent in &credit_only_sharded {
+        let mut shard = None;
+        for sql in [
+            "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
+                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max \
+               FROM payledger.accounts WHERE parent_id = $1 \
+              ORDER BY random() LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED",
+            "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
+                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max \
+               FROM payledger.accounts WHERE parent_id = $1 \
+              ORDER BY random() LIMIT 1 FOR NO KEY UPDATE",
+        ] {
+            if let Some(row) = exec(client, sql, &[DatumWithOid::from(u(parent))]).next() {
+                shard = Some(read_account(&row));
+                break;
+            }
+        }
+        // No shard: the account does not exist, and applying says so.
+        if let Some((id, account, _)) = shard {
+            accounts.insert(id, account);
+            redirect.insert(*parent, id);
+        }
+    }
+
+    Locked { accounts, redirect }
+}
+
+/// Apply one transfer item to locked accounts and write it, together with
+/// `extra` (a caller's statement built on `write_head!`/`write_entries!`, and
+/// its parameters from $39 on) when given.
+pub(crate) fn post_locked(
+    client: &mut SpiClient<'_>,
+    locked: &mut Locked,
+    item: &Item,
+    extra: Option<(&'static str, Vec<DatumWithOid>)>,
+) -> Result<Id> {
+    let Op::Transfer {
+        postings,
+        kind,
+        effective_at,
+    } = &item.op
+    else {
+        pgrx::error!("payledger: post_locked takes a transfer");
+    };
+    if let Some(e) = postings
+        .iter()
+        .find_map(|(id, _)| shard_named(&locked.accounts, id))
+    {
+        return Err(e);
+    }
+    let postings: Vec<(Id, i64)> = postings
+        .iter()
+        .map(|(id, n)| (*locked.redirect.get(id).unwrap_or(id), *n))
+        .collect();
+    let mut w = Writes::default();
+    let eff = effective_micros(effective_at, now_micros());
+    let journal = apply_transfer(
+        &mut locked.accounts,
+        &mut w,
+        item,
+        &postings,
+        kind,
+        eff,
+        None,
+    )?;
+    write_with(client, &locked.accounts, w, extra);
+    Ok(journal)
 }
 
 /// Shards are reached through their account, never named directly: debiting
@@ -894,6 +964,7 @@ SELECT a, s, j, o, c, n, b, eff, emax
                unnest($38::timestamptz[]) AS emax) AS u"
     };
 }
+pub(crate) use {write_entries, write_head};
 const WRITE_TRANSFERS: &str = concat!(write_head!(), write_entries!());
 const WRITE_ALL: &str = concat!(
     write_head!(),
@@ -917,6 +988,17 @@ resolved AS (
 );
 
 fn write(client: &mut SpiClient<'_>, accounts: &HashMap<Id, Account>, w: Writes) {
+    write_with(client, accounts, w, None)
+}
+
+/// Write what the items did in one statement; with `extra`, the caller's
+/// statement (which includes the engine's writes) instead of the engine's own.
+pub(crate) fn write_with(
+    client: &mut SpiClient<'_>,
+    accounts: &HashMap<Id, Account>,
+    w: Writes,
+    extra: Option<(&'static str, Vec<DatumWithOid>)>,
+) {
     let mut ids = Vec::new();
     let mut bal = Vec::new();
     let mut pend = Vec::new();
@@ -930,7 +1012,7 @@ fn write(client: &mut SpiClient<'_>, accounts: &HashMap<Id, Account>, w: Writes)
         eff_max.push(a.eff_max.map(timestamp));
     }
     let holds_change = !w.h_id.is_empty() || !w.r_id.is_empty();
-    if ids.is_empty() && w.j_id.is_empty() && !holds_change {
+    if ids.is_empty() && w.j_id.is_empty() && !holds_change && extra.is_none() {
         return;
     }
     let mut args: Vec<DatumWithOid> = vec![
@@ -975,13 +1057,14 @@ fn write(client: &mut SpiClient<'_>, accounts: &HashMap<Id, Account>, w: Writes)
         w.j_count.into(),
         w.e_eff_max.into(),
     ]);
-    exec(
-        client,
-        if holds_change {
-            WRITE_ALL
-        } else {
-            WRITE_TRANSFERS
-        },
-        &args,
-    );
+    let sql = match extra {
+        Some((sql, more)) => {
+            assert!(!holds_change, "an extra statement has no hold CTEs");
+            args.extend(more);
+            sql
+        }
+        None if holds_change => WRITE_ALL,
+        None => WRITE_TRANSFERS,
+    };
+    exec(client, sql, &args);
 }

@@ -22,7 +22,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashSet};
 use std::str::FromStr;
 
 /// What `create_payin` (or `retry_payin`, with `predecessor`) asks for.
@@ -348,79 +348,24 @@ fn open(
         ));
     }
 
-    // Every account named: it exists, holds the asset, is not a shard, and a
-    // method's account is the payer's.
-    let ext_account = ext.as_ref().and_then(|e| e.account);
-    let named: Vec<(Id, &str)> = legs
-        .iter()
-        .map(|l| (l.account, "method"))
-        .chain(payouts.iter().map(|p| (p.account, "pay-out")))
-        .chain(ext_account.map(|a| (a, "external")))
-        .collect();
-    let ids: Vec<Uuid> = named.iter().map(|(id, _)| u(id)).collect();
-    let mut info: HashMap<Id, (String, String, Option<Id>)> = HashMap::new();
-    for row in exec(
-        client,
-        "SELECT id, owner_id, asset, parent_id FROM payledger.accounts WHERE id = ANY($1)",
-        &[DatumWithOid::from(ids)],
-    ) {
-        let id: Uuid = row.get(1).ok().flatten().expect("id");
-        let parent: Option<Uuid> = row.get(4).ok().flatten();
-        info.insert(
-            *id.as_bytes(),
-            (
-                row.get(2).ok().flatten().unwrap_or_default(),
-                row.get(3).ok().flatten().unwrap_or_default(),
-                parent.map(|p| *p.as_bytes()),
-            ),
-        );
-    }
-    for (id, role) in &named {
-        let Some((owner, a_asset, parent)) = info.get(id) else {
-            return Err(err(
-                Code::UnknownAccount,
-                format!("account {} does not exist", id_str(id)),
-            ));
-        };
-        if a_asset != asset {
-            return Err(err(
-                Code::AssetMismatch,
-                format!(
-                    "account {} holds {a_asset}, the pay-in costs {asset}",
-                    id_str(id)
-                ),
-            ));
-        }
-        if let Some(p) = parent {
-            return Err(err(
-                Code::Malformed,
-                format!("account {} is a shard of {}", id_str(id), id_str(p)),
-            ));
-        }
-        if *role == "method" && owner != payer {
-            return Err(err(
-                Code::Malformed,
-                format!(
-                    "account {} belongs to {owner}, not to the payer {payer}",
-                    id_str(id)
-                ),
-            ));
-        }
-    }
-
     // Where external money comes from, and where custodial money waits.
-    let ext_account = ext.as_ref().map(|e| {
-        e.account.unwrap_or_else(|| {
-            open_account(
-                client,
-                "payledger",
-                asset,
-                "provider_clearing",
-                &e.rail,
-                true,
-            )
-        })
-    });
+    let ext_account = match ext.as_ref() {
+        None => None,
+        Some(External {
+            account: Some(a), ..
+        }) => {
+            check_external_account(client, a, asset)?;
+            Some(*a)
+        }
+        Some(e) => Some(open_account(
+            client,
+            "payledger",
+            asset,
+            "provider_clearing",
+            &e.rail,
+            true,
+        )),
+    };
     let escrow = if ext.is_some() || withdrawal || r.parent.is_some() {
         Some(open_account(
             client,
@@ -435,58 +380,72 @@ fn open(
     };
 
     // Lock, in one pass in uuid order, the payer's accounts, the escrow and
-    // the pay-out accounts but the sharded ones (the engine credits a free
-    // shard of those), and read what each method may spend.
-    let leg_ids: Vec<Uuid> = legs.iter().map(|l| u(&l.account)).collect();
-    let lock_ids: Vec<Uuid> = legs
+    // the pay-out accounts (a sharded pay-out account gets a free shard
+    // instead, as in any engine call).
+    let debited: HashSet<Id> = legs.iter().map(|l| l.account).collect();
+    let all: BTreeSet<Id> = legs
         .iter()
         .map(|l| l.account)
         .chain(payouts.iter().map(|p| p.account))
         .chain(escrow)
-        .collect::<BTreeSet<_>>()
-        .iter()
-        .map(u)
         .collect();
-    let mut spendable: HashMap<Id, (i64, bool)> = HashMap::new();
-    let mut sharded: Vec<Uuid> = Vec::new();
-    for row in exec(
-        client,
-        "SELECT id, allow_negative AND overdraft_limit IS NULL, \
-                balance - pending_debits + coalesce(overdraft_limit, 0), shards > 1 \
-           FROM payledger.accounts WHERE id = ANY($1) AND (shards = 1 OR id = ANY($2)) \
-          ORDER BY id FOR NO KEY UPDATE",
-        &[
-            DatumWithOid::from(lock_ids),
-            DatumWithOid::from(leg_ids.clone()),
-        ],
-    ) {
-        let id: Uuid = row.get(1).ok().flatten().expect("id");
-        let unbounded: bool = row.get(2).ok().flatten().unwrap_or(false);
-        let available: i64 = row.get(3).ok().flatten().unwrap_or(0);
-        if row.get::<bool>(4).ok().flatten().unwrap_or(false) {
-            sharded.push(id);
+    let mut locked = engine::lock_accounts(client, &all, &debited);
+
+    // Every account named exists, holds the asset, is not a shard, and a
+    // method's account is the payer's.
+    let named = legs
+        .iter()
+        .map(|l| (l.account, true))
+        .chain(payouts.iter().map(|p| (p.account, false)));
+    for (id, is_method) in named {
+        let Some(a) = locked.target(&id) else {
+            return Err(err(
+                Code::UnknownAccount,
+                format!("account {} does not exist", id_str(&id)),
+            ));
+        };
+        if a.asset != asset {
+            return Err(err(
+                Code::AssetMismatch,
+                format!(
+                    "account {} holds {}, the pay-in costs {asset}",
+                    id_str(&id),
+                    a.asset
+                ),
+            ));
         }
-        spendable.insert(*id.as_bytes(), (available, unbounded));
-    }
-    if !sharded.is_empty() {
-        // A sharded payer account's money is partly in its shards.
-        for row in exec(
-            client,
-            "SELECT parent_id, sum(balance)::int8 FROM payledger.accounts \
-              WHERE parent_id = ANY($1) GROUP BY parent_id",
-            &[DatumWithOid::from(sharded)],
-        ) {
-            let p: Uuid = row.get(1).ok().flatten().expect("parent");
-            let s: i64 = row.get(2).ok().flatten().unwrap_or(0);
-            if let Some(v) = spendable.get_mut(p.as_bytes()) {
-                v.0 += s;
-            }
+        if let (Some(p), false) = (a.parent, locked.redirect.contains_key(&id)) {
+            return Err(err(
+                Code::Malformed,
+                format!("account {} is a shard of {}", id_str(&id), id_str(&p)),
+            ));
+        }
+        if is_method && a.owner != payer {
+            return Err(err(
+                Code::Malformed,
+                format!(
+                    "account {} belongs to {}, not to the payer {payer}",
+                    id_str(&id),
+                    a.owner
+                ),
+            ));
         }
     }
+    let owners: Vec<String> = payouts
+        .iter()
+        .map(|p| {
+            locked
+                .target(&p.account)
+                .map(|a| a.owner.clone())
+                .unwrap_or_default()
+        })
+        .collect();
     let can_spend = |id: &Id, want: i64| -> i64 {
-        match spendable.get(id) {
-            Some((_, true)) => want,
-            Some((a, false)) => (*a).max(0),
+        match locked.accounts.get(id) {
+            Some(a) => match a.floor {
+                None => want,
+                Some(floor) => (a.balance - a.pending + a.in_shards - floor).max(0),
+            },
             None => 0,
         }
     };
@@ -561,9 +520,55 @@ fn open(
         (None, false) => "PAID".into(),
     };
 
-    // The custodial legs: straight to the pay-outs when PAID now, else into escrow.
+    // The pay-in, its legs, pay-outs and first history row are written by the
+    // engine's statement, with the journal of the custodial legs: straight to
+    // the pay-outs when PAID now, else into escrow.
     let id = engine::new_id();
-    let mut journal = None;
+    let mut leg_method: Vec<String> = vec!["custodial".into(); legs.len()];
+    let mut leg_account: Vec<Option<Uuid>> = legs.iter().map(|l| Some(u(&l.account))).collect();
+    let mut leg_amount = amounts.clone();
+    let mut leg_options: Vec<String> = legs.iter().map(|l| l.options.to_string()).collect();
+    if let Some(e) = &ext {
+        leg_method.push(e.rail.clone());
+        leg_account.push(None);
+        leg_amount.push(remaining);
+        leg_options.push(e.options.to_string());
+    }
+    let pred = r.predecessor.as_ref();
+    let rows: Vec<DatumWithOid> = vec![
+        DatumWithOid::from(u(&id)),
+        DatumWithOid::from(payer),
+        DatumWithOid::from(ptype),
+        DatumWithOid::from(asset),
+        DatumWithOid::from(cost),
+        DatumWithOid::from(state.as_str()),
+        DatumWithOid::from(custodial),
+        DatumWithOid::from(remaining),
+        DatumWithOid::from(
+            ext.as_ref()
+                .filter(|_| remaining > 0)
+                .map(|e| e.rail.clone()),
+        ),
+        DatumWithOid::from(ext_account.filter(|_| remaining > 0).map(|a| u(&a))),
+        DatumWithOid::from(escrow.map(|a| u(&a))),
+        DatumWithOid::from(r.parent.map(|p| u(&p))),
+        DatumWithOid::from(pred.map(|p| u(&p.genesis.unwrap_or(p.id)))),
+        DatumWithOid::from(pred.map(|p| u(&p.id))),
+        DatumWithOid::from(pred.map_or(0, |p| p.retry_count + 1)),
+        DatumWithOid::from(r.policy.clone()),
+        DatumWithOid::from(r.key.clone()),
+        DatumWithOid::from(hash),
+        DatumWithOid::from(metadata.to_string()),
+        DatumWithOid::from(leg_method),
+        DatumWithOid::from(leg_account),
+        DatumWithOid::from(leg_amount),
+        DatumWithOid::from(leg_options),
+        DatumWithOid::from(types_of(&payouts)),
+        DatumWithOid::from(payouts.iter().map(|p| u(&p.account)).collect::<Vec<_>>()),
+        DatumWithOid::from(owners),
+        DatumWithOid::from(payouts.iter().map(|p| p.amount).collect::<Vec<_>>()),
+        DatumWithOid::from(payouts.iter().map(|p| p.role.clone()).collect::<Vec<_>>()),
+    ];
     if custodial > 0 {
         let mut postings: Vec<(Id, i64)> = legs
             .iter()
@@ -591,95 +596,88 @@ fn open(
             hash: None,
             metadata: json!({ "payin": id_str(&id) }).to_string(),
         };
-        let outcome = engine::apply(client, vec![Ok(item)])
-            .pop()
-            .expect("one outcome");
-        if let Some(e) = outcome.error {
-            return Err(e);
-        }
-        journal = outcome.journal_id;
+        engine::post_locked(client, &mut locked, &item, Some((WRITE_PAYIN, rows)))?;
+    } else {
+        engine::write_with(
+            client,
+            &locked.accounts,
+            Default::default(),
+            Some((WRITE_PAYIN, rows)),
+        );
     }
-
-    // The pay-in, its legs, pay-outs and first history row, in one statement.
-    let mut leg_method: Vec<String> = vec!["custodial".into(); legs.len()];
-    let mut leg_account: Vec<Option<Uuid>> = legs.iter().map(|l| Some(u(&l.account))).collect();
-    let mut leg_amount = amounts.clone();
-    let mut leg_options: Vec<String> = legs.iter().map(|l| l.options.to_string()).collect();
-    if let Some(e) = &ext {
-        leg_method.push(e.rail.clone());
-        leg_account.push(None);
-        leg_amount.push(remaining);
-        leg_options.push(e.options.to_string());
-    }
-    let owners: Vec<String> = payouts
-        .iter()
-        .map(|p| {
-            info.get(&p.account)
-                .map(|i| i.0.clone())
-                .unwrap_or_default()
-        })
-        .collect();
-    let pred = r.predecessor.as_ref();
-    exec(
-        client,
-        "WITH p AS (
-            INSERT INTO payledger.payins (id, owner_id, type, asset, cost, state, initial_state, state_changed_at,
-                                          created_at, custodial_amount, external_amount, external_method,
-                                          external_account, escrow_account, open_journal, paid_journal, parent_id,
-                                          genesis_id, predecessor_id, retry_count, retry_policy, idempotency_key,
-                                          request_hash, metadata)
-            VALUES ($1, $2, $3, $4, $5, $6::payledger.payin_state, $6::payledger.payin_state,
-                    pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp(), $7, $8, $9, $10, $11, $12,
-                    CASE WHEN $6 = 'PAID' THEN $12 END, $13, $14, $15, $16, $17, $18, $19, $20::jsonb)),
-         l AS (
-            INSERT INTO payledger.payin_legs (payin_id, seq, owner_id, method, account_id, amount, options)
-            SELECT $1, n, $2, m, a, x, o::jsonb
-              FROM unnest($21::text[], $22::uuid[], $23::int8[], $24::text[]) WITH ORDINALITY u(m, a, x, o, n)),
-         o AS (
-            INSERT INTO payledger.payouts (payin_id, seq, type, account_id, owner_id, amount, role)
-            SELECT $1, n, t, a, w, x, r
-              FROM unnest($25::text[], $26::uuid[], $27::text[], $28::int8[], $29::text[])
-                   WITH ORDINALITY u(t, a, w, x, r, n))
-         INSERT INTO payledger.payin_history (payin_id, to_state, from_state, owner_id, failure_reason, at)
-         VALUES ($1, $6::payledger.payin_state, NULL, $2, NULL, pg_catalog.clock_timestamp())",
-        &[
-            DatumWithOid::from(u(&id)),
-            DatumWithOid::from(payer),
-            DatumWithOid::from(ptype),
-            DatumWithOid::from(asset),
-            DatumWithOid::from(cost),
-            DatumWithOid::from(state.as_str()),
-            DatumWithOid::from(custodial),
-            DatumWithOid::from(remaining),
-            DatumWithOid::from(ext.as_ref().filter(|_| remaining > 0).map(|e| e.rail.clone())),
-            DatumWithOid::from(ext_account.filter(|_| remaining > 0).map(|a| u(&a))),
-            DatumWithOid::from(escrow.map(|a| u(&a))),
-            DatumWithOid::from(journal.map(|j| u(&j))),
-            DatumWithOid::from(r.parent.map(|p| u(&p))),
-            DatumWithOid::from(pred.map(|p| u(&p.genesis.unwrap_or(p.id)))),
-            DatumWithOid::from(pred.map(|p| u(&p.id))),
-            DatumWithOid::from(pred.map_or(0, |p| p.retry_count + 1)),
-            DatumWithOid::from(r.policy.clone()),
-            DatumWithOid::from(r.key.clone()),
-            DatumWithOid::from(hash),
-            DatumWithOid::from(metadata.to_string()),
-            DatumWithOid::from(leg_method),
-            DatumWithOid::from(leg_account),
-            DatumWithOid::from(leg_amount),
-            DatumWithOid::from(leg_options),
-            DatumWithOid::from(types_of(&payouts)),
-            DatumWithOid::from(payouts.iter().map(|p| u(&p.account)).collect::<Vec<_>>()),
-            DatumWithOid::from(owners),
-            DatumWithOid::from(payouts.iter().map(|p| p.amount).collect::<Vec<_>>()),
-            DatumWithOid::from(payouts.iter().map(|p| p.role.clone()).collect::<Vec<_>>()),
-        ],
-    );
     Ok(Created {
         id,
         state,
         custodial,
         external: remaining,
     })
+}
+
+// The pay-in's rows, written by the engine's statement (its parameters $1-$38)
+// from $39 on; the pay-in's journal is the statement's first ($5[1]).
+macro_rules! payin_rows {
+    () => {
+        ",
+p AS (
+    INSERT INTO payledger.payins (id, owner_id, type, asset, cost, state, initial_state, state_changed_at,
+                                  created_at, custodial_amount, external_amount, external_method,
+                                  external_account, escrow_account, open_journal, paid_journal, parent_id,
+                                  genesis_id, predecessor_id, retry_count, retry_policy, idempotency_key,
+                                  request_hash, metadata)
+    VALUES ($39, $40, $41, $42, $43, $44::payledger.payin_state, $44::payledger.payin_state,
+            pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp(), $45, $46, $47, $48, $49,
+            ($5::uuid[])[1], CASE WHEN $44 = 'PAID' THEN ($5::uuid[])[1] END,
+            $50, $51, $52, $53, $54, $55, $56, $57::jsonb)),
+l AS (
+    INSERT INTO payledger.payin_legs (payin_id, seq, owner_id, method, account_id, amount, options)
+    SELECT $39, n, $40, m, a, x, o::jsonb
+      FROM unnest($58::text[], $59::uuid[], $60::int8[], $61::text[]) WITH ORDINALITY u(m, a, x, o, n)),
+o AS (
+    INSERT INTO payledger.payouts (payin_id, seq, type, account_id, owner_id, amount, role)
+    SELECT $39, n, t, a, w, x, r
+      FROM unnest($62::text[], $63::uuid[], $64::text[], $65::int8[], $66::text[]) WITH ORDINALITY u(t, a, w, x, r, n)),
+h AS (
+    INSERT INTO payledger.payin_history (payin_id, to_state, from_state, owner_id, failure_reason, at)
+    VALUES ($39, $44::payledger.payin_state, NULL, $40, NULL, pg_catalog.clock_timestamp()))"
+    };
+}
+const WRITE_PAYIN: &str = concat!(
+    engine::write_head!(),
+    payin_rows!(),
+    engine::write_entries!()
+);
+
+/// An external rail's clearing account, when the caller names it.
+fn check_external_account(client: &mut SpiClient<'_>, id: &Id, asset: &str) -> Result<()> {
+    let row = exec(
+        client,
+        "SELECT asset, parent_id IS NOT NULL FROM payledger.accounts WHERE id = $1",
+        &[DatumWithOid::from(u(id))],
+    )
+    .next();
+    let Some(row) = row else {
+        return Err(err(
+            Code::UnknownAccount,
+            format!("account {} does not exist", id_str(id)),
+        ));
+    };
+    let a_asset: String = row.get(1).ok().flatten().unwrap_or_default();
+    if a_asset != asset {
+        return Err(err(
+            Code::AssetMismatch,
+            format!(
+                "account {} holds {a_asset}, the pay-in costs {asset}",
+                id_str(id)
+            ),
+        ));
+    }
+    if row.get::<bool>(2).ok().flatten().unwrap_or(false) {
+        return Err(err(
+            Code::Malformed,
+            format!("account {} is a shard", id_str(id)),
+        ));
+    }
+    Ok(())
 }
 
 fn types_of(payouts: &[Payout]) -> Vec<String> {

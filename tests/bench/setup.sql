@@ -1,6 +1,5 @@
 -- Benchmark fixtures: the same 50 accounts (plus one hot account, n = 0) for payledger and the floor.
 CREATE EXTENSION payledger;
-ALTER TABLE payledger.accounts SET (fillfactor = 70);
 SELECT payledger.create_asset('msat', 3);
 SELECT payledger.open_account('bench-world', 'msat', 'external', 'main', true) AS world \gset
 CREATE TABLE bench_acc AS
