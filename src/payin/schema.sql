@@ -118,8 +118,8 @@ CREATE TABLE payledger.payins (
     refunded         bigint NOT NULL DEFAULT 0,
     parent_id        uuid,
     genesis_id       uuid,
-    predecessor_id   uuid UNIQUE,
-    successor_id     uuid UNIQUE,
+    predecessor_id   uuid,
+    successor_id     uuid,
     retry_count      integer NOT NULL DEFAULT 0 CHECK (retry_count >= 0),
     retry_policy     text,
     idempotency_key  text,
@@ -142,7 +142,11 @@ CREATE TABLE payledger.payins (
                                          OR parent_id IS NOT NULL),
     CONSTRAINT payin_key_has_hash CHECK ((idempotency_key IS NULL) = (request_hash IS NULL))
 );
+-- Partial unique indexes: most pay-ins have no key, predecessor or successor,
+-- and cost no entry in these. One successor per pay-in, one retry of each.
 CREATE UNIQUE INDEX payins_idempotency_key ON payledger.payins (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE UNIQUE INDEX payins_successor ON payledger.payins (successor_id) WHERE successor_id IS NOT NULL;
+CREATE UNIQUE INDEX payins_predecessor ON payledger.payins (predecessor_id) WHERE predecessor_id IS NOT NULL;
 CREATE INDEX payins_owner_idx ON payledger.payins (owner_id, created_at);
 CREATE INDEX payins_parent_idx ON payledger.payins (parent_id) WHERE parent_id IS NOT NULL;
 -- the worker's queue (issue: providers) and the operators' view of open pay-ins
