@@ -55,12 +55,14 @@ pub struct Created {
     pub external: i64,
 }
 
+#[derive(Debug)]
 struct Method {
     account: Id,
     amount: Option<i64>,
     options: Value,
 }
 
+#[derive(Debug)]
 struct External {
     rail: String,
     amount: Option<i64>,
@@ -70,6 +72,7 @@ struct External {
     options: Value,
 }
 
+#[derive(Debug)]
 struct Payout {
     ptype: String,
     account: Id,
@@ -949,4 +952,98 @@ pub fn split_json(rule: &str, cost: i64, payees: Option<&Value>) -> Result<Value
             })
             .collect(),
     ))
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    fn account(n: u8) -> String {
+        uuid::Uuid::from_bytes([n; 16]).to_string()
+    }
+
+    #[test]
+    fn split_floors_each_share_and_gives_the_rest_to_one_role() {
+        let shares = json!([
+            {"role": "receiver", "payout_type": "ZAP", "percent": 70},
+            {"role": "founder", "payout_type": "TERRITORY_REVENUE", "percent": 21},
+            {"role": "pool", "payout_type": "REWARDS_POOL", "percent": 9, "account": account(3)}
+        ]);
+        let payees = json!({"receiver": account(1), "founder": account(2)});
+        let out = split_shares("zap", &shares, "pool", 1001, Some(&payees)).unwrap();
+        let amounts: Vec<i64> = out.iter().map(|p| p.amount).collect();
+        assert_eq!(amounts, vec![700, 210, 91]);
+        assert_eq!(amounts.iter().sum::<i64>(), 1001);
+        // exact decimal percents, and shares that round to nothing are left out
+        let shares = json!([
+            {"role": "a", "payout_type": "X", "percent": 97.5, "account": account(1)},
+            {"role": "b", "payout_type": "X", "percent": 2.5, "account": account(2)}
+        ]);
+        let out = split_shares("r", &shares, "a", 39, None).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].amount, 39);
+        let out = split_shares("r", &shares, "a", 40, None).unwrap();
+        assert_eq!(
+            out.iter().map(|p| p.amount).collect::<Vec<_>>(),
+            vec![39, 1]
+        );
+    }
+
+    #[test]
+    fn split_needs_an_account_for_every_role() {
+        let shares = json!([{"role": "founder", "payout_type": "X", "percent": 100}]);
+        let e = split_shares("r", &shares, "founder", 10, Some(&json!({}))).unwrap_err();
+        assert_eq!(e.code.sqlstate(), "22023");
+        let e = split_shares("r", &shares, "founder", 10, Some(&json!([]))).unwrap_err();
+        assert_eq!(e.code.sqlstate(), "22023");
+    }
+
+    #[test]
+    fn amounts_are_whole_non_negative_numbers() {
+        assert_eq!(json_amount(Some(&json!(5)), "x").unwrap(), 5);
+        assert_eq!(json_amount(Some(&json!(2e3)), "x").unwrap(), 2000);
+        for bad in [json!(1.5), json!(-1), json!("5"), json!(null)] {
+            assert_eq!(
+                json_amount(Some(&bad), "x").unwrap_err().code.sqlstate(),
+                "PL001"
+            );
+        }
+        assert!(json_uuid(Some(&json!("nope")), "x").is_err());
+        assert!(json_uuid(Some(&json!(account(7))), "x").is_ok());
+    }
+
+    #[test]
+    fn methods_parse_in_order_with_one_external_rail_last() {
+        let (legs, ext) = parse_methods(&json!([
+            {"account": account(1)}, {"account": account(2)}, {"external": "invoice", "unit": 1000}
+        ]))
+        .unwrap();
+        assert_eq!(legs.len(), 2);
+        let ext = ext.unwrap();
+        assert_eq!(
+            (ext.rail.as_str(), ext.unit, ext.p2p),
+            ("invoice", 1000, false)
+        );
+        for bad in [
+            json!([]),
+            json!([{"external": "invoice"}, {"account": account(1)}]),
+            json!([{"account": account(1), "amount": 5}, {"external": "invoice"}]),
+            json!([{"account": account(1), "external": "invoice"}]),
+            json!([{"external": "invoice", "unit": 0}]),
+            json!([{"external": "invoice", "p2p": "yes"}]),
+        ] {
+            assert_eq!(
+                parse_methods(&bad).unwrap_err().code.sqlstate(),
+                "22023",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_methods(&json!([{"account": account(1), "amount": 0}]))
+                .unwrap_err()
+                .code
+                .sqlstate(),
+            "PL001"
+        );
+    }
 }

@@ -40,11 +40,14 @@ CREATE TABLE bench_payer AS
 CREATE UNIQUE INDEX ON bench_payer (n);
 SELECT count(*) FROM (SELECT payledger.transfer(:'world', (m ->> 'account')::uuid, 1000000000000000)
                         FROM bench_payer, jsonb_array_elements(methods) m WHERE m ->> 'account' <> (SELECT id FROM bench_acc b WHERE b.n = bench_payer.n)::text) s;
-CREATE FUNCTION bench_payin(payer int, founder int, pool int) RETURNS payledger.payin_state LANGUAGE sql AS $$
-  SELECT (payledger.create_payin(p.owner, 'ITEM_CREATE', 'msat', 100, p.methods, jsonb_build_array(
+-- PL/pgSQL, like floor_transfer: its statements' plans are cached per session.
+CREATE FUNCTION bench_payin(payer int, founder int, pool int) RETURNS payledger.payin_state LANGUAGE plpgsql AS $$
+BEGIN
+  RETURN (SELECT (payledger.create_payin(p.owner, 'ITEM_CREATE', 'msat', 100, p.methods, jsonb_build_array(
             jsonb_build_object('type', 'TERRITORY_REVENUE', 'account', (SELECT id FROM bench_acc WHERE n = founder), 'amount', 70),
             jsonb_build_object('type', 'REWARDS_POOL', 'account', (SELECT id FROM bench_acc WHERE n = pool), 'amount', 30)))).state
-    FROM bench_payer p WHERE p.n = payer;
+    FROM bench_payer p WHERE p.n = payer);
+END;
 $$;
 
 -- A ledger with some pay-in history, so that the planner knows the tables are not empty.
