@@ -12,7 +12,7 @@
 //! `payledger.create_payin` and `retry_payin` raise them.
 
 use crate::errors::{Code, LedgerError, Result};
-use crate::ledger::engine::{self, exec};
+use crate::ledger::engine::{self, exec, Locked};
 use crate::ledger::request::{Id, Item, Op, MAX_KEY_LEN};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -243,61 +243,11 @@ fn open(
     metadata: Value,
     hash: Option<Vec<u8>>,
 ) -> Result<Created> {
-    // The type and the asset.
-    let row = exec(
-        client,
-        "SELECT t.allow_external, t.withdrawal, \
-                EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = $2) \
-           FROM (SELECT 1) one LEFT JOIN payledger.payin_types t ON t.type = $1",
-        &[DatumWithOid::from(ptype), DatumWithOid::from(asset)],
-    )
-    .next()
-    .expect("one row");
-    let allow_external: Option<bool> = row.get(1).ok().flatten();
-    let withdrawal: bool = row.get(2).ok().flatten().unwrap_or(false);
-    let asset_exists: bool = row.get(3).ok().flatten().unwrap_or(false);
-    let Some(allow_external) = allow_external else {
-        return Err(err(
-            Code::UnknownType,
-            format!("pay-in type '{ptype}' is not registered"),
-        ));
+    let (allow_external, withdrawal) = payin_type(client, ptype, asset)?;
+    let parent_state = match &r.parent {
+        Some(p) => Some(lock_parent(client, p)?),
+        None => None,
     };
-    if !asset_exists {
-        return Err(err(
-            Code::UnknownAsset,
-            format!("asset '{asset}' does not exist"),
-        ));
-    }
-    // A child joins a pending parent; the parent's row is locked the way an
-    // UPDATE of it would lock it, so moving the parent later in this
-    // transaction is no lock upgrade (which could deadlock).
-    let mut parent_state = None;
-    if let Some(parent) = &r.parent {
-        let row = exec(
-            client,
-            "SELECT state::text, parent_id IS NOT NULL FROM payledger.payins WHERE id = $1 FOR NO KEY UPDATE",
-            &[DatumWithOid::from(u(parent))],
-        )
-        .next();
-        let Some(row) = row else {
-            return Err(err(
-                Code::UnknownPayin,
-                format!("pay-in {} does not exist", id_str(parent)),
-            ));
-        };
-        let state: String = row.get(1).ok().flatten().unwrap_or_default();
-        let is_child: bool = row.get(2).ok().flatten().unwrap_or(false);
-        if matches!(state.as_str(), "PAID" | "FAILED" | "CANCELLED") || is_child {
-            return Err(err(
-                Code::InvalidTransition,
-                format!(
-                    "pay-in {} is {state} and cannot take a child",
-                    id_str(parent)
-                ),
-            ));
-        }
-        parent_state = Some(state);
-    }
 
     let (legs, ext) = parse_methods(&methods)?;
     if ext.is_some() && !allow_external {
@@ -322,34 +272,7 @@ fn open(
         return Err(err(Code::Malformed, "an account appears twice in methods"));
     }
 
-    // Pay-outs: explicit, or from a split rule.
-    let payouts = match (&r.payouts, &r.split) {
-        (Some(p), None) => parse_payouts(p)?,
-        (None, Some(rule)) => split(client, rule, cost, r.payees.as_ref())?,
-        _ => return Err(err(Code::Malformed, "give either payouts or split")),
-    };
-    let total: i128 = payouts.iter().map(|p| p.amount as i128).sum();
-    if total != cost as i128 {
-        return Err(err(
-            Code::UnbalancedPayin,
-            format!("pay-outs sum to {total}, not the cost {cost}"),
-        ));
-    }
-    let types: Vec<String> = payouts.iter().map(|p| p.ptype.clone()).collect();
-    if let Some(row) = exec(
-        client,
-        "SELECT x FROM pg_catalog.unnest($1::text[]) x \
-          WHERE NOT EXISTS (SELECT 1 FROM payledger.payout_types t WHERE t.type = x) LIMIT 1",
-        &[DatumWithOid::from(types)],
-    )
-    .next()
-    {
-        let t: String = row.get(1).ok().flatten().unwrap_or_default();
-        return Err(err(
-            Code::UnknownType,
-            format!("pay-out type '{t}' is not registered"),
-        ));
-    }
+    let payouts = resolve_payouts(client, r, cost)?;
 
     // Where external money comes from, and where custodial money waits.
     let ext_account = match ext.as_ref() {
@@ -394,8 +317,255 @@ fn open(
         .collect();
     let mut locked = engine::lock_accounts(client, &all, &debited);
 
-    // Every account named exists, holds the asset, is not a shard, and a
-    // method's account is the payer's.
+    let owners = check_accounts(&locked, &legs, &payouts, payer, asset)?;
+    let (amounts, remaining) = pay_from_balances(&locked, &legs, ext.as_ref(), cost)?;
+    let custodial = cost - remaining;
+    let state = match (&parent_state, remaining > 0) {
+        (Some(s), _) => s.clone(),
+        (None, true) if ext.as_ref().is_some_and(|e| e.p2p) => "PENDING_INVOICE_WRAP".into(),
+        (None, true) => "PENDING_INVOICE_CREATION".into(),
+        (None, false) if withdrawal => "PENDING_WITHDRAWAL".into(),
+        (None, false) => "PAID".into(),
+    };
+
+    let id = engine::new_id();
+    let new = NewPayin {
+        id,
+        payer,
+        ptype,
+        asset,
+        cost,
+        state: &state,
+        remaining,
+        ext: ext.as_ref(),
+        ext_account,
+        escrow,
+        request: r,
+        hash,
+        metadata: &metadata,
+    };
+    write_payin(client, &mut locked, &new, &legs, &amounts, &payouts, owners)?;
+    Ok(Created {
+        id,
+        state,
+        custodial,
+        external: remaining,
+    })
+}
+
+/// A pay-in about to be written.
+struct NewPayin<'a> {
+    id: Id,
+    payer: &'a str,
+    ptype: &'a str,
+    asset: &'a str,
+    cost: i64,
+    state: &'a str,
+    remaining: i64,
+    ext: Option<&'a External>,
+    ext_account: Option<Id>,
+    escrow: Option<Id>,
+    request: &'a Request,
+    hash: Option<Vec<u8>>,
+    metadata: &'a Value,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_payin(
+    client: &mut SpiClient<'_>,
+    locked: &mut Locked,
+    n: &NewPayin<'_>,
+    legs: &[Method],
+    amounts: &[i64],
+    payouts: &[Payout],
+    owners: Vec<String>,
+) -> Result<()> {
+    let custodial = n.cost - n.remaining;
+    // The pay-in, its legs, pay-outs and first history row are written by the
+    // engine's statement, with the journal of the custodial legs: straight to
+    // the pay-outs when PAID now, else into escrow.
+    let mut leg_method: Vec<String> = vec!["custodial".into(); legs.len()];
+    let mut leg_account: Vec<Option<Uuid>> = legs.iter().map(|l| Some(u(&l.account))).collect();
+    let mut leg_amount = amounts.to_vec();
+    let mut leg_options: Vec<String> = legs.iter().map(|l| l.options.to_string()).collect();
+    if let Some(e) = n.ext {
+        leg_method.push(e.rail.clone());
+        leg_account.push(None);
+        leg_amount.push(n.remaining);
+        leg_options.push(e.options.to_string());
+    }
+    let pred = n.request.predecessor.as_ref();
+    let rows: Vec<DatumWithOid> = vec![
+        DatumWithOid::from(u(&n.id)),
+        DatumWithOid::from(n.payer),
+        DatumWithOid::from(n.ptype),
+        DatumWithOid::from(n.asset),
+        DatumWithOid::from(n.cost),
+        DatumWithOid::from(n.state),
+        DatumWithOid::from(custodial),
+        DatumWithOid::from(n.remaining),
+        DatumWithOid::from(n.ext.filter(|_| n.remaining > 0).map(|e| e.rail.clone())),
+        DatumWithOid::from(n.ext_account.filter(|_| n.remaining > 0).map(|a| u(&a))),
+        DatumWithOid::from(n.escrow.map(|a| u(&a))),
+        DatumWithOid::from(n.request.parent.map(|p| u(&p))),
+        DatumWithOid::from(pred.map(|p| u(&p.genesis.unwrap_or(p.id)))),
+        DatumWithOid::from(pred.map(|p| u(&p.id))),
+        DatumWithOid::from(pred.map_or(0, |p| p.retry_count + 1)),
+        DatumWithOid::from(n.request.policy.clone()),
+        DatumWithOid::from(n.request.key.clone()),
+        DatumWithOid::from(n.hash.clone()),
+        DatumWithOid::from(n.metadata.to_string()),
+        DatumWithOid::from(leg_method),
+        DatumWithOid::from(leg_account),
+        DatumWithOid::from(leg_amount),
+        DatumWithOid::from(leg_options),
+        DatumWithOid::from(types_of(payouts)),
+        DatumWithOid::from(payouts.iter().map(|p| u(&p.account)).collect::<Vec<_>>()),
+        DatumWithOid::from(owners),
+        DatumWithOid::from(payouts.iter().map(|p| p.amount).collect::<Vec<_>>()),
+        DatumWithOid::from(payouts.iter().map(|p| p.role.clone()).collect::<Vec<_>>()),
+    ];
+    if custodial > 0 {
+        let mut postings: Vec<(Id, i64)> = legs
+            .iter()
+            .zip(amounts)
+            .filter(|(_, a)| **a > 0)
+            .map(|(l, a)| (l.account, -a))
+            .collect();
+        if n.state == "PAID" {
+            postings.extend(payouts.iter().map(|p| (p.account, p.amount)));
+        } else {
+            postings.push((n.escrow.expect("an escrow for a pending pay-in"), custodial));
+        }
+        let item = Item {
+            op: Op::Transfer {
+                postings,
+                kind: if n.state == "PAID" {
+                    "payin"
+                } else {
+                    "payin_open"
+                }
+                .into(),
+                effective_at: None,
+            },
+            key: None,
+            hash: None,
+            metadata: json!({ "payin": id_str(&n.id) }).to_string(),
+        };
+        engine::post_locked(client, locked, &item, Some((WRITE_PAYIN, rows)))?;
+    } else {
+        engine::write_with(
+            client,
+            &locked.accounts,
+            Default::default(),
+            Some((WRITE_PAYIN, rows)),
+        );
+    }
+    Ok(())
+}
+
+/// The pay-outs, explicit or from a split rule: they sum to the cost and
+/// their types are registered.
+fn resolve_payouts(client: &mut SpiClient<'_>, r: &Request, cost: i64) -> Result<Vec<Payout>> {
+    let payouts = match (&r.payouts, &r.split) {
+        (Some(p), None) => parse_payouts(p)?,
+        (None, Some(rule)) => split(client, rule, cost, r.payees.as_ref())?,
+        _ => return Err(err(Code::Malformed, "give either payouts or split")),
+    };
+    let total: i128 = payouts.iter().map(|p| p.amount as i128).sum();
+    if total != cost as i128 {
+        return Err(err(
+            Code::UnbalancedPayin,
+            format!("pay-outs sum to {total}, not the cost {cost}"),
+        ));
+    }
+    let types: Vec<String> = payouts.iter().map(|p| p.ptype.clone()).collect();
+    if let Some(row) = exec(
+        client,
+        "SELECT x FROM pg_catalog.unnest($1::text[]) x \
+          WHERE NOT EXISTS (SELECT 1 FROM payledger.payout_types t WHERE t.type = x) LIMIT 1",
+        &[DatumWithOid::from(types)],
+    )
+    .next()
+    {
+        let t: String = row.get(1).ok().flatten().unwrap_or_default();
+        return Err(err(
+            Code::UnknownType,
+            format!("pay-out type '{t}' is not registered"),
+        ));
+    }
+    Ok(payouts)
+}
+
+/// The pay-in type's flags (allow_external, withdrawal); the asset must exist.
+fn payin_type(client: &mut SpiClient<'_>, ptype: &str, asset: &str) -> Result<(bool, bool)> {
+    let row = exec(
+        client,
+        "SELECT t.allow_external, t.withdrawal, \
+                EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = $2) \
+           FROM (SELECT 1) one LEFT JOIN payledger.payin_types t ON t.type = $1",
+        &[DatumWithOid::from(ptype), DatumWithOid::from(asset)],
+    )
+    .next()
+    .expect("one row");
+    let allow_external: Option<bool> = row.get(1).ok().flatten();
+    let withdrawal: bool = row.get(2).ok().flatten().unwrap_or(false);
+    let asset_exists: bool = row.get(3).ok().flatten().unwrap_or(false);
+    let Some(allow_external) = allow_external else {
+        return Err(err(
+            Code::UnknownType,
+            format!("pay-in type '{ptype}' is not registered"),
+        ));
+    };
+    if !asset_exists {
+        return Err(err(
+            Code::UnknownAsset,
+            format!("asset '{asset}' does not exist"),
+        ));
+    }
+    Ok((allow_external, withdrawal))
+}
+
+/// A child joins a pending parent that is not itself a child. The parent's
+/// row is locked the way an UPDATE of it would lock it, so moving the parent
+/// later in this transaction is no lock upgrade (which could deadlock).
+/// Returns the parent's state, the child's first state.
+fn lock_parent(client: &mut SpiClient<'_>, parent: &Id) -> Result<String> {
+    let row = exec(
+        client,
+        "SELECT state::text, parent_id IS NOT NULL FROM payledger.payins WHERE id = $1 FOR NO KEY UPDATE",
+        &[DatumWithOid::from(u(parent))],
+    )
+    .next();
+    let Some(row) = row else {
+        return Err(err(
+            Code::UnknownPayin,
+            format!("pay-in {} does not exist", id_str(parent)),
+        ));
+    };
+    let state: String = row.get(1).ok().flatten().unwrap_or_default();
+    let is_child: bool = row.get(2).ok().flatten().unwrap_or(false);
+    if matches!(state.as_str(), "PAID" | "FAILED" | "CANCELLED") || is_child {
+        return Err(err(
+            Code::InvalidTransition,
+            format!(
+                "pay-in {} is {state} and cannot take a child",
+                id_str(parent)
+            ),
+        ));
+    }
+    Ok(state)
+}
+
+/// Every account named exists, holds the asset, is not a shard, and a
+/// method's account is the payer's. Returns the owner of each pay-out.
+fn check_accounts(
+    locked: &Locked,
+    legs: &[Method],
+    payouts: &[Payout],
+    payer: &str,
+    asset: &str,
+) -> Result<Vec<String>> {
     let named = legs
         .iter()
         .map(|l| (l.account, true))
@@ -434,7 +604,7 @@ fn open(
             ));
         }
     }
-    let owners: Vec<String> = payouts
+    Ok(payouts
         .iter()
         .map(|p| {
             locked
@@ -442,7 +612,16 @@ fn open(
                 .map(|a| a.owner.clone())
                 .unwrap_or_default()
         })
-        .collect();
+        .collect())
+}
+
+/// What each method pays, in order, and the external remainder.
+fn pay_from_balances(
+    locked: &Locked,
+    legs: &[Method],
+    ext: Option<&External>,
+    cost: i64,
+) -> Result<(Vec<i64>, i64)> {
     let can_spend = |id: &Id, want: i64| -> i64 {
         match locked.accounts.get(id) {
             Some(a) => match a.floor {
@@ -457,20 +636,20 @@ fn open(
     let mut amounts: Vec<i64> = Vec::with_capacity(legs.len());
     let explicit = legs
         .first()
-        .map_or(ext.as_ref().is_some_and(|e| e.amount.is_some()), |l| {
+        .map_or(ext.is_some_and(|e| e.amount.is_some()), |l| {
             l.amount.is_some()
         });
     let remaining;
     if explicit {
         let paid: i128 = legs.iter().map(|l| l.amount.unwrap_or(0) as i128).sum();
-        let ext_amount = ext.as_ref().and_then(|e| e.amount).unwrap_or(0) as i128;
+        let ext_amount = ext.and_then(|e| e.amount).unwrap_or(0) as i128;
         if paid + ext_amount != cost as i128 {
             return Err(err(
                 Code::UnbalancedPayin,
                 format!("methods sum to {}, not the cost {cost}", paid + ext_amount),
             ));
         }
-        for l in &legs {
+        for l in legs {
             let want = l.amount.unwrap_or(0);
             let have = can_spend(&l.account, want);
             if want > have {
@@ -485,14 +664,14 @@ fn open(
         remaining = ext_amount as i64;
     } else {
         let mut left = cost;
-        for l in &legs {
+        for l in legs {
             let take = left.min(can_spend(&l.account, left));
             amounts.push(take);
             left -= take;
         }
         // The external remainder is a whole number of units (1,000 msat for a
         // Lightning invoice): pay that much less from the last balances.
-        let unit = ext.as_ref().map_or(1, |e| e.unit);
+        let unit = ext.map_or(1, |e| e.unit);
         if left > 0 && left % unit != 0 {
             let rounded = cost.min((left / unit + 1).saturating_mul(unit));
             let mut less = rounded - left;
@@ -514,106 +693,7 @@ fn open(
         }
         remaining = left;
     }
-    let custodial = cost - remaining;
-    let state = match (&parent_state, remaining > 0) {
-        (Some(s), _) => s.clone(),
-        (None, true) if ext.as_ref().is_some_and(|e| e.p2p) => "PENDING_INVOICE_WRAP".into(),
-        (None, true) => "PENDING_INVOICE_CREATION".into(),
-        (None, false) if withdrawal => "PENDING_WITHDRAWAL".into(),
-        (None, false) => "PAID".into(),
-    };
-
-    // The pay-in, its legs, pay-outs and first history row are written by the
-    // engine's statement, with the journal of the custodial legs: straight to
-    // the pay-outs when PAID now, else into escrow.
-    let id = engine::new_id();
-    let mut leg_method: Vec<String> = vec!["custodial".into(); legs.len()];
-    let mut leg_account: Vec<Option<Uuid>> = legs.iter().map(|l| Some(u(&l.account))).collect();
-    let mut leg_amount = amounts.clone();
-    let mut leg_options: Vec<String> = legs.iter().map(|l| l.options.to_string()).collect();
-    if let Some(e) = &ext {
-        leg_method.push(e.rail.clone());
-        leg_account.push(None);
-        leg_amount.push(remaining);
-        leg_options.push(e.options.to_string());
-    }
-    let pred = r.predecessor.as_ref();
-    let rows: Vec<DatumWithOid> = vec![
-        DatumWithOid::from(u(&id)),
-        DatumWithOid::from(payer),
-        DatumWithOid::from(ptype),
-        DatumWithOid::from(asset),
-        DatumWithOid::from(cost),
-        DatumWithOid::from(state.as_str()),
-        DatumWithOid::from(custodial),
-        DatumWithOid::from(remaining),
-        DatumWithOid::from(
-            ext.as_ref()
-                .filter(|_| remaining > 0)
-                .map(|e| e.rail.clone()),
-        ),
-        DatumWithOid::from(ext_account.filter(|_| remaining > 0).map(|a| u(&a))),
-        DatumWithOid::from(escrow.map(|a| u(&a))),
-        DatumWithOid::from(r.parent.map(|p| u(&p))),
-        DatumWithOid::from(pred.map(|p| u(&p.genesis.unwrap_or(p.id)))),
-        DatumWithOid::from(pred.map(|p| u(&p.id))),
-        DatumWithOid::from(pred.map_or(0, |p| p.retry_count + 1)),
-        DatumWithOid::from(r.policy.clone()),
-        DatumWithOid::from(r.key.clone()),
-        DatumWithOid::from(hash),
-        DatumWithOid::from(metadata.to_string()),
-        DatumWithOid::from(leg_method),
-        DatumWithOid::from(leg_account),
-        DatumWithOid::from(leg_amount),
-        DatumWithOid::from(leg_options),
-        DatumWithOid::from(types_of(&payouts)),
-        DatumWithOid::from(payouts.iter().map(|p| u(&p.account)).collect::<Vec<_>>()),
-        DatumWithOid::from(owners),
-        DatumWithOid::from(payouts.iter().map(|p| p.amount).collect::<Vec<_>>()),
-        DatumWithOid::from(payouts.iter().map(|p| p.role.clone()).collect::<Vec<_>>()),
-    ];
-    if custodial > 0 {
-        let mut postings: Vec<(Id, i64)> = legs
-            .iter()
-            .zip(&amounts)
-            .filter(|(_, a)| **a > 0)
-            .map(|(l, a)| (l.account, -a))
-            .collect();
-        if state == "PAID" {
-            postings.extend(payouts.iter().map(|p| (p.account, p.amount)));
-        } else {
-            postings.push((escrow.expect("an escrow for a pending pay-in"), custodial));
-        }
-        let item = Item {
-            op: Op::Transfer {
-                postings,
-                kind: if state == "PAID" {
-                    "payin"
-                } else {
-                    "payin_open"
-                }
-                .into(),
-                effective_at: None,
-            },
-            key: None,
-            hash: None,
-            metadata: json!({ "payin": id_str(&id) }).to_string(),
-        };
-        engine::post_locked(client, &mut locked, &item, Some((WRITE_PAYIN, rows)))?;
-    } else {
-        engine::write_with(
-            client,
-            &locked.accounts,
-            Default::default(),
-            Some((WRITE_PAYIN, rows)),
-        );
-    }
-    Ok(Created {
-        id,
-        state,
-        custodial,
-        external: remaining,
-    })
+    Ok((amounts, remaining))
 }
 
 // The pay-in's rows, written by the engine's statement (its parameters $1-$38)
