@@ -1,5 +1,6 @@
--- payledger 0.1.0 -> 0.2.0: pay-ins and pay-outs (src/payin/), and
--- check_invariants() gathering every module's checks (src/invariants.sql).
+-- payledger 0.1.0 -> 0.2.0: pay-ins and pay-outs (src/payin/), Nostr and
+-- BOLT11 primitives (src/nostr/, src/bolt11.rs), and check_invariants()
+-- gathering every module's checks (src/invariants.sql).
 -- The pay-in objects below are the 0.2.0 text of src/payin/schema.sql and
 -- src/payin/api.sql; tests/integration/upgrade.sh proves the result equals a
 -- fresh 0.2.0 install. Released: never edit.
@@ -243,7 +244,52 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.payouts', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.payin_refunds', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.payin_history', '');
 
--- The pay-in functions written in Rust (as cargo pgrx generates them).
+-- The new functions written in Rust (as cargo pgrx generates them).
+-- payledger::nostr::bip340_verify
+CREATE  FUNCTION "bip340_verify"(
+	"pubkey" bytea, /* & [u8] */
+	"message" bytea, /* & [u8] */
+	"signature" bytea /* & [u8] */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'bip340_verify_wrapper';
+-- payledger::bolt11::bolt11_decode
+CREATE  FUNCTION "bolt11_decode"(
+	"invoice" TEXT /* & str */
+) RETURNS TABLE (
+	"network" TEXT,  /* & '_ str */
+	"amount_msat" bigint,  /* Option < i64 > */
+	"payment_hash" TEXT,  /* String */
+	"description" TEXT,  /* Option < String > */
+	"description_hash" TEXT,  /* Option < String > */
+	"created_at" timestamp with time zone,  /* TimestampWithTimeZone */
+	"expiry_seconds" bigint,  /* i64 */
+	"expires_at" timestamp with time zone,  /* TimestampWithTimeZone */
+	"payee" TEXT,  /* String */
+	"min_final_cltv_expiry" bigint  /* i64 */
+)
+IMMUTABLE STRICT PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'bolt11_decode_wrapper';
+-- payledger::nostr::nostr_event_id
+CREATE  FUNCTION "nostr_event_id"(
+	"event" jsonb /* JsonB */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'nostr_event_id_wrapper';
+-- payledger::nostr::nostr_verify_event
+CREATE  FUNCTION "nostr_verify_event"(
+	"event" jsonb /* JsonB */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'nostr_verify_event_wrapper';
 -- payledger::payin::payin_create_core
 CREATE  FUNCTION "payin_create_core"(
 	"payer" TEXT, /* Option < String > */
@@ -287,6 +333,31 @@ CREATE  FUNCTION "split_payouts_core"(
 STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
+-- payledger::nostr::verify_zap_receipt
+CREATE  FUNCTION "verify_zap_receipt"(
+	"receipt" jsonb, /* JsonB */
+	"lnurl_pubkey" TEXT, /* & str */
+	"recipient" TEXT DEFAULT NULL, /* Option < & str > */
+	"expected_amount_msat" bigint DEFAULT NULL, /* Option < i64 > */
+	"expected_event" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS TABLE (
+	"valid" bool,  /* bool */
+	"failures" TEXT[],  /* Vec < String > */
+	"amount_msat" bigint,  /* Option < i64 > */
+	"payer_pubkey" TEXT,  /* Option < String > */
+	"payment_hash" TEXT,  /* Option < String > */
+	"receipt_id" TEXT,  /* Option < String > */
+	"request_id" TEXT,  /* Option < String > */
+	"description_hash_present" bool,  /* bool */
+	"description_hash_matches" bool,  /* Option < bool > */
+	"preimage_matches" bool,  /* Option < bool > */
+	"request_lnurl" TEXT,  /* Option < String > */
+	"timing_ok" bool  /* Option < bool > */
+)
+IMMUTABLE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'verify_zap_receipt_wrapper';
 
 -- payledger pay-ins: registries, creation, the state trigger, transitions,
 -- refunds, retries, statistics and audit. See docs/payins.md.
@@ -1112,7 +1183,12 @@ GRANT EXECUTE ON FUNCTION
     payledger.refund_payin(uuid, bigint, uuid, text, text),
     payledger.retry_payin(uuid, jsonb, jsonb, text, jsonb, text, text),
     payledger.payin_stats(timestamptz, timestamptz, text),
-    payledger.payin_audit(uuid)
+    payledger.payin_audit(uuid),
+    payledger.bolt11_decode(text),
+    payledger.nostr_event_id(jsonb),
+    payledger.nostr_verify_event(jsonb),
+    payledger.bip340_verify(bytea, bytea, bytea),
+    payledger.verify_zap_receipt(jsonb, text, text, bigint, text)
 TO payledger_app, payledger_admin;
 GRANT EXECUTE ON FUNCTION
     payledger.register_payin_type(text, text, boolean, boolean, integer),

@@ -7,9 +7,11 @@
 
 use pgrx::prelude::*;
 
+mod bolt11;
 mod errors;
 mod gucs;
 mod ledger;
+mod nostr;
 mod payin;
 
 ::pgrx::pg_module_magic!(name, version);

@@ -76,7 +76,12 @@ GRANT EXECUTE ON FUNCTION
     payledger.refund_payin(uuid, bigint, uuid, text, text),
     payledger.retry_payin(uuid, jsonb, jsonb, text, jsonb, text, text),
     payledger.payin_stats(timestamptz, timestamptz, text),
-    payledger.payin_audit(uuid)
+    payledger.payin_audit(uuid),
+    payledger.bolt11_decode(text),
+    payledger.nostr_event_id(jsonb),
+    payledger.nostr_verify_event(jsonb),
+    payledger.bip340_verify(bytea, bytea, bytea),
+    payledger.verify_zap_receipt(jsonb, text, text, bigint, text)
 TO payledger_app, payledger_admin;
 
 -- Operators only.

@@ -24,7 +24,7 @@ run_pg_regress() { # <kind: regress|isolation>
   local kind=$1 dir tool args
   dir=$(pg_scratch)
   if [ "$kind" = regress ]; then
-    cp -r "$REPO/tests/pg_regress/sql" "$REPO/tests/pg_regress/expected" "$dir/"
+    cp -r "$REPO/tests/pg_regress/sql" "$REPO/tests/pg_regress/expected" "$REPO/tests/fixtures" "$dir/"
     tool="$PGXS_TEST/regress/pg_regress"
     args=(--schedule="$REPO/tests/pg_regress/schedule" --dbname=payledger_regress)
   else

@@ -7,7 +7,8 @@
 #   payin  = payledger.create_payin: 100 msat paid from three balances of the
 #            payer, two pay-outs credited at once (PAID); spread = random
 #            founder and pool, hot = every pay-in pays the same founder
-# Prints transfers/s (pay-ins/s) and the ratios the README reports.
+#   zaps   = payledger.verify_zap_receipt on a real receipt, in one session (one core)
+# Prints transfers/s (pay-ins/s, receipts/s) and the ratios the README reports.
 #   bash tests/bench/run.sh   (DURATION=10 CLIENTS=20 BATCH_CLIENTS=2 ROUNDS=3 by default)
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 DURATION=${DURATION:-10}
@@ -51,6 +52,17 @@ floor_spread=$(median ${runs[floor_spread]}); pl_spread=$(median ${runs[transfer
 floor_hot=$(median ${runs[floor_hot]}); pl_hot=$(median ${runs[transfer_hot]})
 batch=$(median ${runs[batch]}); batch_few=$(median ${runs[batch_few]})
 payin_spread=$(median ${runs[payin_spread]}); payin_hot=$(median ${runs[payin_hot]})
+# Zap receipts verified per second by one backend (one core): a real receipt,
+# made distinct per row so that nothing is computed once for all rows.
+cp "$REPO/tests/fixtures/nostr/fountain1_valid_d_field.json" "$DIR/zap.json" && chown postgres "$DIR/zap.json"
+zaps=$(psql_ -d postgres -At -v f="$DIR/zap.json" <<'SQL'
+SELECT pg_read_file(:'f')::jsonb AS ev \gset
+SELECT clock_timestamp() AS t0 \gset
+SELECT count(*) FILTER (WHERE v.valid) FROM generate_series(1, 20000) g,
+       LATERAL payledger.verify_zap_receipt(:'ev'::jsonb, :'ev'::jsonb ->> 'pubkey', expected_amount_msat => 100000 + g * 0) v \gset
+SELECT (20000 / extract(epoch FROM clock_timestamp() - :'t0'::timestamptz))::int;
+SQL
+)
 v=$(psql_ -d postgres -At -c "SELECT count(*) FROM payledger.check_invariants()")
 [ "$v" = 0 ] || { echo "invariant violations after the benchmark: $v" >&2; exit 1; }
 
@@ -67,4 +79,5 @@ Medians of $ROUNDS rounds (transfers/s):
 | batch of 1,000 / single calls, $BATCH_CLIENTS clients | $(ratio "$batch_few" "$pl_spread")x ($batch_few) | |
 | pay-in (3 methods, 2 pay-outs, PAID) / floor transfer | $(ratio "$payin_spread" "$floor_spread")x ($payin_spread pay-ins/s) | >= 0.6x |
 | pay-in, one hot founder / spread | $(ratio "$payin_hot" "$payin_spread")x ($payin_hot pay-ins/s) | >= 0.8x |
+| zap receipts verified per second, one core | $zaps | >= 10000 |
 TXT

@@ -1,0 +1,140 @@
+//! BOLT11 invoices: decoding and signature checks, with LDK's
+//! `lightning-invoice` (strict parse: checksum, known currency, features,
+//! exactly one payment secret, a valid signature).
+
+use lightning_invoice::{
+    Bolt11Invoice, Bolt11InvoiceDescriptionRef, Currency, SignedRawBolt11Invoice,
+};
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+use std::str::FromStr;
+
+/// Longer inputs are refused before parsing (BOLT11 has no length limit, but
+/// real invoices are a few hundred characters; this bounds the work).
+pub const MAX_LEN: usize = 7089;
+
+pub struct Decoded {
+    pub network: &'static str,
+    pub amount_msat: Option<u64>,
+    pub payment_hash: [u8; 32],
+    pub description: Option<String>,
+    pub description_hash: Option<[u8; 32]>,
+    pub timestamp: u64,
+    pub expiry_seconds: u64,
+    pub payee: String,
+    pub min_final_cltv_expiry: u64,
+}
+
+/// The invoice text without a `lightning:` prefix, bounded in length.
+fn bare(invoice: &str) -> Result<&str, String> {
+    if invoice.len() > MAX_LEN {
+        return Err(format!("longer than {MAX_LEN} characters"));
+    }
+    let s = invoice.trim();
+    Ok(match s.get(..10) {
+        Some(p) if p.eq_ignore_ascii_case("lightning:") => &s[10..],
+        _ => s,
+    })
+}
+
+/// What a zap receipt needs from its invoice, without checking the invoice's
+/// signature (NIP-57 does not require it, and it costs two curve operations):
+/// the bech32 checksum, the currency and amount, the payment hash, the
+/// description hash and the time.
+pub struct Terms {
+    pub amount_msat: Option<u64>,
+    pub payment_hash: [u8; 32],
+    pub description_hash: Option<[u8; 32]>,
+    pub timestamp: u64,
+}
+
+pub fn terms(invoice: &str) -> Result<Terms, String> {
+    let signed = SignedRawBolt11Invoice::from_str(bare(invoice)?).map_err(|e| e.to_string())?;
+    let raw = signed.raw_invoice();
+    let amount_msat = match raw.amount_pico_btc() {
+        Some(p) if p % 10 != 0 => {
+            return Err("The invoice's amount was not a whole number of millisatoshis".into())
+        }
+        p => p.map(|p| p / 10),
+    };
+    let payment_hash = raw
+        .payment_hash()
+        .map(|h| *h.0.as_ref())
+        .ok_or("the invoice has no payment hash")?;
+    Ok(Terms {
+        amount_msat,
+        payment_hash,
+        description_hash: raw.description_hash().map(|h| *h.0.as_ref()),
+        timestamp: raw.data.timestamp.as_unix_timestamp(),
+    })
+}
+
+pub fn decode(invoice: &str) -> Result<Decoded, String> {
+    let inv = Bolt11Invoice::from_str(bare(invoice)?).map_err(|e| e.to_string())?;
+    let (description, description_hash) = match inv.description() {
+        Bolt11InvoiceDescriptionRef::Direct(d) => (Some(d.to_string()), None),
+        Bolt11InvoiceDescriptionRef::Hash(h) => (None, Some(*h.0.as_ref())),
+    };
+    Ok(Decoded {
+        network: match inv.currency() {
+            Currency::Bitcoin => "bitcoin",
+            Currency::BitcoinTestnet => "testnet",
+            Currency::Regtest => "regtest",
+            Currency::Simnet => "simnet",
+            Currency::Signet => "signet",
+        },
+        amount_msat: inv.amount_milli_satoshis(),
+        payment_hash: *inv.payment_hash().as_ref(),
+        description,
+        description_hash,
+        timestamp: inv.duration_since_epoch().as_secs(),
+        expiry_seconds: inv.expiry_time().as_secs(),
+        payee: inv.get_payee_pub_key().to_string(),
+        min_final_cltv_expiry: inv.min_final_cltv_expiry_delta(),
+    })
+}
+
+/// Decode a BOLT11 invoice (a `lightning:` prefix is accepted); an invalid
+/// one is SQLSTATE 22023 with the reason.
+#[pg_extern(immutable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
+fn bolt11_decode(
+    invoice: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(network, &'static str),
+        name!(amount_msat, Option<i64>),
+        name!(payment_hash, String),
+        name!(description, Option<String>),
+        name!(description_hash, Option<String>),
+        name!(created_at, TimestampWithTimeZone),
+        name!(expiry_seconds, i64),
+        name!(expires_at, TimestampWithTimeZone),
+        name!(payee, String),
+        name!(min_final_cltv_expiry, i64),
+    ),
+> {
+    let d = decode(invoice).unwrap_or_else(|e| {
+        crate::errors::raise_malformed(&format!("invalid bolt11 invoice: {e}"))
+    });
+    // PostgreSQL counts microseconds from 2000-01-01.
+    let at = |secs: u64| {
+        let micros = (secs.min(1 << 40) as i64 - 946_684_800) * 1_000_000;
+        TimestampWithTimeZone::try_from(micros)
+            .unwrap_or_else(|_| pgrx::error!("payledger: invoice time out of range"))
+    };
+    TableIterator::once((
+        d.network,
+        d.amount_msat.map(|a| a.min(i64::MAX as u64) as i64),
+        hex::encode(d.payment_hash),
+        d.description,
+        d.description_hash.map(hex::encode),
+        at(d.timestamp),
+        d.expiry_seconds.min(i64::MAX as u64) as i64,
+        at(d.timestamp.saturating_add(d.expiry_seconds)),
+        d.payee,
+        d.min_final_cltv_expiry.min(i64::MAX as u64) as i64,
+    ))
+}
