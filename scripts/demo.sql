@@ -125,5 +125,47 @@ SELECT from_state, to_state, failure_reason FROM payledger.payin_history WHERE p
 SELECT owner_id, direction, type, payledger.format_amount('msat', amount) AS sat, count
   FROM payledger.payin_stats(now() - interval '1 day', now() + interval '1 day') ORDER BY owner_id, direction;
 
-\echo '--- invariants (ledger and pay-ins): no violation'
+\echo ''
+\echo '=== a NIP-90 job paid upfront by a zap ==='
+\echo '--- test keys (in production the apps hold them): a customer, the service provider, its LNURL server, a node'
+SELECT sha256('demo customer') AS customer_sk, sha256('demo provider') AS provider_sk,
+       sha256('demo lnurl') AS lnurl_sk, sha256('demo node') AS node_sk \gset
+SELECT payledger.nostr_sign_event('{"kind": 1}', :'provider_sk') ->> 'pubkey' AS provider_pk,
+       payledger.nostr_sign_event('{"kind": 1}', :'lnurl_sk') ->> 'pubkey' AS lnurl_pk \gset
+SELECT payledger.open_account('dvm', 'msat', 'revenue') AS dvm \gset
+
+\echo '--- the customer''s request (kind 5100, signed), and the job: upfront, 21 sat'
+SELECT payledger.nostr_sign_event(jsonb_build_object('kind', 5100, 'content', '', 'tags', jsonb_build_array(
+         jsonb_build_array('i', 'translate: bonjour', 'text'), jsonb_build_array('p', :'provider_pk'))), :'customer_sk') AS request \gset
+SELECT payledger.nostr_job_open(:'request', :'provider_pk', :'lnurl_pk', :'dvm', 'upfront', 21000) AS job \gset
+SELECT state FROM payledger.nostr_jobs WHERE id = :'job';
+
+\echo '--- the payment-required feedback payledger templates, as the provider signs and publishes it'
+SELECT payledger.nostr_sign_event(payledger.nostr_job_feedback(:'job', 'payment-required'), :'provider_sk') AS feedback \gset
+SELECT :'feedback'::jsonb -> 'tags' AS feedback_tags;
+SELECT payledger.nostr_job_published(:'job', :'feedback') AS state;
+
+\echo '--- the customer zaps the feedback: a zap request, an invoice for it, the receipt from the LNURL server'
+SELECT payledger.nostr_sign_event(jsonb_build_object('kind', 9734, 'content', '', 'tags', jsonb_build_array(
+         jsonb_build_array('relays', 'wss://relay.example'), jsonb_build_array('amount', '21000'),
+         jsonb_build_array('p', :'provider_pk'), jsonb_build_array('e', :'feedback'::jsonb ->> 'id'))), :'customer_sk') AS zap_request \gset
+SELECT payledger.bolt11_create(:'node_sk', 21000, sha256('demo preimage'),
+                               description_hash => sha256(convert_to(:'zap_request', 'UTF8'))) AS bolt11 \gset
+SELECT payledger.nostr_sign_event(jsonb_build_object('kind', 9735, 'content', '', 'tags', jsonb_build_array(
+         jsonb_build_array('p', :'provider_pk'), jsonb_build_array('e', :'feedback'::jsonb ->> 'id'),
+         jsonb_build_array('bolt11', :'bolt11'), jsonb_build_array('description', :'zap_request'),
+         jsonb_build_array('preimage', encode('demo preimage'::bytea, 'hex')))), :'lnurl_sk') AS receipt \gset
+SELECT valid, failures, amount_msat, description_hash_matches, preimage_matches
+  FROM payledger.verify_zap_receipt(:'receipt', :'lnurl_pk', expected_amount_msat => 21000);
+\echo 'credited once (a relay delivering the receipt twice changes nothing), and the job may start:'
+SELECT outcome, paid_msat, state FROM payledger.nostr_job_pay_zap(:'receipt');
+SELECT outcome, paid_msat, state FROM payledger.nostr_job_pay_zap(:'receipt');
+SELECT payledger.balance(:'dvm') AS provider_revenue_msat;
+
+\echo '--- the result event (kind 6100) payledger templates; published, the job is a success'
+SELECT r -> 'kind' AS kind, r ->> 'content' AS content, (SELECT jsonb_agg(t ->> 0) FROM jsonb_array_elements(r -> 'tags') t) AS tags
+  FROM payledger.nostr_job_result(:'job', 'hello') r;
+SELECT payledger.nostr_job_published(:'job', payledger.nostr_sign_event(payledger.nostr_job_result(:'job', 'hello'), :'provider_sk')) AS state;
+
+\echo '--- invariants (ledger, pay-ins, jobs): no violation'
 SELECT count(*) AS violations FROM payledger.check_invariants();

@@ -1,13 +1,17 @@
-//! BOLT11 invoices: decoding and signature checks, with LDK's
-//! `lightning-invoice` (strict parse: checksum, known currency, features,
-//! exactly one payment secret, a valid signature).
+//! BOLT11 invoices, with LDK's `lightning-invoice`: decoding (strict: checksum,
+//! known currency, features, exactly one payment secret, a valid signature),
+//! the terms a zap receipt needs, and creating signed invoices for tests.
 
+use bitcoin::hashes::{sha256, Hash};
+use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use lightning_invoice::{
-    Bolt11Invoice, Bolt11InvoiceDescriptionRef, Currency, SignedRawBolt11Invoice,
+    Bolt11Invoice, Bolt11InvoiceDescriptionRef, Currency, InvoiceBuilder, PaymentSecret,
+    SignedRawBolt11Invoice,
 };
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// Longer inputs are refused before parsing (BOLT11 has no length limit, but
 /// real invoices are a few hundred characters; this bounds the work).
@@ -137,4 +141,96 @@ fn bolt11_decode(
         d.payee,
         d.min_final_cltv_expiry.min(i64::MAX as u64) as i64,
     ))
+}
+
+/// Create and sign an invoice (for tests, demos and fake providers: the
+/// payee's secret key passes through SQL).
+pub struct NewInvoice<'a> {
+    pub secret_key: &'a [u8],
+    pub network: &'a str,
+    pub amount_msat: Option<u64>,
+    pub payment_hash: &'a [u8],
+    pub description: Option<String>,
+    pub description_hash: Option<&'a [u8]>,
+    pub expiry_seconds: u64,
+    pub timestamp: u64,
+}
+
+pub fn create(n: NewInvoice<'_>) -> Result<String, String> {
+    let sk = SecretKey::from_slice(n.secret_key).map_err(|e| format!("secret key: {e}"))?;
+    let hash: [u8; 32] = n
+        .payment_hash
+        .try_into()
+        .map_err(|_| "a payment hash has 32 bytes")?;
+    let currency = match n.network {
+        "bitcoin" => Currency::Bitcoin,
+        "testnet" => Currency::BitcoinTestnet,
+        "regtest" => Currency::Regtest,
+        "signet" => Currency::Signet,
+        "simnet" => Currency::Simnet,
+        other => return Err(format!("unknown network {other:?}")),
+    };
+    // The payment secret only has to be unpredictable to others.
+    let secret = sha256::Hash::hash(&[n.secret_key, &hash[..]].concat()).to_byte_array();
+    let builder = InvoiceBuilder::new(currency);
+    let builder = match (n.description, n.description_hash) {
+        (Some(d), None) => builder.description(d),
+        (None, Some(h)) => builder.description_hash(
+            sha256::Hash::from_slice(h).map_err(|_| "a description hash has 32 bytes")?,
+        ),
+        _ => return Err("give a description or a description hash".into()),
+    };
+    let mut builder = builder
+        .payment_hash(sha256::Hash::from_byte_array(hash))
+        .payment_secret(PaymentSecret(secret))
+        .duration_since_epoch(Duration::from_secs(n.timestamp))
+        .min_final_cltv_expiry_delta(18)
+        .expiry_time(Duration::from_secs(n.expiry_seconds));
+    if let Some(a) = n.amount_msat {
+        builder = builder.amount_milli_satoshis(a);
+    }
+    let secp = Secp256k1::signing_only();
+    builder
+        .build_signed(|msg| secp.sign_ecdsa_recoverable(msg, &sk))
+        .map(|i| i.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Create a signed BOLT11 invoice. For tests, demos and fake providers; the
+/// secret key passes through SQL. Granted to the admin role only.
+#[pg_extern(volatile, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::too_many_arguments)]
+fn bolt11_create(
+    secret_key: &[u8],
+    amount_msat: Option<i64>,
+    payment_hash: &[u8],
+    description: default!(Option<String>, "NULL"),
+    description_hash: default!(Option<&[u8]>, "NULL"),
+    expiry_seconds: default!(i64, 3600),
+    network: default!(&str, "'bitcoin'"),
+    created_at: default!(Option<TimestampWithTimeZone>, "NULL"),
+) -> String {
+    let timestamp = match created_at {
+        Some(t) => (i64::from(t) / 1_000_000 + 946_684_800).max(0) as u64,
+        // SAFETY: reads the current transaction's start time.
+        None => {
+            (unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() } / 1_000_000
+                + 946_684_800) as u64
+        }
+    };
+    if amount_msat.is_some_and(|a| a <= 0) || expiry_seconds < 0 {
+        crate::errors::raise_malformed("amount_msat must be positive and expiry_seconds >= 0");
+    }
+    create(NewInvoice {
+        secret_key,
+        network,
+        amount_msat: amount_msat.map(|a| a as u64),
+        payment_hash,
+        description,
+        description_hash,
+        expiry_seconds: expiry_seconds as u64,
+        timestamp,
+    })
+    .unwrap_or_else(|e| crate::errors::raise_malformed(&format!("cannot create the invoice: {e}")))
 }

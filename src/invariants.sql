@@ -5,4 +5,6 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
     SELECT * FROM payledger.ledger_invariants()
     UNION ALL
     SELECT * FROM payledger.payin_invariants()
+    UNION ALL
+    SELECT * FROM payledger.nostr_invariants()
 $$;

@@ -24,7 +24,7 @@ pub extern "C-unwind" fn _PG_init() {
 extension_sql_file!(
     "invariants.sql",
     name = "invariants",
-    requires = ["ledger_api", "payin_api"]
+    requires = ["ledger_api", "payin_api", "nostr_jobs"]
 );
 extension_sql_file!("security.sql", name = "security", finalize);
 

@@ -27,7 +27,8 @@ GRANT SELECT ON payledger.assets, payledger.account_kinds, payledger.accounts, p
                 payledger.entries, payledger.holds,
                 payledger.payin_transitions, payledger.payin_types, payledger.payout_types, payledger.split_rules,
                 payledger.payins, payledger.payin_legs, payledger.payouts, payledger.payin_refunds,
-                payledger.payin_history TO payledger_admin, payledger_app;
+                payledger.payin_history, payledger.nostr_jobs, payledger.nostr_job_events, payledger.nostr_job_payments
+    TO payledger_admin, payledger_app;
 CREATE POLICY backend_read ON payledger.assets FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.account_kinds FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.accounts FOR SELECT TO payledger_admin, payledger_app USING (true);
@@ -43,10 +44,13 @@ CREATE POLICY backend_read ON payledger.payin_legs FOR SELECT TO payledger_admin
 CREATE POLICY backend_read ON payledger.payouts FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.payin_refunds FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.payin_history FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.nostr_jobs FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.nostr_job_events FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.nostr_job_payments FOR SELECT TO payledger_admin, payledger_app USING (true);
 
 -- End users: the owner-filtered views and the owner lookup only.
 GRANT SELECT ON payledger.my_accounts, payledger.my_entries, payledger.my_holds,
-                payledger.my_payins, payledger.my_payouts, payledger.my_payin_history
+                payledger.my_payins, payledger.my_payouts, payledger.my_payin_history, payledger.my_nostr_jobs
     TO payledger_enduser, payledger_app, payledger_admin;
 GRANT EXECUTE ON FUNCTION payledger.current_owner_id(), payledger.format_amount(text, bigint),
     payledger.parse_amount(text, numeric)
@@ -81,7 +85,15 @@ GRANT EXECUTE ON FUNCTION
     payledger.nostr_event_id(jsonb),
     payledger.nostr_verify_event(jsonb),
     payledger.bip340_verify(bytea, bytea, bytea),
-    payledger.verify_zap_receipt(jsonb, text, text, bigint, text)
+    payledger.verify_zap_receipt(jsonb, text, text, bigint, text),
+    payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval),
+    payledger.nostr_job_feedback(uuid, text, bigint, text, text),
+    payledger.nostr_job_result(uuid, text, bigint, text),
+    payledger.nostr_job_published(uuid, jsonb),
+    payledger.nostr_job_pay_zap(jsonb),
+    payledger.nostr_job_pay_invoice(uuid, text, bigint),
+    payledger.nostr_job_fail(uuid, text),
+    payledger.nostr_expire_jobs(integer)
 TO payledger_app, payledger_admin;
 
 -- Operators only.
@@ -95,5 +107,7 @@ GRANT EXECUTE ON FUNCTION
     payledger.register_payin_type(text, text, boolean, boolean, integer),
     payledger.register_payout_type(text, text),
     payledger.define_split_rule(text, jsonb, text),
+    payledger.nostr_sign_event(jsonb, bytea),
+    payledger.bolt11_create(bytea, bigint, bytea, text, bytea, bigint, text, timestamptz),
     payledger.check_invariants()
 TO payledger_admin;

@@ -1,8 +1,9 @@
 //! NIP-01 events: the id (sha256 of the canonical array form) and the BIP-340
 //! signature over it, with libsecp256k1.
 
-use secp256k1::{schnorr, XOnlyPublicKey, SECP256K1};
-use serde_json::{json, Value};
+use secp256k1::{schnorr, Keypair, XOnlyPublicKey, SECP256K1};
+use serde_json::Map;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// An event's fields, checked for shape (a malformed event is an error, a
@@ -64,8 +65,10 @@ pub fn parse(ev: &Value) -> Result<Event<'_>, String> {
 /// NIP-01 says (serde_json escapes exactly as required: \n \" \\ \r \t \b \f,
 /// other control characters as \u00XX, everything else verbatim).
 pub fn compute_id(e: &Event<'_>) -> [u8; 32] {
-    let canonical = json!([0, e.pubkey, e.created_at, e.kind, e.tags, e.content]);
-    Sha256::digest(canonical.to_string().as_bytes()).into()
+    // A tuple serializes as a JSON array, without copying the tags.
+    let canonical = serde_json::to_vec(&(0, e.pubkey, e.created_at, e.kind, e.tags, e.content))
+        .expect("strings and numbers serialize");
+    Sha256::digest(&canonical).into()
 }
 
 /// BIP-340: a 32-byte x-only key, a message of any length, a 64-byte signature.
@@ -106,4 +109,38 @@ pub fn check(e: &Event<'_>) -> Checked {
         id_ok,
         sig_ok,
     }
+}
+
+/// Sign an event with a secret key: sets `pubkey`, `id` and `sig` (and
+/// `tags`, `content` and `created_at` when missing). The nonce's auxiliary
+/// randomness is derived from the key and the id, so signing is repeatable.
+pub fn sign(event: &Value, secret_key: &[u8], now: u64) -> Result<Value, String> {
+    let sk: [u8; 32] = secret_key
+        .try_into()
+        .map_err(|_| format!("a secret key has 32 bytes, got {}", secret_key.len()))?;
+    let kp = Keypair::from_seckey_byte_array(SECP256K1, sk).map_err(|e| e.to_string())?;
+    let mut obj: Map<String, Value> = event
+        .as_object()
+        .cloned()
+        .ok_or("an event must be a JSON object")?;
+    obj.insert(
+        "pubkey".into(),
+        hex::encode(kp.x_only_public_key().0.serialize()).into(),
+    );
+    obj.entry("created_at").or_insert(now.into());
+    obj.entry("tags").or_insert(Value::Array(vec![]));
+    obj.entry("content").or_insert("".into());
+    obj.remove("id");
+    obj.remove("sig");
+    let unsigned = Value::Object(obj);
+    let id = compute_id(&parse(&unsigned)?);
+    let aux: [u8; 32] = Sha256::digest([&sk[..], &id[..]].concat()).into();
+    let sig = SECP256K1.sign_schnorr_with_aux_rand(&id, &kp, &aux);
+    let mut obj = match unsigned {
+        Value::Object(o) => o,
+        _ => unreachable!("built as an object"),
+    };
+    obj.insert("id".into(), hex::encode(id).into());
+    obj.insert("sig".into(), hex::encode(sig.to_byte_array()).into());
+    Ok(Value::Object(obj))
 }

@@ -1,11 +1,18 @@
-//! Nostr: NIP-01 event ids and BIP-340 signatures (`event`), and NIP-57 zap
-//! receipts checked against what the verifier expects (`zap`).
+//! Nostr: NIP-01 event ids and BIP-340 signatures (`event`), NIP-57 zap
+//! receipts checked against what the verifier expects (`zap`), and NIP-90
+//! paid jobs (`jobs.sql`), paid by zap or invoice through pay-ins.
 
 mod event;
 mod zap;
 
 use pgrx::prelude::*;
 use pgrx::JsonB;
+
+extension_sql_file!(
+    "jobs.sql",
+    name = "nostr_jobs",
+    requires = ["payin_api", nostr_verify_event, verify_zap_receipt]
+);
 
 fn invalid(message: String) -> ! {
     crate::errors::raise_malformed(&message)
@@ -27,6 +34,21 @@ fn nostr_verify_event(event: JsonB) -> bool {
     let e = event::parse(&event.0).unwrap_or_else(|m| invalid(format!("invalid event: {m}")));
     let c = event::check(&e);
     c.id_ok && c.sig_ok
+}
+
+/// Sign an event with a secret key (for tests, demos, and providers that
+/// choose to sign in the database: the key passes through SQL). Granted to
+/// the admin role only.
+#[pg_extern(volatile, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn nostr_sign_event(event: JsonB, secret_key: &[u8]) -> JsonB {
+    // SAFETY: reads the current transaction's start time.
+    let now =
+        unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() } / 1_000_000 + 946_684_800;
+    JsonB(
+        event::sign(&event.0, secret_key, now.max(0) as u64)
+            .unwrap_or_else(|m| invalid(format!("cannot sign: {m}"))),
+    )
 }
 
 /// BIP-340 Schnorr verification of a message of any length.

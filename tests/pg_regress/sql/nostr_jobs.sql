@@ -1,0 +1,154 @@
+-- NIP-90 paid jobs: the three payment policies, progressive payments,
+-- insufficient payment, timeout, zaps credited once, invoices, bad input.
+-- Events are signed with test keys (payledger.nostr_sign_event), invoices
+-- made with payledger.bolt11_create.
+\set VERBOSITY terse
+
+CREATE TABLE t_key (name text PRIMARY KEY, sk bytea NOT NULL, pk text);
+INSERT INTO t_key (name, sk) VALUES
+  ('customer', sha256('customer')), ('provider', sha256('provider')), ('lnurl', sha256('lnurl server')),
+  ('node', sha256('lightning node')), ('stranger', sha256('stranger'));
+UPDATE t_key SET pk = payledger.nostr_sign_event('{"kind": 1}', sk) ->> 'pubkey';
+CREATE FUNCTION sk(n text) RETURNS bytea LANGUAGE sql STABLE AS $$ SELECT sk FROM t_key WHERE name = n $$;
+CREATE FUNCTION pk(n text) RETURNS text LANGUAGE sql STABLE AS $$ SELECT pk FROM t_key WHERE name = n $$;
+
+-- A zap of amount msat for event ev, as the customer's wallet and the
+-- provider's LNURL server would make it (a description-hash invoice).
+CREATE FUNCTION t_zap(ev text, amount bigint, nonce text, signer text DEFAULT 'lnurl', payer text DEFAULT 'customer')
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+  request jsonb := payledger.nostr_sign_event(jsonb_build_object('kind', 9734, 'content', '', 'tags', jsonb_build_array(
+      jsonb_build_array('relays', 'wss://relay.example'), jsonb_build_array('amount', amount::text),
+      jsonb_build_array('p', pk('provider')), jsonb_build_array('e', ev))), sk(payer));
+  preimage bytea := sha256(convert_to(nonce, 'UTF8'));
+  invoice text := payledger.bolt11_create(sk('node'), amount, sha256(preimage),
+                                          description_hash => sha256(convert_to(request::text, 'UTF8')));
+BEGIN
+  RETURN payledger.nostr_sign_event(jsonb_build_object('kind', 9735, 'content', '', 'tags', jsonb_build_array(
+      jsonb_build_array('p', pk('provider')), jsonb_build_array('P', request ->> 'pubkey'), jsonb_build_array('e', ev),
+      jsonb_build_array('bolt11', invoice), jsonb_build_array('description', request::text),
+      jsonb_build_array('preimage', encode(preimage, 'hex')))), sk(signer));
+END $$;
+
+CREATE TABLE t_job (name text PRIMARY KEY, id uuid, request jsonb);
+CREATE FUNCTION job(n text) RETURNS uuid LANGUAGE sql STABLE AS $$ SELECT id FROM t_job WHERE name = n $$;
+CREATE FUNCTION t_request(kind int, text text) RETURNS jsonb LANGUAGE sql AS $$
+  SELECT payledger.nostr_sign_event(jsonb_build_object('kind', kind, 'content', '', 'tags', jsonb_build_array(
+           jsonb_build_array('i', text, 'text'), jsonb_build_array('bid', '50000'), jsonb_build_array('p', pk('provider')))),
+         sk('customer')) $$;
+-- the provider publishes what payledger templates (signed with its key)
+CREATE FUNCTION t_publish(j uuid, template jsonb) RETURNS text LANGUAGE sql AS $$
+  SELECT payledger.nostr_job_published(j, payledger.nostr_sign_event(template, sk('provider'))) $$;
+CREATE FUNCTION t_last_event(j uuid) RETURNS text LANGUAGE sql AS $$
+  SELECT event_id FROM payledger.nostr_job_events WHERE job_id = j ORDER BY created_at DESC, event_id LIMIT 1 $$;
+CREATE FUNCTION t_state(j uuid) RETURNS TABLE (state text, requested_msat bigint, paid_msat bigint, error text, pay_by_set boolean)
+LANGUAGE sql AS $$ SELECT state, requested_msat, paid_msat, error, pay_by IS NOT NULL FROM payledger.nostr_jobs WHERE id = j $$;
+
+SELECT payledger.open_account('provider', 'msat', 'revenue', 'dvm') AS dvm \gset
+
+---------------------------------------------------------------------------
+-- Upfront: payment-required, a zap, processing, the result, success
+---------------------------------------------------------------------------
+INSERT INTO t_job SELECT 'upfront', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'upfront', 21000), r
+  FROM t_request(5100, 'translate this') r;
+SELECT * FROM t_state(job('upfront'));
+-- the feedback template: status, amount (the price), e and p, as NIP-90 says
+SELECT f -> 'kind' AS kind, f -> 'tags' -> 0 AS status, f -> 'tags' -> 1 AS amount,
+       f -> 'tags' -> 2 ->> 0 AS e, f -> 'tags' -> 3 ->> 0 AS p, f ->> 'pubkey' = pk('provider') AS by_provider
+  FROM payledger.nostr_job_feedback(job('upfront'), 'payment-required') f;
+SELECT t_publish(job('upfront'), payledger.nostr_job_feedback(job('upfront'), 'payment-required'));
+SELECT * FROM t_state(job('upfront'));
+-- the customer zaps the feedback event: verified and credited, the job may start
+CREATE TEMP TABLE t_receipt AS SELECT 'upfront' AS name, t_zap(t_last_event(job('upfront')), 21000, 'u1') AS r;
+SELECT outcome, failures, amount_msat, paid_msat, requested_msat, state
+  FROM payledger.nostr_job_pay_zap((SELECT r FROM t_receipt WHERE name = 'upfront'));
+-- the same receipt again (a relay delivers it twice): credited once
+SELECT outcome, paid_msat, state FROM payledger.nostr_job_pay_zap((SELECT r FROM t_receipt WHERE name = 'upfront'));
+SELECT payledger.balance(:'dvm') AS provider_revenue;
+SELECT p.state, p.cost, p.external_method, p.external_ref = n.payment_hash AS ref_is_hash
+  FROM payledger.nostr_job_payments n JOIN payledger.payins p ON p.id = n.payin_id WHERE n.job_id = job('upfront');
+-- the result template: kind + 1000, request, e, p, i; nothing left to pay
+SELECT r -> 'kind' AS kind, (SELECT jsonb_agg(t ->> 0) FROM jsonb_array_elements(r -> 'tags') t) AS tags,
+       (r -> 'tags' -> 0 ->> 1)::jsonb ->> 'id' = (SELECT request ->> 'id' FROM t_job WHERE name = 'upfront') AS request_embedded
+  FROM payledger.nostr_job_result(job('upfront'), 'ceci est une traduction') r;
+SELECT t_publish(job('upfront'), payledger.nostr_job_result(job('upfront'), 'ceci est une traduction'));
+SELECT * FROM t_state(job('upfront'));
+
+---------------------------------------------------------------------------
+-- After completion: the result asks for the payment
+---------------------------------------------------------------------------
+INSERT INTO t_job SELECT 'after', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'after_completion', 30000), r
+  FROM t_request(5100, 'summarize this') r;
+SELECT * FROM t_state(job('after'));
+SELECT t_publish(job('after'), payledger.nostr_job_result(job('after'), 'a summary'));
+SELECT * FROM t_state(job('after'));
+SELECT outcome, paid_msat, requested_msat, state FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('after')), 30000, 'a1'));
+SELECT * FROM t_state(job('after'));
+
+---------------------------------------------------------------------------
+-- Flexible, progressive: partial results, each paid by its own pay-in
+---------------------------------------------------------------------------
+INSERT INTO t_job SELECT 'progressive', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'flexible', 0,
+                                                                 payment_timeout => '1 day'), r
+  FROM t_request(5200, 'a long job') r;
+SELECT t_publish(job('progressive'), payledger.nostr_job_feedback(job('progressive'), 'partial', 10000, message => 'part 1'));
+SELECT outcome, paid_msat, requested_msat, state FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('progressive')), 10000, 'p1'));
+SELECT t_publish(job('progressive'), payledger.nostr_job_feedback(job('progressive'), 'partial', 15000, message => 'part 2'));
+SELECT outcome, paid_msat, requested_msat, state FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('progressive')), 15000, 'p2'));
+SELECT t_publish(job('progressive'), payledger.nostr_job_result(job('progressive'), 'all parts', 0));
+SELECT * FROM t_state(job('progressive'));
+SELECT count(*) AS payins FROM payledger.nostr_job_payments WHERE job_id = job('progressive');
+
+-- a price by function: 1,000 msat per character of input
+CREATE FUNCTION t_price(request jsonb) RETURNS bigint LANGUAGE sql AS $$
+  SELECT 1000 * sum(length(t ->> 1))::bigint FROM jsonb_array_elements(request -> 'tags') t WHERE t ->> 0 = 'i' $$;
+INSERT INTO t_job SELECT 'priced', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'upfront',
+                                                            price_function => 't_price'), r
+  FROM t_request(5100, 'twelve chars') r;
+SELECT price_msat FROM payledger.nostr_jobs WHERE id = job('priced');
+SELECT f -> 'tags' -> 1 AS amount FROM payledger.nostr_job_feedback(job('priced'), 'payment-required') f;
+
+---------------------------------------------------------------------------
+-- Insufficient payment, then the timeout; an invalid receipt
+---------------------------------------------------------------------------
+INSERT INTO t_job SELECT 'short', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'upfront', 21000,
+                                                           payment_timeout => '0 seconds'), r
+  FROM t_request(5100, 'underpaid') r;
+SELECT t_publish(job('short'), payledger.nostr_job_feedback(job('short'), 'payment-required'));
+SELECT outcome, paid_msat, requested_msat, state FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('short')), 5000, 's1'));
+-- a receipt signed by another key than the provider's LNURL server: not credited
+SELECT outcome, failures, paid_msat FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('short')), 16000, 's2', signer => 'stranger'));
+SELECT payledger.nostr_expire_jobs() AS expired;
+SELECT * FROM t_state(job('short'));
+SELECT t_try(format('SELECT outcome FROM payledger.nostr_job_pay_zap(%L)', t_zap(t_last_event(job('short')), 16000, 's3'))) AS after_timeout;
+SELECT t_try(format('SELECT payledger.nostr_job_fail(%L, %L)', job('after'), 'too late')) AS fail_a_finished_job;
+
+---------------------------------------------------------------------------
+-- Paid by invoice (the provider's own bolt11, confirmed at its provider)
+---------------------------------------------------------------------------
+INSERT INTO t_job SELECT 'invoice', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'upfront', 8000), r
+  FROM t_request(5100, 'paid by invoice') r;
+SELECT t_publish(job('invoice'), payledger.nostr_job_feedback(job('invoice'), 'payment-required'));
+SELECT * FROM payledger.nostr_job_pay_invoice(job('invoice'), encode(sha256('inv-1'), 'hex'), 8000);
+SELECT * FROM payledger.nostr_job_pay_invoice(job('invoice'), encode(sha256('inv-1'), 'hex'), 8000);
+
+---------------------------------------------------------------------------
+-- Bad input: clear errors
+---------------------------------------------------------------------------
+SELECT t_try(format('SELECT payledger.nostr_job_open(%L, %L, %L, %L, %L, 1)', request, pk('provider'), pk('lnurl'), :'dvm', 'upfront'))
+  FROM t_job WHERE name = 'upfront';
+SELECT t_try(format('SELECT payledger.nostr_job_open(%L, %L, %L, %L, %L, 1)',
+                    jsonb_set(t_request(5100, 'x'), '{content}', '"tampered"'), pk('provider'), pk('lnurl'), :'dvm', 'upfront'));
+SELECT t_try(format('SELECT payledger.nostr_job_open(%L, %L, %L, %L, %L, 1)',
+                    payledger.nostr_sign_event('{"kind": 1, "content": "not a job"}', sk('customer')), pk('provider'), pk('lnurl'), :'dvm', 'upfront'));
+SELECT t_try(format('SELECT payledger.nostr_job_open(%L, %L, %L, %L, %L, 1)', t_request(5100, 'y'), pk('provider'), pk('lnurl'), :'dvm', 'later'));
+SELECT t_try(format('SELECT payledger.nostr_job_open(%L, %L, %L, %L, %L)', t_request(5100, 'z'), pk('provider'), pk('lnurl'), :'dvm', 'upfront'));
+SELECT t_try(format('SELECT payledger.nostr_job_published(%L, %L)', job('invoice'),
+                    payledger.nostr_sign_event(payledger.nostr_job_feedback(job('invoice'), 'processing'), sk('stranger'))));
+SELECT t_try(format('SELECT payledger.nostr_job_feedback(%L, %L)', job('invoice'), 'done'));
+SELECT t_try($$SELECT payledger.nostr_job_feedback('00000000-0000-0000-0000-000000000000', 'processing')$$);
+SELECT t_try(format('SELECT outcome FROM payledger.nostr_job_pay_zap(%L)', t_zap(repeat('e', 64), 1000, 'x1')));
+SELECT t_try(format('SELECT payledger.nostr_job_published(%L, %L)', job('upfront'),
+                    payledger.nostr_sign_event(payledger.nostr_job_feedback(job('upfront'), 'processing'), sk('provider'))));
+
+SELECT count(*) AS violations FROM payledger.check_invariants();
