@@ -32,6 +32,17 @@ SELECT b.line, d.network, d.amount_msat, left(d.payment_hash, 16) AS payment_has
  WHERE b.line NOT BETWEEN 16 AND 24 ORDER BY b.line;
 SELECT line, t_try(format('SELECT payment_hash FROM payledger.bolt11_decode(%L)', invoice)) AS rejected
   FROM t_bolt11 WHERE line BETWEEN 16 AND 24 ORDER BY line;
+-- an LNbits (FakeWallet) invoice has no features field: accepted, every other rule checked
+CREATE TABLE t_lnbits (invoice text);
+\set f :fixtures '/lnbits_fakewallet_invoice.txt'
+COPY t_lnbits FROM :'f';
+SELECT d.network, d.amount_msat, d.payment_hash, d.description, d.expiry_seconds
+  FROM t_lnbits, payledger.bolt11_decode(invoice) d;
+-- ... and one character changed in its signature part is refused (the bech32 checksum catches it)
+SELECT t_try(format('SELECT payment_hash FROM payledger.bolt11_decode(%L)',
+                    overlay(invoice placing CASE WHEN substr(invoice, length(invoice) - 10, 1) = 'q' THEN 'p' ELSE 'q' END
+                            from length(invoice) - 10 for 1)))
+  FROM t_lnbits;
 -- a lightning: prefix and upper case are accepted; mixed case is not
 SELECT amount_msat FROM payledger.bolt11_decode('lightning:' || (SELECT invoice FROM t_bolt11 WHERE line = 2));
 SELECT amount_msat FROM payledger.bolt11_decode(upper((SELECT invoice FROM t_bolt11 WHERE line = 2)));
