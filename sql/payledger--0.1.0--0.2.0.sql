@@ -257,13 +257,13 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'bip340_verify_wrapper';
 -- payledger::bolt11::bolt11_create
 CREATE  FUNCTION "bolt11_create"(
-	"secret_key" bytea, /* & [u8] */
+	"secret_key" bytea, /* Option < & [u8] > */
 	"amount_msat" bigint, /* Option < i64 > */
-	"payment_hash" bytea, /* & [u8] */
+	"payment_hash" bytea, /* Option < & [u8] > */
 	"description" TEXT DEFAULT NULL, /* Option < String > */
 	"description_hash" bytea DEFAULT NULL, /* Option < & [u8] > */
-	"expiry_seconds" bigint DEFAULT 3600, /* i64 */
-	"network" TEXT DEFAULT 'bitcoin', /* & str */
+	"expiry_seconds" bigint DEFAULT 3600, /* Option < i64 > */
+	"network" TEXT DEFAULT 'bitcoin', /* Option < & str > */
 	"created_at" timestamp with time zone DEFAULT NULL /* Option < TimestampWithTimeZone > */
 ) RETURNS TEXT /* String */
 VOLATILE PARALLEL SAFE
@@ -359,8 +359,8 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
 -- payledger::nostr::verify_zap_receipt
 CREATE  FUNCTION "verify_zap_receipt"(
-	"receipt" jsonb, /* JsonB */
-	"lnurl_pubkey" TEXT, /* & str */
+	"receipt" jsonb, /* Option < JsonB > */
+	"lnurl_pubkey" TEXT, /* Option < & str > */
 	"recipient" TEXT DEFAULT NULL, /* Option < & str > */
 	"expected_amount_msat" bigint DEFAULT NULL, /* Option < i64 > */
 	"expected_event" TEXT DEFAULT NULL /* Option < & str > */

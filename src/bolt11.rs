@@ -252,13 +252,13 @@ pub fn create(n: NewInvoice<'_>) -> Result<String, String> {
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn bolt11_create(
-    secret_key: &[u8],
+    secret_key: Option<&[u8]>,
     amount_msat: Option<i64>,
-    payment_hash: &[u8],
+    payment_hash: Option<&[u8]>,
     description: default!(Option<String>, "NULL"),
     description_hash: default!(Option<&[u8]>, "NULL"),
-    expiry_seconds: default!(i64, 3600),
-    network: default!(&str, "'bitcoin'"),
+    expiry_seconds: default!(Option<i64>, 3600),
+    network: default!(Option<&str>, "'bitcoin'"),
     created_at: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) -> String {
     let timestamp = match created_at {
@@ -269,6 +269,11 @@ fn bolt11_create(
                 + 946_684_800) as u64
         }
     };
+    let secret_key = secret_key.unwrap_or_else(|| crate::errors::raise_null("secret_key"));
+    let payment_hash = payment_hash.unwrap_or_else(|| crate::errors::raise_null("payment_hash"));
+    let expiry_seconds =
+        expiry_seconds.unwrap_or_else(|| crate::errors::raise_null("expiry_seconds"));
+    let network = network.unwrap_or_else(|| crate::errors::raise_null("network"));
     if amount_msat.is_some_and(|a| a <= 0) || expiry_seconds < 0 {
         crate::errors::raise_malformed("amount_msat must be positive and expiry_seconds >= 0");
     }

@@ -95,3 +95,12 @@ pub fn raise_malformed(message: &str) -> ! {
         message
     );
 }
+
+/// Raise 22004 for a required argument that is NULL.
+pub fn raise_null(argument: &str) -> ! {
+    pgrx::ereport!(
+        ERROR,
+        pgrx::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+        format!("argument \"{argument}\" must not be null")
+    );
+}

@@ -39,11 +39,7 @@ fn engine_batch(
 > {
     let max = crate::gucs::MAX_BATCH_SIZE.get().max(1) as usize;
     let Some(items) = items else {
-        pgrx::ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "argument \"items\" must not be null"
-        );
+        crate::errors::raise_null("items");
     };
     let outcomes = engine::apply_json(&items.0, max);
     TableIterator::new(outcomes.into_iter().enumerate().map(|(i, o)| {

@@ -65,8 +65,8 @@ fn bip340_verify(pubkey: &[u8], message: &[u8], signature: &[u8]) -> bool {
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
 fn verify_zap_receipt(
-    receipt: JsonB,
-    lnurl_pubkey: &str,
+    receipt: Option<JsonB>,
+    lnurl_pubkey: Option<&str>,
     recipient: default!(Option<&str>, "NULL"),
     expected_amount_msat: default!(Option<i64>, "NULL"),
     expected_event: default!(Option<&str>, "NULL"),
@@ -87,6 +87,8 @@ fn verify_zap_receipt(
         name!(timing_ok, Option<bool>),
     ),
 > {
+    let receipt = receipt.unwrap_or_else(|| crate::errors::raise_null("receipt"));
+    let lnurl_pubkey = lnurl_pubkey.unwrap_or_else(|| crate::errors::raise_null("lnurl_pubkey"));
     let v = zap::verify(
         &receipt.0,
         lnurl_pubkey,

@@ -145,3 +145,45 @@ SELECT count(*) AS random_signatures_false
   FROM generate_series(1, 200) g
  WHERE NOT payledger.bip340_verify(sha256(g::text::bytea), sha256((g + 1)::text::bytea),
                                    sha256(g::text::bytea) || sha256((g + 2)::text::bytea));
+
+---------------------------------------------------------------------------
+-- Mutation fuzzing: every one-character deletion, substitution and insertion
+-- of a valid invoice, and receipts with tags or fields of the wrong type;
+-- each is a result or 22023, nothing else
+---------------------------------------------------------------------------
+CREATE TEMP TABLE t_fuzz AS
+SELECT 'delete ' || i AS what, overlay(b.invoice placing '' from i for 1) AS input
+  FROM t_bolt11 b, generate_series(1, length(b.invoice)) i WHERE b.line = 10
+UNION ALL
+SELECT 'replace ' || i, overlay(b.invoice placing CASE WHEN substr(b.invoice, i, 1) = 'q' THEN 'z' ELSE 'q' END from i for 1)
+  FROM t_bolt11 b, generate_series(1, length(b.invoice)) i WHERE b.line = 10
+UNION ALL
+SELECT 'insert ' || i, overlay(b.invoice placing 'x' from i for 0)
+  FROM t_bolt11 b, generate_series(1, length(b.invoice)) i WHERE b.line = 10;
+SELECT count(*) AS mutated_invoices,
+       count(*) FILTER (WHERE r LIKE 'ok%') AS decoded,
+       count(*) FILTER (WHERE r LIKE '22023:%') AS rejected_22023,
+       count(*) FILTER (WHERE r NOT LIKE 'ok%' AND r NOT LIKE '22023:%') AS other
+  FROM (SELECT t_try(format('SELECT payment_hash FROM payledger.bolt11_decode(%L)', input)) AS r FROM t_fuzz) x;
+-- receipts whose tags, tag values or fields have the wrong shape or type
+CREATE TEMP TABLE t_fuzz_zap AS
+SELECT 'tag ' || i || ' -> ' || v AS what,
+       jsonb_set(z.ev, ARRAY['tags', (i - 1)::text], v::jsonb) AS ev
+  FROM t_zap z, generate_series(1, jsonb_array_length((SELECT ev FROM t_zap WHERE name = 'fountain') -> 'tags')) i,
+       unnest(ARRAY['null', '1', '"x"', '[]', '["bolt11"]', '["description", "{}"]', '["description", "[1, 2]"]',
+                    '["bolt11", "lnbc1"]', '{"a": 1}', '[["nested"]]']) v
+ WHERE z.name = 'fountain'
+UNION ALL
+SELECT 'field ' || k || ' -> ' || v, jsonb_set(z.ev, ARRAY[k], v::jsonb)
+  FROM t_zap z, unnest(ARRAY['kind', 'created_at', 'pubkey', 'sig', 'content', 'tags', 'id']) k,
+       unnest(ARRAY['null', '-1', '1e40', '"x"', '[]', '{}', '18446744073709551616']) v
+ WHERE z.name = 'fountain';
+SELECT count(*) AS mutated_receipts,
+       count(*) FILTER (WHERE r = 'ok: false') AS invalid_verdicts,
+       count(*) FILTER (WHERE r = 'ok: true') AS still_valid,
+       count(*) FILTER (WHERE r LIKE '22023:%') AS rejected_22023,
+       count(*) FILTER (WHERE r NOT LIKE 'ok%' AND r NOT LIKE '22023:%') AS other
+  FROM (SELECT t_try(format($$SELECT valid FROM payledger.verify_zap_receipt(%L, %L)$$, ev,
+                            coalesce(ev ->> 'pubkey', 'none'))) AS r
+          FROM t_fuzz_zap) x;
+SELECT t_try($$SELECT valid FROM payledger.verify_zap_receipt('{}', NULL)$$) AS null_key;
