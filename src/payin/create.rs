@@ -292,7 +292,9 @@ fn open(
             true,
         )),
     };
-    let escrow = if ext.is_some() || withdrawal || r.parent.is_some() {
+    // Custodial money that may have to wait needs the payer's escrow account
+    // (an invoice-only pay-in has none to keep).
+    let escrow = if !legs.is_empty() && (ext.is_some() || withdrawal || r.parent.is_some()) {
         Some(open_account(
             client,
             payer,

@@ -128,7 +128,8 @@ CREATE TABLE payledger.payins (
     CONSTRAINT payin_legs_cover_cost CHECK (custodial_amount + external_amount = cost),
     CONSTRAINT payin_external_method CHECK ((external_amount > 0) = (external_method IS NOT NULL)
                                             AND (external_amount > 0) = (external_account IS NOT NULL)),
-    CONSTRAINT payin_escrow CHECK (escrow_account IS NOT NULL OR initial_state = 'PAID'),
+    -- custodial money that waits (not paid out at once) waits in escrow
+    CONSTRAINT payin_escrow CHECK (escrow_account IS NOT NULL OR initial_state = 'PAID' OR custodial_amount = 0),
     CONSTRAINT payin_failed_has_reason CHECK (state NOT IN ('FAILED', 'CANCELLED') OR failure_reason IS NOT NULL),
     CONSTRAINT payin_paid_journal CHECK ((state = 'PAID') = (paid_journal IS NOT NULL)),
     CONSTRAINT payin_released CHECK ((state IN ('FAILED', 'CANCELLED') AND custodial_amount > 0)

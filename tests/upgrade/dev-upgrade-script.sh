@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Regenerate sql/payledger--0.1.0--0.2.0.sql while 0.2.0 is in development:
+# the new objects' text comes from the sources (schema and API files) and from
+# the install script cargo pgrx generated (the Rust functions), so install the
+# current build first:
+#   cargo pgrx install --release && bash tests/upgrade/dev-upgrade-script.sh && cargo pgrx install --release
+# tests/integration/upgrade.sh then proves 0.1.0 + the script == a fresh 0.2.0.
+# Once 0.2.0 is released (its install script frozen here), the upgrade script
+# is never regenerated again, and this file goes.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+GENERATED=$(/usr/lib/postgresql/15/bin/pg_config --sharedir)/extension/payledger--0.2.0.sql
+{ cat <<'EOF'
+-- payledger 0.1.0 -> 0.2.0: pay-ins and pay-outs (src/payin/), Nostr, BOLT11
+-- and NIP-90 jobs (src/nostr/, src/bolt11.rs), and check_invariants()
+-- gathering every module's checks (src/invariants.sql).
+-- The objects below are the 0.2.0 text of src/payin/schema.sql,
+-- src/payin/api.sql and src/nostr/jobs.sql; tests/integration/upgrade.sh
+-- proves the result equals a fresh 0.2.0 install. Released: never edit.
+
+-- The ledger's checks keep their body under a new name; check_invariants()
+-- now unions every module's checks.
+ALTER FUNCTION payledger.check_invariants() RENAME TO ledger_invariants;
+ALTER FUNCTION payledger.ledger_invariants() SECURITY INVOKER;
+REVOKE ALL ON FUNCTION payledger.ledger_invariants() FROM payledger_admin;
+
+EOF
+sed -n '/^CREATE TYPE payledger.payin_state/,$p' src/payin/schema.sql
+echo
+echo "-- The new functions written in Rust (as cargo pgrx generates them)."
+for f in $(grep -o '^-- payledger::[a-z0-9_:]*' "$GENERATED" | sed 's/^-- //'); do
+  grep -qx -- "-- $f" tests/upgrade/payledger--0.1.0.sql && continue
+  awk -v f="-- $f" '$0 == f {p=1} p {print} p && /^AS .MODULE_PATHNAME/ {exit}' \
+    "$GENERATED"
+done
+echo
+cat src/payin/api.sql
+echo
+cat src/nostr/jobs.sql
+echo
+cat src/invariants.sql
+cat <<'EOF'
+
+-- Privileges, as src/security.sql gives them on a fresh install.
+REVOKE ALL ON ALL TABLES IN SCHEMA payledger FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA payledger FROM PUBLIC;
+GRANT SELECT ON payledger.payin_transitions, payledger.payin_types, payledger.payout_types, payledger.split_rules,
+                payledger.payins, payledger.payin_legs, payledger.payouts, payledger.payin_refunds,
+                payledger.payin_history, payledger.nostr_jobs, payledger.nostr_job_events, payledger.nostr_job_payments
+    TO payledger_admin, payledger_app;
+EOF
+grep "^CREATE POLICY backend_read ON payledger.payin\|^CREATE POLICY backend_read ON payledger.payout\|^CREATE POLICY backend_read ON payledger.split\|^CREATE POLICY backend_read ON payledger.nostr" src/security.sql
+cat <<'EOF'
+GRANT SELECT ON payledger.my_payins, payledger.my_payouts, payledger.my_payin_history, payledger.my_nostr_jobs
+    TO payledger_enduser, payledger_app, payledger_admin;
+EOF
+echo "GRANT EXECUTE ON FUNCTION"
+sed -n '/payledger.new_id(),/,/^TO payledger_app/p' src/security.sql | sed 1d
+echo "GRANT EXECUTE ON FUNCTION"
+sed -n '/payledger.register_payin_type(/,/^TO payledger_admin/p' src/security.sql
+} > sql/payledger--0.1.0--0.2.0.sql
