@@ -79,6 +79,16 @@ impl LedgerError {
     }
 }
 
+/// A failure as the `sqlstate`, `message` and `detail` columns the SQL
+/// wrappers raise from.
+pub type FailureRow = (Option<&'static str>, Option<String>, Option<String>);
+
+impl LedgerError {
+    pub fn into_row(self) -> FailureRow {
+        (Some(self.code.sqlstate()), Some(self.message), self.detail)
+    }
+}
+
 impl fmt::Display for LedgerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.message, self.code.sqlstate())

@@ -12,7 +12,7 @@
 //! Domain failures come back as data (sqlstate, message, detail) because pgrx
 //! cannot raise a custom SQLSTATE; the SQL wrappers raise them.
 
-use super::request::{key_lock, parse_item, Id, Item, Op};
+use super::request::{key_lock, parse_item, uuid_str as id_str, Id, Item, Op};
 use crate::errors::{Code, LedgerError, Result};
 use pgrx::datum::DatumWithOid;
 use pgrx::datum::TimestampWithTimeZone;
@@ -130,12 +130,8 @@ pub(crate) struct Writes {
     r_journal: Vec<Option<Uuid>>,
 }
 
-fn u(id: &Id) -> Uuid {
+pub(crate) fn u(id: &Id) -> Uuid {
     Uuid::from_bytes(*id)
-}
-
-fn id_str(id: &Id) -> String {
-    uuid::Uuid::from_bytes(*id).to_string()
 }
 
 pub(crate) fn new_id() -> Id {

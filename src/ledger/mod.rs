@@ -43,10 +43,7 @@ fn engine_batch(
     };
     let outcomes = engine::apply_json(&items.0, max);
     TableIterator::new(outcomes.into_iter().enumerate().map(|(i, o)| {
-        let (code, message, detail) = match o.error {
-            Some(e) => (Some(e.code.sqlstate()), Some(e.message), e.detail),
-            None => (None, None, None),
-        };
+        let (code, message, detail) = o.error.map_or((None, None, None), |e| e.into_row());
         (
             i as i32 + 1,
             o.status,
@@ -99,7 +96,10 @@ fn transfer_one(
         .pop()
         .expect("one outcome");
     let row = match o.error {
-        Some(e) => (None, Some(e.code.sqlstate()), Some(e.message), e.detail),
+        Some(e) => {
+            let (code, message, detail) = e.into_row();
+            (None, code, message, detail)
+        }
         None => (o.journal_id.map(Uuid::from_bytes), None, None, None),
     };
     TableIterator::once(row)

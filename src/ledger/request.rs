@@ -141,7 +141,7 @@ pub fn rfc3339(t: impl Into<i64>) -> String {
         .unwrap_or_else(|| "infinity".into())
 }
 
-fn uuid_str(id: &Id) -> String {
+pub fn uuid_str(id: &Id) -> String {
     uuid::Uuid::from_bytes(*id).to_string()
 }
 

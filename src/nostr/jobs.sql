@@ -87,6 +87,28 @@ BEGIN
 END;
 $$;
 
+-- A job by id, for reading (the templates).
+CREATE FUNCTION payledger.nostr_job_find(job uuid)
+RETURNS payledger.nostr_jobs LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    j payledger.nostr_jobs;
+BEGIN
+    PERFORM payledger.require(job, 'job');
+    SELECT * INTO j FROM payledger.nostr_jobs x WHERE x.id = job;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % does not exist', job USING ERRCODE = 'PL025';
+    END IF;
+    RETURN j;
+END;
+$$;
+
+-- ["amount", msat] or ["amount", msat, bolt11], as NIP-90 writes it.
+CREATE FUNCTION payledger.nostr_amount_tag(amount_msat bigint, bolt11 text)
+RETURNS jsonb LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN bolt11 IS NULL THEN jsonb_build_array('amount', amount_msat::text)
+                ELSE jsonb_build_array('amount', amount_msat::text, bolt11) END;
+$$;
+
 -- Where a job stands once paid_msat, requested_msat or delivery changed.
 CREATE FUNCTION payledger.nostr_job_settle_state(j payledger.nostr_jobs, delivered boolean)
 RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -180,15 +202,10 @@ CREATE FUNCTION payledger.nostr_job_feedback(
     message     text DEFAULT NULL)
 RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    j payledger.nostr_jobs;
+    j payledger.nostr_jobs := payledger.nostr_job_find(job);
     tags jsonb;
 BEGIN
-    PERFORM payledger.require(job, 'job');
     PERFORM payledger.require(status, 'status');
-    SELECT * INTO j FROM payledger.nostr_jobs x WHERE x.id = job;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'job % does not exist', job USING ERRCODE = 'PL025';
-    END IF;
     IF status NOT IN ('payment-required', 'processing', 'partial', 'error', 'success') THEN
         RAISE EXCEPTION 'status must be payment-required, processing, partial, error or success' USING ERRCODE = '22023';
     END IF;
@@ -201,8 +218,7 @@ BEGIN
     tags := jsonb_build_array(CASE WHEN message IS NULL THEN jsonb_build_array('status', status)
                                    ELSE jsonb_build_array('status', status, message) END);
     IF amount_msat IS NOT NULL THEN
-        tags := tags || jsonb_build_array(CASE WHEN bolt11 IS NULL THEN jsonb_build_array('amount', amount_msat::text)
-                                               ELSE jsonb_build_array('amount', amount_msat::text, bolt11) END);
+        tags := tags || jsonb_build_array(payledger.nostr_amount_tag(amount_msat, bolt11));
     END IF;
     tags := tags || jsonb_build_array(jsonb_build_array('e', j.request_id), jsonb_build_array('p', j.customer_pubkey));
     RETURN jsonb_build_object('kind', 7000, 'pubkey', j.provider_pubkey, 'created_at', extract(epoch FROM now())::bigint,
@@ -216,22 +232,16 @@ $$;
 CREATE FUNCTION payledger.nostr_job_result(job uuid, content text, amount_msat bigint DEFAULT NULL, bolt11 text DEFAULT NULL)
 RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    j payledger.nostr_jobs;
+    j payledger.nostr_jobs := payledger.nostr_job_find(job);
     tags jsonb;
 BEGIN
-    PERFORM payledger.require(job, 'job');
     PERFORM payledger.require(content, 'content');
-    SELECT * INTO j FROM payledger.nostr_jobs x WHERE x.id = job;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'job % does not exist', job USING ERRCODE = 'PL025';
-    END IF;
     amount_msat := coalesce(amount_msat, greatest(j.price_msat - j.paid_msat, 0));
     tags := jsonb_build_array(jsonb_build_array('request', j.request::text), jsonb_build_array('e', j.request_id),
                               jsonb_build_array('p', j.customer_pubkey))
             || coalesce((SELECT jsonb_agg(t) FROM jsonb_array_elements(j.request -> 'tags') t WHERE t ->> 0 = 'i'), '[]');
     IF amount_msat > 0 THEN
-        tags := tags || jsonb_build_array(CASE WHEN bolt11 IS NULL THEN jsonb_build_array('amount', amount_msat::text)
-                                               ELSE jsonb_build_array('amount', amount_msat::text, bolt11) END);
+        tags := tags || jsonb_build_array(payledger.nostr_amount_tag(amount_msat, bolt11));
     END IF;
     RETURN jsonb_build_object('kind', j.request_kind + 1000, 'pubkey', j.provider_pubkey,
                               'created_at', extract(epoch FROM now())::bigint, 'content', content, 'tags', tags);

@@ -12,8 +12,8 @@
 //! `payledger.create_payin` and `retry_payin` raise them.
 
 use crate::errors::{Code, LedgerError, Result};
-use crate::ledger::engine::{self, exec, Locked};
-use crate::ledger::request::{Id, Item, Op, MAX_KEY_LEN};
+use crate::ledger::engine::{self, exec, u, Locked};
+use crate::ledger::request::{uuid_str as id_str, Id, Item, Op, MAX_KEY_LEN};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -82,14 +82,6 @@ struct Payout {
 
 fn err(code: Code, msg: impl Into<String>) -> LedgerError {
     LedgerError::new(code, msg)
-}
-
-fn u(id: &Id) -> Uuid {
-    Uuid::from_bytes(*id)
-}
-
-fn id_str(id: &Id) -> String {
-    uuid::Uuid::from_bytes(*id).to_string()
 }
 
 /// `left(v::text, 60)`, as the messages show a bad JSON value.

@@ -8,7 +8,6 @@
 
 mod create;
 
-use crate::errors::LedgerError;
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 
@@ -27,12 +26,6 @@ extension_sql_file!(
         split_payouts_core
     ]
 );
-
-type Failure = (Option<&'static str>, Option<String>, Option<String>);
-
-fn failure(e: LedgerError) -> Failure {
-    (Some(e.code.sqlstate()), Some(e.message), e.detail)
-}
 
 /// The body of `payledger.create_payin` and `retry_payin` (which raise the
 /// failure this returns, and set the search_path and plan cache mode).
@@ -97,7 +90,7 @@ fn payin_create_core(
             None,
         ),
         Err(e) => {
-            let (code, message, detail) = failure(e);
+            let (code, message, detail) = e.into_row();
             (None, None, None, None, code, message, detail)
         }
     })
@@ -123,7 +116,7 @@ fn split_payouts_core(
         match create::split_json(&rule, cost, payees.as_ref().map(|p| &p.0)) {
             Ok(v) => (Some(JsonB(v)), None, None, None),
             Err(e) => {
-                let (code, message, detail) = failure(e);
+                let (code, message, detail) = e.into_row();
                 (None, code, message, detail)
             }
         },
