@@ -151,4 +151,22 @@ SELECT t_try(format('SELECT outcome FROM payledger.nostr_job_pay_zap(%L)', t_zap
 SELECT t_try(format('SELECT payledger.nostr_job_published(%L, %L)', job('upfront'),
                     payledger.nostr_sign_event(payledger.nostr_job_feedback(job('upfront'), 'processing'), sk('provider'))));
 
+-- invoice helper: bad keys and networks are clear errors
+SELECT t_try(format('SELECT payledger.bolt11_create(%L, 1000, %L, %L)', '\x01'::bytea, sha256('h'), 'x'));
+SELECT t_try(format('SELECT payledger.bolt11_create(%L, 1000, %L, %L, network => %L)', sk('node'), sha256('h'), 'x', 'mars'));
+SELECT t_try(format('SELECT payledger.bolt11_create(%L, 1000, %L)', sk('node'), sha256('h')));
+SELECT t_try(format('SELECT payledger.bolt11_create(NULL, 1000, %L, %L)', sha256('h'), 'x'));
+
+-- the service provider reads its jobs through the owner-filtered view
+CREATE ROLE t_provider IN ROLE payledger_enduser;
+SET ROLE t_provider;
+SET payledger.owner_id = 'provider';
+SELECT state, count(*) FROM payledger.my_nostr_jobs GROUP BY state ORDER BY state;
+SET payledger.owner_id = 'someone else';
+SELECT count(*) AS others_see FROM payledger.my_nostr_jobs;
+SELECT t_try($$SELECT count(*) FROM payledger.nostr_jobs$$);
+RESET payledger.owner_id;
+RESET ROLE;
+DROP ROLE t_provider;
+
 SELECT count(*) AS violations FROM payledger.check_invariants();
