@@ -1,5 +1,7 @@
--- payledger demo: the ledger core, then pay-ins and pay-outs. Run by scripts/demo.sh
--- against a throwaway cluster.
+-- payledger demo: the ledger core, pay-ins and pay-outs, a NIP-90 job, and a
+-- pay-in settled by the background worker at a local LNbits. Run by
+-- scripts/demo.sh against a throwaway cluster (it sets lnbits_url,
+-- lnbits_inkey and demo_dir, and LNBITS_URL, LNBITS_PAYKEY, DEMO_DIR for curl).
 \pset footer off
 \set VERBOSITY terse
 CREATE EXTENSION payledger;
@@ -166,6 +168,41 @@ SELECT payledger.balance(:'dvm') AS provider_revenue_msat;
 SELECT r -> 'kind' AS kind, r ->> 'content' AS content, (SELECT jsonb_agg(t ->> 0) FROM jsonb_array_elements(r -> 'tags') t) AS tags
   FROM payledger.nostr_job_result(:'job', 'hello') r;
 SELECT payledger.nostr_job_published(:'job', payledger.nostr_sign_event(payledger.nostr_job_result(:'job', 'hello'), :'provider_sk')) AS state;
+
+\echo '=== a pay-in settled by the background worker against a local LNbits ==='
+\echo '--- a merchant profile and its provider (the invoice key stays in an admin-only table)'
+SELECT payledger.create_merchant_profile('shop', is_default => true) IS NOT NULL AS profile,
+       payledger.add_provider('shop', 'lnbits', 'lnbits', :'lnbits_url', jsonb_build_object('invoice_key', :'lnbits_inkey'),
+                              invoice_expiry => '10 minutes') IS NOT NULL AS provider;
+CREATE FUNCTION demo_wait(payin uuid, want payledger.payin_state) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1..120 LOOP
+    IF (SELECT state FROM payledger.payins WHERE id = payin) = want THEN RETURN want; END IF;
+    PERFORM pg_sleep(0.25);
+  END LOOP;
+  RETURN 'still ' || (SELECT state FROM payledger.payins WHERE id = payin);
+END $$;
+\echo '--- alice posts an item for 100 sat: 30 from her balance, 70 by invoice'
+SELECT payin_id AS worker_payin, state FROM payledger.create_payin('alice', 'ITEM_CREATE', 'msat', 100000000,
+  jsonb_build_array(jsonb_build_object('account', :'alice', 'amount', 30000000), '{"external": "invoice", "amount": 70000000}'::jsonb),
+  jsonb_build_array(jsonb_build_object('type', 'TERRITORY_REVENUE', 'account', :'revenue', 'amount', 100000000))) \gset
+\echo 'the worker creates the invoice at LNbits within a tick:'
+SELECT demo_wait(:'worker_payin', 'PENDING') AS state;
+SELECT provider_name, status, amount, left(payment_request, 24) || '…' AS bolt11
+  FROM payledger.invoices WHERE payin_id = :'worker_payin';
+\pset tuples_only on
+\pset format unaligned
+SELECT payment_request FROM payledger.invoices WHERE payin_id = :'worker_payin' \g :demo_dir/bolt11
+\pset tuples_only off
+\pset format aligned
+\echo '--- a second LNbits wallet pays it'
+\! curl -sf -X POST "$LNBITS_URL/api/v1/payments" -H "X-Api-Key: $LNBITS_PAYKEY" -H 'Content-Type: application/json' -d "{\"out\": true, \"bolt11\": \"$(cat "$DEMO_DIR/bolt11")\"}" >/dev/null && echo 'paid'
+\echo 'the worker sees it paid at its next tick: PAID, the revenue credited, an event written'
+SELECT demo_wait(:'worker_payin', 'PAID') AS state;
+SELECT status, amount_received, paid_at IS NOT NULL AS paid FROM payledger.invoices WHERE payin_id = :'worker_payin';
+SELECT to_state, from_state FROM payledger.payin_history WHERE payin_id = :'worker_payin' ORDER BY at;
+SELECT topic, payload ->> 'state' AS state FROM payledger.events WHERE subject_id = :'worker_payin';
+SELECT backend_type, application_name FROM pg_stat_activity WHERE backend_type = 'payledger worker';
 
 \echo '--- invariants (ledger, pay-ins, jobs): no violation'
 SELECT count(*) AS violations FROM payledger.check_invariants();

@@ -25,7 +25,7 @@ log() { printf '\n== %s\n' "$*" >&2; }
 # Install what is missing: Debian packages, cargo-pgrx, the pgrx config. Idempotent.
 setup_machine() {
   local pkgs=(postgresql-$PG_VERSION postgresql-server-dev-$PG_VERSION libclang-dev clang pkg-config sudo
-              python3 python3-venv curl ca-certificates)
+              python3 python3-venv curl ca-certificates jq)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -85,4 +85,71 @@ start_cluster() {
 stop_cluster() {
   local dir=$1
   [ -f "$dir/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null || true
+}
+
+# --- LNbits (a real Lightning provider with its FakeWallet, on loopback) ---
+LNBITS_VERSION=1.6.2
+LNBITS_VENV=${LNBITS_VENV:-$HOME/.cache/payledger/lnbits-$LNBITS_VERSION}
+
+# The venv, once (about 70 s); bitstring 5 breaks the bolt11 package LNbits uses.
+setup_lnbits() {
+  if [ ! -x "$LNBITS_VENV/bin/lnbits" ]; then
+    log "installing LNbits $LNBITS_VERSION into $LNBITS_VENV"
+    rm -rf "$LNBITS_VENV"
+    python3 -m venv "$LNBITS_VENV"
+    "$LNBITS_VENV/bin/pip" install -q "lnbits==$LNBITS_VERSION" "bitstring<5"
+  fi
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start_lnbits <dir> <port>: a fresh LNbits (its data in <dir>), in its own
+# process group so that stop_lnbits ends the supervisor and its server.
+start_lnbits() {
+  local dir=$1 port=$2 site i
+  if port_busy "$port"; then echo "port $port is busy" >&2; return 1; fi
+  mkdir -p "$dir/lnbits-data"
+  site=$(echo "$LNBITS_VENV"/lib/python3*/site-packages)
+  # exec: the background job's pid is LNbits' own, and setsid makes it the
+  # leader of a new process group (not a group leader already, so no fork)
+  (cd "$site" && exec env LNBITS_DATA_FOLDER="$dir/lnbits-data" LNBITS_BACKEND_WALLET_CLASS=FakeWallet \
+      LNBITS_ADMIN_UI=true LNBITS_RATE_LIMIT_NO=1000000 LNBITS_CALLBACK_URL_RULES='["https?://.+"]' \
+      LNBITS_CALLBACK_ALLOW_PRIVATE_IPS=true LNBITS_PRICE_AGGREGATOR_ENABLED=false \
+      LNBITS_EXCHANGE_RATE_PROVIDERS='[]' LNBITS_EXTENSIONS_MANIFESTS='[]' LNBITS_WASM_EXTENSIONS_MANIFESTS='[]' \
+      setsid "$LNBITS_VENV/bin/lnbits" --host 127.0.0.1 --port "$port") </dev/null >>"$dir/lnbits.log" 2>&1 &
+  echo $! >"$dir/lnbits.pid"
+  for i in $(seq 1 120); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/api/v1/health" && return 0
+    sleep 0.5
+  done
+  echo "LNbits did not start; its log:" >&2; tail -20 "$dir/lnbits.log" >&2; return 1
+}
+
+stop_lnbits() { # <dir>
+  local pid
+  pid=$(cat "$1/lnbits.pid" 2>/dev/null) || return 0
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 1 40); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.25; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$1/lnbits.pid"
+}
+
+# lnbits_setup <port>: the super user, a merchant wallet and a payer wallet
+# funded with 1,000,000 sats. Prints "merchant_inkey payer_adminkey".
+lnbits_setup() {
+  local url="http://127.0.0.1:$1" token merchant payer pid
+  token=$(curl -sf -X PUT "$url/api/v1/auth/first_install" -H 'Content-Type: application/json' \
+    -d '{"username":"admin","password":"secret1234","password_repeat":"secret1234"}' | jq -r .access_token)
+  merchant=$(curl -sf -X POST "$url/api/v1/account" -H 'Content-Type: application/json' -d '{"name":"merchant"}')
+  payer=$(curl -sf -X POST "$url/api/v1/account" -H 'Content-Type: application/json' -d '{"name":"payer"}')
+  pid=$(jq -r .id <<<"$payer")
+  curl -sf -X PUT "$url/users/api/v1/balance" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -d "{\"id\":\"$pid\",\"amount\":1000000}" >/dev/null
+  echo "$(jq -r .inkey <<<"$merchant") $(jq -r .adminkey <<<"$payer")"
+}
+
+# lnbits_pay <port> <payer adminkey> <bolt11>
+lnbits_pay() {
+  curl -sf -X POST "http://127.0.0.1:$1/api/v1/payments" -H "X-Api-Key: $2" -H 'Content-Type: application/json' \
+    -d "{\"out\":true,\"bolt11\":\"$3\"}" >/dev/null
 }

@@ -1,10 +1,22 @@
-//! Settings (GUCs). Registered in `_PG_init`, so they exist as soon as the
-//! library is loaded (by `shared_preload_libraries` or the first call).
+//! Settings (GUCs), plain integers (no units, so that SQL reads them with
+//! current_setting). Registered in `_PG_init`, so they exist as soon as the
+//! library is loaded (by `shared_preload_libraries` or the first call). The
+//! worker's settings reload on SIGHUP; its database only at server start.
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
 
 /// Largest number of items one `transfer_batch` call accepts.
 pub static MAX_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+pub static WORKER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static WORKER_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static WORKER_MAX_INVOICE_AGE: GucSetting<i32> = GucSetting::<i32>::new(72 * 3600);
+pub static WORKER_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
+pub static WORKER_HTTP_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static WORKER_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(8);
+pub static WORKER_CREATE_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub static WORKER_MAX_BACKOFF: GucSetting<i32> = GucSetting::<i32>::new(600);
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -15,6 +27,93 @@ pub fn init() {
         1,
         1_000_000,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    // A server-start setting can only be defined while the server starts
+    // (loading it later is FATAL); only the worker reads it.
+    // SAFETY: a plain read of a flag set by the postmaster.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        define_worker_database();
+    }
+    GucRegistry::define_int_guc(
+        c"payledger.worker_interval",
+        c"Seconds between the worker's ticks.",
+        c"Each tick creates invoices, polls pending ones and runs the housekeeping.",
+        &WORKER_INTERVAL,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.worker_max_invoice_age",
+        c"Seconds after its creation an invoice is no longer polled.",
+        c"Keysat's 72 hours by default; an invoice still unpaid then is expired.",
+        &WORKER_MAX_INVOICE_AGE,
+        60,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.worker_batch_size",
+        c"Invoices the worker claims at a time.",
+        c"A tick claims batches until nothing is due.",
+        &WORKER_BATCH_SIZE,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.worker_http_timeout",
+        c"Milliseconds a provider call may take, connection included.",
+        c"A call that times out counts as the provider being unreachable.",
+        &WORKER_HTTP_TIMEOUT,
+        100,
+        600_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.worker_concurrency",
+        c"Provider calls the worker makes at once.",
+        c"Calls run on this many threads; no database work happens on them.",
+        &WORKER_CONCURRENCY,
+        1,
+        256,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.worker_create_attempts",
+        c"Tries to create an invoice before its pay-in fails.",
+        c"The pay-in then fails with INVOICE_CREATION_FAILED.",
+        &WORKER_CREATE_ATTEMPTS,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.worker_max_backoff",
+        c"Longest wait, in seconds, after repeated failures of a provider, an invoice or a hook.",
+        c"Waits double from 2 seconds up to this.",
+        &WORKER_MAX_BACKOFF,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+fn define_worker_database() {
+    GucRegistry::define_string_guc(
+        c"payledger.worker_database",
+        c"The database the payledger background worker connects to.",
+        c"The worker starts only when payledger is in shared_preload_libraries and this is set.",
+        &WORKER_DATABASE,
+        GucContext::Postmaster,
         GucFlags::default(),
     );
 }

@@ -7,4 +7,6 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
     SELECT * FROM payledger.payin_invariants()
     UNION ALL
     SELECT * FROM payledger.nostr_invariants()
+    UNION ALL
+    SELECT * FROM payledger.provider_invariants()
 $$;

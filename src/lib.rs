@@ -1,8 +1,9 @@
 //! payledger: a double-entry payments ledger inside PostgreSQL.
 //!
 //! The ledger core lives in `ledger` (schema, posting engine, SQL API); pay-ins
-//! and pay-outs on top of it in `payin`; settings in `gucs`; error codes in
-//! `errors`. `check_invariants()` gathers every module's checks; roles and
+//! and pay-outs on top of it in `payin`; invoices at payment providers in
+//! `provider`, driven by the background `worker`; Nostr in `nostr`; settings
+//! in `gucs`; error codes in `errors`. `check_invariants()` gathers every module's checks; roles and
 //! grants are applied last, from `src/security.sql`.
 
 use pgrx::prelude::*;
@@ -13,18 +14,21 @@ mod gucs;
 mod ledger;
 mod nostr;
 mod payin;
+mod provider;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    worker::register();
 }
 
 extension_sql_file!(
     "invariants.sql",
     name = "invariants",
-    requires = ["ledger_api", "payin_api", "nostr_jobs"]
+    requires = ["ledger_api", "payin_api", "nostr_jobs", "provider_api"]
 );
 extension_sql_file!("security.sql", name = "security", finalize);
 

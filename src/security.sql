@@ -19,7 +19,7 @@ $$;
 
 REVOKE ALL ON SCHEMA payledger FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA payledger FROM PUBLIC;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA payledger FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA payledger FROM PUBLIC;
 GRANT USAGE ON SCHEMA payledger TO payledger_admin, payledger_app, payledger_enduser;
 
 -- Reading the raw tables: the admin and the backend (RLS is on, so say so).
@@ -27,8 +27,14 @@ GRANT SELECT ON payledger.assets, payledger.account_kinds, payledger.accounts, p
                 payledger.entries, payledger.holds,
                 payledger.payin_transitions, payledger.payin_types, payledger.payout_types, payledger.split_rules,
                 payledger.payins, payledger.payin_legs, payledger.payouts, payledger.payin_refunds,
-                payledger.payin_history, payledger.nostr_jobs, payledger.nostr_job_events, payledger.nostr_job_payments
+                payledger.payin_history, payledger.nostr_jobs, payledger.nostr_job_events, payledger.nostr_job_payments,
+                payledger.merchant_profiles, payledger.providers, payledger.payin_routes, payledger.subscriptions,
+                payledger.invoices, payledger.settle_hooks, payledger.hook_runs, payledger.events,
+                payledger.worker_status
     TO payledger_admin, payledger_app;
+-- Provider credentials: the admin role (and the worker, a superuser connection) only.
+GRANT SELECT ON payledger.provider_secrets TO payledger_admin;
+CREATE POLICY admin_read ON payledger.provider_secrets FOR SELECT TO payledger_admin USING (true);
 CREATE POLICY backend_read ON payledger.assets FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.account_kinds FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.accounts FOR SELECT TO payledger_admin, payledger_app USING (true);
@@ -47,10 +53,20 @@ CREATE POLICY backend_read ON payledger.payin_history FOR SELECT TO payledger_ad
 CREATE POLICY backend_read ON payledger.nostr_jobs FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.nostr_job_events FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.nostr_job_payments FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.merchant_profiles FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.providers FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.payin_routes FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.subscriptions FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.invoices FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.settle_hooks FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.hook_runs FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.events FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.worker_status FOR SELECT TO payledger_admin, payledger_app USING (true);
 
 -- End users: the owner-filtered views and the owner lookup only.
 GRANT SELECT ON payledger.my_accounts, payledger.my_entries, payledger.my_holds,
-                payledger.my_payins, payledger.my_payouts, payledger.my_payin_history, payledger.my_nostr_jobs
+                payledger.my_payins, payledger.my_payouts, payledger.my_payin_history, payledger.my_nostr_jobs,
+                payledger.my_invoices, payledger.my_events, payledger.my_subscriptions
     TO payledger_enduser, payledger_app, payledger_admin;
 GRANT EXECUTE ON FUNCTION payledger.current_owner_id(), payledger.format_amount(text, bigint),
     payledger.parse_amount(text, numeric)
@@ -93,7 +109,13 @@ GRANT EXECUTE ON FUNCTION
     payledger.nostr_job_pay_zap(jsonb),
     payledger.nostr_job_pay_invoice(uuid, text, bigint),
     payledger.nostr_job_fail(uuid, text),
-    payledger.nostr_expire_jobs(integer)
+    payledger.nostr_expire_jobs(integer),
+    payledger.request_invoice(uuid, uuid, interval, text),
+    payledger.provider_webhook(uuid, jsonb, text),
+    payledger.events_since(bigint, integer),
+    payledger.create_subscription(text, text, text, bigint, interval, jsonb, jsonb, text, jsonb, text, timestamptz, jsonb),
+    payledger.cancel_subscription(uuid),
+    payledger.renew_subscription(uuid)
 TO payledger_app, payledger_admin;
 
 -- Operators only.
@@ -109,5 +131,22 @@ GRANT EXECUTE ON FUNCTION
     payledger.define_split_rule(text, jsonb, text),
     payledger.nostr_sign_event(jsonb, bytea),
     payledger.bolt11_create(bytea, bigint, bytea, text, bytea, bigint, text, timestamptz),
-    payledger.check_invariants()
+    payledger.check_invariants(),
+    payledger.create_merchant_profile(text, text, boolean, jsonb),
+    payledger.add_provider(text, text, payledger.provider_kind, text, jsonb, jsonb, text, text, interval, interval, integer, text),
+    payledger.set_provider_credentials(uuid, jsonb, text),
+    payledger.set_provider_active(uuid, boolean),
+    payledger.route_payin_type(text, text),
+    payledger.register_settle_hook(text, regprocedure, payledger.payin_state[], integer),
+    payledger.define_settle_hook(text, regprocedure, payledger.payin_state[], integer, text),
+    payledger.unregister_settle_hook(text),
+    payledger.worker_claim(integer, timestamptz),
+    payledger.provider_call(jsonb),
+    payledger.worker_record(jsonb),
+    payledger.worker_housekeeping(integer),
+    payledger.worker_note_tick(jsonb, integer),
+    payledger.invoice_apply(uuid, jsonb),
+    payledger.retry_hooks(integer),
+    payledger.renew_due_subscriptions(integer)
 TO payledger_admin;
+GRANT EXECUTE ON PROCEDURE payledger.run_tick(integer) TO payledger_admin;

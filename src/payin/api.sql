@@ -357,6 +357,11 @@ BEGIN
     IF r.sqlstate IS NOT NULL THEN
         PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
     END IF;
+    -- paid at creation: its event and settle hooks (a move to PAID gets them
+    -- from the state trigger; src/provider/api.sql)
+    IF r.state = 'PAID' AND NOT r.replayed THEN
+        PERFORM payledger.payin_reached(r.payin_id);
+    END IF;
     payin_id := r.payin_id;
     state := r.state;
     custodial_amount := r.custodial_amount;
@@ -590,6 +595,9 @@ BEGIN
                                                      old.genesis_id, old.retry_count, policy);
     IF r.sqlstate IS NOT NULL THEN
         PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+    END IF;
+    IF r.state = 'PAID' AND NOT r.replayed THEN
+        PERFORM payledger.payin_reached(r.payin_id);
     END IF;
     UPDATE payledger.payins p SET successor_id = r.payin_id WHERE p.id = old.id;
     payin_id := r.payin_id; state := r.state;

@@ -53,6 +53,8 @@ pub struct Created {
     pub state: String,
     pub custodial: i64,
     pub external: i64,
+    /// an idempotent repeat: the first call's pay-in, nothing written now
+    pub replayed: bool,
 }
 
 #[derive(Debug)]
@@ -203,6 +205,7 @@ pub fn create(mut r: Request) -> Result<Created> {
                         state: row.get(3).ok().flatten().unwrap_or_default(),
                         custodial: row.get(4).ok().flatten().unwrap_or_default(),
                         external: row.get(5).ok().flatten().unwrap_or_default(),
+                        replayed: true,
                     },
                 )
             });
@@ -344,6 +347,7 @@ fn open(
         state,
         custodial,
         external: remaining,
+        replayed: false,
     })
 }
 

@@ -55,6 +55,7 @@ fn payin_create_core(
         name!(state, Option<String>),
         name!(custodial_amount, Option<i64>),
         name!(external_amount, Option<i64>),
+        name!(replayed, Option<bool>),
         name!(sqlstate, Option<&'static str>),
         name!(message, Option<String>),
         name!(detail, Option<String>),
@@ -85,13 +86,14 @@ fn payin_create_core(
             Some(c.state),
             Some(c.custodial),
             Some(c.external),
+            Some(c.replayed),
             None,
             None,
             None,
         ),
         Err(e) => {
             let (code, message, detail) = e.into_row();
-            (None, None, None, None, code, message, detail)
+            (None, None, None, None, None, code, message, detail)
         }
     })
 }

@@ -12,10 +12,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 GENERATED=$(/usr/lib/postgresql/15/bin/pg_config --sharedir)/extension/payledger--0.2.0.sql
 { cat <<'EOF'
 -- payledger 0.1.0 -> 0.2.0: pay-ins and pay-outs (src/payin/), Nostr, BOLT11
--- and NIP-90 jobs (src/nostr/, src/bolt11.rs), and check_invariants()
--- gathering every module's checks (src/invariants.sql).
+-- and NIP-90 jobs (src/nostr/, src/bolt11.rs), invoices at payment providers
+-- with the background worker (src/provider/, src/worker.rs), and
+-- check_invariants() gathering every module's checks (src/invariants.sql).
 -- The objects below are the 0.2.0 text of src/payin/schema.sql,
--- src/payin/api.sql and src/nostr/jobs.sql; tests/integration/upgrade.sh
+-- src/payin/api.sql, src/nostr/jobs.sql and src/provider/*.sql; tests/integration/upgrade.sh
 -- proves the result equals a fresh 0.2.0 install. Released: never edit.
 
 -- The ledger's checks keep their body under a new name; check_invariants()
@@ -38,24 +39,26 @@ cat src/payin/api.sql
 echo
 cat src/nostr/jobs.sql
 echo
+cat src/provider/schema.sql
+echo
+cat src/provider/api.sql
+echo
 cat src/invariants.sql
 cat <<'EOF'
 
--- Privileges, as src/security.sql gives them on a fresh install.
+-- Privileges, as src/security.sql gives them on a fresh install (granting
+-- again what 0.1.0 granted changes nothing).
 REVOKE ALL ON ALL TABLES IN SCHEMA payledger FROM PUBLIC;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA payledger FROM PUBLIC;
-GRANT SELECT ON payledger.payin_transitions, payledger.payin_types, payledger.payout_types, payledger.split_rules,
-                payledger.payins, payledger.payin_legs, payledger.payouts, payledger.payin_refunds,
-                payledger.payin_history, payledger.nostr_jobs, payledger.nostr_job_events, payledger.nostr_job_payments
-    TO payledger_admin, payledger_app;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA payledger FROM PUBLIC;
 EOF
-grep "^CREATE POLICY backend_read ON payledger.payin\|^CREATE POLICY backend_read ON payledger.payout\|^CREATE POLICY backend_read ON payledger.split\|^CREATE POLICY backend_read ON payledger.nostr" src/security.sql
-cat <<'EOF'
-GRANT SELECT ON payledger.my_payins, payledger.my_payouts, payledger.my_payin_history, payledger.my_nostr_jobs
-    TO payledger_enduser, payledger_app, payledger_admin;
-EOF
+sed -n '/^GRANT SELECT ON payledger.assets/,/^CREATE POLICY admin_read/p' src/security.sql
+# the policies of the tables 0.1.0 did not have
+grep "^CREATE POLICY backend_read" src/security.sql \
+  | grep -v -E "ON payledger[.](assets|account_kinds|accounts|journals|entries|holds) "
+sed -n '/^GRANT SELECT ON payledger.my_accounts/,/TO payledger_enduser/p' src/security.sql
 echo "GRANT EXECUTE ON FUNCTION"
 sed -n '/payledger.new_id(),/,/^TO payledger_app/p' src/security.sql | sed 1d
 echo "GRANT EXECUTE ON FUNCTION"
 sed -n '/payledger.register_payin_type(/,/^TO payledger_admin/p' src/security.sql
+grep "^GRANT EXECUTE ON PROCEDURE" src/security.sql
 } > sql/payledger--0.1.0--0.2.0.sql

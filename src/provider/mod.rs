@@ -1,0 +1,294 @@
+//! Payment providers: merchant profiles, providers and their secrets,
+//! invoices pinned to the provider that issued them, subscriptions, webhooks,
+//! settle hooks and the event outbox (`schema.sql`, `api.sql`); the HTTP
+//! adapters (`adapters`) and webhook signatures (`webhook`).
+//!
+//! The worker's middle step, calling the providers, is `call_all`: it runs
+//! with no transaction and no database access, on up to
+//! `payledger.worker_concurrency` threads.
+
+pub mod adapters;
+pub mod webhook;
+
+use adapters::{Endpoint, Failure, Kind, NewInvoice, Status};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+extension_sql_file!(
+    "schema.sql",
+    name = "provider_schema",
+    requires = ["payin_api"]
+);
+extension_sql_file!(
+    "api.sql",
+    name = "provider_api",
+    requires = [
+        "provider_schema",
+        "nostr_jobs",
+        provider_call,
+        webhook_verify_core
+    ]
+);
+
+/// Credentials by provider id, read by the caller (the worker in its claim
+/// transaction, or `provider_call`).
+pub type Secrets = HashMap<String, Value>;
+
+pub struct CallSettings {
+    pub timeout: Duration,
+    pub concurrency: usize,
+}
+
+impl CallSettings {
+    pub fn from_gucs() -> Self {
+        CallSettings {
+            timeout: Duration::from_millis(crate::gucs::WORKER_HTTP_TIMEOUT.get().max(1) as u64),
+            concurrency: crate::gucs::WORKER_CONCURRENCY.get().max(1) as usize,
+        }
+    }
+}
+
+/// HTTP clients by provider, kept across ticks for their idle connections.
+fn agent_for(ep: &Endpoint, provider: &str, s: &CallSettings) -> Result<ureq::Agent, Failure> {
+    static AGENTS: OnceLock<Mutex<HashMap<String, (String, ureq::Agent)>>> = OnceLock::new();
+    let key = format!(
+        "{}|{}|{:?}|{}",
+        ep.base_url, ep.config, s.timeout, s.concurrency
+    );
+    let agents = AGENTS.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = agents.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((k, a)) = map.get(provider) {
+        if *k == key {
+            return Ok(a.clone());
+        }
+    }
+    let agent = ep.agent(s.timeout, s.concurrency)?;
+    map.insert(provider.to_owned(), (key, agent.clone()));
+    Ok(agent)
+}
+
+fn failure(claim: &Value, f: &Failure) -> Value {
+    json!({"invoice_id": claim["invoice_id"], "provider_id": claim["provider_id"], "op": claim["op"],
+           "ok": false, "retryable": f.retryable(), "error": f.message()})
+}
+
+/// One claimed item: create the invoice or look it up, and say what came of
+/// it in the shape `payledger.invoice_apply` reads.
+fn call_one(claim: &Value, secrets: &Secrets, s: &CallSettings) -> Value {
+    let provider = claim["provider_id"].as_str().unwrap_or_default();
+    let Some(kind) = claim["kind"].as_str().and_then(Kind::parse) else {
+        return failure(claim, &Failure::Refused("unknown provider kind".into()));
+    };
+    let Some(credentials) = secrets.get(provider) else {
+        return failure(
+            claim,
+            &Failure::Refused("the provider has no credentials".into()),
+        );
+    };
+    let ep = Endpoint {
+        kind,
+        base_url: claim["base_url"].as_str().unwrap_or_default().to_owned(),
+        credentials: credentials.clone(),
+        config: claim["config"].clone(),
+    };
+    let agent = match agent_for(&ep, provider, s) {
+        Ok(a) => a,
+        Err(f) => return failure(claim, &f),
+    };
+    let base =
+        json!({"invoice_id": claim["invoice_id"], "provider_id": provider, "op": claim["op"]});
+    let merge = |extra: Value| {
+        let mut v = base.clone();
+        if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        v
+    };
+    if claim["op"] == "create" {
+        let inv = NewInvoice {
+            invoice_id: claim["invoice_id"].as_str().unwrap_or_default(),
+            amount: claim["amount"].as_i64().unwrap_or(0),
+            asset: claim["asset"].as_str().unwrap_or_default(),
+            memo: claim["memo"].as_str().unwrap_or_default(),
+            expiry_secs: claim["expiry_secs"].as_i64().unwrap_or(3600),
+        };
+        return match adapters::create(&agent, &ep, &inv) {
+            Ok(c) => merge(
+                json!({"ok": true, "external_id": c.external_id, "payment_hash": c.payment_hash,
+                                  "payment_request": c.payment_request, "expires_at": c.expires_at,
+                                  "monitor_until": c.monitor_until}),
+            ),
+            Err(f) => failure(claim, &f),
+        };
+    }
+    let external_id = claim["external_id"].as_str().unwrap_or_default();
+    match adapters::status(&agent, &ep, external_id) {
+        Ok(Status::Pending) => merge(json!({"status": "pending"})),
+        Ok(Status::Paid { received, preimage }) => {
+            merge(json!({"status": "paid", "received": received, "preimage": preimage}))
+        }
+        Ok(Status::Expired { note }) => merge(json!({"status": "expired", "note": note})),
+        Ok(Status::Invalid(m)) => merge(json!({"status": "invalid", "error": m})),
+        Ok(Status::NotFound) => merge(json!({"status": "not_found"})),
+        Err(f) => failure(claim, &f),
+    }
+}
+
+/// Call the providers for all claims, `concurrency` at a time. Touches no
+/// PostgreSQL state: safe on threads, and run with no transaction open.
+pub fn call_all(claims: &[Value], secrets: &Secrets, s: &CallSettings) -> Vec<Value> {
+    let threads = s.concurrency.min(claims.len()).max(1);
+    if threads == 1 {
+        return claims.iter().map(|c| call_one(c, secrets, s)).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Value>>> = claims.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(claim) = claims.get(i) else { break };
+                // a panic in one call must not lose the others' results
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    call_one(claim, secrets, s)
+                }))
+                .unwrap_or_else(|_| {
+                    failure(claim, &Failure::Unreachable("the call panicked".into()))
+                });
+                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            });
+        }
+    });
+    results
+        .into_iter()
+        .zip(claims)
+        .map(|(r, c)| {
+            r.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| failure(c, &Failure::Unreachable("no result".into())))
+        })
+        .collect()
+}
+
+/// The credentials of the providers named in the claims (SPI; run inside a
+/// transaction, before any call).
+pub fn load_secrets(claims: &[Value]) -> Secrets {
+    let mut ids: Vec<String> = claims
+        .iter()
+        .filter_map(|c| c["provider_id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let mut out = Secrets::new();
+    if ids.is_empty() {
+        return out;
+    }
+    Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT provider_id::text, credentials FROM payledger.provider_secrets
+                  WHERE provider_id = ANY ($1::uuid[])",
+                None,
+                &[ids.into()],
+            )
+            .unwrap_or_else(|e| pgrx::error!("reading provider credentials: {e}"));
+        for row in rows {
+            if let (Ok(Some(id)), Ok(Some(JsonB(c)))) = (row.get::<String>(1), row.get::<JsonB>(2))
+            {
+                out.insert(id, c);
+            }
+        }
+    });
+    out
+}
+
+/// The worker's middle step as a function, for `CALL payledger.run_tick()`:
+/// the claims from `worker_claim` in, the results for `worker_record` out.
+/// It reads the credentials itself (they never pass through SQL values) and
+/// holds no row lock while it calls. Admin only.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn provider_call(claims: JsonB) -> JsonB {
+    let Value::Array(claims) = claims.0 else {
+        crate::errors::raise_malformed("claims must be a JSON array")
+    };
+    let secrets = load_secrets(&claims);
+    JsonB(Value::Array(call_all(
+        &claims,
+        &secrets,
+        &CallSettings::from_gucs(),
+    )))
+}
+
+/// The webhook's signature and meaning, as data for `provider_webhook`.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
+fn webhook_verify_core(
+    kind: &str,
+    secret: Option<&str>,
+    headers: JsonB,
+    body: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(sqlstate, Option<String>),
+        name!(message, Option<String>),
+        name!(reference, Option<String>),
+        name!(event, Option<String>),
+        name!(signed, Option<bool>),
+        name!(action, Option<String>),
+        name!(received, Option<i64>),
+        name!(note, Option<String>),
+    ),
+> {
+    let kind = Kind::parse(kind)
+        .unwrap_or_else(|| crate::errors::raise_malformed("unknown provider kind"));
+    // SAFETY: reads the current statement's start time.
+    let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() } / 1_000_000 + 946_684_800;
+    let row = match webhook::verify(kind, secret, &headers.0, body, now) {
+        Err((true, m)) => (
+            Some("PL026".into()),
+            Some(m),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        ),
+        Err((false, m)) => (
+            Some("22023".into()),
+            Some(m),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        ),
+        Ok(v) => {
+            let (action, received, note) = match v.action {
+                webhook::Action::Paid { received } => ("paid", received, None),
+                webhook::Action::Invalid(n) => ("invalid", None, Some(n)),
+                webhook::Action::Recheck => ("recheck", None, None),
+            };
+            (
+                None,
+                None,
+                Some(v.reference),
+                Some(v.event),
+                Some(v.signed),
+                Some(action.to_owned()),
+                received,
+                note,
+            )
+        }
+    };
+    TableIterator::once(row)
+}

@@ -1,0 +1,206 @@
+-- payledger providers: merchant profiles, the payment providers they own,
+-- the invoices issued at them (each pinned to its provider), subscriptions
+-- (pinned to a profile and provider at creation), settle hooks and the
+-- event outbox. The background worker (src/worker.rs) drives the invoices.
+
+CREATE TYPE payledger.provider_kind AS ENUM ('lnbits', 'lnd_rest', 'cln_rest', 'btcpay', 'stripe');
+
+-- creating: the worker is to create it at the provider; pending: issued,
+-- unpaid; paid; expired: past its expiry unpaid (still watched for late
+-- money until monitor_until); failed: never created, or invalid at the
+-- provider.
+CREATE TYPE payledger.invoice_status AS ENUM ('creating', 'pending', 'paid', 'expired', 'failed');
+
+CREATE TABLE payledger.merchant_profiles (
+    id         uuid PRIMARY KEY,
+    name       text NOT NULL UNIQUE CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'),
+    owner_id   text,                           -- the merchant, when profiles belong to tenants
+    is_default boolean NOT NULL DEFAULT false, -- used when nothing routes a pay-in elsewhere
+    metadata   jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX merchant_profiles_one_default ON payledger.merchant_profiles ((true)) WHERE is_default;
+
+-- Non-secret settings only; credentials live in provider_secrets.
+CREATE TABLE payledger.providers (
+    id             uuid PRIMARY KEY,
+    profile_id     uuid NOT NULL REFERENCES payledger.merchant_profiles,
+    name           text NOT NULL CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'),
+    kind           payledger.provider_kind NOT NULL,
+    base_url       text NOT NULL CHECK (base_url ~ '^https?://[^\s/?#@]+(/[^\s?#]*)?$'),
+    -- the pay-in external method it serves ('invoice' for Lightning, 'card', …)
+    rail           text NOT NULL,
+    -- amounts it is asked for are in this asset (msat for Lightning providers)
+    asset          text NOT NULL REFERENCES payledger.assets (code),
+    -- store_id (BTCPay), tls_cert_pem (LND, Core Lightning), …
+    config         jsonb NOT NULL DEFAULT '{}'::jsonb,
+    invoice_expiry interval NOT NULL DEFAULT '1 hour' CHECK (invoice_expiry > '0'),
+    -- how long an expired invoice is still watched for money that arrives late
+    -- (BTCPay's PaidLate); the provider's own figure wins when it gives one
+    monitoring     interval NOT NULL DEFAULT '1 hour' CHECK (monitoring >= '0'),
+    priority       integer NOT NULL DEFAULT 0,   -- lower first within a profile
+    active         boolean NOT NULL DEFAULT true, -- inactive: no new invoices, old ones still polled
+    -- health, kept by the worker: after failures it waits until retry_after
+    consecutive_failures integer NOT NULL DEFAULT 0,
+    retry_after    timestamptz,
+    last_error     text,
+    last_ok_at     timestamptz,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (profile_id, name)
+);
+
+-- Readable by the worker (a superuser connection) and payledger_admin only.
+CREATE TABLE payledger.provider_secrets (
+    provider_id    uuid PRIMARY KEY REFERENCES payledger.providers ON DELETE CASCADE,
+    credentials    jsonb NOT NULL,  -- {"invoice_key"}, {"macaroon"}, {"rune"}, {"api_key"}, {"secret_key"}
+    webhook_secret text,
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- Which profile issues the invoices of a pay-in type (a product).
+CREATE TABLE payledger.payin_routes (
+    payin_type text PRIMARY KEY,
+    profile_id uuid NOT NULL REFERENCES payledger.merchant_profiles
+);
+
+CREATE TABLE payledger.subscriptions (
+    id              uuid PRIMARY KEY,
+    owner_id        text NOT NULL,
+    payin_type      text NOT NULL,
+    asset           text NOT NULL,
+    amount          bigint NOT NULL CHECK (amount > 0),
+    period          interval NOT NULL CHECK (period > '0'),
+    methods         jsonb NOT NULL,
+    payouts         jsonb,
+    split           text,
+    payees          jsonb,
+    -- the snapshot: renewals are invoiced here, whatever the routes say later
+    -- (NULL on rows made before snapshots existed: see docs/providers.md)
+    profile_id      uuid REFERENCES payledger.merchant_profiles,
+    provider_id     uuid REFERENCES payledger.providers,
+    status          text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'cancelled')),
+    renewals        integer NOT NULL DEFAULT 0 CHECK (renewals >= 0),
+    next_renewal_at timestamptz NOT NULL,
+    last_payin_id   uuid,
+    metadata        jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX subscriptions_due_idx ON payledger.subscriptions (next_renewal_at) WHERE status = 'active';
+
+-- One invoice per pay-in; creation retries update the same row.
+CREATE TABLE payledger.invoices (
+    id              uuid PRIMARY KEY,
+    payin_id        uuid NOT NULL UNIQUE,
+    -- the snapshot of who issued it: polled there, whatever routes say later
+    provider_id     uuid NOT NULL REFERENCES payledger.providers,
+    provider_kind   payledger.provider_kind NOT NULL,
+    provider_name   text NOT NULL,
+    profile_id      uuid,
+    subscription_id uuid,
+    asset           text NOT NULL,
+    amount          bigint NOT NULL CHECK (amount > 0),
+    memo            text NOT NULL DEFAULT '',
+    expiry          interval NOT NULL,
+    status          payledger.invoice_status NOT NULL,
+    external_id     text,       -- the provider's id (the payment hash for Lightning nodes)
+    payment_hash    text CHECK (payment_hash ~ '^[0-9a-f]{64}$'),
+    payment_request text,       -- BOLT11, checkout link or client secret
+    expires_at      timestamptz,
+    monitor_until   timestamptz,
+    amount_received bigint CHECK (amount_received > 0),
+    preimage        text,
+    paid_at         timestamptz,
+    -- paid after its pay-in had failed: the money went to the late account
+    paid_late       boolean NOT NULL DEFAULT false,
+    late_journal    uuid,
+    -- the worker's bookkeeping
+    create_attempts integer NOT NULL DEFAULT 0,
+    checks          integer NOT NULL DEFAULT 0,
+    errors          integer NOT NULL DEFAULT 0,  -- consecutive
+    last_error      text,
+    next_check_at   timestamptz,                 -- NULL: no longer watched
+    locked_until    timestamptz,                 -- a worker's claim on it
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT invoice_issued CHECK (status IN ('creating', 'failed') OR external_id IS NOT NULL),
+    CONSTRAINT invoice_paid CHECK ((status = 'paid') = (paid_at IS NOT NULL)
+                                   AND (status = 'paid') = (amount_received IS NOT NULL)),
+    CONSTRAINT invoice_late CHECK (paid_late = (late_journal IS NOT NULL) AND (NOT paid_late OR status = 'paid'))
+);
+CREATE UNIQUE INDEX invoices_external_id ON payledger.invoices (provider_id, external_id) WHERE external_id IS NOT NULL;
+CREATE INDEX invoices_payment_hash ON payledger.invoices (payment_hash) WHERE payment_hash IS NOT NULL;
+CREATE INDEX invoices_due_idx ON payledger.invoices (next_check_at) WHERE next_check_at IS NOT NULL;
+
+-- Application functions run when a pay-in reaches one of on_states.
+CREATE TABLE payledger.settle_hooks (
+    name         text PRIMARY KEY CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.-]{0,62}$'),
+    function     regprocedure NOT NULL,
+    on_states    payledger.payin_state[] NOT NULL CHECK (on_states <@ '{PAID,FAILED,CANCELLED}'),
+    max_attempts integer NOT NULL DEFAULT 10 CHECK (max_attempts >= 1),
+    -- the registering session's search_path: the hook runs with it, as it
+    -- would have in that session
+    search_path  text NOT NULL,
+    active       boolean NOT NULL DEFAULT true,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- One run per hook, pay-in and state: the key makes a hook run once even when
+-- the webhook and the worker both settle (only one of them moves the pay-in).
+CREATE TABLE payledger.hook_runs (
+    hook            text NOT NULL,
+    payin_id        uuid NOT NULL,
+    state           payledger.payin_state NOT NULL,
+    status          text NOT NULL CHECK (status IN ('pending', 'done', 'failed')),
+    attempts        integer NOT NULL DEFAULT 0,
+    last_error      text,
+    next_attempt_at timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    done_at         timestamptz,
+    PRIMARY KEY (hook, payin_id, state)
+);
+CREATE INDEX hook_runs_due_idx ON payledger.hook_runs (next_attempt_at) WHERE status = 'pending';
+
+-- The outbox: settlements, failures, late money, hook failures. Each row is
+-- announced by NOTIFY payledger_events; consumers read by id.
+CREATE TABLE payledger.events (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    topic      text NOT NULL,
+    subject_id uuid,
+    owner_id   text,
+    payload    jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX events_owner_idx ON payledger.events (owner_id, id) WHERE owner_id IS NOT NULL;
+
+-- One row: what the worker did last (for operators and tests).
+CREATE TABLE payledger.worker_status (
+    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
+    pid         integer,
+    started_at  timestamptz,
+    last_tick_at timestamptz,
+    ticks       bigint NOT NULL DEFAULT 0,
+    last_result jsonb
+);
+INSERT INTO payledger.worker_status DEFAULT VALUES;
+
+ALTER TABLE payledger.merchant_profiles ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.providers ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.provider_secrets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.payin_routes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.subscriptions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.invoices ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.settle_hooks ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.hook_runs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.worker_status ENABLE ROW LEVEL SECURITY;
+
+SELECT pg_catalog.pg_extension_config_dump('payledger.merchant_profiles', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.providers', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.provider_secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.payin_routes', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.subscriptions', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.invoices', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.settle_hooks', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.hook_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.events', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.events_id_seq', '');

@@ -1,0 +1,177 @@
+//! The background worker: registered when payledger is in
+//! `shared_preload_libraries` and `payledger.worker_database` is set. Each
+//! tick it runs the same three steps as `CALL payledger.run_tick()`:
+//!
+//! 1. a short transaction that opens invoices for pay-ins waiting for one,
+//!    claims due invoices (`FOR UPDATE SKIP LOCKED` plus a lease) and reads
+//!    their providers' credentials, then commits;
+//! 2. the provider calls, with no transaction open (`provider::call_all`);
+//! 3. a short transaction that records the results through
+//!    `payledger.worker_record` (guarded transitions, idempotent).
+//!
+//! then the housekeeping (deadlines, holds, hook retries, renewals). An
+//! ERROR ends the process and the postmaster starts it again after 5 s; a
+//! claim left by a crash comes back when its lease runs out.
+
+use crate::gucs;
+use crate::provider::{call_all, load_secrets, CallSettings};
+use pgrx::bgworkers::*;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub fn register() {
+    // SAFETY: a plain read of a flag set by the postmaster.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    BackgroundWorkerBuilder::new("payledger worker")
+        .set_type("payledger worker")
+        .set_library("payledger")
+        .set_function("payledger_worker_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+fn shutting_down() -> bool {
+    // SAFETY: a volatile read of the flag the SIGTERM handler sets.
+    unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn payledger_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let Some(db) = gucs::WORKER_DATABASE
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .filter(|d| !d.is_empty())
+    else {
+        // exit code 0: the postmaster does not start it again
+        log!("payledger worker: payledger.worker_database is not set; not starting");
+        return;
+    };
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    BackgroundWorker::transaction(|| {
+        Spi::run("SELECT pg_catalog.set_config('application_name', 'payledger worker', false)")
+            .unwrap_or_else(|e| pgrx::error!("{e}"));
+    });
+    log!("payledger worker: started on database {db}");
+    loop {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: the documented way to reload settings in a background worker.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            log!("payledger worker: settings reloaded");
+        }
+        tick();
+        let interval = Duration::from_secs(gucs::WORKER_INTERVAL.get().max(1) as u64);
+        if shutting_down() || !BackgroundWorker::wait_latch(Some(interval)) {
+            break;
+        }
+    }
+    // exit code 1, not 0: a worker that exits with 0 is never started again,
+    // and a SIGTERM also comes from pg_terminate_backend or DROP DATABASE …
+    // WITH (FORCE). At server shutdown the postmaster restarts nothing anyway.
+    log!("payledger worker: stopped");
+    // SAFETY: ends the process the documented way.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+fn ready() -> bool {
+    BackgroundWorker::transaction(|| {
+        Spi::get_one::<bool>(
+            "SELECT pg_catalog.to_regprocedure('payledger.worker_claim(integer,timestamp with time zone)') IS NOT NULL",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    })
+}
+
+fn add_counts(total: &mut serde_json::Map<String, Value>, step: &Value) {
+    if let Some(o) = step.as_object() {
+        for (k, v) in o {
+            let n = total.get(k).and_then(Value::as_i64).unwrap_or(0) + v.as_i64().unwrap_or(0);
+            total.insert(k.clone(), json!(n));
+        }
+    }
+}
+
+fn tick() {
+    if !ready() {
+        return;
+    }
+    let batch = gucs::WORKER_BATCH_SIZE.get().max(1);
+    let settings = CallSettings::from_gucs();
+    let started = BackgroundWorker::transaction(|| {
+        Spi::get_one::<String>("SELECT pg_catalog.clock_timestamp()::text")
+            .unwrap_or_else(|e| pgrx::error!("{e}"))
+            .unwrap_or_default()
+    });
+    let mut counts = serde_json::Map::new();
+    loop {
+        let (claims, secrets) = BackgroundWorker::transaction(|| {
+            let claims = Spi::get_one_with_args::<JsonB>(
+                "SELECT payledger.worker_claim($1, $2::timestamptz)",
+                &[batch.into(), started.clone().into()],
+            )
+            .unwrap_or_else(|e| pgrx::error!("claiming invoices: {e}"))
+            .map(|j| j.0)
+            .unwrap_or(Value::Null);
+            let claims = match claims {
+                Value::Array(a) => a,
+                _ => Vec::new(),
+            };
+            let secrets = load_secrets(&claims);
+            (claims, secrets)
+        });
+        if claims.is_empty() {
+            break;
+        }
+        // no transaction is open here
+        let results = call_all(&claims, &secrets, &settings);
+        drop(secrets);
+        let step = BackgroundWorker::transaction(|| {
+            Spi::get_one_with_args::<JsonB>(
+                "SELECT payledger.worker_record($1)",
+                &[JsonB(Value::Array(results)).into()],
+            )
+            .unwrap_or_else(|e| pgrx::error!("recording results: {e}"))
+            .map(|j| j.0)
+            .unwrap_or(Value::Null)
+        });
+        add_counts(&mut counts, &step);
+        if (claims.len() as i32) < batch || shutting_down() {
+            break;
+        }
+    }
+    let chores = BackgroundWorker::transaction(|| {
+        Spi::get_one_with_args::<JsonB>("SELECT payledger.worker_housekeeping($1)", &[batch.into()])
+            .unwrap_or_else(|e| pgrx::error!("housekeeping: {e}"))
+            .map(|j| j.0)
+            .unwrap_or(Value::Null)
+    });
+    add_counts(&mut counts, &chores);
+    let counts = Value::Object(counts);
+    BackgroundWorker::transaction(|| {
+        Spi::run_with_args(
+            "SELECT payledger.worker_note_tick($1, pg_catalog.pg_backend_pid())",
+            &[JsonB(counts.clone()).into()],
+        )
+        .unwrap_or_else(|e| pgrx::error!("{e}"));
+    });
+    // say what happened, and only when something did
+    let done: serde_json::Map<String, Value> = counts
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_i64() != Some(0))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !done.is_empty() {
+        log!("payledger worker: {}", Value::Object(done));
+    }
+}

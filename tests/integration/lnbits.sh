@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The background worker against a real LNbits (FakeWallet) on loopback:
+#  1. a pay-in with an invoice remainder: the worker creates the invoice at
+#     LNbits, a second wallet pays it, the worker settles it (pay-outs
+#     credited, the settle hook runs once);
+#  2. an unpaid invoice with a short expiry: FAILED (INVOICE_EXPIRED), the
+#     balance part refunded;
+#  3. LNbits down: the worker backs off, the pay-in waits, and is invoiced and
+#     settled once LNbits is back;
+#  4. an invoice paid just before LNbits went down is settled after it
+#     returns (settings reloaded on SIGHUP to hold the worker still meanwhile);
+#  5. the worker killed with SIGKILL comes back and carries on.
+set -euo pipefail
+INTERVAL=1
+CLUSTER_CONF="shared_preload_libraries = 'payledger'
+payledger.worker_database = 'payledger_it'
+payledger.worker_interval = $INTERVAL
+payledger.worker_max_backoff = 2
+payledger.worker_http_timeout = 3000"
+source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
+setup_lnbits
+LNBITS_PORT=${LNBITS_PORT:-$((TEST_PORT + 1000))}
+trap 'stop_lnbits "$DIR"; stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
+start_lnbits "$DIR" "$LNBITS_PORT"
+read -r INKEY PAYKEY < <(lnbits_setup "$LNBITS_PORT")
+
+psql_ -d postgres -c "CREATE DATABASE payledger_it"
+q() { psql_ -d payledger_it -Atc "$1"; }
+# wait_for <sql returning true> <what> [seconds]
+wait_for() {
+  local i
+  for i in $(seq 1 $((${3:-20} * 4))); do
+    [ "$(q "$1")" = t ] && return 0
+    sleep 0.25
+  done
+  fail "timed out waiting for: $2"
+}
+
+psql_ -d payledger_it <<SQL
+CREATE EXTENSION payledger;
+SELECT payledger.create_asset('msat', 0, 'millisatoshi');
+SELECT payledger.register_payin_type('ITEM_CREATE', 'post an item');
+SELECT payledger.register_payout_type('FOUNDER', 'to the territory founder');
+SELECT payledger.create_merchant_profile('shop', is_default => true);
+SELECT payledger.add_provider('shop', 'lnbits', 'lnbits', 'http://127.0.0.1:$LNBITS_PORT',
+                              '{"invoice_key": "$INKEY"}', invoice_expiry => '10 minutes');
+SELECT payledger.open_account('ann', 'msat');
+SELECT payledger.open_account('bob', 'msat');
+SELECT payledger.transfer(payledger.open_account('payledger', 'msat', 'external', 'world', allow_negative => true),
+                          payledger.account_id('ann', 'msat'), 1000000);
+-- the application's settle hook: one license per pay-in, enforced by a key
+CREATE TABLE licenses (payin_id uuid PRIMARY KEY, issued_at timestamptz NOT NULL DEFAULT now());
+CREATE FUNCTION issue_license(payin uuid, state payledger.payin_state) RETURNS void
+LANGUAGE sql AS 'INSERT INTO licenses (payin_id) VALUES (payin)';
+SELECT payledger.register_settle_hook('license', 'issue_license(uuid, payledger.payin_state)');
+-- 40 sats from ann's balance, 60 by invoice
+CREATE FUNCTION new_payin() RETURNS uuid LANGUAGE sql AS \$\$
+  SELECT payin_id FROM payledger.create_payin('ann', 'ITEM_CREATE', 'msat', 100000,
+    jsonb_build_array(jsonb_build_object('account', payledger.account_id('ann', 'msat'), 'amount', 40000),
+                      '{"external": "invoice", "amount": 60000}'::jsonb),
+    jsonb_build_array(jsonb_build_object('type', 'FOUNDER', 'account', payledger.account_id('bob', 'msat'),
+                                         'amount', 100000)))
+\$\$;
+SQL
+wait_for "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'payledger worker'" "the worker to start" 30
+pay() { lnbits_pay "$LNBITS_PORT" "$PAYKEY" "$(q "SELECT payment_request FROM payledger.invoices WHERE payin_id = '$1'")"; }
+state() { q "SELECT state FROM payledger.payins WHERE id = '$1'"; }
+balance() { q "SELECT payledger.balance(payledger.account_id('$1', 'msat'))"; }
+
+echo "1. settled by the worker"
+P1=$(q "SELECT new_payin()")
+wait_for "SELECT state = 'PENDING' FROM payledger.payins WHERE id = '$P1'" "P1's invoice at LNbits"
+[ "$(balance ann)" = 960000 ] || fail "ann's 40 sats should be in escrow"
+paid_at=$(date +%s.%N)
+pay "$P1"
+wait_for "SELECT state = 'PAID' FROM payledger.payins WHERE id = '$P1'" "P1 PAID"
+settled_in=$(awk "BEGIN { printf \"%.2f\", $(date +%s.%N) - $paid_at }")
+[ "$(balance bob)" = 100000 ] || fail "bob should have earned 100 sats, has $(balance bob)"
+[ "$(q "SELECT count(*) FROM licenses WHERE payin_id = '$P1'")" = 1 ] || fail "one license for P1"
+[ "$(q "SELECT status || ' ' || amount_received FROM payledger.invoices WHERE payin_id = '$P1'")" = "paid 60000" ] \
+  || fail "P1's invoice should be paid in full"
+echo "   paid at LNbits -> PAID in ${settled_in}s (worker interval ${INTERVAL}s)"
+
+echo "2. expiry"
+# (in the creating transaction, before the worker opens the invoice itself)
+P2=$(q "WITH p AS (SELECT new_payin() AS id) SELECT p.id FROM p, payledger.request_invoice(p.id, expiry => '2 seconds')")
+wait_for "SELECT state = 'FAILED' FROM payledger.payins WHERE id = '$P2'" "P2 FAILED" 30
+[ "$(q "SELECT failure_reason FROM payledger.payins WHERE id = '$P2'")" = INVOICE_EXPIRED ] || fail "P2's reason"
+[ "$(q "SELECT status FROM payledger.invoices WHERE payin_id = '$P2'")" = expired ] || fail "P2's invoice expired"
+[ "$(balance ann)" = 960000 ] || fail "ann's 40 sats of P2 should be back: $(balance ann)"
+
+echo "3. LNbits unreachable"
+stop_lnbits "$DIR"
+P3=$(q "SELECT new_payin()")
+wait_for "SELECT consecutive_failures >= 2 AND retry_after IS NOT NULL FROM payledger.providers" "the provider's backoff" 30
+[ "$(state "$P3")" = PENDING_INVOICE_CREATION ] || fail "P3 should wait, is $(state "$P3")"
+[ "$(q "SELECT status FROM payledger.invoices WHERE payin_id = '$P3'")" = creating ] || fail "P3's invoice waits"
+q "SELECT last_error FROM payledger.providers" | grep -q connection || fail "the provider's last error"
+start_lnbits "$DIR" "$LNBITS_PORT"
+wait_for "SELECT state = 'PENDING' FROM payledger.payins WHERE id = '$P3'" "P3 invoiced after the outage" 30
+pay "$P3"
+wait_for "SELECT state = 'PAID' FROM payledger.payins WHERE id = '$P3'" "P3 PAID"
+
+echo "4. paid just before LNbits went down"
+psql_ -d payledger_it -c "ALTER SYSTEM SET payledger.worker_interval = 3600" -c "SELECT pg_reload_conf()" >/dev/null
+sleep 2  # the worker wakes on SIGHUP, ticks once, then sleeps an hour
+P4=$(q "SELECT new_payin()")
+psql_ -d payledger_it -c "CALL payledger.run_tick()" 2>/dev/null
+[ "$(state "$P4")" = PENDING ] || fail "P4 should be PENDING, is $(state "$P4")"
+pay "$P4"
+stop_lnbits "$DIR"
+psql_ -d payledger_it -c "CALL payledger.run_tick()" 2>/dev/null   # fails to reach LNbits: nothing changes
+[ "$(q "SELECT status FROM payledger.invoices WHERE payin_id = '$P4'")" = pending ] || fail "P4 must not be settled yet"
+start_lnbits "$DIR" "$LNBITS_PORT"
+psql_ -d payledger_it -c "ALTER SYSTEM SET payledger.worker_interval = $INTERVAL" -c "SELECT pg_reload_conf()" >/dev/null
+wait_for "SELECT state = 'PAID' FROM payledger.payins WHERE id = '$P4'" "P4 PAID after LNbits returned" 30
+grep -q "settings reloaded" "$DIR/server.log" || fail "the worker did not log the reload"
+
+echo "5. the worker killed"
+old=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'payledger worker'")
+kill -KILL "$old"
+wait_for "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'payledger worker' AND pid <> $old" \
+  "the worker to come back" 60
+P5=$(q "SELECT new_payin()")
+wait_for "SELECT state = 'PENDING' FROM payledger.payins WHERE id = '$P5'" "P5 invoiced by the new worker" 30
+pay "$P5"
+wait_for "SELECT state = 'PAID' FROM payledger.payins WHERE id = '$P5'" "P5 PAID"
+
+echo "checks"
+[ -z "$(q "SELECT * FROM payledger.check_invariants()")" ] || { q "SELECT * FROM payledger.check_invariants()"; fail "invariants"; }
+[ "$(q "SELECT count(*) FROM licenses")" = 4 ] || fail "four licenses (P1, P3, P4, P5)"
+[ "$(q "SELECT count(*) FROM payledger.hook_runs WHERE status = 'done'")" = 4 ] || fail "four hook runs done"
+[ "$(q "SELECT count(*) FROM payledger.events WHERE topic = 'payin.paid'")" = 4 ] || fail "four payin.paid events"
+[ "$(q "SELECT count(*) FROM payledger.events WHERE topic = 'payin.failed'")" = 1 ] || fail "one payin.failed event"
+grep -q 'payledger worker: {' "$DIR/server.log" || fail "the worker logs what it did"
+if grep -q "$INKEY" "$DIR/server.log"; then fail "the invoice key appears in the server log"; fi
+echo "ok: lnbits"
