@@ -270,8 +270,9 @@ BEGIN
     VALUES (payledger.new_id(), p.id, prov.id, prov.kind, prov.name, prov.profile_id, subscription,
             p.asset, p.external_amount, coalesce(memo, p.type || ' ' || p.id), coalesce(expiry, prov.invoice_expiry),
             -- the creation deadline: an invoice not created within its own
-            -- expiry (a long outage) fails its pay-in
-            'creating', now() + least(max_age, coalesce(expiry, prov.invoice_expiry)), now())
+            -- expiry (a long outage) fails its pay-in; due at once and first
+            -- in line (a payer is waiting for it), in this tick too
+            'creating', now() + least(max_age, coalesce(expiry, prov.invoice_expiry)), '-infinity')
     RETURNING * INTO inv;
     RETURN inv;
 END;

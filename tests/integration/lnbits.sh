@@ -71,6 +71,10 @@ echo "1. settled by the worker"
 P1=$(q "SELECT new_payin()")
 wait_for "SELECT state = 'PENDING' FROM payledger.payins WHERE id = '$P1'" "P1's invoice at LNbits"
 [ "$(balance ann)" = 960000 ] || fail "ann's 40 sats should be in escrow"
+# a listener, as an application would run one: NOTIFY payledger_events
+psql_ -d payledger_it -c "LISTEN payledger_events" -c "SELECT pg_sleep(6)" >"$DIR/notify.out" 2>&1 &
+listener=$!
+sleep 0.5
 paid_at=$(date +%s.%N)
 pay "$P1"
 wait_for "SELECT state = 'PAID' FROM payledger.payins WHERE id = '$P1'" "P1 PAID"
@@ -80,6 +84,9 @@ settled_in=$(awk "BEGIN { printf \"%.2f\", $(date +%s.%N) - $paid_at }")
 [ "$(q "SELECT status || ' ' || amount_received FROM payledger.invoices WHERE payin_id = '$P1'")" = "paid 60000" ] \
   || fail "P1's invoice should be paid in full"
 echo "   paid at LNbits -> PAID in ${settled_in}s (worker interval ${INTERVAL}s)"
+wait "$listener"
+grep -q "notification \"payledger_events\" with payload \".*payin.paid.*$P1" "$DIR/notify.out" \
+  || { cat "$DIR/notify.out"; fail "no NOTIFY payledger_events for P1"; }
 
 echo "2. expiry"
 # (in the creating transaction, before the worker opens the invoice itself)
