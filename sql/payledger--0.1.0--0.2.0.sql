@@ -1846,8 +1846,9 @@ CREATE TABLE payledger.hook_runs (
 );
 CREATE INDEX hook_runs_due_idx ON payledger.hook_runs (next_attempt_at) WHERE status = 'pending';
 
--- The outbox: settlements, failures, late money, hook failures. Each row is
--- announced by NOTIFY payledger_events; consumers read by id.
+-- The outbox: settlements, failures, late money, hook failures. Written in
+-- the transaction that makes the change; announced by NOTIFY payledger_events
+-- shortly after commit (announce_events); consumers read by id.
 CREATE TABLE payledger.events (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     topic      text NOT NULL,
@@ -1865,7 +1866,9 @@ CREATE TABLE payledger.worker_status (
     started_at  timestamptz,
     last_tick_at timestamptz,
     ticks       bigint NOT NULL DEFAULT 0,
-    last_result jsonb
+    last_result jsonb,
+    -- the last event announced by NOTIFY payledger_events
+    announced_id bigint NOT NULL DEFAULT 0
 );
 INSERT INTO payledger.worker_status DEFAULT VALUES;
 
@@ -2163,8 +2166,9 @@ BEGIN
     VALUES (payledger.new_id(), p.id, prov.id, prov.kind, prov.name, prov.profile_id, subscription,
             p.asset, p.external_amount, coalesce(memo, p.type || ' ' || p.id), coalesce(expiry, prov.invoice_expiry),
             -- the creation deadline: an invoice not created within its own
-            -- expiry (a long outage) fails its pay-in
-            'creating', now() + least(max_age, coalesce(expiry, prov.invoice_expiry)), now())
+            -- expiry (a long outage) fails its pay-in; due at once and first
+            -- in line (a payer is waiting for it), in this tick too
+            'creating', now() + least(max_age, coalesce(expiry, prov.invoice_expiry)), '-infinity')
     RETURNING * INTO inv;
     RETURN inv;
 END;
@@ -2543,6 +2547,8 @@ BEGIN
     counts := counts || payledger.worker_housekeeping(n);
     PERFORM payledger.worker_note_tick(counts);
     COMMIT;
+    PERFORM payledger.announce_events();
+    COMMIT;
     RAISE NOTICE 'payledger tick: %', counts;
 END;
 $$;
@@ -2600,15 +2606,32 @@ $$;
 -- Events (outbox) and settle hooks
 ---------------------------------------------------------------------------
 
+-- Only the row: a NOTIFY in the writing transaction would take PostgreSQL's
+-- cluster-wide notify lock at every commit (it serializes committing
+-- notifiers, and cut pay-in throughput by about a third in the benchmark).
+-- announce_events() sends one NOTIFY for all rows written since the last.
 CREATE FUNCTION payledger.emit_event(topic text, subject uuid, owner text, payload jsonb)
-RETURNS bigint LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    id bigint;
-BEGIN
+RETURNS bigint LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
     INSERT INTO payledger.events (topic, subject_id, owner_id, payload)
-    VALUES (topic, subject, owner, payload) RETURNING events.id INTO id;
-    PERFORM pg_notify('payledger_events', jsonb_build_object('id', id, 'topic', topic, 'subject', subject)::text);
-    RETURN id;
+    VALUES (topic, subject, owner, payload) RETURNING id;
+$$;
+
+-- NOTIFY payledger_events once, with {"last_id": n}, when events were written
+-- since the last announcement; returns n (NULL: nothing new). The worker calls
+-- it every payledger.worker_notify_interval ms, run_tick at its end. The
+-- UPDATE makes concurrent announcers take turns.
+CREATE FUNCTION payledger.announce_events()
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    last_id bigint;
+BEGIN
+    SELECT max(e.id) INTO last_id FROM payledger.events e;
+    UPDATE payledger.worker_status w SET announced_id = last_id WHERE w.announced_id < last_id;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify('payledger_events', jsonb_build_object('last_id', last_id)::text);
+    RETURN last_id;
 END;
 $$;
 
@@ -3042,6 +3065,7 @@ GRANT EXECUTE ON FUNCTION
     payledger.worker_record(jsonb),
     payledger.worker_housekeeping(integer),
     payledger.worker_note_tick(jsonb, integer),
+    payledger.announce_events(),
     payledger.invoice_apply(uuid, jsonb),
     payledger.retry_hooks(integer),
     payledger.renew_due_subscriptions(integer)

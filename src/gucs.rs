@@ -17,6 +17,7 @@ pub static WORKER_HTTP_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000)
 pub static WORKER_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static WORKER_CREATE_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static WORKER_MAX_BACKOFF: GucSetting<i32> = GucSetting::<i32>::new(600);
+pub static WORKER_NOTIFY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(250);
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -102,6 +103,16 @@ pub fn init() {
         &WORKER_MAX_BACKOFF,
         1,
         86_400,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.worker_notify_interval",
+        c"Milliseconds between the worker's checks for new events to announce.",
+        c"New rows in payledger.events are announced with one NOTIFY payledger_events per check.",
+        &WORKER_NOTIFY_INTERVAL,
+        10,
+        60_000,
         GucContext::Sighup,
         GucFlags::default(),
     );

@@ -145,6 +145,7 @@ GRANT EXECUTE ON FUNCTION
     payledger.worker_record(jsonb),
     payledger.worker_housekeeping(integer),
     payledger.worker_note_tick(jsonb, integer),
+    payledger.announce_events(),
     payledger.invoice_apply(uuid, jsonb),
     payledger.retry_hooks(integer),
     payledger.renew_due_subscriptions(integer)

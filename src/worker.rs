@@ -19,7 +19,7 @@ use pgrx::bgworkers::*;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub fn register() {
     // SAFETY: a plain read of a flag set by the postmaster.
@@ -60,15 +60,25 @@ pub extern "C-unwind" fn payledger_worker_main(_arg: pg_sys::Datum) {
             .unwrap_or_else(|e| pgrx::error!("{e}"));
     });
     log!("payledger worker: started on database {db}");
+    // ticks every worker_interval; between them, wakes every
+    // worker_notify_interval to announce new events
+    let mut next_tick = Instant::now();
     loop {
         if BackgroundWorker::sighup_received() {
             // SAFETY: the documented way to reload settings in a background worker.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             log!("payledger worker: settings reloaded");
+            next_tick = Instant::now();
         }
-        tick();
-        let interval = Duration::from_secs(gucs::WORKER_INTERVAL.get().max(1) as u64);
-        if shutting_down() || !BackgroundWorker::wait_latch(Some(interval)) {
+        if Instant::now() >= next_tick {
+            tick();
+            next_tick =
+                Instant::now() + Duration::from_secs(gucs::WORKER_INTERVAL.get().max(1) as u64);
+        }
+        announce();
+        let nap = Duration::from_millis(gucs::WORKER_NOTIFY_INTERVAL.get().max(10) as u64)
+            .min(next_tick.saturating_duration_since(Instant::now()));
+        if shutting_down() || !BackgroundWorker::wait_latch(Some(nap)) {
             break;
         }
     }
@@ -80,15 +90,35 @@ pub extern "C-unwind" fn payledger_worker_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
+/// Whether the extension is installed (remembered once it is: if it is
+/// dropped later, the next call fails and the restarted worker checks again).
 fn ready() -> bool {
-    BackgroundWorker::transaction(|| {
+    static READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if READY.load(std::sync::atomic::Ordering::Relaxed) {
+        return true;
+    }
+    let ready = BackgroundWorker::transaction(|| {
         Spi::get_one::<bool>(
             "SELECT pg_catalog.to_regprocedure('payledger.worker_claim(integer,timestamp with time zone)') IS NOT NULL",
         )
         .ok()
         .flatten()
         .unwrap_or(false)
-    })
+    });
+    READY.store(ready, std::sync::atomic::Ordering::Relaxed);
+    ready
+}
+
+/// One NOTIFY for the events written since the last (a transaction only when
+/// the extension is installed).
+fn announce() {
+    if !ready() {
+        return;
+    }
+    BackgroundWorker::transaction(|| {
+        Spi::run("SELECT payledger.announce_events()")
+            .unwrap_or_else(|e| pgrx::error!("announcing events: {e}"));
+    });
 }
 
 fn add_counts(total: &mut serde_json::Map<String, Value>, step: &Value) {

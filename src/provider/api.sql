@@ -651,6 +651,8 @@ BEGIN
     counts := counts || payledger.worker_housekeeping(n);
     PERFORM payledger.worker_note_tick(counts);
     COMMIT;
+    PERFORM payledger.announce_events();
+    COMMIT;
     RAISE NOTICE 'payledger tick: %', counts;
 END;
 $$;
@@ -708,15 +710,32 @@ $$;
 -- Events (outbox) and settle hooks
 ---------------------------------------------------------------------------
 
+-- Only the row: a NOTIFY in the writing transaction would take PostgreSQL's
+-- cluster-wide notify lock at every commit (it serializes committing
+-- notifiers, and cut pay-in throughput by about a third in the benchmark).
+-- announce_events() sends one NOTIFY for all rows written since the last.
 CREATE FUNCTION payledger.emit_event(topic text, subject uuid, owner text, payload jsonb)
-RETURNS bigint LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    id bigint;
-BEGIN
+RETURNS bigint LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
     INSERT INTO payledger.events (topic, subject_id, owner_id, payload)
-    VALUES (topic, subject, owner, payload) RETURNING events.id INTO id;
-    PERFORM pg_notify('payledger_events', jsonb_build_object('id', id, 'topic', topic, 'subject', subject)::text);
-    RETURN id;
+    VALUES (topic, subject, owner, payload) RETURNING id;
+$$;
+
+-- NOTIFY payledger_events once, with {"last_id": n}, when events were written
+-- since the last announcement; returns n (NULL: nothing new). The worker calls
+-- it every payledger.worker_notify_interval ms, run_tick at its end. The
+-- UPDATE makes concurrent announcers take turns.
+CREATE FUNCTION payledger.announce_events()
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    last_id bigint;
+BEGIN
+    SELECT max(e.id) INTO last_id FROM payledger.events e;
+    UPDATE payledger.worker_status w SET announced_id = last_id WHERE w.announced_id < last_id;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify('payledger_events', jsonb_build_object('last_id', last_id)::text);
+    RETURN last_id;
 END;
 $$;
 

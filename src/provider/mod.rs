@@ -139,6 +139,31 @@ fn call_one(claim: &Value, secrets: &Secrets, s: &CallSettings) -> Value {
     }
 }
 
+/// Every signal blocked on the current thread until dropped.
+struct SignalsBlocked(libc::sigset_t);
+
+impl SignalsBlocked {
+    fn new() -> Self {
+        // SAFETY: plain libc calls on sigset_t values owned here.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            SignalsBlocked(old)
+        }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in new().
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
+        }
+    }
+}
+
 /// Call the providers for all claims, `concurrency` at a time. Touches no
 /// PostgreSQL state: safe on threads, and run with no transaction open.
 pub fn call_all(claims: &[Value], secrets: &Secrets, s: &CallSettings) -> Vec<Value> {
@@ -149,6 +174,10 @@ pub fn call_all(claims: &[Value], secrets: &Secrets, s: &CallSettings) -> Vec<Va
     let next = AtomicUsize::new(0);
     let results: Vec<Mutex<Option<Value>>> = claims.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|scope| {
+        // PostgreSQL's signal handlers must run on this thread only: the
+        // threads are spawned with every signal blocked (they inherit the
+        // mask), then this thread's mask is restored
+        let blocked = SignalsBlocked::new();
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -163,6 +192,7 @@ pub fn call_all(claims: &[Value], secrets: &Secrets, s: &CallSettings) -> Vec<Va
                 *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
             });
         }
+        drop(blocked);
     });
     results
         .into_iter()

@@ -160,8 +160,9 @@ CREATE TABLE payledger.hook_runs (
 );
 CREATE INDEX hook_runs_due_idx ON payledger.hook_runs (next_attempt_at) WHERE status = 'pending';
 
--- The outbox: settlements, failures, late money, hook failures. Each row is
--- announced by NOTIFY payledger_events; consumers read by id.
+-- The outbox: settlements, failures, late money, hook failures. Written in
+-- the transaction that makes the change; announced by NOTIFY payledger_events
+-- shortly after commit (announce_events); consumers read by id.
 CREATE TABLE payledger.events (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     topic      text NOT NULL,
@@ -179,7 +180,9 @@ CREATE TABLE payledger.worker_status (
     started_at  timestamptz,
     last_tick_at timestamptz,
     ticks       bigint NOT NULL DEFAULT 0,
-    last_result jsonb
+    last_result jsonb,
+    -- the last event announced by NOTIFY payledger_events
+    announced_id bigint NOT NULL DEFAULT 0
 );
 INSERT INTO payledger.worker_status DEFAULT VALUES;
 

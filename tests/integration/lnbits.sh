@@ -85,8 +85,12 @@ settled_in=$(awk "BEGIN { printf \"%.2f\", $(date +%s.%N) - $paid_at }")
   || fail "P1's invoice should be paid in full"
 echo "   paid at LNbits -> PAID in ${settled_in}s (worker interval ${INTERVAL}s)"
 wait "$listener"
-grep -q "notification \"payledger_events\" with payload \".*payin.paid.*$P1" "$DIR/notify.out" \
-  || { cat "$DIR/notify.out"; fail "no NOTIFY payledger_events for P1"; }
+grep -q 'notification "payledger_events" with payload "{"last_id": [0-9]*}"' "$DIR/notify.out" \
+  || { cat "$DIR/notify.out"; fail "no NOTIFY payledger_events"; }
+[ "$(q "SELECT count(*) FROM payledger.events_since(0, 1000) WHERE topic = 'payin.paid' AND subject_id = '$P1'")" = 1 ] \
+  || fail "the payin.paid event of P1"
+[ "$(q "SELECT announced_id = (SELECT max(id) FROM payledger.events) FROM payledger.worker_status")" = t ] \
+  || fail "the worker announced every event"
 
 echo "2. expiry"
 # (in the creating transaction, before the worker opens the invoice itself)
