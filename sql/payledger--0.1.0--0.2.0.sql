@@ -1,7 +1,8 @@
 -- payledger 0.1.0 -> 0.2.0: pay-ins and pay-outs (src/payin/), Nostr, BOLT11
 -- and NIP-90 jobs (src/nostr/, src/bolt11.rs), invoices at payment providers
--- with the background worker (src/provider/, src/worker.rs), and
--- check_invariants() gathering every module's checks (src/invariants.sql).
+-- with the background worker (src/provider/, src/worker.rs), prepaid credits
+-- (src/credits/), and check_invariants() gathering every module's checks
+-- (src/invariants.sql).
 -- The objects below are the 0.2.0 text of src/payin/schema.sql,
 -- src/payin/api.sql, src/nostr/jobs.sql and src/provider/*.sql; tests/integration/upgrade.sh
 -- proves the result equals a fresh 0.2.0 install. Released: never edit.
@@ -1868,7 +1869,9 @@ CREATE TABLE payledger.worker_status (
     ticks       bigint NOT NULL DEFAULT 0,
     last_result jsonb,
     -- the last event announced by NOTIFY payledger_events
-    announced_id bigint NOT NULL DEFAULT 0
+    announced_id bigint NOT NULL DEFAULT 0,
+    -- the last metering run the worker started
+    last_metering_at timestamptz
 );
 INSERT INTO payledger.worker_status DEFAULT VALUES;
 
@@ -2475,6 +2478,8 @@ DECLARE
     inv record;
     expired integer := 0;
     holds integer;
+    credits integer;
+    metered integer := 0;
     hooks integer;
     renewed integer;
     jobs integer;
@@ -2499,10 +2504,19 @@ BEGIN
         END IF;
     END LOOP;
     holds := payledger.expire_holds(batch);
+    credits := payledger.expire_credits(batch);
+    -- metering, every payledger.metering_interval seconds (four times a day)
+    UPDATE payledger.worker_status w SET last_metering_at = now()
+     WHERE w.last_metering_at IS NULL
+        OR w.last_metering_at <= now() - make_interval(secs => payledger.setting_int('metering_interval', 21600));
+    IF FOUND THEN
+        metered := (SELECT m.orgs FROM payledger.run_metering() m);
+    END IF;
     hooks := payledger.retry_hooks(batch);
     renewed := payledger.renew_due_subscriptions(batch);
     jobs := payledger.nostr_expire_jobs(batch);
     RETURN jsonb_build_object('invoices_expired', expired, 'holds_expired', holds, 'hooks_run', hooks,
+                              'credit_grants_expired', credits, 'orgs_metered', metered,
                               'subscriptions_renewed', renewed, 'jobs_expired', jobs);
 END;
 $$;
@@ -2754,6 +2768,10 @@ DECLARE
     h record;
 BEGIN
     SELECT * INTO p FROM payledger.payins x WHERE x.id = payin;
+    -- a paid credit package grants its credits (src/credits/api.sql)
+    IF p.state = 'PAID' AND p.type = 'CREDIT_PACKAGE' THEN
+        PERFORM payledger.credits_payin_paid(p.id);
+    END IF;
     PERFORM payledger.emit_event('payin.' || lower(p.state::text), p.id, p.owner_id,
         jsonb_build_object('payin', p.id, 'type', p.type, 'state', p.state, 'failure_reason', p.failure_reason,
                            'cost', p.cost, 'asset', p.asset, 'at', p.state_changed_at));
@@ -2960,6 +2978,1207 @@ LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
      WHERE NOT EXISTS (SELECT 1 FROM payledger.payin_history h WHERE h.payin_id = r.payin_id AND h.to_state = r.state);
 $$;
 
+-- payledger credits: prepaid credits in grants (lots), burnt in one order,
+-- metered against plans, blocked per metric. The model is Capgo's usage
+-- credits (issue #941) with the semantics of OpenMeter, Lago, Stripe and Orb
+-- (../shared/reference/credits-semantics.md); see docs/credits.md.
+--
+-- Every movement of credits is a ledger journal in the credits asset: each
+-- grant has its own account (kind credit_grant) whose balance is what is
+-- left of it; issuing, consuming, expiring and voiding move money between
+-- that account and the system accounts credits_issued / credits_consumed /
+-- credits_expired / credits_voided. Grant rows are never edited.
+
+INSERT INTO payledger.account_kinds (kind, description, builtin) VALUES
+    ('credit_sink', 'where consumed, expired or voided credits go', true);
+
+-- At most one row (none: the defaults); set with credits_configure().
+CREATE TABLE payledger.credit_settings (
+    id    boolean PRIMARY KEY DEFAULT true CHECK (id),
+    asset text NOT NULL DEFAULT 'credit',
+    -- how long after a grant's expiry usage from before it may still burn it
+    -- (metering runs late; the sweep waits this long)
+    expiry_grace interval NOT NULL DEFAULT '1 day' CHECK (expiry_grace >= '0')
+);
+
+CREATE TABLE payledger.credit_metrics (
+    metric     text PRIMARY KEY CHECK (metric ~ '^[a-z][a-z0-9_]{0,62}$'),
+    -- counter: usage adds up over the cycle (MAU, bandwidth, build time);
+    -- gauge: the cycle's usage is its highest reading (storage)
+    kind       text NOT NULL CHECK (kind IN ('counter', 'gauge')),
+    unit       text NOT NULL DEFAULT 'unit',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE payledger.credit_grants (
+    id              uuid PRIMARY KEY,
+    org_id          text NOT NULL,
+    amount          bigint NOT NULL CHECK (amount > 0),   -- in the credits asset's minor unit
+    metric          text,                                 -- NULL: any metric
+    priority        integer NOT NULL DEFAULT 10 CHECK (priority BETWEEN 0 AND 1000),  -- lower burns first
+    category        text NOT NULL CHECK (category IN ('paid', 'promotional')),
+    source          text NOT NULL CHECK (source IN ('purchase', 'recurring_purchase', 'gift_code', 'promotion',
+                                                    'manual', 'rollover')),
+    effective_at    timestamptz NOT NULL,
+    expires_at      timestamptz,                          -- NULL: never
+    cost_basis      numeric CHECK (cost_basis >= 0),      -- what one credit cost, in cost_asset
+    cost_asset      text,
+    payin_id        uuid,                                 -- the pay-in that bought it
+    account_id      uuid NOT NULL UNIQUE,                 -- what is left of it
+    grant_journal   uuid NOT NULL,
+    idempotency_key text,
+    metadata        jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    CHECK (expires_at IS NULL OR expires_at > effective_at)
+);
+CREATE UNIQUE INDEX credit_grants_key ON payledger.credit_grants (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE UNIQUE INDEX credit_grants_payin ON payledger.credit_grants (payin_id) WHERE payin_id IS NOT NULL;
+CREATE INDEX credit_grants_org ON payledger.credit_grants (org_id, effective_at);
+
+-- The burn queue: the grants in effect or to come, in burn order. A grant
+-- leaves it when it has expired (and been swept) or is voided; its history
+-- stays in the ledger. Balances and burns read these rows, never the past.
+CREATE TABLE payledger.credit_live_grants (
+    grant_id     uuid PRIMARY KEY,
+    org_id       text NOT NULL,
+    metric       text,
+    priority     integer NOT NULL,
+    expires_at   timestamptz,
+    promo_first  smallint NOT NULL,   -- 0 promotional, 1 paid
+    effective_at timestamptz NOT NULL,
+    account_id   uuid NOT NULL
+);
+CREATE INDEX credit_live_burn ON payledger.credit_live_grants
+    (org_id, priority, expires_at NULLS LAST, promo_first, effective_at, grant_id);
+CREATE INDEX credit_live_expiry ON payledger.credit_live_grants (expires_at) WHERE expires_at IS NOT NULL;
+
+-- A consumption: credits burnt for a metric at a time, by key; its parts say
+-- which grants paid for it. An undo restores the same grants.
+CREATE TABLE payledger.credit_consumptions (
+    id              uuid PRIMARY KEY,
+    org_id          text NOT NULL,
+    metric          text NOT NULL,
+    amount          bigint NOT NULL CHECK (amount >= 0),  -- burnt (may be less than asked)
+    requested       bigint NOT NULL CHECK (requested > 0),
+    usage_at        timestamptz NOT NULL,
+    idempotency_key text NOT NULL,
+    journal_id      uuid,
+    undone_at       timestamptz,
+    undo_journal    uuid,
+    source          text NOT NULL DEFAULT 'api' CHECK (source IN ('api', 'metering')),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (org_id, idempotency_key),
+    CHECK ((amount > 0) = (journal_id IS NOT NULL)),
+    CHECK ((undone_at IS NULL) = (undo_journal IS NULL) OR amount = 0)
+);
+CREATE INDEX credit_consumptions_org ON payledger.credit_consumptions (org_id, usage_at);
+
+CREATE TABLE payledger.credit_consumption_parts (
+    consumption_id uuid NOT NULL,
+    grant_id       uuid NOT NULL,
+    amount         bigint NOT NULL CHECK (amount > 0),
+    category       text NOT NULL,
+    PRIMARY KEY (consumption_id, grant_id)
+);
+CREATE INDEX credit_consumption_parts_grant ON payledger.credit_consumption_parts (grant_id);
+
+-- Expiries and voids, one row per grant event (the journal says how much).
+CREATE TABLE payledger.credit_grant_events (
+    grant_id   uuid NOT NULL,
+    kind       text NOT NULL CHECK (kind IN ('expired', 'voided', 'restored_expired')),
+    amount     bigint NOT NULL CHECK (amount > 0),
+    journal_id uuid NOT NULL,
+    at         timestamptz NOT NULL DEFAULT now(),
+    reason     text,
+    PRIMARY KEY (grant_id, journal_id)
+);
+
+-- Overage prices, in credits per unit, by step of the cycle's overage
+-- (graduated: each step prices the units that fall in it).
+CREATE TABLE payledger.credit_price_tiers (
+    metric          text NOT NULL REFERENCES payledger.credit_metrics,
+    from_units      numeric NOT NULL CHECK (from_units >= 0),
+    to_units        numeric CHECK (to_units > from_units),      -- NULL: no upper bound
+    credits_per_unit numeric NOT NULL CHECK (credits_per_unit >= 0),
+    PRIMARY KEY (metric, from_units)
+);
+
+CREATE TABLE payledger.credit_packages (
+    id           uuid PRIMARY KEY,
+    name         text NOT NULL UNIQUE CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'),
+    metric       text REFERENCES payledger.credit_metrics,  -- NULL: any metric
+    credits      bigint NOT NULL CHECK (credits > 0),
+    price_asset  text NOT NULL,
+    price        bigint NOT NULL CHECK (price > 0),
+    -- NULL: one-time; else each period of a subscription grants again
+    period       interval CHECK (period > '0'),
+    validity     interval NOT NULL DEFAULT '1 year' CHECK (validity > '0'),
+    priority     integer NOT NULL DEFAULT 10,
+    active       boolean NOT NULL DEFAULT true,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE payledger.gift_codes (
+    code            text PRIMARY KEY CHECK (code ~ '^[A-Za-z0-9_-]{4,64}$'),
+    credits         bigint NOT NULL CHECK (credits > 0),
+    metric          text REFERENCES payledger.credit_metrics,
+    valid_until     timestamptz,                 -- the code's own expiry
+    validity        interval NOT NULL DEFAULT '1 year' CHECK (validity > '0'),  -- of each grant
+    max_redemptions integer CHECK (max_redemptions > 0),  -- NULL: no total limit
+    per_org_limit   integer NOT NULL DEFAULT 1 CHECK (per_org_limit > 0),
+    redemptions     integer NOT NULL DEFAULT 0 CHECK (redemptions >= 0),
+    priority        integer NOT NULL DEFAULT 5,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    CHECK (max_redemptions IS NULL OR redemptions <= max_redemptions)
+);
+
+CREATE TABLE payledger.gift_redemptions (
+    code     text NOT NULL,
+    org_id   text NOT NULL,
+    n        integer NOT NULL CHECK (n > 0),
+    grant_id uuid NOT NULL,
+    at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (code, org_id, n)
+);
+
+-- Plans: a monthly limit per metric; usage beyond it is paid with credits.
+CREATE TABLE payledger.credit_plans (
+    name       text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE payledger.credit_plan_limits (
+    plan   text NOT NULL REFERENCES payledger.credit_plans,
+    metric text NOT NULL REFERENCES payledger.credit_metrics,
+    monthly_limit numeric NOT NULL CHECK (monthly_limit >= 0),
+    PRIMARY KEY (plan, metric)
+);
+CREATE TABLE payledger.credit_orgs (
+    org_id      text PRIMARY KEY,
+    plan        text REFERENCES payledger.credit_plans,  -- NULL: no plan, every unit is overage
+    cycle_anchor timestamptz NOT NULL DEFAULT date_trunc('month', now()),  -- cycles are months from here
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Usage readings: counters add up over the cycle; gauges keep the highest.
+CREATE TABLE payledger.credit_usage (
+    org_id      text NOT NULL,
+    metric      text NOT NULL,
+    cycle_start timestamptz NOT NULL,
+    usage       numeric NOT NULL DEFAULT 0 CHECK (usage >= 0),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org_id, metric, cycle_start)
+);
+
+-- The metering watermark and blocking state per org, metric and cycle: the
+-- credits charged so far for the cycle's overage, and what could not be
+-- paid. A run charges cost(overage) - charged, under this row's lock.
+CREATE TABLE payledger.credit_meters (
+    org_id      text NOT NULL,
+    metric      text NOT NULL,
+    cycle_start timestamptz NOT NULL,
+    overage     numeric NOT NULL DEFAULT 0,
+    cost        bigint NOT NULL DEFAULT 0 CHECK (cost >= 0),     -- credits the overage costs
+    charged     bigint NOT NULL DEFAULT 0 CHECK (charged >= 0),  -- credits burnt for it
+    blocked     boolean NOT NULL DEFAULT false,                  -- cost > charged: out of credits
+    runs        integer NOT NULL DEFAULT 0,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org_id, metric, cycle_start),
+    CHECK (charged <= cost),
+    CHECK (blocked = (charged < cost))
+);
+CREATE INDEX credit_meters_blocked ON payledger.credit_meters (org_id) WHERE blocked;
+
+ALTER TABLE payledger.credit_settings ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_metrics ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_grants ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_live_grants ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_consumptions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_consumption_parts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_grant_events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_price_tiers ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_packages ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.gift_codes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.gift_redemptions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_plans ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_plan_limits ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_orgs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_usage ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_meters ENABLE ROW LEVEL SECURITY;
+
+CREATE TRIGGER credit_grants_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.credit_grants
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+CREATE TRIGGER credit_consumption_parts_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.credit_consumption_parts
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+CREATE TRIGGER credit_grant_events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.credit_grant_events
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_settings', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_metrics', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_grants', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_live_grants', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_consumptions', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_consumption_parts', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_grant_events', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_price_tiers', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_packages', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.gift_codes', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.gift_redemptions', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_plans', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_plan_limits', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_orgs', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_usage', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_meters', '');
+
+-- payledger credits: the SQL API. Amounts in and out are credits as numeric
+-- (exact, up to the credits asset's scale); stored as its minor unit.
+-- Everything done to one organisation's credits runs under a transaction
+-- advisory lock on the organisation, taken first: concurrent consumers queue
+-- and never overspend, and the lock order stays org, then accounts.
+
+---------------------------------------------------------------------------
+-- Settings and system accounts
+---------------------------------------------------------------------------
+
+CREATE FUNCTION payledger.credit_asset()
+RETURNS text LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT s.asset FROM payledger.credit_settings s), 'credit');
+$$;
+
+-- The credits asset (created on first use), its scale and the expiry grace.
+CREATE FUNCTION payledger.credits_configure(
+    asset        text DEFAULT 'credit',
+    scale        integer DEFAULT 6,
+    expiry_grace interval DEFAULT '1 day')
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(asset, 'asset');
+    IF NOT EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = credits_configure.asset) THEN
+        PERFORM payledger.create_asset(asset, coalesce(scale, 6), 'prepaid credits');
+    END IF;
+    IF expiry_grace < '0' THEN
+        RAISE EXCEPTION 'expiry_grace must not be negative' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.credit_settings AS s (id, asset, expiry_grace)
+    VALUES (true, asset, coalesce(expiry_grace, '1 day'))
+    ON CONFLICT ON CONSTRAINT credit_settings_pkey DO UPDATE
+       SET asset = excluded.asset, expiry_grace = excluded.expiry_grace;
+    -- consumption credits one account for every organisation: shard it
+    PERFORM payledger.set_account_shards(payledger.credit_system_account('credits_consumed'), 16);
+    RETURN asset;
+END;
+$$;
+
+-- A system account of the credits asset: credits_issued (the source of
+-- grants, may go negative), credits_consumed, credits_expired, credits_voided.
+CREATE FUNCTION payledger.credit_system_account(name text)
+RETURNS uuid LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger.open_account('payledger', payledger.credit_asset(),
+                                  CASE WHEN name = 'credits_issued' THEN 'system' ELSE 'credit_sink' END,
+                                  name, name = 'credits_issued');
+$$;
+
+-- Credits (numeric) to the asset's minor unit; too many decimals is PL001.
+CREATE FUNCTION payledger.credits_minor(credits numeric, what text DEFAULT 'credits')
+RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    scale integer;
+    v numeric;
+BEGIN
+    PERFORM payledger.require(credits, what);
+    SELECT a.scale INTO scale FROM payledger.assets a WHERE a.code = payledger.credit_asset();
+    IF scale IS NULL THEN
+        RAISE EXCEPTION 'the credits asset % does not exist: call credits_configure()', payledger.credit_asset()
+            USING ERRCODE = 'PL003';
+    END IF;
+    v := credits * (10::numeric ^ scale);
+    IF v <> trunc(v) OR v <= 0 OR v > 9223372036854775807 THEN
+        RAISE EXCEPTION '% must be positive with at most % decimals, got %', what, scale, credits USING ERRCODE = 'PL001';
+    END IF;
+    RETURN v::bigint;
+END;
+$$;
+
+CREATE FUNCTION payledger.credits_of(minor bigint)
+RETURNS numeric LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT trim_scale(minor / (10::numeric ^ (SELECT a.scale FROM payledger.assets a WHERE a.code = payledger.credit_asset())));
+$$;
+
+CREATE FUNCTION payledger.credit_lock(org text)
+RETURNS void LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('payledger.credits:' || org, 0));
+$$;
+
+---------------------------------------------------------------------------
+-- Registries (admin)
+---------------------------------------------------------------------------
+
+CREATE FUNCTION payledger.register_credit_metric(metric text, kind text DEFAULT 'counter', unit text DEFAULT 'unit')
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(metric, 'metric');
+    IF metric !~ '^[a-z][a-z0-9_]{0,62}$' OR kind IS NULL OR kind NOT IN ('counter', 'gauge') THEN
+        RAISE EXCEPTION 'a metric is a lower-case name, of kind counter or gauge' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.credit_metrics AS m (metric, kind, unit) VALUES (metric, kind, coalesce(unit, 'unit'))
+    ON CONFLICT ON CONSTRAINT credit_metrics_pkey DO NOTHING;
+    IF NOT FOUND AND (SELECT m.kind FROM payledger.credit_metrics m WHERE m.metric = register_credit_metric.metric) <> kind THEN
+        RAISE EXCEPTION 'metric % exists with another kind', metric USING ERRCODE = 'PL014';
+    END IF;
+    RETURN metric;
+END;
+$$;
+
+CREATE FUNCTION payledger.credit_require_metric(metric text)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    IF metric IS NOT NULL AND NOT EXISTS (SELECT 1 FROM payledger.credit_metrics m WHERE m.metric = credit_require_metric.metric) THEN
+        RAISE EXCEPTION 'metric % is not registered', metric USING ERRCODE = 'PL031';
+    END IF;
+END;
+$$;
+
+-- tiers: [{"from": 0, "to": 1000000, "price": 0.003}, {"from": 1000000, "price": 0.0022}]
+-- in credits per unit of overage, contiguous from 0, the last one open.
+CREATE FUNCTION payledger.set_credit_price_tiers(metric text, tiers jsonb)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+    expect numeric := 0;
+    n integer := 0;
+    last_open boolean := false;
+BEGIN
+    PERFORM payledger.require(metric, 'metric');
+    PERFORM payledger.require(tiers, 'tiers');
+    PERFORM payledger.credit_require_metric(metric);
+    IF jsonb_typeof(tiers) <> 'array' OR jsonb_array_length(tiers) = 0 THEN
+        RAISE EXCEPTION 'tiers must be a non-empty JSON array' USING ERRCODE = '22023';
+    END IF;
+    DELETE FROM payledger.credit_price_tiers p WHERE p.metric = set_credit_price_tiers.metric;
+    FOR t IN SELECT (x ->> 'from')::numeric AS f, (x ->> 'to')::numeric AS u, (x ->> 'price')::numeric AS price
+               FROM jsonb_array_elements(tiers) x LOOP
+        IF last_open OR t.f IS DISTINCT FROM expect OR t.price IS NULL OR t.price < 0 OR (t.u IS NOT NULL AND t.u <= t.f) THEN
+            RAISE EXCEPTION 'tiers must run contiguously from 0 (each "from" the previous "to"), with a price >= 0'
+                USING ERRCODE = '22023';
+        END IF;
+        INSERT INTO payledger.credit_price_tiers VALUES (metric, t.f, t.u, t.price);
+        expect := t.u;
+        last_open := t.u IS NULL;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END;
+$$;
+
+-- What an overage costs, in credits (graduated tiers), rounded up to the
+-- asset's minor unit once, on the total.
+CREATE FUNCTION payledger.credit_cost(metric text, overage numeric)
+RETURNS numeric LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT trim_scale(ceil(coalesce(sum((least(overage, coalesce(p.to_units, overage)) - p.from_units) * p.credits_per_unit), 0)
+                           * (10::numeric ^ a.scale)) / (10::numeric ^ a.scale))
+      FROM payledger.assets a
+      LEFT JOIN payledger.credit_price_tiers p ON p.metric = credit_cost.metric AND p.from_units < greatest(overage, 0)
+     WHERE a.code = payledger.credit_asset()
+     GROUP BY a.scale;
+$$;
+
+CREATE FUNCTION payledger.define_credit_plan(name text, limits jsonb)
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    k text;
+BEGIN
+    PERFORM payledger.require(name, 'name');
+    IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' OR jsonb_typeof(limits) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'a plan has a name and limits as {"metric": monthly limit}' USING ERRCODE = '22023';
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(limits) LOOP
+        PERFORM payledger.credit_require_metric(k);
+        IF jsonb_typeof(limits -> k) <> 'number' OR (limits ->> k)::numeric < 0 THEN
+            RAISE EXCEPTION 'the limit of % must be a number >= 0', k USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+    INSERT INTO payledger.credit_plans (name) VALUES (name) ON CONFLICT DO NOTHING;
+    DELETE FROM payledger.credit_plan_limits l WHERE l.plan = define_credit_plan.name;
+    INSERT INTO payledger.credit_plan_limits (plan, metric, monthly_limit)
+    SELECT name, e.key, e.value::text::numeric FROM jsonb_each(limits) e;
+    RETURN name;
+END;
+$$;
+
+-- An organisation's plan and billing-cycle anchor (cycles are months from it).
+CREATE FUNCTION payledger.set_credit_org(org text, plan text DEFAULT NULL, cycle_anchor timestamptz DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    IF plan IS NOT NULL AND NOT EXISTS (SELECT 1 FROM payledger.credit_plans p WHERE p.name = set_credit_org.plan) THEN
+        RAISE EXCEPTION 'plan % does not exist', plan USING ERRCODE = 'PL031';
+    END IF;
+    INSERT INTO payledger.credit_orgs AS o (org_id, plan, cycle_anchor)
+    VALUES (org, plan, coalesce(cycle_anchor, date_trunc('month', now())))
+    ON CONFLICT ON CONSTRAINT credit_orgs_pkey DO UPDATE
+       SET plan = excluded.plan, cycle_anchor = coalesce(set_credit_org.cycle_anchor, o.cycle_anchor);
+END;
+$$;
+
+-- The start of the monthly cycle containing t.
+CREATE FUNCTION payledger.credit_cycle_start(anchor timestamptz, t timestamptz)
+RETURNS timestamptz LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT anchor + make_interval(months => (extract(year FROM age(t, anchor)) * 12
+                                             + extract(month FROM age(t, anchor)))::integer
+                                             - CASE WHEN t < anchor AND age(t, anchor) <> interval '0'
+                                                         AND extract(day FROM age(t, anchor)) <> 0 THEN 1 ELSE 0 END);
+$$;
+
+---------------------------------------------------------------------------
+-- Grants
+---------------------------------------------------------------------------
+
+-- Grant credits to an organisation: a lot with its own account, funded by
+-- one journal. Idempotent per (org, idempotency_key): a repeat returns the
+-- first grant; with other terms it is PL008. Topping up settles the
+-- organisation's unpaid overage at once (and lifts its blocks).
+CREATE FUNCTION payledger.grant_credits(
+    org             text,
+    credits         numeric,
+    source          text DEFAULT 'manual',
+    metric          text DEFAULT NULL,
+    priority        integer DEFAULT 10,
+    expires_at      timestamptz DEFAULT NULL,
+    effective_at    timestamptz DEFAULT NULL,
+    never_expires   boolean DEFAULT false,
+    cost_basis      numeric DEFAULT NULL,
+    cost_asset      text DEFAULT NULL,
+    payin           uuid DEFAULT NULL,
+    idempotency_key text DEFAULT NULL,
+    metadata        jsonb DEFAULT NULL)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    g payledger.credit_grants;
+    amount bigint;
+    id uuid := payledger.new_id();
+    acc uuid;
+    eff timestamptz := coalesce(effective_at, now());
+    exp timestamptz;
+    cat text;
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    PERFORM payledger.require(source, 'source');
+    IF source NOT IN ('purchase', 'recurring_purchase', 'gift_code', 'promotion', 'manual', 'rollover') THEN
+        RAISE EXCEPTION 'unknown grant source %', source USING ERRCODE = '22023';
+    END IF;
+    IF priority IS NULL OR priority NOT BETWEEN 0 AND 1000 THEN
+        RAISE EXCEPTION 'priority must be between 0 and 1000' USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.credit_settings) THEN
+        PERFORM payledger.credits_configure();
+    END IF;
+    amount := payledger.credits_minor(credits);
+    PERFORM payledger.credit_require_metric(metric);
+    exp := CASE WHEN never_expires THEN NULL ELSE coalesce(expires_at, eff + interval '1 year') END;
+    IF exp IS NOT NULL AND exp <= eff THEN
+        RAISE EXCEPTION 'a grant must expire after it takes effect' USING ERRCODE = '22023';
+    END IF;
+    cat := CASE WHEN source IN ('gift_code', 'promotion') THEN 'promotional' ELSE 'paid' END;
+    PERFORM payledger.credit_lock(org);
+    IF idempotency_key IS NOT NULL OR payin IS NOT NULL THEN
+        SELECT * INTO g FROM payledger.credit_grants x
+         WHERE (x.org_id = org AND x.idempotency_key = grant_credits.idempotency_key)
+            OR x.payin_id = grant_credits.payin;
+        IF FOUND THEN
+            IF (g.org_id, g.amount, g.metric, g.source, g.priority) IS DISTINCT FROM (org, amount, metric, source, priority) THEN
+                RAISE EXCEPTION 'idempotency key % (or pay-in %) was used for another grant', idempotency_key, payin
+                    USING ERRCODE = 'PL008', DETAIL = 'grant ' || g.id;
+            END IF;
+            RETURN g.id;
+        END IF;
+    END IF;
+    acc := payledger.open_account(org, payledger.credit_asset(), 'credit_grant', 'grant:' || id);
+    INSERT INTO payledger.credit_grants (id, org_id, amount, metric, priority, category, source, effective_at, expires_at,
+                                         cost_basis, cost_asset, payin_id, account_id, grant_journal, idempotency_key, metadata)
+    VALUES (id, org, amount, metric, priority, cat, source, eff, exp, cost_basis, cost_asset, payin, acc,
+            payledger.transfer(payledger.credit_system_account('credits_issued'), acc, amount, NULL,
+                               jsonb_build_object('grant', id), eff, 'credit_grant'),
+            idempotency_key, coalesce(metadata, '{}'));
+    INSERT INTO payledger.credit_live_grants VALUES
+        (id, org, metric, priority, exp, CASE cat WHEN 'promotional' THEN 0 ELSE 1 END, eff, acc);
+    INSERT INTO payledger.credit_orgs (org_id) VALUES (org) ON CONFLICT DO NOTHING;
+    -- the new credit pays what metering could not (and lifts the blocks)
+    PERFORM payledger.meter_org(org, only_unpaid => true);
+    RETURN id;
+END;
+$$;
+
+-- Forfeit what is left of a grant (idempotent: a voided grant has nothing left).
+CREATE FUNCTION payledger.void_grant(grant_id uuid, reason text DEFAULT NULL)
+RETURNS numeric LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    g payledger.credit_grants;
+    left_ bigint;
+    j uuid;
+BEGIN
+    PERFORM payledger.require(grant_id, 'grant_id');
+    SELECT * INTO g FROM payledger.credit_grants x WHERE x.id = grant_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'grant % does not exist', grant_id USING ERRCODE = 'PL031';
+    END IF;
+    PERFORM payledger.credit_lock(g.org_id);
+    DELETE FROM payledger.credit_live_grants l WHERE l.grant_id = g.id;
+    left_ := payledger.balance(g.account_id);
+    IF left_ > 0 THEN
+        j := payledger.transfer(g.account_id, payledger.credit_system_account('credits_voided'), left_, NULL,
+                                jsonb_build_object('grant', g.id, 'reason', reason), NULL, 'credit_void');
+        INSERT INTO payledger.credit_grant_events VALUES (g.id, 'voided', left_, j, now(), reason);
+    END IF;
+    RETURN payledger.credits_of(coalesce(left_, 0));
+END;
+$$;
+
+-- Expire what is left of grants past their expiry (and its grace, so that
+-- late metering of usage from before the expiry can still burn them).
+CREATE FUNCTION payledger.expire_credits(max_grants integer DEFAULT 1000)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    left_ bigint;
+    j uuid;
+    n integer := 0;
+    grace interval := coalesce((SELECT s.expiry_grace FROM payledger.credit_settings s), '1 day');
+BEGIN
+    FOR r IN SELECT l.grant_id, l.org_id, l.account_id FROM payledger.credit_live_grants l
+              WHERE l.expires_at < now() - grace
+              ORDER BY l.expires_at LIMIT max_grants LOOP
+        PERFORM payledger.credit_lock(r.org_id);
+        DELETE FROM payledger.credit_live_grants l WHERE l.grant_id = r.grant_id;
+        CONTINUE WHEN NOT FOUND;
+        left_ := payledger.balance(r.account_id);
+        IF left_ > 0 THEN
+            j := payledger.transfer(r.account_id, payledger.credit_system_account('credits_expired'), left_,
+                                    'credit-expire:' || r.grant_id, jsonb_build_object('grant', r.grant_id), NULL,
+                                    'credit_expire');
+            INSERT INTO payledger.credit_grant_events VALUES (r.grant_id, 'expired', left_, j, now(), NULL);
+        END IF;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END;
+$$;
+
+---------------------------------------------------------------------------
+-- Consumption
+---------------------------------------------------------------------------
+
+-- Burn credits for a metric, judged at the usage's own time, in the one burn
+-- order: priority, then soonest expiry (never last), then promotional before
+-- paid, then oldest, then id. Only grants scoped to the metric (or to any)
+-- that had not expired at usage_at count, and that are in effect by now (a
+-- later top-up pays earlier usage: overage carries forward). Idempotent per (org, key): a repeat returns the
+-- first consumption; with other terms it is PL008. Not enough credit: PL006,
+-- unless partial, which burns what there is and reports the shortfall.
+CREATE FUNCTION payledger.consume_credits(
+    org             text,
+    metric          text,
+    credits         numeric,
+    idempotency_key text,
+    usage_at        timestamptz DEFAULT NULL,
+    partial         boolean DEFAULT false)
+RETURNS TABLE (consumption_id uuid, consumed numeric, shortfall numeric, parts jsonb)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    c payledger.credit_consumptions;
+    want bigint;
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    PERFORM payledger.require(metric, 'metric');
+    PERFORM payledger.require(idempotency_key, 'idempotency_key');
+    PERFORM payledger.credit_require_metric(metric);
+    want := payledger.credits_minor(credits);
+    c := payledger.credit_burn(org, metric, want, idempotency_key, usage_at, coalesce(partial, false), 'api');
+    RETURN QUERY SELECT c.id, payledger.credits_of(c.amount), payledger.credits_of(c.requested - c.amount),
+        (SELECT coalesce(jsonb_agg(jsonb_build_object('grant', p.grant_id, 'credits', payledger.credits_of(p.amount),
+                                                      'category', p.category) ORDER BY p.amount DESC), '[]')
+           FROM payledger.credit_consumption_parts p WHERE p.consumption_id = c.id);
+END;
+$$;
+
+-- The burn itself (also metering's), in minor units.
+CREATE FUNCTION payledger.credit_burn(org text, metric text, want bigint, key text, usage_at timestamptz,
+                                      partial boolean, source text)
+RETURNS payledger.credit_consumptions
+LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    c payledger.credit_consumptions;
+    g record;
+    left_ bigint := want;
+    take bigint;
+    postings jsonb := '[]';
+    id uuid := payledger.new_id();
+    j uuid;
+    part_grants uuid[] := '{}';
+    part_amounts bigint[] := '{}';
+    part_categories text[] := '{}';
+BEGIN
+    PERFORM payledger.credit_lock(org);
+    SELECT * INTO c FROM payledger.credit_consumptions x WHERE x.org_id = org AND x.idempotency_key = key;
+    -- (usage_at NULL: now; a repeat without it matches whatever time the first had)
+    IF FOUND THEN
+        IF (c.metric, c.requested) IS DISTINCT FROM (metric, want) OR c.usage_at <> coalesce(usage_at, c.usage_at) THEN
+            RAISE EXCEPTION 'idempotency key % was used for another consumption', key
+                USING ERRCODE = 'PL008', DETAIL = 'consumption ' || c.id;
+        END IF;
+        RETURN c;
+    END IF;
+    usage_at := coalesce(usage_at, now());
+    FOR g IN SELECT l.grant_id, l.account_id, l.promo_first, a.balance
+               FROM payledger.credit_live_grants l JOIN payledger.accounts a ON a.id = l.account_id
+              WHERE l.org_id = org AND (l.metric IS NULL OR l.metric = credit_burn.metric)
+                AND l.effective_at <= greatest(usage_at, now()) AND (l.expires_at IS NULL OR l.expires_at > usage_at)
+              ORDER BY l.priority, l.expires_at NULLS LAST, l.promo_first, l.effective_at, l.grant_id LOOP
+        EXIT WHEN left_ = 0;
+        CONTINUE WHEN g.balance <= 0;
+        take := least(g.balance, left_);
+        left_ := left_ - take;
+        postings := postings || jsonb_build_object('account', g.account_id, 'amount', -take);
+        part_grants := part_grants || g.grant_id;
+        part_amounts := part_amounts || take;
+        part_categories := part_categories || CASE g.promo_first WHEN 0 THEN 'promotional' ELSE 'paid' END;
+    END LOOP;
+    IF left_ > 0 AND NOT partial THEN
+        RAISE EXCEPTION 'organisation % has % credits for %, needs %', org, payledger.credits_of(want - left_), metric,
+            payledger.credits_of(want) USING ERRCODE = 'PL006';
+    END IF;
+    IF want = left_ AND source = 'metering' THEN
+        -- nothing to burn: no row, so that the same charge can be tried again
+        -- (with this key) once credit arrives
+        c.amount := 0;
+        RETURN c;
+    END IF;
+    IF want > left_ THEN
+        j := payledger.post_journal(postings || jsonb_build_object('account', payledger.credit_system_account('credits_consumed'),
+                                                                   'amount', want - left_),
+                                    NULL, jsonb_build_object('consumption', id, 'org', org, 'metric', metric),
+                                    NULL, 'credit_consume');
+    END IF;
+    INSERT INTO payledger.credit_consumptions (id, org_id, metric, amount, requested, usage_at, idempotency_key, journal_id, source)
+    VALUES (id, org, metric, want - left_, want, usage_at, key, j, source)
+    RETURNING * INTO c;
+    INSERT INTO payledger.credit_consumption_parts (consumption_id, grant_id, amount, category)
+    SELECT id, x.g, x.a, x.c FROM unnest(part_grants, part_amounts, part_categories) AS x(g, a, c);
+    RETURN c;
+END;
+$$;
+
+-- Give a consumption back to the grants that paid for it; what returns to a
+-- grant that has expired or was voided since expires again at once.
+-- Idempotent.
+CREATE FUNCTION payledger.undo_consumption(consumption uuid, reason text DEFAULT NULL)
+RETURNS numeric LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    c payledger.credit_consumptions;
+    p record;
+    postings jsonb := '[]';
+    j uuid;
+    j2 uuid;
+BEGIN
+    PERFORM payledger.require(consumption, 'consumption');
+    SELECT * INTO c FROM payledger.credit_consumptions x WHERE x.id = consumption;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'consumption % does not exist', consumption USING ERRCODE = 'PL031';
+    END IF;
+    PERFORM payledger.credit_lock(c.org_id);
+    SELECT * INTO c FROM payledger.credit_consumptions x WHERE x.id = consumption FOR UPDATE;
+    IF c.undone_at IS NOT NULL OR c.amount = 0 THEN
+        RETURN 0;
+    END IF;
+    FOR p IN SELECT cp.grant_id, cp.amount, g.account_id FROM payledger.credit_consumption_parts cp
+               JOIN payledger.credit_grants g ON g.id = cp.grant_id WHERE cp.consumption_id = c.id LOOP
+        postings := postings || jsonb_build_object('account', p.account_id, 'amount', p.amount);
+    END LOOP;
+    j := payledger.post_journal(postings || jsonb_build_object('account', payledger.credit_system_account('credits_consumed'),
+                                                               'amount', -c.amount),
+                                NULL, jsonb_build_object('undo', c.id, 'reason', reason), NULL, 'credit_undo');
+    UPDATE payledger.credit_consumptions x SET undone_at = now(), undo_journal = j WHERE x.id = c.id;
+    FOR p IN SELECT cp.grant_id, cp.amount, g.account_id, g.org_id, g.metric, g.priority, g.expires_at, g.category,
+                    g.effective_at,
+                    (g.expires_at IS NOT NULL AND g.expires_at <= now())
+                    OR EXISTS (SELECT 1 FROM payledger.credit_grant_events e WHERE e.grant_id = g.id AND e.kind = 'voided') AS dead
+               FROM payledger.credit_consumption_parts cp JOIN payledger.credit_grants g ON g.id = cp.grant_id
+              WHERE cp.consumption_id = c.id LOOP
+        IF p.dead THEN
+            j2 := payledger.transfer(p.account_id, payledger.credit_system_account('credits_expired'), p.amount, NULL,
+                                     jsonb_build_object('grant', p.grant_id, 'undo', c.id), NULL, 'credit_expire');
+            INSERT INTO payledger.credit_grant_events VALUES (p.grant_id, 'restored_expired', p.amount, j2, now(), reason);
+        ELSE
+            INSERT INTO payledger.credit_live_grants VALUES
+                (p.grant_id, p.org_id, p.metric, p.priority, p.expires_at,
+                 CASE p.category WHEN 'promotional' THEN 0 ELSE 1 END, p.effective_at, p.account_id)
+            ON CONFLICT DO NOTHING;
+        END IF;
+    END LOOP;
+    RETURN payledger.credits_of(c.amount);
+END;
+$$;
+
+---------------------------------------------------------------------------
+-- Balances
+---------------------------------------------------------------------------
+
+-- An organisation's credits: available (what it may spend now, or at `at`),
+-- the active grants' total, the next expiry of credit still available, and
+-- the same by metric scope ("*" for grants usable on any metric). With a
+-- metric: the grants usable for it. Reads the live grants only (now) or the
+-- organisation's grants and one balance lookup each (at a past time): never
+-- the history of consumption.
+CREATE FUNCTION payledger.get_total_credits(org text, metric text DEFAULT NULL, at timestamptz DEFAULT NULL)
+RETURNS TABLE (available numeric, granted_active numeric, next_expiry timestamptz, by_metric jsonb)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    PERFORM payledger.credit_require_metric(metric);
+    IF at IS NULL OR at >= now() THEN
+        RETURN QUERY
+        WITH g AS (
+            SELECT coalesce(l.metric, '*') AS scope, a.balance AS left_, cg.amount, l.expires_at
+              FROM payledger.credit_live_grants l
+              JOIN payledger.accounts a ON a.id = l.account_id
+              JOIN payledger.credit_grants cg ON cg.id = l.grant_id
+             WHERE l.org_id = org AND (get_total_credits.metric IS NULL OR l.metric IS NULL OR l.metric = get_total_credits.metric)
+               AND l.effective_at <= coalesce(at, now()) AND (l.expires_at IS NULL OR l.expires_at > coalesce(at, now())))
+        SELECT payledger.credits_of(coalesce(sum(g.left_), 0)::bigint),
+               payledger.credits_of(coalesce(sum(g.amount), 0)::bigint),
+               min(g.expires_at) FILTER (WHERE g.left_ > 0),
+               coalesce((SELECT jsonb_object_agg(s.scope, payledger.credits_of(s.total))
+                           FROM (SELECT g2.scope, sum(g2.left_)::bigint AS total FROM g g2 GROUP BY g2.scope) s), '{}')
+          FROM g;
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH g AS (
+        SELECT coalesce(cg.metric, '*') AS scope, payledger.balance_at(cg.account_id, get_total_credits.at) AS left_,
+               cg.amount, cg.expires_at
+          FROM payledger.credit_grants cg
+         WHERE cg.org_id = org AND (get_total_credits.metric IS NULL OR cg.metric IS NULL OR cg.metric = get_total_credits.metric)
+           AND cg.effective_at <= get_total_credits.at AND (cg.expires_at IS NULL OR cg.expires_at > get_total_credits.at))
+    SELECT payledger.credits_of(coalesce(sum(g.left_), 0)::bigint),
+           payledger.credits_of(coalesce(sum(g.amount), 0)::bigint),
+           min(g.expires_at) FILTER (WHERE g.left_ > 0),
+           coalesce((SELECT jsonb_object_agg(s.scope, payledger.credits_of(s.total))
+                       FROM (SELECT g2.scope, sum(g2.left_)::bigint AS total FROM g g2 GROUP BY g2.scope) s), '{}')
+      FROM g;
+END;
+$$;
+
+CREATE FUNCTION payledger.get_total_credits(org uuid, metric text DEFAULT NULL, at timestamptz DEFAULT NULL)
+RETURNS TABLE (available numeric, granted_active numeric, next_expiry timestamptz, by_metric jsonb)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT * FROM payledger.get_total_credits(org::text, metric, at);
+$$;
+
+CREATE FUNCTION payledger.get_total_credits(org bigint, metric text DEFAULT NULL, at timestamptz DEFAULT NULL)
+RETURNS TABLE (available numeric, granted_active numeric, next_expiry timestamptz, by_metric jsonb)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT * FROM payledger.get_total_credits(org::text, metric, at);
+$$;
+
+---------------------------------------------------------------------------
+-- Gift codes
+---------------------------------------------------------------------------
+
+CREATE FUNCTION payledger.create_gift_code(
+    code            text,
+    credits         numeric,
+    metric          text DEFAULT NULL,
+    valid_until     timestamptz DEFAULT NULL,
+    validity        interval DEFAULT '1 year',
+    max_redemptions integer DEFAULT NULL,
+    per_org_limit   integer DEFAULT 1,
+    priority        integer DEFAULT 5)
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(code, 'code');
+    IF code !~ '^[A-Za-z0-9_-]{4,64}$' THEN
+        RAISE EXCEPTION 'a gift code is 4 to 64 letters, digits, _ or -' USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.credit_settings) THEN
+        PERFORM payledger.credits_configure();
+    END IF;
+    PERFORM payledger.credit_require_metric(metric);
+    IF coalesce(max_redemptions, 1) <= 0 OR coalesce(per_org_limit, 0) <= 0 OR coalesce(validity, '0') <= '0' THEN
+        RAISE EXCEPTION 'limits and validity must be positive' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.gift_codes (code, credits, metric, valid_until, validity, max_redemptions, per_org_limit, priority)
+    VALUES (code, payledger.credits_minor(credits), metric, valid_until, validity, max_redemptions, per_org_limit,
+            coalesce(priority, 5))
+    ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'gift code % exists', code USING ERRCODE = 'PL014';
+    END IF;
+    RETURN code;
+END;
+$$;
+
+-- A promotional grant from a code. Errors change nothing: an unknown code
+-- PL031; expired or used up PL032; redeemed already by this organisation (as
+-- often as its per-organisation limit allows) PL033.
+CREATE FUNCTION payledger.redeem_gift_code(code text, org text)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    gc payledger.gift_codes;
+    n integer;
+    gid uuid;
+BEGIN
+    PERFORM payledger.require(code, 'code');
+    PERFORM payledger.require(org, 'org');
+    SELECT * INTO gc FROM payledger.gift_codes x WHERE x.code = redeem_gift_code.code FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'gift code % does not exist', code USING ERRCODE = 'PL031';
+    END IF;
+    IF gc.valid_until IS NOT NULL AND gc.valid_until <= now() THEN
+        RAISE EXCEPTION 'gift code % has expired', code USING ERRCODE = 'PL032';
+    END IF;
+    IF gc.max_redemptions IS NOT NULL AND gc.redemptions >= gc.max_redemptions THEN
+        RAISE EXCEPTION 'gift code % has been redeemed % times, its limit', code, gc.redemptions USING ERRCODE = 'PL032';
+    END IF;
+    SELECT count(*) INTO n FROM payledger.gift_redemptions r WHERE r.code = gc.code AND r.org_id = org;
+    IF n >= gc.per_org_limit THEN
+        RAISE EXCEPTION 'organisation % has already redeemed gift code %', org, code USING ERRCODE = 'PL033';
+    END IF;
+    gid := payledger.grant_credits(org, payledger.credits_of(gc.credits), 'gift_code', gc.metric, gc.priority,
+                                   now() + gc.validity, idempotency_key => 'gift:' || gc.code || ':' || (n + 1),
+                                   metadata => jsonb_build_object('gift_code', gc.code));
+    INSERT INTO payledger.gift_redemptions (code, org_id, n, grant_id) VALUES (gc.code, org, n + 1, gid);
+    UPDATE payledger.gift_codes x SET redemptions = x.redemptions + 1 WHERE x.code = gc.code;
+    RETURN gid;
+END;
+$$;
+
+---------------------------------------------------------------------------
+-- Packages, bought with a pay-in
+---------------------------------------------------------------------------
+
+CREATE FUNCTION payledger.define_credit_package(
+    name            text,
+    credits         numeric,
+    price_asset     text,
+    price           bigint,
+    metric          text DEFAULT NULL,
+    period          interval DEFAULT NULL,
+    validity        interval DEFAULT '1 year',
+    priority        integer DEFAULT 10)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    id uuid;
+BEGIN
+    PERFORM payledger.require(name, 'name');
+    PERFORM payledger.require(price_asset, 'price_asset');
+    PERFORM payledger.require(price, 'price');
+    IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
+        RAISE EXCEPTION 'invalid package name %', name USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.credit_settings) THEN
+        PERFORM payledger.credits_configure();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = price_asset) THEN
+        RAISE EXCEPTION 'asset % does not exist', price_asset USING ERRCODE = 'PL003';
+    END IF;
+    IF price <= 0 THEN
+        RAISE EXCEPTION 'price must be positive' USING ERRCODE = 'PL001';
+    END IF;
+    IF coalesce(validity, '0') <= '0' OR coalesce(period, '1 day') <= '0' THEN
+        RAISE EXCEPTION 'validity and period must be positive' USING ERRCODE = '22023';
+    END IF;
+    PERFORM payledger.credit_require_metric(metric);
+    INSERT INTO payledger.credit_packages (id, name, metric, credits, price_asset, price, period, validity, priority)
+    VALUES (payledger.new_id(), name, metric, payledger.credits_minor(credits), price_asset, price, period, validity,
+            coalesce(priority, 10))
+    ON CONFLICT DO NOTHING
+    RETURNING credit_packages.id INTO id;
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'package % exists', name USING ERRCODE = 'PL014';
+    END IF;
+    -- the pay-in and pay-out types a purchase uses
+    PERFORM payledger.register_payin_type('CREDIT_PACKAGE', 'a credit package');
+    PERFORM payledger.register_payout_type('CREDIT_SALE', 'the sale of credits');
+    RETURN id;
+END;
+$$;
+
+-- Buy a package: a pay-in of its price (paid by the given methods, to the
+-- seller's revenue account); the grant is made when the pay-in is PAID
+-- (at once when balances cover it), exactly once per pay-in.
+CREATE FUNCTION payledger.buy_credit_package(
+    org             text,
+    package         text,
+    methods         jsonb,
+    revenue_account uuid,
+    payer           text DEFAULT NULL,
+    idempotency_key text DEFAULT NULL)
+RETURNS TABLE (payin_id uuid, state payledger.payin_state, grant_id uuid)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    pk payledger.credit_packages;
+    p record;
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    PERFORM payledger.require(package, 'package');
+    PERFORM payledger.require(revenue_account, 'revenue_account');
+    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = package AND x.active;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'credit package % does not exist', package USING ERRCODE = 'PL031';
+    END IF;
+    SELECT * INTO p FROM payledger.create_payin(coalesce(payer, org), 'CREDIT_PACKAGE', pk.price_asset, pk.price, methods,
+        jsonb_build_array(jsonb_build_object('type', 'CREDIT_SALE', 'account', revenue_account, 'amount', pk.price)),
+        NULL, NULL, idempotency_key, NULL, jsonb_build_object('credit_package', pk.name, 'credit_org', org));
+    RETURN QUERY SELECT p.payin_id, p.state, (SELECT g.id FROM payledger.credit_grants g WHERE g.payin_id = p.payin_id);
+END;
+$$;
+
+-- Called when a pay-in reaches PAID (payin_reached): a credit package's
+-- pay-in grants its credits; a subscription's renewals are recurring.
+CREATE FUNCTION payledger.credits_payin_paid(payin uuid)
+RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    p payledger.payins;
+    pk payledger.credit_packages;
+BEGIN
+    SELECT * INTO p FROM payledger.payins x WHERE x.id = payin;
+    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = p.metadata ->> 'credit_package';
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM payledger.grant_credits(coalesce(p.metadata ->> 'credit_org', p.owner_id), payledger.credits_of(pk.credits),
+        CASE WHEN p.metadata ? 'subscription' THEN 'recurring_purchase' ELSE 'purchase' END,
+        pk.metric, pk.priority, now() + pk.validity,
+        cost_basis => round(pk.price::numeric / payledger.credits_of(pk.credits), 12), cost_asset => pk.price_asset,
+        payin => p.id, metadata => jsonb_build_object('package', pk.name));
+END;
+$$;
+
+-- A recurring package: a subscription whose every paid period grants.
+CREATE FUNCTION payledger.subscribe_credit_package(
+    org             text,
+    package         text,
+    revenue_account uuid,
+    methods         jsonb DEFAULT '[{"external": "invoice"}]',
+    payer           text DEFAULT NULL,
+    starts_at       timestamptz DEFAULT NULL)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    pk payledger.credit_packages;
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = package AND x.active;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'credit package % does not exist', package USING ERRCODE = 'PL031';
+    END IF;
+    IF pk.period IS NULL THEN
+        RAISE EXCEPTION 'credit package % is one-time, not recurring', package USING ERRCODE = '22023';
+    END IF;
+    RETURN payledger.create_subscription(coalesce(payer, org), 'CREDIT_PACKAGE', pk.price_asset, pk.price, pk.period,
+        methods, jsonb_build_array(jsonb_build_object('type', 'CREDIT_SALE', 'account', revenue_account, 'amount', pk.price)),
+        NULL, NULL, NULL, starts_at, jsonb_build_object('credit_package', pk.name, 'credit_org', org));
+END;
+$$;
+
+---------------------------------------------------------------------------
+-- Usage, metering, access
+---------------------------------------------------------------------------
+
+-- A usage reading: counters add up over the cycle, gauges keep the highest.
+CREATE FUNCTION payledger.record_usage(org text, metric text, amount numeric, at timestamptz DEFAULT NULL)
+RETURNS numeric LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    k text;
+    o payledger.credit_orgs;
+    cyc timestamptz;
+    total numeric;
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    PERFORM payledger.require(metric, 'metric');
+    PERFORM payledger.require(amount, 'amount');
+    SELECT m.kind INTO k FROM payledger.credit_metrics m WHERE m.metric = record_usage.metric;
+    IF k IS NULL THEN
+        RAISE EXCEPTION 'metric % is not registered', metric USING ERRCODE = 'PL031';
+    END IF;
+    IF amount < 0 THEN
+        RAISE EXCEPTION 'usage must not be negative' USING ERRCODE = 'PL001';
+    END IF;
+    INSERT INTO payledger.credit_orgs (org_id) VALUES (org) ON CONFLICT DO NOTHING;
+    SELECT * INTO o FROM payledger.credit_orgs x WHERE x.org_id = org;
+    cyc := payledger.credit_cycle_start(o.cycle_anchor, coalesce(at, now()));
+    INSERT INTO payledger.credit_usage AS u (org_id, metric, cycle_start, usage, updated_at)
+    VALUES (org, metric, cyc, amount, coalesce(at, now()))
+    ON CONFLICT ON CONSTRAINT credit_usage_pkey DO UPDATE
+       SET usage = CASE WHEN k = 'counter' THEN u.usage + excluded.usage ELSE greatest(u.usage, excluded.usage) END,
+           updated_at = greatest(u.updated_at, excluded.updated_at)
+    RETURNING u.usage INTO total;
+    RETURN total;
+END;
+$$;
+
+-- Charge one organisation's overage: for each metric and cycle with usage,
+-- cost(overage) - charged so far, burnt from credits at the usage's time,
+-- under the meter row's lock; what cannot be paid blocks that metric.
+-- only_unpaid: just the meters still owed (after a top-up).
+CREATE FUNCTION payledger.meter_org(org text, only_unpaid boolean DEFAULT false)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    m payledger.credit_meters;
+    owed bigint;
+    over numeric;
+    burnt bigint;
+    charged_now integer := 0;
+BEGIN
+    PERFORM payledger.credit_lock(org);
+    FOR r IN SELECT u.metric, u.cycle_start, u.usage, u.updated_at, l.monthly_limit
+               FROM payledger.credit_usage u
+               JOIN payledger.credit_orgs o ON o.org_id = u.org_id
+               LEFT JOIN payledger.credit_plan_limits l ON l.plan = o.plan AND l.metric = u.metric
+              WHERE u.org_id = org
+                AND (NOT only_unpaid OR EXISTS (SELECT 1 FROM payledger.credit_meters b
+                                                 WHERE b.org_id = org AND b.metric = u.metric
+                                                   AND b.cycle_start = u.cycle_start AND b.blocked))
+              ORDER BY u.cycle_start, u.metric LOOP
+        INSERT INTO payledger.credit_meters (org_id, metric, cycle_start) VALUES (org, r.metric, r.cycle_start)
+        ON CONFLICT DO NOTHING;
+        SELECT * INTO m FROM payledger.credit_meters x
+         WHERE x.org_id = org AND x.metric = r.metric AND x.cycle_start = r.cycle_start FOR UPDATE;
+        -- no plan: every unit is overage
+        over := greatest(r.usage - coalesce(r.monthly_limit, 0), 0);
+        -- never less than already charged (a lower reading refunds nothing)
+        owed := greatest(payledger.credits_minor_or_zero(payledger.credit_cost(r.metric, over)), m.charged);
+        burnt := 0;
+        IF owed > m.charged THEN
+            -- the key names the cycle and the watermark: a repeat of this
+            -- very charge is the same consumption
+            burnt := (payledger.credit_burn(org, r.metric, owed - m.charged,
+                          format('meter:%s:%s:%s', r.metric, extract(epoch FROM r.cycle_start)::bigint, m.charged),
+                          least(r.updated_at, now()), true, 'metering')).amount;
+            IF burnt > 0 THEN
+                charged_now := charged_now + 1;
+            END IF;
+        END IF;
+        UPDATE payledger.credit_meters x
+           SET overage = over, cost = owed, charged = x.charged + burnt, blocked = x.charged + burnt < owed,
+               runs = x.runs + 1, updated_at = now()
+         WHERE x.org_id = org AND x.metric = r.metric AND x.cycle_start = r.cycle_start;
+    END LOOP;
+    RETURN charged_now;
+END;
+$$;
+
+CREATE FUNCTION payledger.credits_minor_or_zero(credits numeric)
+RETURNS bigint LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN credits > 0 THEN payledger.credits_minor(credits, 'cost') ELSE 0 END;
+$$;
+
+-- The metering run: every organisation with usage in the current cycle (or
+-- owing for an earlier one). Four times a day by the worker; on demand too.
+-- Each organisation is charged under its own lock; two runs at once charge
+-- each overage once (the meter rows are the watermark).
+CREATE FUNCTION payledger.run_metering(max_orgs integer DEFAULT 100000)
+RETURNS TABLE (orgs integer, charged integer, blocked integer)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    o record;
+    n integer := 0;
+    c integer := 0;
+BEGIN
+    FOR o IN SELECT DISTINCT u.org_id FROM payledger.credit_usage u
+               JOIN payledger.credit_orgs x ON x.org_id = u.org_id
+              WHERE u.cycle_start = payledger.credit_cycle_start(x.cycle_anchor, now())
+                 OR EXISTS (SELECT 1 FROM payledger.credit_meters b WHERE b.org_id = u.org_id AND b.blocked)
+              LIMIT max_orgs LOOP
+        c := c + payledger.meter_org(o.org_id);
+        n := n + 1;
+    END LOOP;
+    RETURN QUERY SELECT n, c, (SELECT count(*)::integer FROM payledger.credit_meters b WHERE b.blocked);
+END;
+$$;
+
+-- May the organisation do an action that uses these metrics? No when any of
+-- them is over its plan in the current cycle with the overage unpaid (out
+-- of credits); the others stay allowed (a download does not need storage).
+CREATE FUNCTION payledger.credit_access(org text, metrics text[])
+RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT NOT EXISTS (
+        SELECT 1 FROM payledger.credit_meters b JOIN payledger.credit_orgs o ON o.org_id = b.org_id
+         WHERE b.org_id = org AND b.blocked AND b.metric = ANY (metrics)
+           AND b.cycle_start = payledger.credit_cycle_start(o.cycle_anchor, now()));
+$$;
+
+---------------------------------------------------------------------------
+-- Views for end users (the organisation is payledger.current_owner_id())
+---------------------------------------------------------------------------
+
+CREATE VIEW payledger.my_credit_grants WITH (security_barrier) AS
+SELECT g.id, g.metric, g.source, g.category, g.priority, g.effective_at, g.expires_at,
+       payledger.credits_of(g.amount) AS granted, payledger.credits_of(a.balance) AS remaining
+  FROM payledger.credit_grants g JOIN payledger.accounts a ON a.id = g.account_id
+ WHERE g.org_id = payledger.current_owner_id();
+
+-- (a function, not get_total_credits itself: end users may not ask for
+-- another organisation's credits)
+CREATE FUNCTION payledger.my_total_credits()
+RETURNS TABLE (available numeric, granted_active numeric, next_expiry timestamptz, by_metric jsonb)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT t.* FROM payledger.get_total_credits(payledger.current_owner_id()) t
+     WHERE payledger.current_owner_id() IS NOT NULL;
+$$;
+
+CREATE VIEW payledger.my_credit_balance AS
+SELECT * FROM payledger.my_total_credits();
+
+CREATE VIEW payledger.my_credit_meters WITH (security_barrier) AS
+SELECT m.metric, m.cycle_start, m.overage, payledger.credits_of(m.cost) AS cost,
+       payledger.credits_of(m.charged) AS charged, m.blocked
+  FROM payledger.credit_meters m
+ WHERE m.org_id = payledger.current_owner_id();
+
+---------------------------------------------------------------------------
+-- Invariants
+---------------------------------------------------------------------------
+
+CREATE FUNCTION payledger.credit_invariants()
+RETURNS TABLE (invariant text, subject text, detail text)
+LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    -- a grant's account: granted - consumed + restored - expired - voided
+    SELECT 'credit_grant_balance', g.id::text, format('balance %s, history says %s', a.balance, x.expect)
+      FROM payledger.credit_grants g JOIN payledger.accounts a ON a.id = g.account_id,
+           LATERAL (SELECT g.amount
+                           - coalesce((SELECT sum(p.amount) FROM payledger.credit_consumption_parts p
+                                        JOIN payledger.credit_consumptions c ON c.id = p.consumption_id
+                                       WHERE p.grant_id = g.id AND c.undone_at IS NULL), 0)
+                           - coalesce((SELECT sum(e.amount) FROM payledger.credit_grant_events e WHERE e.grant_id = g.id), 0)
+                           AS expect) x
+     WHERE a.balance <> x.expect
+    UNION ALL
+    -- a live grant has its grant; a grant with credit left in effect is live or past its expiry
+    SELECT 'credit_live_grant', l.grant_id::text, 'no such grant'
+      FROM payledger.credit_live_grants l
+     WHERE NOT EXISTS (SELECT 1 FROM payledger.credit_grants g WHERE g.id = l.grant_id)
+    UNION ALL
+    SELECT 'credit_grant_not_live', g.id::text, 'credit left but not in the burn queue'
+      FROM payledger.credit_grants g JOIN payledger.accounts a ON a.id = g.account_id
+     WHERE a.balance > 0 AND NOT EXISTS (SELECT 1 FROM payledger.credit_live_grants l WHERE l.grant_id = g.id)
+    UNION ALL
+    -- a consumption's parts add up to it
+    SELECT 'credit_consumption_parts', c.id::text, format('%s consumed, parts %s', c.amount, coalesce(s.total, 0))
+      FROM payledger.credit_consumptions c
+      LEFT JOIN (SELECT p.consumption_id, sum(p.amount) AS total FROM payledger.credit_consumption_parts p GROUP BY 1) s
+        ON s.consumption_id = c.id
+     WHERE c.amount <> coalesce(s.total, 0)
+    UNION ALL
+    -- a meter charged what its consumptions burnt
+    SELECT 'credit_meter_charged', m.org_id || ' ' || m.metric || ' ' || m.cycle_start,
+           format('charged %s, burnt %s', m.charged, coalesce(s.total, 0))
+      FROM payledger.credit_meters m
+      LEFT JOIN (SELECT c.org_id, c.metric, split_part(c.idempotency_key, ':', 3) AS cyc, sum(c.amount) AS total
+                   FROM payledger.credit_consumptions c WHERE c.source = 'metering' AND c.undone_at IS NULL
+                  GROUP BY 1, 2, 3) s
+        ON s.org_id = m.org_id AND s.metric = m.metric AND s.cyc = extract(epoch FROM m.cycle_start)::bigint::text
+     WHERE m.charged <> coalesce(s.total, 0);
+$$;
+
 -- Every violation of payledger's invariants, from every module; empty when healthy.
 CREATE FUNCTION payledger.check_invariants()
 RETURNS TABLE (invariant text, subject text, detail text)
@@ -2971,6 +4190,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
     SELECT * FROM payledger.nostr_invariants()
     UNION ALL
     SELECT * FROM payledger.provider_invariants()
+    UNION ALL
+    SELECT * FROM payledger.credit_invariants()
 $$;
 
 -- Privileges, as src/security.sql gives them on a fresh install (granting
@@ -2984,7 +4205,12 @@ GRANT SELECT ON payledger.assets, payledger.account_kinds, payledger.accounts, p
                 payledger.payin_history, payledger.nostr_jobs, payledger.nostr_job_events, payledger.nostr_job_payments,
                 payledger.merchant_profiles, payledger.providers, payledger.payin_routes, payledger.subscriptions,
                 payledger.invoices, payledger.settle_hooks, payledger.hook_runs, payledger.events,
-                payledger.worker_status
+                payledger.worker_status,
+                payledger.credit_settings, payledger.credit_metrics, payledger.credit_grants,
+                payledger.credit_live_grants, payledger.credit_consumptions, payledger.credit_consumption_parts,
+                payledger.credit_grant_events, payledger.credit_price_tiers, payledger.credit_packages,
+                payledger.gift_codes, payledger.gift_redemptions, payledger.credit_plans, payledger.credit_plan_limits,
+                payledger.credit_orgs, payledger.credit_usage, payledger.credit_meters
     TO payledger_admin, payledger_app;
 -- Provider credentials: the admin role (and the worker, a superuser connection) only.
 GRANT SELECT ON payledger.provider_secrets TO payledger_admin;
@@ -3010,10 +4236,31 @@ CREATE POLICY backend_read ON payledger.settle_hooks FOR SELECT TO payledger_adm
 CREATE POLICY backend_read ON payledger.hook_runs FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.events FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.worker_status FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_settings FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_metrics FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_grants FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_live_grants FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_consumptions FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_consumption_parts FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_grant_events FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_price_tiers FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_packages FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.gift_codes FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.gift_redemptions FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_plans FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_plan_limits FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_orgs FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_usage FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_meters FOR SELECT TO payledger_admin, payledger_app USING (true);
 GRANT SELECT ON payledger.my_accounts, payledger.my_entries, payledger.my_holds,
                 payledger.my_payins, payledger.my_payouts, payledger.my_payin_history, payledger.my_nostr_jobs,
-                payledger.my_invoices, payledger.my_events, payledger.my_subscriptions
+                payledger.my_invoices, payledger.my_events, payledger.my_subscriptions,
+                payledger.my_credit_grants, payledger.my_credit_balance, payledger.my_credit_meters
     TO payledger_enduser, payledger_app, payledger_admin;
+GRANT EXECUTE ON FUNCTION payledger.current_owner_id(), payledger.format_amount(text, bigint),
+    payledger.parse_amount(text, numeric), payledger.my_total_credits(), payledger.credits_of(bigint),
+    payledger.credit_asset()
+TO payledger_enduser, payledger_app, payledger_admin;
 GRANT EXECUTE ON FUNCTION
     payledger.create_payin(text, text, text, bigint, jsonb, jsonb, text, jsonb, text, uuid, jsonb),
     payledger.split_payouts(text, bigint, jsonb),
@@ -3043,7 +4290,21 @@ GRANT EXECUTE ON FUNCTION
     payledger.events_since(bigint, integer),
     payledger.create_subscription(text, text, text, bigint, interval, jsonb, jsonb, text, jsonb, text, timestamptz, jsonb),
     payledger.cancel_subscription(uuid),
-    payledger.renew_subscription(uuid)
+    payledger.renew_subscription(uuid),
+    payledger.grant_credits(text, numeric, text, text, integer, timestamptz, timestamptz, boolean, numeric, text, uuid, text, jsonb),
+    payledger.void_grant(uuid, text),
+    payledger.consume_credits(text, text, numeric, text, timestamptz, boolean),
+    payledger.undo_consumption(uuid, text),
+    payledger.get_total_credits(text, text, timestamptz),
+    payledger.get_total_credits(uuid, text, timestamptz),
+    payledger.get_total_credits(bigint, text, timestamptz),
+    payledger.credit_cost(text, numeric),
+    payledger.redeem_gift_code(text, text),
+    payledger.buy_credit_package(text, text, jsonb, uuid, text, text),
+    payledger.subscribe_credit_package(text, text, uuid, jsonb, text, timestamptz),
+    payledger.record_usage(text, text, numeric, timestamptz),
+    payledger.set_credit_org(text, text, timestamptz),
+    payledger.credit_access(text, text[])
 TO payledger_app, payledger_admin;
 GRANT EXECUTE ON FUNCTION
     payledger.register_payin_type(text, text, boolean, boolean, integer),
@@ -3068,6 +4329,15 @@ GRANT EXECUTE ON FUNCTION
     payledger.announce_events(),
     payledger.invoice_apply(uuid, jsonb),
     payledger.retry_hooks(integer),
-    payledger.renew_due_subscriptions(integer)
+    payledger.renew_due_subscriptions(integer),
+    payledger.credits_configure(text, integer, interval),
+    payledger.register_credit_metric(text, text, text),
+    payledger.set_credit_price_tiers(text, jsonb),
+    payledger.define_credit_plan(text, jsonb),
+    payledger.create_gift_code(text, numeric, text, timestamptz, interval, integer, integer, integer),
+    payledger.define_credit_package(text, numeric, text, bigint, text, interval, interval, integer),
+    payledger.expire_credits(integer),
+    payledger.meter_org(text, boolean),
+    payledger.run_metering(integer)
 TO payledger_admin;
 GRANT EXECUTE ON PROCEDURE payledger.run_tick(integer) TO payledger_admin;

@@ -18,6 +18,7 @@ pub static WORKER_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static WORKER_CREATE_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static WORKER_MAX_BACKOFF: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static WORKER_NOTIFY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(250);
+pub static METERING_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(21_600);
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -113,6 +114,16 @@ pub fn init() {
         &WORKER_NOTIFY_INTERVAL,
         10,
         60_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.metering_interval",
+        c"Seconds between the worker's credit metering runs.",
+        c"Four times a day by default; payledger.run_metering() runs one on demand.",
+        &METERING_INTERVAL,
+        60,
+        i32::MAX,
         GucContext::Sighup,
         GucFlags::default(),
     );

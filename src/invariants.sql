@@ -9,4 +9,6 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
     SELECT * FROM payledger.nostr_invariants()
     UNION ALL
     SELECT * FROM payledger.provider_invariants()
+    UNION ALL
+    SELECT * FROM payledger.credit_invariants()
 $$;

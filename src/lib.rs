@@ -2,13 +2,15 @@
 //!
 //! The ledger core lives in `ledger` (schema, posting engine, SQL API); pay-ins
 //! and pay-outs on top of it in `payin`; invoices at payment providers in
-//! `provider`, driven by the background `worker`; Nostr in `nostr`; settings
+//! `provider`, driven by the background `worker`; prepaid credits in
+//! `credits`; Nostr in `nostr`; settings
 //! in `gucs`; error codes in `errors`. `check_invariants()` gathers every module's checks; roles and
 //! grants are applied last, from `src/security.sql`.
 
 use pgrx::prelude::*;
 
 mod bolt11;
+mod credits;
 mod errors;
 mod gucs;
 mod ledger;
@@ -28,7 +30,13 @@ pub extern "C-unwind" fn _PG_init() {
 extension_sql_file!(
     "invariants.sql",
     name = "invariants",
-    requires = ["ledger_api", "payin_api", "nostr_jobs", "provider_api"]
+    requires = [
+        "ledger_api",
+        "payin_api",
+        "nostr_jobs",
+        "provider_api",
+        "credits_api"
+    ]
 );
 extension_sql_file!("security.sql", name = "security", finalize);
 

@@ -30,7 +30,12 @@ GRANT SELECT ON payledger.assets, payledger.account_kinds, payledger.accounts, p
                 payledger.payin_history, payledger.nostr_jobs, payledger.nostr_job_events, payledger.nostr_job_payments,
                 payledger.merchant_profiles, payledger.providers, payledger.payin_routes, payledger.subscriptions,
                 payledger.invoices, payledger.settle_hooks, payledger.hook_runs, payledger.events,
-                payledger.worker_status
+                payledger.worker_status,
+                payledger.credit_settings, payledger.credit_metrics, payledger.credit_grants,
+                payledger.credit_live_grants, payledger.credit_consumptions, payledger.credit_consumption_parts,
+                payledger.credit_grant_events, payledger.credit_price_tiers, payledger.credit_packages,
+                payledger.gift_codes, payledger.gift_redemptions, payledger.credit_plans, payledger.credit_plan_limits,
+                payledger.credit_orgs, payledger.credit_usage, payledger.credit_meters
     TO payledger_admin, payledger_app;
 -- Provider credentials: the admin role (and the worker, a superuser connection) only.
 GRANT SELECT ON payledger.provider_secrets TO payledger_admin;
@@ -62,14 +67,32 @@ CREATE POLICY backend_read ON payledger.settle_hooks FOR SELECT TO payledger_adm
 CREATE POLICY backend_read ON payledger.hook_runs FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.events FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.worker_status FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_settings FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_metrics FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_grants FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_live_grants FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_consumptions FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_consumption_parts FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_grant_events FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_price_tiers FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_packages FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.gift_codes FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.gift_redemptions FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_plans FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_plan_limits FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_orgs FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_usage FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_meters FOR SELECT TO payledger_admin, payledger_app USING (true);
 
 -- End users: the owner-filtered views and the owner lookup only.
 GRANT SELECT ON payledger.my_accounts, payledger.my_entries, payledger.my_holds,
                 payledger.my_payins, payledger.my_payouts, payledger.my_payin_history, payledger.my_nostr_jobs,
-                payledger.my_invoices, payledger.my_events, payledger.my_subscriptions
+                payledger.my_invoices, payledger.my_events, payledger.my_subscriptions,
+                payledger.my_credit_grants, payledger.my_credit_balance, payledger.my_credit_meters
     TO payledger_enduser, payledger_app, payledger_admin;
 GRANT EXECUTE ON FUNCTION payledger.current_owner_id(), payledger.format_amount(text, bigint),
-    payledger.parse_amount(text, numeric)
+    payledger.parse_amount(text, numeric), payledger.my_total_credits(), payledger.credits_of(bigint),
+    payledger.credit_asset()
 TO payledger_enduser, payledger_app, payledger_admin;
 
 -- The backend: money movement and lookups.
@@ -115,7 +138,21 @@ GRANT EXECUTE ON FUNCTION
     payledger.events_since(bigint, integer),
     payledger.create_subscription(text, text, text, bigint, interval, jsonb, jsonb, text, jsonb, text, timestamptz, jsonb),
     payledger.cancel_subscription(uuid),
-    payledger.renew_subscription(uuid)
+    payledger.renew_subscription(uuid),
+    payledger.grant_credits(text, numeric, text, text, integer, timestamptz, timestamptz, boolean, numeric, text, uuid, text, jsonb),
+    payledger.void_grant(uuid, text),
+    payledger.consume_credits(text, text, numeric, text, timestamptz, boolean),
+    payledger.undo_consumption(uuid, text),
+    payledger.get_total_credits(text, text, timestamptz),
+    payledger.get_total_credits(uuid, text, timestamptz),
+    payledger.get_total_credits(bigint, text, timestamptz),
+    payledger.credit_cost(text, numeric),
+    payledger.redeem_gift_code(text, text),
+    payledger.buy_credit_package(text, text, jsonb, uuid, text, text),
+    payledger.subscribe_credit_package(text, text, uuid, jsonb, text, timestamptz),
+    payledger.record_usage(text, text, numeric, timestamptz),
+    payledger.set_credit_org(text, text, timestamptz),
+    payledger.credit_access(text, text[])
 TO payledger_app, payledger_admin;
 
 -- Operators only.
@@ -148,6 +185,15 @@ GRANT EXECUTE ON FUNCTION
     payledger.announce_events(),
     payledger.invoice_apply(uuid, jsonb),
     payledger.retry_hooks(integer),
-    payledger.renew_due_subscriptions(integer)
+    payledger.renew_due_subscriptions(integer),
+    payledger.credits_configure(text, integer, interval),
+    payledger.register_credit_metric(text, text, text),
+    payledger.set_credit_price_tiers(text, jsonb),
+    payledger.define_credit_plan(text, jsonb),
+    payledger.create_gift_code(text, numeric, text, timestamptz, interval, integer, integer, integer),
+    payledger.define_credit_package(text, numeric, text, bigint, text, interval, interval, integer),
+    payledger.expire_credits(integer),
+    payledger.meter_org(text, boolean),
+    payledger.run_metering(integer)
 TO payledger_admin;
 GRANT EXECUTE ON PROCEDURE payledger.run_tick(integer) TO payledger_admin;

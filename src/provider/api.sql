@@ -579,6 +579,8 @@ DECLARE
     inv record;
     expired integer := 0;
     holds integer;
+    credits integer;
+    metered integer := 0;
     hooks integer;
     renewed integer;
     jobs integer;
@@ -603,10 +605,19 @@ BEGIN
         END IF;
     END LOOP;
     holds := payledger.expire_holds(batch);
+    credits := payledger.expire_credits(batch);
+    -- metering, every payledger.metering_interval seconds (four times a day)
+    UPDATE payledger.worker_status w SET last_metering_at = now()
+     WHERE w.last_metering_at IS NULL
+        OR w.last_metering_at <= now() - make_interval(secs => payledger.setting_int('metering_interval', 21600));
+    IF FOUND THEN
+        metered := (SELECT m.orgs FROM payledger.run_metering() m);
+    END IF;
     hooks := payledger.retry_hooks(batch);
     renewed := payledger.renew_due_subscriptions(batch);
     jobs := payledger.nostr_expire_jobs(batch);
     RETURN jsonb_build_object('invoices_expired', expired, 'holds_expired', holds, 'hooks_run', hooks,
+                              'credit_grants_expired', credits, 'orgs_metered', metered,
                               'subscriptions_renewed', renewed, 'jobs_expired', jobs);
 END;
 $$;
@@ -858,6 +869,10 @@ DECLARE
     h record;
 BEGIN
     SELECT * INTO p FROM payledger.payins x WHERE x.id = payin;
+    -- a paid credit package grants its credits (src/credits/api.sql)
+    IF p.state = 'PAID' AND p.type = 'CREDIT_PACKAGE' THEN
+        PERFORM payledger.credits_payin_paid(p.id);
+    END IF;
     PERFORM payledger.emit_event('payin.' || lower(p.state::text), p.id, p.owner_id,
         jsonb_build_object('payin', p.id, 'type', p.type, 'state', p.state, 'failure_reason', p.failure_reason,
                            'cost', p.cost, 'asset', p.asset, 'at', p.state_changed_at));

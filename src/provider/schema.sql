@@ -182,7 +182,9 @@ CREATE TABLE payledger.worker_status (
     ticks       bigint NOT NULL DEFAULT 0,
     last_result jsonb,
     -- the last event announced by NOTIFY payledger_events
-    announced_id bigint NOT NULL DEFAULT 0
+    announced_id bigint NOT NULL DEFAULT 0,
+    -- the last metering run the worker started
+    last_metering_at timestamptz
 );
 INSERT INTO payledger.worker_status DEFAULT VALUES;
 

@@ -13,8 +13,9 @@ GENERATED=$(/usr/lib/postgresql/15/bin/pg_config --sharedir)/extension/payledger
 { cat <<'EOF'
 -- payledger 0.1.0 -> 0.2.0: pay-ins and pay-outs (src/payin/), Nostr, BOLT11
 -- and NIP-90 jobs (src/nostr/, src/bolt11.rs), invoices at payment providers
--- with the background worker (src/provider/, src/worker.rs), and
--- check_invariants() gathering every module's checks (src/invariants.sql).
+-- with the background worker (src/provider/, src/worker.rs), prepaid credits
+-- (src/credits/), and check_invariants() gathering every module's checks
+-- (src/invariants.sql).
 -- The objects below are the 0.2.0 text of src/payin/schema.sql,
 -- src/payin/api.sql, src/nostr/jobs.sql and src/provider/*.sql; tests/integration/upgrade.sh
 -- proves the result equals a fresh 0.2.0 install. Released: never edit.
@@ -43,6 +44,10 @@ cat src/provider/schema.sql
 echo
 cat src/provider/api.sql
 echo
+cat src/credits/schema.sql
+echo
+cat src/credits/api.sql
+echo
 cat src/invariants.sql
 cat <<'EOF'
 
@@ -56,6 +61,7 @@ sed -n '/^GRANT SELECT ON payledger.assets/,/^CREATE POLICY admin_read/p' src/se
 grep "^CREATE POLICY backend_read" src/security.sql \
   | grep -v -E "ON payledger[.](assets|account_kinds|accounts|journals|entries|holds) "
 sed -n '/^GRANT SELECT ON payledger.my_accounts/,/TO payledger_enduser/p' src/security.sql
+sed -n '/^GRANT EXECUTE ON FUNCTION payledger.current_owner_id/,/TO payledger_enduser/p' src/security.sql
 echo "GRANT EXECUTE ON FUNCTION"
 sed -n '/payledger.new_id(),/,/^TO payledger_app/p' src/security.sql | sed 1d
 echo "GRANT EXECUTE ON FUNCTION"

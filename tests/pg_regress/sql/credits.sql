@@ -1,0 +1,223 @@
+-- Prepaid credits: grants and the burn order (priority, expiry, promotional
+-- before paid, per-metric scope), expiry judged at the usage's time, undo,
+-- voids, balances now and in the past, gift codes and their limits, tiered
+-- prices, packages bought with pay-ins, metering and per-metric blocking.
+\set VERBOSITY terse
+
+SELECT payledger.credits_configure('credit', 6, expiry_grace => '1 day');
+SELECT payledger.register_credit_metric('mau', 'counter', 'user');
+SELECT payledger.register_credit_metric('storage', 'gauge', 'GiB');
+SELECT payledger.register_credit_metric('bandwidth', 'counter', 'GiB');
+SELECT t_try($$SELECT payledger.register_credit_metric('storage', 'counter')$$);
+SELECT t_try($$SELECT payledger.register_credit_metric('Bad Name')$$);
+
+CREATE FUNCTION t_credits(org text, metric text DEFAULT NULL, at timestamptz DEFAULT NULL) RETURNS text
+LANGUAGE sql AS $$
+  SELECT format('available %s of %s, by metric %s', available, granted_active, by_metric)
+    FROM payledger.get_total_credits(org, metric, at)
+$$;
+CREATE FUNCTION t_grant(org text, credits numeric, source text, metric text DEFAULT NULL, priority integer DEFAULT 10,
+                        expires_at timestamptz DEFAULT NULL, label text DEFAULT NULL) RETURNS void
+LANGUAGE sql AS $$
+  INSERT INTO t_acc VALUES (label, payledger.grant_credits(org, credits, source, metric, priority, expires_at,
+                                                           effective_at => now() - interval '10 days'))
+$$;
+CREATE FUNCTION t_parts(parts jsonb) RETURNS text LANGUAGE sql AS $$
+  SELECT string_agg((SELECT name FROM t_acc WHERE id = (p ->> 'grant')::uuid) || '=' || (p ->> 'credits'), ', '
+                    ORDER BY p ->> 'credits' DESC, (SELECT name FROM t_acc WHERE id = (p ->> 'grant')::uuid))
+    FROM jsonb_array_elements(parts) p
+$$;
+
+---------------------------------------------------------------------------
+-- Burn order
+---------------------------------------------------------------------------
+-- org1: a paid grant expiring late, a paid grant expiring soon, a promotional
+-- one expiring late, a priority-1 grant, and a storage-only grant
+SELECT date_trunc('day', now()) AS today \gset
+SELECT t_grant('org1', 100, 'purchase', expires_at => :'today'::timestamptz + interval '300 days', label => 'paid_late');
+SELECT t_grant('org1', 100, 'purchase', expires_at => :'today'::timestamptz + interval '30 days', label => 'paid_soon');
+SELECT t_grant('org1', 100, 'promotion', expires_at => :'today'::timestamptz + interval '300 days', label => 'promo_late');
+SELECT t_grant('org1', 10, 'manual', priority => 1, expires_at => :'today'::timestamptz + interval '400 days', label => 'first');
+SELECT t_grant('org1', 50, 'purchase', 'storage', expires_at => :'today'::timestamptz + interval '20 days', label => 'storage_only');
+SELECT t_credits('org1');
+SELECT t_credits('org1', 'mau');
+-- priority first, then the soonest expiry (paid_soon before the others)
+SELECT consumed, shortfall, t_parts(parts) FROM payledger.consume_credits('org1', 'mau', 60, 'c1');
+-- paid_soon's last 50, then promotional before paid at the same expiry
+SELECT consumed, t_parts(parts) FROM payledger.consume_credits('org1', 'mau', 120, 'c2');
+-- storage burns its own grant first (the soonest expiry)
+SELECT consumed, t_parts(parts) FROM payledger.consume_credits('org1', 'storage', 60, 'c3');
+SELECT t_credits('org1');
+-- the same key again: the same consumption, nothing burnt twice
+SELECT consumed, t_parts(parts) FROM payledger.consume_credits('org1', 'mau', 120, 'c2');
+SELECT t_try($$SELECT payledger.consume_credits('org1', 'mau', 121, 'c2')$$);
+-- more than there is: PL006 and nothing burnt; or partial
+SELECT t_try($$SELECT payledger.consume_credits('org1', 'mau', 1000, 'c4')$$);
+SELECT t_credits('org1');
+SELECT consumed, shortfall FROM payledger.consume_credits('org1', 'mau', 1000, 'c5', partial => true);
+SELECT t_credits('org1');
+-- bad input changes nothing
+SELECT t_try($$SELECT payledger.consume_credits('org1', 'nope', 1, 'x')$$);
+SELECT t_try($$SELECT payledger.consume_credits('org1', 'mau', 0, 'x')$$);
+SELECT t_try($$SELECT payledger.consume_credits('org1', 'mau', 0.0000001, 'x')$$);
+SELECT t_try($$SELECT payledger.consume_credits('org1', 'mau', 1, NULL)$$);
+SELECT t_try($$SELECT payledger.grant_credits('org1', 10, 'stolen')$$);
+SELECT t_try($$SELECT payledger.grant_credits('org1', -1)$$);
+SELECT t_try($$SELECT payledger.grant_credits('org1', 1, expires_at => now() - interval '1 year')$$);
+
+---------------------------------------------------------------------------
+-- Undo: the same grants get their credits back
+---------------------------------------------------------------------------
+SELECT t_credits('org1', 'mau');
+SELECT payledger.undo_consumption(id) AS restored FROM payledger.credit_consumptions
+ WHERE org_id = 'org1' AND idempotency_key = 'c1' \gset
+SELECT :restored AS restored, t_credits('org1', 'mau');
+SELECT payledger.undo_consumption(id) AS again FROM payledger.credit_consumptions WHERE org_id = 'org1' AND idempotency_key = 'c1';
+SELECT name, payledger.credits_of(payledger.balance(g.account_id)) AS remaining
+  FROM t_acc JOIN payledger.credit_grants g ON g.id = t_acc.id WHERE g.org_id = 'org1' ORDER BY name;
+SELECT t_try($$SELECT payledger.undo_consumption(payledger.new_id())$$);
+
+---------------------------------------------------------------------------
+-- Expiry is judged at the usage's time
+---------------------------------------------------------------------------
+-- org2: 100 credits that expired an hour ago (not yet swept: the grace)
+SELECT t_grant('org2', 100, 'purchase', expires_at => now() - interval '1 hour', label => 'expired_grant');
+SELECT t_credits('org2') AS now_nothing;
+SELECT t_credits('org2', at => now() - interval '2 hours') AS two_hours_ago;
+-- usage from before the expiry still burns it; usage from after does not
+SELECT consumed FROM payledger.consume_credits('org2', 'mau', 30, 'before', usage_at => now() - interval '2 hours');
+SELECT t_try($$SELECT payledger.consume_credits('org2', 'mau', 1, 'after')$$);
+-- the undo of a consumption from an expired grant: it expires again at once
+SELECT payledger.undo_consumption(id) FROM payledger.credit_consumptions WHERE org_id = 'org2' AND idempotency_key = 'before';
+SELECT kind, payledger.credits_of(amount) FROM payledger.credit_grant_events WHERE grant_id = acc('expired_grant');
+-- past the grace, the sweep expires what is left
+UPDATE payledger.credit_settings SET expiry_grace = '0';
+SELECT payledger.expire_credits() AS swept;
+SELECT kind, payledger.credits_of(amount) FROM payledger.credit_grant_events WHERE grant_id = acc('expired_grant') ORDER BY kind;
+UPDATE payledger.credit_settings SET expiry_grace = '1 day';
+
+-- void: what is left is forfeited, once
+SELECT payledger.void_grant(acc('paid_soon'), 'refunded') AS voided;
+SELECT payledger.void_grant(acc('paid_soon')) AS again;
+SELECT t_credits('org1');
+-- the balance in the past, from the ledger
+SELECT t_credits('org1', at => now() - interval '5 days') AS five_days_ago;
+
+---------------------------------------------------------------------------
+-- Gift codes
+---------------------------------------------------------------------------
+SELECT payledger.create_gift_code('WELCOME-50', 50, max_redemptions => 2);
+SELECT payledger.create_gift_code('STORAGE10', 10, 'storage', per_org_limit => 2);
+SELECT payledger.create_gift_code('OLD-CODE', 5, valid_until => now() - interval '1 day');
+SELECT t_try($$SELECT payledger.create_gift_code('WELCOME-50', 1)$$);
+SELECT t_try($$SELECT payledger.create_gift_code('x', 1)$$);
+SELECT t_try($$SELECT payledger.redeem_gift_code('WELCOME-50', 'org3') IS NOT NULL$$);
+SELECT t_try($$SELECT payledger.redeem_gift_code('WELCOME-50', 'org3')$$);
+SELECT t_try($$SELECT payledger.redeem_gift_code('WELCOME-50', 'org4') IS NOT NULL$$);
+SELECT t_try($$SELECT payledger.redeem_gift_code('WELCOME-50', 'org5')$$);
+SELECT t_try($$SELECT payledger.redeem_gift_code('STORAGE10', 'org3') IS NOT NULL$$);
+SELECT t_try($$SELECT payledger.redeem_gift_code('STORAGE10', 'org3') IS NOT NULL$$);
+SELECT t_try($$SELECT payledger.redeem_gift_code('STORAGE10', 'org3')$$);
+SELECT t_try($$SELECT payledger.redeem_gift_code('OLD-CODE', 'org3')$$);
+SELECT t_try($$SELECT payledger.redeem_gift_code('NOPE-NOPE', 'org3')$$);
+SELECT t_credits('org3');
+SELECT source, category, metric, payledger.credits_of(amount) FROM payledger.credit_grants WHERE org_id = 'org3' ORDER BY metric NULLS FIRST, id;
+
+---------------------------------------------------------------------------
+-- Tiered prices
+---------------------------------------------------------------------------
+SELECT payledger.set_credit_price_tiers('mau', '[{"from": 0, "to": 1000, "price": 0.003},
+                                                 {"from": 1000, "to": 3000, "price": 0.0022},
+                                                 {"from": 3000, "price": 0.0016}]');
+SELECT payledger.set_credit_price_tiers('storage', '[{"from": 0, "to": 1, "price": 0.09}, {"from": 1, "price": 0.08}]');
+SELECT o AS overage, payledger.credit_cost('mau', o) AS credits FROM unnest(ARRAY[0, 1, 1000, 1001, 3000, 5000]) o;
+SELECT payledger.credit_cost('storage', 2.5) AS storage_2_5_gib;
+SELECT t_try($$SELECT payledger.set_credit_price_tiers('mau', '[{"from": 1, "price": 1}]')$$);
+SELECT t_try($$SELECT payledger.set_credit_price_tiers('mau', '[{"from": 0, "to": 10, "price": 1}, {"from": 20, "price": 1}]')$$);
+SELECT t_try($$SELECT payledger.set_credit_price_tiers('nope', '[{"from": 0, "price": 1}]')$$);
+
+---------------------------------------------------------------------------
+-- Packages, bought with pay-ins: credited when PAID, once
+---------------------------------------------------------------------------
+SELECT payledger.define_credit_package('storage-1000', 1000, 'usd', 1000, 'storage') IS NOT NULL AS defined;
+SELECT payledger.define_credit_package('any-100', 100, 'usd', 150) IS NOT NULL AS defined;
+SELECT payledger.define_credit_package('monthly-500', 500, 'usd', 400, period => '1 month') IS NOT NULL AS defined;
+SELECT t_try($$SELECT payledger.define_credit_package('any-100', 1, 'usd', 1)$$);
+SELECT t_try($$SELECT payledger.define_credit_package('bad', 1, 'eur', 1)$$);
+INSERT INTO t_acc VALUES ('org6_usd', payledger.open_account('org6', 'usd')),
+                         ('credit_sales', payledger.open_account('vendor', 'usd', 'revenue', 'credit_sales'));
+SELECT payledger.transfer(acc('usd_world'), acc('org6_usd'), 1500) IS NOT NULL AS funded;
+-- paid from a balance: PAID at once, granted at once
+SELECT state, grant_id IS NOT NULL AS granted
+  FROM payledger.buy_credit_package('org6', 'storage-1000', jsonb_build_array(jsonb_build_object('account', acc('org6_usd'))),
+                                    acc('credit_sales'), idempotency_key => 'buy-1');
+SELECT state, grant_id IS NOT NULL AS granted
+  FROM payledger.buy_credit_package('org6', 'storage-1000', jsonb_build_array(jsonb_build_object('account', acc('org6_usd'))),
+                                    acc('credit_sales'), idempotency_key => 'buy-1');
+SELECT t_credits('org6');
+SELECT source, category, metric, cost_basis, cost_asset FROM payledger.credit_grants WHERE org_id = 'org6';
+-- by card: granted only when the pay-in is PAID
+SELECT payin_id AS card_payin FROM payledger.buy_credit_package('org6', 'any-100', '[{"external": "card"}]', acc('credit_sales')) \gset
+SELECT t_credits('org6');
+SELECT changed FROM payledger.transition_payin(:'card_payin', 'PENDING');
+SELECT changed FROM payledger.settle_payin(:'card_payin');
+SELECT changed FROM payledger.settle_payin(:'card_payin');
+SELECT t_credits('org6');
+SELECT t_try($$SELECT payledger.buy_credit_package('org6', 'nope', '[]', acc('credit_sales'))$$);
+SELECT t_try($$SELECT payledger.buy_credit_package('org6', 'any-100', jsonb_build_array(jsonb_build_object('account', acc('org6_usd'))), acc('credit_sales'))$$);
+SELECT t_try($$SELECT payledger.subscribe_credit_package('org6', 'any-100', acc('credit_sales'))$$);
+
+---------------------------------------------------------------------------
+-- Plans, metering, blocking per metric
+---------------------------------------------------------------------------
+SELECT payledger.define_credit_plan('solo', '{"mau": 1000, "storage": 2, "bandwidth": 10}');
+SELECT t_try($$SELECT payledger.define_credit_plan('bad', '{"nope": 1}')$$);
+SELECT t_try($$SELECT payledger.set_credit_org('org7', 'nope')$$);
+SELECT payledger.set_credit_org('org7', 'solo');
+-- within the plan: nothing to charge
+SELECT payledger.record_usage('org7', 'mau', 600), payledger.record_usage('org7', 'mau', 300);
+SELECT payledger.record_usage('org7', 'storage', 1.5), payledger.record_usage('org7', 'storage', 1.2);
+SELECT payledger.meter_org('org7') AS charged;
+SELECT metric, overage, cost, charged, blocked FROM payledger.credit_meters WHERE org_id = 'org7' ORDER BY metric;
+-- past the plan with no credits: that metric is blocked, the others are not
+SELECT payledger.record_usage('org7', 'storage', 4.5);
+SELECT payledger.meter_org('org7') AS charged;
+SELECT metric, overage, cost, charged, blocked FROM payledger.credit_meters WHERE org_id = 'org7' ORDER BY metric;
+SELECT payledger.credit_access('org7', '{storage}') AS upload, payledger.credit_access('org7', '{bandwidth}') AS download,
+       payledger.credit_access('org7', '{mau,storage}') AS both;
+-- a top-up pays the unpaid overage in the same transaction and lifts the block
+SELECT payledger.grant_credits('org7', 0.15, 'purchase') IS NOT NULL AS topped_up;
+SELECT metric, cost, charged, blocked FROM payledger.credit_meters WHERE org_id = 'org7' ORDER BY metric;
+SELECT payledger.grant_credits('org7', 1, 'purchase') IS NOT NULL AS topped_up;
+SELECT metric, cost, charged, blocked FROM payledger.credit_meters WHERE org_id = 'org7' ORDER BY metric;
+SELECT payledger.credit_access('org7', '{storage}') AS upload, t_credits('org7');
+-- the overage grows: only the growth is charged; a run again charges nothing
+SELECT payledger.grant_credits('org7', 5, 'purchase') IS NOT NULL AS topped_up;
+SELECT payledger.record_usage('org7', 'mau', 500);     -- 1,400: 400 over, 1.2 credits
+SELECT payledger.meter_org('org7') AS charged;
+SELECT payledger.record_usage('org7', 'mau', 100);     -- 1,500: 500 over, 1.5 credits
+SELECT payledger.meter_org('org7') AS charged;
+SELECT payledger.meter_org('org7') AS charged_again;
+SELECT metric, overage, cost, charged, blocked FROM payledger.credit_meters WHERE org_id = 'org7' ORDER BY metric;
+SELECT metric, payledger.credits_of(amount) FROM payledger.credit_consumptions
+ WHERE org_id = 'org7' ORDER BY created_at, id;
+SELECT t_credits('org7');
+-- the run over every organisation
+SELECT * FROM payledger.run_metering();
+SELECT t_try($$SELECT payledger.record_usage('org7', 'nope', 1)$$);
+SELECT t_try($$SELECT payledger.record_usage('org7', 'mau', -1)$$);
+
+---------------------------------------------------------------------------
+-- End users, invariants
+---------------------------------------------------------------------------
+SET payledger.owner_id = 'org7';
+SET ROLE payledger_enduser;
+SELECT available, by_metric FROM payledger.my_credit_balance;
+SELECT source, granted, remaining FROM payledger.my_credit_grants ORDER BY granted;
+SELECT metric, blocked FROM payledger.my_credit_meters ORDER BY metric;
+SELECT count(*) AS grants FROM payledger.my_credit_grants;
+SELECT t_try($$SELECT count(*) FROM payledger.credit_grants$$);
+SELECT t_try($$SELECT payledger.grant_credits('org7', 1000)$$);
+RESET ROLE;
+RESET payledger.owner_id;
+SELECT * FROM payledger.check_invariants();
