@@ -204,5 +204,35 @@ SELECT to_state, from_state FROM payledger.payin_history WHERE payin_id = :'work
 SELECT topic, payload ->> 'state' AS state FROM payledger.events WHERE subject_id = :'worker_payin';
 SELECT backend_type, application_name FROM pg_stat_activity WHERE backend_type = 'payledger worker';
 
+\echo '=== prepaid credits: a storage package, metering past the plan, blocking per metric ==='
+SELECT payledger.credits_configure();
+SELECT payledger.register_credit_metric('storage', 'gauge', 'GiB'), payledger.register_credit_metric('bandwidth', 'counter', 'GiB');
+SELECT payledger.set_credit_price_tiers('storage', '[{"from": 0, "to": 10, "price": 0.09}, {"from": 10, "price": 0.08}]');
+SELECT payledger.set_credit_price_tiers('bandwidth', '[{"from": 0, "price": 0.06}]');
+SELECT payledger.define_credit_plan('starter', '{"storage": 5, "bandwidth": 50}');
+SELECT payledger.set_credit_org('acme', 'starter');
+SELECT payledger.define_credit_package('storage-1', 1, 'usd', 100, 'storage') IS NOT NULL AS package;
+SELECT payledger.open_account('acme', 'usd') AS acme_usd, payledger.open_account('vendor', 'usd', 'revenue') AS vendor_usd \gset
+SELECT payledger.transfer(payledger.open_account('world', 'usd', 'external', 'card', allow_negative => true), :'acme_usd', 500) IS NOT NULL AS funded;
+\echo '--- acme buys the 1-credit storage package for 1.00 USD: a pay-in, the grant when it is PAID'
+SELECT state, grant_id IS NOT NULL AS granted
+  FROM payledger.buy_credit_package('acme', 'storage-1', jsonb_build_array(jsonb_build_object('account', :'acme_usd')), :'vendor_usd');
+SELECT available, granted_active, by_metric FROM payledger.get_total_credits('acme');
+\echo '--- storage grows past the plan (5 GiB): metering charges only the growth of the overage'
+SELECT payledger.record_usage('acme', 'storage', 8) AS storage_gib;
+SELECT payledger.meter_org('acme') AS metered;
+SELECT metric, overage, payledger.credits_of(cost) AS cost, payledger.credits_of(charged) AS charged, blocked
+  FROM payledger.credit_meters WHERE org_id = 'acme';
+SELECT payledger.record_usage('acme', 'storage', 20) AS storage_gib;
+SELECT payledger.meter_org('acme') AS metered;
+\echo 'out of credits: storage is blocked (uploads refused), bandwidth is not (downloads work)'
+SELECT metric, overage, payledger.credits_of(cost) AS cost, payledger.credits_of(charged) AS charged, blocked
+  FROM payledger.credit_meters WHERE org_id = 'acme';
+SELECT payledger.credit_access('acme', '{storage}') AS upload, payledger.credit_access('acme', '{bandwidth}') AS download;
+SELECT topic, payload ->> 'threshold' AS threshold FROM payledger.events WHERE owner_id = 'acme' ORDER BY id;
+\echo '--- the monthly history'
+SELECT month, metric, usage, monthly_limit, overage, credits_used, paid_used, closing_balance
+  FROM payledger.credit_history('acme', 2) WHERE metric <> '*' ORDER BY month DESC, metric;
+
 \echo '--- invariants (ledger, pay-ins, jobs): no violation'
 SELECT count(*) AS violations FROM payledger.check_invariants();

@@ -35,7 +35,8 @@ GRANT SELECT ON payledger.assets, payledger.account_kinds, payledger.accounts, p
                 payledger.credit_live_grants, payledger.credit_consumptions, payledger.credit_consumption_parts,
                 payledger.credit_grant_events, payledger.credit_price_tiers, payledger.credit_packages,
                 payledger.gift_codes, payledger.gift_redemptions, payledger.credit_plans, payledger.credit_plan_limits,
-                payledger.credit_orgs, payledger.credit_usage, payledger.credit_meters
+                payledger.credit_orgs, payledger.credit_usage, payledger.credit_meters,
+                payledger.credit_thresholds, payledger.credit_threshold_state
     TO payledger_admin, payledger_app;
 -- Provider credentials: the admin role (and the worker, a superuser connection) only.
 GRANT SELECT ON payledger.provider_secrets TO payledger_admin;
@@ -83,16 +84,19 @@ CREATE POLICY backend_read ON payledger.credit_plan_limits FOR SELECT TO payledg
 CREATE POLICY backend_read ON payledger.credit_orgs FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.credit_usage FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.credit_meters FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_thresholds FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.credit_threshold_state FOR SELECT TO payledger_admin, payledger_app USING (true);
 
 -- End users: the owner-filtered views and the owner lookup only.
 GRANT SELECT ON payledger.my_accounts, payledger.my_entries, payledger.my_holds,
                 payledger.my_payins, payledger.my_payouts, payledger.my_payin_history, payledger.my_nostr_jobs,
                 payledger.my_invoices, payledger.my_events, payledger.my_subscriptions,
-                payledger.my_credit_grants, payledger.my_credit_balance, payledger.my_credit_meters
+                payledger.my_credit_grants, payledger.my_credit_balance, payledger.my_credit_meters,
+                payledger.my_credit_history
     TO payledger_enduser, payledger_app, payledger_admin;
 GRANT EXECUTE ON FUNCTION payledger.current_owner_id(), payledger.format_amount(text, bigint),
     payledger.parse_amount(text, numeric), payledger.my_total_credits(), payledger.credits_of(bigint),
-    payledger.credit_asset()
+    payledger.credit_asset(), payledger.my_credit_history(integer)
 TO payledger_enduser, payledger_app, payledger_admin;
 
 -- The backend: money movement and lookups.
@@ -152,7 +156,8 @@ GRANT EXECUTE ON FUNCTION
     payledger.subscribe_credit_package(text, text, uuid, jsonb, text, timestamptz),
     payledger.record_usage(text, text, numeric, timestamptz),
     payledger.set_credit_org(text, text, timestamptz),
-    payledger.credit_access(text, text[])
+    payledger.credit_access(text, text[]),
+    payledger.credit_history(text, integer)
 TO payledger_app, payledger_admin;
 
 -- Operators only.
@@ -194,6 +199,8 @@ GRANT EXECUTE ON FUNCTION
     payledger.define_credit_package(text, numeric, text, bigint, text, interval, interval, integer),
     payledger.expire_credits(integer),
     payledger.meter_org(text, boolean),
-    payledger.run_metering(integer)
+    payledger.run_metering(integer),
+    payledger.set_credit_threshold(text, text, numeric, boolean),
+    payledger.credit_check_expiring(integer)
 TO payledger_admin;
 GRANT EXECUTE ON PROCEDURE payledger.run_tick(integer) TO payledger_admin;

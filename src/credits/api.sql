@@ -77,6 +77,15 @@ RETURNS void LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('payledger.credits:' || org, 0));
 $$;
 
+-- For sweeps over many organisations (expiry, metering): they hold the
+-- shared sink accounts' rows while moving on to the next organisation, so
+-- waiting for an organisation there could deadlock with its own consumer.
+-- They skip a busy organisation instead; the next sweep takes it.
+CREATE FUNCTION payledger.credit_try_lock(org text)
+RETURNS boolean LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended('payledger.credits:' || org, 0));
+$$;
+
 ---------------------------------------------------------------------------
 -- Registries (admin)
 ---------------------------------------------------------------------------
@@ -272,6 +281,7 @@ BEGIN
     INSERT INTO payledger.credit_orgs (org_id) VALUES (org) ON CONFLICT DO NOTHING;
     -- the new credit pays what metering could not (and lifts the blocks)
     PERFORM payledger.meter_org(org, only_unpaid => true);
+    PERFORM payledger.credit_check_thresholds(org);
     RETURN id;
 END;
 $$;
@@ -296,6 +306,7 @@ BEGIN
         j := payledger.transfer(g.account_id, payledger.credit_system_account('credits_voided'), left_, NULL,
                                 jsonb_build_object('grant', g.id, 'reason', reason), NULL, 'credit_void');
         INSERT INTO payledger.credit_grant_events VALUES (g.id, 'voided', left_, j, now(), reason);
+        PERFORM payledger.credit_check_thresholds(g.org_id);
     END IF;
     RETURN payledger.credits_of(coalesce(left_, 0));
 END;
@@ -314,8 +325,8 @@ DECLARE
 BEGIN
     FOR r IN SELECT l.grant_id, l.org_id, l.account_id FROM payledger.credit_live_grants l
               WHERE l.expires_at < now() - grace
-              ORDER BY l.expires_at LIMIT max_grants LOOP
-        PERFORM payledger.credit_lock(r.org_id);
+              ORDER BY l.org_id, l.expires_at LIMIT max_grants LOOP
+        CONTINUE WHEN NOT payledger.credit_try_lock(r.org_id);
         DELETE FROM payledger.credit_live_grants l WHERE l.grant_id = r.grant_id;
         CONTINUE WHEN NOT FOUND;
         left_ := payledger.balance(r.account_id);
@@ -325,6 +336,7 @@ BEGIN
                                     'credit_expire');
             INSERT INTO payledger.credit_grant_events VALUES (r.grant_id, 'expired', left_, j, now(), NULL);
         END IF;
+        PERFORM payledger.credit_check_thresholds(r.org_id);
         n := n + 1;
     END LOOP;
     RETURN n;
@@ -431,6 +443,7 @@ BEGIN
     RETURNING * INTO c;
     INSERT INTO payledger.credit_consumption_parts (consumption_id, grant_id, amount, category)
     SELECT id, x.g, x.a, x.c FROM unnest(part_grants, part_amounts, part_categories) AS x(g, a, c);
+    PERFORM payledger.credit_check_thresholds(org);
     RETURN c;
 END;
 $$;
@@ -465,6 +478,14 @@ BEGIN
                                                                'amount', -c.amount),
                                 NULL, jsonb_build_object('undo', c.id, 'reason', reason), NULL, 'credit_undo');
     UPDATE payledger.credit_consumptions x SET undone_at = now(), undo_journal = j WHERE x.id = c.id;
+    -- a metering charge undone is forgiven: its meter is settled without it
+    -- (and not charged again)
+    IF c.source = 'metering' THEN
+        UPDATE payledger.credit_meters m
+           SET charged = m.charged - c.amount, forgiven = m.forgiven + c.amount, updated_at = now()
+         WHERE m.org_id = c.org_id AND m.metric = c.metric
+           AND m.cycle_start = to_timestamp(split_part(c.idempotency_key, ':', 3)::bigint);
+    END IF;
     FOR p IN SELECT cp.grant_id, cp.amount, g.account_id, g.org_id, g.metric, g.priority, g.expires_at, g.category,
                     g.effective_at,
                     (g.expires_at IS NOT NULL AND g.expires_at <= now())
@@ -482,6 +503,7 @@ BEGIN
             ON CONFLICT DO NOTHING;
         END IF;
     END LOOP;
+    PERFORM payledger.credit_check_thresholds(c.org_id);
     RETURN payledger.credits_of(c.amount);
 END;
 $$;
@@ -813,21 +835,21 @@ BEGIN
          WHERE x.org_id = org AND x.metric = r.metric AND x.cycle_start = r.cycle_start FOR UPDATE;
         -- no plan: every unit is overage
         over := greatest(r.usage - coalesce(r.monthly_limit, 0), 0);
-        -- never less than already charged (a lower reading refunds nothing)
-        owed := greatest(payledger.credits_minor_or_zero(payledger.credit_cost(r.metric, over)), m.charged);
+        -- never less than already settled (a lower reading refunds nothing)
+        owed := greatest(payledger.credits_minor_or_zero(payledger.credit_cost(r.metric, over)), m.charged + m.forgiven);
         burnt := 0;
-        IF owed > m.charged THEN
+        IF owed > m.charged + m.forgiven THEN
             -- the key names the cycle and the watermark: a repeat of this
             -- very charge is the same consumption
-            burnt := (payledger.credit_burn(org, r.metric, owed - m.charged,
-                          format('meter:%s:%s:%s', r.metric, extract(epoch FROM r.cycle_start)::bigint, m.charged),
+            burnt := (payledger.credit_burn(org, r.metric, owed - m.charged - m.forgiven,
+                          format('meter:%s:%s:%s', r.metric, extract(epoch FROM r.cycle_start)::bigint, m.charged + m.forgiven),
                           least(r.updated_at, now()), true, 'metering')).amount;
             IF burnt > 0 THEN
                 charged_now := charged_now + 1;
             END IF;
         END IF;
         UPDATE payledger.credit_meters x
-           SET overage = over, cost = owed, charged = x.charged + burnt, blocked = x.charged + burnt < owed,
+           SET overage = over, cost = owed, charged = x.charged + burnt, blocked = x.charged + x.forgiven + burnt < owed,
                runs = x.runs + 1, updated_at = now()
          WHERE x.org_id = org AND x.metric = r.metric AND x.cycle_start = r.cycle_start;
     END LOOP;
@@ -842,7 +864,8 @@ $$;
 
 -- The metering run: every organisation with usage in the current cycle (or
 -- owing for an earlier one). Four times a day by the worker; on demand too.
--- Each organisation is charged under its own lock; two runs at once charge
+-- Each organisation is charged under its own lock; one busy at that moment
+-- (a consumer, another run) is left to the next run; two runs at once charge
 -- each overage once (the meter rows are the watermark).
 CREATE FUNCTION payledger.run_metering(max_orgs integer DEFAULT 100000)
 RETURNS TABLE (orgs integer, charged integer, blocked integer)
@@ -856,7 +879,8 @@ BEGIN
                JOIN payledger.credit_orgs x ON x.org_id = u.org_id
               WHERE u.cycle_start = payledger.credit_cycle_start(x.cycle_anchor, now())
                  OR EXISTS (SELECT 1 FROM payledger.credit_meters b WHERE b.org_id = u.org_id AND b.blocked)
-              LIMIT max_orgs LOOP
+              ORDER BY u.org_id LIMIT max_orgs LOOP
+        CONTINUE WHEN NOT payledger.credit_try_lock(o.org_id);
         c := c + payledger.meter_org(o.org_id);
         n := n + 1;
     END LOOP;
@@ -947,3 +971,178 @@ LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
         ON s.org_id = m.org_id AND s.metric = m.metric AND s.cyc = extract(epoch FROM m.cycle_start)::bigint::text
      WHERE m.charged <> coalesce(s.total, 0);
 $$;
+
+---------------------------------------------------------------------------
+-- Threshold events
+---------------------------------------------------------------------------
+
+-- The rules in force: the table's, or, while it is empty, the defaults
+-- (50, 75, 90 and 100 % used; depleted/recovered; expiring within 7 days).
+CREATE FUNCTION payledger.credit_threshold_rules()
+RETURNS TABLE (name text, kind text, value numeric)
+LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT t.name, t.kind, t.value FROM payledger.credit_thresholds t WHERE t.active
+    UNION ALL
+    SELECT d.name, d.kind, d.value
+      FROM (VALUES ('used_50', 'used_pct', 50::numeric), ('used_75', 'used_pct', 75), ('used_90', 'used_pct', 90),
+                   ('used_100', 'used_pct', 100), ('depleted', 'depleted', 0), ('expiring_7d', 'expiring', 7))
+           AS d(name, kind, value)
+     WHERE NOT EXISTS (SELECT 1 FROM payledger.credit_thresholds);
+$$;
+
+CREATE FUNCTION payledger.set_credit_threshold(name text, kind text, value numeric DEFAULT 0, active boolean DEFAULT true)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(name, 'name');
+    IF name !~ '^[a-z][a-z0-9_]{0,62}$' OR kind IS NULL OR kind NOT IN ('used_pct', 'depleted', 'expiring')
+       OR coalesce(value, -1) < 0 THEN
+        RAISE EXCEPTION 'a threshold has a lower-case name, a kind (used_pct, depleted, expiring) and a value >= 0'
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.credit_thresholds AS t (name, kind, value, active)
+    VALUES (name, kind, value, coalesce(active, true))
+    ON CONFLICT ON CONSTRAINT credit_thresholds_pkey DO UPDATE
+       SET kind = excluded.kind, value = excluded.value, active = excluded.active;
+END;
+$$;
+
+-- Evaluate an organisation's rules against its credits now; write an event
+-- (credits.threshold, credits.depleted, credits.recovered, credits.expiring)
+-- for each rule whose state changed, once per crossing. Percentages are of
+-- the active granted credit only (expired credit is not "used").
+CREATE FUNCTION payledger.credit_check_thresholds(org text)
+RETURNS integer LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+    r record;
+    now_crossed boolean;
+    was boolean;
+    n integer := 0;
+BEGIN
+    -- under the organisation's lock: two checks cannot both see a crossing
+    PERFORM payledger.credit_lock(org);
+    SELECT * INTO t FROM payledger.get_total_credits(org);
+    FOR r IN SELECT * FROM payledger.credit_threshold_rules() LOOP
+        now_crossed := CASE r.kind
+            WHEN 'used_pct' THEN t.granted_active > 0 AND (t.granted_active - t.available) * 100 >= r.value * t.granted_active
+            WHEN 'depleted' THEN t.granted_active > 0 AND t.available = 0
+            WHEN 'expiring' THEN t.available > 0 AND t.next_expiry <= now() + make_interval(days => r.value::integer)
+        END;
+        SELECT s.crossed INTO was FROM payledger.credit_threshold_state s WHERE s.org_id = org AND s.threshold = r.name;
+        CONTINUE WHEN coalesce(was, false) = now_crossed;
+        INSERT INTO payledger.credit_threshold_state AS s (org_id, threshold, crossed, changed_at)
+        VALUES (org, r.name, now_crossed, now())
+        ON CONFLICT ON CONSTRAINT credit_threshold_state_pkey DO UPDATE
+           SET crossed = excluded.crossed, changed_at = excluded.changed_at;
+        -- rising edges are news; the falling edge of "depleted" is "recovered"
+        IF now_crossed OR r.kind = 'depleted' THEN
+            PERFORM payledger.emit_event(
+                CASE WHEN r.kind = 'depleted' AND now_crossed THEN 'credits.depleted'
+                     WHEN r.kind = 'depleted' THEN 'credits.recovered'
+                     WHEN r.kind = 'expiring' THEN 'credits.expiring'
+                     ELSE 'credits.threshold' END,
+                NULL, org,
+                jsonb_build_object('org', org, 'threshold', r.name, 'kind', r.kind, 'value', r.value,
+                                   'available', t.available, 'granted_active', t.granted_active,
+                                   'next_expiry', t.next_expiry));
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END;
+$$;
+
+-- Organisations whose credit expires within the longest "expiring" window:
+-- time alone crosses that rule, so the worker asks (housekeeping).
+CREATE FUNCTION payledger.credit_check_expiring(max_orgs integer DEFAULT 1000)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    o record;
+    n integer := 0;
+    days numeric := (SELECT max(r.value) FROM payledger.credit_threshold_rules() r WHERE r.kind = 'expiring');
+BEGIN
+    IF days IS NULL THEN
+        RETURN 0;
+    END IF;
+    FOR o IN SELECT DISTINCT l.org_id FROM payledger.credit_live_grants l
+              WHERE l.expires_at BETWEEN now() - interval '1 day' AND now() + make_interval(days => days::integer)
+              ORDER BY l.org_id LIMIT max_orgs LOOP
+        CONTINUE WHEN NOT payledger.credit_try_lock(o.org_id);
+        n := n + payledger.credit_check_thresholds(o.org_id);
+    END LOOP;
+    RETURN n;
+END;
+$$;
+
+---------------------------------------------------------------------------
+-- History
+---------------------------------------------------------------------------
+
+-- Month by month (calendar months, UTC, the current one included) for an
+-- organisation: per metric, the cycle's usage, plan limit and overage, the
+-- credits used for it (paid and promotional), credit expired and voided from
+-- grants scoped to it, and what was left for it at the month's end; the
+-- metric '*' holds what concerns grants usable for any metric.
+CREATE FUNCTION payledger.credit_history(org text, months integer DEFAULT 12)
+RETURNS TABLE (month date, metric text, usage numeric, monthly_limit numeric, overage numeric,
+               credits_used numeric, paid_used numeric, promotional_used numeric, expired numeric, voided numeric,
+               closing_balance numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    IF months IS NULL OR months NOT BETWEEN 1 AND 120 THEN
+        RAISE EXCEPTION 'months must be between 1 and 120' USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    WITH m AS (
+        SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') - make_interval(months => g))::date AS month
+          FROM generate_series(0, months - 1) g),
+    metrics AS (SELECT x.metric FROM payledger.credit_metrics x UNION ALL SELECT '*'),
+    used AS (
+        SELECT date_trunc('month', c.usage_at AT TIME ZONE 'UTC')::date AS month, c.metric,
+               sum(p.amount) AS total, sum(p.amount) FILTER (WHERE p.category = 'paid') AS paid,
+               sum(p.amount) FILTER (WHERE p.category = 'promotional') AS promo
+          FROM payledger.credit_consumptions c JOIN payledger.credit_consumption_parts p ON p.consumption_id = c.id
+         WHERE c.org_id = org AND c.undone_at IS NULL
+         GROUP BY 1, 2),
+    lost AS (
+        SELECT date_trunc('month', e.at AT TIME ZONE 'UTC')::date AS month, coalesce(g.metric, '*') AS metric,
+               sum(e.amount) FILTER (WHERE e.kind IN ('expired', 'restored_expired')) AS expired,
+               sum(e.amount) FILTER (WHERE e.kind = 'voided') AS voided
+          FROM payledger.credit_grant_events e JOIN payledger.credit_grants g ON g.id = e.grant_id
+         WHERE g.org_id = org
+         GROUP BY 1, 2),
+    meter AS (
+        SELECT date_trunc('month', u.cycle_start AT TIME ZONE 'UTC')::date AS month, u.metric,
+               sum(u.usage) AS usage, max(l.monthly_limit) AS monthly_limit, sum(mt.overage) AS overage
+          FROM payledger.credit_usage u
+          JOIN payledger.credit_orgs o ON o.org_id = u.org_id
+          LEFT JOIN payledger.credit_plan_limits l ON l.plan = o.plan AND l.metric = u.metric
+          LEFT JOIN payledger.credit_meters mt ON mt.org_id = u.org_id AND mt.metric = u.metric AND mt.cycle_start = u.cycle_start
+         WHERE u.org_id = org
+         GROUP BY 1, 2)
+    SELECT m.month, x.metric, meter.usage, meter.monthly_limit, meter.overage,
+           payledger.credits_of(coalesce(used.total, 0)::bigint), payledger.credits_of(coalesce(used.paid, 0)::bigint),
+           payledger.credits_of(coalesce(used.promo, 0)::bigint), payledger.credits_of(coalesce(lost.expired, 0)::bigint),
+           payledger.credits_of(coalesce(lost.voided, 0)::bigint),
+           (SELECT t.available FROM payledger.get_total_credits(org, nullif(x.metric, '*'),
+                                   least(now(), ((m.month + interval '1 month') AT TIME ZONE 'UTC') - interval '1 microsecond')) t)
+      FROM m CROSS JOIN metrics x
+      LEFT JOIN used ON used.month = m.month AND used.metric = x.metric
+      LEFT JOIN lost ON lost.month = m.month AND lost.metric = x.metric
+      LEFT JOIN meter ON meter.month = m.month AND meter.metric = x.metric
+     ORDER BY m.month DESC, x.metric;
+END;
+$$;
+
+CREATE FUNCTION payledger.my_credit_history(months integer DEFAULT 12)
+RETURNS TABLE (month date, metric text, usage numeric, monthly_limit numeric, overage numeric,
+               credits_used numeric, paid_used numeric, promotional_used numeric, expired numeric, voided numeric,
+               closing_balance numeric)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT * FROM payledger.credit_history(payledger.current_owner_id(), months)
+     WHERE payledger.current_owner_id() IS NOT NULL;
+$$;
+
+CREATE VIEW payledger.my_credit_history AS
+SELECT * FROM payledger.my_credit_history(12);

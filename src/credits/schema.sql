@@ -199,15 +199,37 @@ CREATE TABLE payledger.credit_meters (
     overage     numeric NOT NULL DEFAULT 0,
     cost        bigint NOT NULL DEFAULT 0 CHECK (cost >= 0),     -- credits the overage costs
     charged     bigint NOT NULL DEFAULT 0 CHECK (charged >= 0),  -- credits burnt for it
-    blocked     boolean NOT NULL DEFAULT false,                  -- cost > charged: out of credits
+    forgiven    bigint NOT NULL DEFAULT 0 CHECK (forgiven >= 0), -- charges undone (refunded)
+    blocked     boolean NOT NULL DEFAULT false,                  -- owed and out of credits
     runs        integer NOT NULL DEFAULT 0,
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (org_id, metric, cycle_start),
-    CHECK (charged <= cost),
-    CHECK (blocked = (charged < cost))
+    CHECK (charged + forgiven <= cost),
+    CHECK (blocked = (charged + forgiven < cost))
 );
 CREATE INDEX credit_meters_blocked ON payledger.credit_meters (org_id) WHERE blocked;
 
+-- Threshold rules: an event is written when an organisation's credits cross
+-- one (once per crossing): used_pct (share of active granted credit used, in
+-- percent), depleted (nothing left; its falling edge is "recovered"),
+-- expiring (credit left expires within `days`).
+CREATE TABLE payledger.credit_thresholds (
+    name   text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    kind   text NOT NULL CHECK (kind IN ('used_pct', 'depleted', 'expiring')),
+    value  numeric NOT NULL DEFAULT 0 CHECK (value >= 0),  -- percent, or days
+    active boolean NOT NULL DEFAULT true
+);
+-- Whether each rule holds for each organisation, as last seen.
+CREATE TABLE payledger.credit_threshold_state (
+    org_id     text NOT NULL,
+    threshold  text NOT NULL,
+    crossed    boolean NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org_id, threshold)
+);
+
+ALTER TABLE payledger.credit_thresholds ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_threshold_state ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.credit_settings ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.credit_metrics ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.credit_grants ENABLE ROW LEVEL SECURITY;
@@ -248,3 +270,5 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.credit_plan_limits', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_orgs', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_usage', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_meters', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_thresholds', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_threshold_state', '');

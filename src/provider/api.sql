@@ -606,6 +606,7 @@ BEGIN
     END LOOP;
     holds := payledger.expire_holds(batch);
     credits := payledger.expire_credits(batch);
+    PERFORM payledger.credit_check_expiring(batch);
     -- metering, every payledger.metering_interval seconds (four times a day)
     UPDATE payledger.worker_status w SET last_metering_at = now()
      WHERE w.last_metering_at IS NULL

@@ -208,6 +208,29 @@ SELECT t_try($$SELECT payledger.record_usage('org7', 'nope', 1)$$);
 SELECT t_try($$SELECT payledger.record_usage('org7', 'mau', -1)$$);
 
 ---------------------------------------------------------------------------
+-- Threshold events: once per crossing, of active credit only
+---------------------------------------------------------------------------
+SELECT payledger.grant_credits('org8', 100, 'purchase', expires_at => now() + interval '300 days') IS NOT NULL AS granted;
+SELECT consumed FROM payledger.consume_credits('org8', 'mau', 50, 't1');
+SELECT consumed FROM payledger.consume_credits('org8', 'mau', 30, 't2');
+SELECT consumed FROM payledger.consume_credits('org8', 'mau', 1, 't3');    -- 81 %: nothing new
+SELECT consumed FROM payledger.consume_credits('org8', 'mau', 19, 't4');   -- 90 %, 100 %, depleted
+SELECT payledger.grant_credits('org8', 10, 'purchase', expires_at => now() + interval '3 days') IS NOT NULL AS topped_up;
+SELECT topic, payload ->> 'threshold' AS threshold FROM payledger.events WHERE owner_id = 'org8' ORDER BY id;
+SELECT payledger.credit_check_thresholds('org8') AS nothing_new;
+SELECT t_try($$SELECT payledger.set_credit_threshold('Bad', 'used_pct', 10)$$);
+
+---------------------------------------------------------------------------
+-- History, month by month
+---------------------------------------------------------------------------
+SELECT metric, usage, monthly_limit, overage, credits_used, paid_used, promotional_used, expired, voided, closing_balance
+  FROM payledger.credit_history('org7', 1) ORDER BY metric;
+SELECT metric, credits_used, paid_used, promotional_used, expired, voided, closing_balance
+  FROM payledger.credit_history('org1', 1) WHERE metric IN ('*', 'mau', 'storage') ORDER BY metric;
+SELECT count(*) AS rows_for_12_months FROM payledger.credit_history('org1');
+SELECT t_try($$SELECT count(*) FROM payledger.credit_history('org1', 0)$$);
+
+---------------------------------------------------------------------------
 -- End users, invariants
 ---------------------------------------------------------------------------
 SET payledger.owner_id = 'org7';
@@ -216,6 +239,8 @@ SELECT available, by_metric FROM payledger.my_credit_balance;
 SELECT source, granted, remaining FROM payledger.my_credit_grants ORDER BY granted;
 SELECT metric, blocked FROM payledger.my_credit_meters ORDER BY metric;
 SELECT count(*) AS grants FROM payledger.my_credit_grants;
+SELECT metric, credits_used FROM payledger.my_credit_history WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
+ ORDER BY metric;
 SELECT t_try($$SELECT count(*) FROM payledger.credit_grants$$);
 SELECT t_try($$SELECT payledger.grant_credits('org7', 1000)$$);
 RESET ROLE;
