@@ -190,11 +190,13 @@ SELECT payin_id AS worker_payin, state FROM payledger.create_payin('alice', 'ITE
 SELECT demo_wait(:'worker_payin', 'PENDING') AS state;
 SELECT provider_name, status, amount, left(payment_request, 24) || '…' AS bolt11
   FROM payledger.invoices WHERE payin_id = :'worker_payin';
+\set QUIET on
 \pset tuples_only on
 \pset format unaligned
 SELECT payment_request FROM payledger.invoices WHERE payin_id = :'worker_payin' \g :demo_dir/bolt11
 \pset tuples_only off
 \pset format aligned
+\set QUIET off
 \echo '--- a second LNbits wallet pays it'
 \! curl -sf -X POST "$LNBITS_URL/api/v1/payments" -H "X-Api-Key: $LNBITS_PAYKEY" -H 'Content-Type: application/json' -d "{\"out\": true, \"bolt11\": \"$(cat "$DEMO_DIR/bolt11")\"}" >/dev/null && echo 'paid'
 \echo 'the worker sees it paid at its next tick: PAID, the revenue credited, an event written'
