@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Credits benchmarks, every figure from one run on one throwaway cluster:
+#   get_total_credits latency (pgbench, 1 client) for an organisation with 1k
+#   history entries and one with 1M (5 grants each; the entries are
+#   consumptions booked on the grants' accounts by transfer_batch);
+#   a metering run (run_metering) over ORGS organisations x 3 metrics, all
+#   over their plan with credit to pay, at ORGS and at ORGS/10.
+#   bash tests/bench/credits.sh   (ORGS=10000 BIG=1000000 DURATION=10)
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
+ORGS=${ORGS:-10000}
+BIG=${BIG:-1000000}
+DURATION=${DURATION:-10}
+
+setup_machine
+[ -n "${INSTALLED:-}" ] || install_extension
+DIR=$(pg_scratch)
+trap 'stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
+start_cluster "$DIR" "$TEST_PORT" "max_locks_per_transaction = 256"
+psql_() { as_pg "$PG_BIN/psql" -X -q -h "$DIR" -p "$TEST_PORT" -U postgres -v ON_ERROR_STOP=1 -d postgres "$@"; }
+
+psql_ <<'SQL'
+CREATE EXTENSION payledger;
+SELECT payledger.credits_configure();
+SELECT payledger.register_credit_metric(m) FROM unnest(ARRAY['mau', 'bandwidth', 'storage']) m;
+SELECT payledger.set_credit_price_tiers(m, '[{"from": 0, "to": 1000, "price": 0.003}, {"from": 1000, "price": 0.002}]')
+  FROM unnest(ARRAY['mau', 'bandwidth', 'storage']) m;
+SELECT payledger.define_credit_plan('basic', '{"mau": 100, "bandwidth": 100, "storage": 100}');
+-- history: n consumptions on an organisation's 5 grants, booked 10,000 per
+-- transfer_batch, with their consumption rows (as consume_credits writes
+-- them, so that check_invariants holds)
+CREATE FUNCTION history(org text, n integer) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  accs uuid[];
+  gids uuid[];
+  sink uuid := payledger.credit_system_account('credits_consumed');
+  done integer := 0;
+  k integer;
+BEGIN
+  FOR i IN 1..5 LOOP
+    PERFORM payledger.grant_credits(org, 10000000, 'purchase', expires_at => now() + interval '300 days');
+  END LOOP;
+  SELECT array_agg(g.account_id ORDER BY g.id), array_agg(g.id ORDER BY g.id) INTO accs, gids
+    FROM payledger.credit_grants g WHERE g.org_id = org;
+  WHILE done < n LOOP
+    k := least(10000, n - done);
+    CREATE TEMP TABLE b ON COMMIT DROP AS
+    SELECT r.item, r.journal_id, gen_random_uuid() AS cid, gids[1 + r.item % 5] AS gid
+      FROM payledger.transfer_batch((SELECT jsonb_agg(jsonb_build_object('from', accs[1 + g % 5], 'to', sink,
+                                                                          'amount', 1000000) ORDER BY g)
+                                       FROM generate_series(1, k) g)) r;
+    INSERT INTO payledger.credit_consumptions (id, org_id, metric, amount, requested, usage_at, idempotency_key, journal_id)
+    SELECT b.cid, org, 'mau', 1000000, 1000000, now(), 'h' || (done + b.item), b.journal_id FROM b;
+    INSERT INTO payledger.credit_consumption_parts SELECT b.cid, b.gid, 1000000, 'paid' FROM b;
+    DROP TABLE b;
+    done := done + k;
+  END LOOP;
+END $$;
+SQL
+log "history: 1,000 and $BIG entries"
+psql_ -c "SELECT history('small', 1000)"
+psql_ -c "SELECT history('big', $BIG)"
+psql_ -c "VACUUM ANALYZE" -c "CHECKPOINT"
+entries() { psql_ -At -c "SELECT count(*) FROM payledger.entries e JOIN payledger.credit_grants g ON g.account_id = e.account_id WHERE g.org_id = '$1'"; }
+latency() { # latency <sql>: average ms over DURATION s, one client
+  echo "$1" > "$DIR/q.sql"; chown postgres "$DIR/q.sql"
+  as_pg "$PG_BIN/pgbench" -h "$DIR" -p "$TEST_PORT" -U postgres -n -c 1 -T "$DURATION" -f "$DIR/q.sql" postgres > "$DIR/q.log" 2>&1
+  awk '/^latency average/ {print $4}' "$DIR/q.log"
+}
+small_n=$(entries small); big_n=$(entries big)
+small=$(latency "SELECT * FROM payledger.get_total_credits('small');")
+big=$(latency "SELECT * FROM payledger.get_total_credits('big');")
+echo "get_total_credits: $small ms with $small_n entries, $big ms with $big_n"
+
+# metering: n organisations, each with a plan, credit, and usage over the plan in 3 metrics
+meter() { # meter <n> <prefix>: seconds of one run_metering over them
+  psql_ >/dev/null <<SQL
+SELECT payledger.set_credit_org('$2' || g, 'basic') FROM generate_series(1, $1) g;
+SELECT count(payledger.grant_credits('$2' || g, 1000, 'purchase')) FROM generate_series(1, $1) g;
+INSERT INTO payledger.credit_usage (org_id, metric, cycle_start, usage)
+SELECT '$2' || g, m, payledger.credit_cycle_start(date_trunc('month', now()), now()), 100 + g % 1000
+  FROM generate_series(1, $1) g, unnest(ARRAY['mau', 'bandwidth', 'storage']) m;
+SQL
+  psql_ -At <<'SQL'
+SELECT clock_timestamp() AS t0 \gset
+SELECT orgs FROM payledger.run_metering(1000000) \gset
+SELECT round(extract(epoch FROM clock_timestamp() - :'t0'::timestamptz)::numeric, 2);
+SQL
+}
+log "metering $((ORGS / 10)) and $ORGS organisations x 3 metrics"
+s_small=$(meter $((ORGS / 10)) a)
+echo "metering $((ORGS / 10)) organisations: ${s_small}s"
+psql_ -c "DELETE FROM payledger.credit_usage WHERE org_id LIKE 'a%'"   # the next run meters only the new ones
+s_big=$(meter "$ORGS" b)
+echo "metering $ORGS organisations: ${s_big}s"
+v=$(psql_ -At -c "SELECT count(*) FROM payledger.check_invariants()")
+[ "$v" = 0 ] || { echo "invariant violations after the benchmark: $v" >&2; exit 1; }
+
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%d", n / s }'; }
+cat <<TXT
+
+Credits, $(nproc) cores:
+| measure | result | target |
+|---|---|---|
+| get_total_credits latency, $big_n vs $small_n history entries | $(awk -v a="$big" -v b="$small" 'BEGIN { printf "%.2f", a / b }')x ($big ms vs $small ms) | <= 1.2x |
+| metering run, $((ORGS / 10)) organisations x 3 metrics | $(rate $((ORGS * 3 / 10)) "$s_small") organisation-metrics/s (${s_small}s) | |
+| metering run, $ORGS organisations x 3 metrics | $(rate $((ORGS * 3)) "$s_big") organisation-metrics/s (${s_big}s) | >= 20,000/s, linear |
+TXT
