@@ -3780,29 +3780,23 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog
 BEGIN
     PERFORM payledger.require(org, 'org');
     PERFORM payledger.credit_require_metric(metric);
-    IF at IS NULL OR at >= now() THEN
-        RETURN QUERY
-        WITH g AS (
-            SELECT coalesce(l.metric, '*') AS scope, a.balance AS left_, cg.amount, l.expires_at
-              FROM payledger.credit_live_grants l
-              JOIN payledger.accounts a ON a.id = l.account_id
-              JOIN payledger.credit_grants cg ON cg.id = l.grant_id
-             WHERE l.org_id = org AND (get_total_credits.metric IS NULL OR l.metric IS NULL OR l.metric = get_total_credits.metric)
-               AND l.effective_at <= coalesce(at, now()) AND (l.expires_at IS NULL OR l.expires_at > coalesce(at, now())))
-        SELECT payledger.credits_of(coalesce(sum(g.left_), 0)::bigint),
-               payledger.credits_of(coalesce(sum(g.amount), 0)::bigint),
-               min(g.expires_at) FILTER (WHERE g.left_ > 0),
-               coalesce((SELECT jsonb_object_agg(s.scope, payledger.credits_of(s.total))
-                           FROM (SELECT g2.scope, sum(g2.left_)::bigint AS total FROM g g2 GROUP BY g2.scope) s), '{}')
-          FROM g;
-        RETURN;
-    END IF;
+    -- now: the live grants; in the past: the grants in effect then, each
+    -- with its balance at that time from the ledger (one branch runs)
     RETURN QUERY
     WITH g AS (
-        SELECT coalesce(cg.metric, '*') AS scope, payledger.balance_at(cg.account_id, get_total_credits.at) AS left_,
-               cg.amount, cg.expires_at
+        SELECT coalesce(l.metric, '*') AS scope, a.balance AS left_, cg.amount, l.expires_at
+          FROM payledger.credit_live_grants l
+          JOIN payledger.accounts a ON a.id = l.account_id
+          JOIN payledger.credit_grants cg ON cg.id = l.grant_id
+         WHERE (get_total_credits.at IS NULL OR get_total_credits.at >= now())
+           AND l.org_id = org AND (get_total_credits.metric IS NULL OR l.metric IS NULL OR l.metric = get_total_credits.metric)
+           AND l.effective_at <= coalesce(get_total_credits.at, now())
+           AND (l.expires_at IS NULL OR l.expires_at > coalesce(get_total_credits.at, now()))
+        UNION ALL
+        SELECT coalesce(cg.metric, '*'), payledger.balance_at(cg.account_id, get_total_credits.at), cg.amount, cg.expires_at
           FROM payledger.credit_grants cg
-         WHERE cg.org_id = org AND (get_total_credits.metric IS NULL OR cg.metric IS NULL OR cg.metric = get_total_credits.metric)
+         WHERE get_total_credits.at < now()
+           AND cg.org_id = org AND (get_total_credits.metric IS NULL OR cg.metric IS NULL OR cg.metric = get_total_credits.metric)
            AND cg.effective_at <= get_total_credits.at AND (cg.expires_at IS NULL OR cg.expires_at > get_total_credits.at))
     SELECT payledger.credits_of(coalesce(sum(g.left_), 0)::bigint),
            payledger.credits_of(coalesce(sum(g.amount), 0)::bigint),

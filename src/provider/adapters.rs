@@ -255,6 +255,23 @@ fn refused(status: u16, answer: &Value) -> Failure {
     )
 }
 
+/// A 2xx answer, or the provider's refusal.
+fn success((status, answer): (u16, Value)) -> Result<Value, Failure> {
+    if (200..300).contains(&status) {
+        Ok(answer)
+    } else {
+        Err(refused(status, &answer))
+    }
+}
+
+/// A lookup's answer; None when the provider does not know the id (404).
+fn known((status, answer): (u16, Value)) -> Result<Option<Value>, Failure> {
+    if status == 404 {
+        return Ok(None);
+    }
+    success((status, answer)).map(Some)
+}
+
 fn str_field(v: &Value, field: &str) -> Result<String, Failure> {
     v.get(field)
         .and_then(Value::as_str)
@@ -304,16 +321,13 @@ pub fn create(agent: &Agent, ep: &Endpoint, inv: &NewInvoice) -> Result<Created,
                               "memo": inv.memo, "expiry": inv.expiry_secs,
                               "extra": {"payledger_invoice": inv.invoice_id}});
             let key = ep.secret("invoice_key")?;
-            let (status, a) = exchange(
+            let a = success(exchange(
                 agent,
                 "POST",
                 &ep.url("/api/v1/payments"),
                 &[("X-Api-Key", key)],
                 Body::Json(body),
-            )?;
-            if !(200..300).contains(&status) {
-                return Err(refused(status, &a));
-            }
+            )?)?;
             let hash = str_field(&a, "payment_hash")?;
             let bolt11 = str_field(&a, "bolt11").or_else(|_| str_field(&a, "payment_request"))?;
             Ok(Created {
@@ -327,16 +341,13 @@ pub fn create(agent: &Agent, ep: &Endpoint, inv: &NewInvoice) -> Result<Created,
         Kind::LndRest => {
             let body = json!({"value_msat": inv.amount.to_string(), "memo": inv.memo,
                               "expiry": inv.expiry_secs.to_string()});
-            let (status, a) = exchange(
+            let a = success(exchange(
                 agent,
                 "POST",
                 &ep.url("/v1/invoices"),
                 &[("Grpc-Metadata-macaroon", ep.secret("macaroon")?)],
                 Body::Json(body),
-            )?;
-            if !(200..300).contains(&status) {
-                return Err(refused(status, &a));
-            }
+            )?)?;
             let hash = b64_to_hex(&str_field(&a, "r_hash")?)
                 .filter(|h| h.len() == 64)
                 .ok_or_else(|| {
@@ -400,16 +411,13 @@ pub fn create(agent: &Agent, ep: &Endpoint, inv: &NewInvoice) -> Result<Created,
             let body = json!({"amount": whole_sats(inv.amount)?.to_string(), "currency": "SATS",
                               "metadata": {"orderId": inv.invoice_id, "itemDesc": inv.memo},
                               "checkout": {"expirationMinutes": minutes}});
-            let (status, a) = exchange(
+            let a = success(exchange(
                 agent,
                 "POST",
                 &ep.url(&format!("/api/v1/stores/{store}/invoices")),
                 &[("Authorization", format!("token {}", ep.secret("api_key")?))],
                 Body::Json(body),
-            )?;
-            if !(200..300).contains(&status) {
-                return Err(refused(status, &a));
-            }
+            )?)?;
             Ok(Created {
                 external_id: str_field(&a, "id")?,
                 payment_hash: None,
@@ -435,7 +443,7 @@ pub fn create(agent: &Agent, ep: &Endpoint, inv: &NewInvoice) -> Result<Created,
                     "true".to_owned(),
                 ),
             ];
-            let (status, a) = exchange(
+            let a = success(exchange(
                 agent,
                 "POST",
                 &ep.url("/v1/payment_intents"),
@@ -448,10 +456,7 @@ pub fn create(agent: &Agent, ep: &Endpoint, inv: &NewInvoice) -> Result<Created,
                     ("Idempotency-Key", format!("payledger-{}", inv.invoice_id)),
                 ],
                 Body::Form(form),
-            )?;
-            if !(200..300).contains(&status) {
-                return Err(refused(status, &a));
-            }
+            )?)?;
             Ok(Created {
                 external_id: str_field(&a, "id")?,
                 payment_hash: None,
@@ -481,18 +486,16 @@ pub fn status(agent: &Agent, ep: &Endpoint, external_id: &str) -> Result<Status,
     }
     match ep.kind {
         Kind::Lnbits => {
-            let (status, a) = exchange(
+            let Some(a) = known(exchange(
                 agent,
                 "GET",
                 &ep.url(&format!("/api/v1/payments/{external_id}")),
                 &[("X-Api-Key", ep.secret("invoice_key")?)],
                 Body::None,
-            )?;
-            match status {
-                404 => return Ok(Status::NotFound),
-                200..=299 => {}
-                _ => return Err(refused(status, &a)),
-            }
+            )?)?
+            else {
+                return Ok(Status::NotFound);
+            };
             let details = a.get("details").unwrap_or(&Value::Null);
             if a.get("paid").and_then(Value::as_bool) == Some(true) {
                 return Ok(Status::Paid {
@@ -522,18 +525,16 @@ pub fn status(agent: &Agent, ep: &Endpoint, external_id: &str) -> Result<Status,
             })
         }
         Kind::LndRest => {
-            let (status, a) = exchange(
+            let Some(a) = known(exchange(
                 agent,
                 "GET",
                 &ep.url(&format!("/v1/invoice/{external_id}")),
                 &[("Grpc-Metadata-macaroon", ep.secret("macaroon")?)],
                 Body::None,
-            )?;
-            match status {
-                404 => return Ok(Status::NotFound),
-                200..=299 => {}
-                _ => return Err(refused(status, &a)),
-            }
+            )?)?
+            else {
+                return Ok(Status::NotFound);
+            };
             Ok(match a.get("state").and_then(Value::as_str).unwrap_or("") {
                 "SETTLED" => Status::Paid {
                     received: int_field(&a, "amt_paid_msat"),
@@ -549,16 +550,13 @@ pub fn status(agent: &Agent, ep: &Endpoint, external_id: &str) -> Result<Status,
             })
         }
         Kind::ClnRest => {
-            let (status, a) = exchange(
+            let a = success(exchange(
                 agent,
                 "POST",
                 &ep.url("/v1/listinvoices"),
                 &[("Rune", ep.secret("rune")?)],
                 Body::Json(json!({"payment_hash": external_id})),
-            )?;
-            if !(200..300).contains(&status) {
-                return Err(refused(status, &a));
-            }
+            )?)?;
             let Some(inv) = a
                 .get("invoices")
                 .and_then(Value::as_array)
@@ -587,18 +585,16 @@ pub fn status(agent: &Agent, ep: &Endpoint, external_id: &str) -> Result<Status,
         }
         Kind::Btcpay => {
             let store = ep.setting("store_id")?;
-            let (status, a) = exchange(
+            let Some(a) = known(exchange(
                 agent,
                 "GET",
                 &ep.url(&format!("/api/v1/stores/{store}/invoices/{external_id}")),
                 &[("Authorization", format!("token {}", ep.secret("api_key")?))],
                 Body::None,
-            )?;
-            match status {
-                404 => return Ok(Status::NotFound),
-                200..=299 => {}
-                _ => return Err(refused(status, &a)),
-            }
+            )?)?
+            else {
+                return Ok(Status::NotFound);
+            };
             let extra = a
                 .get("additionalStatus")
                 .and_then(Value::as_str)
@@ -632,7 +628,7 @@ pub fn status(agent: &Agent, ep: &Endpoint, external_id: &str) -> Result<Status,
             )
         }
         Kind::Stripe => {
-            let (status, a) = exchange(
+            let Some(a) = known(exchange(
                 agent,
                 "GET",
                 &ep.url(&format!("/v1/payment_intents/{external_id}")),
@@ -641,12 +637,10 @@ pub fn status(agent: &Agent, ep: &Endpoint, external_id: &str) -> Result<Status,
                     format!("Bearer {}", ep.secret("secret_key")?),
                 )],
                 Body::None,
-            )?;
-            match status {
-                404 => return Ok(Status::NotFound),
-                200..=299 => {}
-                _ => return Err(refused(status, &a)),
-            }
+            )?)?
+            else {
+                return Ok(Status::NotFound);
+            };
             Ok(
                 match a.get("status").and_then(Value::as_str).unwrap_or("") {
                     "succeeded" => Status::Paid {
