@@ -2479,7 +2479,6 @@ DECLARE
     expired integer := 0;
     holds integer;
     credits integer;
-    metered integer := 0;
     hooks integer;
     renewed integer;
     jobs integer;
@@ -2506,18 +2505,11 @@ BEGIN
     holds := payledger.expire_holds(batch);
     credits := payledger.expire_credits(batch);
     PERFORM payledger.credit_check_expiring(batch);
-    -- metering, every payledger.metering_interval seconds (four times a day)
-    UPDATE payledger.worker_status w SET last_metering_at = now()
-     WHERE w.last_metering_at IS NULL
-        OR w.last_metering_at <= now() - make_interval(secs => payledger.setting_int('metering_interval', 21600));
-    IF FOUND THEN
-        metered := (SELECT m.orgs FROM payledger.run_metering() m);
-    END IF;
     hooks := payledger.retry_hooks(batch);
     renewed := payledger.renew_due_subscriptions(batch);
     jobs := payledger.nostr_expire_jobs(batch);
     RETURN jsonb_build_object('invoices_expired', expired, 'holds_expired', holds, 'hooks_run', hooks,
-                              'credit_grants_expired', credits, 'orgs_metered', metered,
+                              'credit_grants_expired', credits,
                               'subscriptions_renewed', renewed, 'jobs_expired', jobs);
 END;
 $$;
@@ -2546,6 +2538,10 @@ DECLARE
     step jsonb;
     k text;
     n integer := coalesce(batch, payledger.setting_int('worker_batch_size', 500));
+    m_orgs integer;
+    m_charged integer;
+    m_blocked integer;
+    m_failed integer;
 BEGIN
     LOOP
         claims := payledger.worker_claim(n, started);
@@ -2560,6 +2556,12 @@ BEGIN
         EXIT WHEN jsonb_array_length(claims) < n;
     END LOOP;
     counts := counts || payledger.worker_housekeeping(n);
+    COMMIT;
+    -- metering, every payledger.metering_interval seconds (four times a day)
+    IF payledger.metering_due() THEN
+        CALL payledger.meter_all(n, m_orgs, m_charged, m_blocked, m_failed);
+        counts := counts || jsonb_build_object('orgs_metered', m_orgs, 'metering_failed', m_failed);
+    END IF;
     PERFORM payledger.worker_note_tick(counts);
     COMMIT;
     PERFORM payledger.announce_events();
@@ -3182,13 +3184,26 @@ CREATE TABLE payledger.credit_meters (
     charged     bigint NOT NULL DEFAULT 0 CHECK (charged >= 0),  -- credits burnt for it
     forgiven    bigint NOT NULL DEFAULT 0 CHECK (forgiven >= 0), -- charges undone (refunded)
     blocked     boolean NOT NULL DEFAULT false,                  -- owed and out of credits
-    runs        integer NOT NULL DEFAULT 0,
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (org_id, metric, cycle_start),
     CHECK (charged + forgiven <= cost),
     CHECK (blocked = (charged + forgiven < cost))
 );
 CREATE INDEX credit_meters_blocked ON payledger.credit_meters (org_id) WHERE blocked;
+
+-- A meter as a metering run sees it (meter_batch's working set).
+CREATE TYPE payledger.credit_meter_due AS (
+    org_id      text,
+    metric      text,
+    cycle_start timestamptz,
+    usage_at    timestamptz,  -- the latest reading's time (at most now): the burn is judged then
+    overage     numeric,
+    owed        bigint,       -- what the overage costs now, never less than settled
+    settled     bigint,       -- charged + forgiven so far
+    charged     bigint,
+    is_new      boolean,      -- no meter row yet
+    changed     boolean       -- overage or cost differ from the row's
+);
 
 -- Threshold rules: an event is written when an organisation's credits cross
 -- one (once per crossing): used_pct (share of active granted credit used, in
@@ -3453,13 +3468,16 @@ BEGIN
 END;
 $$;
 
--- The start of the monthly cycle containing t.
+-- The start of the monthly cycle containing t: anchor + m months, for the m
+-- that lands in t's own month, or the one before it (months clamp to their
+-- last day: from Jan 31 the cycles start Feb 28, Mar 31, ...).
 CREATE FUNCTION payledger.credit_cycle_start(anchor timestamptz, t timestamptz)
-RETURNS timestamptz LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT anchor + make_interval(months => (extract(year FROM age(t, anchor)) * 12
-                                             + extract(month FROM age(t, anchor)))::integer
-                                             - CASE WHEN t < anchor AND age(t, anchor) <> interval '0'
-                                                         AND extract(day FROM age(t, anchor)) <> 0 THEN 1 ELSE 0 END);
+RETURNS timestamptz LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m integer := (extract(year FROM t) - extract(year FROM anchor)) * 12 + extract(month FROM t) - extract(month FROM anchor);
+BEGIN
+    RETURN anchor + make_interval(months => m - (anchor + make_interval(months => m) > t)::integer);
+END;
 $$;
 
 ---------------------------------------------------------------------------
@@ -3536,7 +3554,9 @@ BEGIN
         (id, org, metric, priority, exp, CASE cat WHEN 'promotional' THEN 0 ELSE 1 END, eff, acc);
     INSERT INTO payledger.credit_orgs (org_id) VALUES (org) ON CONFLICT DO NOTHING;
     -- the new credit pays what metering could not (and lifts the blocks)
-    PERFORM payledger.meter_org(org, only_unpaid => true);
+    IF EXISTS (SELECT 1 FROM payledger.credit_meters m WHERE m.org_id = org AND m.blocked) THEN
+        PERFORM payledger.meter_batch(ARRAY[org], true);
+    END IF;
     PERFORM payledger.credit_check_thresholds(org);
     RETURN id;
 END;
@@ -3628,7 +3648,7 @@ BEGIN
     PERFORM payledger.require(idempotency_key, 'idempotency_key');
     PERFORM payledger.credit_require_metric(metric);
     want := payledger.credits_minor(credits);
-    c := payledger.credit_burn(org, metric, want, idempotency_key, usage_at, coalesce(partial, false), 'api');
+    c := payledger.credit_burn(org, metric, want, idempotency_key, usage_at, coalesce(partial, false));
     RETURN QUERY SELECT c.id, payledger.credits_of(c.amount), payledger.credits_of(c.requested - c.amount),
         (SELECT coalesce(jsonb_agg(jsonb_build_object('grant', p.grant_id, 'credits', payledger.credits_of(p.amount),
                                                       'category', p.category) ORDER BY p.amount DESC), '[]')
@@ -3636,9 +3656,9 @@ BEGIN
 END;
 $$;
 
--- The burn itself (also metering's), in minor units.
+-- The burn itself, in minor units (metering burns set-based: meter_batch).
 CREATE FUNCTION payledger.credit_burn(org text, metric text, want bigint, key text, usage_at timestamptz,
-                                      partial boolean, source text)
+                                      partial boolean)
 RETURNS payledger.credit_consumptions
 LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
@@ -3682,20 +3702,14 @@ BEGIN
         RAISE EXCEPTION 'organisation % has % credits for %, needs %', org, payledger.credits_of(want - left_), metric,
             payledger.credits_of(want) USING ERRCODE = 'PL006';
     END IF;
-    IF want = left_ AND source = 'metering' THEN
-        -- nothing to burn: no row, so that the same charge can be tried again
-        -- (with this key) once credit arrives
-        c.amount := 0;
-        RETURN c;
-    END IF;
     IF want > left_ THEN
         j := payledger.post_journal(postings || jsonb_build_object('account', payledger.credit_system_account('credits_consumed'),
                                                                    'amount', want - left_),
                                     NULL, jsonb_build_object('consumption', id, 'org', org, 'metric', metric),
                                     NULL, 'credit_consume');
     END IF;
-    INSERT INTO payledger.credit_consumptions (id, org_id, metric, amount, requested, usage_at, idempotency_key, journal_id, source)
-    VALUES (id, org, metric, want - left_, want, usage_at, key, j, source)
+    INSERT INTO payledger.credit_consumptions (id, org_id, metric, amount, requested, usage_at, idempotency_key, journal_id)
+    VALUES (id, org, metric, want - left_, want, usage_at, key, j)
     RETURNING * INTO c;
     INSERT INTO payledger.credit_consumption_parts (consumption_id, grant_id, amount, category)
     SELECT id, x.g, x.a, x.c FROM unnest(part_grants, part_amounts, part_categories) AS x(g, a, c);
@@ -4055,89 +4069,285 @@ BEGIN
 END;
 $$;
 
--- Charge one organisation's overage: for each metric and cycle with usage,
--- cost(overage) - charged so far, burnt from credits at the usage's time,
--- under the meter row's lock; what cannot be paid blocks that metric.
--- only_unpaid: just the meters still owed (after a top-up).
+-- Metering's core, set-based over a batch of organisations: for each meter
+-- (organisation, metric, cycle), cost(overage) - what is settled, burnt from
+-- credits at the time of the latest reading, in burn order; one journal per
+-- organisation; what cannot be paid blocks that metric. The meters looked at
+-- are the current and the previous cycle's (readings arrive late) and any
+-- older one still blocked; only_unpaid: just the blocked ones (after a
+-- top-up). The caller holds each organisation's credit lock, under which
+-- alone meter rows and grant balances change. Returns the meters charged.
+CREATE FUNCTION payledger.meter_batch(orgs text[], only_unpaid boolean)
+RETURNS integer LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    unit numeric;
+    due payledger.credit_meter_due[];
+    grants payledger.credit_live_grants[];
+    g_id uuid[];
+    g_account uuid[];
+    g_promo smallint[];
+    g_left bigint[];
+    want bigint[];
+    pair_due integer[];
+    pair_grant integer[];
+    part_due integer[] := '{}';
+    part_grant uuid[] := '{}';
+    part_account uuid[] := '{}';
+    part_promo smallint[] := '{}';
+    part_take bigint[] := '{}';
+    parts integer := 0;
+    d integer;
+    g integer;
+    take bigint;
+    sink uuid;
+    items jsonb[];
+    j_orgs text[];
+    j_ids uuid[] := '{}';
+    cons uuid[];
+    r record;
+BEGIN
+    IF cardinality(orgs) = 0 THEN
+        RETURN 0;
+    END IF;
+    unit := 10::numeric ^ (SELECT a.scale FROM payledger.assets a WHERE a.code = payledger.credit_asset());
+    -- 1. the meters and what their overage costs now (graduated tiers,
+    -- rounded up to the minor unit once, on the total; never less than what
+    -- is settled: a lower reading refunds nothing)
+    SELECT coalesce(array_agg(ROW(x.org_id, x.metric, x.cycle_start, x.usage_at, x.overage, x.owed, x.settled, x.charged,
+                                  x.old_cost IS NULL, x.overage IS DISTINCT FROM x.old_overage OR x.owed IS DISTINCT FROM x.old_cost
+                                  )::payledger.credit_meter_due ORDER BY x.org_id, x.cycle_start, x.metric), '{}')
+      INTO due
+      FROM (WITH o AS MATERIALIZED (  -- (the cycle bounds once per organisation)
+                SELECT o.org_id, o.plan,
+                       payledger.credit_cycle_start(o.cycle_anchor, payledger.credit_cycle_start(o.cycle_anchor, now())
+                                                                    - interval '1 microsecond') AS since
+                  FROM payledger.credit_orgs o WHERE o.org_id = ANY (orgs))
+            SELECT u.org_id, u.metric, u.cycle_start, least(u.updated_at, now()) AS usage_at, v.overage,
+                   greatest(least(ceil(coalesce(t.credits, 0) * unit), 9223372036854775807)::bigint,
+                            coalesce(m.charged + m.forgiven, 0)) AS owed,
+                   coalesce(m.charged + m.forgiven, 0) AS settled, coalesce(m.charged, 0) AS charged,
+                   m.overage AS old_overage, m.cost AS old_cost
+              FROM o
+              JOIN payledger.credit_usage u ON u.org_id = o.org_id
+              LEFT JOIN payledger.credit_meters m
+                ON m.org_id = u.org_id AND m.metric = u.metric AND m.cycle_start = u.cycle_start
+              LEFT JOIN payledger.credit_plan_limits l ON l.plan = o.plan AND l.metric = u.metric
+              -- no plan: every unit is overage
+              CROSS JOIN LATERAL (SELECT greatest(u.usage - coalesce(l.monthly_limit, 0), 0) AS overage) v
+              LEFT JOIN LATERAL (
+                   SELECT sum((least(v.overage, coalesce(p.to_units, v.overage)) - p.from_units) * p.credits_per_unit) AS credits
+                     FROM payledger.credit_price_tiers p WHERE p.metric = u.metric AND p.from_units < v.overage) t ON true
+             WHERE m.blocked OR NOT only_unpaid AND u.cycle_start >= o.since) x;
+
+    IF cardinality(due) = 0 THEN
+        RETURN 0;
+    END IF;
+
+    -- 2. who pays what: each owed meter in turn (by organisation, cycle,
+    -- metric) takes from its eligible grants in burn order (as credit_burn)
+    -- (flat arrays of fixed-width values: subscripting them is cheap)
+    SELECT coalesce(array_agg(l ORDER BY l.grant_id), '{}'), coalesce(array_agg(a.balance ORDER BY l.grant_id), '{}'),
+           coalesce(array_agg(l.grant_id ORDER BY l.grant_id), '{}'), coalesce(array_agg(l.account_id ORDER BY l.grant_id), '{}'),
+           coalesce(array_agg(l.promo_first ORDER BY l.grant_id), '{}')
+      INTO grants, g_left, g_id, g_account, g_promo
+      FROM payledger.credit_live_grants l JOIN payledger.accounts a ON a.id = l.account_id
+     WHERE l.org_id IN (SELECT x.org_id FROM unnest(due) x WHERE x.owed > x.settled) AND a.balance > 0;
+    SELECT coalesce(array_agg(x.owed - x.settled ORDER BY x.i), '{}') INTO want
+      FROM unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled, charged,
+                                           is_new, changed, i);
+    SELECT coalesce(array_agg(x.i ORDER BY x.i, l.priority, l.expires_at NULLS LAST, l.promo_first, l.effective_at, l.grant_id), '{}'),
+           coalesce(array_agg(l.gi ORDER BY x.i, l.priority, l.expires_at NULLS LAST, l.promo_first, l.effective_at, l.grant_id), '{}')
+      INTO pair_due, pair_grant
+      FROM unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled, charged,
+                                           is_new, changed, i)
+      JOIN unnest(grants) WITH ORDINALITY AS l(grant_id, org_id, metric, priority, expires_at, promo_first, effective_at,
+                                              account_id, gi)
+        ON l.org_id = x.org_id AND (l.metric IS NULL OR l.metric = x.metric)
+       AND l.effective_at <= greatest(x.usage_at, now()) AND (l.expires_at IS NULL OR l.expires_at > x.usage_at)
+     WHERE x.owed > x.settled;
+    FOR k IN 1 .. cardinality(pair_due) LOOP
+        d := pair_due[k];
+        g := pair_grant[k];
+        CONTINUE WHEN want[d] = 0 OR g_left[g] = 0;
+        take := least(want[d], g_left[g]);
+        want[d] := want[d] - take;
+        g_left[g] := g_left[g] - take;
+        parts := parts + 1;
+        part_due[parts] := d;
+        part_grant[parts] := g_id[g];
+        part_account[parts] := g_account[g];
+        part_promo[parts] := g_promo[g];
+        part_take[parts] := take;
+    END LOOP;
+    IF parts = 0 AND NOT EXISTS (SELECT 1 FROM unnest(due) x WHERE x.is_new OR x.changed) THEN
+        RETURN 0;
+    END IF;
+
+    -- 3. one journal per organisation: each grant gives what it paid, the
+    -- consumed sink takes the total (posted in engine batches)
+    sink := payledger.credit_system_account('credits_consumed');
+    SELECT coalesce(array_agg(j.org_id ORDER BY j.org_id), '{}'), coalesce(array_agg(j.item ORDER BY j.org_id), '{}')
+      INTO j_orgs, items
+      FROM (SELECT s.org_id, jsonb_build_object(
+                       'kind', 'credit_consume',
+                       'postings', jsonb_agg(jsonb_build_object('account', s.account_id, 'amount', -s.total))
+                                   || jsonb_build_object('account', sink, 'amount', sum(s.total)),
+                       'metadata', jsonb_build_object('metering', s.org_id)) AS item
+              FROM (SELECT x.org_id, p.account_id, sum(p.take) AS total
+                      FROM unnest(part_due, part_account, part_take) AS p(d, account_id, take)
+                      JOIN unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled,
+                                                           charged, is_new, changed, i) ON x.i = p.d
+                     GROUP BY 1, 2) s
+             GROUP BY s.org_id) j;
+    FOR k IN 0 .. (cardinality(items) - 1) / 1000 LOOP
+        FOR r IN SELECT * FROM payledger.transfer_batch(to_jsonb(items[k * 1000 + 1 : k * 1000 + 1000])) b ORDER BY b.item LOOP
+            IF r.status = 'error' THEN
+                PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+            END IF;
+            j_ids := j_ids || r.journal_id;
+        END LOOP;
+    END LOOP;
+
+    -- 4. the consumptions (keyed by the cycle and the watermark, as before
+    -- any charge), which grants paid them, the meters, the thresholds
+    SELECT array_agg(CASE WHEN x.d IS NOT NULL THEN payledger.new_id() END ORDER BY g.i) INTO cons
+      FROM generate_series(1, cardinality(due)) g(i) LEFT JOIN (SELECT DISTINCT p.d FROM unnest(part_due) p(d)) x ON x.d = g.i;
+    INSERT INTO payledger.credit_consumptions (id, org_id, metric, amount, requested, usage_at, idempotency_key, journal_id,
+                                               source)
+    SELECT cons[b.d], x.org_id, x.metric, b.burnt, x.owed - x.settled, x.usage_at,
+           format('meter:%s:%s:%s', x.metric, extract(epoch FROM x.cycle_start)::bigint, x.settled), j.id, 'metering'
+      FROM (SELECT p.d, sum(p.take) AS burnt FROM unnest(part_due, part_take) AS p(d, take) GROUP BY p.d) b
+      JOIN unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled, charged,
+                                           is_new, changed, i) ON x.i = b.d
+      JOIN unnest(j_orgs, j_ids) AS j(org_id, id) ON j.org_id = x.org_id;
+    INSERT INTO payledger.credit_consumption_parts (consumption_id, grant_id, amount, category)
+    SELECT cons[p.d], p.grant_id, p.take, CASE p.promo WHEN 0 THEN 'promotional' ELSE 'paid' END
+      FROM unnest(part_due, part_grant, part_promo, part_take) AS p(d, grant_id, promo, take);
+    -- (a meter is written only when something about it changed)
+    INSERT INTO payledger.credit_meters AS m (org_id, metric, cycle_start, overage, cost, charged, forgiven, blocked, updated_at)
+    SELECT x.org_id, x.metric, x.cycle_start, x.overage, x.owed, x.charged + coalesce(b.burnt, 0), x.settled - x.charged,
+           x.settled + coalesce(b.burnt, 0) < x.owed, now()
+      FROM unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled, charged,
+                                           is_new, changed, i)
+      LEFT JOIN (SELECT p.d, sum(p.take) AS burnt FROM unnest(part_due, part_take) AS p(d, take) GROUP BY p.d) b ON b.d = x.i
+     WHERE x.is_new OR x.changed OR b.burnt IS NOT NULL
+    ON CONFLICT ON CONSTRAINT credit_meters_pkey DO UPDATE
+       SET overage = excluded.overage, cost = excluded.cost, charged = excluded.charged, blocked = excluded.blocked,
+           updated_at = excluded.updated_at;
+    PERFORM payledger.credit_thresholds(j_orgs);
+    RETURN (SELECT count(DISTINCT p.d) FROM unnest(part_due) AS p(d));
+END;
+$$;
+
+-- Charge one organisation's overage now (waits for its lock).
 CREATE FUNCTION payledger.meter_org(org text, only_unpaid boolean DEFAULT false)
 RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    r record;
-    m payledger.credit_meters;
-    owed bigint;
-    over numeric;
-    burnt bigint;
-    charged_now integer := 0;
 BEGIN
+    PERFORM payledger.require(org, 'org');
     PERFORM payledger.credit_lock(org);
-    FOR r IN SELECT u.metric, u.cycle_start, u.usage, u.updated_at, l.monthly_limit
-               FROM payledger.credit_usage u
-               JOIN payledger.credit_orgs o ON o.org_id = u.org_id
-               LEFT JOIN payledger.credit_plan_limits l ON l.plan = o.plan AND l.metric = u.metric
-              WHERE u.org_id = org
-                AND (NOT only_unpaid OR EXISTS (SELECT 1 FROM payledger.credit_meters b
-                                                 WHERE b.org_id = org AND b.metric = u.metric
-                                                   AND b.cycle_start = u.cycle_start AND b.blocked))
-              ORDER BY u.cycle_start, u.metric LOOP
-        INSERT INTO payledger.credit_meters (org_id, metric, cycle_start) VALUES (org, r.metric, r.cycle_start)
-        ON CONFLICT DO NOTHING;
-        SELECT * INTO m FROM payledger.credit_meters x
-         WHERE x.org_id = org AND x.metric = r.metric AND x.cycle_start = r.cycle_start FOR UPDATE;
-        -- no plan: every unit is overage
-        over := greatest(r.usage - coalesce(r.monthly_limit, 0), 0);
-        -- never less than already settled (a lower reading refunds nothing)
-        owed := greatest(payledger.credits_minor_or_zero(payledger.credit_cost(r.metric, over)), m.charged + m.forgiven);
-        burnt := 0;
-        IF owed > m.charged + m.forgiven THEN
-            -- the key names the cycle and the watermark: a repeat of this
-            -- very charge is the same consumption
-            burnt := (payledger.credit_burn(org, r.metric, owed - m.charged - m.forgiven,
-                          format('meter:%s:%s:%s', r.metric, extract(epoch FROM r.cycle_start)::bigint, m.charged + m.forgiven),
-                          least(r.updated_at, now()), true, 'metering')).amount;
-            IF burnt > 0 THEN
-                charged_now := charged_now + 1;
-            END IF;
-        END IF;
-        UPDATE payledger.credit_meters x
-           SET overage = over, cost = owed, charged = x.charged + burnt, blocked = x.charged + x.forgiven + burnt < owed,
-               runs = x.runs + 1, updated_at = now()
-         WHERE x.org_id = org AND x.metric = r.metric AND x.cycle_start = r.cycle_start;
-    END LOOP;
-    RETURN charged_now;
+    RETURN payledger.meter_batch(ARRAY[org], coalesce(only_unpaid, false));
 END;
 $$;
 
-CREATE FUNCTION payledger.credits_minor_or_zero(credits numeric)
-RETURNS bigint LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN credits > 0 THEN payledger.credits_minor(credits, 'cost') ELSE 0 END;
-$$;
-
--- The metering run: every organisation with usage in the current cycle (or
--- owing for an earlier one). Four times a day by the worker; on demand too.
--- Each organisation is charged under its own lock; one busy at that moment
--- (a consumer, another run) is left to the next run; two runs at once charge
--- each overage once (the meter rows are the watermark).
-CREATE FUNCTION payledger.run_metering(max_orgs integer DEFAULT 100000)
-RETURNS TABLE (orgs integer, charged integer, blocked integer)
+-- One step of a metering run: up to max_orgs organisations with usage in the
+-- current or the previous cycle (or a meter still blocked), in org_id order
+-- after after_org, charged in one transaction; with parts > 1, only the
+-- organisations of share `part` (by a hash of the id), so that that many
+-- sessions can meter at once. An organisation busy at that moment (a
+-- consumer, another run) is skipped and left to the next run; two runs at
+-- once charge each overage once (the meter rows are the watermark).
+-- last_org is where the next step starts; NULL: the share is done. The
+-- worker runs a whole run every payledger.metering_interval seconds over
+-- payledger.metering_workers sessions; CALL payledger.meter_all() runs one
+-- on demand in the calling session.
+CREATE FUNCTION payledger.run_metering(max_orgs integer DEFAULT 1000, after_org text DEFAULT NULL,
+                                       part integer DEFAULT 0, parts integer DEFAULT 1)
+RETURNS TABLE (orgs integer, charged integer, blocked integer, failed integer, last_org text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    o record;
+    picked text[];
+    locked text[];
     n integer := 0;
-    c integer := 0;
+    lost integer := 0;
 BEGIN
-    FOR o IN SELECT DISTINCT u.org_id FROM payledger.credit_usage u
-               JOIN payledger.credit_orgs x ON x.org_id = u.org_id
-              WHERE u.cycle_start = payledger.credit_cycle_start(x.cycle_anchor, now())
-                 OR EXISTS (SELECT 1 FROM payledger.credit_meters b WHERE b.org_id = u.org_id AND b.blocked)
-              ORDER BY u.org_id LIMIT max_orgs LOOP
-        CONTINUE WHEN NOT payledger.credit_try_lock(o.org_id);
-        c := c + payledger.meter_org(o.org_id);
-        n := n + 1;
-    END LOOP;
-    RETURN QUERY SELECT n, c, (SELECT count(*)::integer FROM payledger.credit_meters b WHERE b.blocked);
+    IF max_orgs IS NULL OR max_orgs NOT BETWEEN 1 AND 100000 THEN
+        RAISE EXCEPTION 'max_orgs must be between 1 and 100000' USING ERRCODE = '22023';
+    END IF;
+    IF parts IS NULL OR parts NOT BETWEEN 1 AND 16 OR part IS NULL OR part NOT BETWEEN 0 AND parts - 1 THEN
+        RAISE EXCEPTION 'part must be between 0 and parts - 1, parts between 1 and 16' USING ERRCODE = '22023';
+    END IF;
+    -- (usage in the last three months: a cheap superset of "the current or
+    -- the previous cycle", whose exact rule meter_batch applies)
+    SELECT coalesce(array_agg(o.org_id ORDER BY o.org_id), '{}') INTO picked
+      FROM (SELECT o.org_id FROM payledger.credit_orgs o
+             WHERE (after_org IS NULL OR o.org_id > after_org)
+               AND (parts = 1 OR (pg_catalog.hashtextextended(o.org_id, 0) & 1023) % parts = part)
+               -- (one EXISTS over a UNION ALL: a probe per organisation; two
+               -- EXISTS joined by OR would hash all the usage at every step)
+               AND EXISTS (SELECT 1 FROM payledger.credit_usage u
+                            WHERE u.org_id = o.org_id AND u.cycle_start > now() - interval '3 months'
+                           UNION ALL
+                           SELECT 1 FROM payledger.credit_meters b WHERE b.org_id = o.org_id AND b.blocked)
+             ORDER BY o.org_id LIMIT max_orgs) o;
+    -- (try-locks, in org_id order: a sweep never waits for an organisation)
+    SELECT coalesce(array_agg(x.org_id ORDER BY x.o), '{}') INTO locked
+      FROM unnest(picked) WITH ORDINALITY AS x(org_id, o) WHERE payledger.credit_try_lock(x.org_id);
+    -- a step that fails (a bug, bad configuration) changes nothing, is
+    -- logged and counted, and does not stop the run: its organisations are
+    -- tried again by the next one
+    BEGIN
+        n := payledger.meter_batch(locked, false);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'payledger metering: % organisations from % not charged: % (SQLSTATE %)',
+            cardinality(locked), locked[1], SQLERRM, SQLSTATE;
+        lost := cardinality(locked);
+    END;
+    RETURN QUERY SELECT cardinality(locked) - lost, n, (SELECT count(*)::integer FROM payledger.credit_meters b WHERE b.blocked),
+                        lost, CASE WHEN cardinality(picked) = max_orgs THEN picked[max_orgs] END;
 END;
 $$;
 
+-- Record a whole metering run as done (the worker and meter_all, at the end).
+CREATE FUNCTION payledger.metering_done()
+RETURNS void LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    UPDATE payledger.worker_status w SET last_metering_at = now();
+$$;
+
+-- Is a metering run due (payledger.metering_interval since the last one)?
+CREATE FUNCTION payledger.metering_due()
+RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT w.last_metering_at IS NULL
+                            OR w.last_metering_at <= now() - make_interval(secs => payledger.setting_int('metering_interval', 21600))
+                       FROM payledger.worker_status w), true);
+$$;
+
+-- A whole metering run on demand, a transaction per step (a procedure: CALL
+-- it outside a transaction block). No SET search_path (it could not COMMIT):
+-- every name is qualified.
+CREATE PROCEDURE payledger.meter_all(batch integer DEFAULT 1000, INOUT orgs integer DEFAULT NULL,
+                                     INOUT charged integer DEFAULT NULL, INOUT blocked integer DEFAULT NULL,
+                                     INOUT failed integer DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    after_org text;
+BEGIN
+    orgs := 0;
+    charged := 0;
+    failed := 0;
+    LOOP
+        SELECT * INTO r FROM payledger.run_metering(batch, after_org);
+        COMMIT;
+        orgs := orgs + r.orgs;
+        charged := charged + r.charged;
+        failed := failed + r.failed;
+        blocked := r.blocked;
+        after_org := r.last_org;
+        EXIT WHEN after_org IS NULL;
+    END LOOP;
+    PERFORM payledger.metering_done();
+END;
+$$;
 -- May the organisation do an action that uses these metrics? No when any of
 -- them is over its plan in the current cycle with the overage unpaid (out
 -- of credits); the others stay allowed (a download does not need storage).
@@ -4184,16 +4394,19 @@ SELECT m.metric, m.cycle_start, m.overage, payledger.credits_of(m.cost) AS cost,
 CREATE FUNCTION payledger.credit_invariants()
 RETURNS TABLE (invariant text, subject text, detail text)
 LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    -- a grant's account: granted - consumed + restored - expired - voided
-    SELECT 'credit_grant_balance', g.id::text, format('balance %s, history says %s', a.balance, x.expect)
-      FROM payledger.credit_grants g JOIN payledger.accounts a ON a.id = g.account_id,
-           LATERAL (SELECT g.amount
-                           - coalesce((SELECT sum(p.amount) FROM payledger.credit_consumption_parts p
-                                        JOIN payledger.credit_consumptions c ON c.id = p.consumption_id
-                                       WHERE p.grant_id = g.id AND c.undone_at IS NULL), 0)
-                           - coalesce((SELECT sum(e.amount) FROM payledger.credit_grant_events e WHERE e.grant_id = g.id), 0)
-                           AS expect) x
-     WHERE a.balance <> x.expect
+    -- a grant's account: granted - consumed (not undone) - expired - voided
+    -- (set-based: one pass over the parts and the events, whatever the history)
+    SELECT 'credit_grant_balance', g.id::text,
+           format('balance %s, history says %s', a.balance, g.amount - coalesce(u.total, 0) - coalesce(e.total, 0))
+      FROM payledger.credit_grants g
+      JOIN payledger.accounts a ON a.id = g.account_id
+      LEFT JOIN (SELECT p.grant_id, sum(p.amount) AS total
+                   FROM payledger.credit_consumption_parts p
+                   JOIN payledger.credit_consumptions c ON c.id = p.consumption_id
+                  WHERE c.undone_at IS NULL GROUP BY p.grant_id) u ON u.grant_id = g.id
+      LEFT JOIN (SELECT e.grant_id, sum(e.amount) AS total FROM payledger.credit_grant_events e GROUP BY e.grant_id) e
+        ON e.grant_id = g.id
+     WHERE a.balance <> g.amount - coalesce(u.total, 0) - coalesce(e.total, 0)
     UNION ALL
     -- a live grant has its grant; a grant with credit left in effect is live or past its expiry
     SELECT 'credit_live_grant', l.grant_id::text, 'no such grant'
@@ -4260,46 +4473,63 @@ $$;
 -- (credits.threshold, credits.depleted, credits.recovered, credits.expiring)
 -- for each rule whose state changed, once per crossing. Percentages are of
 -- the active granted credit only (expired credit is not "used").
-CREATE FUNCTION payledger.credit_check_thresholds(org text)
+-- Threshold crossings for a batch of organisations (the caller holds their
+-- credit locks, so two checks cannot both see one crossing): each rule's
+-- state is compared with the organisation's credits now; a change is
+-- recorded, and a rising edge (or depleted's falling edge, "recovered") is
+-- written to the outbox. Returns the events written.
+CREATE FUNCTION payledger.credit_thresholds(orgs text[])
 RETURNS integer LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    t record;
-    r record;
-    now_crossed boolean;
-    was boolean;
-    n integer := 0;
+    n integer;
 BEGIN
-    -- under the organisation's lock: two checks cannot both see a crossing
-    PERFORM payledger.credit_lock(org);
-    SELECT * INTO t FROM payledger.get_total_credits(org);
-    FOR r IN SELECT * FROM payledger.credit_threshold_rules() LOOP
-        now_crossed := CASE r.kind
-            WHEN 'used_pct' THEN t.granted_active > 0 AND (t.granted_active - t.available) * 100 >= r.value * t.granted_active
-            WHEN 'depleted' THEN t.granted_active > 0 AND t.available = 0
-            WHEN 'expiring' THEN t.available > 0 AND t.next_expiry <= now() + make_interval(days => r.value::integer)
-        END;
-        SELECT s.crossed INTO was FROM payledger.credit_threshold_state s WHERE s.org_id = org AND s.threshold = r.name;
-        CONTINUE WHEN coalesce(was, false) = now_crossed;
+    WITH t AS (
+        -- get_total_credits(org), for many
+        -- (in minor units; credits in the events)
+        SELECT o.org_id, coalesce(sum(a.balance), 0) AS available, coalesce(sum(g.amount), 0) AS granted_active,
+               min(l.expires_at) FILTER (WHERE a.balance > 0) AS next_expiry
+          FROM unnest(orgs) AS o(org_id)
+          LEFT JOIN payledger.credit_live_grants l
+            ON l.org_id = o.org_id AND l.effective_at <= now() AND (l.expires_at IS NULL OR l.expires_at > now())
+          LEFT JOIN payledger.accounts a ON a.id = l.account_id
+          LEFT JOIN payledger.credit_grants g ON g.id = l.grant_id
+         GROUP BY o.org_id),
+    c AS (
+        SELECT q.* FROM (
+            SELECT t.*, r.name, r.kind, r.value, r.n, coalesce(s.crossed, false) AS was,
+                   coalesce(CASE r.kind
+                       WHEN 'used_pct' THEN t.granted_active > 0 AND (t.granted_active - t.available) * 100 >= r.value * t.granted_active
+                       WHEN 'depleted' THEN t.granted_active > 0 AND t.available = 0
+                       WHEN 'expiring' THEN t.available > 0 AND t.next_expiry <= now() + make_interval(days => r.value::integer)
+                   END, false) AS crossed
+              FROM t CROSS JOIN payledger.credit_threshold_rules() WITH ORDINALITY AS r(name, kind, value, n)
+              LEFT JOIN payledger.credit_threshold_state s ON s.org_id = t.org_id AND s.threshold = r.name) q
+         WHERE q.crossed <> q.was),
+    changed AS (
         INSERT INTO payledger.credit_threshold_state AS s (org_id, threshold, crossed, changed_at)
-        VALUES (org, r.name, now_crossed, now())
+        SELECT c.org_id, c.name, c.crossed, now() FROM c
         ON CONFLICT ON CONSTRAINT credit_threshold_state_pkey DO UPDATE
-           SET crossed = excluded.crossed, changed_at = excluded.changed_at;
-        -- rising edges are news; the falling edge of "depleted" is "recovered"
-        IF now_crossed OR r.kind = 'depleted' THEN
-            PERFORM payledger.emit_event(
-                CASE WHEN r.kind = 'depleted' AND now_crossed THEN 'credits.depleted'
-                     WHEN r.kind = 'depleted' THEN 'credits.recovered'
-                     WHEN r.kind = 'expiring' THEN 'credits.expiring'
-                     ELSE 'credits.threshold' END,
-                NULL, org,
-                jsonb_build_object('org', org, 'threshold', r.name, 'kind', r.kind, 'value', r.value,
-                                   'available', t.available, 'granted_active', t.granted_active,
-                                   'next_expiry', t.next_expiry));
-            n := n + 1;
-        END IF;
-    END LOOP;
+           SET crossed = excluded.crossed, changed_at = excluded.changed_at)
+    INSERT INTO payledger.events (topic, subject_id, owner_id, payload)
+    SELECT CASE WHEN c.kind = 'depleted' AND c.crossed THEN 'credits.depleted'
+                WHEN c.kind = 'depleted' THEN 'credits.recovered'
+                WHEN c.kind = 'expiring' THEN 'credits.expiring'
+                ELSE 'credits.threshold' END,
+           NULL, c.org_id,
+           jsonb_build_object('org', c.org_id, 'threshold', c.name, 'kind', c.kind, 'value', c.value,
+                              'available', payledger.credits_of(c.available::bigint),
+                              'granted_active', payledger.credits_of(c.granted_active::bigint), 'next_expiry', c.next_expiry)
+      FROM c WHERE c.crossed OR c.kind = 'depleted'
+     ORDER BY c.org_id, c.n;
+    GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END;
+$$;
+
+CREATE FUNCTION payledger.credit_check_thresholds(org text)
+RETURNS integer LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger.credit_lock(org);
+    SELECT payledger.credit_thresholds(ARRAY[org]);
 $$;
 
 -- Organisations whose credit expires within the longest "expiring" window:
@@ -4307,20 +4537,17 @@ $$;
 CREATE FUNCTION payledger.credit_check_expiring(max_orgs integer DEFAULT 1000)
 RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    o record;
-    n integer := 0;
     days numeric := (SELECT max(r.value) FROM payledger.credit_threshold_rules() r WHERE r.kind = 'expiring');
 BEGIN
     IF days IS NULL THEN
         RETURN 0;
     END IF;
-    FOR o IN SELECT DISTINCT l.org_id FROM payledger.credit_live_grants l
-              WHERE l.expires_at BETWEEN now() - interval '1 day' AND now() + make_interval(days => days::integer)
-              ORDER BY l.org_id LIMIT max_orgs LOOP
-        CONTINUE WHEN NOT payledger.credit_try_lock(o.org_id);
-        n := n + payledger.credit_check_thresholds(o.org_id);
-    END LOOP;
-    RETURN n;
+    RETURN payledger.credit_thresholds(ARRAY(
+        SELECT o.org_id
+          FROM (SELECT DISTINCT l.org_id FROM payledger.credit_live_grants l
+                 WHERE l.expires_at BETWEEN now() - interval '1 day' AND now() + make_interval(days => days::integer)
+                 ORDER BY l.org_id LIMIT max_orgs) o
+         WHERE payledger.credit_try_lock(o.org_id)));
 END;
 $$;
 
@@ -4561,8 +4788,11 @@ GRANT EXECUTE ON FUNCTION
     payledger.define_credit_package(text, numeric, text, bigint, text, interval, interval, integer),
     payledger.expire_credits(integer),
     payledger.meter_org(text, boolean),
-    payledger.run_metering(integer),
+    payledger.run_metering(integer, text, integer, integer),
+    payledger.metering_due(),
+    payledger.metering_done(),
     payledger.set_credit_threshold(text, text, numeric, boolean),
     payledger.credit_check_expiring(integer)
 TO payledger_admin;
 GRANT EXECUTE ON PROCEDURE payledger.run_tick(integer) TO payledger_admin;
+GRANT EXECUTE ON PROCEDURE payledger.meter_all(integer, integer, integer, integer, integer) TO payledger_admin;

@@ -19,6 +19,7 @@ pub static WORKER_CREATE_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static WORKER_MAX_BACKOFF: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static WORKER_NOTIFY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(250);
 pub static METERING_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(21_600);
+pub static METERING_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -120,10 +121,20 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"payledger.metering_interval",
         c"Seconds between the worker's credit metering runs.",
-        c"Four times a day by default; payledger.run_metering() runs one on demand.",
+        c"Four times a day by default; CALL payledger.meter_all() runs one on demand.",
         &METERING_INTERVAL,
         60,
         i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.metering_workers",
+        c"Sessions the worker's metering run uses at once.",
+        c"The worker meters one share of the organisations and starts dynamic background workers for the others (each takes a max_worker_processes slot).",
+        &METERING_WORKERS,
+        1,
+        16,
         GucContext::Sighup,
         GucFlags::default(),
     );

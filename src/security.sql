@@ -199,8 +199,11 @@ GRANT EXECUTE ON FUNCTION
     payledger.define_credit_package(text, numeric, text, bigint, text, interval, interval, integer),
     payledger.expire_credits(integer),
     payledger.meter_org(text, boolean),
-    payledger.run_metering(integer),
+    payledger.run_metering(integer, text, integer, integer),
+    payledger.metering_due(),
+    payledger.metering_done(),
     payledger.set_credit_threshold(text, text, numeric, boolean),
     payledger.credit_check_expiring(integer)
 TO payledger_admin;
 GRANT EXECUTE ON PROCEDURE payledger.run_tick(integer) TO payledger_admin;
+GRANT EXECUTE ON PROCEDURE payledger.meter_all(integer, integer, integer, integer, integer) TO payledger_admin;

@@ -185,6 +185,21 @@ fn tick() {
             .unwrap_or(Value::Null)
     });
     add_counts(&mut counts, &chores);
+    // metering, every payledger.metering_interval seconds
+    if BackgroundWorker::transaction(|| {
+        Spi::get_one::<bool>("SELECT payledger.metering_due()")
+            .unwrap_or_else(|e| pgrx::error!("metering: {e}"))
+            .unwrap_or(false)
+    }) {
+        let started = Instant::now();
+        let (orgs, failed) = metering_run(batch);
+        counts.insert("orgs_metered".into(), orgs.into());
+        counts.insert("metering_failed".into(), failed.into());
+        counts.insert(
+            "metering_ms".into(),
+            (started.elapsed().as_millis() as i64).into(),
+        );
+    }
     let counts = Value::Object(counts);
     BackgroundWorker::transaction(|| {
         Spi::run_with_args(
@@ -204,4 +219,109 @@ fn tick() {
     if !done.is_empty() {
         log!("payledger worker: {}", Value::Object(done));
     }
+}
+
+/// A metering run over payledger.metering_workers sessions: organisations
+/// are shared out by a hash of their id; this process meters share 0, and
+/// dynamic background workers the others (a share whose worker cannot start
+/// is metered here too). Each step is its own transaction. Returns the
+/// organisations metered and failed by this process; the helpers log theirs.
+/// The run is recorded as done once every share is.
+fn metering_run(batch: i32) -> (i64, i64) {
+    let parts = gucs::METERING_WORKERS.get().clamp(1, 16);
+    let db = gucs::WORKER_DATABASE
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .unwrap_or_default();
+    let mut helpers = Vec::new();
+    let mut mine = vec![0];
+    for part in 1..parts {
+        let helper =
+            BackgroundWorkerBuilder::new(&format!("payledger metering {}/{parts}", part + 1))
+                .set_type("payledger metering")
+                .set_library("payledger")
+                .set_function("payledger_metering_main")
+                .set_extra(&format!("{part} {parts} {batch} {db}"))
+                .enable_spi_access()
+                // SAFETY: reads this process's pid.
+                .set_notify_pid(unsafe { pg_sys::MyProcPid })
+                .load_dynamic();
+        match helper {
+            Ok(h) => helpers.push(h),
+            Err(_) => mine.push(part),
+        }
+    }
+    let (mut orgs, mut failed) = (0, 0);
+    for part in mine {
+        let (o, f) = meter_share(batch, part, parts);
+        orgs += o;
+        failed += f;
+    }
+    for h in helpers {
+        // (an error here: the helper is gone already)
+        let _ = h.wait_for_shutdown();
+    }
+    if !shutting_down() {
+        BackgroundWorker::transaction(|| {
+            Spi::run("SELECT payledger.metering_done()")
+                .unwrap_or_else(|e| pgrx::error!("metering: {e}"));
+        });
+    }
+    (orgs, failed)
+}
+
+/// One share of a metering run, step by step (a transaction each): the
+/// organisations metered, and those of steps that failed (logged by
+/// run_metering, tried again next run).
+fn meter_share(batch: i32, part: i32, parts: i32) -> (i64, i64) {
+    let mut after: Option<String> = None;
+    let (mut orgs, mut failed) = (0i64, 0i64);
+    loop {
+        let (n, f, last) = BackgroundWorker::transaction(|| {
+            Spi::get_three_with_args::<i32, i32, String>(
+                "SELECT orgs, failed, last_org FROM payledger.run_metering($1, $2, $3, $4)",
+                &[
+                    batch.into(),
+                    after.clone().into(),
+                    part.into(),
+                    parts.into(),
+                ],
+            )
+            .unwrap_or_else(|e| pgrx::error!("metering: {e}"))
+        });
+        orgs += i64::from(n.unwrap_or(0));
+        failed += i64::from(f.unwrap_or(0));
+        after = last;
+        if after.is_none() || shutting_down() {
+            return (orgs, failed);
+        }
+    }
+}
+
+/// A metering helper (started by metering_run): meters its share and exits.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn payledger_metering_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    let extra = BackgroundWorker::get_extra().to_string();
+    let mut f = extra.splitn(4, ' ');
+    let mut num = || f.next().and_then(|v| v.parse::<i32>().ok());
+    let (Some(part), Some(parts), Some(batch)) = (num(), num(), num()) else {
+        log!("payledger metering: bad arguments {extra:?}");
+        return;
+    };
+    let db = f.next().unwrap_or_default();
+    BackgroundWorker::connect_worker_to_spi(Some(db), None);
+    BackgroundWorker::transaction(|| {
+        Spi::run(&format!(
+            "SELECT pg_catalog.set_config('application_name', 'payledger metering {}/{parts}', false)",
+            part + 1
+        ))
+        .unwrap_or_else(|e| pgrx::error!("{e}"));
+    });
+    let (orgs, failed) = meter_share(batch, part, parts);
+    log!(
+        "payledger metering {}/{parts}: {orgs} organisations, {failed} failed",
+        part + 1
+    );
 }

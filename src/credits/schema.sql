@@ -201,13 +201,26 @@ CREATE TABLE payledger.credit_meters (
     charged     bigint NOT NULL DEFAULT 0 CHECK (charged >= 0),  -- credits burnt for it
     forgiven    bigint NOT NULL DEFAULT 0 CHECK (forgiven >= 0), -- charges undone (refunded)
     blocked     boolean NOT NULL DEFAULT false,                  -- owed and out of credits
-    runs        integer NOT NULL DEFAULT 0,
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (org_id, metric, cycle_start),
     CHECK (charged + forgiven <= cost),
     CHECK (blocked = (charged + forgiven < cost))
 );
 CREATE INDEX credit_meters_blocked ON payledger.credit_meters (org_id) WHERE blocked;
+
+-- A meter as a metering run sees it (meter_batch's working set).
+CREATE TYPE payledger.credit_meter_due AS (
+    org_id      text,
+    metric      text,
+    cycle_start timestamptz,
+    usage_at    timestamptz,  -- the latest reading's time (at most now): the burn is judged then
+    overage     numeric,
+    owed        bigint,       -- what the overage costs now, never less than settled
+    settled     bigint,       -- charged + forgiven so far
+    charged     bigint,
+    is_new      boolean,      -- no meter row yet
+    changed     boolean       -- overage or cost differ from the row's
+);
 
 -- Threshold rules: an event is written when an organisation's credits cross
 -- one (once per crossing): used_pct (share of active granted credit used, in

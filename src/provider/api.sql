@@ -580,7 +580,6 @@ DECLARE
     expired integer := 0;
     holds integer;
     credits integer;
-    metered integer := 0;
     hooks integer;
     renewed integer;
     jobs integer;
@@ -607,18 +606,11 @@ BEGIN
     holds := payledger.expire_holds(batch);
     credits := payledger.expire_credits(batch);
     PERFORM payledger.credit_check_expiring(batch);
-    -- metering, every payledger.metering_interval seconds (four times a day)
-    UPDATE payledger.worker_status w SET last_metering_at = now()
-     WHERE w.last_metering_at IS NULL
-        OR w.last_metering_at <= now() - make_interval(secs => payledger.setting_int('metering_interval', 21600));
-    IF FOUND THEN
-        metered := (SELECT m.orgs FROM payledger.run_metering() m);
-    END IF;
     hooks := payledger.retry_hooks(batch);
     renewed := payledger.renew_due_subscriptions(batch);
     jobs := payledger.nostr_expire_jobs(batch);
     RETURN jsonb_build_object('invoices_expired', expired, 'holds_expired', holds, 'hooks_run', hooks,
-                              'credit_grants_expired', credits, 'orgs_metered', metered,
+                              'credit_grants_expired', credits,
                               'subscriptions_renewed', renewed, 'jobs_expired', jobs);
 END;
 $$;
@@ -647,6 +639,10 @@ DECLARE
     step jsonb;
     k text;
     n integer := coalesce(batch, payledger.setting_int('worker_batch_size', 500));
+    m_orgs integer;
+    m_charged integer;
+    m_blocked integer;
+    m_failed integer;
 BEGIN
     LOOP
         claims := payledger.worker_claim(n, started);
@@ -661,6 +657,12 @@ BEGIN
         EXIT WHEN jsonb_array_length(claims) < n;
     END LOOP;
     counts := counts || payledger.worker_housekeeping(n);
+    COMMIT;
+    -- metering, every payledger.metering_interval seconds (four times a day)
+    IF payledger.metering_due() THEN
+        CALL payledger.meter_all(n, m_orgs, m_charged, m_blocked, m_failed);
+        counts := counts || jsonb_build_object('orgs_metered', m_orgs, 'metering_failed', m_failed);
+    END IF;
     PERFORM payledger.worker_note_tick(counts);
     COMMIT;
     PERFORM payledger.announce_events();

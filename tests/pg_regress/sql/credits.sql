@@ -166,6 +166,14 @@ SELECT t_credits('org6');
 SELECT t_try($$SELECT payledger.buy_credit_package('org6', 'nope', '[]', acc('credit_sales'))$$);
 SELECT t_try($$SELECT payledger.buy_credit_package('org6', 'any-100', jsonb_build_array(jsonb_build_object('account', acc('org6_usd'))), acc('credit_sales'))$$);
 SELECT t_try($$SELECT payledger.subscribe_credit_package('org6', 'any-100', acc('credit_sales'))$$);
+-- a recurring package: each period's renewal, once PAID, grants again (once per period)
+SELECT payledger.transfer(acc('usd_world'), acc('org6_usd'), 1000) IS NOT NULL AS funded;
+SELECT payledger.subscribe_credit_package('org6', 'monthly-500', acc('credit_sales'),
+                                          jsonb_build_array(jsonb_build_object('account', acc('org6_usd')))) IS NOT NULL AS subscribed;
+SELECT payledger.renew_due_subscriptions(10) AS renewed;
+SELECT payledger.renew_due_subscriptions(10) AS renewed_again;
+SELECT source, payledger.credits_of(amount), payin_id IS NOT NULL AS paid_by_payin
+  FROM payledger.credit_grants WHERE org_id = 'org6' AND source = 'recurring_purchase';
 
 ---------------------------------------------------------------------------
 -- Plans, metering, blocking per metric
@@ -208,6 +216,52 @@ SELECT t_try($$SELECT payledger.record_usage('org7', 'nope', 1)$$);
 SELECT t_try($$SELECT payledger.record_usage('org7', 'mau', -1)$$);
 
 ---------------------------------------------------------------------------
+-- Metering runs: one grant for two metrics, steps, shares, late readings
+---------------------------------------------------------------------------
+-- org9: one credit usable for any metric; bandwidth (0.5 credits over) and
+-- mau (0.9 credits over) owe 1.4 together. A run charges each meter in turn
+-- (by cycle, then metric): bandwidth in full, mau what is left, and blocks mau.
+SELECT payledger.set_credit_price_tiers('bandwidth', '[{"from": 0, "price": 0.1}]');
+SELECT payledger.set_credit_org('org9', 'solo');
+SELECT payledger.grant_credits('org9', 1, 'purchase') IS NOT NULL AS granted;
+SELECT payledger.record_usage('org9', 'mau', 1300), payledger.record_usage('org9', 'bandwidth', 15);
+SELECT payledger.meter_org('org9') AS charged;
+SELECT metric, overage, cost, charged, blocked FROM payledger.credit_meters WHERE org_id = 'org9' ORDER BY metric;
+SELECT c.metric, payledger.credits_of(c.amount) AS burnt, payledger.credits_of(c.requested) AS asked, count(p.*) AS parts,
+       c.idempotency_key ~ '^meter:[a-z]+:[0-9]+:0$' AS keyed_by_cycle_and_watermark
+  FROM payledger.credit_consumptions c JOIN payledger.credit_consumption_parts p ON p.consumption_id = c.id
+ WHERE c.org_id = 'org9' GROUP BY c.id ORDER BY c.metric;
+-- both charges of the run are one journal (one per organisation and run)
+SELECT count(DISTINCT journal_id) AS journals FROM payledger.credit_consumptions WHERE org_id = 'org9';
+SELECT payledger.credit_access('org9', '{bandwidth}') AS download, payledger.credit_access('org9', '{mau}') AS new_users;
+-- a run in steps of one organisation: last_org says where the next begins
+SELECT orgs, charged, last_org FROM payledger.run_metering(1);
+SELECT orgs, charged, last_org FROM payledger.run_metering(1, 'org7');
+SELECT orgs, charged, last_org FROM payledger.run_metering(1, 'org9');
+-- in shares (the worker's sessions): each organisation in exactly one
+SELECT sum(r.orgs) AS orgs_in_two_shares FROM generate_series(0, 1) p, payledger.run_metering(10, NULL, p, 2) r;
+SELECT t_try($$SELECT payledger.run_metering(0)$$);
+SELECT t_try($$SELECT payledger.run_metering(10, NULL, 2, 2)$$);
+-- the whole run on demand, a transaction per step; then it is not due
+CALL payledger.meter_all();
+SELECT payledger.metering_due() AS due;
+-- org10: cycles from two months back. A late reading for the previous cycle
+-- is charged; one for the cycle before it is closed, and is not.
+SELECT payledger.set_credit_org('org10', 'solo', cycle_anchor => date_trunc('month', now()) - interval '2 months');
+SELECT payledger.grant_credits('org10', 10, 'purchase') IS NOT NULL AS granted;
+SELECT payledger.record_usage('org10', 'mau', 1100, at => date_trunc('month', now()) - interval '1 day');
+SELECT payledger.record_usage('org10', 'mau', 1200, at => date_trunc('month', now()) - interval '1 month' - interval '1 day');
+SELECT payledger.meter_org('org10') AS charged;
+SELECT cycle_start = date_trunc('month', now()) - interval '1 month' AS previous_cycle, overage, cost, charged
+  FROM payledger.credit_meters WHERE org_id = 'org10';
+-- cycles are months from the anchor, clamped to a month's last day
+SET TIME ZONE 'UTC';
+SELECT t AS at, payledger.credit_cycle_start('2026-01-31 08:00+00', t) AS cycle_start
+  FROM unnest(ARRAY['2026-01-31 08:00+00', '2026-02-28 07:59+00', '2026-02-28 08:00+00', '2026-03-30 23:00+00',
+                    '2026-03-31 08:00+00', '2025-12-31 09:00+00', '2025-12-15 00:00+00']::timestamptz[]) t;
+RESET TIME ZONE;
+
+---------------------------------------------------------------------------
 -- Threshold events: once per crossing, of active credit only
 ---------------------------------------------------------------------------
 SELECT payledger.grant_credits('org8', 100, 'purchase', expires_at => now() + interval '300 days') IS NOT NULL AS granted;
@@ -219,6 +273,16 @@ SELECT payledger.grant_credits('org8', 10, 'purchase', expires_at => now() + int
 SELECT topic, payload ->> 'threshold' AS threshold FROM payledger.events WHERE owner_id = 'org8' ORDER BY id;
 SELECT payledger.credit_check_thresholds('org8') AS nothing_new;
 SELECT t_try($$SELECT payledger.set_credit_threshold('Bad', 'used_pct', 10)$$);
+-- time alone crosses "expiring", with no credit moving: the worker's check
+-- finds it, once (here the rule's window widening stands in for time passing)
+SELECT payledger.set_credit_threshold('expiring_soon', 'expiring', 30);
+SELECT payledger.grant_credits('org11', 5, 'purchase', expires_at => now() + interval '40 days') IS NOT NULL AS granted;
+SELECT count(*) AS events_before FROM payledger.events WHERE owner_id = 'org11';
+SELECT payledger.set_credit_threshold('expiring_soon', 'expiring', 50);
+SELECT payledger.credit_check_expiring() > 0 AS found, payledger.credit_check_expiring() AS again;
+SELECT topic, payload ->> 'threshold' AS threshold, payload ->> 'available' AS available
+  FROM payledger.events WHERE owner_id = 'org11' ORDER BY id;
+DELETE FROM payledger.credit_thresholds;
 
 ---------------------------------------------------------------------------
 -- History, month by month

@@ -7,10 +7,10 @@ SELECT count(*) AS public_table_grants FROM information_schema.role_table_grants
 SELECT count(*) AS public_function_grants FROM information_schema.role_routine_grants
  WHERE routine_schema = 'payledger' AND grantee = 'PUBLIC';
 -- every function pins its search_path, but for the internal Rust entry points,
--- which no role may call (their PL/pgSQL wrappers pin it), and two admin
--- routines that run as their caller and must not pin it: run_tick (a
--- procedure with SET cannot COMMIT) and register_settle_hook (it records the
--- caller's search_path for the hook)
+-- which no role may call (their PL/pgSQL wrappers pin it), and three admin
+-- routines that run as their caller and must not pin it: run_tick and
+-- meter_all (a procedure with SET cannot COMMIT) and register_settle_hook (it
+-- records the caller's search_path for the hook)
 SELECT p.proname,
        has_function_privilege('payledger_admin', p.oid, 'EXECUTE')
        OR has_function_privilege('payledger_app', p.oid, 'EXECUTE')
