@@ -201,6 +201,9 @@ GRANT EXECUTE ON FUNCTION
     payledger.meter_org(text, boolean),
     payledger.run_metering(integer, text, integer, integer),
     payledger.metering_due(),
+    payledger.seal_ledger(integer),
+    payledger.ledger_head(),
+    payledger.verify_ledger(),
     payledger.metering_done(),
     payledger.set_credit_threshold(text, text, numeric, boolean),
     payledger.credit_check_expiring(integer)

@@ -192,7 +192,7 @@ fn tick() {
             .unwrap_or(false)
     }) {
         let started = Instant::now();
-        let (orgs, failed) = metering_run(batch);
+        let (orgs, failed) = metering_run(METERING_STEP);
         counts.insert("orgs_metered".into(), orgs.into());
         counts.insert("metering_failed".into(), failed.into());
         counts.insert(
@@ -220,6 +220,9 @@ fn tick() {
         log!("payledger worker: {}", Value::Object(done));
     }
 }
+
+/// Organisations per metering step (a transaction; as many advisory locks).
+const METERING_STEP: i32 = 1000;
 
 /// A metering run over payledger.metering_workers sessions: organisations
 /// are shared out by a hash of their id; this process meters share 0, and

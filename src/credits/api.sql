@@ -328,6 +328,7 @@ DECLARE
     n integer := 0;
     grace interval := coalesce((SELECT s.expiry_grace FROM payledger.credit_settings s), '1 day');
 BEGIN
+    PERFORM payledger.require_limit(max_grants, 'max_grants');
     FOR r IN SELECT l.grant_id, l.org_id, l.account_id FROM payledger.credit_live_grants l
               WHERE l.expires_at < now() - grace
               ORDER BY l.org_id, l.expires_at LIMIT max_grants LOOP
@@ -1268,6 +1269,7 @@ RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pay
 DECLARE
     days numeric := (SELECT max(r.value) FROM payledger.credit_threshold_rules() r WHERE r.kind = 'expiring');
 BEGIN
+    PERFORM payledger.require_limit(max_orgs, 'max_orgs');
     IF days IS NULL THEN
         RETURN 0;
     END IF;

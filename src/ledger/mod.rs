@@ -1,7 +1,8 @@
 //! The double-entry core: assets, accounts, journals, entries and holds.
 //!
 //! `schema.sql` holds the tables and their guards, `engine` applies batches of
-//! transfers and hold operations, `api.sql` wraps the engine in the SQL API.
+//! transfers and hold operations, `api.sql` wraps the engine in the SQL API,
+//! `seal.sql` seals entries into hash-chained blocks (tamper evidence).
 
 pub(crate) mod engine;
 pub(crate) mod request;
@@ -16,6 +17,7 @@ extension_sql_file!(
     name = "ledger_api",
     requires = ["ledger_schema", engine_batch, transfer_one, new_id]
 );
+extension_sql_file!("seal.sql", name = "ledger_seal", requires = ["ledger_api"]);
 
 /// The engine behind `payledger.transfer_batch` (one row per item, in input
 /// order). Internal: granted to no one, and without SET clauses, because a

@@ -426,6 +426,7 @@ RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pay
 DECLARE
     n integer;
 BEGIN
+    PERFORM payledger.require_limit(max_jobs, 'max_jobs');
     WITH due AS (
         SELECT x.id FROM payledger.nostr_jobs x
          WHERE x.state IN ('payment_required', 'delivered') AND x.pay_by <= clock_timestamp()

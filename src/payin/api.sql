@@ -2,8 +2,21 @@
 -- refunds, retries, statistics and audit. See docs/payins.md.
 
 ---------------------------------------------------------------------------
--- A JSON argument helper (22023 on a bad shape, never a cast error)
+-- Argument helpers (22023 on a bad shape, never a cast error)
 ---------------------------------------------------------------------------
+
+-- A batch size or limit: NULL is 22004, less than 1 is 22023.
+CREATE FUNCTION payledger.require_limit(value integer, name text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION 'argument "%" must not be null', name USING ERRCODE = '22004';
+    END IF;
+    IF value < 1 THEN
+        RAISE EXCEPTION '% must be a positive integer, got %', name, value USING ERRCODE = '22023';
+    END IF;
+END;
+$$;
 
 CREATE FUNCTION payledger.json_uuid(v jsonb, what text)
 RETURNS uuid LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$

@@ -487,6 +487,7 @@ DECLARE
     w record;
     claims jsonb;
 BEGIN
+    PERFORM payledger.require_limit(batch, 'batch');
     -- (pay-ins no provider serves are the application's to invoice: left alone)
     FOR w IN SELECT p.id FROM payledger.payins p
               WHERE p.state = 'PENDING_INVOICE_CREATION' AND p.external_amount > 0
@@ -571,8 +572,9 @@ BEGIN
 END;
 $$;
 
--- Each tick after the calls: invoices past their deadline, holds, hooks to
--- retry, subscriptions to renew, Nostr jobs past their timeout.
+-- Each tick after the calls: invoices past their deadline, holds, credit
+-- expiry, hooks to retry, subscriptions to renew, Nostr jobs past their
+-- timeout, and the ledger's seals.
 CREATE FUNCTION payledger.worker_housekeeping(batch integer DEFAULT 1000)
 RETURNS jsonb LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
@@ -580,10 +582,14 @@ DECLARE
     expired integer := 0;
     holds integer;
     credits integer;
+    sealed bigint := 0;
+    n bigint;
+    started timestamptz := clock_timestamp();
     hooks integer;
     renewed integer;
     jobs integer;
 BEGIN
+    PERFORM payledger.require_limit(batch, 'batch');
     -- unpaid and past monitoring (or never created in time): expire; an
     -- expired one past monitoring: stop watching
     FOR inv IN SELECT i.id, i.status, i.payin_id FROM payledger.invoices i
@@ -609,9 +615,16 @@ BEGIN
     hooks := payledger.retry_hooks(batch);
     renewed := payledger.renew_due_subscriptions(batch);
     jobs := payledger.nostr_expire_jobs(batch);
+    -- tamper evidence, off the hot path: seal what was committed since, in
+    -- blocks of up to 100,000 entries, for at most about 5 seconds a tick
+    LOOP
+        n := payledger.seal_ledger(100000);
+        sealed := sealed + n;
+        EXIT WHEN n < 100000 OR clock_timestamp() - started > interval '5 seconds';
+    END LOOP;
     RETURN jsonb_build_object('invoices_expired', expired, 'holds_expired', holds, 'hooks_run', hooks,
                               'credit_grants_expired', credits,
-                              'subscriptions_renewed', renewed, 'jobs_expired', jobs);
+                              'subscriptions_renewed', renewed, 'jobs_expired', jobs, 'entries_sealed', sealed);
 END;
 $$;
 
@@ -754,8 +767,12 @@ END;
 $$;
 
 CREATE FUNCTION payledger.events_since(after_id bigint DEFAULT 0, max_events integer DEFAULT 100)
-RETURNS SETOF payledger.events LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT * FROM payledger.events e WHERE e.id > coalesce(after_id, 0) ORDER BY e.id LIMIT least(coalesce(max_events, 100), 10000);
+RETURNS SETOF payledger.events LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require_limit(coalesce(max_events, 100), 'max_events');
+    RETURN QUERY SELECT * FROM payledger.events e WHERE e.id > coalesce(after_id, 0) ORDER BY e.id
+                  LIMIT least(coalesce(max_events, 100), 10000);
+END;
 $$;
 
 -- The hook runs with the search_path of the session that registers it, as
@@ -851,6 +868,7 @@ DECLARE
     r record;
     n integer := 0;
 BEGIN
+    PERFORM payledger.require_limit(max_runs, 'max_runs');
     FOR r IN SELECT x.hook, x.payin_id, x.state FROM payledger.hook_runs x
               WHERE x.status = 'pending' AND x.next_attempt_at <= now()
               ORDER BY x.next_attempt_at LIMIT max_runs FOR UPDATE SKIP LOCKED LOOP
@@ -1014,6 +1032,7 @@ DECLARE
     s record;
     n integer := 0;
 BEGIN
+    PERFORM payledger.require_limit(max_subscriptions, 'max_subscriptions');
     FOR s IN SELECT x.id FROM payledger.subscriptions x
               WHERE x.status = 'active' AND x.next_renewal_at <= now()
               ORDER BY x.next_renewal_at LIMIT max_subscriptions FOR UPDATE SKIP LOCKED LOOP

@@ -14,8 +14,8 @@ GENERATED=$(/usr/lib/postgresql/15/bin/pg_config --sharedir)/extension/payledger
 -- payledger 0.1.0 -> 0.2.0: pay-ins and pay-outs (src/payin/), Nostr, BOLT11
 -- and NIP-90 jobs (src/nostr/, src/bolt11.rs), invoices at payment providers
 -- with the background worker (src/provider/, src/worker.rs), prepaid credits
--- (src/credits/), and check_invariants() gathering every module's checks
--- (src/invariants.sql).
+-- (src/credits/), tamper-evident seals over the ledger (src/ledger/seal.sql),
+-- and check_invariants() gathering every module's checks (src/invariants.sql).
 -- The objects below are the 0.2.0 text of src/payin/schema.sql,
 -- src/payin/api.sql, src/nostr/jobs.sql and src/provider/*.sql; tests/integration/upgrade.sh
 -- proves the result equals a fresh 0.2.0 install. Released: never edit.
@@ -35,6 +35,8 @@ for f in $(grep -o '^-- payledger::[a-z0-9_:]*' "$GENERATED" | sed 's/^-- //'); 
   awk -v f="-- $f" '$0 == f {p=1} p {print} p && /^AS .MODULE_PATHNAME/ {exit}' \
     "$GENERATED"
 done
+echo
+cat src/ledger/seal.sql
 echo
 cat src/payin/api.sql
 echo

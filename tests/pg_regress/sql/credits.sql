@@ -242,6 +242,7 @@ SELECT orgs, charged, last_org FROM payledger.run_metering(1, 'org9');
 SELECT sum(r.orgs) AS orgs_in_two_shares FROM generate_series(0, 1) p, payledger.run_metering(10, NULL, p, 2) r;
 SELECT t_try($$SELECT payledger.run_metering(0)$$);
 SELECT t_try($$SELECT payledger.run_metering(10, NULL, 2, 2)$$);
+SELECT t_try($$SELECT payledger.expire_credits(0)$$), t_try($$SELECT payledger.credit_check_expiring(NULL)$$);
 -- the whole run on demand, a transaction per step; then it is not due
 CALL payledger.meter_all();
 SELECT payledger.metering_due() AS due;
