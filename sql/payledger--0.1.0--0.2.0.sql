@@ -292,9 +292,17 @@ IMMUTABLE STRICT PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'bolt11_decode_wrapper';
+-- payledger::provider::json_readable
+CREATE  FUNCTION "json_readable"(
+	"value" jsonb /* JsonArg */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'json_readable_wrapper';
 -- payledger::nostr::nostr_event_id
 CREATE  FUNCTION "nostr_event_id"(
-	"event" jsonb /* JsonB */
+	"event" jsonb /* JsonArg */
 ) RETURNS TEXT /* String */
 IMMUTABLE STRICT PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
@@ -302,7 +310,7 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'nostr_event_id_wrapper';
 -- payledger::nostr::nostr_sign_event
 CREATE  FUNCTION "nostr_sign_event"(
-	"event" jsonb, /* JsonB */
+	"event" jsonb, /* JsonArg */
 	"secret_key" bytea /* & [u8] */
 ) RETURNS jsonb /* JsonB */
 STRICT VOLATILE PARALLEL SAFE
@@ -311,7 +319,7 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'nostr_sign_event_wrapper';
 -- payledger::nostr::nostr_verify_event
 CREATE  FUNCTION "nostr_verify_event"(
-	"event" jsonb /* JsonB */
+	"event" jsonb /* JsonArg */
 ) RETURNS bool /* bool */
 IMMUTABLE STRICT PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
@@ -323,13 +331,13 @@ CREATE  FUNCTION "payin_create_core"(
 	"payin_type" TEXT, /* Option < String > */
 	"asset" TEXT, /* Option < String > */
 	"cost" bigint, /* Option < i64 > */
-	"methods" jsonb, /* Option < JsonB > */
-	"payouts" jsonb, /* Option < JsonB > */
+	"methods" jsonb, /* Option < JsonArg > */
+	"payouts" jsonb, /* Option < JsonArg > */
 	"split" TEXT, /* Option < String > */
-	"payees" jsonb, /* Option < JsonB > */
+	"payees" jsonb, /* Option < JsonArg > */
 	"idempotency_key" TEXT, /* Option < String > */
 	"parent" uuid, /* Option < Uuid > */
-	"metadata" jsonb, /* Option < JsonB > */
+	"metadata" jsonb, /* Option < JsonArg > */
 	"predecessor" uuid, /* Option < Uuid > */
 	"genesis" uuid, /* Option < Uuid > */
 	"retry_count" INT, /* Option < i32 > */
@@ -349,7 +357,7 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'payin_create_core_wrapper';
 -- payledger::provider::provider_call
 CREATE  FUNCTION "provider_call"(
-	"claims" jsonb /* JsonB */
+	"claims" jsonb /* JsonArg */
 ) RETURNS jsonb /* JsonB */
 STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
@@ -359,7 +367,7 @@ AS 'MODULE_PATHNAME', 'provider_call_wrapper';
 CREATE  FUNCTION "split_payouts_core"(
 	"rule" TEXT, /* String */
 	"cost" bigint, /* i64 */
-	"payees" jsonb /* Option < JsonB > */
+	"payees" jsonb /* Option < JsonArg > */
 ) RETURNS TABLE (
 	"payouts" jsonb,  /* Option < JsonB > */
 	"sqlstate" TEXT,  /* Option < & '_ str > */
@@ -371,7 +379,7 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
 -- payledger::nostr::verify_zap_receipt
 CREATE  FUNCTION "verify_zap_receipt"(
-	"receipt" jsonb, /* Option < JsonB > */
+	"receipt" jsonb, /* Option < JsonArg > */
 	"lnurl_pubkey" TEXT, /* Option < & str > */
 	"recipient" TEXT DEFAULT NULL, /* Option < & str > */
 	"expected_amount_msat" bigint DEFAULT NULL, /* Option < i64 > */
@@ -398,7 +406,7 @@ AS 'MODULE_PATHNAME', 'verify_zap_receipt_wrapper';
 CREATE  FUNCTION "webhook_verify_core"(
 	"kind" TEXT, /* & str */
 	"secret" TEXT, /* Option < & str > */
-	"headers" jsonb, /* JsonB */
+	"headers" jsonb, /* JsonArg */
 	"body" TEXT /* & str */
 ) RETURNS TABLE (
 	"sqlstate" TEXT,  /* Option < String > */
@@ -2181,6 +2189,8 @@ BEGIN
     PERFORM payledger.require(kind, 'kind');
     PERFORM payledger.require(base_url, 'base_url');
     PERFORM payledger.require(credentials, 'credentials');
+    -- (the worker reads both back: nothing it cannot parse gets stored)
+    PERFORM payledger.json_readable(credentials), payledger.json_readable(coalesce(config, '{}'));
     pid := payledger.profile_id(profile);
     IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION 'invalid provider name %', name USING ERRCODE = '22023';
@@ -2228,6 +2238,7 @@ DECLARE
 BEGIN
     PERFORM payledger.require(provider, 'provider');
     PERFORM payledger.require(credentials, 'credentials');
+    PERFORM payledger.json_readable(credentials);
     SELECT p.kind INTO k FROM payledger.providers p WHERE p.id = provider;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'provider % does not exist', provider USING ERRCODE = 'PL028';

@@ -114,3 +114,68 @@ pub fn raise_null(argument: &str) -> ! {
         format!("argument \"{argument}\" must not be null")
     );
 }
+
+/// A `jsonb` argument, read as pgrx's `JsonB` reads one (its text, parsed by
+/// serde_json) but failing with SQLSTATE 22023 where that one fails with an
+/// internal error: on what serde_json cannot hold, nesting deeper than 128
+/// levels or a number beyond the range of a double.
+#[derive(Debug)]
+pub struct JsonArg(pub serde_json::Value);
+
+impl pgrx::FromDatum for JsonArg {
+    unsafe fn from_polymorphic_datum(
+        datum: pgrx::pg_sys::Datum,
+        is_null: bool,
+        _: pgrx::pg_sys::Oid,
+    ) -> Option<JsonArg> {
+        if is_null {
+            return None;
+        }
+        // SAFETY: the datum is a jsonb (the function's SQL signature says so).
+        let text = unsafe {
+            let detoasted = pgrx::pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+            pgrx::direct_function_call::<&core::ffi::CStr>(
+                pgrx::pg_sys::jsonb_out,
+                &[Some(detoasted.into())],
+            )
+        }
+        .and_then(|c| c.to_str().ok())
+        .unwrap_or_else(|| raise_malformed("a jsonb argument could not be read"));
+        match serde_json::from_str(text) {
+            Ok(v) => Some(JsonArg(v)),
+            Err(e) => raise_malformed(&format!("a JSON argument payledger cannot take: {e}")),
+        }
+    }
+}
+
+// SAFETY: the argument's SQL type is jsonb, which FromDatum above reads.
+unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonArg {
+    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        unsafe { arg.unbox_arg_using_from_datum() }
+            .unwrap_or_else(|| raise_null(&format!("argument {index}")))
+    }
+
+    unsafe fn unbox_nullable_arg(
+        arg: pgrx::callconv::Arg<'_, 'fcx>,
+    ) -> pgrx::nullable::Nullable<Self> {
+        unsafe { arg.unbox_arg_using_from_datum() }.into()
+    }
+}
+
+// SAFETY: maps to the built-in jsonb type.
+unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for JsonArg {
+    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(JsonArg);
+    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
+        pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
+    const ARGUMENT_SQL: std::result::Result<
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"));
+    const RETURN_SQL: std::result::Result<
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef::One(
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"),
+    ));
+}

@@ -12,6 +12,8 @@ use pgrx::prelude::*;
 mod bolt11;
 mod credits;
 mod errors;
+#[cfg(test)]
+mod fuzz;
 mod gucs;
 mod ledger;
 mod nostr;

@@ -7,9 +7,10 @@
 pub(crate) mod engine;
 pub(crate) mod request;
 
+use crate::errors::JsonArg;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::Uuid;
 
 extension_sql_file!("schema.sql", name = "ledger_schema", bootstrap);
 extension_sql_file!(
@@ -26,7 +27,7 @@ extension_sql_file!("seal.sql", name = "ledger_seal", requires = ["ledger_api"])
 #[pg_extern(volatile, parallel_unsafe)]
 #[allow(clippy::type_complexity)] // pgrx needs the row type spelled out here
 fn engine_batch(
-    items: Option<JsonB>,
+    items: Option<JsonArg>,
 ) -> TableIterator<
     'static,
     (
@@ -68,7 +69,7 @@ fn transfer_one(
     to_account: Option<Uuid>,
     amount: Option<i64>,
     idempotency_key: Option<String>,
-    metadata: Option<JsonB>,
+    metadata: Option<JsonArg>,
     effective_at: Option<TimestampWithTimeZone>,
     kind: Option<String>,
 ) -> TableIterator<

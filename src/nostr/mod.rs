@@ -2,9 +2,10 @@
 //! receipts checked against what the verifier expects (`zap`), and NIP-90
 //! paid jobs (`jobs.sql`), paid by zap or invoice through pay-ins.
 
-mod event;
-mod zap;
+pub(crate) mod event;
+pub(crate) mod zap;
 
+use crate::errors::JsonArg;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
@@ -22,7 +23,7 @@ fn invalid(message: String) -> ! {
 /// event is SQLSTATE 22023.
 #[pg_extern(immutable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
-fn nostr_event_id(event: JsonB) -> String {
+fn nostr_event_id(event: JsonArg) -> String {
     let e = event::parse(&event.0).unwrap_or_else(|m| invalid(format!("invalid event: {m}")));
     hex::encode(event::compute_id(&e))
 }
@@ -30,7 +31,7 @@ fn nostr_event_id(event: JsonB) -> String {
 /// Whether an event's id matches its content and its signature verifies.
 #[pg_extern(immutable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
-fn nostr_verify_event(event: JsonB) -> bool {
+fn nostr_verify_event(event: JsonArg) -> bool {
     let e = event::parse(&event.0).unwrap_or_else(|m| invalid(format!("invalid event: {m}")));
     let c = event::check(&e);
     c.id_ok && c.sig_ok
@@ -41,7 +42,7 @@ fn nostr_verify_event(event: JsonB) -> bool {
 /// the admin role only.
 #[pg_extern(volatile, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
-fn nostr_sign_event(event: JsonB, secret_key: &[u8]) -> JsonB {
+fn nostr_sign_event(event: JsonArg, secret_key: &[u8]) -> JsonB {
     // SAFETY: reads the current transaction's start time.
     let now =
         unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() } / 1_000_000 + 946_684_800;
@@ -65,7 +66,7 @@ fn bip340_verify(pubkey: &[u8], message: &[u8], signature: &[u8]) -> bool {
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
 fn verify_zap_receipt(
-    receipt: Option<JsonB>,
+    receipt: Option<JsonArg>,
     lnurl_pubkey: Option<&str>,
     recipient: default!(Option<&str>, "NULL"),
     expected_amount_msat: default!(Option<i64>, "NULL"),

@@ -8,6 +8,7 @@
 
 mod create;
 
+use crate::errors::JsonArg;
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 
@@ -37,13 +38,13 @@ fn payin_create_core(
     payin_type: Option<String>,
     asset: Option<String>,
     cost: Option<i64>,
-    methods: Option<JsonB>,
-    payouts: Option<JsonB>,
+    methods: Option<JsonArg>,
+    payouts: Option<JsonArg>,
     split: Option<String>,
-    payees: Option<JsonB>,
+    payees: Option<JsonArg>,
     idempotency_key: Option<String>,
     parent: Option<Uuid>,
-    metadata: Option<JsonB>,
+    metadata: Option<JsonArg>,
     predecessor: Option<Uuid>,
     genesis: Option<Uuid>,
     retry_count: Option<i32>,
@@ -104,7 +105,7 @@ fn payin_create_core(
 fn split_payouts_core(
     rule: String,
     cost: i64,
-    payees: Option<JsonB>,
+    payees: Option<JsonArg>,
 ) -> TableIterator<
     'static,
     (

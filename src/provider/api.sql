@@ -100,6 +100,8 @@ BEGIN
     PERFORM payledger.require(kind, 'kind');
     PERFORM payledger.require(base_url, 'base_url');
     PERFORM payledger.require(credentials, 'credentials');
+    -- (the worker reads both back: nothing it cannot parse gets stored)
+    PERFORM payledger.json_readable(credentials), payledger.json_readable(coalesce(config, '{}'));
     pid := payledger.profile_id(profile);
     IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION 'invalid provider name %', name USING ERRCODE = '22023';
@@ -147,6 +149,7 @@ DECLARE
 BEGIN
     PERFORM payledger.require(provider, 'provider');
     PERFORM payledger.require(credentials, 'credentials');
+    PERFORM payledger.json_readable(credentials);
     SELECT p.kind INTO k FROM payledger.providers p WHERE p.id = provider;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'provider % does not exist', provider USING ERRCODE = 'PL028';

@@ -7,9 +7,9 @@
 # back either way). It passes when every call either succeeds or fails with
 # a documented SQLSTATE (docs/errors.md), the server never crashes, and
 # check_invariants() stays empty.
-#   bash tests/fuzz/sql_api.sh    (CASES=10000 SEED=0.42)
+#   bash tests/integration/fuzz.sh    (CASES=10000 SEED=0.42)
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/../integration/common.bash"
+source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 CASES=${CASES:-10000}
 SEED=${SEED:-0.42}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -137,7 +137,7 @@ END $$;
 SQL
 
 log "fuzzing $CASES calls (seed $SEED)"
-psql_ -d postgres -c "CALL fuzz($CASES, $SEED)"
+psql_ -d postgres -c "SET client_min_messages = error" -c "CALL fuzz($CASES, $SEED)"
 psql_ -d postgres -At -c "SELECT 'fuzz: ' || count(*) || ' calls of ' || count(DISTINCT fn) || ' functions, '
                                  || count(*) FILTER (WHERE sqlstate IS NULL) || ' succeeded, '
                                  || count(*) FILTER (WHERE sqlstate IS NOT NULL) || ' refused' FROM fuzz_log"
