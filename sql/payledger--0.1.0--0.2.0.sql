@@ -13,6 +13,27 @@ ALTER FUNCTION payledger.check_invariants() RENAME TO ledger_invariants;
 ALTER FUNCTION payledger.ledger_invariants() SECURITY INVOKER;
 REVOKE ALL ON FUNCTION payledger.ledger_invariants() FROM payledger_admin;
 
+-- Only trusted logins may say which end user a session serves.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'payledger_identity') THEN
+        CREATE ROLE payledger_identity NOLOGIN;
+    END IF;
+END;
+$$;
+CREATE OR REPLACE FUNCTION payledger.current_owner_id()
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- settings anyone in the session can set: believed only from a login
+    -- trusted to say who the end user is (a superuser, or a member of
+    -- payledger_identity or payledger_app); anyone else is no one
+    SELECT CASE WHEN r.rolsuper OR pg_has_role(r.oid, 'payledger_identity', 'MEMBER')
+                     OR pg_has_role(r.oid, 'payledger_app', 'MEMBER')
+                THEN coalesce(nullif(current_setting('payledger.owner_id', true), ''),
+                              nullif(current_setting('request.jwt.claim.sub', true), ''),
+                              nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub') END
+      FROM pg_roles r WHERE r.rolname = session_user;
+$$;
+
 CREATE TYPE payledger.payin_state AS ENUM (
     'PENDING_INVOICE_CREATION', 'PENDING_INVOICE_WRAP', 'PENDING_WITHDRAWAL', 'PENDING', 'PENDING_HELD', 'HELD',
     'PAID', 'FAILED', 'FORWARDING', 'FORWARDED', 'FAILED_FORWARD', 'CANCELLED');

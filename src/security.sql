@@ -3,13 +3,15 @@
 --   payledger_admin    operators: everything, including invariants and raw tables
 --   payledger_app      the application backend (Supabase: service_role)
 --   payledger_enduser  end users (Supabase: authenticated): their own rows, through views
+--   payledger_identity logins trusted to say which end user a session serves
+--                      (Supabase: authenticator); grants no privilege
 --
 -- Nothing is granted to PUBLIC. Roles are cluster-wide, so they may already exist.
 DO $$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['payledger_admin', 'payledger_app', 'payledger_enduser'] LOOP
+    FOREACH r IN ARRAY ARRAY['payledger_admin', 'payledger_app', 'payledger_enduser', 'payledger_identity'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
             EXECUTE format('CREATE ROLE %I NOLOGIN', r);
         END IF;

@@ -623,10 +623,15 @@ $$;
 -- else Supabase's JWT subject (what auth.uid() returns). Replaceable: see docs/security.md.
 CREATE FUNCTION payledger.current_owner_id()
 RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(
-        nullif(current_setting('payledger.owner_id', true), ''),
-        nullif(current_setting('request.jwt.claim.sub', true), ''),
-        nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub');
+    -- settings anyone in the session can set: believed only from a login
+    -- trusted to say who the end user is (a superuser, or a member of
+    -- payledger_identity or payledger_app); anyone else is no one
+    SELECT CASE WHEN r.rolsuper OR pg_has_role(r.oid, 'payledger_identity', 'MEMBER')
+                     OR pg_has_role(r.oid, 'payledger_app', 'MEMBER')
+                THEN coalesce(nullif(current_setting('payledger.owner_id', true), ''),
+                              nullif(current_setting('request.jwt.claim.sub', true), ''),
+                              nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub') END
+      FROM pg_roles r WHERE r.rolname = session_user;
 $$;
 
 CREATE VIEW payledger.my_accounts WITH (security_barrier) AS

@@ -26,7 +26,17 @@ ALTER FUNCTION payledger.check_invariants() RENAME TO ledger_invariants;
 ALTER FUNCTION payledger.ledger_invariants() SECURITY INVOKER;
 REVOKE ALL ON FUNCTION payledger.ledger_invariants() FROM payledger_admin;
 
+-- Only trusted logins may say which end user a session serves.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'payledger_identity') THEN
+        CREATE ROLE payledger_identity NOLOGIN;
+    END IF;
+END;
+$$;
 EOF
+sed -n '/^CREATE FUNCTION payledger.current_owner_id()/,/^\$\$;/p' src/ledger/api.sql | sed 's/^CREATE FUNCTION/CREATE OR REPLACE FUNCTION/'
+echo
 sed -n '/^CREATE TYPE payledger.payin_state/,$p' src/payin/schema.sql
 echo
 echo "-- The new functions written in Rust (as cargo pgrx generates them)."

@@ -67,6 +67,77 @@ SELECT t_try(format('SELECT payledger.balance(%L)', acc('bob')));
 RESET ROLE;
 SELECT set_config('request.jwt.claims', '', false) IS NOT NULL AS jwt_cleared;
 
+-- Supabase-like roles: anon gets nothing; authenticated is an end user
+-- (GRANT payledger_enduser TO authenticated), with the JWT subject as owner
+CREATE ROLE t_anon;
+CREATE ROLE t_authenticated IN ROLE payledger_enduser;
+SET ROLE t_anon;
+SELECT t_try($$SELECT count(*) FROM payledger.my_accounts$$);
+SELECT t_try($$SELECT count(*) FROM payledger.provider_secrets$$);
+SELECT t_try($$SELECT * FROM payledger.get_total_credits('alice')$$);
+RESET ROLE;
+SET ROLE t_authenticated;
+SELECT set_config('request.jwt.claims', '{"sub": "bob", "role": "authenticated"}', false) IS NOT NULL AS jwt_set;
+SELECT count(*) > 0 AS sees_accounts, count(*) FILTER (WHERE id IN (acc('alice'), acc('carol'))) AS others FROM payledger.my_accounts;
+SELECT count(*) AS alices_entries_seen FROM payledger.my_entries WHERE account_id = acc('alice');
+-- another owner's rows, the secrets, the tables, admin functions: refused
+SELECT t_try($$SELECT count(*) FROM payledger.provider_secrets$$);
+SELECT t_try($$SELECT count(*) FROM payledger.payins$$);
+SELECT t_try($$SELECT * FROM payledger.get_total_credits('alice')$$);
+SELECT t_try($$SELECT payledger.seal_ledger()$$);
+SELECT t_try($$SELECT payledger.set_provider_active(gen_random_uuid(), false)$$);
+RESET ROLE;
+SELECT set_config('request.jwt.claims', '', false) IS NOT NULL AS jwt_cleared;
+-- who the end user is, only a trusted login may say (a superuser, or a member
+-- of payledger_identity or payledger_app): PostgREST's authenticator is one
+CREATE ROLE t_authenticator LOGIN IN ROLE payledger_identity;
+GRANT t_authenticated TO t_authenticator;
+SET SESSION AUTHORIZATION t_authenticator;
+SET ROLE t_authenticated;
+SELECT set_config('request.jwt.claims', '{"sub": "bob"}', false) IS NOT NULL AS jwt_set;
+SELECT count(*) > 0 AS bob_sees_his_accounts FROM payledger.my_accounts;
+RESET SESSION AUTHORIZATION;
+-- an end user with a SQL session of its own may set the same settings:
+-- they are not believed, and it sees nothing
+CREATE ROLE t_direct LOGIN IN ROLE payledger_enduser;
+SET SESSION AUTHORIZATION t_direct;
+SET payledger.owner_id = 'alice';
+SELECT set_config('request.jwt.claims', '{"sub": "alice"}', false) IS NOT NULL AS jwt_forged;
+SELECT payledger.current_owner_id() IS NULL AS no_one, count(*) AS accounts_seen FROM payledger.my_accounts;
+SELECT count(*) AS entries_seen FROM payledger.my_entries;
+RESET SESSION AUTHORIZATION;
+RESET payledger.owner_id;
+SELECT set_config('request.jwt.claims', '', false) IS NOT NULL AS jwt_cleared;
+-- the app role reads tables but never a provider credential
+SET ROLE t_app;
+SELECT t_try($$SELECT count(*) FROM payledger.provider_secrets$$);
+RESET ROLE;
+
+-- hijacking a SECURITY DEFINER function through search_path or objects of
+-- one's own: a role that owns a schema puts look-alikes first on its path
+CREATE ROLE t_evil IN ROLE payledger_app;
+CREATE SCHEMA t_evil AUTHORIZATION t_evil;
+SET ROLE t_evil;
+CREATE FUNCTION t_evil.coalesce_(a anyelement, b anyelement) RETURNS anyelement LANGUAGE sql AS 'SELECT b';
+CREATE FUNCTION t_evil.now() RETURNS timestamptz LANGUAGE sql AS $$SELECT timestamptz '2000-01-01'$$;
+CREATE FUNCTION t_evil.jsonb_build_object(text, text) RETURNS jsonb LANGUAGE sql AS $$SELECT '{"hijacked": true}'::jsonb$$;
+CREATE FUNCTION t_evil.require(value anyelement, name text) RETURNS void LANGUAGE sql AS 'SELECT NULL::void';
+CREATE FUNCTION t_evil.plus(bigint, bigint) RETURNS bigint LANGUAGE sql AS 'SELECT 0::bigint';
+CREATE OPERATOR t_evil.+ (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = t_evil.plus);
+SET search_path = t_evil, pg_catalog, public, payledger;
+SELECT payledger.balance(acc('bob')) AS bob_before \gset
+SELECT payledger.transfer(acc('alice'), acc('bob'), 5, metadata => '{"by": "evil"}') IS NOT NULL AS moved;
+SELECT payledger.balance(acc('bob')) - :bob_before AS bob_got;
+SELECT metadata FROM payledger.journals ORDER BY created_at DESC, id DESC LIMIT 1;
+SELECT t_try($$SELECT payledger.transfer(acc('alice'), acc('bob'), NULL)$$);
+-- nor can it put objects where payledger looks first
+SELECT t_try($$CREATE FUNCTION payledger.now() RETURNS timestamptz LANGUAGE sql AS 'SELECT now()'$$);
+SELECT t_try($$CREATE TABLE payledger.entries_copy (x int)$$);
+RESET ROLE;
+RESET search_path;
+DROP SCHEMA t_evil CASCADE;
+DROP ROLE t_evil, t_authenticator, t_direct, t_anon, t_authenticated;
+
 -- the admin may check invariants and create assets
 SET ROLE t_admin;
 SELECT t_try($$SELECT count(*) FROM payledger.check_invariants()$$);
