@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Crash test: CLIENTS (16) clients run a random workload (transfers, holds,
+# pay-ins paid from balances or by an invoice the worker creates at a real
+# LNbits and settles once paid there, cancellations, refunds, retries, credit
+# grants, consumption, usage and metering) while a payer pays invoices at
+# LNbits; at a seeded moment the postmaster is killed with SIGKILL; the
+# cluster restarts, the worker catches up, and then:
+#   - check_invariants() is empty (balances equal their entries, every
+#     journal balanced, every pay-in applied whole or not at all, pay-outs
+#     only in the PAID journal, invoices and pay-ins agree: none paid twice);
+#   - verify_ledger() is empty after sealing;
+#   - every operation a client saw committed is there (each op writes its key
+#     in the same transaction; the client logs the key once COMMIT returned).
+# ROUNDS rounds (3), each with its own seeded kill point (SEED).
+#   bash tests/integration/crash.sh    (ROUNDS=3 CLIENTS=16 SEED=7)
+set -euo pipefail
+CLUSTER_CONF="shared_preload_libraries = 'payledger'
+payledger.worker_database = 'crash'
+payledger.worker_interval = 1
+payledger.worker_max_backoff = 2
+payledger.worker_http_timeout = 3000
+payledger.metering_interval = 60
+max_connections = 60"
+source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
+ROUNDS=${ROUNDS:-3}
+CLIENTS=${CLIENTS:-16}
+SEED=${SEED:-7}
+setup_lnbits
+LNBITS_PORT=${LNBITS_PORT:-$((TEST_PORT + 1000))}
+trap 'touch "$DIR/stop"; stop_lnbits "$DIR"; stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
+start_lnbits "$DIR" "$LNBITS_PORT"
+read -r INKEY PAYKEY < <(lnbits_setup "$LNBITS_PORT")
+q() { psql_ -d crash -Atc "$1"; }
+
+psql_ -d postgres -c "CREATE DATABASE crash"
+psql_ -d crash >/dev/null <<SQL
+CREATE EXTENSION payledger;
+SELECT payledger.create_asset('msat', 0, 'millisatoshi');
+SELECT payledger.register_payin_type('ITEM', 'an item'), payledger.register_payout_type('FOUNDER', 'the founder');
+SELECT payledger.create_merchant_profile('shop', is_default => true);
+SELECT payledger.add_provider('shop', 'lnbits', 'lnbits', 'http://127.0.0.1:$LNBITS_PORT',
+                              '{"invoice_key": "$INKEY"}', invoice_expiry => '10 minutes');
+SELECT payledger.open_account('payledger', 'msat', 'external', 'world', allow_negative => true);
+SELECT payledger.open_account('u' || g, 'msat') FROM generate_series(1, 20) g;
+SELECT payledger.transfer(payledger.account_id('payledger', 'msat', 'external', 'world'),
+                          payledger.account_id('u' || g, 'msat'), 10000000) FROM generate_series(1, 20) g;
+SELECT payledger.credits_configure();
+SELECT payledger.register_credit_metric('mau');
+SELECT payledger.set_credit_price_tiers('mau', '[{"from": 0, "price": 0.01}]');
+SELECT payledger.define_credit_plan('basic', '{"mau": 100}');
+SELECT payledger.set_credit_org('org' || g, 'basic') FROM generate_series(1, 10) g;
+
+-- what a client saw committed: written in the operation's own transaction
+CREATE TABLE crash_acks (key text PRIMARY KEY, what text NOT NULL);
+CREATE FUNCTION acc(i integer) RETURNS uuid LANGUAGE sql AS \$\$ SELECT payledger.account_id('u' || i, 'msat') \$\$;
+CREATE FUNCTION crash_op(key text) RETURNS text LANGUAGE plpgsql AS \$\$
+DECLARE
+  r float8 := random();
+  a integer := 1 + floor(random() * 20)::integer;
+  b integer := 1 + (a + floor(random() * 18)::integer) % 20;
+  org text := 'org' || (1 + floor(random() * 10)::integer);
+  id uuid;
+  what text;
+BEGIN
+  IF r < 0.30 THEN
+    PERFORM payledger.transfer(acc(a), acc(b), 1 + floor(random() * 5000)::bigint, key);
+    what := 'transfer';
+  ELSIF r < 0.40 THEN
+    id := payledger.create_hold(acc(a), acc(b), 2000, idempotency_key => key);
+    IF random() < 0.5 THEN PERFORM payledger.post_hold(id, 1000); ELSE PERFORM payledger.void_hold(id); END IF;
+    what := 'hold';
+  ELSIF r < 0.55 THEN
+    -- 100 sats: part from the balance, the rest by invoice (or all from the balance)
+    PERFORM payledger.create_payin('u' || a, 'ITEM', 'msat', 100000,
+      CASE WHEN random() < 0.7
+           THEN jsonb_build_array(jsonb_build_object('account', acc(a), 'amount', 40000),
+                                  '{"external": "invoice", "amount": 60000}'::jsonb)
+           ELSE jsonb_build_array(jsonb_build_object('account', acc(a))) END,
+      jsonb_build_array(jsonb_build_object('type', 'FOUNDER', 'account', acc(b), 'amount', 100000)),
+      idempotency_key => key);
+    what := 'payin';
+  ELSIF r < 0.60 THEN
+    SELECT p.id INTO id FROM payledger.payins p WHERE p.state IN ('PENDING', 'PENDING_INVOICE_CREATION')
+     ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED;
+    IF id IS NOT NULL THEN PERFORM payledger.cancel_payin(id); END IF;
+    what := 'cancel';
+  ELSIF r < 0.65 THEN
+    SELECT p.id INTO id FROM payledger.payins p WHERE p.state = 'PAID' AND p.refunded = 0
+     ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED;
+    IF id IS NOT NULL THEN PERFORM payledger.refund_payin(id); END IF;
+    what := 'refund';
+  ELSIF r < 0.70 THEN
+    SELECT p.id INTO id FROM payledger.payins p WHERE p.state = 'FAILED' AND p.successor_id IS NULL
+     ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED;
+    IF id IS NOT NULL THEN PERFORM payledger.retry_payin(id); END IF;
+    what := 'retry';
+  ELSIF r < 0.80 THEN
+    PERFORM payledger.grant_credits(org, 1 + floor(random() * 50)::integer, 'purchase', idempotency_key => key);
+    what := 'grant';
+  ELSIF r < 0.92 THEN
+    PERFORM payledger.consume_credits(org, 'mau', 1 + floor(random() * 20)::integer, key, partial => true);
+    what := 'consume';
+  ELSE
+    PERFORM payledger.record_usage(org, 'mau', floor(random() * 40)::integer);
+    PERFORM payledger.meter_org(org);
+    what := 'meter';
+  END IF;
+  INSERT INTO crash_acks VALUES (key, what);
+  RETURN what;
+END \$\$;
+SQL
+
+client() { # client <round> <n>: ops until told to stop; logs what committed
+  local i=0 key
+  while [ ! -e "$DIR/stop" ]; do
+    i=$((i + 1)); key="r$1-c$2-$i"
+    if as_pg "$PG_BIN/psql" -X -q -h "$DIR" -p "$TEST_PORT" -U postgres -d crash -v ON_ERROR_STOP=1 -Atc \
+         "SELECT crash_op('$key')" >/dev/null 2>&1; then
+      echo "$key" >> "$DIR/acks"
+    fi
+  done
+}
+payer() { # pays pending invoices at LNbits, as customers would
+  local pr
+  while [ ! -e "$DIR/stop" ]; do
+    for pr in $(q "SELECT payment_request FROM payledger.invoices WHERE status = 'pending' ORDER BY random() LIMIT 5" 2>/dev/null); do
+      [ $((RANDOM % 3)) = 0 ] || lnbits_pay "$LNBITS_PORT" "$PAYKEY" "$pr" || true
+    done
+    sleep 0.3
+  done
+}
+
+RANDOM=$SEED
+for round in $(seq 1 "$ROUNDS"); do
+  rm -f "$DIR/stop"
+  pids=()
+  for c in $(seq 1 "$CLIENTS"); do client "$round" "$c" & pids+=($!); done
+  payer & pids+=($!)
+  delay=$((3 + RANDOM % 6))
+  log "round $round: $CLIENTS clients, SIGKILL to the postmaster after ${delay}s"
+  sleep "$delay"
+  kill -KILL "$(head -1 "$DIR/data/postmaster.pid")"
+  touch "$DIR/stop"
+  wait "${pids[@]}" 2>/dev/null || true
+  # the orphaned backends notice and exit; until then the old shared memory
+  # is in use and the server refuses to start
+  for try in $(seq 1 60); do
+    as_pg "$PG_BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null 2>&1 && break
+    [ "$try" = 60 ] && fail "round $round: the server did not start again"
+    sleep 0.5
+  done
+  # the worker catches up: invoices opened and checked again, paid ones settled
+  ticks=$(q "SELECT ticks FROM payledger.worker_status")
+  for _ in $(seq 1 60); do
+    [ "$(q "SELECT ticks >= $ticks + 3 FROM payledger.worker_status")" = t ] && break; sleep 0.5
+  done
+  acked=$(wc -l < "$DIR/acks")
+  missing=$(q "SELECT count(*) FROM unnest(string_to_array('$(tr '\n' ' ' < "$DIR/acks" | sed 's/ $//')', ' ')) k
+                WHERE NOT EXISTS (SELECT 1 FROM crash_acks a WHERE a.key = k)")
+  [ "$missing" = 0 ] || fail "round $round: $missing of $acked acknowledged operations are missing"
+  v=$(q "SELECT count(*) FROM payledger.check_invariants()")
+  [ "$v" = 0 ] || { psql_ -d crash -c "SELECT * FROM payledger.check_invariants() LIMIT 20"; fail "round $round: $v invariant violations"; }
+  q "SELECT payledger.seal_ledger(1000000)" >/dev/null
+  p=$(q "SELECT count(*) FROM payledger.verify_ledger()")
+  [ "$p" = 0 ] || fail "round $round: verify_ledger found $p problems"
+  echo "round $round: killed after ${delay}s; $acked operations acknowledged so far, all present;" \
+       "$(q "SELECT count(*) FILTER (WHERE state = 'PAID') || ' pay-ins PAID, ' || count(*) FILTER (WHERE state IN ('FAILED', 'CANCELLED')) || ' failed or cancelled' FROM payledger.payins");" \
+       "invariants hold"
+done
+q "SELECT 'committed by kind: ' || string_agg(what || ' ' || n, ', ' ORDER BY what) FROM (SELECT what, count(*) AS n FROM crash_acks GROUP BY 1) s"
+q "SELECT 'invoices: ' || string_agg(status || ' ' || n, ', ' ORDER BY status) FROM (SELECT status::text, count(*) AS n FROM payledger.invoices GROUP BY 1) s"
+echo "crash: $ROUNDS kills survived, $(wc -l < "$DIR/acks") acknowledged operations, 0 lost, 0 violations"
