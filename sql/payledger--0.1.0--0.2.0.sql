@@ -2552,9 +2552,14 @@ BEGIN
     END IF;
 
     IF said = 'pending' THEN
+        -- checked again after a tenth of its age, at most a minute: young
+        -- invoices (the ones customers are paying) at every tick, old ones
+        -- rarely, so that the checks a provider must answer do not grow with
+        -- the number of invoices left unpaid (webhooks bring news sooner)
         UPDATE payledger.invoices i
            SET checks = i.checks + 1, errors = 0, last_error = NULL, locked_until = NULL, updated_at = now(),
-               next_check_at = CASE WHEN i.next_check_at IS NULL THEN NULL ELSE now() END
+               next_check_at = CASE WHEN i.next_check_at IS NULL THEN NULL
+                                    ELSE now() + least((now() - i.created_at) / 10, interval '60 seconds') END
          WHERE i.id = inv.id;
         RETURN 'pending';
     END IF;
