@@ -109,6 +109,8 @@ if grep -qE "aborted|ERROR|number of failed transactions: [1-9]" "$DIR/pgbench.l
 fi
 
 # the trend: last third against first third (after a minute's warm-up)
+[ "$(awk 'NR > 1 && $1 >= 60' "$DIR/samples" | wc -l)" -ge 3 ] \
+  || fail "too few samples after the warm-up to judge a trend (give MINUTES >= 3)"
 read -r lag_first lag_last mem_first mem_last wmem_first wmem_last < <(awk '
   NR > 1 && $1 >= 60 { n++; t[n] = $1; lag[n] = $2; w[n] = $3; c[n] = $4 }
   END { k = int(n / 3); if (k < 1) k = 1
