@@ -28,23 +28,8 @@ MINUTES=${MINUTES:-10}
 CLIENTS=${CLIENTS:-16}
 SAMPLE=${SAMPLE:-30}
 RATE=${RATE:-100}
-setup_lnbits
-LNBITS_PORT=${LNBITS_PORT:-$((TEST_PORT + 1000))}
-trap 'touch "$DIR/stop"; stop_lnbits "$DIR"; stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
-start_lnbits "$DIR" "$LNBITS_PORT"
-read -r INKEY PAYKEY < <(lnbits_setup "$LNBITS_PORT")
-q() { psql_ -d soak -Atc "$1"; }
-
-psql_ -d postgres -c "CREATE DATABASE soak"
-psql_ -d soak >/dev/null <<SQL
-CREATE EXTENSION payledger;
-SELECT payledger.create_asset('msat', 0, 'millisatoshi');
-SELECT payledger.register_payin_type('ITEM', 'an item'), payledger.register_payout_type('FOUNDER', 'the founder');
-SELECT payledger.create_merchant_profile('shop', is_default => true);
-SELECT payledger.add_provider('shop', 'lnbits', 'lnbits', 'http://127.0.0.1:$LNBITS_PORT',
-                              '{"invoice_key": "$INKEY"}', invoice_expiry => '10 minutes');
-SQL
-psql_ -d soak < "$(dirname "${BASH_SOURCE[0]}")/integration/workload.sql" >/dev/null
+WORKLOAD_DB=soak
+source "$(dirname "${BASH_SOURCE[0]}")/integration/workload.bash"
 psql_ -d soak >/dev/null <<'SQL'
 CREATE SEQUENCE soak_seq;
 CREATE UNLOGGED TABLE soak_refusals (sqlstate text NOT NULL);
@@ -66,15 +51,6 @@ SQL
 echo "SELECT soak_op();" > "$DIR/op.sql"
 chown postgres "$DIR/op.sql"
 
-payer() {
-  local pr
-  while [ ! -e "$DIR/stop" ]; do
-    for pr in $(q "SELECT payment_request FROM payledger.invoices WHERE status = 'pending' ORDER BY random() LIMIT 5" 2>/dev/null); do
-      [ $((RANDOM % 3)) = 0 ] || lnbits_pay "$LNBITS_PORT" "$PAYKEY" "$pr" || true
-    done
-    sleep 0.3
-  done
-}
 rss() { awk '/^RssAnon/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 log "soak: $CLIENTS clients, $RATE operations/s, for $MINUTES min; a sample every ${SAMPLE}s"

@@ -25,23 +25,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 ROUNDS=${ROUNDS:-3}
 CLIENTS=${CLIENTS:-16}
 SEED=${SEED:-7}
-setup_lnbits
-LNBITS_PORT=${LNBITS_PORT:-$((TEST_PORT + 1000))}
-trap 'touch "$DIR/stop"; stop_lnbits "$DIR"; stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
-start_lnbits "$DIR" "$LNBITS_PORT"
-read -r INKEY PAYKEY < <(lnbits_setup "$LNBITS_PORT")
-q() { psql_ -d crash -Atc "$1"; }
-
-psql_ -d postgres -c "CREATE DATABASE crash"
-psql_ -d crash >/dev/null <<SQL
-CREATE EXTENSION payledger;
-SELECT payledger.create_asset('msat', 0, 'millisatoshi');
-SELECT payledger.register_payin_type('ITEM', 'an item'), payledger.register_payout_type('FOUNDER', 'the founder');
-SELECT payledger.create_merchant_profile('shop', is_default => true);
-SELECT payledger.add_provider('shop', 'lnbits', 'lnbits', 'http://127.0.0.1:$LNBITS_PORT',
-                              '{"invoice_key": "$INKEY"}', invoice_expiry => '10 minutes');
-SQL
-psql_ -d crash < "$(dirname "${BASH_SOURCE[0]}")/workload.sql" >/dev/null
+WORKLOAD_DB=crash
+source "$(dirname "${BASH_SOURCE[0]}")/workload.bash"
 
 client() { # client <round> <n>: ops until told to stop; logs what committed
   local i=0 key
@@ -51,15 +36,6 @@ client() { # client <round> <n>: ops until told to stop; logs what committed
          "SELECT crash_op('$key')" >/dev/null 2>&1; then
       echo "$key" >> "$DIR/acks"
     fi
-  done
-}
-payer() { # pays pending invoices at LNbits, as customers would
-  local pr
-  while [ ! -e "$DIR/stop" ]; do
-    for pr in $(q "SELECT payment_request FROM payledger.invoices WHERE status = 'pending' ORDER BY random() LIMIT 5" 2>/dev/null); do
-      [ $((RANDOM % 3)) = 0 ] || lnbits_pay "$LNBITS_PORT" "$PAYKEY" "$pr" || true
-    done
-    sleep 0.3
   done
 }
 
