@@ -31,6 +31,8 @@ SELECT payledger.add_provider('main', 'stripe', 'stripe', 'https://api.stripe.ex
   asset => 'usd', webhook_secret => 'whsec_stripe') IS NOT NULL AS added;
 SELECT payledger.add_provider('eu', 'lnd', 'lnd_rest', 'https://lnd.example:8080', '{"macaroon": "0201abcd"}') IS NOT NULL AS added;
 SELECT t_try($$SELECT payledger.add_provider('nope', 'x', 'lnbits', 'http://h', '{"invoice_key": "k"}')$$);
+-- JSON the worker could not read back is refused before it is stored
+SELECT t_try($$SELECT payledger.add_provider('main', 'deep', 'lnbits', 'http://h', '{"invoice_key": "k"}', (repeat('[', 200) || repeat(']', 200))::jsonb)$$);
 SELECT t_try($$SELECT payledger.add_provider('main', 'x', 'lnbits', 'http://user:pw@h', '{"invoice_key": "k"}')$$);
 SELECT t_try($$SELECT payledger.add_provider('main', 'x', 'lnbits', 'ftp://h', '{"invoice_key": "k"}')$$);
 SELECT t_try($$SELECT payledger.add_provider('main', 'x', 'lnbits', 'http://h', '{"api_key": "do-not-print-me"}')$$);
