@@ -6,10 +6,11 @@
 //!    claims due invoices (`FOR UPDATE SKIP LOCKED` plus a lease) and reads
 //!    their providers' credentials, then commits;
 //! 2. the provider calls, with no transaction open (`provider::call_all`);
-//! 3. a short transaction that records the results through
-//!    `payledger.worker_record` (guarded transitions, idempotent).
+//! 3. a short transaction per result, through `payledger.worker_apply`
+//!    (guarded transitions, idempotent), then one for the providers' health;
 //!
-//! then the housekeeping (deadlines, holds, hook retries, renewals). An
+//! then the housekeeping (deadlines, holds, credit expiry, hook retries,
+//! renewals, seals), a transaction per call (`payledger.housekeeping_plan`). An
 //! ERROR ends the process and the postmaster starts it again after 5 s; a
 //! claim left by a crash comes back when its lease runs out.
 
@@ -164,27 +165,30 @@ fn tick() {
         // no transaction is open here
         let results = call_all(&claims, &secrets, &settings);
         drop(secrets);
-        let step = BackgroundWorker::transaction(|| {
-            Spi::get_one_with_args::<JsonB>(
-                "SELECT payledger.worker_record($1)",
+        // one result per transaction (see payledger.worker_apply)
+        for result in &results {
+            let outcome = BackgroundWorker::transaction(|| {
+                Spi::get_one_with_args::<String>(
+                    "SELECT payledger.worker_apply($1)",
+                    &[JsonB(result.clone()).into()],
+                )
+                .unwrap_or_else(|e| pgrx::error!("recording a result: {e}"))
+                .unwrap_or_default()
+            });
+            add_counts(&mut counts, &json!({ outcome: 1 }));
+        }
+        BackgroundWorker::transaction(|| {
+            Spi::run_with_args(
+                "SELECT payledger.worker_provider_health($1)",
                 &[JsonB(Value::Array(results)).into()],
             )
-            .unwrap_or_else(|e| pgrx::error!("recording results: {e}"))
-            .map(|j| j.0)
-            .unwrap_or(Value::Null)
+            .unwrap_or_else(|e| pgrx::error!("recording providers' health: {e}"));
         });
-        add_counts(&mut counts, &step);
         if (claims.len() as i32) < batch || shutting_down() {
             break;
         }
     }
-    let chores = BackgroundWorker::transaction(|| {
-        Spi::get_one_with_args::<JsonB>("SELECT payledger.worker_housekeeping($1)", &[batch.into()])
-            .unwrap_or_else(|e| pgrx::error!("housekeeping: {e}"))
-            .map(|j| j.0)
-            .unwrap_or(Value::Null)
-    });
-    add_counts(&mut counts, &chores);
+    housekeeping(batch, &mut counts);
     // metering, every payledger.metering_interval seconds
     if BackgroundWorker::transaction(|| {
         Spi::get_one::<bool>("SELECT payledger.metering_due()")
@@ -218,6 +222,53 @@ fn tick() {
         .collect();
     if !done.is_empty() {
         log!("payledger worker: {}", Value::Object(done));
+    }
+}
+
+/// The housekeeping, step by step as `payledger.housekeeping_plan` says: each
+/// call of a step is its own transaction.
+fn housekeeping(batch: i32, counts: &mut serde_json::Map<String, Value>) {
+    let plan: Vec<(String, i32, i32, f64)> = BackgroundWorker::transaction(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT step, per_call, max_calls, coalesce(extract(epoch FROM budget), 1e9)::float8 \
+                   FROM payledger.housekeeping_plan($1)",
+                None,
+                &[batch.into()],
+            )
+            .unwrap_or_else(|e| pgrx::error!("housekeeping plan: {e}"))
+            .map(|r| {
+                (
+                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                    r.get::<i32>(2).ok().flatten().unwrap_or(1),
+                    r.get::<i32>(3).ok().flatten().unwrap_or(1),
+                    r.get::<f64>(4).ok().flatten().unwrap_or(0.0),
+                )
+            })
+            .collect()
+        })
+    });
+    for (step, per_call, max_calls, budget) in plan {
+        let started = Instant::now();
+        let mut took = 0i64;
+        for _ in 0..max_calls {
+            let got = BackgroundWorker::transaction(|| {
+                Spi::get_one_with_args::<i64>(
+                    "SELECT payledger.housekeeping_step($1, $2)",
+                    &[step.as_str().into(), per_call.into()],
+                )
+                .unwrap_or_else(|e| pgrx::error!("housekeeping ({step}): {e}"))
+                .unwrap_or(0)
+            });
+            took += got;
+            if got < i64::from(per_call)
+                || started.elapsed().as_secs_f64() > budget
+                || shutting_down()
+            {
+                break;
+            }
+        }
+        add_counts(counts, &json!({ step: took }));
     }
 }
 

@@ -21,7 +21,9 @@ payledger.worker_interval = 1
 payledger.worker_max_backoff = 2
 payledger.worker_http_timeout = 3000
 payledger.metering_interval = 60
-max_connections = 60"
+max_connections = 60
+log_lock_waits = on
+log_line_prefix = '%m [%p] %b '"
 source "$(dirname "${BASH_SOURCE[0]}")/integration/common.bash"
 [ -n "${INSTALLED:-}" ] || { setup_machine; install_extension; }
 MINUTES=${MINUTES:-10}
@@ -30,6 +32,12 @@ SAMPLE=${SAMPLE:-30}
 RATE=${RATE:-100}
 WORKLOAD_DB=soak
 source "$(dirname "${BASH_SOURCE[0]}")/integration/workload.bash"
+# a failed soak keeps its server log (lock waits, deadlocks) for diagnosis
+fail() {
+  cp "$DIR/server.log" "${TMPDIR:-/tmp}/payledger-soak-server.log" 2>/dev/null || true
+  echo "FAIL: $* (server log: ${TMPDIR:-/tmp}/payledger-soak-server.log)" >&2
+  exit 1
+}
 psql_ -d soak >/dev/null <<'SQL'
 CREATE SEQUENCE soak_seq;
 CREATE UNLOGGED TABLE soak_refusals (sqlstate text NOT NULL);
@@ -78,9 +86,9 @@ wait "$payer_pid" 2>/dev/null || true
 grep -E "number of (transactions|failed)|tps" "$DIR/pgbench.log" || true
 # (pgbench counts a deadlock or serialization failure as a failed
 # transaction and goes on: the server log says which)
-grep -A3 -E "deadlock detected|could not serialize" "$DIR/server.log" | head -20 || true
+grep -A14 -E "deadlock detected|could not serialize" "$DIR/server.log" | head -60 || true
 if grep -qE "aborted|ERROR|number of failed transactions: [1-9]" "$DIR/pgbench.log"; then
-  grep -E "aborted|ERROR|DETAIL|CONTEXT" "$DIR/pgbench.log" | head -20
+  grep -E "aborted|ERROR|DETAIL|CONTEXT" "$DIR/pgbench.log" | head -20 || true
   fail "a client stopped on an undocumented error"
 fi
 

@@ -318,34 +318,70 @@ END;
 $$;
 
 -- Expire what is left of grants past their expiry (and its grace, so that
--- late metering of usage from before the expiry can still burn them).
+-- late metering of usage from before the expiry can still burn them): one
+-- engine batch, so every account is locked in one pass (a loop of transfers
+-- would lock them out of order and could deadlock with a consumer). An
+-- organisation busy at that moment is skipped and left to the next sweep.
+-- Returns the grants expired.
 CREATE FUNCTION payledger.expire_credits(max_grants integer DEFAULT 1000)
-RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    r record;
-    left_ bigint;
-    j uuid;
-    n integer := 0;
     grace interval := coalesce((SELECT s.expiry_grace FROM payledger.credit_settings s), '1 day');
+    sink uuid;
+    orgs text[];
+    locked text[];
+    g_id uuid[];
+    g_account uuid[];
+    g_left bigint[];
+    r record;
 BEGIN
     PERFORM payledger.require_limit(max_grants, 'max_grants');
-    FOR r IN SELECT l.grant_id, l.org_id, l.account_id FROM payledger.credit_live_grants l
-              WHERE l.expires_at < now() - grace
-              ORDER BY l.org_id, l.expires_at LIMIT max_grants LOOP
-        CONTINUE WHEN NOT payledger.credit_try_lock(r.org_id);
-        DELETE FROM payledger.credit_live_grants l WHERE l.grant_id = r.grant_id;
-        CONTINUE WHEN NOT FOUND;
-        left_ := payledger.balance(r.account_id);
-        IF left_ > 0 THEN
-            j := payledger.transfer(r.account_id, payledger.credit_system_account('credits_expired'), left_,
-                                    'credit-expire:' || r.grant_id, jsonb_build_object('grant', r.grant_id), NULL,
-                                    'credit_expire');
-            INSERT INTO payledger.credit_grant_events VALUES (r.grant_id, 'expired', left_, j, now(), NULL);
-        END IF;
-        PERFORM payledger.credit_check_thresholds(r.org_id);
-        n := n + 1;
-    END LOOP;
-    RETURN n;
+    max_grants := least(max_grants, payledger.setting_int('max_batch_size', 10000));
+    SELECT coalesce(array_agg(DISTINCT l.org_id ORDER BY l.org_id), '{}') INTO orgs
+      FROM (SELECT l.org_id FROM payledger.credit_live_grants l WHERE l.expires_at < now() - grace
+             ORDER BY l.org_id, l.expires_at LIMIT max_grants) l;
+    -- (try-locks, in org_id order: a sweep never waits for an organisation)
+    SELECT coalesce(array_agg(x.org_id ORDER BY x.o), '{}') INTO locked
+      FROM unnest(orgs) WITH ORDINALITY AS x(org_id, o) WHERE payledger.credit_try_lock(x.org_id);
+    IF cardinality(locked) = 0 THEN
+        RETURN 0;
+    END IF;
+    -- under the organisations' locks a grant's balance does not change
+    WITH gone AS (
+        DELETE FROM payledger.credit_live_grants l
+         WHERE l.grant_id IN (SELECT x.grant_id FROM payledger.credit_live_grants x
+                               WHERE x.org_id = ANY (locked) AND x.expires_at < now() - grace
+                               ORDER BY x.org_id, x.expires_at LIMIT max_grants)
+        RETURNING l.grant_id, l.account_id)
+    SELECT coalesce(array_agg(g.grant_id ORDER BY g.grant_id), '{}'), coalesce(array_agg(g.account_id ORDER BY g.grant_id), '{}'),
+           coalesce(array_agg(a.balance ORDER BY g.grant_id), '{}')
+      INTO g_id, g_account, g_left
+      FROM gone g JOIN payledger.accounts a ON a.id = g.account_id;
+    IF EXISTS (SELECT 1 FROM unnest(g_left) b WHERE b > 0) THEN
+        sink := payledger.credit_system_account('credits_expired');
+        FOR r IN
+            WITH x AS (
+                SELECT x.grant_id, x.account_id, x.amount, row_number() OVER (ORDER BY x.grant_id) AS i
+                  FROM unnest(g_id, g_account, g_left) AS x(grant_id, account_id, amount) WHERE x.amount > 0),
+            b AS (  -- (a CTE: the batch runs once)
+                SELECT * FROM payledger.transfer_batch((
+                    SELECT jsonb_agg(jsonb_build_object(
+                               'postings', jsonb_build_array(jsonb_build_object('account', x.account_id, 'amount', -x.amount),
+                                                             jsonb_build_object('account', sink, 'amount', x.amount)),
+                               'idempotency_key', 'credit-expire:' || x.grant_id,
+                               'metadata', jsonb_build_object('grant', x.grant_id), 'kind', 'credit_expire') ORDER BY x.i)
+                      FROM x)))
+            SELECT b.status, b.journal_id, b.sqlstate, b.message, b.detail, x.grant_id, x.amount
+              FROM x JOIN b ON b.item = x.i LOOP
+            IF r.status = 'error' THEN
+                PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+            END IF;
+            INSERT INTO payledger.credit_grant_events VALUES (r.grant_id, 'expired', r.amount, r.journal_id, now(), NULL);
+        END LOOP;
+    END IF;
+    PERFORM payledger.credit_thresholds(locked);
+    RETURN cardinality(g_id);
 END;
 $$;
 

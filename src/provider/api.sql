@@ -321,6 +321,20 @@ BEGIN
 END;
 $$;
 
+-- When to check an unsettled invoice again: after a tenth of its age, at
+-- most a minute until it expires and at most ten minutes after (while it is
+-- watched for late money). Young invoices (the ones customers are paying)
+-- are checked at every tick, old ones rarely, so that the checks a provider
+-- must answer do not grow with the invoices left unpaid; webhooks bring news
+-- sooner. (The soak found both: every pending invoice checked at every
+-- tick, then every expired one, outgrew what LNbits answers.)
+CREATE FUNCTION payledger.invoice_recheck_at(i payledger.invoices)
+RETURNS timestamptz LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT now() + least((now() - i.created_at) / 10,
+                         CASE WHEN i.expires_at IS NULL OR now() < i.expires_at THEN interval '1 minute'
+                              ELSE interval '10 minutes' END);
+$$;
+
 -- Apply what was learnt about an invoice: by the worker after a call, or by
 -- a verified webhook. The invoice row is locked first (then the pay-in, then
 -- accounts), and every change is guarded by the state it comes from, so two
@@ -424,7 +438,9 @@ BEGIN
                updated_at = now()
          WHERE i.id = inv.id
         RETURNING * INTO inv;
-        SELECT * INTO p FROM payledger.payins x WHERE x.id = inv.payin_id;
+        -- locked, so that a cancel or failure committing meanwhile is seen
+        -- (then the money is a late payment, not lost)
+        SELECT * INTO p FROM payledger.payins x WHERE x.id = inv.payin_id FOR NO KEY UPDATE;
         IF p.state IN ('PENDING_INVOICE_CREATION', 'PENDING', 'HELD') THEN
             IF p.state = 'PENDING_INVOICE_CREATION' THEN
                 PERFORM payledger.transition_payin(p.id, 'PENDING', NULL, coalesce(inv.payment_hash, inv.external_id));
@@ -442,14 +458,9 @@ BEGIN
     END IF;
 
     IF said = 'pending' THEN
-        -- checked again after a tenth of its age, at most a minute: young
-        -- invoices (the ones customers are paying) at every tick, old ones
-        -- rarely, so that the checks a provider must answer do not grow with
-        -- the number of invoices left unpaid (webhooks bring news sooner)
         UPDATE payledger.invoices i
            SET checks = i.checks + 1, errors = 0, last_error = NULL, locked_until = NULL, updated_at = now(),
-               next_check_at = CASE WHEN i.next_check_at IS NULL THEN NULL
-                                    ELSE now() + least((now() - i.created_at) / 10, interval '60 seconds') END
+               next_check_at = CASE WHEN i.next_check_at IS NULL THEN NULL ELSE payledger.invoice_recheck_at(i) END
          WHERE i.id = inv.id;
         RETURN 'pending';
     END IF;
@@ -458,7 +469,8 @@ BEGIN
         IF inv.status IN ('paid', 'failed') OR (inv.status = 'expired' AND said = 'expired') THEN
             UPDATE payledger.invoices i
                SET checks = i.checks + 1, locked_until = NULL,
-                   next_check_at = CASE WHEN i.next_check_at IS NOT NULL AND i.monitor_until > now() THEN now() END
+                   next_check_at = CASE WHEN i.next_check_at IS NOT NULL AND i.monitor_until > now()
+                                        THEN payledger.invoice_recheck_at(i) END
              WHERE i.id = inv.id;
             RETURN 'unchanged';
         END IF;
@@ -467,7 +479,7 @@ BEGIN
                checks = i.checks + 1, errors = 0, locked_until = NULL, updated_at = now(),
                last_error = left(coalesce(result ->> 'note', result ->> 'error'), 500),
                -- an expired invoice is still watched for late money until monitor_until
-               next_check_at = CASE WHEN said = 'expired' AND i.monitor_until > now() THEN now() END
+               next_check_at = CASE WHEN said = 'expired' AND i.monitor_until > now() THEN payledger.invoice_recheck_at(i) END
          WHERE i.id = inv.id;
         IF result ->> 'note' IS NOT NULL THEN
             PERFORM payledger.emit_event('invoice.partial_payment', inv.id, NULL,
@@ -532,33 +544,39 @@ BEGIN
 END;
 $$;
 
--- Step 3, in its own short transaction: apply each result, each in a
--- subtransaction so that one bad item cannot undo the others. Returns counts
--- by outcome.
-CREATE FUNCTION payledger.worker_record(results jsonb)
-RETURNS jsonb LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    r jsonb;
-    h record;
-    outcome text;
-    counts jsonb := '{}';
+-- Step 3: apply one result, in its own short transaction (the worker and
+-- run_tick commit after each). One result per transaction is the lock order:
+-- settling locks the invoice, then its pay-in, then that pay-in's accounts in
+-- one pass, as a client's call does; a transaction settling two pay-ins would
+-- lock two passes of accounts, out of order with a client's single pass, and
+-- could deadlock with it. A result that cannot be applied is recorded on the
+-- invoice (backoff) with a WARNING, never lost. Returns the outcome in a word.
+CREATE FUNCTION payledger.worker_apply(result jsonb)
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    FOR r IN SELECT x FROM jsonb_array_elements(results) x LOOP
-        BEGIN
-            outcome := payledger.invoice_apply((r ->> 'invoice_id')::uuid, r);
-        EXCEPTION WHEN OTHERS THEN
-            outcome := 'apply_error';
-            UPDATE payledger.invoices i
-               SET last_error = left('applying the result: ' || SQLERRM, 500), locked_until = NULL,
-                   errors = i.errors + 1, next_check_at = now() + payledger.backoff(i.errors + 1)
-             WHERE i.id = (r ->> 'invoice_id')::uuid;
-            RAISE WARNING 'payledger worker: invoice %: %', r ->> 'invoice_id', SQLERRM;
-        END;
-        counts := jsonb_set(counts, ARRAY[outcome], to_jsonb(coalesce((counts ->> outcome)::integer, 0) + 1));
-    END LOOP;
-    -- providers' health, after the invoices (the lock order everywhere is
-    -- invoice, pay-in, accounts; providers last, in id order): one that
-    -- answered anything is up; one that answered nothing backs off
+    PERFORM payledger.require(result, 'result');
+    BEGIN
+        RETURN payledger.invoice_apply((result ->> 'invoice_id')::uuid, result);
+    EXCEPTION WHEN OTHERS THEN
+        UPDATE payledger.invoices i
+           SET last_error = left('applying the result: ' || SQLERRM, 500), locked_until = NULL,
+               errors = i.errors + 1, next_check_at = now() + payledger.backoff(i.errors + 1)
+         WHERE i.id = (result ->> 'invoice_id')::uuid;
+        RAISE WARNING 'payledger worker: invoice %: %', result ->> 'invoice_id', SQLERRM;
+        RETURN 'apply_error';
+    END;
+END;
+$$;
+
+-- After a batch's results are applied, in one more short transaction: the
+-- providers' health (providers in id order). One that answered anything is
+-- up; one that answered nothing backs off.
+CREATE FUNCTION payledger.worker_provider_health(results jsonb)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    h record;
+BEGIN
+    PERFORM payledger.require(results, 'results');
     FOR h IN SELECT (x ->> 'provider_id')::uuid AS id,
                     bool_or(NOT (x ->> 'ok' = 'false' AND coalesce((x ->> 'retryable')::boolean, false))) AS answered,
                     max(x ->> 'error') AS error
@@ -576,34 +594,25 @@ BEGIN
              WHERE x.id = h.id;
         END IF;
     END LOOP;
-    RETURN counts;
 END;
 $$;
 
--- Each tick after the calls: invoices past their deadline, holds, credit
--- expiry, hooks to retry, subscriptions to renew, Nostr jobs past their
--- timeout, and the ledger's seals.
-CREATE FUNCTION payledger.worker_housekeeping(batch integer DEFAULT 1000)
-RETURNS jsonb LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+-- Invoices past their deadline: one unpaid past monitoring (or never created
+-- in time) expires (or fails) and fails its pay-in, which gives back its
+-- custodial legs; an expired one past monitoring is no longer watched.
+-- Returns how many it closed. The worker calls it with max_invoices 1, one
+-- transaction each (one pay-in's accounts per transaction: see worker_apply).
+CREATE FUNCTION payledger.expire_invoices(max_invoices integer DEFAULT 1)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     inv record;
-    expired integer := 0;
-    holds integer;
-    credits integer;
-    sealed bigint := 0;
-    n bigint;
-    started timestamptz := clock_timestamp();
-    hooks integer;
-    renewed integer;
-    jobs integer;
+    n integer := 0;
 BEGIN
-    PERFORM payledger.require_limit(batch, 'batch');
-    -- unpaid and past monitoring (or never created in time): expire; an
-    -- expired one past monitoring: stop watching
+    PERFORM payledger.require_limit(max_invoices, 'max_invoices');
     FOR inv IN SELECT i.id, i.status, i.payin_id FROM payledger.invoices i
                 WHERE i.next_check_at IS NOT NULL AND i.monitor_until < now()
                   AND (i.locked_until IS NULL OR i.locked_until < now())
-                LIMIT batch FOR UPDATE SKIP LOCKED LOOP
+                LIMIT max_invoices FOR UPDATE SKIP LOCKED LOOP
         UPDATE payledger.invoices i
            SET status = CASE WHEN i.status = 'creating' THEN 'failed'
                              WHEN i.status = 'pending' THEN 'expired' ELSE i.status END,
@@ -614,25 +623,55 @@ BEGIN
         IF inv.status IN ('creating', 'pending') THEN
             PERFORM payledger.transition_payin(inv.payin_id, 'FAILED',
                 CASE WHEN inv.status = 'creating' THEN 'INVOICE_CREATION_FAILED' ELSE 'INVOICE_EXPIRED' END::payledger.payin_failure_reason);
-            expired := expired + 1;
         END IF;
+        n := n + 1;
     END LOOP;
-    holds := payledger.expire_holds(batch);
-    credits := payledger.expire_credits(batch);
-    PERFORM payledger.credit_check_expiring(batch);
-    hooks := payledger.retry_hooks(batch);
-    renewed := payledger.renew_due_subscriptions(batch);
-    jobs := payledger.nostr_expire_jobs(batch);
-    -- tamper evidence, off the hot path: seal what was committed since, in
-    -- blocks of up to 100,000 entries, for at most about 5 seconds a tick
-    LOOP
-        n := payledger.seal_ledger(100000);
-        sealed := sealed + n;
-        EXIT WHEN n < 100000 OR clock_timestamp() - started > interval '5 seconds';
-    END LOOP;
-    RETURN jsonb_build_object('invoices_expired', expired, 'holds_expired', holds, 'hooks_run', hooks,
-                              'credit_grants_expired', credits,
-                              'subscriptions_renewed', renewed, 'jobs_expired', jobs, 'entries_sealed', sealed);
+    RETURN n;
+END;
+$$;
+
+-- The housekeeping after a tick's calls, as steps: each call of a step is
+-- its own transaction, taking up to per_call items; a step is called again
+-- while a call comes back full, at most max_calls times (and, for the seals,
+-- within budget). A step that moves money for several owners takes one item
+-- per transaction (the lock order, see worker_apply); a step that moves it
+-- in one engine batch (holds, credit expiry) or moves none takes a batch.
+-- The worker (src/worker.rs) and run_tick both follow this plan.
+CREATE FUNCTION payledger.housekeeping_plan(batch integer DEFAULT 1000)
+RETURNS TABLE (step text, per_call integer, max_calls integer, budget interval)
+LANGUAGE sql IMMUTABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    VALUES ('invoices_closed', 1, batch, NULL::interval),
+           ('holds_expired', batch, 1, NULL),
+           ('credit_grants_expired', batch, 1, NULL),
+           ('credit_expiry_events', batch, 1, NULL),
+           ('jobs_expired', batch, 1, NULL),
+           ('hooks_run', 1, batch, NULL),
+           ('subscriptions_renewed', 1, batch, NULL),
+           -- tamper evidence, off the hot path: blocks of up to 100,000
+           -- entries, for about 5 seconds a tick at most
+           ('entries_sealed', 100000, 2147483647, interval '5 seconds');
+$$;
+
+-- One call of a housekeeping step (see housekeeping_plan); returns how many
+-- items it took.
+CREATE FUNCTION payledger.housekeeping_step(step text, per_call integer)
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(step, 'step');
+    IF step NOT IN (SELECT p.step FROM payledger.housekeeping_plan() p) THEN
+        RAISE EXCEPTION 'unknown housekeeping step %', step USING ERRCODE = '22023',
+            HINT = 'The steps are in payledger.housekeeping_plan().';
+    END IF;
+    RETURN CASE step
+        WHEN 'invoices_closed' THEN payledger.expire_invoices(per_call)
+        WHEN 'holds_expired' THEN payledger.expire_holds(per_call)
+        WHEN 'credit_grants_expired' THEN payledger.expire_credits(per_call)
+        WHEN 'credit_expiry_events' THEN payledger.credit_check_expiring(per_call)
+        WHEN 'jobs_expired' THEN payledger.nostr_expire_jobs(per_call)
+        WHEN 'hooks_run' THEN payledger.retry_hooks(per_call)
+        WHEN 'subscriptions_renewed' THEN payledger.renew_due_subscriptions(per_call)
+        WHEN 'entries_sealed' THEN payledger.seal_ledger(per_call)
+    END;
 END;
 $$;
 
@@ -656,9 +695,14 @@ DECLARE
     started timestamptz := clock_timestamp();
     claims jsonb;
     results jsonb;
+    r jsonb;
+    outcome text;
     counts jsonb := '{}';
-    step jsonb;
-    k text;
+    h record;
+    calls integer;
+    got bigint;
+    took bigint;
+    step_started timestamptz;
     n integer := coalesce(batch, payledger.setting_int('worker_batch_size', 500));
     m_orgs integer;
     m_charged integer;
@@ -670,15 +714,31 @@ BEGIN
         COMMIT;
         EXIT WHEN jsonb_array_length(claims) = 0;
         results := payledger.provider_call(claims);
-        step := payledger.worker_record(results);
-        COMMIT;
-        FOR k IN SELECT jsonb_object_keys(step) LOOP
-            counts := jsonb_set(counts, ARRAY[k], to_jsonb(coalesce((counts ->> k)::integer, 0) + (step ->> k)::integer));
+        -- one result per transaction (see worker_apply)
+        FOR r IN SELECT x FROM jsonb_array_elements(results) x LOOP
+            outcome := payledger.worker_apply(r);
+            COMMIT;
+            counts := jsonb_set(counts, ARRAY[outcome], to_jsonb(coalesce((counts ->> outcome)::integer, 0) + 1));
         END LOOP;
+        PERFORM payledger.worker_provider_health(results);
+        COMMIT;
         EXIT WHEN jsonb_array_length(claims) < n;
     END LOOP;
-    counts := counts || payledger.worker_housekeeping(n);
-    COMMIT;
+    -- the housekeeping, a transaction per call (see housekeeping_plan)
+    FOR h IN SELECT * FROM payledger.housekeeping_plan(n) LOOP
+        calls := 0;
+        took := 0;
+        step_started := clock_timestamp();
+        LOOP
+            got := payledger.housekeeping_step(h.step, h.per_call);
+            COMMIT;
+            calls := calls + 1;
+            took := took + got;
+            EXIT WHEN got < h.per_call OR calls >= h.max_calls
+                   OR clock_timestamp() - step_started > coalesce(h.budget, interval '100 years');
+        END LOOP;
+        counts := counts || jsonb_build_object(h.step, took);
+    END LOOP;
     -- metering, every payledger.metering_interval seconds (four times a day)
     IF payledger.metering_due() THEN
         CALL payledger.meter_all(n, m_orgs, m_charged, m_blocked, m_failed);
@@ -1028,7 +1088,8 @@ BEGIN
         PERFORM payledger.open_invoice(c.payin_id, prov, NULL, NULL, s.id);
     END IF;
     UPDATE payledger.subscriptions x
-       SET renewals = x.renewals + 1, next_renewal_at = x.next_renewal_at + x.period, last_payin_id = c.payin_id
+       SET renewals = x.renewals + 1, next_renewal_at = x.next_renewal_at + x.period, last_payin_id = c.payin_id,
+           errors = 0, last_error = NULL, retry_at = NULL
      WHERE x.id = s.id;
     RETURN c.payin_id;
 END;
@@ -1039,16 +1100,23 @@ RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pay
 DECLARE
     s record;
     n integer := 0;
+    msg text;
 BEGIN
     PERFORM payledger.require_limit(max_subscriptions, 'max_subscriptions');
-    FOR s IN SELECT x.id FROM payledger.subscriptions x
-              WHERE x.status = 'active' AND x.next_renewal_at <= now()
+    FOR s IN SELECT x.id, x.owner_id, x.errors FROM payledger.subscriptions x
+              WHERE x.status = 'active' AND x.next_renewal_at <= now() AND (x.retry_at IS NULL OR x.retry_at <= now())
               ORDER BY x.next_renewal_at LIMIT max_subscriptions FOR UPDATE SKIP LOCKED LOOP
         BEGIN
             PERFORM payledger.renew_subscription(s.id);
             n := n + 1;
         EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'payledger: renewing subscription %: %', s.id, SQLERRM;
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            UPDATE payledger.subscriptions x
+               SET errors = x.errors + 1, last_error = left(msg, 500), retry_at = now() + payledger.backoff(x.errors + 1)
+             WHERE x.id = s.id;
+            PERFORM payledger.emit_event('subscription.renewal_failed', s.id, s.owner_id,
+                jsonb_build_object('subscription', s.id, 'error', left(msg, 500), 'errors', s.errors + 1));
+            RAISE WARNING 'payledger: renewing subscription %: %', s.id, msg;
         END;
     END LOOP;
     RETURN n;

@@ -240,7 +240,7 @@ pub fn load_secrets(claims: &[Value]) -> Secrets {
 }
 
 /// The worker's middle step as a function, for `CALL payledger.run_tick()`:
-/// the claims from `worker_claim` in, the results for `worker_record` out.
+/// the claims from `worker_claim` in, the results for `worker_apply` out.
 /// It reads the credentials itself (they never pass through SQL values) and
 /// holds no row lock while it calls. Admin only.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]

@@ -83,7 +83,12 @@ CREATE TABLE payledger.subscriptions (
     next_renewal_at timestamptz NOT NULL,
     last_payin_id   uuid,
     metadata        jsonb NOT NULL DEFAULT '{}'::jsonb,
-    created_at      timestamptz NOT NULL DEFAULT now()
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    -- a renewal that failed (an error, not an unpaid invoice) is tried again
+    -- after a backoff, so that it cannot hold up the others
+    errors          integer NOT NULL DEFAULT 0 CHECK (errors >= 0),
+    last_error      text,
+    retry_at        timestamptz
 );
 CREATE INDEX subscriptions_due_idx ON payledger.subscriptions (next_renewal_at) WHERE status = 'active';
 

@@ -249,8 +249,13 @@ SELECT payledger.unregister_settle_hook('mailer');
 ---------------------------------------------------------------------------
 UPDATE payledger.invoices SET monitor_until = now() - interval '1 second', locked_until = NULL  -- (its claim lapsed)
  WHERE payin_id = (SELECT id FROM t_p WHERE name = 'p7');
-SELECT payledger.worker_housekeeping() ->> 'invoices_expired' AS expired;
+SELECT payledger.expire_invoices(10) AS expired;
 SELECT t_pstate(id) FROM t_p WHERE name = 'p7';
+-- the worker's plan: one pay-in (or hook, or renewal) per transaction where
+-- money moves for several owners, one engine batch where it moves at once
+SELECT * FROM payledger.housekeeping_plan(500);
+SELECT payledger.housekeeping_step('invoices_closed', 1) AS nothing_due;
+SELECT t_try($$SELECT payledger.housekeeping_step('vacuum', 1)$$);
 
 ---------------------------------------------------------------------------
 -- Subscriptions: pinned to the provider of their creation
@@ -274,6 +279,29 @@ SELECT t_try($$SELECT payledger.create_subscription('cara', 'NOPE', 'msat', 1, '
 SELECT t_try($$SELECT payledger.create_subscription('cara', 'PLAN', 'msat', 1, '0 days')$$);
 SELECT t_try($$SELECT payledger.create_subscription('cara', 'PLAN', 'msat', 0, '1 month')$$);
 SELECT t_try($$SELECT payledger.cancel_subscription(payledger.new_id())$$);
+-- a renewal that fails (here a pay-out account that is gone) backs off, with
+-- an event, and does not hold up the others; fixed, it renews
+INSERT INTO t_p VALUES ('s2', payledger.create_subscription('cara', 'PLAN', 'msat', 1000, '1 month',
+  payouts => jsonb_build_array(jsonb_build_object('type', 'SALE', 'account', acc('shop'), 'amount', 1000)),
+  starts_at => now() - interval '2 days'));
+UPDATE payledger.subscriptions SET payouts = jsonb_build_array(jsonb_build_object('type', 'SALE',
+       'account', payledger.new_id(), 'amount', 1000))
+ WHERE id = (SELECT id FROM t_p WHERE name = 's2');
+UPDATE payledger.subscriptions SET next_renewal_at = now() - interval '1 hour' WHERE id = (SELECT id FROM t_p WHERE name = 's1');
+SET client_min_messages = error;
+SELECT payledger.renew_due_subscriptions(1) AS renewed_first, payledger.renew_due_subscriptions(1) AS renewed_next,
+       payledger.renew_due_subscriptions(1) AS nothing_left;
+RESET client_min_messages;
+SELECT (SELECT name FROM t_p WHERE id = s.id) AS sub, errors, last_error IS NOT NULL AS has_error,
+       retry_at > now() AS backing_off
+  FROM payledger.subscriptions s ORDER BY 1;
+SELECT topic, payload ->> 'errors' AS errors FROM payledger.events WHERE topic = 'subscription.renewal_failed';
+UPDATE payledger.subscriptions SET payouts = jsonb_build_array(jsonb_build_object('type', 'SALE',
+       'account', acc('shop'), 'amount', 1000)), retry_at = now()
+ WHERE id = (SELECT id FROM t_p WHERE name = 's2');
+SELECT payledger.renew_due_subscriptions() AS renewed_when_fixed;
+SELECT errors, last_error, retry_at, renewals FROM payledger.subscriptions WHERE id = (SELECT id FROM t_p WHERE name = 's2');
+SELECT payledger.cancel_subscription(id) FROM t_p WHERE name = 's2';
 SELECT payledger.cancel_subscription(id) FROM t_p WHERE name = 's1';
 SELECT t_try(format($$SELECT payledger.renew_subscription(%L)$$, id)) FROM t_p WHERE name = 's1';
 
