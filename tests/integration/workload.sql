@@ -21,6 +21,8 @@ SELECT payledger.transfer(payledger.account_id('payledger', 'msat', 'external', 
 
 -- what a client saw committed: written in the operation's own transaction
 CREATE TABLE crash_acks (key text PRIMARY KEY, what text NOT NULL);
+-- the invoices the payer has looked at (workload.bash)
+CREATE TABLE payer_seen (pr text PRIMARY KEY);
 CREATE FUNCTION acc(i integer) RETURNS uuid LANGUAGE sql AS $$ SELECT payledger.account_id('u' || i, 'msat') $$;
 CREATE FUNCTION crash_op(key text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
