@@ -94,6 +94,16 @@ SELECT kind, payledger.credits_of(amount) FROM payledger.credit_grant_events WHE
 UPDATE payledger.credit_settings SET expiry_grace = '0';
 SELECT payledger.expire_credits() AS swept;
 SELECT kind, payledger.credits_of(amount) FROM payledger.credit_grant_events WHERE grant_id = acc('expired_grant') ORDER BY kind;
+-- a sweep over several organisations is one engine batch of at most
+-- max_grants grants; what is left waits for the next sweep
+SELECT count(payledger.grant_credits(o, c, effective_at => now() - interval '3 days', expires_at => now() - interval '2 days'))
+  FROM (VALUES ('orgx1', 10), ('orgx2', 5), ('orgx2', 7)) v(o, c);
+SELECT payledger.expire_credits(2) AS first_sweep, payledger.expire_credits(2) AS second_sweep,
+       payledger.expire_credits(2) AS nothing_left;
+SELECT g.org_id, payledger.credits_of(sum(e.amount)::bigint) AS expired, count(DISTINCT e.journal_id) AS journals,
+       (SELECT t.available FROM payledger.get_total_credits(g.org_id) t) AS available
+  FROM payledger.credit_grant_events e JOIN payledger.credit_grants g ON g.id = e.grant_id
+ WHERE g.org_id IN ('orgx1', 'orgx2') AND e.kind = 'expired' GROUP BY g.org_id ORDER BY 1;
 UPDATE payledger.credit_settings SET expiry_grace = '1 day';
 
 -- void: what is left is forfeited, once
