@@ -137,6 +137,7 @@ GRANT EXECUTE ON FUNCTION
     payledger.nostr_job_published(uuid, jsonb),
     payledger.nostr_job_pay_zap(jsonb),
     payledger.nostr_job_pay_invoice(uuid, text, bigint),
+    payledger.nostr_job_invoice(uuid, bigint, uuid, interval),
     payledger.nostr_job_fail(uuid, text),
     payledger.nostr_expire_jobs(integer),
     payledger.request_invoice(uuid, uuid, interval, text),

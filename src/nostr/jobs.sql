@@ -304,25 +304,19 @@ BEGIN
 END;
 $$;
 
--- Credit a payment to a job: a pay-in from the payer to the provider's
--- account, settled at once (the money arrived at the provider's wallet), and
--- the job moved on. Once per payment hash, receipt and zap request.
-CREATE FUNCTION payledger.nostr_job_credit(j payledger.nostr_jobs, via text, payment_hash text, amount_msat bigint,
-                                           payer_pubkey text, receipt_id text, zap_request_id text)
+-- Record a payment to a job whose pay-in is PAID, and move the job on. A
+-- payment to a failed job (an invoice paid after the timeout) is recorded
+-- too, with an event: the money is in the provider's account, and refunding
+-- it is the provider's call.
+CREATE FUNCTION payledger.nostr_job_record(j payledger.nostr_jobs, payin uuid, via text, payment_hash text,
+                                           amount_msat bigint, payer_pubkey text, receipt_id text, zap_request_id text)
 RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    p record;
     delivered boolean;
 BEGIN
-    SELECT * INTO p FROM payledger.create_payin('nostr:' || coalesce(payer_pubkey, j.customer_pubkey), 'NOSTR_JOB', 'msat',
-        amount_msat, jsonb_build_array(jsonb_build_object('external', via)),
-        jsonb_build_array(jsonb_build_object('type', 'NOSTR_JOB', 'account', j.provider_account, 'amount', amount_msat)),
-        metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'payment_hash', payment_hash));
-    PERFORM payledger.transition_payin(p.payin_id, 'PENDING', external_ref => payment_hash);
-    PERFORM payledger.settle_payin(p.payin_id);
     INSERT INTO payledger.nostr_job_payments (job_id, payin_id, via, payment_hash, receipt_id, zap_request_id, payer_pubkey,
                                               amount_msat)
-    VALUES (j.id, p.payin_id, via, payment_hash, receipt_id, zap_request_id, payer_pubkey, amount_msat);
+    VALUES (j.id, payin, via, payment_hash, receipt_id, zap_request_id, payer_pubkey, amount_msat);
     j.paid_msat := j.paid_msat + amount_msat;
     delivered := EXISTS (SELECT 1 FROM payledger.nostr_job_events e WHERE e.job_id = j.id AND e.kind = j.request_kind + 1000);
     j.state := payledger.nostr_job_settle_state(j, delivered);
@@ -331,7 +325,89 @@ BEGIN
            pay_by = CASE WHEN j.state IN ('payment_required', 'delivered') AND j.paid_msat < j.requested_msat
                          THEN x.pay_by END
      WHERE x.id = j.id;
+    IF j.state = 'error' THEN
+        PERFORM payledger.emit_event('nostr_job.paid_after_failure', j.id, j.owner_id,
+            jsonb_build_object('job', j.id, 'payin', payin, 'amount_msat', amount_msat, 'error', j.error));
+    END IF;
     RETURN j;
+END;
+$$;
+
+-- Credit a payment the provider received outside payledger's invoices (a
+-- zap, or a bolt11 it confirmed itself): a pay-in from the payer to the
+-- provider's account, settled at once (the money is in the provider's
+-- wallet). Once per payment hash, receipt and zap request.
+CREATE FUNCTION payledger.nostr_job_credit(j payledger.nostr_jobs, via text, payment_hash text, amount_msat bigint,
+                                           payer_pubkey text, receipt_id text, zap_request_id text)
+RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    p record;
+BEGIN
+    SELECT * INTO p FROM payledger.create_payin('nostr:' || coalesce(payer_pubkey, j.customer_pubkey), 'NOSTR_JOB', 'msat',
+        amount_msat, jsonb_build_array(jsonb_build_object('external', via)),
+        jsonb_build_array(jsonb_build_object('type', 'NOSTR_JOB', 'account', j.provider_account, 'amount', amount_msat)),
+        metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'payment_hash', payment_hash));
+    PERFORM payledger.transition_payin(p.payin_id, 'PENDING', external_ref => payment_hash);
+    PERFORM payledger.settle_payin(p.payin_id);
+    RETURN payledger.nostr_job_record(j, p.payin_id, via, payment_hash, amount_msat, payer_pubkey, receipt_id,
+                                      zap_request_id);
+END;
+$$;
+
+-- Ask for a job's payment by one of payledger's own invoices: a pay-in from
+-- nostr:<customer> to the provider's account, paid by the 'invoice' rail,
+-- and its invoice, which the worker opens at a Lightning provider (the
+-- route's, or the one given). Put the invoice's payment_request in the amount
+-- tag of the feedback or result once it is there. When the worker (or a
+-- webhook) sees the invoice paid, the pay-in is PAID and the job credited in
+-- that same transaction; an invoice that expires fails its pay-in and leaves
+-- the job alone. Each call is a new invoice (progressive jobs ask several
+-- times). The amount defaults to what is left of the price.
+CREATE FUNCTION payledger.nostr_job_invoice(
+    job         uuid,
+    amount_msat bigint DEFAULT NULL,
+    provider    uuid DEFAULT NULL,
+    expiry      interval DEFAULT NULL)
+RETURNS TABLE (payin_id uuid, invoice_id uuid, invoice_msat bigint, status payledger.invoice_status)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    j payledger.nostr_jobs := payledger.nostr_job_lock(job);
+    amount bigint := coalesce(amount_msat, j.price_msat - j.paid_msat);
+    p record;
+    inv payledger.invoices;
+BEGIN
+    IF j.state IN ('success', 'error') THEN
+        RAISE EXCEPTION 'job % is already %', job, j.state USING ERRCODE = 'PL027';
+    END IF;
+    IF amount <= 0 THEN
+        RAISE EXCEPTION 'an invoice asks for a positive amount, got % msat', amount USING ERRCODE = 'PL001',
+            HINT = CASE WHEN amount_msat IS NULL THEN 'The price is paid; give amount_msat.' ELSE '' END;
+    END IF;
+    SELECT * INTO p FROM payledger.create_payin('nostr:' || j.customer_pubkey, 'NOSTR_JOB', 'msat', amount,
+        '[{"external": "invoice"}]'::jsonb,
+        jsonb_build_array(jsonb_build_object('type', 'NOSTR_JOB', 'account', j.provider_account, 'amount', amount)),
+        metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'via', 'invoice'));
+    inv := payledger.open_invoice(p.payin_id, provider, expiry, 'NIP-90 job ' || j.request_id);
+    RETURN QUERY SELECT p.payin_id, inv.id, amount, inv.status;
+END;
+$$;
+
+-- A job's invoice pay-in reached PAID (called from payin_reached, in the
+-- settling transaction; the state trigger locked the job first).
+CREATE FUNCTION payledger.nostr_job_invoice_paid(payin uuid)
+RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    p payledger.payins;
+    j payledger.nostr_jobs;
+BEGIN
+    SELECT * INTO p FROM payledger.payins x WHERE x.id = payin;
+    SELECT * INTO j FROM payledger.nostr_jobs x WHERE x.id = (p.metadata ->> 'job')::uuid FOR UPDATE;
+    IF NOT EXISTS (SELECT 1 FROM payledger.nostr_job_payments n WHERE n.payin_id = p.id) THEN
+        -- (an invoice's payment hash; a pay-in an application settled by hand
+        -- may have no reference)
+        PERFORM payledger.nostr_job_record(j, p.id, 'invoice', coalesce(p.external_ref, 'payin:' || p.id), p.cost,
+                                           NULL, NULL, NULL);
+    END IF;
 END;
 $$;
 
@@ -376,8 +452,9 @@ BEGIN
 END;
 $$;
 
--- Pay a job with a settled invoice (the provider's bolt11 from an amount tag,
--- confirmed at its provider): credited once per payment hash.
+-- Pay a job with an invoice settled outside payledger (the provider's own
+-- bolt11 from an amount tag, confirmed at its node): credited once per
+-- payment hash. Invoices from nostr_job_invoice are credited by themselves.
 CREATE FUNCTION payledger.nostr_job_pay_invoice(job uuid, payment_hash text, amount_msat bigint)
 RETURNS TABLE (outcome text, paid_msat bigint, requested_msat bigint, state text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
@@ -395,6 +472,10 @@ BEGIN
     IF EXISTS (SELECT 1 FROM payledger.nostr_job_payments p WHERE p.payment_hash = nostr_job_pay_invoice.payment_hash) THEN
         RETURN QUERY SELECT 'duplicate', j.paid_msat, j.requested_msat, j.state;
         RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM payledger.invoices i WHERE i.payment_hash = nostr_job_pay_invoice.payment_hash) THEN
+        RAISE EXCEPTION 'the invoice with this payment hash is payledger''s own' USING ERRCODE = '22023',
+            HINT = 'It credits its job when the worker or a webhook sees it paid.';
     END IF;
     IF j.state = 'error' THEN
         RAISE EXCEPTION 'job % failed (%)', j.id, j.error USING ERRCODE = 'PL027';
@@ -458,7 +539,12 @@ LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     UNION ALL
     SELECT 'nostr_payment_paid_in', p.payment_hash, format('pay-in %s', p.payin_id)
       FROM payledger.nostr_job_payments p LEFT JOIN payledger.payins x ON x.id = p.payin_id
-     WHERE x.id IS NULL OR x.state <> 'PAID' OR x.cost <> p.amount_msat OR x.external_ref IS DISTINCT FROM p.payment_hash
+     WHERE x.id IS NULL OR x.state <> 'PAID' OR x.cost <> p.amount_msat OR coalesce(x.external_ref, 'payin:' || x.id) <> p.payment_hash
+    UNION ALL
+    SELECT 'nostr_invoice_credited', x.id::text, format('job %s', x.metadata ->> 'job')
+      FROM payledger.payins x
+     WHERE x.type = 'NOSTR_JOB' AND x.state = 'PAID' AND x.metadata ->> 'via' = 'invoice'
+       AND NOT EXISTS (SELECT 1 FROM payledger.nostr_job_payments p WHERE p.payin_id = x.id)
     UNION ALL
     SELECT 'nostr_job_state', j.id::text, format('%s with paid %s of requested %s', j.state, j.paid_msat, j.requested_msat)
       FROM payledger.nostr_jobs j

@@ -271,6 +271,11 @@ BEGIN
     NEW.release_journal := OLD.release_journal;
     NEW.external_cancel := OLD.external_cancel;
     IF NEW.state = 'PAID' THEN
+        -- a job's pay-in locks its job before the accounts, as a zap's
+        -- payment does (docs/reliability.md, Lock order)
+        IF NEW.type = 'NOSTR_JOB' AND NEW.metadata ? 'job' THEN
+            PERFORM FROM payledger.nostr_jobs j WHERE j.id = (NEW.metadata ->> 'job')::uuid FOR UPDATE;
+        END IF;
         NEW.paid_journal := payledger.payin_pay_out(NEW);
     ELSIF NEW.state IN ('FAILED', 'CANCELLED') THEN
         IF NEW.custodial_amount > 0 AND OLD.release_journal IS NULL THEN

@@ -962,6 +962,10 @@ BEGIN
     IF p.state = 'PAID' AND p.type = 'CREDIT_PACKAGE' THEN
         PERFORM payledger.credits_payin_paid(p.id);
     END IF;
+    -- a paid invoice of a NIP-90 job credits the job (src/nostr/jobs.sql)
+    IF p.state = 'PAID' AND p.type = 'NOSTR_JOB' AND p.metadata ->> 'via' = 'invoice' THEN
+        PERFORM payledger.nostr_job_invoice_paid(p.id);
+    END IF;
     PERFORM payledger.emit_event('payin.' || lower(p.state::text), p.id, p.owner_id,
         jsonb_build_object('payin', p.id, 'type', p.type, 'state', p.state, 'failure_reason', p.failure_reason,
                            'cost', p.cost, 'asset', p.asset, 'at', p.state_changed_at));

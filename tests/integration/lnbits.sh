@@ -9,7 +9,10 @@
 #     settled once LNbits is back;
 #  4. an invoice paid just before LNbits went down is settled after it
 #     returns (settings reloaded on SIGHUP to hold the worker still meanwhile);
-#  5. the worker killed with SIGKILL comes back and carries on.
+#  5. the worker killed with SIGKILL comes back and carries on;
+#  6. a NIP-90 job paid upfront by its own invoice: the worker opens it at
+#     LNbits, the customer pays the bolt11 of the payment-required feedback,
+#     and the settlement credits the job, which moves to processing.
 set -euo pipefail
 INTERVAL=1
 CLUSTER_CONF="shared_preload_libraries = 'payledger'
@@ -145,4 +148,31 @@ echo "checks"
 [ "$(q "SELECT count(*) FROM payledger.events WHERE topic = 'payin.failed'")" = 1 ] || fail "one payin.failed event"
 grep -q 'payledger worker: {' "$DIR/server.log" || fail "the worker logs what it did"
 if grep -q "$INKEY" "$DIR/server.log"; then fail "the invoice key appears in the server log"; fi
+echo "6. a NIP-90 job paid by its invoice"
+psql_ -d payledger_it >/dev/null <<'SQL'
+CREATE TABLE t_key AS SELECT n AS name, sha256(convert_to(n, 'UTF8')) AS sk FROM unnest(ARRAY['customer', 'provider', 'lnurl']) n;
+CREATE FUNCTION sk(n text) RETURNS bytea LANGUAGE sql AS $$ SELECT sk FROM t_key WHERE name = n $$;
+CREATE FUNCTION pk(n text) RETURNS text LANGUAGE sql AS $$ SELECT payledger.nostr_sign_event('{"kind": 1}', sk(n)) ->> 'pubkey' $$;
+CREATE TABLE t_job AS SELECT payledger.nostr_job_open(
+    payledger.nostr_sign_event(jsonb_build_object('kind', 5100, 'content', '', 'tags',
+      jsonb_build_array(jsonb_build_array('i', 'translate me', 'text'))), sk('customer')),
+    pk('provider'), pk('lnurl'), payledger.open_account('dvm', 'msat', 'revenue'), 'upfront', 21000) AS id;
+CREATE TABLE t_job_invoice AS SELECT i.* FROM t_job j, payledger.nostr_job_invoice(j.id) i;
+SQL
+JOB=$(q "SELECT id FROM t_job")
+JP=$(q "SELECT payin_id FROM t_job_invoice")
+wait_for "SELECT state = 'PENDING' FROM payledger.payins WHERE id = '$JP'" "the job's invoice at LNbits"
+# the provider publishes payment-required with the invoice's bolt11
+[ "$(q "SELECT payledger.nostr_job_published('$JOB', payledger.nostr_sign_event(payledger.nostr_job_feedback('$JOB',
+        'payment-required', 21000, (SELECT payment_request FROM payledger.invoices WHERE payin_id = '$JP')), sk('provider')))")" \
+  = payment_required ] || fail "the job should wait for its payment"
+bolt11=$(q "SELECT e.event -> 'tags' -> 1 ->> 2 FROM payledger.nostr_job_events e WHERE e.job_id = '$JOB'")
+lnbits_pay "$LNBITS_PORT" "$PAYKEY" "$bolt11"
+wait_for "SELECT state = 'processing' FROM payledger.nostr_jobs WHERE id = '$JOB'" "the job credited by its invoice"
+[ "$(q "SELECT paid_msat || ' ' || (SELECT via FROM payledger.nostr_job_payments WHERE job_id = '$JOB')
+       FROM payledger.nostr_jobs WHERE id = '$JOB'")" = "21000 invoice" ] || fail "the job's payment"
+[ "$(q "SELECT payledger.balance(payledger.account_id('dvm', 'msat', 'revenue'))")" = 21000 ] || fail "the provider's revenue"
+[ "$(q "SELECT payledger.nostr_job_published('$JOB', payledger.nostr_sign_event(
+        payledger.nostr_job_result('$JOB', 'traduis-moi'), sk('provider')))")" = success ] || fail "the job's success"
+[ -z "$(q "SELECT * FROM payledger.check_invariants()")" ] || { q "SELECT * FROM payledger.check_invariants()"; fail "invariants"; }
 echo "ok: lnbits"

@@ -133,6 +133,75 @@ SELECT * FROM payledger.nostr_job_pay_invoice(job('invoice'), encode(sha256('inv
 SELECT * FROM payledger.nostr_job_pay_invoice(job('invoice'), encode(sha256('inv-1'), 'hex'), 8000);
 
 ---------------------------------------------------------------------------
+-- Paid by one of payledger's invoices: nostr_job_invoice opens a pay-in and
+-- its invoice; the worker's results (fed by hand here, as in providers.sql;
+-- tests/integration/lnbits.sh runs it with the worker and a real LNbits)
+-- create it and see it paid, and the job is credited in that transaction
+---------------------------------------------------------------------------
+SELECT payledger.create_merchant_profile('dvm') IS NOT NULL AS profile;
+SELECT payledger.add_provider('dvm', 'dvm-node', 'lnbits', 'http://127.0.0.1:9', '{"invoice_key": "k"}') AS node \gset
+CREATE FUNCTION t_job_invoice(j uuid, amount bigint, hash_of text) RETURNS TABLE (invoice uuid, invoice_msat bigint, status text)
+LANGUAGE plpgsql AS $$
+DECLARE
+  i record;
+BEGIN
+  SELECT * INTO i FROM payledger.nostr_job_invoice(j, amount, (SELECT id FROM payledger.providers WHERE name = 'dvm-node'));
+  -- the worker creates it at the provider
+  PERFORM payledger.invoice_apply(i.invoice_id, jsonb_build_object('op', 'create', 'ok', true, 'external_id', hash_of,
+      'payment_hash', encode(sha256(convert_to(hash_of, 'UTF8')), 'hex'),
+      'payment_request', payledger.bolt11_create(sk('node'), i.invoice_msat, sha256(convert_to(hash_of, 'UTF8')), 'job')));
+  RETURN QUERY SELECT i.invoice_id, i.invoice_msat, i.status::text;
+END $$;
+CREATE FUNCTION t_bolt11(inv uuid) RETURNS text LANGUAGE sql AS $$ SELECT payment_request FROM payledger.invoices WHERE id = inv $$;
+CREATE TABLE t_inv (name text PRIMARY KEY, id uuid);
+
+INSERT INTO t_job SELECT 'own_invoice', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'upfront', 9000), r
+  FROM t_request(5100, 'paid by our invoice') r;
+-- the amount defaults to the price; the pay-in waits for its invoice
+INSERT INTO t_inv SELECT 'own1', invoice FROM t_job_invoice(job('own_invoice'), NULL, 'own-1');
+SELECT p.state, p.cost, p.owner_id = 'nostr:' || pk('customer') AS from_customer, i.status, i.amount, i.profile_id IS NOT NULL AS snapshotted
+  FROM payledger.invoices i JOIN payledger.payins p ON p.id = i.payin_id WHERE i.id = (SELECT id FROM t_inv WHERE name = 'own1');
+-- its bolt11 goes in the payment-required feedback
+SELECT f -> 'tags' -> 1 ->> 2 = t_bolt11((SELECT id FROM t_inv WHERE name = 'own1')) AS bolt11_in_amount_tag
+  FROM payledger.nostr_job_feedback(job('own_invoice'), 'payment-required', 9000, t_bolt11((SELECT id FROM t_inv WHERE name = 'own1'))) f;
+SELECT t_publish(job('own_invoice'), payledger.nostr_job_feedback(job('own_invoice'), 'payment-required', 9000,
+                                                                  t_bolt11((SELECT id FROM t_inv WHERE name = 'own1'))));
+-- confirming payledger's own invoice by hand is refused (it credits itself)
+SELECT t_try(format('SELECT * FROM payledger.nostr_job_pay_invoice(%L, %L, 9000)', job('own_invoice'),
+                    encode(sha256('own-1'), 'hex'))) AS by_hand;
+SELECT * FROM t_state(job('own_invoice'));
+SELECT payledger.balance(:'dvm') AS revenue_before \gset
+-- the provider says paid: the pay-in is PAID and the job processing, at once
+SELECT payledger.invoice_apply(id, '{"op": "check", "status": "paid"}') FROM t_inv WHERE name = 'own1';
+SELECT * FROM t_state(job('own_invoice'));
+SELECT payledger.balance(:'dvm') - :revenue_before AS revenue_gained;
+SELECT n.via, n.amount_msat, n.payment_hash = encode(sha256('own-1'), 'hex') AS by_hash, p.state, p.external_method
+  FROM payledger.nostr_job_payments n JOIN payledger.payins p ON p.id = n.payin_id WHERE n.job_id = job('own_invoice');
+-- the news again, or by hand: credited once
+SELECT payledger.invoice_apply(id, '{"op": "check", "status": "paid"}') FROM t_inv WHERE name = 'own1';
+SELECT outcome, paid_msat FROM payledger.nostr_job_pay_invoice(job('own_invoice'), encode(sha256('own-1'), 'hex'), 9000);
+SELECT count(*) AS payments FROM payledger.nostr_job_payments WHERE job_id = job('own_invoice');
+-- nothing left of the price to ask for, and a finished job asks for nothing
+SELECT t_try(format('SELECT * FROM payledger.nostr_job_invoice(%L)', job('own_invoice'))) AS price_paid;
+SELECT t_try(format('SELECT * FROM payledger.nostr_job_invoice(%L, 0)', job('own_invoice'))) AS zero;
+SELECT t_try(format('SELECT * FROM payledger.nostr_job_invoice(%L, 1000)', job('upfront'))) AS finished;
+SELECT t_try($$SELECT * FROM payledger.nostr_job_invoice('00000000-0000-0000-0000-000000000000', 1000)$$) AS no_job;
+
+-- an invoice paid after the job timed out: recorded (the money is in the
+-- provider's account), the job stays failed, and an event says so
+INSERT INTO t_job SELECT 'late_invoice', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'upfront', 4000,
+                                                                  payment_timeout => '0 seconds'), r
+  FROM t_request(5100, 'paid too late') r;
+INSERT INTO t_inv SELECT 'late1', invoice FROM t_job_invoice(job('late_invoice'), NULL, 'late-1');
+SELECT t_publish(job('late_invoice'), payledger.nostr_job_feedback(job('late_invoice'), 'payment-required', 4000,
+                                                                   t_bolt11((SELECT id FROM t_inv WHERE name = 'late1'))));
+SELECT payledger.nostr_expire_jobs() AS expired;
+SELECT payledger.invoice_apply(id, '{"op": "check", "status": "paid"}') FROM t_inv WHERE name = 'late1';
+SELECT * FROM t_state(job('late_invoice'));
+SELECT topic, payload ->> 'amount_msat' AS amount_msat, payload ->> 'error' AS error
+  FROM payledger.events WHERE topic = 'nostr_job.paid_after_failure';
+
+---------------------------------------------------------------------------
 -- Bad input: clear errors
 ---------------------------------------------------------------------------
 SELECT t_try(format('SELECT payledger.nostr_job_open(%L, %L, %L, %L, %L, 1)', request, pk('provider'), pk('lnurl'), :'dvm', 'upfront'))
