@@ -12,7 +12,13 @@ use pgrx::JsonB;
 extension_sql_file!(
     "jobs.sql",
     name = "nostr_jobs",
-    requires = ["payin_api", nostr_verify_event, verify_zap_receipt]
+    // (a job's invoice is a provider invoice)
+    requires = [
+        "payin_api",
+        "provider_schema",
+        nostr_verify_event,
+        verify_zap_receipt
+    ]
 );
 
 fn invalid(message: String) -> ! {

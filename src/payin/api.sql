@@ -211,77 +211,88 @@ CREATE FUNCTION payledger.payins_guard() RETURNS trigger
 LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     t payledger.payin_transitions;
+    violation text;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        -- (a restore inserts rows in their current state)
-        IF NEW.parent_id IS NULL AND NEW.initial_state NOT IN
-               ('PENDING_INVOICE_CREATION', 'PENDING_INVOICE_WRAP', 'PENDING_WITHDRAWAL', 'PAID') THEN
-            RAISE EXCEPTION 'a pay-in cannot start in state %', NEW.initial_state USING ERRCODE = 'PL020';
+    <<judge>>
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            -- (a restore inserts rows in their current state)
+            IF NEW.parent_id IS NULL AND NEW.initial_state NOT IN
+                   ('PENDING_INVOICE_CREATION', 'PENDING_INVOICE_WRAP', 'PENDING_WITHDRAWAL', 'PAID') THEN
+                RAISE EXCEPTION 'a pay-in cannot start in state %', NEW.initial_state USING ERRCODE = 'PL020';
+            END IF;
+            EXIT judge;
         END IF;
-        RETURN NEW;
-    END IF;
-    -- What a pay-in is never changes; only its state and what follows from it.
-    IF (NEW.id, NEW.owner_id, NEW.type, NEW.asset, NEW.cost, NEW.initial_state, NEW.created_at,
-        NEW.custodial_amount, NEW.external_amount, NEW.external_method, NEW.external_account, NEW.escrow_account,
-        NEW.open_journal, NEW.parent_id, NEW.genesis_id, NEW.predecessor_id, NEW.retry_count, NEW.retry_policy,
-        NEW.idempotency_key, NEW.request_hash, NEW.metadata)
-       IS DISTINCT FROM
-       (OLD.id, OLD.owner_id, OLD.type, OLD.asset, OLD.cost, OLD.initial_state, OLD.created_at,
-        OLD.custodial_amount, OLD.external_amount, OLD.external_method, OLD.external_account, OLD.escrow_account,
-        OLD.open_journal, OLD.parent_id, OLD.genesis_id, OLD.predecessor_id, OLD.retry_count, OLD.retry_policy,
-        OLD.idempotency_key, OLD.request_hash, OLD.metadata) THEN
-        RAISE EXCEPTION 'pay-in %: only its state, failure reason, external reference, successor and refunds change', OLD.id
-            USING ERRCODE = 'PL015';
-    END IF;
-    IF (OLD.external_ref IS NOT NULL AND NEW.external_ref IS DISTINCT FROM OLD.external_ref)
-       OR (OLD.successor_id IS NOT NULL AND NEW.successor_id IS DISTINCT FROM OLD.successor_id)
-       OR NEW.refunded < OLD.refunded THEN
-        RAISE EXCEPTION 'pay-in %: the external reference and successor are set once, refunds only grow', OLD.id
-            USING ERRCODE = 'PL015';
-    END IF;
-    IF NEW.successor_id IS DISTINCT FROM OLD.successor_id AND OLD.state <> 'FAILED' THEN
-        RAISE EXCEPTION 'pay-in % is % and cannot have a successor', OLD.id, OLD.state USING ERRCODE = 'PL024';
-    END IF;
-    IF NEW.state = OLD.state THEN
-        IF (NEW.paid_journal, NEW.release_journal, NEW.state_changed_at, NEW.external_cancel)
-           IS DISTINCT FROM (OLD.paid_journal, OLD.release_journal, OLD.state_changed_at, OLD.external_cancel)
-           OR (NEW.failure_reason IS DISTINCT FROM OLD.failure_reason) THEN
-            RAISE EXCEPTION 'pay-in %: journals, times and reasons change only with the state', OLD.id
+        -- What a pay-in is never changes; only its state and what follows from it.
+        IF (NEW.id, NEW.owner_id, NEW.type, NEW.asset, NEW.cost, NEW.initial_state, NEW.created_at,
+            NEW.custodial_amount, NEW.external_amount, NEW.external_method, NEW.external_account, NEW.escrow_account,
+            NEW.open_journal, NEW.parent_id, NEW.genesis_id, NEW.predecessor_id, NEW.retry_count, NEW.retry_policy,
+            NEW.idempotency_key, NEW.request_hash, NEW.metadata)
+           IS DISTINCT FROM
+           (OLD.id, OLD.owner_id, OLD.type, OLD.asset, OLD.cost, OLD.initial_state, OLD.created_at,
+            OLD.custodial_amount, OLD.external_amount, OLD.external_method, OLD.external_account, OLD.escrow_account,
+            OLD.open_journal, OLD.parent_id, OLD.genesis_id, OLD.predecessor_id, OLD.retry_count, OLD.retry_policy,
+            OLD.idempotency_key, OLD.request_hash, OLD.metadata) THEN
+            RAISE EXCEPTION 'pay-in %: only its state, failure reason, external reference, successor and refunds change', OLD.id
                 USING ERRCODE = 'PL015';
         END IF;
-        RETURN NEW;
-    END IF;
+        IF (OLD.external_ref IS NOT NULL AND NEW.external_ref IS DISTINCT FROM OLD.external_ref)
+           OR (OLD.successor_id IS NOT NULL AND NEW.successor_id IS DISTINCT FROM OLD.successor_id)
+           OR NEW.refunded < OLD.refunded THEN
+            RAISE EXCEPTION 'pay-in %: the external reference and successor are set once, refunds only grow', OLD.id
+                USING ERRCODE = 'PL015';
+        END IF;
+        IF NEW.successor_id IS DISTINCT FROM OLD.successor_id AND OLD.state <> 'FAILED' THEN
+            RAISE EXCEPTION 'pay-in % is % and cannot have a successor', OLD.id, OLD.state USING ERRCODE = 'PL024';
+        END IF;
+        IF NEW.state = OLD.state THEN
+            IF (NEW.paid_journal, NEW.release_journal, NEW.state_changed_at, NEW.external_cancel)
+               IS DISTINCT FROM (OLD.paid_journal, OLD.release_journal, OLD.state_changed_at, OLD.external_cancel)
+               OR (NEW.failure_reason IS DISTINCT FROM OLD.failure_reason) THEN
+                RAISE EXCEPTION 'pay-in %: journals, times and reasons change only with the state', OLD.id
+                    USING ERRCODE = 'PL015';
+            END IF;
+            EXIT judge;
+        END IF;
 
-    SELECT * INTO t FROM payledger.payin_transitions x WHERE x.from_state = OLD.state AND x.to_state = NEW.state;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pay-in % cannot move from % to %', OLD.id, OLD.state, NEW.state
-            USING ERRCODE = 'PL020', HINT = 'The allowed moves are in payledger.payin_transitions.';
-    END IF;
-    IF OLD.parent_id IS NOT NULL AND current_setting('payledger.moving_children_of', true) IS DISTINCT FROM OLD.parent_id::text THEN
-        RAISE EXCEPTION 'pay-in % moves with its parent %', OLD.id, OLD.parent_id USING ERRCODE = 'PL020';
-    END IF;
-    IF t.default_reason IS NOT NULL THEN
-        NEW.failure_reason := coalesce(NEW.failure_reason, t.default_reason);
-    ELSIF NEW.failure_reason IS NOT NULL THEN
-        RAISE EXCEPTION 'a failure reason goes only with a failing move, not % to %', OLD.state, NEW.state
-            USING ERRCODE = '22023';
-    END IF;
-    NEW.state_changed_at := clock_timestamp();
-    NEW.paid_journal := OLD.paid_journal;
-    NEW.release_journal := OLD.release_journal;
-    NEW.external_cancel := OLD.external_cancel;
-    IF NEW.state = 'PAID' THEN
-        -- a job's pay-in locks its job before the accounts, as a zap's
-        -- payment does (docs/reliability.md, Lock order)
-        IF NEW.type = 'NOSTR_JOB' AND NEW.metadata ? 'job' THEN
-            PERFORM FROM payledger.nostr_jobs j WHERE j.id = (NEW.metadata ->> 'job')::uuid FOR UPDATE;
+        SELECT * INTO t FROM payledger.payin_transitions x WHERE x.from_state = OLD.state AND x.to_state = NEW.state;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'pay-in % cannot move from % to %', OLD.id, OLD.state, NEW.state
+                USING ERRCODE = 'PL020', HINT = 'The allowed moves are in payledger.payin_transitions.';
         END IF;
-        NEW.paid_journal := payledger.payin_pay_out(NEW);
-    ELSIF NEW.state IN ('FAILED', 'CANCELLED') THEN
-        IF NEW.custodial_amount > 0 AND OLD.release_journal IS NULL THEN
-            NEW.release_journal := payledger.payin_release(NEW);
+        IF OLD.parent_id IS NOT NULL AND current_setting('payledger.moving_children_of', true) IS DISTINCT FROM OLD.parent_id::text THEN
+            RAISE EXCEPTION 'pay-in % moves with its parent %', OLD.id, OLD.parent_id USING ERRCODE = 'PL020';
         END IF;
-        NEW.external_cancel := NEW.external_amount > 0;
+        IF t.default_reason IS NOT NULL THEN
+            NEW.failure_reason := coalesce(NEW.failure_reason, t.default_reason);
+        ELSIF NEW.failure_reason IS NOT NULL THEN
+            RAISE EXCEPTION 'a failure reason goes only with a failing move, not % to %', OLD.state, NEW.state
+                USING ERRCODE = '22023';
+        END IF;
+        NEW.state_changed_at := clock_timestamp();
+        NEW.paid_journal := OLD.paid_journal;
+        NEW.release_journal := OLD.release_journal;
+        NEW.external_cancel := OLD.external_cancel;
+        IF NEW.state = 'PAID' THEN
+            -- a job's pay-in locks its job before the accounts, as a zap's
+            -- payment does (docs/reliability.md, Lock order)
+            IF NEW.type = 'NOSTR_JOB' AND NEW.metadata ? 'job' THEN
+                PERFORM FROM payledger.nostr_jobs j WHERE j.id = (NEW.metadata ->> 'job')::uuid FOR UPDATE;
+            END IF;
+            NEW.paid_journal := payledger.payin_pay_out(NEW);
+        ELSIF NEW.state IN ('FAILED', 'CANCELLED') THEN
+            IF NEW.custodial_amount > 0 AND OLD.release_journal IS NULL THEN
+                NEW.release_journal := payledger.payin_release(NEW);
+            END IF;
+            NEW.external_cancel := NEW.external_amount > 0;
+        END IF;
+    END judge;
+    -- the row's rules (payledger.payin_row_violation, inlined here)
+    violation := payledger.payin_row_violation(NEW);
+    IF violation IS NOT NULL THEN
+        -- (worded as PostgreSQL words a CHECK's failure)
+        RAISE EXCEPTION 'new row for relation "payins" violates check constraint "%"', violation
+            USING ERRCODE = '23514', CONSTRAINT = violation, TABLE = 'payins', SCHEMA = 'payledger';
     END IF;
     RETURN NEW;
 END;

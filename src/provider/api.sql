@@ -809,10 +809,17 @@ $$;
 -- cluster-wide notify lock at every commit (it serializes committing
 -- notifiers, and cut pay-in throughput by about a third in the benchmark).
 -- announce_events() sends one NOTIFY for all rows written since the last.
+-- (PL/pgSQL: its INSERT's plan is kept for the session; a SQL function with
+-- SET is planned again at every call)
 CREATE FUNCTION payledger.emit_event(topic text, subject uuid, owner text, payload jsonb)
-RETURNS bigint LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    INSERT INTO payledger.events (topic, subject_id, owner_id, payload)
-    VALUES (topic, subject, owner, payload) RETURNING id;
+RETURNS bigint LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    event_id bigint;
+BEGIN
+    INSERT INTO payledger.events AS e (topic, subject_id, owner_id, payload)
+    VALUES (emit_event.topic, subject, owner, payload) RETURNING e.id INTO event_id;
+    RETURN event_id;
+END;
 $$;
 
 -- NOTIFY payledger_events once, with {"last_id": n}, when events were written

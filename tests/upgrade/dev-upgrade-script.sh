@@ -17,7 +17,7 @@ GENERATED=$(/usr/lib/postgresql/15/bin/pg_config --sharedir)/extension/payledger
 -- (src/credits/), tamper-evident seals over the ledger (src/ledger/seal.sql),
 -- and check_invariants() gathering every module's checks (src/invariants.sql).
 -- The objects below are the 0.2.0 text of src/payin/schema.sql,
--- src/payin/api.sql, src/nostr/jobs.sql and src/provider/*.sql; tests/integration/upgrade.sh
+-- src/payin/api.sql, src/provider/*.sql and src/nostr/jobs.sql; tests/integration/upgrade.sh
 -- proves the result equals a fresh 0.2.0 install. Released: never edit.
 
 -- The ledger's checks keep their body under a new name; check_invariants()
@@ -50,9 +50,9 @@ cat src/ledger/seal.sql
 echo
 cat src/payin/api.sql
 echo
-cat src/nostr/jobs.sql
-echo
 cat src/provider/schema.sql
+echo
+cat src/nostr/jobs.sql
 echo
 cat src/provider/api.sql
 echo

@@ -10,7 +10,8 @@ SELECT count(*) AS public_function_grants FROM information_schema.role_routine_g
 -- which no role may call (their PL/pgSQL wrappers pin it), and three admin
 -- routines that run as their caller and must not pin it: run_tick and
 -- meter_all (a procedure with SET cannot COMMIT) and register_settle_hook (it
--- records the caller's search_path for the hook)
+-- records the caller's search_path for the hook); and payin_row_violation, inlined
+-- into the pay-in guard (a pinned search_path would keep it from being inlined)
 SELECT p.proname,
        has_function_privilege('payledger_admin', p.oid, 'EXECUTE')
        OR has_function_privilege('payledger_app', p.oid, 'EXECUTE')
