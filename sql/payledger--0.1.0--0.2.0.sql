@@ -13,6 +13,10 @@ ALTER FUNCTION payledger.check_invariants() RENAME TO ledger_invariants;
 ALTER FUNCTION payledger.ledger_invariants() SECURITY INVOKER;
 REVOKE ALL ON FUNCTION payledger.ledger_invariants() FROM payledger_admin;
 
+-- A transfer's engine call is now a scalar (transfer_journal, below, with
+-- engine_failure): the set-returning one goes.
+DROP FUNCTION payledger.transfer_one(uuid, uuid, bigint, text, jsonb, timestamptz, text);
+
 -- Only trusted logins may say which end user a session serves.
 DO $$
 BEGIN
@@ -326,6 +330,15 @@ IMMUTABLE STRICT PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'bolt11_decode_wrapper';
+-- payledger::ledger::engine_failure
+CREATE  FUNCTION "engine_failure"() RETURNS TABLE (
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
 -- payledger::provider::json_readable
 CREATE  FUNCTION "json_readable"(
 	"value" jsonb /* JsonArg */
@@ -411,6 +424,19 @@ CREATE  FUNCTION "split_payouts_core"(
 STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
+-- payledger::ledger::transfer_journal
+CREATE  FUNCTION "transfer_journal"(
+	"from_account" uuid, /* Option < Uuid > */
+	"to_account" uuid, /* Option < Uuid > */
+	"amount" bigint, /* Option < i64 > */
+	"idempotency_key" TEXT, /* Option < String > */
+	"metadata" jsonb, /* Option < JsonArg > */
+	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"kind" TEXT /* Option < String > */
+) RETURNS uuid /* Option < Uuid > */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
 -- payledger::nostr::verify_zap_receipt
 CREATE  FUNCTION "verify_zap_receipt"(
 	"receipt" jsonb, /* Option < JsonArg > */
@@ -5112,6 +5138,34 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
     SELECT * FROM payledger.provider_invariants()
     UNION ALL
     SELECT * FROM payledger.credit_invariants()
+$$;
+
+-- transfer() calls transfer_journal().
+CREATE OR REPLACE FUNCTION payledger.transfer(
+    from_account    uuid,
+    to_account      uuid,
+    amount          bigint,
+    idempotency_key text DEFAULT NULL,
+    metadata        jsonb DEFAULT NULL,
+    effective_at    timestamptz DEFAULT NULL,
+    kind            text DEFAULT 'transfer')
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    journal uuid;
+    r record;
+BEGIN
+    IF from_account IS NULL OR to_account IS NULL OR amount IS NULL THEN
+        RAISE EXCEPTION 'from_account, to_account and amount must not be null' USING ERRCODE = '22004';
+    END IF;
+    journal := payledger.transfer_journal(from_account, to_account, amount, idempotency_key, metadata,
+                                          effective_at, kind);
+    IF journal IS NULL THEN
+        SELECT * INTO r FROM payledger.engine_failure();
+        PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+    END IF;
+    RETURN journal;
+END;
 $$;
 
 -- Privileges, as src/security.sql gives them on a fresh install (granting

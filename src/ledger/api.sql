@@ -275,17 +275,19 @@ CREATE FUNCTION payledger.transfer(
 RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
+    journal uuid;
     r record;
 BEGIN
     IF from_account IS NULL OR to_account IS NULL OR amount IS NULL THEN
         RAISE EXCEPTION 'from_account, to_account and amount must not be null' USING ERRCODE = '22004';
     END IF;
-    SELECT * INTO r FROM payledger.transfer_one(from_account, to_account, amount, idempotency_key,
-                                                metadata, effective_at, kind);
-    IF r.sqlstate IS NOT NULL THEN
+    journal := payledger.transfer_journal(from_account, to_account, amount, idempotency_key, metadata,
+                                          effective_at, kind);
+    IF journal IS NULL THEN
+        SELECT * INTO r FROM payledger.engine_failure();
         PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
     END IF;
-    RETURN r.journal_id;
+    RETURN journal;
 END;
 $$;
 

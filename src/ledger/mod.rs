@@ -16,7 +16,13 @@ extension_sql_file!("schema.sql", name = "ledger_schema", bootstrap);
 extension_sql_file!(
     "api.sql",
     name = "ledger_api",
-    requires = ["ledger_schema", engine_batch, transfer_one, new_id]
+    requires = [
+        "ledger_schema",
+        engine_batch,
+        transfer_journal,
+        engine_failure,
+        new_id
+    ]
 );
 extension_sql_file!("seal.sql", name = "ledger_seal", requires = ["ledger_api"]);
 
@@ -59,12 +65,20 @@ fn engine_batch(
     }))
 }
 
-/// One two-leg transfer without JSON in between: the fast path behind
-/// `payledger.transfer`, which raises the failure this returns (and sets the
-/// search_path and plan cache mode).
+thread_local! {
+    // The failure of the last transfer_journal() call, until engine_failure() takes it.
+    static FAILURE: std::cell::RefCell<Option<crate::errors::LedgerError>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// One two-leg transfer, the engine behind `payledger.transfer`: the journal
+/// id, or NULL when it failed, the failure then kept for `engine_failure()`.
+/// A scalar, so that the PL/pgSQL wrapper (which sets the search_path and
+/// plan cache mode, and raises the failure) evaluates the call as a simple
+/// expression rather than running a query over a set-returning function.
 #[pg_extern(volatile, parallel_unsafe)]
-#[allow(clippy::type_complexity, clippy::too_many_arguments)]
-fn transfer_one(
+#[allow(clippy::too_many_arguments)]
+fn transfer_journal(
     from_account: Option<Uuid>,
     to_account: Option<Uuid>,
     amount: Option<i64>,
@@ -72,15 +86,8 @@ fn transfer_one(
     metadata: Option<JsonArg>,
     effective_at: Option<TimestampWithTimeZone>,
     kind: Option<String>,
-) -> TableIterator<
-    'static,
-    (
-        name!(journal_id, Option<Uuid>),
-        name!(sqlstate, Option<&'static str>),
-        name!(message, Option<String>),
-        name!(detail, Option<String>),
-    ),
-> {
+) -> Option<Uuid> {
+    FAILURE.with(|f| f.borrow_mut().take());
     let mut item = serde_json::Map::new();
     let uuid =
         |u: Uuid| serde_json::Value::String(uuid::Uuid::from_bytes(*u.as_bytes()).to_string());
@@ -98,14 +105,46 @@ fn transfer_one(
     let o = engine::apply_items(vec![parsed])
         .pop()
         .expect("one outcome");
-    let row = match o.error {
+    match o.error {
         Some(e) => {
-            let (code, message, detail) = e.into_row();
-            (None, code, message, detail)
+            FAILURE.with(|f| *f.borrow_mut() = Some(e));
+            None
         }
-        None => (o.journal_id.map(Uuid::from_bytes), None, None, None),
-    };
+        None => o.journal_id.map(Uuid::from_bytes),
+    }
+}
+
+/// The failure of the last `transfer_journal()` call of this session, once.
+#[pg_extern(volatile, parallel_unsafe)]
+fn engine_failure() -> TableIterator<
+    'static,
+    (
+        name!(sqlstate, Option<&'static str>),
+        name!(message, Option<String>),
+        name!(detail, Option<String>),
+    ),
+> {
+    let row = FAILURE.with(|f| f.borrow_mut().take()).map_or_else(
+        || {
+            (
+                Some("XX000"),
+                Some("payledger: no engine failure to report".to_string()),
+                None,
+            )
+        },
+        |e| e.into_row(),
+    );
     TableIterator::once(row)
+}
+
+/// 0.1.0's engine call behind `transfer()`, replaced by `transfer_journal()`
+/// in 0.2.0: kept as a symbol only (no SQL), so that a 0.1.0 database loads
+/// this library until its upgrade drops the function.
+#[pg_extern(sql = false)]
+fn transfer_one() -> Option<Uuid> {
+    pgrx::error!(
+        "payledger: transfer_one() was replaced in 0.2.0; run ALTER EXTENSION payledger UPDATE"
+    )
 }
 
 /// A time-ordered (version 7) uuid, used for every payledger id.

@@ -26,6 +26,10 @@ ALTER FUNCTION payledger.check_invariants() RENAME TO ledger_invariants;
 ALTER FUNCTION payledger.ledger_invariants() SECURITY INVOKER;
 REVOKE ALL ON FUNCTION payledger.ledger_invariants() FROM payledger_admin;
 
+-- A transfer's engine call is now a scalar (transfer_journal, below, with
+-- engine_failure): the set-returning one goes.
+DROP FUNCTION payledger.transfer_one(uuid, uuid, bigint, text, jsonb, timestamptz, text);
+
 -- Only trusted logins may say which end user a session serves.
 DO $$
 BEGIN
@@ -61,6 +65,9 @@ echo
 cat src/credits/api.sql
 echo
 cat src/invariants.sql
+echo
+echo "-- transfer() calls transfer_journal()."
+sed -n '/^CREATE FUNCTION payledger.transfer(/,/^\$\$;/p' src/ledger/api.sql | sed 's/^CREATE FUNCTION/CREATE OR REPLACE FUNCTION/'
 cat <<'EOF'
 
 -- Privileges, as src/security.sql gives them on a fresh install (granting
