@@ -17,6 +17,10 @@ REVOKE ALL ON FUNCTION payledger.ledger_invariants() FROM payledger_admin;
 -- engine_failure): the set-returning one goes.
 DROP FUNCTION payledger.transfer_one(uuid, uuid, bigint, text, jsonb, timestamptz, text);
 
+-- The entries' balance guard is now in Rust (entries_balance_guard, below).
+DROP TRIGGER entries_guard ON payledger.entries;
+DROP FUNCTION payledger.entries_guard();
+
 -- Only trusted logins may say which end user a session serves.
 DO $$
 BEGIN
@@ -482,6 +486,11 @@ STABLE PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
+-- payledger::ledger::guard::entries_balance_guard
+CREATE FUNCTION "entries_balance_guard"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'entries_balance_guard_wrapper';
 
 -- Tamper evidence. Entries (with their journals) are sealed into
 -- hash-chained blocks, off the hot path: the worker's housekeeping calls
@@ -5139,6 +5148,10 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
     UNION ALL
     SELECT * FROM payledger.credit_invariants()
 $$;
+
+CREATE TRIGGER entries_guard AFTER INSERT ON payledger.entries
+    REFERENCING NEW TABLE AS new_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.entries_balance_guard();
 
 -- transfer() calls transfer_journal().
 CREATE OR REPLACE FUNCTION payledger.transfer(

@@ -192,34 +192,8 @@ CREATE TRIGGER accounts_no_delete BEFORE DELETE OR TRUNCATE ON payledger.account
 CREATE TRIGGER holds_no_delete BEFORE DELETE OR TRUNCATE ON payledger.holds
     FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
 
--- Database-level guard on every INSERT into entries, whoever writes it: the
--- rows of one statement balance per journal and asset, and no amount is zero.
--- (The engine writes all postings of a journal in one statement.) That each
--- entry matches its account and continues its balance chain is the engine's
--- job, verified by payledger.check_invariants().
-CREATE FUNCTION payledger.entries_guard() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    bad record;
-BEGIN
-    SELECT n.journal_id, n.asset, sum(n.amount) AS total, bool_or(n.amount = 0 OR n.seq < 1) AS invalid INTO bad
-      FROM new_entries n GROUP BY n.journal_id, n.asset
-    HAVING sum(n.amount) <> 0 OR bool_or(n.amount = 0 OR n.seq < 1) LIMIT 1;
-    IF FOUND THEN
-        IF bad.invalid THEN
-            RAISE EXCEPTION 'journal % has an entry with a zero amount or a sequence number below 1', bad.journal_id
-                USING ERRCODE = '23514';
-        END IF;
-        RAISE EXCEPTION 'journal % does not balance: its % postings sum to %', bad.journal_id, bad.asset, bad.total
-            USING ERRCODE = 'PL007';
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
-CREATE TRIGGER entries_guard AFTER INSERT ON payledger.entries
-    REFERENCING NEW TABLE AS new_entries
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.entries_guard();
+-- (The statement trigger that checks that each INSERT into entries balances
+-- is src/ledger/guard.rs.)
 
 -- Tables are read through functions and the owner-filtered views only.
 ALTER TABLE payledger.assets ENABLE ROW LEVEL SECURITY;

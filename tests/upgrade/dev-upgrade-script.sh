@@ -30,6 +30,10 @@ REVOKE ALL ON FUNCTION payledger.ledger_invariants() FROM payledger_admin;
 -- engine_failure): the set-returning one goes.
 DROP FUNCTION payledger.transfer_one(uuid, uuid, bigint, text, jsonb, timestamptz, text);
 
+-- The entries' balance guard is now in Rust (entries_balance_guard, below).
+DROP TRIGGER entries_guard ON payledger.entries;
+DROP FUNCTION payledger.entries_guard();
+
 -- Only trusted logins may say which end user a session serves.
 DO $$
 BEGIN
@@ -46,7 +50,7 @@ echo
 echo "-- The new functions written in Rust (as cargo pgrx generates them)."
 for f in $(grep -o '^-- payledger::[a-z0-9_:]*' "$GENERATED" | sed 's/^-- //'); do
   grep -qx -- "-- $f" tests/upgrade/payledger--0.1.0.sql && continue
-  awk -v f="-- $f" '$0 == f {p=1} p {print} p && /^AS .MODULE_PATHNAME/ {exit}' \
+  awk -v f="-- $f" '$0 == f {p=1} p {print} p && /^[[:space:]]*AS .MODULE_PATHNAME/ {exit}' \
     "$GENERATED"
 done
 echo
@@ -65,6 +69,8 @@ echo
 cat src/credits/api.sql
 echo
 cat src/invariants.sql
+echo
+sed -n '/^CREATE TRIGGER entries_guard/,/;$/p' src/ledger/guard.rs
 echo
 echo "-- transfer() calls transfer_journal()."
 sed -n '/^CREATE FUNCTION payledger.transfer(/,/^\$\$;/p' src/ledger/api.sql | sed 's/^CREATE FUNCTION/CREATE OR REPLACE FUNCTION/'
