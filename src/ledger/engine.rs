@@ -986,12 +986,14 @@ resolved AS (
 // A two-leg transfer, the commonest call, in scalar parameters: a statement of
 // plain VALUES initialises and runs in about half the instructions of the
 // general one, whose set-returning unnests are built per execution.
-const WRITE_PAIR: &str = "WITH a1 AS (
-    UPDATE payledger.accounts SET balance = $2, pending_debits = $3, entry_count = $4, effective_max = $5
-     WHERE id = $1),
-a2 AS (
-    UPDATE payledger.accounts SET balance = $7, pending_debits = $8, entry_count = $9, effective_max = $10
-     WHERE id = $6),
+// (One UPDATE for both accounts: each UPDATE of the table compiles its CHECK.)
+const WRITE_PAIR: &str = "WITH acc AS (
+    UPDATE payledger.accounts a
+       SET balance = CASE WHEN a.id = $1 THEN $2 ELSE $7 END,
+           pending_debits = CASE WHEN a.id = $1 THEN $3 ELSE $8 END,
+           entry_count = CASE WHEN a.id = $1 THEN $4 ELSE $9 END,
+           effective_max = CASE WHEN a.id = $1 THEN $5 ELSE $10 END
+     WHERE a.id IN ($1, $6)),
 jrn AS (
     INSERT INTO payledger.journals (id, kind, idempotency_key, request_hash, hold_id, metadata, effective_at,
                                     entry_accounts, entry_seqs)
