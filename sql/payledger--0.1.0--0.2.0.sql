@@ -17,9 +17,11 @@ REVOKE ALL ON FUNCTION payledger.ledger_invariants() FROM payledger_admin;
 -- engine_failure): the set-returning one goes.
 DROP FUNCTION payledger.transfer_one(uuid, uuid, bigint, text, jsonb, timestamptz, text);
 
--- The entries' balance guard is now in Rust (entries_balance_guard, below).
+-- The entries' balance guard and the accounts' floor are now triggers in Rust
+-- (entries_balance_guard, accounts_floor_guard, below).
 DROP TRIGGER entries_guard ON payledger.entries;
 DROP FUNCTION payledger.entries_guard();
+ALTER TABLE payledger.accounts DROP CONSTRAINT accounts_floor;
 
 -- Only trusted logins may say which end user a session serves.
 DO $$
@@ -486,6 +488,11 @@ STABLE PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
+-- payledger::ledger::guard::accounts_floor_guard
+CREATE FUNCTION "accounts_floor_guard"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'accounts_floor_guard_wrapper';
 -- payledger::ledger::guard::entries_balance_guard
 CREATE FUNCTION "entries_balance_guard"()
 	RETURNS TRIGGER
@@ -5152,6 +5159,8 @@ $$;
 CREATE TRIGGER entries_guard AFTER INSERT ON payledger.entries
     REFERENCING NEW TABLE AS new_entries
     FOR EACH STATEMENT EXECUTE FUNCTION payledger.entries_balance_guard();
+CREATE TRIGGER accounts_floor BEFORE INSERT OR UPDATE OF balance, pending_debits, min_available
+    ON payledger.accounts FOR EACH ROW EXECUTE FUNCTION payledger.accounts_floor_guard();
 
 -- transfer() calls transfer_journal().
 CREATE OR REPLACE FUNCTION payledger.transfer(

@@ -58,11 +58,11 @@ CREATE TABLE payledger.accounts (
     -- limits by payledger.min_available() (checked by the definition trigger).
     -- A sharded account's own row has none: its floor applies to the total.
     min_available   bigint NOT NULL DEFAULT 0,
-    UNIQUE (owner_id, asset, kind, name),
-    -- The one CHECK, kept small: PostgreSQL rebuilds every CHECK of a table on
-    -- each UPDATE statement, so rules on columns the engine never writes live in
-    -- a trigger. This one backs up the engine's insufficient-funds check.
-    CONSTRAINT accounts_floor CHECK (balance - pending_debits >= min_available AND pending_debits >= 0)
+    UNIQUE (owner_id, asset, kind, name)
+    -- No CHECK: PostgreSQL compiles a table's CHECKs again for every statement
+    -- that writes it, so the rules live in triggers: the balance floor (which
+    -- backs up the engine's insufficient-funds check) in src/ledger/guard.rs,
+    -- the rules on columns the engine never writes below.
 );
 CREATE INDEX accounts_owner_idx ON payledger.accounts (owner_id);
 

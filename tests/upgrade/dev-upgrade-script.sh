@@ -30,9 +30,11 @@ REVOKE ALL ON FUNCTION payledger.ledger_invariants() FROM payledger_admin;
 -- engine_failure): the set-returning one goes.
 DROP FUNCTION payledger.transfer_one(uuid, uuid, bigint, text, jsonb, timestamptz, text);
 
--- The entries' balance guard is now in Rust (entries_balance_guard, below).
+-- The entries' balance guard and the accounts' floor are now triggers in Rust
+-- (entries_balance_guard, accounts_floor_guard, below).
 DROP TRIGGER entries_guard ON payledger.entries;
 DROP FUNCTION payledger.entries_guard();
+ALTER TABLE payledger.accounts DROP CONSTRAINT accounts_floor;
 
 -- Only trusted logins may say which end user a session serves.
 DO $$
@@ -70,7 +72,7 @@ cat src/credits/api.sql
 echo
 cat src/invariants.sql
 echo
-sed -n '/^CREATE TRIGGER entries_guard/,/;$/p' src/ledger/guard.rs
+sed -n '/^CREATE TRIGGER /,/;$/p' src/ledger/guard.rs
 echo
 echo "-- transfer() calls transfer_journal()."
 sed -n '/^CREATE FUNCTION payledger.transfer(/,/^\$\$;/p' src/ledger/api.sql | sed 's/^CREATE FUNCTION/CREATE OR REPLACE FUNCTION/'

@@ -25,7 +25,6 @@ UPDATE payledger.accounts SET balance = balance + 1 WHERE id = acc('bob');
 UPDATE payledger.entries SET balance_after = balance_after + 7 WHERE account_id = acc('carol') AND seq = 1;
 INSERT INTO payledger.entries VALUES (acc('alice'), 100000, gen_random_uuid(), 'alice', 'msat', 3, 3, now(), now());
 UPDATE payledger.accounts SET pending_debits = pending_debits + 2 WHERE id = acc('alice');
-ALTER TABLE payledger.accounts DROP CONSTRAINT accounts_floor;
 UPDATE payledger.accounts SET balance = -1, entry_count = entry_count WHERE id = acc('carol');
 UPDATE payledger.accounts SET closed_at = now() WHERE id = acc('fees');
 SELECT invariant, t_mask(subject) AS subject, t_mask(detail) AS detail FROM payledger.check_invariants()
