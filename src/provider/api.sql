@@ -607,24 +607,37 @@ RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pay
 DECLARE
     inv record;
     n integer := 0;
+    msg text;
 BEGIN
     PERFORM payledger.require_limit(max_invoices, 'max_invoices');
     FOR inv IN SELECT i.id, i.status, i.payin_id FROM payledger.invoices i
                 WHERE i.next_check_at IS NOT NULL AND i.monitor_until < now()
                   AND (i.locked_until IS NULL OR i.locked_until < now())
                 LIMIT max_invoices FOR UPDATE SKIP LOCKED LOOP
-        UPDATE payledger.invoices i
-           SET status = CASE WHEN i.status = 'creating' THEN 'failed'
-                             WHEN i.status = 'pending' THEN 'expired' ELSE i.status END,
-               last_error = CASE WHEN i.status IN ('creating', 'pending') THEN coalesce(i.last_error, 'past its deadline')
-                                 ELSE i.last_error END,
-               next_check_at = NULL, updated_at = now()
-         WHERE i.id = inv.id;
-        IF inv.status IN ('creating', 'pending') THEN
-            PERFORM payledger.transition_payin(inv.payin_id, 'FAILED',
-                CASE WHEN inv.status = 'creating' THEN 'INVOICE_CREATION_FAILED' ELSE 'INVOICE_EXPIRED' END::payledger.payin_failure_reason);
-        END IF;
-        n := n + 1;
+        -- an invoice whose closing fails (its pay-in's move raises) is
+        -- backed off and reported, so that it holds up neither the others
+        -- nor the worker
+        BEGIN
+            UPDATE payledger.invoices i
+               SET status = CASE WHEN i.status = 'creating' THEN 'failed'
+                                 WHEN i.status = 'pending' THEN 'expired' ELSE i.status END,
+                   last_error = CASE WHEN i.status IN ('creating', 'pending') THEN coalesce(i.last_error, 'past its deadline')
+                                     ELSE i.last_error END,
+                   next_check_at = NULL, updated_at = now()
+             WHERE i.id = inv.id;
+            IF inv.status IN ('creating', 'pending') THEN
+                PERFORM payledger.transition_payin(inv.payin_id, 'FAILED',
+                    CASE WHEN inv.status = 'creating' THEN 'INVOICE_CREATION_FAILED' ELSE 'INVOICE_EXPIRED' END::payledger.payin_failure_reason);
+            END IF;
+            n := n + 1;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            UPDATE payledger.invoices i
+               SET errors = i.errors + 1, last_error = left('closing failed: ' || msg, 500),
+                   locked_until = now() + payledger.backoff(i.errors + 1), updated_at = now()
+             WHERE i.id = inv.id;
+            RAISE WARNING 'payledger: closing invoice % failed: %', inv.id, msg;
+        END;
     END LOOP;
     RETURN n;
 END;
@@ -656,21 +669,32 @@ $$;
 -- items it took.
 CREATE FUNCTION payledger.housekeeping_step(step text, per_call integer)
 RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    msg text;
+    code text;
 BEGIN
     PERFORM payledger.require(step, 'step');
     IF step NOT IN (SELECT p.step FROM payledger.housekeeping_plan() p) THEN
         RAISE EXCEPTION 'unknown housekeeping step %', step USING ERRCODE = '22023',
             HINT = 'The steps are in payledger.housekeeping_plan().';
     END IF;
-    RETURN CASE step
-        WHEN 'invoices_closed' THEN payledger.expire_invoices(per_call)
-        WHEN 'holds_expired' THEN payledger.expire_holds(per_call)
-        WHEN 'credit_grants_expired' THEN payledger.expire_credits(per_call)
-        WHEN 'credit_expiry_events' THEN payledger.credit_check_expiring(per_call)
-        WHEN 'jobs_expired' THEN payledger.nostr_expire_jobs(per_call)
-        WHEN 'hooks_run' THEN payledger.retry_hooks(per_call)
-        WHEN 'subscriptions_renewed' THEN payledger.renew_due_subscriptions(per_call)
-        WHEN 'entries_sealed' THEN payledger.seal_ledger(per_call)
+    -- A step that fails is reported and skipped until the next tick: the
+    -- other steps still run, and the worker does not end (and restart) over it.
+    BEGIN
+        RETURN CASE step
+            WHEN 'invoices_closed' THEN payledger.expire_invoices(per_call)
+            WHEN 'holds_expired' THEN payledger.expire_holds(per_call)
+            WHEN 'credit_grants_expired' THEN payledger.expire_credits(per_call)
+            WHEN 'credit_expiry_events' THEN payledger.credit_check_expiring(per_call)
+            WHEN 'jobs_expired' THEN payledger.nostr_expire_jobs(per_call)
+            WHEN 'hooks_run' THEN payledger.retry_hooks(per_call)
+            WHEN 'subscriptions_renewed' THEN payledger.renew_due_subscriptions(per_call)
+            WHEN 'entries_sealed' THEN payledger.seal_ledger(per_call)
+        END;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
+        RAISE WARNING 'payledger housekeeping: step % failed (%): %', step, code, msg;
+        RETURN 0;
     END;
 END;
 $$;

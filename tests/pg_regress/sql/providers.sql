@@ -256,6 +256,44 @@ SELECT t_pstate(id) FROM t_p WHERE name = 'p7';
 SELECT * FROM payledger.housekeeping_plan(500);
 SELECT payledger.housekeeping_step('invoices_closed', 1) AS nothing_due;
 SELECT t_try($$SELECT payledger.housekeeping_step('vacuum', 1)$$);
+-- an invoice whose closing fails (here a test trigger refuses its pay-in's
+-- move) is backed off and reported; the others are not held up
+CREATE TABLE t_refused (id uuid PRIMARY KEY);
+CREATE FUNCTION t_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM public.t_refused WHERE id = OLD.id) THEN
+    RAISE EXCEPTION 'refused by the test';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER t_refuse BEFORE UPDATE ON payledger.payins FOR EACH ROW EXECUTE FUNCTION t_refuse();
+INSERT INTO t_p VALUES ('p9', t_buy());
+INSERT INTO t_refused SELECT id FROM t_p WHERE name = 'p9';
+SELECT status FROM t_p, payledger.request_invoice(t_p.id) WHERE t_p.name = 'p9';
+UPDATE payledger.invoices SET monitor_until = now() - interval '1 second'
+ WHERE payin_id = (SELECT id FROM t_p WHERE name = 'p9');
+SET client_min_messages = error;  -- (its WARNING names the invoice)
+SELECT payledger.housekeeping_step('invoices_closed', 1) AS closed;
+RESET client_min_messages;
+SELECT status, errors, last_error, locked_until > now() AS backed_off FROM payledger.invoices
+ WHERE payin_id = (SELECT id FROM t_p WHERE name = 'p9');
+SELECT t_pstate(id) FROM t_p WHERE name = 'p9';
+SELECT payledger.housekeeping_step('invoices_closed', 1) AS skipped_while_backed_off;
+-- once the cause is gone and the backoff over, it closes
+DROP TRIGGER t_refuse ON payledger.payins;
+UPDATE payledger.invoices SET locked_until = NULL WHERE payin_id = (SELECT id FROM t_p WHERE name = 'p9');
+SELECT payledger.housekeeping_step('invoices_closed', 1) AS closed;
+SELECT t_pstate(id) FROM t_p WHERE name = 'p9';
+-- a step that fails as a whole (here: holds refuse to expire) is reported and
+-- returns 0: the worker goes on with the next step instead of ending
+CREATE FUNCTION t_refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+SELECT payledger.create_hold(acc('cara'), acc('shop'), 1000, interval '1 hour') AS hold \gset
+UPDATE payledger.holds SET expires_at = now() - interval '1 second' WHERE id = :'hold';
+CREATE TRIGGER t_refuse_all BEFORE UPDATE ON payledger.holds FOR EACH ROW EXECUTE FUNCTION t_refuse_all();
+SELECT payledger.housekeeping_step('holds_expired', 10) AS expired;
+DROP TRIGGER t_refuse_all ON payledger.holds;
+SELECT payledger.housekeeping_step('holds_expired', 10) AS expired;
+SELECT status FROM payledger.holds WHERE id = :'hold';
 
 ---------------------------------------------------------------------------
 -- Subscriptions: pinned to the provider of their creation
