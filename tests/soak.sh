@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soak: the crash test's workload (tests/integration/workload.sql) for
-# MINUTES (15) with CLIENTS (16) long-lived pgbench sessions at RATE (40)
+# MINUTES (15) with CLIENTS (16) long-lived pgbench sessions at RATE (20)
 # operations a second in all, the background worker settling invoices at a
 # real LNbits and a payer paying two thirds of them, and no kill.
 #
@@ -21,7 +21,7 @@
 # memory in the last third of the judged samples are not above the first
 # third's by more than the slack below, and the invariants and seals hold at
 # the end. Not part of tests/run.sh (it takes MINUTES):
-#   bash tests/soak.sh    (MINUTES=15 CLIENTS=16 RATE=40 SAMPLE=30 WARMUP=300)
+#   bash tests/soak.sh    (MINUTES=15 CLIENTS=16 RATE=20 SAMPLE=30 WARMUP=300)
 set -euo pipefail
 CLUSTER_CONF="shared_preload_libraries = 'payledger'
 payledger.worker_database = 'soak'
@@ -37,7 +37,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/integration/common.bash"
 MINUTES=${MINUTES:-15}
 CLIENTS=${CLIENTS:-16}
 SAMPLE=${SAMPLE:-30}
-RATE=${RATE:-40}
+RATE=${RATE:-20}
 WARMUP=${WARMUP:-300}
 INVOICE_EXPIRY=${INVOICE_EXPIRY:-2 minutes}
 MONITORING=${MONITORING:-2 minutes}
