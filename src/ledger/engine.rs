@@ -986,7 +986,7 @@ resolved AS (
 // A two-leg transfer, the commonest call, in scalar parameters: a statement of
 // plain VALUES initialises and runs in about half the instructions of the
 // general one, whose set-returning unnests are built per execution.
-// (One UPDATE for both accounts: each UPDATE of the table compiles its CHECK.)
+// (One UPDATE for both accounts: each UPDATE node has its own start-up.)
 const WRITE_PAIR: &str = "WITH acc AS (
     UPDATE payledger.accounts a
        SET balance = CASE WHEN a.id = $1 THEN $2 ELSE $7 END,

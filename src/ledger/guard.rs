@@ -83,7 +83,7 @@ fn accounts_floor_guard<'a>(
 unsafe fn column(desc: pg_sys::TupleDesc, name: &CStr) -> i32 {
     let n = pg_sys::SPI_fnumber(desc, name.as_ptr());
     if n <= 0 {
-        pgrx::error!("payledger.entries has no column {name:?}");
+        pgrx::error!("payledger: the guarded table has no column {name:?}");
     }
     n
 }

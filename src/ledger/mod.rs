@@ -1,9 +1,10 @@
 //! The double-entry core: assets, accounts, journals, entries and holds.
 //!
-//! `schema.sql` holds the tables and their guards (`guard` the entries'
-//! balance check), `engine` applies batches of transfers and hold operations,
-//! `api.sql` wraps the engine in the SQL API,
-//! `seal.sql` seals entries into hash-chained blocks (tamper evidence).
+//! `schema.sql` holds the tables and their guards (`guard` those written in
+//! Rust: the entries' balance and the accounts' floor), `engine` applies
+//! batches of transfers and hold operations, `api.sql` wraps the engine in
+//! the SQL API, `seal.sql` seals entries into hash-chained blocks (tamper
+//! evidence).
 
 pub(crate) mod engine;
 mod guard;
