@@ -23,6 +23,11 @@ DROP TRIGGER entries_guard ON payledger.entries;
 DROP FUNCTION payledger.entries_guard();
 ALTER TABLE payledger.accounts DROP CONSTRAINT accounts_floor;
 
+-- The engine's statements now ask for generic plans themselves.
+ALTER FUNCTION payledger.transfer_batch(jsonb) RESET plan_cache_mode;
+ALTER FUNCTION payledger.apply_one(jsonb) RESET plan_cache_mode;
+ALTER FUNCTION payledger.expire_holds(integer) RESET plan_cache_mode;
+
 -- Only trusted logins may say which end user a session serves.
 DO $$
 BEGIN
@@ -1046,7 +1051,7 @@ CREATE FUNCTION payledger.create_payin(
     metadata        jsonb DEFAULT NULL,
     OUT payin_id uuid, OUT state payledger.payin_state, OUT custodial_amount bigint, OUT external_amount bigint)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
@@ -1149,7 +1154,7 @@ CREATE FUNCTION payledger.refund_payin(
     reason          text DEFAULT NULL,
     idempotency_key text DEFAULT NULL)
 RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     p payledger.payins;
     prior record;
@@ -1247,7 +1252,7 @@ CREATE FUNCTION payledger.retry_payin(
     idempotency_key text DEFAULT NULL,
     OUT payin_id uuid, OUT state payledger.payin_state, OUT custodial_amount bigint, OUT external_amount bigint)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     old payledger.payins;
     max_retries integer;
@@ -5196,7 +5201,7 @@ CREATE OR REPLACE FUNCTION payledger.transfer(
     effective_at    timestamptz DEFAULT NULL,
     kind            text DEFAULT 'transfer')
 RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     journal uuid;
     r record;

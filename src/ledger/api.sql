@@ -3,16 +3,15 @@
 
 
 
--- Every function that runs the engine sets plan_cache_mode = force_generic_plan:
--- the engine prepares its statements once per backend, and their parameters are
--- arrays, for which the plan cache would otherwise re-plan on every call.
+-- The engine prepares its statements once per backend with a generic plan
+-- (src/ledger/prepared.rs), so no function needs to SET plan_cache_mode.
 
 -- Apply many transfers and hold operations in one call; each item succeeds or
 -- fails on its own; one row per item, in input order.
 CREATE FUNCTION payledger.transfer_batch(items jsonb)
 RETURNS TABLE (item integer, status text, journal_id uuid, hold_id uuid, sqlstate text, message text, detail text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY SELECT * FROM payledger.engine_batch(items);
 END;
@@ -32,7 +31,7 @@ $$;
 -- Run one engine item and raise its failure, if any.
 CREATE FUNCTION payledger.apply_one(item jsonb, OUT journal_id uuid, OUT hold_id uuid)
 LANGUAGE plpgsql
-SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
@@ -273,7 +272,7 @@ CREATE FUNCTION payledger.transfer(
     effective_at    timestamptz DEFAULT NULL,
     kind            text DEFAULT 'transfer')
 RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     journal uuid;
     r record;
@@ -355,7 +354,7 @@ $$;
 -- Holds locked by another session are skipped (they are being posted or voided).
 CREATE FUNCTION payledger.expire_holds(max_holds integer DEFAULT 1000)
 RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     items jsonb;
     released integer;

@@ -12,16 +12,16 @@
 //! Domain failures come back as data (sqlstate, message, detail) because pgrx
 //! cannot raise a custom SQLSTATE; the SQL wrappers raise them.
 
+pub(crate) use super::prepared::exec;
+use super::prepared::Row;
 use super::request::{key_lock, parse_item, uuid_str as id_str, Id, Item, Op};
 use crate::errors::{Code, LedgerError, Result};
 use pgrx::datum::DatumWithOid;
 use pgrx::datum::TimestampWithTimeZone;
-use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+use pgrx::spi::SpiClient;
 use pgrx::Uuid;
 use serde_json::Value;
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// The outcome of one item.
@@ -138,17 +138,7 @@ pub(crate) fn new_id() -> Id {
     *uuid::Uuid::now_v7().as_bytes()
 }
 
-fn spi_err(e: pgrx::spi::Error) -> ! {
-    // An SPI failure here is a bug or a broken installation, never bad input.
-    pgrx::error!("payledger engine: SPI error: {e}")
-}
-
-thread_local! {
-    // Plans prepared once per backend: planning costs more than running these statements.
-    static PLANS: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
-}
-
-fn read_account(row: &pgrx::spi::SpiHeapTupleData) -> (Id, Account, i16) {
+fn read_account(row: &Row) -> (Id, Account, i16) {
     let id: Uuid = row.get(1).ok().flatten().expect("id");
     let allow_negative: bool = row.get(4).ok().flatten().unwrap_or(false);
     let overdraft: Option<i64> = row.get(5).ok().flatten();
@@ -191,28 +181,6 @@ fn now_micros() -> i64 {
 fn timestamp(micros: i64) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(micros)
         .unwrap_or_else(|_| pgrx::error!("payledger: time out of range: {micros}"))
-}
-
-/// Run one of the engine's statements through its cached plan.
-pub(crate) fn exec<'c>(
-    client: &mut SpiClient<'c>,
-    sql: &'static str,
-    args: &[DatumWithOid],
-) -> SpiTupleTable<'c> {
-    PLANS.with(|plans| {
-        let mut plans = plans.borrow_mut();
-        if !plans.contains_key(sql) {
-            let oids: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
-            let plan = client
-                .prepare_mut(sql, &oids)
-                .unwrap_or_else(|e| spi_err(e))
-                .keep();
-            plans.insert(sql, plan);
-        }
-        client
-            .update(&plans[sql], None, args)
-            .unwrap_or_else(|e| spi_err(e))
-    })
 }
 
 /// Parse and apply a JSON array of items; one outcome per item, in order.

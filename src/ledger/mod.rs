@@ -8,6 +8,7 @@
 
 pub(crate) mod engine;
 mod guard;
+mod prepared;
 pub(crate) mod request;
 
 use crate::errors::JsonArg;

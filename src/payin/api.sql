@@ -377,7 +377,7 @@ CREATE FUNCTION payledger.create_payin(
     metadata        jsonb DEFAULT NULL,
     OUT payin_id uuid, OUT state payledger.payin_state, OUT custodial_amount bigint, OUT external_amount bigint)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
@@ -480,7 +480,7 @@ CREATE FUNCTION payledger.refund_payin(
     reason          text DEFAULT NULL,
     idempotency_key text DEFAULT NULL)
 RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     p payledger.payins;
     prior record;
@@ -578,7 +578,7 @@ CREATE FUNCTION payledger.retry_payin(
     idempotency_key text DEFAULT NULL,
     OUT payin_id uuid, OUT state payledger.payin_state, OUT custodial_amount bigint, OUT external_amount bigint)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     old payledger.payins;
     max_retries integer;

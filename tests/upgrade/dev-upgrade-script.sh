@@ -36,6 +36,11 @@ DROP TRIGGER entries_guard ON payledger.entries;
 DROP FUNCTION payledger.entries_guard();
 ALTER TABLE payledger.accounts DROP CONSTRAINT accounts_floor;
 
+-- The engine's statements now ask for generic plans themselves.
+ALTER FUNCTION payledger.transfer_batch(jsonb) RESET plan_cache_mode;
+ALTER FUNCTION payledger.apply_one(jsonb) RESET plan_cache_mode;
+ALTER FUNCTION payledger.expire_holds(integer) RESET plan_cache_mode;
+
 -- Only trusted logins may say which end user a session serves.
 DO $$
 BEGIN
