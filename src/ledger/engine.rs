@@ -12,6 +12,7 @@
 //! Domain failures come back as data (sqlstate, message, detail) because pgrx
 //! cannot raise a custom SQLSTATE; the SQL wrappers raise them.
 
+pub(crate) use super::prepared::array;
 pub(crate) use super::prepared::exec;
 use super::prepared::Row;
 use super::request::{key_lock, parse_item, uuid_str as id_str, Id, Item, Op};
@@ -1035,47 +1036,45 @@ pub(crate) fn write_with(
         return;
     }
     let mut args: Vec<DatumWithOid> = vec![
-        ids.into(),
-        bal.into(),
-        pend.into(),
-        seq.into(),
-        w.j_id.into(),
-        w.j_kind.into(),
-        w.j_key.into(),
-        w.j_hash.into(),
-        w.j_hold.into(),
-        w.j_meta.into(),
-        w.j_eff.into(),
-        w.e_account.into(),
-        w.e_seq.into(),
-        w.e_journal.into(),
-        w.e_owner.into(),
-        w.e_asset.into(),
-        w.e_amount.into(),
-        w.e_after.into(),
-        w.e_eff.into(),
+        array(&ids),
+        array(&bal),
+        array(&pend),
+        array(&seq),
+        array(&w.j_id),
+        array(&w.j_kind),
+        array(&w.j_key),
+        array(&w.j_hash),
+        array(&w.j_hold),
+        array(&w.j_meta),
+        array(&w.j_eff),
+        array(&w.e_account),
+        array(&w.e_seq),
+        array(&w.e_journal),
+        array(&w.e_owner),
+        array(&w.e_asset),
+        array(&w.e_amount),
+        array(&w.e_after),
+        array(&w.e_eff),
+        array(&w.h_id),
+        array(&w.h_owner),
+        array(&w.h_debit),
+        array(&w.h_credit),
+        array(&w.h_asset),
+        array(&w.h_amount),
+        array(&w.h_expires),
+        array(&w.h_key),
+        array(&w.h_hash),
+        array(&w.h_meta),
+        array(&w.h_timeout),
+        array(&w.r_id),
+        array(&w.r_status),
+        array(&w.r_posted),
+        array(&w.r_journal),
+        array(&eff_max),
+        array(&w.j_first),
+        array(&w.j_count),
+        array(&w.e_eff_max),
     ];
-    args.extend([
-        w.h_id.into(),
-        w.h_owner.into(),
-        w.h_debit.into(),
-        w.h_credit.into(),
-        w.h_asset.into(),
-        w.h_amount.into(),
-        w.h_expires.into(),
-        w.h_key.into(),
-        w.h_hash.into(),
-        w.h_meta.into(),
-        w.h_timeout.into(),
-        w.r_id.into(),
-        w.r_status.into(),
-        w.r_posted.into(),
-        w.r_journal.into(),
-        eff_max.into(),
-        w.j_first.into(),
-        w.j_count.into(),
-        w.e_eff_max.into(),
-    ]);
     let sql = match extra {
         Some((sql, more)) => {
             assert!(!holds_change, "an extra statement has no hold CTEs");

@@ -127,7 +127,10 @@ unsafe fn sum_new_entries(
         let datum = pg_sys::slot_getattr(slot, attno, &mut isnull);
         (datum, isnull)
     };
+    // An engine statement writes each journal's entries together: the running
+    // key saves a lookup (and the asset's copy) for all but the first entry.
     let mut sums: HashMap<([u8; 16], String), i128> = HashMap::new();
+    let mut run: Option<(([u8; 16], String), i128)> = None;
     while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
         let (d, n) = get(journal_no);
         let journal = Uuid::from_datum(d, n).map_or([0; 16], |u| *u.as_bytes());
@@ -142,8 +145,19 @@ unsafe fn sum_new_entries(
             ));
         }
         let (d, n) = get(asset_no);
-        let asset = String::from_datum(d, n).unwrap_or_default();
-        *sums.entry((journal, asset)).or_default() += i128::from(amount);
+        let asset = <&str>::from_datum(d, n).unwrap_or_default();
+        match &mut run {
+            Some(((j, a), total)) if *j == journal && a == asset => *total += i128::from(amount),
+            _ => {
+                if let Some((key, total)) = run.take() {
+                    *sums.entry(key).or_default() += total;
+                }
+                run = Some(((journal, asset.to_string()), i128::from(amount)));
+            }
+        }
+    }
+    if let Some((key, total)) = run {
+        *sums.entry(key).or_default() += total;
     }
     pg_sys::ExecDropSingleTupleTableSlot(slot);
     sums

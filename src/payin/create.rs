@@ -12,7 +12,7 @@
 //! `payledger.create_payin` and `retry_payin` raise them.
 
 use crate::errors::{Code, LedgerError, Result};
-use crate::ledger::engine::{self, exec, u, Locked};
+use crate::ledger::engine::{self, array, exec, u, Locked};
 use crate::ledger::request::{uuid_str as id_str, Id, Item, Op, MAX_KEY_LEN};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -413,15 +413,15 @@ fn write_payin(
         DatumWithOid::from(n.request.key.clone()),
         DatumWithOid::from(n.hash.clone()),
         DatumWithOid::from(n.metadata.to_string()),
-        DatumWithOid::from(leg_method),
-        DatumWithOid::from(leg_account),
-        DatumWithOid::from(leg_amount),
-        DatumWithOid::from(leg_options),
-        DatumWithOid::from(types_of(payouts)),
-        DatumWithOid::from(payouts.iter().map(|p| u(&p.account)).collect::<Vec<_>>()),
-        DatumWithOid::from(owners),
-        DatumWithOid::from(payouts.iter().map(|p| p.amount).collect::<Vec<_>>()),
-        DatumWithOid::from(payouts.iter().map(|p| p.role.clone()).collect::<Vec<_>>()),
+        array(&leg_method),
+        array(&leg_account),
+        array(&leg_amount),
+        array(&leg_options),
+        array(&types_of(payouts)),
+        array(&payouts.iter().map(|p| u(&p.account)).collect::<Vec<_>>()),
+        array(&owners),
+        array(&payouts.iter().map(|p| p.amount).collect::<Vec<_>>()),
+        array(&payouts.iter().map(|p| p.role.clone()).collect::<Vec<_>>()),
     ];
     if custodial > 0 {
         let mut postings: Vec<(Id, i64)> = legs

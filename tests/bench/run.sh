@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Benchmark with pgbench, every figure measured in one run on one throwaway cluster:
 #   floor    plain SQL: lock two rows in id order, two UPDATEs, two INSERTs, no checks
+#   floor_model  the floor plus the journal row, in a SECURITY DEFINER function
+#            with a pinned search_path: the least the issue's model and
+#            security model ask for, still without a check
+#   floor_payin  plain SQL writing the bench pay-in's rows in one statement
+#            (5 account updates, journal, 5 entries, pay-in, 3 legs, 2 pay-outs,
+#            history), no checks: the least the pay-in model asks for
 #   payledger.transfer over the same accounts, same clients
 #   spread = random pairs of 50 accounts; hot = every transfer credits one account
 #   batch  = payledger.transfer_batch with 1,000 transfers per call
@@ -41,17 +47,18 @@ psql_ -d postgres -c "VACUUM ANALYZE" -c "CHECKPOINT"
 log "pgbench: $CLIENTS clients (batch: $CLIENTS and $BATCH_CLIENTS), ${DURATION}s per run, $ROUNDS rounds, $ACCOUNTS accounts, $(nproc) cores"
 declare -A runs
 for r in $(seq "$ROUNDS"); do
-  for cfg in floor_spread transfer_spread floor_hot transfer_hot payin_spread payin_hot; do
+  for cfg in floor_spread transfer_spread floor_model_spread floor_hot transfer_hot payin_spread payin_hot floor_payin_spread; do
     runs[$cfg]+=" $(bench "$cfg" "$CLIENTS")"
   done
   runs[batch]+=" $(( $(bench batch_1000 "$CLIENTS") * 1000 ))"
   runs[batch_few]+=" $(( $(bench batch_1000 "$BATCH_CLIENTS") * 1000 ))"
-  echo "round $r:$(for c in floor_spread transfer_spread floor_hot transfer_hot payin_spread payin_hot batch batch_few; do printf ' %s=%s' "$c" "${runs[$c]##* }"; done)"
+  echo "round $r:$(for c in floor_spread transfer_spread floor_model_spread floor_hot transfer_hot payin_spread payin_hot floor_payin_spread batch batch_few; do printf ' %s=%s' "$c" "${runs[$c]##* }"; done)"
 done
 floor_spread=$(median ${runs[floor_spread]}); pl_spread=$(median ${runs[transfer_spread]})
 floor_hot=$(median ${runs[floor_hot]}); pl_hot=$(median ${runs[transfer_hot]})
 batch=$(median ${runs[batch]}); batch_few=$(median ${runs[batch_few]})
 payin_spread=$(median ${runs[payin_spread]}); payin_hot=$(median ${runs[payin_hot]})
+floor_model=$(median ${runs[floor_model_spread]}); floor_payin=$(median ${runs[floor_payin_spread]})
 # Zap receipts verified per second by one backend (one core): a real receipt,
 # made distinct per row so that nothing is computed once for all rows. Its
 # baseline, in the same rounds: the receipt's own zap request (a small signed
@@ -88,11 +95,14 @@ Medians of $ROUNDS rounds (transfers/s):
 | measure | result | target |
 |---|---|---|
 | payledger / floor, 50 accounts | $(ratio "$pl_spread" "$floor_spread")x ($pl_spread vs $floor_spread) | >= 0.9x |
+| floor with the model's journal row and security / floor | $(ratio "$floor_model" "$floor_spread")x ($floor_model) | |
 | payledger / floor, one hot account | $(ratio "$pl_hot" "$floor_hot")x ($pl_hot vs $floor_hot) | |
 | payledger hot / 50 accounts | $(ratio "$pl_hot" "$pl_spread")x | >= 0.8x |
 | batch of 1,000 / single calls, $CLIENTS clients | $(ratio "$batch" "$pl_spread")x ($batch) | >= 20x |
 | batch of 1,000 / single calls, $BATCH_CLIENTS clients | $(ratio "$batch_few" "$pl_spread")x ($batch_few) | |
 | pay-in (3 methods, 2 pay-outs, PAID) / floor transfer | $(ratio "$payin_spread" "$floor_spread")x ($payin_spread pay-ins/s) | >= 0.6x |
+| plain-SQL pay-in, no checks / floor transfer | $(ratio "$floor_payin" "$floor_spread")x ($floor_payin pay-ins/s) | |
+| pay-in / plain-SQL pay-in | $(ratio "$payin_spread" "$floor_payin")x | |
 | pay-in, one hot founder / spread | $(ratio "$payin_hot" "$payin_spread")x ($payin_hot pay-ins/s) | >= 0.8x |
 | zap receipts verified per second, one core | $zaps | >= 10000 |
 | signed events verified per second, one core (one BIP-340 each) | $events | |
