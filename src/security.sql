@@ -96,7 +96,7 @@ GRANT SELECT ON payledger.my_accounts, payledger.my_entries, payledger.my_holds,
                 payledger.my_credit_grants, payledger.my_credit_balance, payledger.my_credit_meters,
                 payledger.my_credit_history
     TO payledger_enduser, payledger_app, payledger_admin;
-GRANT EXECUTE ON FUNCTION payledger.current_owner_id(), payledger.format_amount(text, bigint),
+GRANT EXECUTE ON FUNCTION payledger.current_owner_id(), payledger.error_codes(), payledger.format_amount(text, bigint),
     payledger.parse_amount(text, numeric), payledger.my_total_credits(), payledger.credits_of(bigint),
     payledger.credit_asset(), payledger.my_credit_history(integer)
 TO payledger_enduser, payledger_app, payledger_admin;

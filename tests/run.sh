@@ -36,8 +36,9 @@ run_pg_regress() { # <kind: regress|isolation>
   chown -R postgres:postgres "$dir"
   chmod -R a+rX "$REPO/tests"
   local rc=0
-  as_pg "$tool" --temp-instance="$dir/tmp_check" --temp-config="$REPO/tests/pg_regress/regress.conf" \
-    --bindir="$PG_BIN" --inputdir="$dir" --outputdir="$dir" --port="$TEST_PORT" "${args[@]}" || rc=$?
+  # (from $dir: the tests include their fixtures as sql/fixtures/…)
+  (cd "$dir" && as_pg "$tool" --temp-instance="$dir/tmp_check" --temp-config="$REPO/tests/pg_regress/regress.conf" \
+    --bindir="$PG_BIN" --inputdir="$dir" --outputdir="$dir" --port="$TEST_PORT" "${args[@]}") || rc=$?
   if [ -n "${ACCEPT:-}" ]; then
     local target="$REPO/tests/pg_regress/expected"; [ "$kind" = isolation ] && target="$REPO/tests/isolation/expected"
     cp "$dir"/results/*.out "$target/"

@@ -41,9 +41,25 @@ $$;
 -- grants, may go negative), credits_consumed, credits_expired, credits_voided.
 CREATE FUNCTION payledger.credit_system_account(name text)
 RETURNS uuid LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT payledger.open_account('payledger', payledger.credit_asset(),
-                                  CASE WHEN name = 'credits_issued' THEN 'system' ELSE 'credit_sink' END,
-                                  name, name = 'credits_issued');
+    SELECT payledger.open_account_as('credits', 'payledger', payledger.credit_asset(),
+                                     CASE WHEN name = 'credits_issued' THEN 'credit_source' ELSE 'credit_sink' END,
+                                     name, name = 'credits_issued', NULL, '{}');
+$$;
+
+-- Credits move between the module's own accounts (grants, system accounts),
+-- which the generic API refuses (PL034): through the engine, as the module.
+CREATE FUNCTION payledger.credit_move(from_account uuid, to_account uuid, amount bigint, metadata jsonb,
+                                      effective_at timestamptz, kind text)
+RETURNS uuid LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT (payledger.apply_as('credits', jsonb_build_object(
+        'from', from_account, 'to', to_account, 'amount', amount, 'metadata', metadata,
+        'effective_at', effective_at, 'kind', kind))).journal_id;
+$$;
+
+CREATE FUNCTION payledger.credit_post(postings jsonb, metadata jsonb, kind text)
+RETURNS uuid LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT (payledger.apply_as('credits', jsonb_build_object(
+        'postings', postings, 'metadata', metadata, 'kind', kind))).journal_id;
 $$;
 
 -- Credits (numeric) to the asset's minor unit; too many decimals is PL001.
@@ -272,12 +288,13 @@ BEGIN
             RETURN g.id;
         END IF;
     END IF;
-    acc := payledger.open_account(org, payledger.credit_asset(), 'credit_grant', 'grant:' || id);
+    acc := payledger.open_account_as('credits', org, payledger.credit_asset(), 'credit_grant', 'grant:' || id,
+                                     false, NULL, '{}');
     INSERT INTO payledger.credit_grants (id, org_id, amount, metric, priority, category, source, effective_at, expires_at,
                                          cost_basis, cost_asset, payin_id, account_id, grant_journal, idempotency_key, metadata)
     VALUES (id, org, amount, metric, priority, cat, source, eff, exp, cost_basis, cost_asset, payin, acc,
-            payledger.transfer(payledger.credit_system_account('credits_issued'), acc, amount, NULL,
-                               jsonb_build_object('grant', id), eff, 'credit_grant'),
+            payledger.credit_move(payledger.credit_system_account('credits_issued'), acc, amount,
+                                  jsonb_build_object('grant', id), eff, 'credit_grant'),
             idempotency_key, coalesce(metadata, '{}'));
     INSERT INTO payledger.credit_live_grants VALUES
         (id, org, metric, priority, exp, CASE cat WHEN 'promotional' THEN 0 ELSE 1 END, eff, acc);
@@ -308,8 +325,8 @@ BEGIN
     DELETE FROM payledger.credit_live_grants l WHERE l.grant_id = g.id;
     left_ := payledger.balance(g.account_id);
     IF left_ > 0 THEN
-        j := payledger.transfer(g.account_id, payledger.credit_system_account('credits_voided'), left_, NULL,
-                                jsonb_build_object('grant', g.id, 'reason', reason), NULL, 'credit_void');
+        j := payledger.credit_move(g.account_id, payledger.credit_system_account('credits_voided'), left_,
+                                   jsonb_build_object('grant', g.id, 'reason', reason), NULL, 'credit_void');
         INSERT INTO payledger.credit_grant_events VALUES (g.id, 'voided', left_, j, now(), reason);
         PERFORM payledger.credit_check_thresholds(g.org_id);
     END IF;
@@ -365,7 +382,7 @@ BEGIN
                 SELECT x.grant_id, x.account_id, x.amount, row_number() OVER (ORDER BY x.grant_id) AS i
                   FROM unnest(g_id, g_account, g_left) AS x(grant_id, account_id, amount) WHERE x.amount > 0),
             b AS (  -- (a CTE: the batch runs once)
-                SELECT * FROM payledger.transfer_batch((
+                SELECT * FROM payledger.engine_batch_as('credits', (
                     SELECT jsonb_agg(jsonb_build_object(
                                'postings', jsonb_build_array(jsonb_build_object('account', x.account_id, 'amount', -x.amount),
                                                              jsonb_build_object('account', sink, 'amount', x.amount)),
@@ -469,10 +486,9 @@ BEGIN
             payledger.credits_of(want) USING ERRCODE = 'PL006';
     END IF;
     IF want > left_ THEN
-        j := payledger.post_journal(postings || jsonb_build_object('account', payledger.credit_system_account('credits_consumed'),
-                                                                   'amount', want - left_),
-                                    NULL, jsonb_build_object('consumption', id, 'org', org, 'metric', metric),
-                                    NULL, 'credit_consume');
+        j := payledger.credit_post(postings || jsonb_build_object('account', payledger.credit_system_account('credits_consumed'),
+                                                                  'amount', want - left_),
+                                   jsonb_build_object('consumption', id, 'org', org, 'metric', metric), 'credit_consume');
     END IF;
     INSERT INTO payledger.credit_consumptions (id, org_id, metric, amount, requested, usage_at, idempotency_key, journal_id)
     VALUES (id, org, metric, want - left_, want, usage_at, key, j)
@@ -510,9 +526,9 @@ BEGIN
                JOIN payledger.credit_grants g ON g.id = cp.grant_id WHERE cp.consumption_id = c.id LOOP
         postings := postings || jsonb_build_object('account', p.account_id, 'amount', p.amount);
     END LOOP;
-    j := payledger.post_journal(postings || jsonb_build_object('account', payledger.credit_system_account('credits_consumed'),
-                                                               'amount', -c.amount),
-                                NULL, jsonb_build_object('undo', c.id, 'reason', reason), NULL, 'credit_undo');
+    j := payledger.credit_post(postings || jsonb_build_object('account', payledger.credit_system_account('credits_consumed'),
+                                                              'amount', -c.amount),
+                               jsonb_build_object('undo', c.id, 'reason', reason), 'credit_undo');
     UPDATE payledger.credit_consumptions x SET undone_at = now(), undo_journal = j WHERE x.id = c.id;
     -- a metering charge undone is forgiven: its meter is settled without it
     -- (and not charged again)
@@ -529,8 +545,8 @@ BEGIN
                FROM payledger.credit_consumption_parts cp JOIN payledger.credit_grants g ON g.id = cp.grant_id
               WHERE cp.consumption_id = c.id LOOP
         IF p.dead THEN
-            j2 := payledger.transfer(p.account_id, payledger.credit_system_account('credits_expired'), p.amount, NULL,
-                                     jsonb_build_object('grant', p.grant_id, 'undo', c.id), NULL, 'credit_expire');
+            j2 := payledger.credit_move(p.account_id, payledger.credit_system_account('credits_expired'), p.amount,
+                                        jsonb_build_object('grant', p.grant_id, 'undo', c.id), NULL, 'credit_expire');
             INSERT INTO payledger.credit_grant_events VALUES (p.grant_id, 'restored_expired', p.amount, j2, now(), reason);
         ELSE
             INSERT INTO payledger.credit_live_grants VALUES
@@ -752,15 +768,14 @@ BEGIN
 END;
 $$;
 
--- Called when a pay-in reaches PAID (payin_reached): a credit package's
--- pay-in grants its credits; a subscription's renewals are recurring.
-CREATE FUNCTION payledger.credits_payin_paid(payin uuid)
+-- A credit package's pay-in reached PAID (a handler of the pay-in
+-- lifecycle, in the settling transaction): it grants its credits; a
+-- subscription's renewals are recurring.
+CREATE FUNCTION payledger.credits_payin_paid(p payledger.payins)
 RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    p payledger.payins;
     pk payledger.credit_packages;
 BEGIN
-    SELECT * INTO p FROM payledger.payins x WHERE x.id = payin;
     SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = p.metadata ->> 'credit_package';
     IF NOT FOUND THEN
         RETURN;
@@ -772,6 +787,8 @@ BEGIN
         payin => p.id, metadata => jsonb_build_object('package', pk.name));
 END;
 $$;
+SELECT payledger.register_payin_handler('credits', 'reached', 100, '{PAID}',
+                                        'payledger.credits_payin_paid(payledger.payins)', 'CREDIT_PACKAGE');
 
 -- A recurring package: a subscription whose every paid period grants.
 CREATE FUNCTION payledger.subscribe_credit_package(
@@ -966,7 +983,7 @@ BEGIN
                      GROUP BY 1, 2) s
              GROUP BY s.org_id) j;
     FOR k IN 0 .. (cardinality(items) - 1) / 1000 LOOP
-        FOR r IN SELECT * FROM payledger.transfer_batch(to_jsonb(items[k * 1000 + 1 : k * 1000 + 1000])) b ORDER BY b.item LOOP
+        FOR r IN SELECT * FROM payledger.engine_batch_as('credits', to_jsonb(items[k * 1000 + 1 : k * 1000 + 1000])) b ORDER BY b.item LOOP
             IF r.status = 'error' THEN
                 PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
             END IF;
@@ -1317,6 +1334,11 @@ BEGIN
          WHERE payledger.credit_try_lock(o.org_id)));
 END;
 $$;
+
+SELECT payledger.register_housekeeping_step('credits', 'credit_grants_expired', 30, 'payledger.expire_credits(integer)',
+                                            max_calls => 1),
+       payledger.register_housekeeping_step('credits', 'credit_expiry_events', 40,
+                                            'payledger.credit_check_expiring(integer)', max_calls => 1);
 
 ---------------------------------------------------------------------------
 -- History

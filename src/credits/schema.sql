@@ -9,8 +9,13 @@
 -- that account and the system accounts credits_issued / credits_consumed /
 -- credits_expired / credits_voided. Grant rows are never edited.
 
-INSERT INTO payledger.account_kinds (kind, description, builtin) VALUES
-    ('credit_sink', 'where consumed, expired or voided credits go', true);
+-- Grant accounts and the system accounts are the credits module's: the
+-- generic API neither opens nor moves them (PL034), so that no credit is made
+-- or spent outside this module.
+INSERT INTO payledger.account_kinds (kind, description, builtin, module) VALUES
+    ('credit_sink', 'where consumed, expired or voided credits go', true, 'credits'),
+    ('credit_source', 'where granted credits come from', true, 'credits');
+UPDATE payledger.account_kinds SET module = 'credits' WHERE kind = 'credit_grant';
 
 -- At most one row (none: the defaults); set with credits_configure().
 CREATE TABLE payledger.credit_settings (

@@ -44,6 +44,24 @@ BEGIN
 END;
 $$;
 
+-- A module's money movement: as apply_one, but the item may move the
+-- accounts the module manages (accounts.managed_by), which the generic API
+-- refuses (PL034). Internal: granted to no one.
+CREATE FUNCTION payledger.apply_as(module text, item jsonb, OUT journal_id uuid, OUT hold_id uuid)
+LANGUAGE plpgsql
+SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    SELECT * INTO STRICT r FROM payledger.engine_batch_as(module, jsonb_build_array(item));
+    IF r.status = 'error' THEN
+        PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+    END IF;
+    journal_id := r.journal_id;
+    hold_id := r.hold_id;
+END;
+$$;
+
 CREATE FUNCTION payledger.require(value anyelement, name text)
 RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -105,9 +123,27 @@ CREATE FUNCTION payledger.open_account(
     allow_negative  boolean DEFAULT false,
     overdraft_limit bigint DEFAULT NULL,
     metadata        jsonb DEFAULT '{}'::jsonb)
-RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+RETURNS uuid LANGUAGE sql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger.open_account_as(NULL, owner_id, asset, kind, name, allow_negative, overdraft_limit, metadata);
+$$;
+
+-- Opening, for the generic API (module NULL) and for modules. A kind that a
+-- module owns (account_kinds.module) is opened only by that module, and its
+-- accounts are managed by it (accounts.managed_by): the generic API neither
+-- opens nor moves them (PL034). Internal: granted to no one.
+CREATE FUNCTION payledger.open_account_as(
+    module          text,
+    owner_id        text,
+    asset           text,
+    kind            text,
+    name            text,
+    allow_negative  boolean,
+    overdraft_limit bigint,
+    metadata        jsonb)
+RETURNS uuid LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     acc payledger.accounts;
+    k payledger.account_kinds;
 BEGIN
     PERFORM payledger.require(owner_id, 'owner_id');
     PERFORM payledger.require(asset, 'asset');
@@ -118,29 +154,34 @@ BEGIN
         RAISE EXCEPTION 'owner_id and name must not be empty, and a name has no #' USING ERRCODE = '22023',
             HINT = '# marks the shards of an account.';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = open_account.asset) THEN
+    IF NOT EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = open_account_as.asset) THEN
         RAISE EXCEPTION 'asset % does not exist', quote_literal(asset) USING ERRCODE = 'PL003';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM payledger.account_kinds k WHERE k.kind = open_account.kind) THEN
+    SELECT * INTO k FROM payledger.account_kinds x WHERE x.kind = open_account_as.kind;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'account kind % does not exist', quote_literal(kind)
             USING ERRCODE = 'PL017', HINT = 'Register it with payledger.register_account_kind().';
+    END IF;
+    IF k.module IS DISTINCT FROM module AND k.module IS NOT NULL THEN
+        RAISE EXCEPTION 'accounts of kind % belong to the % module', kind, k.module
+            USING ERRCODE = 'PL034', HINT = 'The module opens them itself, and only its functions move them.';
     END IF;
     IF overdraft_limit IS NOT NULL AND (overdraft_limit < 0 OR NOT allow_negative) THEN
         RAISE EXCEPTION 'overdraft_limit must be >= 0 and needs allow_negative' USING ERRCODE = '22023';
     END IF;
     INSERT INTO payledger.accounts AS a (id, owner_id, asset, kind, name, allow_negative, overdraft_limit,
-                                         min_available, metadata)
-    VALUES (payledger.new_id(), open_account.owner_id, open_account.asset, open_account.kind, open_account.name,
-            open_account.allow_negative, open_account.overdraft_limit,
-            payledger.min_available(open_account.allow_negative, open_account.overdraft_limit, 1::smallint),
-            coalesce(open_account.metadata, '{}'::jsonb))
+                                         min_available, metadata, managed_by)
+    VALUES (payledger.new_id(), open_account_as.owner_id, open_account_as.asset, open_account_as.kind,
+            open_account_as.name, open_account_as.allow_negative, open_account_as.overdraft_limit,
+            payledger.min_available(open_account_as.allow_negative, open_account_as.overdraft_limit, 1::smallint),
+            coalesce(open_account_as.metadata, '{}'::jsonb), k.module)
     ON CONFLICT ON CONSTRAINT accounts_owner_id_asset_kind_name_key DO NOTHING;
     SELECT * INTO acc FROM payledger.accounts a
-     WHERE a.owner_id = open_account.owner_id AND a.asset = open_account.asset
-       AND a.kind = open_account.kind AND a.name = open_account.name;
+     WHERE a.owner_id = open_account_as.owner_id AND a.asset = open_account_as.asset
+       AND a.kind = open_account_as.kind AND a.name = open_account_as.name;
     -- Opening is idempotent; the same key with other settings is a conflict.
-    IF acc.allow_negative IS DISTINCT FROM open_account.allow_negative
-       OR acc.overdraft_limit IS DISTINCT FROM open_account.overdraft_limit THEN
+    IF acc.allow_negative IS DISTINCT FROM open_account_as.allow_negative
+       OR acc.overdraft_limit IS DISTINCT FROM open_account_as.overdraft_limit THEN
         RAISE EXCEPTION 'account %/%/%/% already exists with other limits', owner_id, asset, kind, name
             USING ERRCODE = 'PL014', DETAIL = format('existing account %s', acc.id),
                   HINT = 'Change limits with payledger.set_account_limits().';
@@ -179,6 +220,17 @@ BEGIN
 END;
 $$;
 
+-- A module's account is closed or re-limited by no one but the module (PL034).
+CREATE FUNCTION payledger.refuse_managed(acc payledger.accounts)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF acc.managed_by IS NOT NULL THEN
+        RAISE EXCEPTION 'account % belongs to the % module', acc.id, acc.managed_by
+            USING ERRCODE = 'PL034', HINT = 'Only that module''s functions move or change it.';
+    END IF;
+END;
+$$;
+
 CREATE FUNCTION payledger.close_account(account uuid)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
@@ -188,6 +240,7 @@ BEGIN
     IF acc.closed_at IS NOT NULL THEN
         RAISE EXCEPTION 'account % is already closed', account USING ERRCODE = 'PL005';
     END IF;
+    PERFORM payledger.refuse_managed(acc);
     IF acc.parent_id IS NOT NULL THEN
         RAISE EXCEPTION 'account % is a shard: close %', account, acc.parent_id USING ERRCODE = '22023';
     END IF;
@@ -214,6 +267,7 @@ BEGIN
     IF overdraft_limit IS NOT NULL AND (overdraft_limit < 0 OR NOT allow_negative) THEN
         RAISE EXCEPTION 'overdraft_limit must be >= 0 and needs allow_negative' USING ERRCODE = '22023';
     END IF;
+    PERFORM payledger.refuse_managed(acc);
     IF available < 0 AND (NOT allow_negative OR available < -overdraft_limit) THEN
         RAISE EXCEPTION 'account % is below the new limit', account
             USING ERRCODE = 'PL006', DETAIL = format('available %s', available);
@@ -247,9 +301,9 @@ BEGIN
         RAISE EXCEPTION 'shards must be between the current % and 256, got %', acc.shards, shards
             USING ERRCODE = '22023', HINT = 'Shards are never removed.';
     END IF;
-    INSERT INTO payledger.accounts (id, owner_id, asset, kind, name, parent_id, metadata)
+    INSERT INTO payledger.accounts (id, owner_id, asset, kind, name, parent_id, metadata, managed_by)
     SELECT payledger.new_id(), acc.owner_id, acc.asset, acc.kind, acc.name || '#' || k, acc.id,
-           jsonb_build_object('shard_of', acc.id)
+           jsonb_build_object('shard_of', acc.id), acc.managed_by
       FROM generate_series(acc.shards, set_account_shards.shards - 1) AS k;
     UPDATE payledger.accounts a
        SET shards = set_account_shards.shards,
@@ -374,6 +428,9 @@ BEGIN
     RETURN released;
 END;
 $$;
+
+SELECT payledger.register_housekeeping_step('ledger', 'holds_expired', 20, 'payledger.expire_holds(integer)',
+                                            max_calls => 1);
 
 ---------------------------------------------------------------------------
 -- Balances

@@ -78,6 +78,9 @@ pub(crate) struct Account {
     pub(crate) in_shards: i64,
     /// The latest effective time among the row's entries (microseconds since 2000).
     eff_max: Option<i64>,
+    /// The module that owns the account (`accounts.managed_by`): only items
+    /// of that module may move it.
+    pub(crate) managed_by: Option<String>,
 }
 
 #[derive(Clone)]
@@ -165,6 +168,7 @@ fn read_account(row: &Row) -> (Id, Account, i16) {
             .ok()
             .flatten()
             .map(|t| t.into()),
+        managed_by: row.get(13).ok().flatten(),
     };
     (
         *id.as_bytes(),
@@ -185,7 +189,8 @@ fn timestamp(micros: i64) -> TimestampWithTimeZone {
 }
 
 /// Parse and apply a JSON array of items; one outcome per item, in order.
-pub fn apply_json(items: &Value, max_items: usize) -> Vec<Outcome> {
+/// `module`: the module the items move money for (None: the generic API).
+pub fn apply_json(items: &Value, max_items: usize, module: Option<String>) -> Vec<Outcome> {
     let arr = match items.as_array() {
         Some(a) => a,
         None => crate::errors::raise_malformed("the batch must be a JSON array of items"),
@@ -200,7 +205,16 @@ pub fn apply_json(items: &Value, max_items: usize) -> Vec<Outcome> {
             )
         );
     }
-    apply_items(arr.iter().map(parse_item).collect())
+    apply_items(
+        arr.iter()
+            .map(|v| {
+                parse_item(v).map(|mut it| {
+                    it.module.clone_from(&module);
+                    it
+                })
+            })
+            .collect(),
+    )
 }
 
 /// Apply already-parsed items (a parse failure is that item's outcome).
@@ -483,7 +497,7 @@ pub(crate) fn lock_accounts(
         let rows = exec(
             client,
             "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
-                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max \
+                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max, managed_by \
                FROM payledger.accounts WHERE id = ANY($1) AND (shards = 1 OR id = ANY($2)) \
               ORDER BY id FOR NO KEY UPDATE",
             &[DatumWithOid::from(all), DatumWithOid::from(must)],
@@ -526,11 +540,11 @@ pub(crate) fn lock_accounts(
         let mut shard = None;
         for sql in [
             "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
-                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max \
+                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max, managed_by \
                FROM payledger.accounts WHERE parent_id = $1 \
               ORDER BY random() LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED",
             "SELECT id, owner_id, asset, allow_negative, overdraft_limit, balance, pending_debits, \
-                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max \
+                    entry_count, closed_at IS NOT NULL, shards, parent_id, effective_max, managed_by \
                FROM payledger.accounts WHERE parent_id = $1 \
               ORDER BY random() LIMIT 1 FOR NO KEY UPDATE",
         ] {
@@ -608,7 +622,13 @@ fn shard_named(accounts: &HashMap<Id, Account>, id: &Id) -> Option<LedgerError> 
     )
 }
 
-fn account<'a>(accounts: &'a HashMap<Id, Account>, id: &Id) -> Result<&'a Account> {
+/// An account an item may move: it exists, is open, and is managed by no
+/// module or by the item's own (`module`: None for the generic API).
+fn account<'a>(
+    accounts: &'a HashMap<Id, Account>,
+    id: &Id,
+    module: Option<&str>,
+) -> Result<&'a Account> {
     let a = accounts.get(id).ok_or_else(|| {
         LedgerError::new(
             Code::UnknownAccount,
@@ -621,7 +641,25 @@ fn account<'a>(accounts: &'a HashMap<Id, Account>, id: &Id) -> Result<&'a Accoun
             format!("account {} is closed", id_str(id)),
         ));
     }
+    if let Some(owner) = a.managed_by.as_deref() {
+        if module != Some(owner) {
+            return Err(managed(id, a));
+        }
+    }
     Ok(a)
+}
+
+/// PL034: an account a module owns, named where that module is not moving it.
+pub(crate) fn managed(id: &Id, a: &Account) -> LedgerError {
+    LedgerError::new(
+        Code::ManagedAccount,
+        format!(
+            "account {} belongs to the {} module",
+            id_str(a.parent.as_ref().unwrap_or(id)),
+            a.managed_by.as_deref().unwrap_or("?")
+        ),
+    )
+    .detail("only that module's functions move it")
 }
 
 fn insufficient(id: &Id, a: &Account, needed: i64) -> LedgerError {
@@ -658,7 +696,7 @@ fn apply_transfer(
     let mut net: Vec<(Id, i64)> = Vec::new();
     let mut per_asset: HashMap<&str, i128> = HashMap::new();
     for (id, amount) in postings {
-        let a = account(accounts, id)?;
+        let a = account(accounts, id, it.module.as_deref())?;
         *per_asset.entry(a.asset.as_str()).or_default() += *amount as i128;
         match net.iter_mut().find(|(n, _)| n == id) {
             Some(n) => n.1 = n.1.checked_add(*amount).ok_or_else(overflow)?,
@@ -744,8 +782,8 @@ fn apply_hold_create(
     expires_at: &Option<String>,
     timeout_ms: Option<i64>,
 ) -> Result<Id> {
-    let d = account(accounts, &debit)?;
-    let c = account(accounts, &credit)?;
+    let d = account(accounts, &debit, it.module.as_deref())?;
+    let c = account(accounts, &credit, it.module.as_deref())?;
     if d.asset != c.asset {
         return Err(LedgerError::new(
             Code::AssetMismatch,

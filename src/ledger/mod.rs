@@ -18,10 +18,15 @@ use pgrx::Uuid;
 
 extension_sql_file!("schema.sql", name = "ledger_schema", bootstrap);
 extension_sql_file!(
+    "housekeeping.sql",
+    name = "ledger_housekeeping",
+    requires = ["ledger_schema"]
+);
+extension_sql_file!(
     "api.sql",
     name = "ledger_api",
     requires = [
-        "ledger_schema",
+        "ledger_housekeeping",
         engine_batch,
         transfer_journal,
         engine_failure,
@@ -50,11 +55,26 @@ fn engine_batch(
         name!(detail, Option<String>),
     ),
 > {
+    batch_rows(items, None)
+}
+
+/// One row of `engine_batch`: item, status, journal, hold, sqlstate, message, detail.
+type BatchRow = (
+    i32,
+    &'static str,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<&'static str>,
+    Option<String>,
+    Option<String>,
+);
+
+fn batch_rows(items: Option<JsonArg>, module: Option<String>) -> TableIterator<'static, BatchRow> {
     let max = crate::gucs::MAX_BATCH_SIZE.get().max(1) as usize;
     let Some(items) = items else {
         crate::errors::raise_null("items");
     };
-    let outcomes = engine::apply_json(&items.0, max);
+    let outcomes = engine::apply_json(&items.0, max, module);
     TableIterator::new(outcomes.into_iter().enumerate().map(|(i, o)| {
         let (code, message, detail) = o.error.map_or((None, None, None), |e| e.into_row());
         (
@@ -69,6 +89,31 @@ fn engine_batch(
     }))
 }
 
+/// `engine_batch` for a module (see `payledger.apply_as`): its items may
+/// move the accounts that module manages. Internal: granted to no one.
+#[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::type_complexity)]
+fn engine_batch_as(
+    module: Option<String>,
+    items: Option<JsonArg>,
+) -> TableIterator<
+    'static,
+    (
+        name!(item, i32),
+        name!(status, &'static str),
+        name!(journal_id, Option<Uuid>),
+        name!(hold_id, Option<Uuid>),
+        name!(sqlstate, Option<&'static str>),
+        name!(message, Option<String>),
+        name!(detail, Option<String>),
+    ),
+> {
+    let Some(module) = module else {
+        crate::errors::raise_null("module");
+    };
+    batch_rows(items, Some(module))
+}
+
 thread_local! {
     // The failure of the last transfer_journal() call, until engine_failure() takes it.
     static FAILURE: std::cell::RefCell<Option<crate::errors::LedgerError>> =
@@ -78,7 +123,7 @@ thread_local! {
 /// One two-leg transfer, the engine behind `payledger.transfer`: the journal
 /// id, or NULL when it failed, the failure then kept for `engine_failure()`.
 /// A scalar, so that the PL/pgSQL wrapper (which sets the search_path and
-/// plan cache mode, and raises the failure) evaluates the call as a simple
+/// raises the failure) evaluates the call as a simple
 /// expression rather than running a query over a set-returning function.
 #[pg_extern(volatile, parallel_unsafe)]
 #[allow(clippy::too_many_arguments)]

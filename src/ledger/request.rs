@@ -45,6 +45,9 @@ pub struct Item {
     /// sha256 of the canonical request, present when `key` is.
     pub hash: Option<Vec<u8>>,
     pub metadata: String,
+    /// The module the item moves money for (None: the generic API), which
+    /// may move the accounts it manages. Never read from the request.
+    pub module: Option<String>,
 }
 
 impl Item {
@@ -242,6 +245,7 @@ pub fn parse_item(v: &Value) -> Result<Item> {
         key,
         hash,
         metadata: metadata.to_string(),
+        module: None,
     })
 }
 

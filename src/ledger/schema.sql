@@ -16,7 +16,10 @@ CREATE TABLE payledger.assets (
 CREATE TABLE payledger.account_kinds (
     kind        text PRIMARY KEY CHECK (kind ~ '^[a-z][a-z0-9_]{0,62}$'),
     description text NOT NULL,
-    builtin     boolean NOT NULL DEFAULT false
+    builtin     boolean NOT NULL DEFAULT false,
+    -- the module that owns every account of this kind (NULL: open to anyone);
+    -- the generic API neither opens nor moves such accounts (PL034)
+    module      text
 );
 
 INSERT INTO payledger.account_kinds (kind, description, builtin) VALUES
@@ -58,6 +61,9 @@ CREATE TABLE payledger.accounts (
     -- limits by payledger.min_available() (checked by the definition trigger).
     -- A sharded account's own row has none: its floor applies to the total.
     min_available   bigint NOT NULL DEFAULT 0,
+    -- the module that owns the account (its kind's module when opened): only
+    -- that module's functions move it; the generic API refuses it (PL034)
+    managed_by      text,
     UNIQUE (owner_id, asset, kind, name)
     -- No CHECK: PostgreSQL compiles a table's CHECKs again for every statement
     -- that writes it, so the rules live in triggers: the balance floor (which
@@ -96,14 +102,15 @@ BEGIN
     END IF;
     IF NEW.parent_id IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM payledger.accounts p
-         WHERE p.id = NEW.parent_id AND p.parent_id IS NULL AND p.owner_id = NEW.owner_id AND p.asset = NEW.asset) THEN
+         WHERE p.id = NEW.parent_id AND p.parent_id IS NULL AND p.owner_id = NEW.owner_id AND p.asset = NEW.asset
+           AND p.managed_by IS NOT DISTINCT FROM NEW.managed_by) THEN
         RAISE EXCEPTION 'parent account % does not exist or does not match', NEW.parent_id USING ERRCODE = '23503';
     END IF;
     RETURN NULL;
 END;
 $$;
 CREATE TRIGGER accounts_definition
-    AFTER INSERT OR UPDATE OF owner_id, name, allow_negative, overdraft_limit, shards, parent_id, min_available
+    AFTER INSERT OR UPDATE OF owner_id, name, allow_negative, overdraft_limit, shards, parent_id, min_available, managed_by
     ON payledger.accounts FOR EACH ROW EXECUTE FUNCTION payledger.accounts_definition_guard();
 
 CREATE TABLE payledger.journals (

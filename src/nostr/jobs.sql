@@ -392,15 +392,16 @@ BEGIN
 END;
 $$;
 
--- A job's invoice pay-in reached PAID (called from payin_reached, in the
--- settling transaction; the state trigger locked the job first).
-CREATE FUNCTION payledger.nostr_job_invoice_paid(payin uuid)
+-- A job's invoice pay-in reached PAID (a handler of the pay-in lifecycle, in
+-- the settling transaction; the lock handler below locked the job first).
+CREATE FUNCTION payledger.nostr_job_invoice_paid(p payledger.payins)
 RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    p payledger.payins;
     j payledger.nostr_jobs;
 BEGIN
-    SELECT * INTO p FROM payledger.payins x WHERE x.id = payin;
+    IF p.metadata ->> 'via' IS DISTINCT FROM 'invoice' THEN
+        RETURN;
+    END IF;
     SELECT * INTO j FROM payledger.nostr_jobs x WHERE x.id = (p.metadata ->> 'job')::uuid FOR UPDATE;
     IF NOT EXISTS (SELECT 1 FROM payledger.nostr_job_payments n WHERE n.payin_id = p.id) THEN
         -- (an invoice's payment hash; a pay-in an application settled by hand
@@ -410,6 +411,22 @@ BEGIN
     END IF;
 END;
 $$;
+
+-- A job's pay-in locks its job before the accounts, as a zap's payment does
+-- (docs/reliability.md, Lock order): a lock handler of the pay-in lifecycle.
+CREATE FUNCTION payledger.nostr_job_payin_lock(p payledger.payins)
+RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    IF p.metadata ? 'job' THEN
+        PERFORM FROM payledger.nostr_jobs j WHERE j.id = (p.metadata ->> 'job')::uuid FOR UPDATE;
+    END IF;
+END;
+$$;
+
+SELECT payledger.register_payin_handler('nostr', 'lock', 200, '{PAID}',
+                                        'payledger.nostr_job_payin_lock(payledger.payins)', 'NOSTR_JOB'),
+       payledger.register_payin_handler('nostr', 'reached', 200, '{PAID}',
+                                        'payledger.nostr_job_invoice_paid(payledger.payins)', 'NOSTR_JOB');
 
 -- Pay a job with a zap receipt (kind 9735) whose e tag is one of the job's
 -- published events: verified (docs/nostr.md) against the provider's LNURL key
@@ -522,6 +539,9 @@ END;
 $$;
 
 -- Invariants of jobs (part of payledger.check_invariants()).
+SELECT payledger.register_housekeeping_step('nostr', 'jobs_expired', 50, 'payledger.nostr_expire_jobs(integer)',
+                                            max_calls => 1);
+
 CREATE FUNCTION payledger.nostr_invariants()
 RETURNS TABLE (invariant text, subject text, detail text)
 LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$

@@ -13,12 +13,7 @@ extension_sql_file!(
     "jobs.sql",
     name = "nostr_jobs",
     // (a job's invoice is a provider invoice)
-    requires = [
-        "payin_api",
-        "provider_schema",
-        nostr_verify_event,
-        verify_zap_receipt
-    ]
+    requires = ["provider_api", nostr_verify_event, verify_zap_receipt]
 );
 
 fn invalid(message: String) -> ! {

@@ -178,7 +178,7 @@ BEGIN
     IF p.external_amount > 0 THEN
         postings := postings || jsonb_build_object('account', p.external_account, 'amount', -p.external_amount);
     END IF;
-    RETURN (payledger.apply_one(jsonb_build_object(
+    RETURN (payledger.apply_as('payin', jsonb_build_object(
         'postings', postings, 'kind', 'payin_paid', 'metadata', jsonb_build_object('payin', p.id)))).journal_id;
 END;
 $$;
@@ -194,7 +194,7 @@ BEGIN
     SELECT jsonb_agg(jsonb_build_object('account', l.account_id, 'amount', l.amount) ORDER BY l.seq) INTO postings
       FROM payledger.payin_legs l WHERE l.payin_id = p.id AND l.method = 'custodial' AND l.amount > 0;
     postings := postings || jsonb_build_object('account', p.escrow_account, 'amount', -p.custodial_amount);
-    j := (payledger.apply_one(jsonb_build_object(
+    j := (payledger.apply_as('payin', jsonb_build_object(
         'postings', postings, 'kind', 'payin_release', 'metadata', jsonb_build_object('payin', p.id)))).journal_id;
     INSERT INTO payledger.payin_refunds (payin_id, journal_id, kind, seq, owner_id, from_account, to_account, amount, reason)
     SELECT p.id, j, 'release', l.seq, p.owner_id, p.escrow_account, l.account_id, l.amount, p.failure_reason::text
@@ -273,12 +273,9 @@ BEGIN
         NEW.paid_journal := OLD.paid_journal;
         NEW.release_journal := OLD.release_journal;
         NEW.external_cancel := OLD.external_cancel;
+        -- what other modules lock before the accounts (src/payin/lifecycle.sql)
+        PERFORM payledger.payin_run_lock(NEW);
         IF NEW.state = 'PAID' THEN
-            -- a job's pay-in locks its job before the accounts, as a zap's
-            -- payment does (docs/reliability.md, Lock order)
-            IF NEW.type = 'NOSTR_JOB' AND NEW.metadata ? 'job' THEN
-                PERFORM FROM payledger.nostr_jobs j WHERE j.id = (NEW.metadata ->> 'job')::uuid FOR UPDATE;
-            END IF;
             NEW.paid_journal := payledger.payin_pay_out(NEW);
         ELSIF NEW.state IN ('FAILED', 'CANCELLED') THEN
             IF NEW.custodial_amount > 0 AND OLD.release_journal IS NULL THEN
@@ -301,7 +298,8 @@ $$;
 CREATE TRIGGER payins_guard BEFORE INSERT OR UPDATE ON payledger.payins
     FOR EACH ROW EXECUTE FUNCTION payledger.payins_guard();
 
--- After a move: record it, and move the children the same way.
+-- After a move: record it, move the children the same way, then run what
+-- other modules registered for the state reached (src/payin/lifecycle.sql).
 CREATE FUNCTION payledger.payins_moved() RETURNS trigger
 LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
@@ -317,6 +315,7 @@ BEGIN
          WHERE c.parent_id = NEW.id AND c.state = OLD.state;
         PERFORM set_config('payledger.moving_children_of', coalesce(outer_setting, ''), true);
     END IF;
+    PERFORM payledger.payin_run_reached(NEW);
     RETURN NULL;
 END;
 $$;
@@ -386,8 +385,7 @@ BEGIN
     IF r.sqlstate IS NOT NULL THEN
         PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
     END IF;
-    -- paid at creation: its event and settle hooks (a move to PAID gets them
-    -- from the state trigger; src/provider/api.sql)
+    -- paid at creation: what other modules do on PAID (src/payin/lifecycle.sql)
     IF r.state = 'PAID' AND NOT r.replayed THEN
         PERFORM payledger.payin_reached(r.payin_id);
     END IF;
@@ -536,6 +534,7 @@ BEGIN
     ELSIF dest.asset <> p.asset THEN
         RAISE EXCEPTION 'account % holds %, the pay-in was paid in %', to_account, dest.asset, p.asset USING ERRCODE = 'PL004';
     END IF;
+    PERFORM payledger.refuse_managed(dest);
 
     -- Each pay-out gives back its share of what it still holds; cumulative
     -- rounding makes the shares sum to the amount exactly.
@@ -553,7 +552,7 @@ BEGIN
     SELECT jsonb_agg(jsonb_build_object('account', x.a, 'amount', -x.amt))
            || jsonb_build_object('account', to_account, 'amount', amount)
       INTO postings FROM unnest(accounts, shares) x(a, amt);
-    j := (payledger.apply_one(jsonb_build_object(
+    j := (payledger.apply_as('payin', jsonb_build_object(
         'postings', postings, 'kind', 'payin_refund',
         'metadata', jsonb_build_object('payin', p.id, 'reason', reason)))).journal_id;
     INSERT INTO payledger.payin_refunds (payin_id, journal_id, kind, seq, owner_id, from_account, to_account, amount,

@@ -285,6 +285,7 @@ fn open(
             "provider_clearing",
             &e.rail,
             true,
+            None,
         )),
     };
     // Custodial money that may have to wait needs the payer's escrow account
@@ -297,6 +298,8 @@ fn open(
             "payin_escrow",
             "main",
             false,
+            // the pay-in module's own: the generic API cannot move it
+            Some("payin"),
         ))
     } else {
         None
@@ -449,6 +452,7 @@ fn write_payin(
             key: None,
             hash: None,
             metadata: json!({ "payin": id_str(&n.id) }).to_string(),
+            module: Some("payin".into()),
         };
         engine::post_locked(client, locked, &item, Some((WRITE_PAYIN, rows)))?;
     } else {
@@ -584,6 +588,11 @@ fn check_accounts(
                     a.asset
                 ),
             ));
+        }
+        // methods and pay-outs are the application's accounts, never one a
+        // module manages (a payer's escrow, a credit grant)
+        if a.managed_by.is_some() {
+            return Err(engine::managed(&id, a));
         }
         if let (Some(p), false) = (a.parent, locked.redirect.contains_key(&id)) {
             return Err(err(
@@ -773,12 +782,13 @@ fn open_account(
     kind: &str,
     name: &str,
     allow_negative: bool,
+    managed_by: Option<&str>,
 ) -> Id {
     let row = exec(
         client,
         "WITH ins AS (
-            INSERT INTO payledger.accounts (id, owner_id, asset, kind, name, allow_negative, min_available)
-            VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 THEN -9223372036854775808 ELSE 0 END)
+            INSERT INTO payledger.accounts (id, owner_id, asset, kind, name, allow_negative, min_available, managed_by)
+            VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 THEN -9223372036854775808 ELSE 0 END, $7)
             ON CONFLICT (owner_id, asset, kind, name) DO NOTHING RETURNING id)
          SELECT id FROM ins
          UNION ALL
@@ -790,6 +800,7 @@ fn open_account(
             DatumWithOid::from(kind),
             DatumWithOid::from(name),
             DatumWithOid::from(allow_negative),
+            DatumWithOid::from(managed_by),
         ],
     )
     .next();

@@ -18,10 +18,15 @@ extension_sql_file!(
     requires = ["ledger_schema"]
 );
 extension_sql_file!(
+    "lifecycle.sql",
+    name = "payin_lifecycle",
+    requires = ["payin_schema"]
+);
+extension_sql_file!(
     "api.sql",
     name = "payin_api",
     requires = [
-        "payin_schema",
+        "payin_lifecycle",
         "ledger_api",
         payin_create_core,
         split_payouts_core
@@ -29,7 +34,7 @@ extension_sql_file!(
 );
 
 /// The body of `payledger.create_payin` and `retry_payin` (which raise the
-/// failure this returns, and set the search_path and plan cache mode).
+/// failure this returns, and pin the search_path).
 /// Internal: granted to no one.
 #[pg_extern(volatile, parallel_unsafe)]
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]

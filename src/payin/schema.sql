@@ -17,8 +17,9 @@ CREATE TYPE payledger.payin_failure_reason AS ENUM (
     'HELD_INVOICE_SETTLED_TOO_SLOW', 'WITHDRAWAL_FAILED', 'USER_CANCELLED', 'SYSTEM_CANCELLED', 'INVOICE_EXPIRED',
     'EXECUTION_FAILED', 'UNKNOWN_FAILURE');
 
-INSERT INTO payledger.account_kinds (kind, description, builtin) VALUES
-    ('payin_escrow', 'custodial money of a payer''s pending pay-ins', true);
+-- Escrow accounts are the pay-in module's: only its transitions move them.
+INSERT INTO payledger.account_kinds (kind, description, builtin, module) VALUES
+    ('payin_escrow', 'custodial money of a payer''s pending pay-ins', true, 'payin');
 
 -- The one transition table: the state trigger allows exactly these moves, and
 -- docs/payins.md prints it. A failure reason given on the way to FAILED or

@@ -643,61 +643,8 @@ BEGIN
 END;
 $$;
 
--- The housekeeping after a tick's calls, as steps: each call of a step is
--- its own transaction, taking up to per_call items; a step is called again
--- while a call comes back full, at most max_calls times (and, for the seals,
--- within budget). A step that moves money for several owners takes one item
--- per transaction (the lock order, see worker_apply); a step that moves it
--- in one engine batch (holds, credit expiry) or moves none takes a batch.
--- The worker (src/worker.rs) and run_tick both follow this plan.
-CREATE FUNCTION payledger.housekeeping_plan(batch integer DEFAULT 1000)
-RETURNS TABLE (step text, per_call integer, max_calls integer, budget interval)
-LANGUAGE sql IMMUTABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    VALUES ('invoices_closed', 1, batch, NULL::interval),
-           ('holds_expired', batch, 1, NULL),
-           ('credit_grants_expired', batch, 1, NULL),
-           ('credit_expiry_events', batch, 1, NULL),
-           ('jobs_expired', batch, 1, NULL),
-           ('hooks_run', 1, batch, NULL),
-           ('subscriptions_renewed', 1, batch, NULL),
-           -- tamper evidence, off the hot path: blocks of up to 100,000
-           -- entries, for about 5 seconds a tick at most
-           ('entries_sealed', 100000, 2147483647, interval '5 seconds');
-$$;
-
--- One call of a housekeeping step (see housekeeping_plan); returns how many
--- items it took.
-CREATE FUNCTION payledger.housekeeping_step(step text, per_call integer)
-RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    msg text;
-    code text;
-BEGIN
-    PERFORM payledger.require(step, 'step');
-    IF step NOT IN (SELECT p.step FROM payledger.housekeeping_plan() p) THEN
-        RAISE EXCEPTION 'unknown housekeeping step %', step USING ERRCODE = '22023',
-            HINT = 'The steps are in payledger.housekeeping_plan().';
-    END IF;
-    -- A step that fails is reported and skipped until the next tick: the
-    -- other steps still run, and the worker does not end (and restart) over it.
-    BEGIN
-        RETURN CASE step
-            WHEN 'invoices_closed' THEN payledger.expire_invoices(per_call)
-            WHEN 'holds_expired' THEN payledger.expire_holds(per_call)
-            WHEN 'credit_grants_expired' THEN payledger.expire_credits(per_call)
-            WHEN 'credit_expiry_events' THEN payledger.credit_check_expiring(per_call)
-            WHEN 'jobs_expired' THEN payledger.nostr_expire_jobs(per_call)
-            WHEN 'hooks_run' THEN payledger.retry_hooks(per_call)
-            WHEN 'subscriptions_renewed' THEN payledger.renew_due_subscriptions(per_call)
-            WHEN 'entries_sealed' THEN payledger.seal_ledger(per_call)
-        END;
-    EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
-        RAISE WARNING 'payledger housekeeping: step % failed (%): %', step, code, msg;
-        RETURN 0;
-    END;
-END;
-$$;
+SELECT payledger.register_housekeeping_step('provider', 'invoices_closed', 10,
+                                            'payledger.expire_invoices(integer)', per_call => 1);
 
 CREATE FUNCTION payledger.worker_note_tick(result jsonb, worker_pid integer DEFAULT NULL)
 RETURNS void LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
@@ -978,25 +925,16 @@ BEGIN
 END;
 $$;
 
+SELECT payledger.register_housekeeping_step('events', 'hooks_run', 60, 'payledger.retry_hooks(integer)', per_call => 1);
+
 -- A pay-in reached PAID, FAILED or CANCELLED: the outbox event, and the
--- hooks, in the same transaction. Called by the state trigger for a move,
--- and by create_payin / retry_payin for a pay-in PAID at creation (not a
--- trigger on INSERT: a restore's COPY must not announce old pay-ins again).
-CREATE FUNCTION payledger.payin_reached(payin uuid)
+-- settle hooks, in the same transaction (a handler of the pay-in lifecycle,
+-- after the other modules': src/payin/lifecycle.sql).
+CREATE FUNCTION payledger.events_payin_reached(p payledger.payins)
 RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    p payledger.payins;
     h record;
 BEGIN
-    SELECT * INTO p FROM payledger.payins x WHERE x.id = payin;
-    -- a paid credit package grants its credits (src/credits/api.sql)
-    IF p.state = 'PAID' AND p.type = 'CREDIT_PACKAGE' THEN
-        PERFORM payledger.credits_payin_paid(p.id);
-    END IF;
-    -- a paid invoice of a NIP-90 job credits the job (src/nostr/jobs.sql)
-    IF p.state = 'PAID' AND p.type = 'NOSTR_JOB' AND p.metadata ->> 'via' = 'invoice' THEN
-        PERFORM payledger.nostr_job_invoice_paid(p.id);
-    END IF;
     PERFORM payledger.emit_event('payin.' || lower(p.state::text), p.id, p.owner_id,
         jsonb_build_object('payin', p.id, 'type', p.type, 'state', p.state, 'failure_reason', p.failure_reason,
                            'cost', p.cost, 'asset', p.asset, 'at', p.state_changed_at));
@@ -1010,19 +948,8 @@ BEGIN
     END LOOP;
 END;
 $$;
-
-CREATE FUNCTION payledger.payins_final() RETURNS trigger
-LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM payledger.payin_reached(NEW.id);
-    RETURN NULL;
-END;
-$$;
-
--- (named to fire after payins_moved: the history row is written first)
-CREATE TRIGGER payins_reached AFTER UPDATE OF state ON payledger.payins
-    FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state AND NEW.state IN ('PAID', 'FAILED', 'CANCELLED'))
-    EXECUTE FUNCTION payledger.payins_final();
+SELECT payledger.register_payin_handler('events', 'reached', 900, '{PAID,FAILED,CANCELLED}',
+                                        'payledger.events_payin_reached(payledger.payins)');
 
 ---------------------------------------------------------------------------
 -- Subscriptions
@@ -1157,6 +1084,9 @@ BEGIN
     RETURN n;
 END;
 $$;
+
+SELECT payledger.register_housekeeping_step('provider', 'subscriptions_renewed', 70,
+                                            'payledger.renew_due_subscriptions(integer)', per_call => 1);
 
 ---------------------------------------------------------------------------
 -- Views for end users

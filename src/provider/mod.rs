@@ -10,7 +10,7 @@
 pub mod adapters;
 pub mod webhook;
 
-use crate::errors::JsonArg;
+use crate::errors::{Code, JsonArg};
 use adapters::{Endpoint, Failure, Kind, NewInvoice, Status};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -30,7 +30,6 @@ extension_sql_file!(
     name = "provider_api",
     requires = [
         "provider_schema",
-        "nostr_jobs",
         provider_call,
         webhook_verify_core,
         json_readable
@@ -284,26 +283,23 @@ fn webhook_verify_core(
     // SAFETY: reads the current statement's start time.
     let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() } / 1_000_000 + 946_684_800;
     let row = match webhook::verify(kind, secret, &headers.0, body, now) {
-        Err((true, m)) => (
-            Some("PL026".into()),
-            Some(m),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        ),
-        Err((false, m)) => (
-            Some("22023".into()),
-            Some(m),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        ),
+        Err((signature, m)) => {
+            let code = if signature {
+                Code::InvalidSignature
+            } else {
+                Code::Malformed
+            };
+            (
+                Some(code.sqlstate().into()),
+                Some(m),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
+        }
         Ok(v) => {
             let (action, received, note) = match v.action {
                 webhook::Action::Paid { received } => ("paid", received, None),

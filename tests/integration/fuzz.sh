@@ -30,6 +30,13 @@ SELECT payledger.register_payin_type('ITEM', 'an item'), payledger.register_payo
 SELECT payin_id FROM payledger.create_payin('alice', 'ITEM', 'msat', 1000,
          jsonb_build_array(jsonb_build_object('account', payledger.account_id('alice', 'msat'))),
          jsonb_build_array(jsonb_build_object('type', 'FOUNDER', 'account', payledger.account_id('bob', 'msat'), 'amount', 1000)));
+-- carol's pay-in waits on its invoice with 1,000 in her escrow (an account
+-- of the pay-in module, which the generic API must refuse)
+SELECT payledger.open_account('carol', 'msat');
+SELECT payledger.transfer(payledger.account_id('payledger', 'msat', 'external', 'world'), payledger.account_id('carol', 'msat'), 1000);
+SELECT payin_id FROM payledger.create_payin('carol', 'ITEM', 'msat', 5000,
+         jsonb_build_array(jsonb_build_object('account', payledger.account_id('carol', 'msat')), '{"external": "invoice"}'::jsonb),
+         jsonb_build_array(jsonb_build_object('type', 'FOUNDER', 'account', payledger.account_id('bob', 'msat'), 'amount', 5000)));
 SELECT payledger.credits_configure();
 SELECT payledger.register_credit_metric('mau'), payledger.register_credit_metric('storage', 'gauge');
 SELECT payledger.set_credit_price_tiers('mau', '[{"from": 0, "price": 0.01}]');
@@ -51,6 +58,9 @@ SELECT t, v FROM (VALUES
   ('text', $$'lnbc1invalid'$$), ('text', $$'{"kind": 9735}'$$), ('text', $$'not json'$$),
   ('uuid', $$payledger.account_id('alice', 'msat')$$), ('uuid', $$payledger.account_id('bob', 'msat')$$),
   ('uuid', $$(SELECT id FROM payledger.payins LIMIT 1)$$), ('uuid', $$(SELECT id FROM payledger.credit_grants LIMIT 1)$$),
+  ('uuid', $$(SELECT id FROM payledger.accounts WHERE kind = 'payin_escrow' LIMIT 1)$$),
+  ('uuid', $$(SELECT account_id FROM payledger.credit_grants LIMIT 1)$$),
+  ('uuid', $$(SELECT id FROM payledger.accounts WHERE name = 'credits_issued')$$),
   ('uuid', $$gen_random_uuid()$$), ('uuid', $$'00000000-0000-0000-0000-000000000000'$$),
   ('bigint', '0'), ('bigint', '1'), ('bigint', '-1'), ('bigint', '1000'), ('bigint', '9223372036854775807'),
   ('bigint', '(-9223372036854775807 - 1)'), ('bigint', '2147483648'),

@@ -47,5 +47,5 @@ SELECT 'seed: payin_transitions ' || string_agg(format('%s>%s:%s', from_state, t
                                                 ORDER BY from_state, to_state)
   FROM payledger.payin_transitions
 UNION ALL
-SELECT 'seed: account_kinds ' || string_agg(kind, ',' ORDER BY kind) FROM payledger.account_kinds
+SELECT 'seed: account_kinds ' || string_agg(kind || coalesce(':' || module, ''), ',' ORDER BY kind) FROM payledger.account_kinds
 ORDER BY 1;

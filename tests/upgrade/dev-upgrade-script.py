@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Regenerate sql/payledger--0.1.0--0.2.0.sql while 0.2.0 is in development.
+
+The upgrade is derived, object by object, from two install scripts: the frozen
+0.1.0 one (tests/upgrade/payledger--0.1.0.sql) and the 0.2.0 one cargo pgrx
+generates from the sources, in their install order (the `requires` graph:
+ledger, payin, events, provider, worker, credits, nostr, then the invariants
+and the grants). Install the current build first:
+
+    cargo pgrx install --release && python3 tests/upgrade/dev-upgrade-script.py \
+        && cargo pgrx install --release
+
+For each statement of the 0.2.0 script, in order:
+  * one that 0.1.0 has word for word is skipped (it is installed already),
+    but GRANT and REVOKE, which are run again (new functions need them);
+  * a function or procedure is written as CREATE OR REPLACE (new ones, and
+    0.1.0's whose text changed);
+  * a table, trigger, type, view, index or policy that 0.1.0 has with other
+    text cannot be replaced: tests/upgrade/0.1.0--0.2.0.pre.sql must change it
+    by hand (the generator refuses to write a script that does not mention
+    it), or drop it, and it is then created here;
+  * anything else (the new modules' tables, seeds, config dumps) is written
+    as it is.
+
+tests/integration/upgrade.sh then proves that 0.1.0 + the script == a fresh
+0.2.0. Once 0.2.0 is released (its install script frozen in tests/upgrade),
+the upgrade script is never regenerated again, and this file goes.
+"""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+OLD = REPO / "tests/upgrade/payledger--0.1.0.sql"
+PRE = REPO / "tests/upgrade/0.1.0--0.2.0.pre.sql"
+OUT = REPO / "sql/payledger--0.1.0--0.2.0.sql"
+
+
+def generated_script() -> Path:
+    pg_config = "/usr/lib/postgresql/15/bin/pg_config"
+    for line in (REPO / "pgrx.toml").read_text().splitlines():
+        m = re.match(r'\s*pg_config\s*=\s*"([^"]+)"', line)
+        if m:
+            pg_config = m.group(1)
+    share = subprocess.check_output([pg_config, "--sharedir"], text=True).strip()
+    return Path(share) / "extension/payledger--0.2.0.sql"
+
+
+def statements(text: str):
+    """(source, statement) pairs: the text split at top-level semicolons,
+    each with the source file pgrx named for it."""
+    out, buf, i, n, source = [], [], 0, len(text), "?"
+    while i < n:
+        c = text[i]
+        if text.startswith("--", i):
+            j = text.find("\n", i)
+            j = n if j < 0 else j + 1
+            line = text[i:j]
+            m = re.match(r"-- (src/\S+?)(:\d+)?\s*$", line)
+            if m:
+                source = m.group(1)
+            buf.append(line)
+            i = j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i) + 2
+            buf.append(text[i:j])
+            i = j
+        elif c == "$":
+            m = re.match(r"\$[A-Za-z_]*\$", text[i:])
+            if m:
+                tag = m.group(0)
+                j = text.find(tag, i + len(tag)) + len(tag)
+                buf.append(text[i:j])
+                i = j
+            else:
+                buf.append(c)
+                i += 1
+        elif c in "'\"":
+            j = i + 1
+            while True:
+                j = text.find(c, j) + 1
+                if not text.startswith(c, j):
+                    break
+                j += 1
+            buf.append(text[i:j])
+            i = j
+        elif c == ";":
+            buf.append(c)
+            out.append((source, "".join(buf)))
+            buf = []
+            i += 1
+        else:
+            buf.append(c)
+            i += 1
+    return out
+
+
+def code(stmt: str) -> str:
+    """The statement without comments, whitespace normalised."""
+    lines = []
+    in_body = False
+    for line in stmt.splitlines():
+        if not in_body and line.lstrip().startswith("--"):
+            continue
+        lines.append(line)
+        if line.count("$$") % 2 == 1:
+            in_body = not in_body
+    text = re.sub(r"/\*.*?\*/", " ", "\n".join(lines), flags=re.S)
+    return " ".join(text.split())
+
+
+ROUTINE = re.compile(r'^CREATE\s+(?:OR REPLACE\s+)?(FUNCTION|PROCEDURE)\s+("?[\w.]+"?)\s*\(', re.I)
+OBJECT = re.compile(
+    r"^CREATE\s+(?:UNIQUE\s+)?(TABLE|TRIGGER|TYPE|VIEW|INDEX|POLICY)\s+(\S+)(?:\s+ON\s+(\S+))?", re.I)
+
+
+def name_of(kind: str, name: str, on: str = None) -> str:
+    name = name.strip('"')
+    if kind.upper() == "POLICY":
+        return f"{name} ON {on}"
+    return name if "." in name or kind.upper() in ("INDEX", "TRIGGER") else "payledger." + name
+
+
+def main():
+    old = statements(OLD.read_text())
+    old_code = {code(s) for _, s in old}
+    old_routines = {}
+    old_objects = set()
+    for _, s in old:
+        c = code(s)
+        m = ROUTINE.match(c)
+        if m:
+            old_routines[name_of("function", m.group(2))] = c
+        m = OBJECT.match(c)
+        if m:
+            old_objects.add((m.group(1).upper(), name_of(m.group(1), m.group(2), m.group(3))))
+
+    pre = PRE.read_text()
+    body, missing, last_source = [], [], None
+    for source, s in statements(generated_script().read_text()):
+        c = code(s)
+        if not c:
+            continue
+        if c in old_code and not re.match(r"^(GRANT|REVOKE)\b", c):
+            continue
+        text = "\n".join(l for l in s.strip().splitlines() if not re.match(r"-- (src/|payledger::|bootstrap|finalize)", l))
+        m = ROUTINE.match(c)
+        if m:
+            text = re.sub(r"^((?:\s*--[^\n]*\n|\s*/\*.*?\*/)*\s*)CREATE\s+(?:OR REPLACE\s+)?",
+                          r"\1CREATE OR REPLACE ", text, count=1, flags=re.S)
+        else:
+            m = OBJECT.match(c)
+            if m and (m.group(1).upper(), name_of(m.group(1), m.group(2), m.group(3))) in old_objects:
+                obj = name_of(m.group(1), m.group(2), m.group(3)).split(".")[-1]
+                if not re.search(r"\b" + re.escape(obj) + r"\b", pre):
+                    missing.append(f"{m.group(1)} {obj} ({source})")
+                # dropped by hand: created anew here; else altered by hand
+                if not re.search(rf"DROP\s+{m.group(1)}\s+(IF EXISTS\s+)?(payledger\.)?{re.escape(obj)}\b", pre, re.I):
+                    continue
+        if source != last_source:
+            body.append(f"\n-- {source}")
+            last_source = source
+        body.append(text)
+    if missing:
+        sys.exit("changed since 0.1.0, to be altered by hand in " + str(PRE.relative_to(REPO)) + ":\n  "
+                 + "\n  ".join(missing))
+    OUT.write_text(pre.rstrip() + "\n" + "\n".join(body) + "\n")
+    print(f"wrote {OUT.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
