@@ -52,6 +52,15 @@ BEGIN
                    'RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $body$\n'
                    '-- written by payledger.register_payin_handler() from payledger.payin_handlers\n'
                    'BEGIN\n%sEND;\n$body$', stage, calls);
+    -- a pay-in PAID at creation: the same calls, after reading the row
+    -- (one function call less on the hot path than calling payin_run_reached)
+    IF stage = 'reached' THEN
+        EXECUTE format(E'CREATE OR REPLACE FUNCTION payledger.payin_reached(payin uuid)\n'
+                       'RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $body$\n'
+                       '-- written by payledger.register_payin_handler() from payledger.payin_handlers\n'
+                       'DECLARE\n    p payledger.payins;\nBEGIN\n'
+                       '    SELECT * INTO p FROM payledger.payins x WHERE x.id = payin;\n%sEND;\n$body$', calls);
+    END IF;
 END;
 $$;
 
@@ -76,17 +85,8 @@ BEGIN
 END;
 $$;
 
+-- payin_run_lock(p), payin_run_reached(p), and payin_reached(payin uuid),
+-- which create_payin and retry_payin call for a pay-in PAID at creation
+-- (not a trigger on INSERT: a restore's COPY must not run the handlers again
+-- for old pay-ins)
 SELECT payledger.payin_handlers_compile('lock'), payledger.payin_handlers_compile('reached');
-
--- A pay-in PAID at creation reached PAID without a move: create_payin and
--- retry_payin run the reached stage (not a trigger on INSERT: a restore's
--- COPY must not run it again for old pay-ins).
-CREATE FUNCTION payledger.payin_reached(payin uuid)
-RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    p payledger.payins;
-BEGIN
-    SELECT * INTO p FROM payledger.payins x WHERE x.id = payin;
-    PERFORM payledger.payin_run_reached(p);
-END;
-$$;
