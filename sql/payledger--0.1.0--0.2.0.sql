@@ -70,92 +70,6 @@ $$;
 CREATE TRIGGER accounts_definition
     AFTER INSERT OR UPDATE OF owner_id, name, allow_negative, overdraft_limit, shards, parent_id, min_available, managed_by
     ON payledger.accounts FOR EACH ROW EXECUTE FUNCTION payledger.accounts_definition_guard();
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- requires:
---   ledger_schema
-
--- payledger housekeeping: the steps the background worker (and run_tick)
--- runs after each tick's provider calls. Every module registers its own
--- steps in its own file; this registry sits at the bottom of the install
--- order so that every module, the ledger included, can.
---
--- A step is a function (items integer) RETURNS integer or bigint that does
--- up to `items` pieces of work and returns how many it did. Each call is its
--- own transaction; a step is called again while a call comes back full, at
--- most max_calls times (and within budget). per_call or max_calls NULL mean
--- the tick's batch size. A step that moves money for several owners takes
--- one item per call (one pay-in's accounts per transaction: the lock order,
--- docs/reliability.md); one that moves it in one engine batch, or moves
--- none, takes a batch.
-
-CREATE TABLE payledger.housekeeping_steps (
-    step      text PRIMARY KEY CHECK (step ~ '^[a-z][a-z0-9_]{0,62}$'),
-    run_order  integer NOT NULL UNIQUE,
-    module    text NOT NULL,
-    function  regprocedure NOT NULL,
-    per_call  integer CHECK (per_call >= 1),
-    max_calls integer CHECK (max_calls >= 1),
-    budget    interval CHECK (budget > '0')
-);
-ALTER TABLE payledger.housekeeping_steps ENABLE ROW LEVEL SECURITY;
--- For modules' install scripts.
-CREATE OR REPLACE FUNCTION payledger.register_housekeeping_step(
-    module    text,
-    step      text,
-    run_order  integer,
-    function  regprocedure,
-    per_call  integer DEFAULT NULL,
-    max_calls integer DEFAULT NULL,
-    budget    interval DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc f
-                    WHERE f.oid = function AND f.pronargs = 1 AND f.proargtypes[0] = 'integer'::regtype
-                      AND f.prorettype IN ('integer'::regtype, 'bigint'::regtype)) THEN
-        RAISE EXCEPTION 'a housekeeping step takes (items integer) and returns a count, not %', function
-            USING ERRCODE = '22023';
-    END IF;
-    INSERT INTO payledger.housekeeping_steps AS s (step, run_order, module, function, per_call, max_calls, budget)
-    VALUES (step, run_order, module, function, per_call, max_calls, budget);
-END;
-$$;
--- The plan for a batch size: the steps in their order.
-CREATE OR REPLACE FUNCTION payledger.housekeeping_plan(batch integer DEFAULT 1000)
-RETURNS TABLE (step text, per_call integer, max_calls integer, budget interval)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT s.step, coalesce(s.per_call, batch), coalesce(s.max_calls, batch), s.budget
-      FROM payledger.housekeeping_steps s ORDER BY s.run_order;
-$$;
--- One call of a step; returns how many items it took. A step that fails is
--- reported and skipped until the next tick: the other steps still run, and
--- the worker does not end (and restart) over it.
-CREATE OR REPLACE FUNCTION payledger.housekeeping_step(step text, per_call integer)
-RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    fn regprocedure;
-    got bigint;
-    msg text;
-    code text;
-BEGIN
-    PERFORM payledger.require(step, 'step');
-    PERFORM payledger.require(per_call, 'per_call');
-    SELECT s.function INTO fn FROM payledger.housekeeping_steps s WHERE s.step = housekeeping_step.step;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown housekeeping step %', step USING ERRCODE = '22023',
-            HINT = 'The steps are in payledger.housekeeping_plan().';
-    END IF;
-    BEGIN
-        EXECUTE format('SELECT %s($1)', fn::oid::regproc) INTO got USING per_call;
-        RETURN got;
-    EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
-        RAISE WARNING 'payledger housekeeping: step % failed (%): %', step, code, msg;
-        RETURN 0;
-    END;
-END;
-$$;
 
 -- src/payin/mod.rs
 /* </end connected objects> */
@@ -405,6 +319,96 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.payin_legs', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.payouts', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.payin_refunds', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.payin_history', '');
+
+-- src/ledger/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   ledger_schema
+
+-- payledger housekeeping: the steps the background worker (and run_tick)
+-- runs after each tick's provider calls. Every module registers its own
+-- steps in its own file; this registry sits at the bottom of the install
+-- order so that every module, the ledger included, can.
+--
+-- A step is a function (items integer) RETURNS integer or bigint that does
+-- up to `items` pieces of work and returns how many it did. Each call is its
+-- own transaction; a step is called again while a call comes back full, at
+-- most max_calls times (and within budget). per_call or max_calls NULL mean
+-- the tick's batch size. A step that moves money for several owners takes
+-- one item per call (one pay-in's accounts per transaction: the lock order,
+-- docs/reliability.md); one that moves it in one engine batch, or moves
+-- none, takes a batch.
+
+CREATE TABLE payledger.housekeeping_steps (
+    step      text PRIMARY KEY CHECK (step ~ '^[a-z][a-z0-9_]{0,62}$'),
+    run_order  integer NOT NULL UNIQUE,
+    module    text NOT NULL,
+    function  regprocedure NOT NULL,
+    per_call  integer CHECK (per_call >= 1),
+    max_calls integer CHECK (max_calls >= 1),
+    budget    interval CHECK (budget > '0')
+);
+ALTER TABLE payledger.housekeeping_steps ENABLE ROW LEVEL SECURITY;
+-- For modules' install scripts.
+CREATE OR REPLACE FUNCTION payledger.register_housekeeping_step(
+    module    text,
+    step      text,
+    run_order  integer,
+    function  regprocedure,
+    per_call  integer DEFAULT NULL,
+    max_calls integer DEFAULT NULL,
+    budget    interval DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc f
+                    WHERE f.oid = function AND f.pronargs = 1 AND f.proargtypes[0] = 'integer'::regtype
+                      AND f.prorettype IN ('integer'::regtype, 'bigint'::regtype)) THEN
+        RAISE EXCEPTION 'a housekeeping step takes (items integer) and returns a count, not %', function
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.housekeeping_steps AS s (step, run_order, module, function, per_call, max_calls, budget)
+    VALUES (step, run_order, module, function, per_call, max_calls, budget);
+END;
+$$;
+-- The plan for a batch size: the steps in their order.
+CREATE OR REPLACE FUNCTION payledger.housekeeping_plan(batch integer DEFAULT 1000)
+RETURNS TABLE (step text, per_call integer, max_calls integer, budget interval)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT s.step, coalesce(s.per_call, batch), coalesce(s.max_calls, batch), s.budget
+      FROM payledger.housekeeping_steps s ORDER BY s.run_order;
+$$;
+-- One call of a step; returns how many items it took. A step that fails is
+-- reported and skipped until the next tick: the other steps still run, and
+-- the worker does not end (and restart) over it.
+CREATE OR REPLACE FUNCTION payledger.housekeeping_step(step text, per_call integer)
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    fn regprocedure;
+    got bigint;
+    msg text;
+    code text;
+BEGIN
+    PERFORM payledger.require(step, 'step');
+    PERFORM payledger.require(per_call, 'per_call');
+    SELECT s.function INTO fn FROM payledger.housekeeping_steps s WHERE s.step = housekeeping_step.step;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown housekeeping step %', step USING ERRCODE = '22023',
+            HINT = 'The steps are in payledger.housekeeping_plan().';
+    END IF;
+    BEGIN
+        EXECUTE format('SELECT %s($1)', fn::oid::regproc) INTO got USING per_call;
+        RETURN got;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
+        RAISE WARNING 'payledger housekeeping: step % failed (%): %', step, code, msg;
+        RETURN 0;
+    END;
+END;
+$$;
+
+-- src/payin/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -1129,6 +1133,175 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                               nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub') END
       FROM pg_roles r WHERE r.rolname = session_user;
 $$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   ledger_api
+
+-- Tamper evidence. Entries (with their journals) are sealed into
+-- hash-chained blocks, off the hot path: the worker's housekeeping calls
+-- seal_ledger() each tick. A block records, for each account row with new
+-- entries, the range of seq it seals and a SHA-256 digest of each entry;
+-- its hash covers the previous block's hash and every range. verify_ledger()
+-- recomputes all of it and names what was altered. Someone who can rewrite
+-- the entries and every seal after them can forge a consistent chain: keep
+-- ledger_head() somewhere else (a log, another system) to catch that too.
+-- See docs/reliability.md.
+
+CREATE TABLE payledger.ledger_blocks (
+    block_no  bigint PRIMARY KEY CHECK (block_no > 0),
+    prev_hash bytea NOT NULL,
+    hash      bytea NOT NULL,
+    entries   integer NOT NULL CHECK (entries > 0),
+    sealed_at timestamptz NOT NULL DEFAULT now()
+);
+-- The entries from_seq .. to_seq of one account row, sealed by a block, and
+-- each one's digest (in seq order).
+CREATE TABLE payledger.ledger_block_ranges (
+    block_no   bigint NOT NULL REFERENCES payledger.ledger_blocks,
+    account_id uuid NOT NULL,
+    from_seq   bigint NOT NULL CHECK (from_seq > 0),
+    to_seq     bigint NOT NULL,
+    digests    bytea[] NOT NULL,
+    PRIMARY KEY (block_no, account_id),
+    CHECK (to_seq >= from_seq AND cardinality(digests) = to_seq - from_seq + 1)
+);
+CREATE INDEX ledger_block_ranges_account ON payledger.ledger_block_ranges (account_id, from_seq);
+-- How far each account row is sealed (derived: the ranges are the record).
+CREATE TABLE payledger.ledger_seal_marks (
+    account_id uuid PRIMARY KEY,
+    sealed_seq bigint NOT NULL
+);
+ALTER TABLE payledger.ledger_blocks ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.ledger_block_ranges ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.ledger_seal_marks ENABLE ROW LEVEL SECURITY;
+CREATE TRIGGER ledger_blocks_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.ledger_blocks
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+CREATE TRIGGER ledger_block_ranges_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.ledger_block_ranges
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+SELECT pg_catalog.pg_extension_config_dump('payledger.ledger_blocks', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.ledger_block_ranges', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.ledger_seal_marks', '');
+-- An entry's digest: SHA-256 of a canonical JSON array of its columns and its
+-- journal's (times as epoch microseconds: the text of a timestamptz depends
+-- on the session's time zone).
+CREATE OR REPLACE FUNCTION payledger.entry_digest(e payledger.entries, j payledger.journals)
+RETURNS bytea LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT sha256(convert_to(jsonb_build_array(
+        e.account_id, e.seq, e.journal_id, e.owner_id, e.asset, e.amount, e.balance_after,
+        (extract(epoch FROM e.effective_at) * 1000000)::bigint, (extract(epoch FROM e.effective_max) * 1000000)::bigint,
+        j.id, j.kind, j.idempotency_key, encode(j.request_hash, 'hex'), j.hold_id, j.metadata,
+        (extract(epoch FROM j.effective_at) * 1000000)::bigint, (extract(epoch FROM j.created_at) * 1000000)::bigint,
+        j.entry_accounts, j.entry_seqs)::text, 'UTF8'));
+$$;
+-- A range's part of its block's hash.
+CREATE OR REPLACE FUNCTION payledger.range_hash(account_id uuid, from_seq bigint, to_seq bigint, digests bytea[])
+RETURNS bytea LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT uuid_send(account_id) || int8send(from_seq) || int8send(to_seq)
+           || sha256((SELECT string_agg(d.d, ''::bytea ORDER BY d.o) FROM unnest(digests) WITH ORDINALITY AS d(d, o)));
+$$;
+-- Seal the entries committed since the last block, up to max_entries (whole
+-- account rows first, in id order; the rest at the next call) into one
+-- block, whose hash is SHA-256 of the previous block's hash, its number and
+-- its ranges' hashes in account order. An account row's entries commit in
+-- seq order (the row stays locked until then), so what this snapshot sees of
+-- a row is a prefix of it. Returns the entries sealed (0: nothing new; no
+-- block). One sealer at a time.
+CREATE OR REPLACE FUNCTION payledger.seal_ledger(max_entries integer DEFAULT 100000)
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    prev payledger.ledger_blocks;
+    n bigint;
+    sealed bigint;
+BEGIN
+    IF max_entries IS NULL OR max_entries < 1 THEN
+        RAISE EXCEPTION 'max_entries must be positive' USING ERRCODE = '22023';
+    END IF;
+    PERFORM pg_advisory_xact_lock(pg_catalog.hashtextextended('payledger.seal', 0));
+    SELECT * INTO prev FROM payledger.ledger_blocks x ORDER BY x.block_no DESC LIMIT 1;
+    n := coalesce(prev.block_no, 0) + 1;
+    WITH todo AS (
+        SELECT a.id, coalesce(m.sealed_seq, 0) + 1 AS from_seq, a.entry_count AS last_seq,
+               sum(a.entry_count - coalesce(m.sealed_seq, 0)) OVER (ORDER BY a.id) AS upto
+          FROM payledger.accounts a LEFT JOIN payledger.ledger_seal_marks m ON m.account_id = a.id
+         WHERE a.entry_count > coalesce(m.sealed_seq, 0)),
+    ranges AS (
+        SELECT t.id, t.from_seq, least(t.last_seq, t.last_seq - (t.upto - max_entries))::bigint AS to_seq
+          FROM todo t WHERE t.upto - (t.last_seq - t.from_seq + 1) < max_entries),
+    dig AS (
+        SELECT r.id, r.from_seq, r.to_seq,
+               (SELECT array_agg(payledger.entry_digest(e, j) ORDER BY e.seq)
+                  FROM payledger.entries e JOIN payledger.journals j ON j.id = e.journal_id
+                 WHERE e.account_id = r.id AND e.seq BETWEEN r.from_seq AND r.to_seq) AS digests
+          FROM ranges r),
+    blk AS (
+        INSERT INTO payledger.ledger_blocks (block_no, prev_hash, hash, entries)
+        SELECT n, coalesce(prev.hash, ''::bytea),
+               sha256(coalesce(prev.hash, ''::bytea) || int8send(n)
+                      || string_agg(payledger.range_hash(d.id, d.from_seq, d.to_seq, d.digests), ''::bytea ORDER BY d.id)),
+               sum(cardinality(d.digests))
+          FROM dig d HAVING count(*) > 0
+        RETURNING entries),
+    rng AS (
+        INSERT INTO payledger.ledger_block_ranges (block_no, account_id, from_seq, to_seq, digests)
+        SELECT n, d.id, d.from_seq, d.to_seq, d.digests FROM dig d)
+    INSERT INTO payledger.ledger_seal_marks AS m (account_id, sealed_seq)
+    SELECT d.id, d.to_seq FROM dig d
+    ON CONFLICT ON CONSTRAINT ledger_seal_marks_pkey DO UPDATE SET sealed_seq = excluded.sealed_seq;
+    GET DIAGNOSTICS sealed = ROW_COUNT;
+    RETURN CASE WHEN sealed > 0 THEN (SELECT b.entries FROM payledger.ledger_blocks b WHERE b.block_no = n) ELSE 0 END;
+END;
+$$;
+-- The chain's head: publish it elsewhere now and then, to catch a rewrite of
+-- the seals themselves.
+CREATE OR REPLACE FUNCTION payledger.ledger_head(OUT block_no bigint, OUT hash text, OUT sealed_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT b.block_no, encode(b.hash, 'hex'), b.sealed_at FROM payledger.ledger_blocks b ORDER BY b.block_no DESC LIMIT 1;
+$$;
+-- Every discrepancy between the seals and the ledger, in chain order (the
+-- first row is the first thing altered); empty when all is intact:
+--   block_altered   a block's hash does not follow from its ranges
+--   chain_broken    a block's prev_hash is not the previous block's hash
+--   entry_altered   an entry (or its journal) differs from what was sealed
+--   entry_missing   a sealed entry is gone
+--   range_gap       an account row's ranges do not follow one another
+CREATE OR REPLACE FUNCTION payledger.verify_ledger()
+RETURNS TABLE (block_no bigint, problem text, account_id uuid, seq bigint, journal_id uuid)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT x.block_no, x.problem, x.account_id, x.seq, x.journal_id FROM (
+        SELECT b.block_no, 'block_altered' AS problem, NULL::uuid AS account_id, NULL::bigint AS seq, NULL::uuid AS journal_id, 1 AS o
+          FROM payledger.ledger_blocks b
+         WHERE b.hash IS DISTINCT FROM
+               (SELECT sha256(b.prev_hash || int8send(b.block_no)
+                              || string_agg(payledger.range_hash(r.account_id, r.from_seq, r.to_seq, r.digests), ''::bytea
+                                            ORDER BY r.account_id))
+                  FROM payledger.ledger_block_ranges r WHERE r.block_no = b.block_no)
+        UNION ALL
+        SELECT b.block_no, 'chain_broken', NULL, NULL, NULL, 0
+          FROM payledger.ledger_blocks b
+          LEFT JOIN payledger.ledger_blocks p ON p.block_no = b.block_no - 1
+         WHERE b.prev_hash IS DISTINCT FROM coalesce(p.hash, CASE WHEN b.block_no = 1 THEN ''::bytea END)
+        UNION ALL
+        SELECT r.block_no, CASE WHEN e.seq IS NULL THEN 'entry_missing' ELSE 'entry_altered' END,
+               r.account_id, r.from_seq + d.o - 1, e.journal_id, 2
+          FROM payledger.ledger_block_ranges r
+         CROSS JOIN LATERAL unnest(r.digests) WITH ORDINALITY AS d(digest, o)
+          LEFT JOIN payledger.entries e ON e.account_id = r.account_id AND e.seq = r.from_seq + d.o - 1
+          LEFT JOIN payledger.journals j ON j.id = e.journal_id
+         WHERE e.seq IS NULL OR j.id IS NULL OR payledger.entry_digest(e, j) <> d.digest
+        UNION ALL
+        SELECT r.block_no, 'range_gap', r.account_id, r.from_seq, NULL, 3
+          FROM payledger.ledger_block_ranges r
+         WHERE r.from_seq <> 1 + coalesce((SELECT max(p.to_seq) FROM payledger.ledger_block_ranges p
+                                            WHERE p.account_id = r.account_id AND p.block_no < r.block_no), 0)
+    ) x
+    ORDER BY x.block_no, x.o, x.account_id, x.seq;
+$$;
+-- tamper evidence, off the hot path: blocks of up to 100,000 entries, for
+-- about 5 seconds a tick at most
+SELECT payledger.register_housekeeping_step('ledger', 'entries_sealed', 80, 'payledger.seal_ledger(integer)',
+                                            per_call => 100000, max_calls => 2147483647, budget => '5 seconds');
 
 -- src/payin/mod.rs
 /* </end connected objects> */
@@ -2148,177 +2321,6 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.settle_hooks', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.hook_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.events', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.events_id_seq', '');
-
--- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- requires:
---   ledger_api
-
--- Tamper evidence. Entries (with their journals) are sealed into
--- hash-chained blocks, off the hot path: the worker's housekeeping calls
--- seal_ledger() each tick. A block records, for each account row with new
--- entries, the range of seq it seals and a SHA-256 digest of each entry;
--- its hash covers the previous block's hash and every range. verify_ledger()
--- recomputes all of it and names what was altered. Someone who can rewrite
--- the entries and every seal after them can forge a consistent chain: keep
--- ledger_head() somewhere else (a log, another system) to catch that too.
--- See docs/reliability.md.
-
-CREATE TABLE payledger.ledger_blocks (
-    block_no  bigint PRIMARY KEY CHECK (block_no > 0),
-    prev_hash bytea NOT NULL,
-    hash      bytea NOT NULL,
-    entries   integer NOT NULL CHECK (entries > 0),
-    sealed_at timestamptz NOT NULL DEFAULT now()
-);
--- The entries from_seq .. to_seq of one account row, sealed by a block, and
--- each one's digest (in seq order).
-CREATE TABLE payledger.ledger_block_ranges (
-    block_no   bigint NOT NULL REFERENCES payledger.ledger_blocks,
-    account_id uuid NOT NULL,
-    from_seq   bigint NOT NULL CHECK (from_seq > 0),
-    to_seq     bigint NOT NULL,
-    digests    bytea[] NOT NULL,
-    PRIMARY KEY (block_no, account_id),
-    CHECK (to_seq >= from_seq AND cardinality(digests) = to_seq - from_seq + 1)
-);
-CREATE INDEX ledger_block_ranges_account ON payledger.ledger_block_ranges (account_id, from_seq);
--- How far each account row is sealed (derived: the ranges are the record).
-CREATE TABLE payledger.ledger_seal_marks (
-    account_id uuid PRIMARY KEY,
-    sealed_seq bigint NOT NULL
-);
-ALTER TABLE payledger.ledger_blocks ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.ledger_block_ranges ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.ledger_seal_marks ENABLE ROW LEVEL SECURITY;
-CREATE TRIGGER ledger_blocks_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.ledger_blocks
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
-CREATE TRIGGER ledger_block_ranges_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.ledger_block_ranges
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
-SELECT pg_catalog.pg_extension_config_dump('payledger.ledger_blocks', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.ledger_block_ranges', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.ledger_seal_marks', '');
--- An entry's digest: SHA-256 of a canonical JSON array of its columns and its
--- journal's (times as epoch microseconds: the text of a timestamptz depends
--- on the session's time zone).
-CREATE OR REPLACE FUNCTION payledger.entry_digest(e payledger.entries, j payledger.journals)
-RETURNS bytea LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT sha256(convert_to(jsonb_build_array(
-        e.account_id, e.seq, e.journal_id, e.owner_id, e.asset, e.amount, e.balance_after,
-        (extract(epoch FROM e.effective_at) * 1000000)::bigint, (extract(epoch FROM e.effective_max) * 1000000)::bigint,
-        j.id, j.kind, j.idempotency_key, encode(j.request_hash, 'hex'), j.hold_id, j.metadata,
-        (extract(epoch FROM j.effective_at) * 1000000)::bigint, (extract(epoch FROM j.created_at) * 1000000)::bigint,
-        j.entry_accounts, j.entry_seqs)::text, 'UTF8'));
-$$;
--- A range's part of its block's hash.
-CREATE OR REPLACE FUNCTION payledger.range_hash(account_id uuid, from_seq bigint, to_seq bigint, digests bytea[])
-RETURNS bytea LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT uuid_send(account_id) || int8send(from_seq) || int8send(to_seq)
-           || sha256((SELECT string_agg(d.d, ''::bytea ORDER BY d.o) FROM unnest(digests) WITH ORDINALITY AS d(d, o)));
-$$;
--- Seal the entries committed since the last block, up to max_entries (whole
--- account rows first, in id order; the rest at the next call) into one
--- block, whose hash is SHA-256 of the previous block's hash, its number and
--- its ranges' hashes in account order. An account row's entries commit in
--- seq order (the row stays locked until then), so what this snapshot sees of
--- a row is a prefix of it. Returns the entries sealed (0: nothing new; no
--- block). One sealer at a time.
-CREATE OR REPLACE FUNCTION payledger.seal_ledger(max_entries integer DEFAULT 100000)
-RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    prev payledger.ledger_blocks;
-    n bigint;
-    sealed bigint;
-BEGIN
-    IF max_entries IS NULL OR max_entries < 1 THEN
-        RAISE EXCEPTION 'max_entries must be positive' USING ERRCODE = '22023';
-    END IF;
-    PERFORM pg_advisory_xact_lock(pg_catalog.hashtextextended('payledger.seal', 0));
-    SELECT * INTO prev FROM payledger.ledger_blocks x ORDER BY x.block_no DESC LIMIT 1;
-    n := coalesce(prev.block_no, 0) + 1;
-    WITH todo AS (
-        SELECT a.id, coalesce(m.sealed_seq, 0) + 1 AS from_seq, a.entry_count AS last_seq,
-               sum(a.entry_count - coalesce(m.sealed_seq, 0)) OVER (ORDER BY a.id) AS upto
-          FROM payledger.accounts a LEFT JOIN payledger.ledger_seal_marks m ON m.account_id = a.id
-         WHERE a.entry_count > coalesce(m.sealed_seq, 0)),
-    ranges AS (
-        SELECT t.id, t.from_seq, least(t.last_seq, t.last_seq - (t.upto - max_entries))::bigint AS to_seq
-          FROM todo t WHERE t.upto - (t.last_seq - t.from_seq + 1) < max_entries),
-    dig AS (
-        SELECT r.id, r.from_seq, r.to_seq,
-               (SELECT array_agg(payledger.entry_digest(e, j) ORDER BY e.seq)
-                  FROM payledger.entries e JOIN payledger.journals j ON j.id = e.journal_id
-                 WHERE e.account_id = r.id AND e.seq BETWEEN r.from_seq AND r.to_seq) AS digests
-          FROM ranges r),
-    blk AS (
-        INSERT INTO payledger.ledger_blocks (block_no, prev_hash, hash, entries)
-        SELECT n, coalesce(prev.hash, ''::bytea),
-               sha256(coalesce(prev.hash, ''::bytea) || int8send(n)
-                      || string_agg(payledger.range_hash(d.id, d.from_seq, d.to_seq, d.digests), ''::bytea ORDER BY d.id)),
-               sum(cardinality(d.digests))
-          FROM dig d HAVING count(*) > 0
-        RETURNING entries),
-    rng AS (
-        INSERT INTO payledger.ledger_block_ranges (block_no, account_id, from_seq, to_seq, digests)
-        SELECT n, d.id, d.from_seq, d.to_seq, d.digests FROM dig d)
-    INSERT INTO payledger.ledger_seal_marks AS m (account_id, sealed_seq)
-    SELECT d.id, d.to_seq FROM dig d
-    ON CONFLICT ON CONSTRAINT ledger_seal_marks_pkey DO UPDATE SET sealed_seq = excluded.sealed_seq;
-    GET DIAGNOSTICS sealed = ROW_COUNT;
-    RETURN CASE WHEN sealed > 0 THEN (SELECT b.entries FROM payledger.ledger_blocks b WHERE b.block_no = n) ELSE 0 END;
-END;
-$$;
--- The chain's head: publish it elsewhere now and then, to catch a rewrite of
--- the seals themselves.
-CREATE OR REPLACE FUNCTION payledger.ledger_head(OUT block_no bigint, OUT hash text, OUT sealed_at timestamptz)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT b.block_no, encode(b.hash, 'hex'), b.sealed_at FROM payledger.ledger_blocks b ORDER BY b.block_no DESC LIMIT 1;
-$$;
--- Every discrepancy between the seals and the ledger, in chain order (the
--- first row is the first thing altered); empty when all is intact:
---   block_altered   a block's hash does not follow from its ranges
---   chain_broken    a block's prev_hash is not the previous block's hash
---   entry_altered   an entry (or its journal) differs from what was sealed
---   entry_missing   a sealed entry is gone
---   range_gap       an account row's ranges do not follow one another
-CREATE OR REPLACE FUNCTION payledger.verify_ledger()
-RETURNS TABLE (block_no bigint, problem text, account_id uuid, seq bigint, journal_id uuid)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT x.block_no, x.problem, x.account_id, x.seq, x.journal_id FROM (
-        SELECT b.block_no, 'block_altered' AS problem, NULL::uuid AS account_id, NULL::bigint AS seq, NULL::uuid AS journal_id, 1 AS o
-          FROM payledger.ledger_blocks b
-         WHERE b.hash IS DISTINCT FROM
-               (SELECT sha256(b.prev_hash || int8send(b.block_no)
-                              || string_agg(payledger.range_hash(r.account_id, r.from_seq, r.to_seq, r.digests), ''::bytea
-                                            ORDER BY r.account_id))
-                  FROM payledger.ledger_block_ranges r WHERE r.block_no = b.block_no)
-        UNION ALL
-        SELECT b.block_no, 'chain_broken', NULL, NULL, NULL, 0
-          FROM payledger.ledger_blocks b
-          LEFT JOIN payledger.ledger_blocks p ON p.block_no = b.block_no - 1
-         WHERE b.prev_hash IS DISTINCT FROM coalesce(p.hash, CASE WHEN b.block_no = 1 THEN ''::bytea END)
-        UNION ALL
-        SELECT r.block_no, CASE WHEN e.seq IS NULL THEN 'entry_missing' ELSE 'entry_altered' END,
-               r.account_id, r.from_seq + d.o - 1, e.journal_id, 2
-          FROM payledger.ledger_block_ranges r
-         CROSS JOIN LATERAL unnest(r.digests) WITH ORDINALITY AS d(digest, o)
-          LEFT JOIN payledger.entries e ON e.account_id = r.account_id AND e.seq = r.from_seq + d.o - 1
-          LEFT JOIN payledger.journals j ON j.id = e.journal_id
-         WHERE e.seq IS NULL OR j.id IS NULL OR payledger.entry_digest(e, j) <> d.digest
-        UNION ALL
-        SELECT r.block_no, 'range_gap', r.account_id, r.from_seq, NULL, 3
-          FROM payledger.ledger_block_ranges r
-         WHERE r.from_seq <> 1 + coalesce((SELECT max(p.to_seq) FROM payledger.ledger_block_ranges p
-                                            WHERE p.account_id = r.account_id AND p.block_no < r.block_no), 0)
-    ) x
-    ORDER BY x.block_no, x.o, x.account_id, x.seq;
-$$;
--- tamper evidence, off the hot path: blocks of up to 100,000 entries, for
--- about 5 seconds a tick at most
-SELECT payledger.register_housekeeping_step('ledger', 'entries_sealed', 80, 'payledger.seal_ledger(integer)',
-                                            per_call => 100000, max_calls => 2147483647, budget => '5 seconds');
 
 -- src/nostr/mod.rs
 /* </end connected objects> */
@@ -3488,571 +3490,6 @@ LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
      WHERE NOT EXISTS (SELECT 1 FROM payledger.payin_history h WHERE h.payin_id = r.payin_id AND h.to_state = r.state);
 $$;
 
--- src/nostr/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- requires:
---   provider_api
---   nostr_verify_event
---   verify_zap_receipt
-
--- NIP-90 paid jobs: a job per request, its payment policy, the unsigned
--- events the service provider publishes, and payments by zap (or by a
--- pay-in's invoice) credited once each as pay-ins to the provider.
--- See docs/nostr.md.
-
-CREATE TABLE payledger.nostr_jobs (
-    id               uuid PRIMARY KEY,
-    owner_id         text NOT NULL,  -- the service provider's owner key (of its account)
-    request_id       text NOT NULL UNIQUE CHECK (request_id ~ '^[0-9a-f]{64}$'),
-    request_kind     integer NOT NULL CHECK (request_kind BETWEEN 5000 AND 5999),
-    request          jsonb NOT NULL,
-    customer_pubkey  text NOT NULL CHECK (customer_pubkey ~ '^[0-9a-f]{64}$'),
-    provider_pubkey  text NOT NULL CHECK (provider_pubkey ~ '^[0-9a-f]{64}$'),
-    -- the provider's LNURL server key, which signs its zap receipts
-    lnurl_pubkey     text NOT NULL CHECK (lnurl_pubkey ~ '^[0-9a-f]{64}$'),
-    provider_account uuid NOT NULL,
-    policy           text NOT NULL CHECK (policy IN ('upfront', 'after_completion', 'flexible')),
-    bid_msat         bigint CHECK (bid_msat >= 0),
-    price_msat       bigint NOT NULL CHECK (price_msat >= 0),
-    -- what the provider asked for in its published events, and what was paid
-    requested_msat   bigint NOT NULL DEFAULT 0 CHECK (requested_msat >= 0),
-    paid_msat        bigint NOT NULL DEFAULT 0 CHECK (paid_msat >= 0),
-    state            text NOT NULL CHECK (state IN ('payment_required', 'processing', 'delivered', 'success', 'error')),
-    error            text,
-    payment_timeout  interval NOT NULL,
-    -- when the job fails if what was asked for is not paid
-    pay_by           timestamptz,
-    created_at       timestamptz NOT NULL DEFAULT now(),
-    updated_at       timestamptz NOT NULL DEFAULT now(),
-    CHECK ((state = 'error') = (error IS NOT NULL))
-);
-CREATE INDEX nostr_jobs_due_idx ON payledger.nostr_jobs (pay_by) WHERE state IN ('payment_required', 'delivered');
--- The events the provider published for a job (signed by it, verified here).
-CREATE TABLE payledger.nostr_job_events (
-    event_id    text PRIMARY KEY CHECK (event_id ~ '^[0-9a-f]{64}$'),
-    job_id      uuid NOT NULL,
-    kind        integer NOT NULL,
-    status      text,          -- a feedback's status; NULL for a result
-    amount_msat bigint,        -- the amount it asks for, if any
-    event       jsonb NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX nostr_job_events_job_idx ON payledger.nostr_job_events (job_id);
--- Each payment credited to a job: once per payment hash, zap receipt and zap request.
-CREATE TABLE payledger.nostr_job_payments (
-    job_id         uuid NOT NULL,
-    payin_id       uuid NOT NULL UNIQUE,
-    via            text NOT NULL CHECK (via IN ('zap', 'invoice')),
-    payment_hash   text NOT NULL UNIQUE,
-    receipt_id     text UNIQUE,
-    zap_request_id text UNIQUE,
-    payer_pubkey   text,
-    amount_msat    bigint NOT NULL CHECK (amount_msat > 0),
-    created_at     timestamptz NOT NULL DEFAULT now(),
-    CHECK ((via = 'zap') = (receipt_id IS NOT NULL AND zap_request_id IS NOT NULL))
-);
-CREATE INDEX nostr_job_payments_job_idx ON payledger.nostr_job_payments (job_id);
-CREATE TRIGGER nostr_job_events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.nostr_job_events
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
-CREATE TRIGGER nostr_job_payments_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.nostr_job_payments
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
-CREATE TRIGGER nostr_jobs_no_delete BEFORE DELETE OR TRUNCATE ON payledger.nostr_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
-ALTER TABLE payledger.nostr_jobs ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.nostr_job_events ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.nostr_job_payments ENABLE ROW LEVEL SECURITY;
-SELECT pg_catalog.pg_extension_config_dump('payledger.nostr_jobs', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.nostr_job_events', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.nostr_job_payments', '');
--- A job by id, locked: every change to a job goes through its row lock.
-CREATE OR REPLACE FUNCTION payledger.nostr_job_lock(job uuid)
-RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    j payledger.nostr_jobs;
-BEGIN
-    PERFORM payledger.require(job, 'job');
-    SELECT * INTO j FROM payledger.nostr_jobs x WHERE x.id = job FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'job % does not exist', job USING ERRCODE = 'PL025';
-    END IF;
-    RETURN j;
-END;
-$$;
--- A job by id, for reading (the templates).
-CREATE OR REPLACE FUNCTION payledger.nostr_job_find(job uuid)
-RETURNS payledger.nostr_jobs LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    j payledger.nostr_jobs;
-BEGIN
-    PERFORM payledger.require(job, 'job');
-    SELECT * INTO j FROM payledger.nostr_jobs x WHERE x.id = job;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'job % does not exist', job USING ERRCODE = 'PL025';
-    END IF;
-    RETURN j;
-END;
-$$;
--- ["amount", msat] or ["amount", msat, bolt11], as NIP-90 writes it.
-CREATE OR REPLACE FUNCTION payledger.nostr_amount_tag(amount_msat bigint, bolt11 text)
-RETURNS jsonb LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN bolt11 IS NULL THEN jsonb_build_array('amount', amount_msat::text)
-                ELSE jsonb_build_array('amount', amount_msat::text, bolt11) END;
-$$;
--- Where a job stands once paid_msat, requested_msat or delivery changed.
-CREATE OR REPLACE FUNCTION payledger.nostr_job_settle_state(j payledger.nostr_jobs, delivered boolean)
-RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE
-        WHEN j.state IN ('success', 'error') THEN j.state
-        WHEN delivered AND j.paid_msat >= j.requested_msat THEN 'success'
-        WHEN delivered THEN 'delivered'
-        WHEN j.state = 'payment_required' AND j.requested_msat > 0 AND j.paid_msat >= j.requested_msat THEN 'processing'
-        ELSE j.state END;
-$$;
--- Open a job for a NIP-90 request (a signed kind 5000-5999 event). Upfront
--- jobs wait in payment_required; the others start processing. The price is
--- price_msat, or price_function(request) when given (a function of jsonb
--- returning bigint); events the provider publishes ask for amounts.
-CREATE OR REPLACE FUNCTION payledger.nostr_job_open(
-    request          jsonb,
-    provider_pubkey  text,
-    lnurl_pubkey     text,
-    provider_account uuid,
-    policy           text,
-    price_msat       bigint DEFAULT NULL,
-    price_function   regproc DEFAULT NULL,
-    payment_timeout  interval DEFAULT '1 hour')
-RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    acc payledger.accounts;
-    price bigint := price_msat;
-    id uuid := payledger.new_id();
-    bid text;
-BEGIN
-    PERFORM payledger.require(request, 'request');
-    PERFORM payledger.require(provider_pubkey, 'provider_pubkey');
-    PERFORM payledger.require(lnurl_pubkey, 'lnurl_pubkey');
-    PERFORM payledger.require(provider_account, 'provider_account');
-    PERFORM payledger.require(policy, 'policy');
-    IF policy NOT IN ('upfront', 'after_completion', 'flexible') THEN
-        RAISE EXCEPTION 'policy must be upfront, after_completion or flexible, got %', quote_literal(policy)
-            USING ERRCODE = '22023';
-    END IF;
-    IF provider_pubkey !~ '^[0-9a-f]{64}$' OR lnurl_pubkey !~ '^[0-9a-f]{64}$' THEN
-        RAISE EXCEPTION 'pubkeys are 64 lower-case hex characters' USING ERRCODE = '22023';
-    END IF;
-    IF jsonb_typeof(request -> 'kind') IS DISTINCT FROM 'number' OR (request ->> 'kind')::numeric NOT BETWEEN 5000 AND 5999 THEN
-        RAISE EXCEPTION 'a job request has a kind between 5000 and 5999' USING ERRCODE = '22023';
-    END IF;
-    IF NOT payledger.nostr_verify_event(request) THEN
-        RAISE EXCEPTION 'the job request''s id or signature does not verify' USING ERRCODE = 'PL026';
-    END IF;
-    SELECT * INTO acc FROM payledger.accounts a WHERE a.id = provider_account AND a.parent_id IS NULL;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'account % does not exist', provider_account USING ERRCODE = 'PL002';
-    ELSIF acc.asset <> 'msat' THEN
-        RAISE EXCEPTION 'account % holds %, jobs are paid in msat', provider_account, acc.asset USING ERRCODE = 'PL004';
-    END IF;
-    IF price_function IS NOT NULL THEN
-        EXECUTE format('SELECT %s($1)', price_function) INTO price USING request;
-    END IF;
-    IF price IS NULL OR price < 0 THEN
-        RAISE EXCEPTION 'give price_msat or a price_function that returns an amount >= 0' USING ERRCODE = '22023';
-    END IF;
-    SELECT t ->> 1 INTO bid FROM jsonb_array_elements(request -> 'tags') t WHERE t ->> 0 = 'bid' LIMIT 1;
-    -- the job module's pay-in and pay-out types (idempotent)
-    PERFORM payledger.register_payin_type('NOSTR_JOB', 'payment for a NIP-90 job');
-    PERFORM payledger.register_payout_type('NOSTR_JOB', 'a NIP-90 service provider''s revenue');
-    INSERT INTO payledger.nostr_jobs (id, owner_id, request_id, request_kind, request, customer_pubkey, provider_pubkey,
-                                      lnurl_pubkey, provider_account, policy, bid_msat, price_msat, state,
-                                      payment_timeout)
-    VALUES (id, acc.owner_id, request ->> 'id', (request ->> 'kind')::integer, request, request ->> 'pubkey',
-            provider_pubkey, lnurl_pubkey, provider_account, policy,
-            CASE WHEN bid ~ '^[0-9]{1,18}$' THEN bid::bigint END, price,
-            CASE WHEN policy = 'upfront' THEN 'payment_required' ELSE 'processing' END, payment_timeout)
-    ON CONFLICT (request_id) DO NOTHING;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'a job exists for this request' USING ERRCODE = 'PL014',
-            DETAIL = format('job %s', (SELECT j.id FROM payledger.nostr_jobs j
-                                        WHERE j.request_id = nostr_job_open.request ->> 'id'));
-    END IF;
-    RETURN id;
-END;
-$$;
--- The unsigned kind 7000 feedback the provider signs and publishes:
--- status payment-required, processing, partial, error or success; an amount
--- (default: the job's price for payment-required) and optional bolt11.
-CREATE OR REPLACE FUNCTION payledger.nostr_job_feedback(
-    job         uuid,
-    status      text,
-    amount_msat bigint DEFAULT NULL,
-    bolt11      text DEFAULT NULL,
-    message     text DEFAULT NULL)
-RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    j payledger.nostr_jobs := payledger.nostr_job_find(job);
-    tags jsonb;
-BEGIN
-    PERFORM payledger.require(status, 'status');
-    IF status NOT IN ('payment-required', 'processing', 'partial', 'error', 'success') THEN
-        RAISE EXCEPTION 'status must be payment-required, processing, partial, error or success' USING ERRCODE = '22023';
-    END IF;
-    IF amount_msat IS NULL AND status = 'payment-required' THEN
-        amount_msat := j.price_msat - j.paid_msat;
-    END IF;
-    IF amount_msat < 0 THEN
-        RAISE EXCEPTION 'amount_msat must be >= 0' USING ERRCODE = 'PL001';
-    END IF;
-    tags := jsonb_build_array(CASE WHEN message IS NULL THEN jsonb_build_array('status', status)
-                                   ELSE jsonb_build_array('status', status, message) END);
-    IF amount_msat IS NOT NULL THEN
-        tags := tags || jsonb_build_array(payledger.nostr_amount_tag(amount_msat, bolt11));
-    END IF;
-    tags := tags || jsonb_build_array(jsonb_build_array('e', j.request_id), jsonb_build_array('p', j.customer_pubkey));
-    RETURN jsonb_build_object('kind', 7000, 'pubkey', j.provider_pubkey, 'created_at', extract(epoch FROM now())::bigint,
-                              'content', coalesce(CASE WHEN status = 'partial' THEN message END, ''), 'tags', tags);
-END;
-$$;
--- The unsigned job result (kind = request kind + 1000), with the request,
--- e, p and i tags NIP-90 asks for, and the amount owed (default: what is
--- left of the price) with an optional bolt11.
-CREATE OR REPLACE FUNCTION payledger.nostr_job_result(job uuid, content text, amount_msat bigint DEFAULT NULL, bolt11 text DEFAULT NULL)
-RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    j payledger.nostr_jobs := payledger.nostr_job_find(job);
-    tags jsonb;
-BEGIN
-    PERFORM payledger.require(content, 'content');
-    amount_msat := coalesce(amount_msat, greatest(j.price_msat - j.paid_msat, 0));
-    tags := jsonb_build_array(jsonb_build_array('request', j.request::text), jsonb_build_array('e', j.request_id),
-                              jsonb_build_array('p', j.customer_pubkey))
-            || coalesce((SELECT jsonb_agg(t) FROM jsonb_array_elements(j.request -> 'tags') t WHERE t ->> 0 = 'i'), '[]');
-    IF amount_msat > 0 THEN
-        tags := tags || jsonb_build_array(payledger.nostr_amount_tag(amount_msat, bolt11));
-    END IF;
-    RETURN jsonb_build_object('kind', j.request_kind + 1000, 'pubkey', j.provider_pubkey,
-                              'created_at', extract(epoch FROM now())::bigint, 'content', content, 'tags', tags);
-END;
-$$;
--- Record an event the provider signed and published for a job: feedback
--- (kind 7000) or the result. Its amount adds to what the job asks for; a
--- result delivers the job (success when paid, else delivered); an error
--- feedback fails it. Returns the job's state.
-CREATE OR REPLACE FUNCTION payledger.nostr_job_published(job uuid, event jsonb)
-RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    j payledger.nostr_jobs := payledger.nostr_job_lock(job);
-    kind integer;
-    status text;
-    amount text;
-    delivered boolean;
-BEGIN
-    PERFORM payledger.require(event, 'event');
-    IF NOT payledger.nostr_verify_event(event) THEN
-        RAISE EXCEPTION 'the event''s id or signature does not verify' USING ERRCODE = 'PL026';
-    END IF;
-    kind := (event ->> 'kind')::integer;
-    IF event ->> 'pubkey' <> j.provider_pubkey OR kind NOT IN (7000, j.request_kind + 1000)
-       OR NOT EXISTS (SELECT 1 FROM jsonb_array_elements(event -> 'tags') t
-                       WHERE t ->> 0 = 'e' AND t ->> 1 = j.request_id) THEN
-        RAISE EXCEPTION 'the event is not the provider''s feedback or result for this job' USING ERRCODE = '22023',
-            HINT = 'Publish what nostr_job_feedback() or nostr_job_result() return, signed by the provider.';
-    END IF;
-    IF j.state IN ('success', 'error') THEN
-        RAISE EXCEPTION 'job % is already %', job, j.state USING ERRCODE = 'PL027';
-    END IF;
-    SELECT t ->> 1 INTO status FROM jsonb_array_elements(event -> 'tags') t WHERE t ->> 0 = 'status' LIMIT 1;
-    SELECT t ->> 1 INTO amount FROM jsonb_array_elements(event -> 'tags') t WHERE t ->> 0 = 'amount' LIMIT 1;
-    IF amount IS NOT NULL AND amount !~ '^[0-9]{1,18}$' THEN
-        RAISE EXCEPTION 'the amount tag must be a whole number of msat, got %', quote_literal(amount) USING ERRCODE = 'PL001';
-    END IF;
-    INSERT INTO payledger.nostr_job_events (event_id, job_id, kind, status, amount_msat, event)
-    VALUES (event ->> 'id', j.id, kind, CASE WHEN kind = 7000 THEN status END, amount::bigint, event)
-    ON CONFLICT (event_id) DO NOTHING;
-    IF NOT FOUND THEN
-        RETURN j.state;  -- published before: nothing changes
-    END IF;
-    j.requested_msat := j.requested_msat + coalesce(amount::bigint, 0);
-    IF kind = 7000 AND status = 'error' THEN
-        j.state := 'error';
-        j.error := coalesce((SELECT t ->> 2 FROM jsonb_array_elements(event -> 'tags') t WHERE t ->> 0 = 'status' LIMIT 1),
-                            'error');
-    ELSE
-        delivered := kind = j.request_kind + 1000;
-        j.state := payledger.nostr_job_settle_state(j, delivered);
-    END IF;
-    UPDATE payledger.nostr_jobs x
-       SET requested_msat = j.requested_msat, state = j.state, error = j.error, updated_at = now(),
-           pay_by = CASE WHEN j.state IN ('payment_required', 'delivered') AND j.paid_msat < j.requested_msat
-                         THEN now() + x.payment_timeout END
-     WHERE x.id = j.id;
-    RETURN j.state;
-END;
-$$;
--- Record a payment to a job whose pay-in is PAID, and move the job on. A
--- payment to a failed job (an invoice paid after the timeout) is recorded
--- too, with an event: the money is in the provider's account, and refunding
--- it is the provider's call.
-CREATE OR REPLACE FUNCTION payledger.nostr_job_record(j payledger.nostr_jobs, payin uuid, via text, payment_hash text,
-                                           amount_msat bigint, payer_pubkey text, receipt_id text, zap_request_id text)
-RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    delivered boolean;
-BEGIN
-    INSERT INTO payledger.nostr_job_payments (job_id, payin_id, via, payment_hash, receipt_id, zap_request_id, payer_pubkey,
-                                              amount_msat)
-    VALUES (j.id, payin, via, payment_hash, receipt_id, zap_request_id, payer_pubkey, amount_msat);
-    j.paid_msat := j.paid_msat + amount_msat;
-    delivered := EXISTS (SELECT 1 FROM payledger.nostr_job_events e WHERE e.job_id = j.id AND e.kind = j.request_kind + 1000);
-    j.state := payledger.nostr_job_settle_state(j, delivered);
-    UPDATE payledger.nostr_jobs x
-       SET paid_msat = j.paid_msat, state = j.state, updated_at = now(),
-           pay_by = CASE WHEN j.state IN ('payment_required', 'delivered') AND j.paid_msat < j.requested_msat
-                         THEN x.pay_by END
-     WHERE x.id = j.id;
-    IF j.state = 'error' THEN
-        PERFORM payledger.emit_event('nostr_job.paid_after_failure', j.id, j.owner_id,
-            jsonb_build_object('job', j.id, 'payin', payin, 'amount_msat', amount_msat, 'error', j.error));
-    END IF;
-    RETURN j;
-END;
-$$;
--- Credit a payment the provider received outside payledger's invoices (a
--- zap, or a bolt11 it confirmed itself): a pay-in from the payer to the
--- provider's account, settled at once (the money is in the provider's
--- wallet). Once per payment hash, receipt and zap request.
-CREATE OR REPLACE FUNCTION payledger.nostr_job_credit(j payledger.nostr_jobs, via text, payment_hash text, amount_msat bigint,
-                                           payer_pubkey text, receipt_id text, zap_request_id text)
-RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    p record;
-BEGIN
-    SELECT * INTO p FROM payledger.create_payin('nostr:' || coalesce(payer_pubkey, j.customer_pubkey), 'NOSTR_JOB', 'msat',
-        amount_msat, jsonb_build_array(jsonb_build_object('external', via)),
-        jsonb_build_array(jsonb_build_object('type', 'NOSTR_JOB', 'account', j.provider_account, 'amount', amount_msat)),
-        metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'payment_hash', payment_hash));
-    PERFORM payledger.transition_payin(p.payin_id, 'PENDING', external_ref => payment_hash);
-    PERFORM payledger.settle_payin(p.payin_id);
-    RETURN payledger.nostr_job_record(j, p.payin_id, via, payment_hash, amount_msat, payer_pubkey, receipt_id,
-                                      zap_request_id);
-END;
-$$;
--- Ask for a job's payment by one of payledger's own invoices: a pay-in from
--- nostr:<customer> to the provider's account, paid by the 'invoice' rail,
--- and its invoice, which the worker opens at a Lightning provider (the
--- route's, or the one given). Put the invoice's payment_request in the amount
--- tag of the feedback or result once it is there. When the worker (or a
--- webhook) sees the invoice paid, the pay-in is PAID and the job credited in
--- that same transaction; an invoice that expires fails its pay-in and leaves
--- the job alone. Each call is a new invoice (progressive jobs ask several
--- times). The amount defaults to what is left of the price.
-CREATE OR REPLACE FUNCTION payledger.nostr_job_invoice(
-    job         uuid,
-    amount_msat bigint DEFAULT NULL,
-    provider    uuid DEFAULT NULL,
-    expiry      interval DEFAULT NULL)
-RETURNS TABLE (payin_id uuid, invoice_id uuid, invoice_msat bigint, status payledger.invoice_status)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    j payledger.nostr_jobs := payledger.nostr_job_lock(job);
-    amount bigint := coalesce(amount_msat, j.price_msat - j.paid_msat);
-    p record;
-    inv payledger.invoices;
-BEGIN
-    IF j.state IN ('success', 'error') THEN
-        RAISE EXCEPTION 'job % is already %', job, j.state USING ERRCODE = 'PL027';
-    END IF;
-    IF amount <= 0 THEN
-        RAISE EXCEPTION 'an invoice asks for a positive amount, got % msat', amount USING ERRCODE = 'PL001',
-            HINT = CASE WHEN amount_msat IS NULL THEN 'The price is paid; give amount_msat.' ELSE '' END;
-    END IF;
-    SELECT * INTO p FROM payledger.create_payin('nostr:' || j.customer_pubkey, 'NOSTR_JOB', 'msat', amount,
-        '[{"external": "invoice"}]'::jsonb,
-        jsonb_build_array(jsonb_build_object('type', 'NOSTR_JOB', 'account', j.provider_account, 'amount', amount)),
-        metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'via', 'invoice'));
-    inv := payledger.open_invoice(p.payin_id, provider, expiry, 'NIP-90 job ' || j.request_id);
-    RETURN QUERY SELECT p.payin_id, inv.id, amount, inv.status;
-END;
-$$;
--- A job's invoice pay-in reached PAID (a handler of the pay-in lifecycle, in
--- the settling transaction; the lock handler below locked the job first).
-CREATE OR REPLACE FUNCTION payledger.nostr_job_invoice_paid(p payledger.payins)
-RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    j payledger.nostr_jobs;
-BEGIN
-    IF p.metadata ->> 'via' IS DISTINCT FROM 'invoice' THEN
-        RETURN;
-    END IF;
-    SELECT * INTO j FROM payledger.nostr_jobs x WHERE x.id = (p.metadata ->> 'job')::uuid FOR UPDATE;
-    IF NOT EXISTS (SELECT 1 FROM payledger.nostr_job_payments n WHERE n.payin_id = p.id) THEN
-        -- (an invoice's payment hash; a pay-in an application settled by hand
-        -- may have no reference)
-        PERFORM payledger.nostr_job_record(j, p.id, 'invoice', coalesce(p.external_ref, 'payin:' || p.id), p.cost,
-                                           NULL, NULL, NULL);
-    END IF;
-END;
-$$;
--- A job's pay-in locks its job before the accounts, as a zap's payment does
--- (docs/reliability.md, Lock order): a lock handler of the pay-in lifecycle.
-CREATE OR REPLACE FUNCTION payledger.nostr_job_payin_lock(p payledger.payins)
-RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    IF p.metadata ? 'job' THEN
-        PERFORM FROM payledger.nostr_jobs j WHERE j.id = (p.metadata ->> 'job')::uuid FOR UPDATE;
-    END IF;
-END;
-$$;
-SELECT payledger.register_payin_handler('nostr', 'lock', 200, '{PAID}',
-                                        'payledger.nostr_job_payin_lock(payledger.payins)', 'NOSTR_JOB'),
-       payledger.register_payin_handler('nostr', 'reached', 200, '{PAID}',
-                                        'payledger.nostr_job_invoice_paid(payledger.payins)', 'NOSTR_JOB');
--- Pay a job with a zap receipt (kind 9735) whose e tag is one of the job's
--- published events: verified (docs/nostr.md) against the provider's LNURL key
--- and pubkey and that event, then credited once. outcome: credited,
--- duplicate (this payment was credited before), invalid (failures say why).
-CREATE OR REPLACE FUNCTION payledger.nostr_job_pay_zap(receipt jsonb)
-RETURNS TABLE (outcome text, job_id uuid, failures text[], amount_msat bigint, paid_msat bigint, requested_msat bigint,
-               state text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    ev record;
-    j payledger.nostr_jobs;
-    v record;
-BEGIN
-    PERFORM payledger.require(receipt, 'receipt');
-    SELECT e.* INTO ev FROM jsonb_array_elements(receipt -> 'tags') t
-      JOIN payledger.nostr_job_events e ON e.event_id = t ->> 1
-     WHERE t ->> 0 = 'e' LIMIT 1;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'the receipt zaps no event published for a job' USING ERRCODE = 'PL025';
-    END IF;
-    j := payledger.nostr_job_lock(ev.job_id);
-    SELECT * INTO v FROM payledger.verify_zap_receipt(receipt, j.lnurl_pubkey, recipient => j.provider_pubkey,
-                                                      expected_event => ev.event_id);
-    IF NOT v.valid THEN
-        RETURN QUERY SELECT 'invalid', j.id, v.failures, v.amount_msat, j.paid_msat, j.requested_msat, j.state;
-        RETURN;
-    END IF;
-    IF EXISTS (SELECT 1 FROM payledger.nostr_job_payments p
-                WHERE p.payment_hash = v.payment_hash OR p.receipt_id = v.receipt_id OR p.zap_request_id = v.request_id) THEN
-        RETURN QUERY SELECT 'duplicate', j.id, '{}'::text[], v.amount_msat, j.paid_msat, j.requested_msat, j.state;
-        RETURN;
-    END IF;
-    IF j.state = 'error' THEN
-        RAISE EXCEPTION 'job % failed (%): its payments are refunded outside payledger', j.id, j.error
-            USING ERRCODE = 'PL027';
-    END IF;
-    j := payledger.nostr_job_credit(j, 'zap', v.payment_hash, v.amount_msat, v.payer_pubkey, v.receipt_id, v.request_id);
-    RETURN QUERY SELECT 'credited', j.id, '{}'::text[], v.amount_msat, j.paid_msat, j.requested_msat, j.state;
-END;
-$$;
--- Pay a job with an invoice settled outside payledger (the provider's own
--- bolt11 from an amount tag, confirmed at its node): credited once per
--- payment hash. Invoices from nostr_job_invoice are credited by themselves.
-CREATE OR REPLACE FUNCTION payledger.nostr_job_pay_invoice(job uuid, payment_hash text, amount_msat bigint)
-RETURNS TABLE (outcome text, paid_msat bigint, requested_msat bigint, state text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    j payledger.nostr_jobs := payledger.nostr_job_lock(job);
-BEGIN
-    PERFORM payledger.require(payment_hash, 'payment_hash');
-    PERFORM payledger.require(amount_msat, 'amount_msat');
-    IF payment_hash !~ '^[0-9a-f]{64}$' THEN
-        RAISE EXCEPTION 'payment_hash is 64 lower-case hex characters' USING ERRCODE = '22023';
-    END IF;
-    IF amount_msat <= 0 THEN
-        RAISE EXCEPTION 'amount_msat must be positive' USING ERRCODE = 'PL001';
-    END IF;
-    IF EXISTS (SELECT 1 FROM payledger.nostr_job_payments p WHERE p.payment_hash = nostr_job_pay_invoice.payment_hash) THEN
-        RETURN QUERY SELECT 'duplicate', j.paid_msat, j.requested_msat, j.state;
-        RETURN;
-    END IF;
-    IF EXISTS (SELECT 1 FROM payledger.invoices i WHERE i.payment_hash = nostr_job_pay_invoice.payment_hash) THEN
-        RAISE EXCEPTION 'the invoice with this payment hash is payledger''s own' USING ERRCODE = '22023',
-            HINT = 'It credits its job when the worker or a webhook sees it paid.';
-    END IF;
-    IF j.state = 'error' THEN
-        RAISE EXCEPTION 'job % failed (%)', j.id, j.error USING ERRCODE = 'PL027';
-    END IF;
-    j := payledger.nostr_job_credit(j, 'invoice', payment_hash, amount_msat, NULL, NULL, NULL);
-    RETURN QUERY SELECT 'credited', j.paid_msat, j.requested_msat, j.state;
-END;
-$$;
--- Fail a job (the provider's error, or a payment that did not come).
-CREATE OR REPLACE FUNCTION payledger.nostr_job_fail(job uuid, message text)
-RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    j payledger.nostr_jobs := payledger.nostr_job_lock(job);
-BEGIN
-    PERFORM payledger.require(message, 'message');
-    IF j.state IN ('success', 'error') THEN
-        RAISE EXCEPTION 'job % is already %', job, j.state USING ERRCODE = 'PL027';
-    END IF;
-    UPDATE payledger.nostr_jobs x SET state = 'error', error = message, pay_by = NULL, updated_at = now() WHERE x.id = j.id;
-    RETURN 'error';
-END;
-$$;
--- Fail the jobs whose payment did not come in time ('payment timeout');
--- returns how many. Jobs locked by another session are left for the next run.
-CREATE OR REPLACE FUNCTION payledger.nostr_expire_jobs(max_jobs integer DEFAULT 1000)
-RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    n integer;
-BEGIN
-    PERFORM payledger.require_limit(max_jobs, 'max_jobs');
-    WITH due AS (
-        SELECT x.id FROM payledger.nostr_jobs x
-         WHERE x.state IN ('payment_required', 'delivered') AND x.pay_by <= clock_timestamp()
-         ORDER BY x.pay_by LIMIT max_jobs FOR UPDATE SKIP LOCKED)
-    UPDATE payledger.nostr_jobs x
-       SET state = 'error', error = format('payment timeout: paid %s of %s msat', x.paid_msat, x.requested_msat),
-           pay_by = NULL, updated_at = now()
-      FROM due WHERE x.id = due.id;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
-END;
-$$;
--- Invariants of jobs (part of payledger.check_invariants()).
-SELECT payledger.register_housekeeping_step('nostr', 'jobs_expired', 50, 'payledger.nostr_expire_jobs(integer)',
-                                            max_calls => 1);
-CREATE OR REPLACE FUNCTION payledger.nostr_invariants()
-RETURNS TABLE (invariant text, subject text, detail text)
-LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT 'nostr_job_paid', j.id::text, format('paid_msat %s, credited payments %s', j.paid_msat, coalesce(p.total, 0))
-      FROM payledger.nostr_jobs j
-      LEFT JOIN (SELECT p.job_id, sum(p.amount_msat) AS total FROM payledger.nostr_job_payments p GROUP BY p.job_id) p
-        ON p.job_id = j.id
-     WHERE j.paid_msat <> coalesce(p.total, 0)
-    UNION ALL
-    SELECT 'nostr_job_requested', j.id::text, format('requested_msat %s, published amounts %s', j.requested_msat, coalesce(e.total, 0))
-      FROM payledger.nostr_jobs j
-      LEFT JOIN (SELECT e.job_id, sum(e.amount_msat) AS total FROM payledger.nostr_job_events e GROUP BY e.job_id) e
-        ON e.job_id = j.id
-     WHERE j.requested_msat <> coalesce(e.total, 0)
-    UNION ALL
-    SELECT 'nostr_payment_paid_in', p.payment_hash, format('pay-in %s', p.payin_id)
-      FROM payledger.nostr_job_payments p LEFT JOIN payledger.payins x ON x.id = p.payin_id
-     WHERE x.id IS NULL OR x.state <> 'PAID' OR x.cost <> p.amount_msat OR coalesce(x.external_ref, 'payin:' || x.id) <> p.payment_hash
-    UNION ALL
-    SELECT 'nostr_invoice_credited', x.id::text, format('job %s', x.metadata ->> 'job')
-      FROM payledger.payins x
-     WHERE x.type = 'NOSTR_JOB' AND x.state = 'PAID' AND x.metadata ->> 'via' = 'invoice'
-       AND NOT EXISTS (SELECT 1 FROM payledger.nostr_job_payments p WHERE p.payin_id = x.id)
-    UNION ALL
-    SELECT 'nostr_job_state', j.id::text, format('%s with paid %s of requested %s', j.state, j.paid_msat, j.requested_msat)
-      FROM payledger.nostr_jobs j
-     WHERE (j.state = 'success' AND j.paid_msat < j.requested_msat)
-        OR (j.state = 'payment_required' AND j.policy <> 'upfront')
-$$;
--- What a service provider (by its owner key) sees of its jobs.
-CREATE VIEW payledger.my_nostr_jobs WITH (security_barrier) AS
-SELECT j.id, j.request_id, j.request_kind, j.customer_pubkey, j.policy, j.price_msat, j.requested_msat, j.paid_msat,
-       j.state, j.error, j.pay_by, j.created_at, j.updated_at
-  FROM payledger.nostr_jobs j
- WHERE j.owner_id = payledger.current_owner_id();
-
 -- src/credits/mod.rs
 /* </end connected objects> */
 
@@ -4418,8 +3855,9 @@ BEGIN
     RETURN v::bigint;
 END;
 $$;
+-- (a definer: the end-user views call it, and end users may not read assets)
 CREATE OR REPLACE FUNCTION payledger.credits_of(minor bigint)
-RETURNS numeric LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+RETURNS numeric LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT trim_scale(minor / (10::numeric ^ (SELECT a.scale FROM payledger.assets a WHERE a.code = payledger.credit_asset())));
 $$;
 CREATE OR REPLACE FUNCTION payledger.credit_lock(org text)
@@ -5702,6 +5140,571 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
 $$;
 CREATE VIEW payledger.my_credit_history AS
 SELECT * FROM payledger.my_credit_history(12);
+
+-- src/nostr/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   provider_api
+--   nostr_verify_event
+--   verify_zap_receipt
+
+-- NIP-90 paid jobs: a job per request, its payment policy, the unsigned
+-- events the service provider publishes, and payments by zap (or by a
+-- pay-in's invoice) credited once each as pay-ins to the provider.
+-- See docs/nostr.md.
+
+CREATE TABLE payledger.nostr_jobs (
+    id               uuid PRIMARY KEY,
+    owner_id         text NOT NULL,  -- the service provider's owner key (of its account)
+    request_id       text NOT NULL UNIQUE CHECK (request_id ~ '^[0-9a-f]{64}$'),
+    request_kind     integer NOT NULL CHECK (request_kind BETWEEN 5000 AND 5999),
+    request          jsonb NOT NULL,
+    customer_pubkey  text NOT NULL CHECK (customer_pubkey ~ '^[0-9a-f]{64}$'),
+    provider_pubkey  text NOT NULL CHECK (provider_pubkey ~ '^[0-9a-f]{64}$'),
+    -- the provider's LNURL server key, which signs its zap receipts
+    lnurl_pubkey     text NOT NULL CHECK (lnurl_pubkey ~ '^[0-9a-f]{64}$'),
+    provider_account uuid NOT NULL,
+    policy           text NOT NULL CHECK (policy IN ('upfront', 'after_completion', 'flexible')),
+    bid_msat         bigint CHECK (bid_msat >= 0),
+    price_msat       bigint NOT NULL CHECK (price_msat >= 0),
+    -- what the provider asked for in its published events, and what was paid
+    requested_msat   bigint NOT NULL DEFAULT 0 CHECK (requested_msat >= 0),
+    paid_msat        bigint NOT NULL DEFAULT 0 CHECK (paid_msat >= 0),
+    state            text NOT NULL CHECK (state IN ('payment_required', 'processing', 'delivered', 'success', 'error')),
+    error            text,
+    payment_timeout  interval NOT NULL,
+    -- when the job fails if what was asked for is not paid
+    pay_by           timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    CHECK ((state = 'error') = (error IS NOT NULL))
+);
+CREATE INDEX nostr_jobs_due_idx ON payledger.nostr_jobs (pay_by) WHERE state IN ('payment_required', 'delivered');
+-- The events the provider published for a job (signed by it, verified here).
+CREATE TABLE payledger.nostr_job_events (
+    event_id    text PRIMARY KEY CHECK (event_id ~ '^[0-9a-f]{64}$'),
+    job_id      uuid NOT NULL,
+    kind        integer NOT NULL,
+    status      text,          -- a feedback's status; NULL for a result
+    amount_msat bigint,        -- the amount it asks for, if any
+    event       jsonb NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX nostr_job_events_job_idx ON payledger.nostr_job_events (job_id);
+-- Each payment credited to a job: once per payment hash, zap receipt and zap request.
+CREATE TABLE payledger.nostr_job_payments (
+    job_id         uuid NOT NULL,
+    payin_id       uuid NOT NULL UNIQUE,
+    via            text NOT NULL CHECK (via IN ('zap', 'invoice')),
+    payment_hash   text NOT NULL UNIQUE,
+    receipt_id     text UNIQUE,
+    zap_request_id text UNIQUE,
+    payer_pubkey   text,
+    amount_msat    bigint NOT NULL CHECK (amount_msat > 0),
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    CHECK ((via = 'zap') = (receipt_id IS NOT NULL AND zap_request_id IS NOT NULL))
+);
+CREATE INDEX nostr_job_payments_job_idx ON payledger.nostr_job_payments (job_id);
+CREATE TRIGGER nostr_job_events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.nostr_job_events
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+CREATE TRIGGER nostr_job_payments_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.nostr_job_payments
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+CREATE TRIGGER nostr_jobs_no_delete BEFORE DELETE OR TRUNCATE ON payledger.nostr_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+ALTER TABLE payledger.nostr_jobs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.nostr_job_events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.nostr_job_payments ENABLE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('payledger.nostr_jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.nostr_job_events', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.nostr_job_payments', '');
+-- A job by id, locked: every change to a job goes through its row lock.
+CREATE OR REPLACE FUNCTION payledger.nostr_job_lock(job uuid)
+RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    j payledger.nostr_jobs;
+BEGIN
+    PERFORM payledger.require(job, 'job');
+    SELECT * INTO j FROM payledger.nostr_jobs x WHERE x.id = job FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % does not exist', job USING ERRCODE = 'PL025';
+    END IF;
+    RETURN j;
+END;
+$$;
+-- A job by id, for reading (the templates).
+CREATE OR REPLACE FUNCTION payledger.nostr_job_find(job uuid)
+RETURNS payledger.nostr_jobs LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    j payledger.nostr_jobs;
+BEGIN
+    PERFORM payledger.require(job, 'job');
+    SELECT * INTO j FROM payledger.nostr_jobs x WHERE x.id = job;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % does not exist', job USING ERRCODE = 'PL025';
+    END IF;
+    RETURN j;
+END;
+$$;
+-- ["amount", msat] or ["amount", msat, bolt11], as NIP-90 writes it.
+CREATE OR REPLACE FUNCTION payledger.nostr_amount_tag(amount_msat bigint, bolt11 text)
+RETURNS jsonb LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN bolt11 IS NULL THEN jsonb_build_array('amount', amount_msat::text)
+                ELSE jsonb_build_array('amount', amount_msat::text, bolt11) END;
+$$;
+-- Where a job stands once paid_msat, requested_msat or delivery changed.
+CREATE OR REPLACE FUNCTION payledger.nostr_job_settle_state(j payledger.nostr_jobs, delivered boolean)
+RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN j.state IN ('success', 'error') THEN j.state
+        WHEN delivered AND j.paid_msat >= j.requested_msat THEN 'success'
+        WHEN delivered THEN 'delivered'
+        WHEN j.state = 'payment_required' AND j.requested_msat > 0 AND j.paid_msat >= j.requested_msat THEN 'processing'
+        ELSE j.state END;
+$$;
+-- Open a job for a NIP-90 request (a signed kind 5000-5999 event). Upfront
+-- jobs wait in payment_required; the others start processing. The price is
+-- price_msat, or price_function(request) when given (a function of jsonb
+-- returning bigint); events the provider publishes ask for amounts.
+CREATE OR REPLACE FUNCTION payledger.nostr_job_open(
+    request          jsonb,
+    provider_pubkey  text,
+    lnurl_pubkey     text,
+    provider_account uuid,
+    policy           text,
+    price_msat       bigint DEFAULT NULL,
+    price_function   regproc DEFAULT NULL,
+    payment_timeout  interval DEFAULT '1 hour')
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    acc payledger.accounts;
+    price bigint := price_msat;
+    id uuid := payledger.new_id();
+    bid text;
+BEGIN
+    PERFORM payledger.require(request, 'request');
+    PERFORM payledger.require(provider_pubkey, 'provider_pubkey');
+    PERFORM payledger.require(lnurl_pubkey, 'lnurl_pubkey');
+    PERFORM payledger.require(provider_account, 'provider_account');
+    PERFORM payledger.require(policy, 'policy');
+    IF policy NOT IN ('upfront', 'after_completion', 'flexible') THEN
+        RAISE EXCEPTION 'policy must be upfront, after_completion or flexible, got %', quote_literal(policy)
+            USING ERRCODE = '22023';
+    END IF;
+    IF provider_pubkey !~ '^[0-9a-f]{64}$' OR lnurl_pubkey !~ '^[0-9a-f]{64}$' THEN
+        RAISE EXCEPTION 'pubkeys are 64 lower-case hex characters' USING ERRCODE = '22023';
+    END IF;
+    IF jsonb_typeof(request -> 'kind') IS DISTINCT FROM 'number' OR (request ->> 'kind')::numeric NOT BETWEEN 5000 AND 5999 THEN
+        RAISE EXCEPTION 'a job request has a kind between 5000 and 5999' USING ERRCODE = '22023';
+    END IF;
+    IF NOT payledger.nostr_verify_event(request) THEN
+        RAISE EXCEPTION 'the job request''s id or signature does not verify' USING ERRCODE = 'PL026';
+    END IF;
+    SELECT * INTO acc FROM payledger.accounts a WHERE a.id = provider_account AND a.parent_id IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'account % does not exist', provider_account USING ERRCODE = 'PL002';
+    ELSIF acc.asset <> 'msat' THEN
+        RAISE EXCEPTION 'account % holds %, jobs are paid in msat', provider_account, acc.asset USING ERRCODE = 'PL004';
+    END IF;
+    IF price_function IS NOT NULL THEN
+        EXECUTE format('SELECT %s($1)', price_function) INTO price USING request;
+    END IF;
+    IF price IS NULL OR price < 0 THEN
+        RAISE EXCEPTION 'give price_msat or a price_function that returns an amount >= 0' USING ERRCODE = '22023';
+    END IF;
+    SELECT t ->> 1 INTO bid FROM jsonb_array_elements(request -> 'tags') t WHERE t ->> 0 = 'bid' LIMIT 1;
+    -- the job module's pay-in and pay-out types (idempotent)
+    PERFORM payledger.register_payin_type('NOSTR_JOB', 'payment for a NIP-90 job');
+    PERFORM payledger.register_payout_type('NOSTR_JOB', 'a NIP-90 service provider''s revenue');
+    INSERT INTO payledger.nostr_jobs (id, owner_id, request_id, request_kind, request, customer_pubkey, provider_pubkey,
+                                      lnurl_pubkey, provider_account, policy, bid_msat, price_msat, state,
+                                      payment_timeout)
+    VALUES (id, acc.owner_id, request ->> 'id', (request ->> 'kind')::integer, request, request ->> 'pubkey',
+            provider_pubkey, lnurl_pubkey, provider_account, policy,
+            CASE WHEN bid ~ '^[0-9]{1,18}$' THEN bid::bigint END, price,
+            CASE WHEN policy = 'upfront' THEN 'payment_required' ELSE 'processing' END, payment_timeout)
+    ON CONFLICT (request_id) DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'a job exists for this request' USING ERRCODE = 'PL014',
+            DETAIL = format('job %s', (SELECT j.id FROM payledger.nostr_jobs j
+                                        WHERE j.request_id = nostr_job_open.request ->> 'id'));
+    END IF;
+    RETURN id;
+END;
+$$;
+-- The unsigned kind 7000 feedback the provider signs and publishes:
+-- status payment-required, processing, partial, error or success; an amount
+-- (default: the job's price for payment-required) and optional bolt11.
+CREATE OR REPLACE FUNCTION payledger.nostr_job_feedback(
+    job         uuid,
+    status      text,
+    amount_msat bigint DEFAULT NULL,
+    bolt11      text DEFAULT NULL,
+    message     text DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    j payledger.nostr_jobs := payledger.nostr_job_find(job);
+    tags jsonb;
+BEGIN
+    PERFORM payledger.require(status, 'status');
+    IF status NOT IN ('payment-required', 'processing', 'partial', 'error', 'success') THEN
+        RAISE EXCEPTION 'status must be payment-required, processing, partial, error or success' USING ERRCODE = '22023';
+    END IF;
+    IF amount_msat IS NULL AND status = 'payment-required' THEN
+        amount_msat := j.price_msat - j.paid_msat;
+    END IF;
+    IF amount_msat < 0 THEN
+        RAISE EXCEPTION 'amount_msat must be >= 0' USING ERRCODE = 'PL001';
+    END IF;
+    tags := jsonb_build_array(CASE WHEN message IS NULL THEN jsonb_build_array('status', status)
+                                   ELSE jsonb_build_array('status', status, message) END);
+    IF amount_msat IS NOT NULL THEN
+        tags := tags || jsonb_build_array(payledger.nostr_amount_tag(amount_msat, bolt11));
+    END IF;
+    tags := tags || jsonb_build_array(jsonb_build_array('e', j.request_id), jsonb_build_array('p', j.customer_pubkey));
+    RETURN jsonb_build_object('kind', 7000, 'pubkey', j.provider_pubkey, 'created_at', extract(epoch FROM now())::bigint,
+                              'content', coalesce(CASE WHEN status = 'partial' THEN message END, ''), 'tags', tags);
+END;
+$$;
+-- The unsigned job result (kind = request kind + 1000), with the request,
+-- e, p and i tags NIP-90 asks for, and the amount owed (default: what is
+-- left of the price) with an optional bolt11.
+CREATE OR REPLACE FUNCTION payledger.nostr_job_result(job uuid, content text, amount_msat bigint DEFAULT NULL, bolt11 text DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    j payledger.nostr_jobs := payledger.nostr_job_find(job);
+    tags jsonb;
+BEGIN
+    PERFORM payledger.require(content, 'content');
+    amount_msat := coalesce(amount_msat, greatest(j.price_msat - j.paid_msat, 0));
+    tags := jsonb_build_array(jsonb_build_array('request', j.request::text), jsonb_build_array('e', j.request_id),
+                              jsonb_build_array('p', j.customer_pubkey))
+            || coalesce((SELECT jsonb_agg(t) FROM jsonb_array_elements(j.request -> 'tags') t WHERE t ->> 0 = 'i'), '[]');
+    IF amount_msat > 0 THEN
+        tags := tags || jsonb_build_array(payledger.nostr_amount_tag(amount_msat, bolt11));
+    END IF;
+    RETURN jsonb_build_object('kind', j.request_kind + 1000, 'pubkey', j.provider_pubkey,
+                              'created_at', extract(epoch FROM now())::bigint, 'content', content, 'tags', tags);
+END;
+$$;
+-- Record an event the provider signed and published for a job: feedback
+-- (kind 7000) or the result. Its amount adds to what the job asks for; a
+-- result delivers the job (success when paid, else delivered); an error
+-- feedback fails it. Returns the job's state.
+CREATE OR REPLACE FUNCTION payledger.nostr_job_published(job uuid, event jsonb)
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    j payledger.nostr_jobs := payledger.nostr_job_lock(job);
+    kind integer;
+    status text;
+    amount text;
+    delivered boolean;
+BEGIN
+    PERFORM payledger.require(event, 'event');
+    IF NOT payledger.nostr_verify_event(event) THEN
+        RAISE EXCEPTION 'the event''s id or signature does not verify' USING ERRCODE = 'PL026';
+    END IF;
+    kind := (event ->> 'kind')::integer;
+    IF event ->> 'pubkey' <> j.provider_pubkey OR kind NOT IN (7000, j.request_kind + 1000)
+       OR NOT EXISTS (SELECT 1 FROM jsonb_array_elements(event -> 'tags') t
+                       WHERE t ->> 0 = 'e' AND t ->> 1 = j.request_id) THEN
+        RAISE EXCEPTION 'the event is not the provider''s feedback or result for this job' USING ERRCODE = '22023',
+            HINT = 'Publish what nostr_job_feedback() or nostr_job_result() return, signed by the provider.';
+    END IF;
+    IF j.state IN ('success', 'error') THEN
+        RAISE EXCEPTION 'job % is already %', job, j.state USING ERRCODE = 'PL027';
+    END IF;
+    SELECT t ->> 1 INTO status FROM jsonb_array_elements(event -> 'tags') t WHERE t ->> 0 = 'status' LIMIT 1;
+    SELECT t ->> 1 INTO amount FROM jsonb_array_elements(event -> 'tags') t WHERE t ->> 0 = 'amount' LIMIT 1;
+    IF amount IS NOT NULL AND amount !~ '^[0-9]{1,18}$' THEN
+        RAISE EXCEPTION 'the amount tag must be a whole number of msat, got %', quote_literal(amount) USING ERRCODE = 'PL001';
+    END IF;
+    INSERT INTO payledger.nostr_job_events (event_id, job_id, kind, status, amount_msat, event)
+    VALUES (event ->> 'id', j.id, kind, CASE WHEN kind = 7000 THEN status END, amount::bigint, event)
+    ON CONFLICT (event_id) DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN j.state;  -- published before: nothing changes
+    END IF;
+    j.requested_msat := j.requested_msat + coalesce(amount::bigint, 0);
+    IF kind = 7000 AND status = 'error' THEN
+        j.state := 'error';
+        j.error := coalesce((SELECT t ->> 2 FROM jsonb_array_elements(event -> 'tags') t WHERE t ->> 0 = 'status' LIMIT 1),
+                            'error');
+    ELSE
+        delivered := kind = j.request_kind + 1000;
+        j.state := payledger.nostr_job_settle_state(j, delivered);
+    END IF;
+    UPDATE payledger.nostr_jobs x
+       SET requested_msat = j.requested_msat, state = j.state, error = j.error, updated_at = now(),
+           pay_by = CASE WHEN j.state IN ('payment_required', 'delivered') AND j.paid_msat < j.requested_msat
+                         THEN now() + x.payment_timeout END
+     WHERE x.id = j.id;
+    RETURN j.state;
+END;
+$$;
+-- Record a payment to a job whose pay-in is PAID, and move the job on. A
+-- payment to a failed job (an invoice paid after the timeout) is recorded
+-- too, with an event: the money is in the provider's account, and refunding
+-- it is the provider's call.
+CREATE OR REPLACE FUNCTION payledger.nostr_job_record(j payledger.nostr_jobs, payin uuid, via text, payment_hash text,
+                                           amount_msat bigint, payer_pubkey text, receipt_id text, zap_request_id text)
+RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    delivered boolean;
+BEGIN
+    INSERT INTO payledger.nostr_job_payments (job_id, payin_id, via, payment_hash, receipt_id, zap_request_id, payer_pubkey,
+                                              amount_msat)
+    VALUES (j.id, payin, via, payment_hash, receipt_id, zap_request_id, payer_pubkey, amount_msat);
+    j.paid_msat := j.paid_msat + amount_msat;
+    delivered := EXISTS (SELECT 1 FROM payledger.nostr_job_events e WHERE e.job_id = j.id AND e.kind = j.request_kind + 1000);
+    j.state := payledger.nostr_job_settle_state(j, delivered);
+    UPDATE payledger.nostr_jobs x
+       SET paid_msat = j.paid_msat, state = j.state, updated_at = now(),
+           pay_by = CASE WHEN j.state IN ('payment_required', 'delivered') AND j.paid_msat < j.requested_msat
+                         THEN x.pay_by END
+     WHERE x.id = j.id;
+    IF j.state = 'error' THEN
+        PERFORM payledger.emit_event('nostr_job.paid_after_failure', j.id, j.owner_id,
+            jsonb_build_object('job', j.id, 'payin', payin, 'amount_msat', amount_msat, 'error', j.error));
+    END IF;
+    RETURN j;
+END;
+$$;
+-- Credit a payment the provider received outside payledger's invoices (a
+-- zap, or a bolt11 it confirmed itself): a pay-in from the payer to the
+-- provider's account, settled at once (the money is in the provider's
+-- wallet). Once per payment hash, receipt and zap request.
+CREATE OR REPLACE FUNCTION payledger.nostr_job_credit(j payledger.nostr_jobs, via text, payment_hash text, amount_msat bigint,
+                                           payer_pubkey text, receipt_id text, zap_request_id text)
+RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    p record;
+BEGIN
+    SELECT * INTO p FROM payledger.create_payin('nostr:' || coalesce(payer_pubkey, j.customer_pubkey), 'NOSTR_JOB', 'msat',
+        amount_msat, jsonb_build_array(jsonb_build_object('external', via)),
+        jsonb_build_array(jsonb_build_object('type', 'NOSTR_JOB', 'account', j.provider_account, 'amount', amount_msat)),
+        metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'payment_hash', payment_hash));
+    PERFORM payledger.transition_payin(p.payin_id, 'PENDING', external_ref => payment_hash);
+    PERFORM payledger.settle_payin(p.payin_id);
+    RETURN payledger.nostr_job_record(j, p.payin_id, via, payment_hash, amount_msat, payer_pubkey, receipt_id,
+                                      zap_request_id);
+END;
+$$;
+-- Ask for a job's payment by one of payledger's own invoices: a pay-in from
+-- nostr:<customer> to the provider's account, paid by the 'invoice' rail,
+-- and its invoice, which the worker opens at a Lightning provider (the
+-- route's, or the one given). Put the invoice's payment_request in the amount
+-- tag of the feedback or result once it is there. When the worker (or a
+-- webhook) sees the invoice paid, the pay-in is PAID and the job credited in
+-- that same transaction; an invoice that expires fails its pay-in and leaves
+-- the job alone. Each call is a new invoice (progressive jobs ask several
+-- times). The amount defaults to what is left of the price.
+CREATE OR REPLACE FUNCTION payledger.nostr_job_invoice(
+    job         uuid,
+    amount_msat bigint DEFAULT NULL,
+    provider    uuid DEFAULT NULL,
+    expiry      interval DEFAULT NULL)
+RETURNS TABLE (payin_id uuid, invoice_id uuid, invoice_msat bigint, status payledger.invoice_status)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    j payledger.nostr_jobs := payledger.nostr_job_lock(job);
+    amount bigint := coalesce(amount_msat, j.price_msat - j.paid_msat);
+    p record;
+    inv payledger.invoices;
+BEGIN
+    IF j.state IN ('success', 'error') THEN
+        RAISE EXCEPTION 'job % is already %', job, j.state USING ERRCODE = 'PL027';
+    END IF;
+    IF amount <= 0 THEN
+        RAISE EXCEPTION 'an invoice asks for a positive amount, got % msat', amount USING ERRCODE = 'PL001',
+            HINT = CASE WHEN amount_msat IS NULL THEN 'The price is paid; give amount_msat.' ELSE '' END;
+    END IF;
+    SELECT * INTO p FROM payledger.create_payin('nostr:' || j.customer_pubkey, 'NOSTR_JOB', 'msat', amount,
+        '[{"external": "invoice"}]'::jsonb,
+        jsonb_build_array(jsonb_build_object('type', 'NOSTR_JOB', 'account', j.provider_account, 'amount', amount)),
+        metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'via', 'invoice'));
+    inv := payledger.open_invoice(p.payin_id, provider, expiry, 'NIP-90 job ' || j.request_id);
+    RETURN QUERY SELECT p.payin_id, inv.id, amount, inv.status;
+END;
+$$;
+-- A job's invoice pay-in reached PAID (a handler of the pay-in lifecycle, in
+-- the settling transaction; the lock handler below locked the job first).
+CREATE OR REPLACE FUNCTION payledger.nostr_job_invoice_paid(p payledger.payins)
+RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    j payledger.nostr_jobs;
+BEGIN
+    IF p.metadata ->> 'via' IS DISTINCT FROM 'invoice' THEN
+        RETURN;
+    END IF;
+    SELECT * INTO j FROM payledger.nostr_jobs x WHERE x.id = (p.metadata ->> 'job')::uuid FOR UPDATE;
+    IF NOT EXISTS (SELECT 1 FROM payledger.nostr_job_payments n WHERE n.payin_id = p.id) THEN
+        -- (an invoice's payment hash; a pay-in an application settled by hand
+        -- may have no reference)
+        PERFORM payledger.nostr_job_record(j, p.id, 'invoice', coalesce(p.external_ref, 'payin:' || p.id), p.cost,
+                                           NULL, NULL, NULL);
+    END IF;
+END;
+$$;
+-- A job's pay-in locks its job before the accounts, as a zap's payment does
+-- (docs/reliability.md, Lock order): a lock handler of the pay-in lifecycle.
+CREATE OR REPLACE FUNCTION payledger.nostr_job_payin_lock(p payledger.payins)
+RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    IF p.metadata ? 'job' THEN
+        PERFORM FROM payledger.nostr_jobs j WHERE j.id = (p.metadata ->> 'job')::uuid FOR UPDATE;
+    END IF;
+END;
+$$;
+SELECT payledger.register_payin_handler('nostr', 'lock', 200, '{PAID}',
+                                        'payledger.nostr_job_payin_lock(payledger.payins)', 'NOSTR_JOB'),
+       payledger.register_payin_handler('nostr', 'reached', 200, '{PAID}',
+                                        'payledger.nostr_job_invoice_paid(payledger.payins)', 'NOSTR_JOB');
+-- Pay a job with a zap receipt (kind 9735) whose e tag is one of the job's
+-- published events: verified (docs/nostr.md) against the provider's LNURL key
+-- and pubkey and that event, then credited once. outcome: credited,
+-- duplicate (this payment was credited before), invalid (failures say why).
+CREATE OR REPLACE FUNCTION payledger.nostr_job_pay_zap(receipt jsonb)
+RETURNS TABLE (outcome text, job_id uuid, failures text[], amount_msat bigint, paid_msat bigint, requested_msat bigint,
+               state text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    ev record;
+    j payledger.nostr_jobs;
+    v record;
+BEGIN
+    PERFORM payledger.require(receipt, 'receipt');
+    SELECT e.* INTO ev FROM jsonb_array_elements(receipt -> 'tags') t
+      JOIN payledger.nostr_job_events e ON e.event_id = t ->> 1
+     WHERE t ->> 0 = 'e' LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the receipt zaps no event published for a job' USING ERRCODE = 'PL025';
+    END IF;
+    j := payledger.nostr_job_lock(ev.job_id);
+    SELECT * INTO v FROM payledger.verify_zap_receipt(receipt, j.lnurl_pubkey, recipient => j.provider_pubkey,
+                                                      expected_event => ev.event_id);
+    IF NOT v.valid THEN
+        RETURN QUERY SELECT 'invalid', j.id, v.failures, v.amount_msat, j.paid_msat, j.requested_msat, j.state;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM payledger.nostr_job_payments p
+                WHERE p.payment_hash = v.payment_hash OR p.receipt_id = v.receipt_id OR p.zap_request_id = v.request_id) THEN
+        RETURN QUERY SELECT 'duplicate', j.id, '{}'::text[], v.amount_msat, j.paid_msat, j.requested_msat, j.state;
+        RETURN;
+    END IF;
+    IF j.state = 'error' THEN
+        RAISE EXCEPTION 'job % failed (%): its payments are refunded outside payledger', j.id, j.error
+            USING ERRCODE = 'PL027';
+    END IF;
+    j := payledger.nostr_job_credit(j, 'zap', v.payment_hash, v.amount_msat, v.payer_pubkey, v.receipt_id, v.request_id);
+    RETURN QUERY SELECT 'credited', j.id, '{}'::text[], v.amount_msat, j.paid_msat, j.requested_msat, j.state;
+END;
+$$;
+-- Pay a job with an invoice settled outside payledger (the provider's own
+-- bolt11 from an amount tag, confirmed at its node): credited once per
+-- payment hash. Invoices from nostr_job_invoice are credited by themselves.
+CREATE OR REPLACE FUNCTION payledger.nostr_job_pay_invoice(job uuid, payment_hash text, amount_msat bigint)
+RETURNS TABLE (outcome text, paid_msat bigint, requested_msat bigint, state text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    j payledger.nostr_jobs := payledger.nostr_job_lock(job);
+BEGIN
+    PERFORM payledger.require(payment_hash, 'payment_hash');
+    PERFORM payledger.require(amount_msat, 'amount_msat');
+    IF payment_hash !~ '^[0-9a-f]{64}$' THEN
+        RAISE EXCEPTION 'payment_hash is 64 lower-case hex characters' USING ERRCODE = '22023';
+    END IF;
+    IF amount_msat <= 0 THEN
+        RAISE EXCEPTION 'amount_msat must be positive' USING ERRCODE = 'PL001';
+    END IF;
+    IF EXISTS (SELECT 1 FROM payledger.nostr_job_payments p WHERE p.payment_hash = nostr_job_pay_invoice.payment_hash) THEN
+        RETURN QUERY SELECT 'duplicate', j.paid_msat, j.requested_msat, j.state;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM payledger.invoices i WHERE i.payment_hash = nostr_job_pay_invoice.payment_hash) THEN
+        RAISE EXCEPTION 'the invoice with this payment hash is payledger''s own' USING ERRCODE = '22023',
+            HINT = 'It credits its job when the worker or a webhook sees it paid.';
+    END IF;
+    IF j.state = 'error' THEN
+        RAISE EXCEPTION 'job % failed (%)', j.id, j.error USING ERRCODE = 'PL027';
+    END IF;
+    j := payledger.nostr_job_credit(j, 'invoice', payment_hash, amount_msat, NULL, NULL, NULL);
+    RETURN QUERY SELECT 'credited', j.paid_msat, j.requested_msat, j.state;
+END;
+$$;
+-- Fail a job (the provider's error, or a payment that did not come).
+CREATE OR REPLACE FUNCTION payledger.nostr_job_fail(job uuid, message text)
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    j payledger.nostr_jobs := payledger.nostr_job_lock(job);
+BEGIN
+    PERFORM payledger.require(message, 'message');
+    IF j.state IN ('success', 'error') THEN
+        RAISE EXCEPTION 'job % is already %', job, j.state USING ERRCODE = 'PL027';
+    END IF;
+    UPDATE payledger.nostr_jobs x SET state = 'error', error = message, pay_by = NULL, updated_at = now() WHERE x.id = j.id;
+    RETURN 'error';
+END;
+$$;
+-- Fail the jobs whose payment did not come in time ('payment timeout');
+-- returns how many. Jobs locked by another session are left for the next run.
+CREATE OR REPLACE FUNCTION payledger.nostr_expire_jobs(max_jobs integer DEFAULT 1000)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
+BEGIN
+    PERFORM payledger.require_limit(max_jobs, 'max_jobs');
+    WITH due AS (
+        SELECT x.id FROM payledger.nostr_jobs x
+         WHERE x.state IN ('payment_required', 'delivered') AND x.pay_by <= clock_timestamp()
+         ORDER BY x.pay_by LIMIT max_jobs FOR UPDATE SKIP LOCKED)
+    UPDATE payledger.nostr_jobs x
+       SET state = 'error', error = format('payment timeout: paid %s of %s msat', x.paid_msat, x.requested_msat),
+           pay_by = NULL, updated_at = now()
+      FROM due WHERE x.id = due.id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END;
+$$;
+-- Invariants of jobs (part of payledger.check_invariants()).
+SELECT payledger.register_housekeeping_step('nostr', 'jobs_expired', 50, 'payledger.nostr_expire_jobs(integer)',
+                                            max_calls => 1);
+CREATE OR REPLACE FUNCTION payledger.nostr_invariants()
+RETURNS TABLE (invariant text, subject text, detail text)
+LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT 'nostr_job_paid', j.id::text, format('paid_msat %s, credited payments %s', j.paid_msat, coalesce(p.total, 0))
+      FROM payledger.nostr_jobs j
+      LEFT JOIN (SELECT p.job_id, sum(p.amount_msat) AS total FROM payledger.nostr_job_payments p GROUP BY p.job_id) p
+        ON p.job_id = j.id
+     WHERE j.paid_msat <> coalesce(p.total, 0)
+    UNION ALL
+    SELECT 'nostr_job_requested', j.id::text, format('requested_msat %s, published amounts %s', j.requested_msat, coalesce(e.total, 0))
+      FROM payledger.nostr_jobs j
+      LEFT JOIN (SELECT e.job_id, sum(e.amount_msat) AS total FROM payledger.nostr_job_events e GROUP BY e.job_id) e
+        ON e.job_id = j.id
+     WHERE j.requested_msat <> coalesce(e.total, 0)
+    UNION ALL
+    SELECT 'nostr_payment_paid_in', p.payment_hash, format('pay-in %s', p.payin_id)
+      FROM payledger.nostr_job_payments p LEFT JOIN payledger.payins x ON x.id = p.payin_id
+     WHERE x.id IS NULL OR x.state <> 'PAID' OR x.cost <> p.amount_msat OR coalesce(x.external_ref, 'payin:' || x.id) <> p.payment_hash
+    UNION ALL
+    SELECT 'nostr_invoice_credited', x.id::text, format('job %s', x.metadata ->> 'job')
+      FROM payledger.payins x
+     WHERE x.type = 'NOSTR_JOB' AND x.state = 'PAID' AND x.metadata ->> 'via' = 'invoice'
+       AND NOT EXISTS (SELECT 1 FROM payledger.nostr_job_payments p WHERE p.payin_id = x.id)
+    UNION ALL
+    SELECT 'nostr_job_state', j.id::text, format('%s with paid %s of requested %s', j.state, j.paid_msat, j.requested_msat)
+      FROM payledger.nostr_jobs j
+     WHERE (j.state = 'success' AND j.paid_msat < j.requested_msat)
+        OR (j.state = 'payment_required' AND j.policy <> 'upfront')
+$$;
+-- What a service provider (by its owner key) sees of its jobs.
+CREATE VIEW payledger.my_nostr_jobs WITH (security_barrier) AS
+SELECT j.id, j.request_id, j.request_kind, j.customer_pubkey, j.policy, j.price_msat, j.requested_msat, j.paid_msat,
+       j.state, j.error, j.pay_by, j.created_at, j.updated_at
+  FROM payledger.nostr_jobs j
+ WHERE j.owner_id = payledger.current_owner_id();
 
 -- src/lib.rs
 /* </end connected objects> */

@@ -83,8 +83,9 @@ BEGIN
 END;
 $$;
 
+-- (a definer: the end-user views call it, and end users may not read assets)
 CREATE FUNCTION payledger.credits_of(minor bigint)
-RETURNS numeric LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+RETURNS numeric LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT trim_scale(minor / (10::numeric ^ (SELECT a.scale FROM payledger.assets a WHERE a.code = payledger.credit_asset())));
 $$;
 

@@ -1,0 +1,23 @@
+-- The registries modules meet through: the error codes, the housekeeping
+-- steps and the pay-in lifecycle handlers, as installed, and their refusals.
+\set db t_registries
+\i sql/fixtures/base.sql
+
+-- every SQLSTATE payledger raises, with the name docs/errors.md gives it
+SELECT count(*) FILTER (WHERE sqlstate LIKE 'PL%') AS pl_codes, count(*) AS codes FROM payledger.error_codes();
+SELECT * FROM payledger.error_codes() WHERE sqlstate IN ('PL006', 'PL034', '22023') ORDER BY 1;
+
+-- each module's housekeeping steps, in the order the worker runs them
+SELECT s.run_order, s.module, s.step, p.per_call, p.max_calls, p.budget
+  FROM payledger.housekeeping_steps s JOIN payledger.housekeeping_plan(500) p ON p.step = s.step
+ ORDER BY s.run_order;
+SELECT t_try($$SELECT payledger.register_housekeeping_step('x', 'bad', 99, 'payledger.balance(uuid)')$$);
+SELECT t_try($$SELECT payledger.housekeeping_step('holds_expired', NULL)$$);
+
+-- each module's pay-in handlers, and what registering compiled
+SELECT stage, run_order, module, states, payin_type, handler FROM payledger.payin_handlers ORDER BY stage, run_order;
+SELECT t_try($$SELECT payledger.register_payin_handler('x', 'reached', 999, '{PAID}', 'payledger.balance(uuid)')$$);
+SELECT p.proname, pg_get_functiondef(p.oid) ~ 'payledger.credits_payin_paid\(p\)' AS calls_credits,
+       pg_get_functiondef(p.oid) ~ 'payledger.events_payin_reached\(p\)' AS calls_events
+  FROM pg_proc p WHERE p.pronamespace = 'payledger'::regnamespace
+   AND p.proname IN ('payin_run_lock', 'payin_run_reached', 'payin_reached') ORDER BY 1;
