@@ -71,440 +71,6 @@ CREATE TRIGGER accounts_definition
     AFTER INSERT OR UPDATE OF owner_id, name, allow_negative, overdraft_limit, shards, parent_id, min_available, managed_by
     ON payledger.accounts FOR EACH ROW EXECUTE FUNCTION payledger.accounts_definition_guard();
 
--- src/payin/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- requires:
---   ledger_schema
-
--- payledger pay-ins and pay-outs: one action paid by several methods, its
--- earnings declared up front and credited only when it is PAID.
---
--- The pay-in row is the state machine. Its money moves through ledger journals,
--- written by the state trigger for any UPDATE of the state (not only through
--- the API): custodial legs are debited into the payer's escrow account at
--- creation, paid out at PAID, and returned at FAILED or CANCELLED.
-
-CREATE TYPE payledger.payin_state AS ENUM (
-    'PENDING_INVOICE_CREATION', 'PENDING_INVOICE_WRAP', 'PENDING_WITHDRAWAL', 'PENDING', 'PENDING_HELD', 'HELD',
-    'PAID', 'FAILED', 'FORWARDING', 'FORWARDED', 'FAILED_FORWARD', 'CANCELLED');
-CREATE TYPE payledger.payin_failure_reason AS ENUM (
-    'INVOICE_CREATION_FAILED', 'INVOICE_WRAPPING_FAILED_HIGH_PREDICTED_FEE',
-    'INVOICE_WRAPPING_FAILED_HIGH_PREDICTED_EXPIRY', 'INVOICE_WRAPPING_FAILED_UNKNOWN',
-    'INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW', 'INVOICE_FORWARDING_FAILED', 'HELD_INVOICE_UNEXPECTED_ERROR',
-    'HELD_INVOICE_SETTLED_TOO_SLOW', 'WITHDRAWAL_FAILED', 'USER_CANCELLED', 'SYSTEM_CANCELLED', 'INVOICE_EXPIRED',
-    'EXECUTION_FAILED', 'UNKNOWN_FAILURE');
--- Escrow accounts are the pay-in module's: only its transitions move them.
-INSERT INTO payledger.account_kinds (kind, description, builtin, module) VALUES
-    ('payin_escrow', 'custodial money of a payer''s pending pay-ins', true, 'payin');
--- The one transition table: the state trigger allows exactly these moves, and
--- docs/payins.md prints it. A failure reason given on the way to FAILED or
--- CANCELLED wins over default_reason.
-CREATE TABLE payledger.payin_transitions (
-    from_state     payledger.payin_state NOT NULL,
-    to_state       payledger.payin_state NOT NULL,
-    default_reason payledger.payin_failure_reason,
-    PRIMARY KEY (from_state, to_state)
-);
-INSERT INTO payledger.payin_transitions VALUES
-    ('PENDING_INVOICE_CREATION', 'PENDING', NULL),
-    ('PENDING_INVOICE_CREATION', 'PENDING_HELD', NULL),
-    ('PENDING_INVOICE_CREATION', 'FAILED', 'INVOICE_CREATION_FAILED'),
-    ('PENDING_INVOICE_WRAP', 'PENDING_HELD', NULL),
-    ('PENDING_INVOICE_WRAP', 'FAILED', 'INVOICE_WRAPPING_FAILED_UNKNOWN'),
-    ('PENDING', 'PAID', NULL),
-    ('PENDING', 'CANCELLED', 'SYSTEM_CANCELLED'),
-    ('PENDING', 'FAILED', 'UNKNOWN_FAILURE'),
-    ('PENDING_HELD', 'HELD', NULL),
-    ('PENDING_HELD', 'FORWARDING', NULL),
-    ('PENDING_HELD', 'CANCELLED', 'SYSTEM_CANCELLED'),
-    ('PENDING_HELD', 'FAILED', 'HELD_INVOICE_UNEXPECTED_ERROR'),
-    ('HELD', 'PAID', NULL),
-    ('HELD', 'CANCELLED', 'SYSTEM_CANCELLED'),
-    ('HELD', 'FAILED', 'HELD_INVOICE_UNEXPECTED_ERROR'),
-    ('FORWARDING', 'FORWARDED', NULL),
-    ('FORWARDING', 'FAILED_FORWARD', 'INVOICE_FORWARDING_FAILED'),
-    ('FORWARDED', 'PAID', NULL),
-    ('FAILED_FORWARD', 'CANCELLED', 'INVOICE_FORWARDING_FAILED'),
-    ('FAILED_FORWARD', 'FAILED', 'INVOICE_FORWARDING_FAILED'),
-    ('CANCELLED', 'FAILED', 'SYSTEM_CANCELLED'),
-    ('PENDING_WITHDRAWAL', 'PAID', NULL),
-    ('PENDING_WITHDRAWAL', 'FAILED', 'WITHDRAWAL_FAILED');
--- Application-defined types (Stacker News' are an example in docs/payins.md).
-CREATE TABLE payledger.payin_types (
-    type           text PRIMARY KEY CHECK (type ~ '^[A-Za-z][A-Za-z0-9_]{0,62}$'),
-    description    text NOT NULL,
-    -- may leave a remainder to an external rail (an invoice, a card)
-    allow_external boolean NOT NULL DEFAULT true,
-    -- fully covered pay-ins wait in PENDING_WITHDRAWAL for an outgoing payment
-    withdrawal     boolean NOT NULL DEFAULT false,
-    -- how many times a failed pay-in of this type may be retried (NULL: no limit)
-    max_retries    integer CHECK (max_retries >= 0),
-    created_at     timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE payledger.payout_types (
-    type        text PRIMARY KEY CHECK (type ~ '^[A-Za-z][A-Za-z0-9_]{0,62}$'),
-    description text NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now()
-);
--- Declarative revenue splits: shares in percent of the cost, each floored to
--- a whole minor unit; what rounding leaves goes to remainder_role. A share
--- names a role, bound to an account when the pay-in is created, or a fixed
--- account (a platform's rewards pool).
-CREATE TABLE payledger.split_rules (
-    name           text PRIMARY KEY CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.-]{0,62}$'),
-    shares         jsonb NOT NULL,
-    remainder_role text NOT NULL,
-    created_at     timestamptz NOT NULL DEFAULT now()
-);
--- No foreign keys on the hot tables: a key check takes a share lock on the
--- referenced row, and every pay-in would share-lock the same type rows. The
--- API validates references; the commit-time trigger and check_invariants()
--- verify them.
-CREATE TABLE payledger.payins (
-    id               uuid PRIMARY KEY,
-    owner_id         text NOT NULL,  -- the payer
-    type             text NOT NULL,
-    asset            text NOT NULL,
-    cost             bigint NOT NULL,
-    state            payledger.payin_state NOT NULL,
-    failure_reason   payledger.payin_failure_reason,
-    initial_state    payledger.payin_state NOT NULL,
-    state_changed_at timestamptz NOT NULL,
-    created_at       timestamptz NOT NULL,
-    -- paid from balances at creation / owed on the external rail
-    custodial_amount bigint NOT NULL,
-    external_amount  bigint NOT NULL,
-    external_method  text,
-    -- where external money comes from when it arrives (a provider clearing account)
-    external_account uuid,
-    -- the provider's reference (payment hash, invoice id), once the invoice exists
-    external_ref     text,
-    -- set when the pay-in fails with an unpaid external leg: cancel it at the provider
-    external_cancel  boolean NOT NULL DEFAULT false,
-    escrow_account   uuid,
-    -- journals: custodial legs into escrow, pay-outs credited, custodial legs returned
-    open_journal     uuid,
-    paid_journal     uuid,
-    release_journal  uuid,
-    -- refunded after PAID, by refund journals (payin_refunds)
-    refunded         bigint NOT NULL DEFAULT 0,
-    parent_id        uuid,
-    genesis_id       uuid,
-    predecessor_id   uuid,
-    successor_id     uuid,
-    retry_count      integer NOT NULL DEFAULT 0,
-    retry_policy     text,
-    idempotency_key  text,
-    request_hash     bytea,
-    metadata         jsonb NOT NULL DEFAULT '{}'::jsonb
-);
--- The rules every pay-in row keeps, checked by its guard trigger for each
--- INSERT and UPDATE (src/payin/api.sql), whoever writes it. They are not
--- CHECK constraints: PostgreSQL recompiles a table's CHECKs for every
--- statement that writes it, which cost a pay-in 15 % of its time (about 450k
--- instructions of 2.9M); the trigger's expression is compiled once per
--- session. The first rule broken, or NULL; a rule that is NULL holds, as in
--- a CHECK.
-CREATE OR REPLACE FUNCTION payledger.payin_row_violation(p payledger.payins)
-RETURNS text LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE
-        WHEN NOT (p.cost > 0 AND p.custodial_amount >= 0 AND p.external_amount >= 0 AND p.retry_count >= 0)
-            THEN 'payin_amounts'
-        WHEN NOT (p.custodial_amount + p.external_amount = p.cost) THEN 'payin_legs_cover_cost'
-        WHEN NOT ((p.external_amount > 0) = (p.external_method IS NOT NULL)
-                  AND (p.external_amount > 0) = (p.external_account IS NOT NULL)) THEN 'payin_external_method'
-        -- custodial money that waits (not paid out at once) waits in escrow
-        WHEN NOT (p.escrow_account IS NOT NULL OR p.initial_state = 'PAID' OR p.custodial_amount = 0) THEN 'payin_escrow'
-        WHEN NOT (p.state NOT IN ('FAILED', 'CANCELLED') OR p.failure_reason IS NOT NULL) THEN 'payin_failed_has_reason'
-        WHEN NOT ((p.state = 'PAID') = (p.paid_journal IS NOT NULL)) THEN 'payin_paid_journal'
-        WHEN NOT ((p.state IN ('FAILED', 'CANCELLED') AND p.custodial_amount > 0) = (p.release_journal IS NOT NULL))
-            THEN 'payin_released'
-        WHEN NOT (p.refunded BETWEEN 0 AND p.cost AND (p.refunded = 0 OR p.state = 'PAID')) THEN 'payin_refunded'
-        WHEN NOT ((p.predecessor_id IS NULL) = (p.genesis_id IS NULL)
-                  AND (p.predecessor_id IS NULL) = (p.retry_count = 0)) THEN 'payin_retry_chain'
-        -- while an invoice is owed, the balances paid less than the cost (and all of it otherwise)
-        WHEN NOT (p.state IN ('PAID', 'FAILED', 'CANCELLED') OR (p.state = 'PENDING_WITHDRAWAL') = (p.external_amount = 0)
-                  OR p.parent_id IS NOT NULL) THEN 'payin_pending_owes'
-        WHEN NOT ((p.idempotency_key IS NULL) = (p.request_hash IS NULL)) THEN 'payin_key_has_hash'
-    END;
-$$;
--- Partial unique indexes: most pay-ins have no key, predecessor or successor,
--- and cost no entry in these. One successor per pay-in, one retry of each.
-CREATE UNIQUE INDEX payins_idempotency_key ON payledger.payins (idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE UNIQUE INDEX payins_successor ON payledger.payins (successor_id) WHERE successor_id IS NOT NULL;
-CREATE UNIQUE INDEX payins_predecessor ON payledger.payins (predecessor_id) WHERE predecessor_id IS NOT NULL;
-CREATE INDEX payins_owner_idx ON payledger.payins (owner_id, created_at);
-CREATE INDEX payins_parent_idx ON payledger.payins (parent_id) WHERE parent_id IS NOT NULL;
--- the worker's queue (issue: providers) and the operators' view of open pay-ins
-CREATE INDEX payins_pending_idx ON payledger.payins (state, state_changed_at) WHERE state NOT IN ('PAID', 'FAILED');
--- How the cost is paid, in order: custodial accounts of the payer, then at
--- most one external leg (the remainder).
-CREATE TABLE payledger.payin_legs (
-    payin_id   uuid NOT NULL,
-    seq        smallint NOT NULL CHECK (seq >= 1),
-    owner_id   text NOT NULL,
-    method     text NOT NULL,  -- 'custodial' or the external rail ('invoice', 'card', …)
-    account_id uuid,           -- the custodial account
-    amount     bigint NOT NULL CHECK (amount >= 0),
-    options    jsonb,          -- the method as asked for (order, rounding unit, p2p)
-    PRIMARY KEY (payin_id, seq),
-    CHECK ((method = 'custodial') = (account_id IS NOT NULL))
-);
--- Earnings declared with the pay-in and credited by its paid journal.
-CREATE TABLE payledger.payouts (
-    payin_id   uuid NOT NULL,
-    seq        smallint NOT NULL CHECK (seq >= 1),
-    type       text NOT NULL,
-    account_id uuid NOT NULL,
-    owner_id   text NOT NULL,  -- the payee
-    amount     bigint NOT NULL CHECK (amount > 0),
-    role       text,           -- the split rule's role, when a rule made it
-    PRIMARY KEY (payin_id, seq)
-);
-CREATE INDEX payouts_owner_idx ON payledger.payouts (owner_id);
--- Money given back: custodial legs released at FAILED/CANCELLED (kind
--- 'release', seq = the leg), and refunds of a PAID pay-in (kind 'refund',
--- seq = the pay-out it takes back from).
-CREATE TABLE payledger.payin_refunds (
-    payin_id        uuid NOT NULL,
-    journal_id      uuid NOT NULL,
-    kind            text NOT NULL CHECK (kind IN ('release', 'refund')),
-    seq             smallint NOT NULL,
-    owner_id        text NOT NULL,
-    from_account    uuid NOT NULL,
-    to_account      uuid NOT NULL,
-    amount          bigint NOT NULL CHECK (amount > 0),
-    reason          text,
-    idempotency_key text,
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (payin_id, journal_id, seq)
-);
--- Every state a pay-in enters, with the time and reason (creation included:
--- from_state NULL). States never repeat, so (payin_id, to_state) is a key.
-CREATE TABLE payledger.payin_history (
-    payin_id       uuid NOT NULL,
-    to_state       payledger.payin_state NOT NULL,
-    from_state     payledger.payin_state,
-    owner_id       text NOT NULL,
-    failure_reason payledger.payin_failure_reason,
-    at             timestamptz NOT NULL,
-    PRIMARY KEY (payin_id, to_state)
-);
-CREATE TRIGGER payin_legs_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.payin_legs
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
-CREATE TRIGGER payouts_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.payouts
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
-CREATE TRIGGER payin_refunds_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.payin_refunds
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
-CREATE TRIGGER payin_history_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.payin_history
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
-CREATE TRIGGER payins_no_delete BEFORE DELETE OR TRUNCATE ON payledger.payins
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
-ALTER TABLE payledger.payin_transitions ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.payin_types ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.payout_types ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.split_rules ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.payins ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.payin_legs ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.payouts ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.payin_refunds ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.payin_history ENABLE ROW LEVEL SECURITY;
-SELECT pg_catalog.pg_extension_config_dump('payledger.payin_types', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.payout_types', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.split_rules', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.payins', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.payin_legs', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.payouts', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.payin_refunds', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.payin_history', '');
-
--- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- requires:
---   ledger_schema
-
--- payledger housekeeping: the steps the background worker (and run_tick)
--- runs after each tick's provider calls. Every module registers its own
--- steps in its own file; this registry sits at the bottom of the install
--- order so that every module, the ledger included, can.
---
--- A step is a function (items integer) RETURNS integer or bigint that does
--- up to `items` pieces of work and returns how many it did. Each call is its
--- own transaction; a step is called again while a call comes back full, at
--- most max_calls times (and within budget). per_call or max_calls NULL mean
--- the tick's batch size. A step that moves money for several owners takes
--- one item per call (one pay-in's accounts per transaction: the lock order,
--- docs/reliability.md); one that moves it in one engine batch, or moves
--- none, takes a batch.
-
-CREATE TABLE payledger.housekeeping_steps (
-    step      text PRIMARY KEY CHECK (step ~ '^[a-z][a-z0-9_]{0,62}$'),
-    run_order  integer NOT NULL UNIQUE,
-    module    text NOT NULL,
-    function  regprocedure NOT NULL,
-    per_call  integer CHECK (per_call >= 1),
-    max_calls integer CHECK (max_calls >= 1),
-    budget    interval CHECK (budget > '0')
-);
-ALTER TABLE payledger.housekeeping_steps ENABLE ROW LEVEL SECURITY;
--- For modules' install scripts.
-CREATE OR REPLACE FUNCTION payledger.register_housekeeping_step(
-    module    text,
-    step      text,
-    run_order  integer,
-    function  regprocedure,
-    per_call  integer DEFAULT NULL,
-    max_calls integer DEFAULT NULL,
-    budget    interval DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc f
-                    WHERE f.oid = function AND f.pronargs = 1 AND f.proargtypes[0] = 'integer'::regtype
-                      AND f.prorettype IN ('integer'::regtype, 'bigint'::regtype)) THEN
-        RAISE EXCEPTION 'a housekeeping step takes (items integer) and returns a count, not %', function
-            USING ERRCODE = '22023';
-    END IF;
-    INSERT INTO payledger.housekeeping_steps AS s (step, run_order, module, function, per_call, max_calls, budget)
-    VALUES (step, run_order, module, function, per_call, max_calls, budget);
-END;
-$$;
--- The plan for a batch size: the steps in their order.
-CREATE OR REPLACE FUNCTION payledger.housekeeping_plan(batch integer DEFAULT 1000)
-RETURNS TABLE (step text, per_call integer, max_calls integer, budget interval)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT s.step, coalesce(s.per_call, batch), coalesce(s.max_calls, batch), s.budget
-      FROM payledger.housekeeping_steps s ORDER BY s.run_order;
-$$;
--- One call of a step; returns how many items it took. A step that fails is
--- reported and skipped until the next tick: the other steps still run, and
--- the worker does not end (and restart) over it.
-CREATE OR REPLACE FUNCTION payledger.housekeeping_step(step text, per_call integer)
-RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    fn regprocedure;
-    got bigint;
-    msg text;
-    code text;
-BEGIN
-    PERFORM payledger.require(step, 'step');
-    PERFORM payledger.require(per_call, 'per_call');
-    SELECT s.function INTO fn FROM payledger.housekeeping_steps s WHERE s.step = housekeeping_step.step;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown housekeeping step %', step USING ERRCODE = '22023',
-            HINT = 'The steps are in payledger.housekeeping_plan().';
-    END IF;
-    BEGIN
-        EXECUTE format('SELECT %s($1)', fn::oid::regproc) INTO got USING per_call;
-        RETURN got;
-    EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
-        RAISE WARNING 'payledger housekeeping: step % failed (%): %', step, code, msg;
-        RETURN 0;
-    END;
-END;
-$$;
-
--- src/payin/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- requires:
---   payin_schema
-
--- payledger pay-in lifecycle: what other modules do when a pay-in moves.
---
--- The pay-in module knows no other module. A module that has business with
--- pay-ins (credits grants a paid package, a NIP-90 job is credited by its
--- paid invoice, the outbox writes an event and runs the settle hooks)
--- registers a handler in its own file, and the pay-in module calls the
--- registered handlers in their run_order:
---   lock     in the state trigger, before the move's money is written, when
---            a pay-in moves into one of the handler's states: take the row
---            locks the handler needs later, before the accounts' (the lock
---            order, docs/reliability.md);
---   reached  after the move is recorded (history, children), when a pay-in
---            reaches one of the states, and for a pay-in PAID at creation.
--- A handler is `function(p payledger.payins) RETURNS void`; payin_type NULL
--- means every type. Handlers run in the mover's transaction: one that raises
--- undoes the move.
---
--- Registering compiles the handlers into one PL/pgSQL function per stage
--- (payin_run_lock, payin_run_reached) with the calls written out: PL/pgSQL
--- keeps the plans of static calls, where a dynamic EXECUTE would be planned
--- again for every pay-in.
-
-CREATE TABLE payledger.payin_handlers (
-    stage      text NOT NULL CHECK (stage IN ('lock', 'reached')),
-    run_order   integer NOT NULL,
-    module     text NOT NULL CHECK (module ~ '^[a-z][a-z0-9_]{0,62}$'),
-    states     payledger.payin_state[] NOT NULL CHECK (cardinality(states) > 0),
-    payin_type text,
-    handler    regprocedure NOT NULL,
-    PRIMARY KEY (stage, run_order)
-);
-ALTER TABLE payledger.payin_handlers ENABLE ROW LEVEL SECURITY;
--- (Re)write a stage's function from the table.
-CREATE OR REPLACE FUNCTION payledger.payin_handlers_compile(stage text)
-RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    calls text := '';
-    h record;
-BEGIN
-    FOR h IN SELECT x.module, x.states, x.payin_type, quote_ident(n.nspname) || '.' || quote_ident(f.proname) AS fn
-               FROM payledger.payin_handlers x
-               JOIN pg_catalog.pg_proc f ON f.oid = x.handler
-               JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace
-              WHERE x.stage = payin_handlers_compile.stage ORDER BY x.run_order LOOP
-        calls := calls || format(E'    -- %s\n    IF p.state = ANY (%L::payledger.payin_state[])%s THEN\n        PERFORM %s(p);\n    END IF;\n',
-                                 h.module, h.states,
-                                 CASE WHEN h.payin_type IS NOT NULL THEN format(' AND p.type = %L', h.payin_type) ELSE '' END,
-                                 h.fn);
-    END LOOP;
-    EXECUTE format(E'CREATE OR REPLACE FUNCTION payledger.payin_run_%s(p payledger.payins)\n'
-                   'RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $body$\n'
-                   '-- written by payledger.register_payin_handler() from payledger.payin_handlers\n'
-                   'BEGIN\n%sEND;\n$body$', stage, calls);
-    -- a pay-in PAID at creation: the same calls, after reading the row
-    -- (one function call less on the hot path than calling payin_run_reached)
-    IF stage = 'reached' THEN
-        EXECUTE format(E'CREATE OR REPLACE FUNCTION payledger.payin_reached(payin uuid)\n'
-                       'RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $body$\n'
-                       '-- written by payledger.register_payin_handler() from payledger.payin_handlers\n'
-                       'DECLARE\n    p payledger.payins;\nBEGIN\n'
-                       '    SELECT * INTO p FROM payledger.payins x WHERE x.id = payin;\n%sEND;\n$body$', calls);
-    END IF;
-END;
-$$;
--- For modules' install scripts: run handler(p payledger.payins) at a stage
--- of every pay-in (of payin_type, when given) that moves into states.
-CREATE OR REPLACE FUNCTION payledger.register_payin_handler(
-    module     text,
-    stage      text,
-    run_order   integer,
-    states     payledger.payin_state[],
-    handler    regprocedure,
-    payin_type text DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc f
-                    WHERE f.oid = handler AND f.pronargs = 1 AND f.proargtypes[0] = 'payledger.payins'::regtype) THEN
-        RAISE EXCEPTION 'a pay-in handler takes (p payledger.payins), not %', handler USING ERRCODE = '22023';
-    END IF;
-    INSERT INTO payledger.payin_handlers AS x (stage, run_order, module, states, payin_type, handler)
-    VALUES (stage, run_order, module, states, payin_type, handler);
-    PERFORM payledger.payin_handlers_compile(stage);
-END;
-$$;
--- payin_run_lock(p), payin_run_reached(p), and payin_reached(payin uuid),
--- which create_payin and retry_payin call for a pay-in PAID at creation
--- (not a trigger on INSERT: a restore's COPY must not run the handlers again
--- for old pay-ins)
-SELECT payledger.payin_handlers_compile('lock'), payledger.payin_handlers_compile('reached');
-
 -- src/nostr/mod.rs
 /* </end connected objects> */
 
@@ -693,6 +259,115 @@ STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'provider_call_wrapper';
+
+-- src/gucs.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE OR REPLACE FUNCTION "setting_int"(
+	"name" TEXT /* & str */
+) RETURNS INT /* i32 */
+STRICT STABLE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'setting_int_wrapper';
+
+-- src/ledger/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   ledger_schema
+--   setting_int
+
+-- payledger housekeeping: the steps the background worker (and run_tick)
+-- runs after each tick's provider calls. Every module registers its own
+-- steps in its own file; this registry sits at the bottom of the install
+-- order so that every module, the ledger included, can.
+--
+-- A step is a function (items integer) RETURNS integer or bigint that does
+-- up to `items` pieces of work and returns how many it did. Each call is its
+-- own transaction; a step is called again while a call comes back full, at
+-- most max_calls times (and within budget). per_call or max_calls NULL mean
+-- the tick's batch size. A step that moves money for several owners takes
+-- one item per call (one pay-in's accounts per transaction: the lock order,
+-- docs/reliability.md); one that moves it in one engine batch, or moves
+-- none, takes a batch.
+
+CREATE TABLE payledger.housekeeping_steps (
+    step      text PRIMARY KEY CHECK (step ~ '^[a-z][a-z0-9_]{0,62}$'),
+    run_order  integer NOT NULL UNIQUE,
+    module    text NOT NULL,
+    function  regprocedure NOT NULL,
+    per_call  integer CHECK (per_call >= 1),
+    max_calls integer CHECK (max_calls >= 1),
+    budget    interval CHECK (budget > '0')
+);
+ALTER TABLE payledger.housekeeping_steps ENABLE ROW LEVEL SECURITY;
+-- For modules' install scripts.
+CREATE OR REPLACE FUNCTION payledger.register_housekeeping_step(
+    module    text,
+    step      text,
+    run_order  integer,
+    function  regprocedure,
+    per_call  integer DEFAULT NULL,
+    max_calls integer DEFAULT NULL,
+    budget    interval DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc f
+                    WHERE f.oid = function AND f.pronargs = 1 AND f.proargtypes[0] = 'integer'::regtype
+                      AND f.prorettype IN ('integer'::regtype, 'bigint'::regtype)) THEN
+        RAISE EXCEPTION 'a housekeeping step takes (items integer) and returns a count, not %', function
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.housekeeping_steps AS s (step, run_order, module, function, per_call, max_calls, budget)
+    VALUES (step, run_order, module, function, per_call, max_calls, budget);
+END;
+$$;
+-- The plan for a batch size: the steps in their order.
+CREATE OR REPLACE FUNCTION payledger.housekeeping_plan(batch integer DEFAULT 1000)
+RETURNS TABLE (step text, per_call integer, max_calls integer, budget interval)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT s.step, coalesce(s.per_call, batch), coalesce(s.max_calls, batch), s.budget
+      FROM payledger.housekeeping_steps s ORDER BY s.run_order;
+$$;
+-- One call of a step; returns how many items it took. A step that fails is
+-- reported and skipped until the next tick: the other steps still run, and
+-- the worker does not end (and restart) over it.
+CREATE OR REPLACE FUNCTION payledger.housekeeping_step(step text, per_call integer)
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    fn regprocedure;
+    got bigint;
+    msg text;
+    code text;
+BEGIN
+    PERFORM payledger.require(step, 'step');
+    PERFORM payledger.require(per_call, 'per_call');
+    SELECT s.function INTO fn FROM payledger.housekeeping_steps s WHERE s.step = housekeeping_step.step;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown housekeeping step %', step USING ERRCODE = '22023',
+            HINT = 'The steps are in payledger.housekeeping_plan().';
+    END IF;
+    BEGIN
+        EXECUTE format('SELECT %s($1)', fn::oid::regproc) INTO got USING per_call;
+        RETURN got;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
+        RAISE WARNING 'payledger housekeeping: step % failed (%): %', step, code, msg;
+        RETURN 0;
+    END;
+END;
+$$;
+-- The retry policy of everything the housekeeping tries again (hook runs,
+-- invoices, providers): after n failures, 2^n seconds, at most
+-- payledger.worker_max_backoff.
+CREATE OR REPLACE FUNCTION payledger.backoff(n integer)
+RETURNS interval LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT make_interval(secs => least(power(2, least(greatest(n, 0), 30)),
+                                       payledger.setting_int('worker_max_backoff')));
+$$;
 
 -- src/payin/mod.rs
 /* </end connected objects> */
@@ -1304,6 +979,348 @@ SELECT payledger.register_housekeeping_step('ledger', 'entries_sealed', 80, 'pay
                                             per_call => 100000, max_calls => 2147483647, budget => '5 seconds');
 
 -- src/payin/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   ledger_seal
+
+-- payledger pay-ins and pay-outs: one action paid by several methods, its
+-- earnings declared up front and credited only when it is PAID.
+--
+-- The pay-in row is the state machine. Its money moves through ledger journals,
+-- written by the state trigger for any UPDATE of the state (not only through
+-- the API): custodial legs are debited into the payer's escrow account at
+-- creation, paid out at PAID, and returned at FAILED or CANCELLED.
+
+CREATE TYPE payledger.payin_state AS ENUM (
+    'PENDING_INVOICE_CREATION', 'PENDING_INVOICE_WRAP', 'PENDING_WITHDRAWAL', 'PENDING', 'PENDING_HELD', 'HELD',
+    'PAID', 'FAILED', 'FORWARDING', 'FORWARDED', 'FAILED_FORWARD', 'CANCELLED');
+CREATE TYPE payledger.payin_failure_reason AS ENUM (
+    'INVOICE_CREATION_FAILED', 'INVOICE_WRAPPING_FAILED_HIGH_PREDICTED_FEE',
+    'INVOICE_WRAPPING_FAILED_HIGH_PREDICTED_EXPIRY', 'INVOICE_WRAPPING_FAILED_UNKNOWN',
+    'INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW', 'INVOICE_FORWARDING_FAILED', 'HELD_INVOICE_UNEXPECTED_ERROR',
+    'HELD_INVOICE_SETTLED_TOO_SLOW', 'WITHDRAWAL_FAILED', 'USER_CANCELLED', 'SYSTEM_CANCELLED', 'INVOICE_EXPIRED',
+    'EXECUTION_FAILED', 'UNKNOWN_FAILURE');
+-- Escrow accounts are the pay-in module's: only its transitions move them.
+INSERT INTO payledger.account_kinds (kind, description, builtin, module) VALUES
+    ('payin_escrow', 'custodial money of a payer''s pending pay-ins', true, 'payin');
+-- The one transition table: the state trigger allows exactly these moves, and
+-- docs/payins.md prints it. A failure reason given on the way to FAILED or
+-- CANCELLED wins over default_reason.
+CREATE TABLE payledger.payin_transitions (
+    from_state     payledger.payin_state NOT NULL,
+    to_state       payledger.payin_state NOT NULL,
+    default_reason payledger.payin_failure_reason,
+    PRIMARY KEY (from_state, to_state)
+);
+INSERT INTO payledger.payin_transitions VALUES
+    ('PENDING_INVOICE_CREATION', 'PENDING', NULL),
+    ('PENDING_INVOICE_CREATION', 'PENDING_HELD', NULL),
+    ('PENDING_INVOICE_CREATION', 'FAILED', 'INVOICE_CREATION_FAILED'),
+    ('PENDING_INVOICE_WRAP', 'PENDING_HELD', NULL),
+    ('PENDING_INVOICE_WRAP', 'FAILED', 'INVOICE_WRAPPING_FAILED_UNKNOWN'),
+    ('PENDING', 'PAID', NULL),
+    ('PENDING', 'CANCELLED', 'SYSTEM_CANCELLED'),
+    ('PENDING', 'FAILED', 'UNKNOWN_FAILURE'),
+    ('PENDING_HELD', 'HELD', NULL),
+    ('PENDING_HELD', 'FORWARDING', NULL),
+    ('PENDING_HELD', 'CANCELLED', 'SYSTEM_CANCELLED'),
+    ('PENDING_HELD', 'FAILED', 'HELD_INVOICE_UNEXPECTED_ERROR'),
+    ('HELD', 'PAID', NULL),
+    ('HELD', 'CANCELLED', 'SYSTEM_CANCELLED'),
+    ('HELD', 'FAILED', 'HELD_INVOICE_UNEXPECTED_ERROR'),
+    ('FORWARDING', 'FORWARDED', NULL),
+    ('FORWARDING', 'FAILED_FORWARD', 'INVOICE_FORWARDING_FAILED'),
+    ('FORWARDED', 'PAID', NULL),
+    ('FAILED_FORWARD', 'CANCELLED', 'INVOICE_FORWARDING_FAILED'),
+    ('FAILED_FORWARD', 'FAILED', 'INVOICE_FORWARDING_FAILED'),
+    ('CANCELLED', 'FAILED', 'SYSTEM_CANCELLED'),
+    ('PENDING_WITHDRAWAL', 'PAID', NULL),
+    ('PENDING_WITHDRAWAL', 'FAILED', 'WITHDRAWAL_FAILED');
+-- Application-defined types (Stacker News' are an example in docs/payins.md).
+CREATE TABLE payledger.payin_types (
+    type           text PRIMARY KEY CHECK (type ~ '^[A-Za-z][A-Za-z0-9_]{0,62}$'),
+    description    text NOT NULL,
+    -- may leave a remainder to an external rail (an invoice, a card)
+    allow_external boolean NOT NULL DEFAULT true,
+    -- fully covered pay-ins wait in PENDING_WITHDRAWAL for an outgoing payment
+    withdrawal     boolean NOT NULL DEFAULT false,
+    -- how many times a failed pay-in of this type may be retried (NULL: no limit)
+    max_retries    integer CHECK (max_retries >= 0),
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE payledger.payout_types (
+    type        text PRIMARY KEY CHECK (type ~ '^[A-Za-z][A-Za-z0-9_]{0,62}$'),
+    description text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+-- Declarative revenue splits: shares in percent of the cost, each floored to
+-- a whole minor unit; what rounding leaves goes to remainder_role. A share
+-- names a role, bound to an account when the pay-in is created, or a fixed
+-- account (a platform's rewards pool).
+CREATE TABLE payledger.split_rules (
+    name           text PRIMARY KEY CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.-]{0,62}$'),
+    shares         jsonb NOT NULL,
+    remainder_role text NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+-- No foreign keys on the hot tables: a key check takes a share lock on the
+-- referenced row, and every pay-in would share-lock the same type rows. The
+-- API validates references; the commit-time trigger and check_invariants()
+-- verify them.
+CREATE TABLE payledger.payins (
+    id               uuid PRIMARY KEY,
+    owner_id         text NOT NULL,  -- the payer
+    type             text NOT NULL,
+    asset            text NOT NULL,
+    cost             bigint NOT NULL,
+    state            payledger.payin_state NOT NULL,
+    failure_reason   payledger.payin_failure_reason,
+    initial_state    payledger.payin_state NOT NULL,
+    state_changed_at timestamptz NOT NULL,
+    created_at       timestamptz NOT NULL,
+    -- paid from balances at creation / owed on the external rail
+    custodial_amount bigint NOT NULL,
+    external_amount  bigint NOT NULL,
+    external_method  text,
+    -- where external money comes from when it arrives (a provider clearing account)
+    external_account uuid,
+    -- the provider's reference (payment hash, invoice id), once the invoice exists
+    external_ref     text,
+    -- set when the pay-in fails with an unpaid external leg: cancel it at the provider
+    external_cancel  boolean NOT NULL DEFAULT false,
+    escrow_account   uuid,
+    -- journals: custodial legs into escrow, pay-outs credited, custodial legs returned
+    open_journal     uuid,
+    paid_journal     uuid,
+    release_journal  uuid,
+    -- refunded after PAID, by refund journals (payin_refunds)
+    refunded         bigint NOT NULL DEFAULT 0,
+    parent_id        uuid,
+    genesis_id       uuid,
+    predecessor_id   uuid,
+    successor_id     uuid,
+    retry_count      integer NOT NULL DEFAULT 0,
+    retry_policy     text,
+    idempotency_key  text,
+    request_hash     bytea,
+    metadata         jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+-- The rules every pay-in row keeps, checked by its guard trigger for each
+-- INSERT and UPDATE (src/payin/api.sql), whoever writes it. They are not
+-- CHECK constraints: PostgreSQL recompiles a table's CHECKs for every
+-- statement that writes it, which cost a pay-in 15 % of its time (about 450k
+-- instructions of 2.9M); the trigger's expression is compiled once per
+-- session. The first rule broken, or NULL; a rule that is NULL holds, as in
+-- a CHECK.
+CREATE OR REPLACE FUNCTION payledger.payin_row_violation(p payledger.payins)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN NOT (p.cost > 0 AND p.custodial_amount >= 0 AND p.external_amount >= 0 AND p.retry_count >= 0)
+            THEN 'payin_amounts'
+        WHEN NOT (p.custodial_amount + p.external_amount = p.cost) THEN 'payin_legs_cover_cost'
+        WHEN NOT ((p.external_amount > 0) = (p.external_method IS NOT NULL)
+                  AND (p.external_amount > 0) = (p.external_account IS NOT NULL)) THEN 'payin_external_method'
+        -- custodial money that waits (not paid out at once) waits in escrow
+        WHEN NOT (p.escrow_account IS NOT NULL OR p.initial_state = 'PAID' OR p.custodial_amount = 0) THEN 'payin_escrow'
+        WHEN NOT (p.state NOT IN ('FAILED', 'CANCELLED') OR p.failure_reason IS NOT NULL) THEN 'payin_failed_has_reason'
+        WHEN NOT ((p.state = 'PAID') = (p.paid_journal IS NOT NULL)) THEN 'payin_paid_journal'
+        WHEN NOT ((p.state IN ('FAILED', 'CANCELLED') AND p.custodial_amount > 0) = (p.release_journal IS NOT NULL))
+            THEN 'payin_released'
+        WHEN NOT (p.refunded BETWEEN 0 AND p.cost AND (p.refunded = 0 OR p.state = 'PAID')) THEN 'payin_refunded'
+        WHEN NOT ((p.predecessor_id IS NULL) = (p.genesis_id IS NULL)
+                  AND (p.predecessor_id IS NULL) = (p.retry_count = 0)) THEN 'payin_retry_chain'
+        -- while an invoice is owed, the balances paid less than the cost (and all of it otherwise)
+        WHEN NOT (p.state IN ('PAID', 'FAILED', 'CANCELLED') OR (p.state = 'PENDING_WITHDRAWAL') = (p.external_amount = 0)
+                  OR p.parent_id IS NOT NULL) THEN 'payin_pending_owes'
+        WHEN NOT ((p.idempotency_key IS NULL) = (p.request_hash IS NULL)) THEN 'payin_key_has_hash'
+    END;
+$$;
+-- Partial unique indexes: most pay-ins have no key, predecessor or successor,
+-- and cost no entry in these. One successor per pay-in, one retry of each.
+CREATE UNIQUE INDEX payins_idempotency_key ON payledger.payins (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE UNIQUE INDEX payins_successor ON payledger.payins (successor_id) WHERE successor_id IS NOT NULL;
+CREATE UNIQUE INDEX payins_predecessor ON payledger.payins (predecessor_id) WHERE predecessor_id IS NOT NULL;
+CREATE INDEX payins_owner_idx ON payledger.payins (owner_id, created_at);
+CREATE INDEX payins_parent_idx ON payledger.payins (parent_id) WHERE parent_id IS NOT NULL;
+-- the worker's queue (issue: providers) and the operators' view of open pay-ins
+CREATE INDEX payins_pending_idx ON payledger.payins (state, state_changed_at) WHERE state NOT IN ('PAID', 'FAILED');
+-- How the cost is paid, in order: custodial accounts of the payer, then at
+-- most one external leg (the remainder).
+CREATE TABLE payledger.payin_legs (
+    payin_id   uuid NOT NULL,
+    seq        smallint NOT NULL CHECK (seq >= 1),
+    owner_id   text NOT NULL,
+    method     text NOT NULL,  -- 'custodial' or the external rail ('invoice', 'card', …)
+    account_id uuid,           -- the custodial account
+    amount     bigint NOT NULL CHECK (amount >= 0),
+    options    jsonb,          -- the method as asked for (order, rounding unit, p2p)
+    PRIMARY KEY (payin_id, seq),
+    CHECK ((method = 'custodial') = (account_id IS NOT NULL))
+);
+-- Earnings declared with the pay-in and credited by its paid journal.
+CREATE TABLE payledger.payouts (
+    payin_id   uuid NOT NULL,
+    seq        smallint NOT NULL CHECK (seq >= 1),
+    type       text NOT NULL,
+    account_id uuid NOT NULL,
+    owner_id   text NOT NULL,  -- the payee
+    amount     bigint NOT NULL CHECK (amount > 0),
+    role       text,           -- the split rule's role, when a rule made it
+    PRIMARY KEY (payin_id, seq)
+);
+CREATE INDEX payouts_owner_idx ON payledger.payouts (owner_id);
+-- Money given back: custodial legs released at FAILED/CANCELLED (kind
+-- 'release', seq = the leg), and refunds of a PAID pay-in (kind 'refund',
+-- seq = the pay-out it takes back from).
+CREATE TABLE payledger.payin_refunds (
+    payin_id        uuid NOT NULL,
+    journal_id      uuid NOT NULL,
+    kind            text NOT NULL CHECK (kind IN ('release', 'refund')),
+    seq             smallint NOT NULL,
+    owner_id        text NOT NULL,
+    from_account    uuid NOT NULL,
+    to_account      uuid NOT NULL,
+    amount          bigint NOT NULL CHECK (amount > 0),
+    reason          text,
+    idempotency_key text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (payin_id, journal_id, seq)
+);
+-- Every state a pay-in enters, with the time and reason (creation included:
+-- from_state NULL). States never repeat, so (payin_id, to_state) is a key.
+CREATE TABLE payledger.payin_history (
+    payin_id       uuid NOT NULL,
+    to_state       payledger.payin_state NOT NULL,
+    from_state     payledger.payin_state,
+    owner_id       text NOT NULL,
+    failure_reason payledger.payin_failure_reason,
+    at             timestamptz NOT NULL,
+    PRIMARY KEY (payin_id, to_state)
+);
+CREATE TRIGGER payin_legs_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.payin_legs
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+CREATE TRIGGER payouts_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.payouts
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+CREATE TRIGGER payin_refunds_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.payin_refunds
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+CREATE TRIGGER payin_history_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.payin_history
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+CREATE TRIGGER payins_no_delete BEFORE DELETE OR TRUNCATE ON payledger.payins
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+ALTER TABLE payledger.payin_transitions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.payin_types ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.payout_types ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.split_rules ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.payins ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.payin_legs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.payouts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.payin_refunds ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.payin_history ENABLE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('payledger.payin_types', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.payout_types', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.split_rules', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.payins', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.payin_legs', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.payouts', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.payin_refunds', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.payin_history', '');
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   payin_schema
+
+-- payledger pay-in lifecycle: what other modules do when a pay-in moves.
+--
+-- The pay-in module knows no other module. A module that has business with
+-- pay-ins (credits grants a paid package, a NIP-90 job is credited by its
+-- paid invoice, the outbox writes an event and runs the settle hooks)
+-- registers a handler in its own file, and the pay-in module calls the
+-- registered handlers in their run_order:
+--   lock     in the state trigger, before the move's money is written, when
+--            a pay-in moves into one of the handler's states: take the row
+--            locks the handler needs later, before the accounts' (the lock
+--            order, docs/reliability.md);
+--   reached  after the move is recorded (history, children), when a pay-in
+--            reaches one of the states, and for a pay-in PAID at creation.
+-- A handler is `function(p payledger.payins) RETURNS void`; payin_type NULL
+-- means every type. Handlers run in the mover's transaction: one that raises
+-- undoes the move.
+--
+-- Registering compiles the handlers into one PL/pgSQL function per stage
+-- (payin_run_lock, payin_run_reached) with the calls written out: PL/pgSQL
+-- keeps the plans of static calls, where a dynamic EXECUTE would be planned
+-- again for every pay-in.
+
+CREATE TABLE payledger.payin_handlers (
+    stage      text NOT NULL CHECK (stage IN ('lock', 'reached')),
+    run_order   integer NOT NULL,
+    module     text NOT NULL CHECK (module ~ '^[a-z][a-z0-9_]{0,62}$'),
+    states     payledger.payin_state[] NOT NULL CHECK (cardinality(states) > 0),
+    payin_type text,
+    handler    regprocedure NOT NULL,
+    PRIMARY KEY (stage, run_order)
+);
+ALTER TABLE payledger.payin_handlers ENABLE ROW LEVEL SECURITY;
+-- (Re)write a stage's function from the table.
+CREATE OR REPLACE FUNCTION payledger.payin_handlers_compile(stage text)
+RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    calls text := '';
+    h record;
+BEGIN
+    FOR h IN SELECT x.module, x.states, x.payin_type, quote_ident(n.nspname) || '.' || quote_ident(f.proname) AS fn
+               FROM payledger.payin_handlers x
+               JOIN pg_catalog.pg_proc f ON f.oid = x.handler
+               JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace
+              WHERE x.stage = payin_handlers_compile.stage ORDER BY x.run_order LOOP
+        calls := calls || format(E'    -- %s\n    IF p.state = ANY (%L::payledger.payin_state[])%s THEN\n        PERFORM %s(p);\n    END IF;\n',
+                                 h.module, h.states,
+                                 CASE WHEN h.payin_type IS NOT NULL THEN format(' AND p.type = %L', h.payin_type) ELSE '' END,
+                                 h.fn);
+    END LOOP;
+    EXECUTE format(E'CREATE OR REPLACE FUNCTION payledger.payin_run_%s(p payledger.payins)\n'
+                   'RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $body$\n'
+                   '-- written by payledger.register_payin_handler() from payledger.payin_handlers\n'
+                   'BEGIN\n%sEND;\n$body$', stage, calls);
+    -- a pay-in PAID at creation: the same calls, after reading the row
+    -- (one function call less on the hot path than calling payin_run_reached)
+    IF stage = 'reached' THEN
+        EXECUTE format(E'CREATE OR REPLACE FUNCTION payledger.payin_reached(payin uuid)\n'
+                       'RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $body$\n'
+                       '-- written by payledger.register_payin_handler() from payledger.payin_handlers\n'
+                       'DECLARE\n    p payledger.payins;\nBEGIN\n'
+                       '    SELECT * INTO p FROM payledger.payins x WHERE x.id = payin;\n%sEND;\n$body$', calls);
+    END IF;
+END;
+$$;
+-- For modules' install scripts: run handler(p payledger.payins) at a stage
+-- of every pay-in (of payin_type, when given) that moves into states.
+CREATE OR REPLACE FUNCTION payledger.register_payin_handler(
+    module     text,
+    stage      text,
+    run_order   integer,
+    states     payledger.payin_state[],
+    handler    regprocedure,
+    payin_type text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc f
+                    WHERE f.oid = handler AND f.pronargs = 1 AND f.proargtypes[0] = 'payledger.payins'::regtype) THEN
+        RAISE EXCEPTION 'a pay-in handler takes (p payledger.payins), not %', handler USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.payin_handlers AS x (stage, run_order, module, states, payin_type, handler)
+    VALUES (stage, run_order, module, states, payin_type, handler);
+    PERFORM payledger.payin_handlers_compile(stage);
+END;
+$$;
+-- payin_run_lock(p), payin_run_reached(p), and payin_reached(payin uuid),
+-- which create_payin and retry_payin call for a pay-in PAID at creation
+-- (not a trigger on INSERT: a restore's COPY must not run the handlers again
+-- for old pay-ins)
+SELECT payledger.payin_handlers_compile('lock'), payledger.payin_handlers_compile('reached');
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -2111,17 +2128,281 @@ SELECT h.payin_id, h.from_state, h.to_state, h.failure_reason, h.at
   FROM payledger.payin_history h
  WHERE h.owner_id = payledger.current_owner_id();
 
--- src/provider/mod.rs
+-- src/events/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
 -- requires:
 --   payin_api
 
+-- payledger events: the outbox of what happened (settlements, failures,
+-- late money, hook failures) and the settle hooks that applications hang on
+-- pay-ins. Below the providers, above pay-ins: every module may write an
+-- event; pay-ins reach this room only through their lifecycle registry.
+
+-- Application functions run when a pay-in reaches one of on_states.
+CREATE TABLE payledger.settle_hooks (
+    name         text PRIMARY KEY CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.-]{0,62}$'),
+    function     regprocedure NOT NULL,
+    on_states    payledger.payin_state[] NOT NULL CHECK (on_states <@ '{PAID,FAILED,CANCELLED}'),
+    max_attempts integer NOT NULL DEFAULT 10 CHECK (max_attempts >= 1),
+    -- the registering session's search_path: the hook runs with it, as it
+    -- would have in that session
+    search_path  text NOT NULL,
+    active       boolean NOT NULL DEFAULT true,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+-- One run per hook, pay-in and state: the key makes a hook run once even when
+-- the webhook and the worker both settle (only one of them moves the pay-in).
+CREATE TABLE payledger.hook_runs (
+    hook            text NOT NULL,
+    payin_id        uuid NOT NULL,
+    state           payledger.payin_state NOT NULL,
+    status          text NOT NULL CHECK (status IN ('pending', 'done', 'failed')),
+    attempts        integer NOT NULL DEFAULT 0,
+    last_error      text,
+    next_attempt_at timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    done_at         timestamptz,
+    PRIMARY KEY (hook, payin_id, state)
+);
+CREATE INDEX hook_runs_due_idx ON payledger.hook_runs (next_attempt_at) WHERE status = 'pending';
+-- The outbox: settlements, failures, late money, hook failures. Written in
+-- the transaction that makes the change; announced by NOTIFY payledger_events
+-- shortly after commit (announce_events); consumers read by id.
+CREATE TABLE payledger.events (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    topic      text NOT NULL,
+    subject_id uuid,
+    owner_id   text,
+    payload    jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX events_owner_idx ON payledger.events (owner_id, id) WHERE owner_id IS NOT NULL;
+-- One row: the last event announced by NOTIFY payledger_events.
+CREATE TABLE payledger.events_announced (
+    id      boolean PRIMARY KEY DEFAULT true CHECK (id),
+    last_id bigint NOT NULL DEFAULT 0
+);
+INSERT INTO payledger.events_announced DEFAULT VALUES;
+ALTER TABLE payledger.settle_hooks ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.hook_runs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.events_announced ENABLE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('payledger.settle_hooks', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.hook_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.events', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.events_id_seq', '');
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   events_schema
+
+-- payledger events: the outbox. Rows written in the transaction that makes
+-- the change, announced by one NOTIFY payledger_events shortly after, read
+-- by id.
+
+-- Only the row: a NOTIFY in the writing transaction would take PostgreSQL's
+-- cluster-wide notify lock at every commit (it serializes committing
+-- notifiers, and cut pay-in throughput by about a third in the benchmark).
+-- announce_events() sends one NOTIFY for all rows written since the last.
+-- (PL/pgSQL: its INSERT's plan is kept for the session; a SQL function with
+-- SET is planned again at every call)
+CREATE OR REPLACE FUNCTION payledger.emit_event(topic text, subject uuid, owner text, payload jsonb)
+RETURNS bigint LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    event_id bigint;
+BEGIN
+    INSERT INTO payledger.events AS e (topic, subject_id, owner_id, payload)
+    VALUES (emit_event.topic, subject, owner, payload) RETURNING e.id INTO event_id;
+    RETURN event_id;
+END;
+$$;
+-- NOTIFY payledger_events once, with {"last_id": n}, when events were written
+-- since the last announcement; returns n (NULL: nothing new). The worker calls
+-- it every payledger.worker_notify_interval ms, run_tick at its end. The
+-- UPDATE makes concurrent announcers take turns.
+CREATE OR REPLACE FUNCTION payledger.announce_events()
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    newest bigint;
+BEGIN
+    SELECT max(e.id) INTO newest FROM payledger.events e;
+    UPDATE payledger.events_announced a SET last_id = newest WHERE a.last_id < newest;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify('payledger_events', jsonb_build_object('last_id', newest)::text);
+    RETURN newest;
+END;
+$$;
+CREATE OR REPLACE FUNCTION payledger.events_since(after_id bigint DEFAULT 0, max_events integer DEFAULT 100)
+RETURNS SETOF payledger.events LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require_limit(coalesce(max_events, 100), 'max_events');
+    RETURN QUERY SELECT * FROM payledger.events e WHERE e.id > coalesce(after_id, 0) ORDER BY e.id
+                  LIMIT least(coalesce(max_events, 100), 10000);
+END;
+$$;
+CREATE VIEW payledger.my_events WITH (security_barrier) AS
+SELECT e.id, e.topic, e.subject_id, e.payload, e.created_at
+  FROM payledger.events e
+ WHERE e.owner_id = payledger.current_owner_id();
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   events_outbox
+
+-- payledger events: settle hooks, the application's functions run once when
+-- a pay-in reaches PAID, FAILED or CANCELLED (in the settling transaction,
+-- retried by the worker when they fail), and the lifecycle handler that
+-- writes a pay-in's event and runs its hooks.
+
+-- The hook runs with the search_path of the session that registers it, as
+-- it would there: so this wrapper is SECURITY INVOKER and has no SET clause
+-- (inside one, current_setting would see the function's own search_path).
+CREATE OR REPLACE FUNCTION payledger.register_settle_hook(
+    name         text,
+    function     regprocedure,
+    on_states    payledger.payin_state[] DEFAULT '{PAID}',
+    max_attempts integer DEFAULT 10)
+RETURNS void LANGUAGE sql VOLATILE AS $$
+    SELECT payledger.define_settle_hook(name, function, on_states, max_attempts,
+                                        pg_catalog.current_setting('search_path'));
+$$;
+CREATE OR REPLACE FUNCTION payledger.define_settle_hook(
+    name         text,
+    function     regprocedure,
+    on_states    payledger.payin_state[],
+    max_attempts integer,
+    caller_search_path text)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(name, 'name');
+    PERFORM payledger.require(function, 'function');
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+                    WHERE p.oid = function AND p.pronargs = 2 AND p.proargtypes[0] = 'uuid'::regtype
+                      AND p.proargtypes[1] = 'payledger.payin_state'::regtype) THEN
+        RAISE EXCEPTION 'a settle hook takes (payin uuid, state payledger.payin_state), not %', function
+            USING ERRCODE = '22023';
+    END IF;
+    IF NOT coalesce(on_states <@ '{PAID,FAILED,CANCELLED}'::payledger.payin_state[], false) THEN
+        RAISE EXCEPTION 'hooks run on PAID, FAILED or CANCELLED' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.settle_hooks AS h (name, function, on_states, max_attempts, search_path)
+    VALUES (name, function, on_states, coalesce(max_attempts, 10), coalesce(caller_search_path, ''))
+    ON CONFLICT ON CONSTRAINT settle_hooks_pkey DO UPDATE
+       SET function = excluded.function, on_states = excluded.on_states, max_attempts = excluded.max_attempts,
+           search_path = excluded.search_path, active = true;
+END;
+$$;
+CREATE OR REPLACE FUNCTION payledger.unregister_settle_hook(name text)
+RETURNS void LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    UPDATE payledger.settle_hooks h SET active = false WHERE h.name = unregister_settle_hook.name;
+$$;
+-- Run one hook run in a subtransaction: a failing hook is recorded (and
+-- retried by the worker with backoff), never undoing the settlement.
+CREATE OR REPLACE FUNCTION payledger.run_hook(hook_name text, payin uuid, state payledger.payin_state)
+RETURNS boolean LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    h payledger.settle_hooks;
+    run payledger.hook_runs;
+    msg text;
+BEGIN
+    SELECT * INTO h FROM payledger.settle_hooks x WHERE x.name = hook_name;
+    SELECT * INTO run FROM payledger.hook_runs r
+     WHERE r.hook = hook_name AND r.payin_id = payin AND r.state = run_hook.state FOR UPDATE;
+    IF run.status <> 'pending' THEN
+        RETURN run.status = 'done';
+    END IF;
+    BEGIN
+        -- local to this function call (its SET clause restores ours after)
+        PERFORM pg_catalog.set_config('search_path', h.search_path, true);
+        EXECUTE format('SELECT %s($1, $2)', h.function::oid::regproc) USING payin, state;
+        PERFORM pg_catalog.set_config('search_path', 'payledger, pg_catalog, pg_temp', true);
+        UPDATE payledger.hook_runs r SET status = 'done', attempts = r.attempts + 1, done_at = now(),
+                                         last_error = NULL, next_attempt_at = NULL
+         WHERE r.hook = hook_name AND r.payin_id = payin AND r.state = run_hook.state;
+        RETURN true;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+        UPDATE payledger.hook_runs r
+           SET attempts = r.attempts + 1, last_error = left(msg, 500),
+               status = CASE WHEN r.attempts + 1 >= h.max_attempts THEN 'failed' ELSE 'pending' END,
+               next_attempt_at = CASE WHEN r.attempts + 1 >= h.max_attempts THEN NULL
+                                      ELSE now() + payledger.backoff(r.attempts + 1) END
+         WHERE r.hook = hook_name AND r.payin_id = payin AND r.state = run_hook.state
+        RETURNING * INTO run;
+        IF run.status = 'failed' THEN
+            PERFORM payledger.emit_event('hook.failed', payin, NULL,
+                jsonb_build_object('hook', hook_name, 'payin', payin, 'state', state, 'error', left(msg, 500)));
+        END IF;
+        RETURN false;
+    END;
+END;
+$$;
+CREATE OR REPLACE FUNCTION payledger.retry_hooks(max_runs integer DEFAULT 100)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    n integer := 0;
+BEGIN
+    PERFORM payledger.require_limit(max_runs, 'max_runs');
+    FOR r IN SELECT x.hook, x.payin_id, x.state FROM payledger.hook_runs x
+              WHERE x.status = 'pending' AND x.next_attempt_at <= now()
+              ORDER BY x.next_attempt_at LIMIT max_runs FOR UPDATE SKIP LOCKED LOOP
+        PERFORM payledger.run_hook(r.hook, r.payin_id, r.state);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END;
+$$;
+SELECT payledger.register_housekeeping_step('events', 'hooks_run', 60, 'payledger.retry_hooks(integer)', per_call => 1);
+-- A pay-in reached PAID, FAILED or CANCELLED: the outbox event, and the
+-- settle hooks, in the same transaction (a handler of the pay-in lifecycle,
+-- after the other modules': src/payin/lifecycle.sql).
+CREATE OR REPLACE FUNCTION payledger.events_payin_reached(p payledger.payins)
+RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    h record;
+BEGIN
+    PERFORM payledger.emit_event('payin.' || lower(p.state::text), p.id, p.owner_id,
+        jsonb_build_object('payin', p.id, 'type', p.type, 'state', p.state, 'failure_reason', p.failure_reason,
+                           'cost', p.cost, 'asset', p.asset, 'at', p.state_changed_at));
+    FOR h IN SELECT x.name FROM payledger.settle_hooks x WHERE x.active AND p.state = ANY (x.on_states) LOOP
+        INSERT INTO payledger.hook_runs (hook, payin_id, state, status, next_attempt_at)
+        VALUES (h.name, p.id, p.state, 'pending', now())
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            PERFORM payledger.run_hook(h.name, p.id, p.state);
+        END IF;
+    END LOOP;
+END;
+$$;
+SELECT payledger.register_payin_handler('events', 'reached', 900, '{PAID,FAILED,CANCELLED}',
+                                        'payledger.events_payin_reached(payledger.payins)');
+CREATE OR REPLACE FUNCTION payledger.events_invariants()
+RETURNS TABLE (invariant text, subject text, detail text)
+LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    -- a hook ran at most once per pay-in and state, and only for a state the pay-in reached
+    SELECT 'hook_run_state', r.hook || ' ' || r.payin_id, 'the pay-in never reached ' || r.state
+      FROM payledger.hook_runs r
+     WHERE NOT EXISTS (SELECT 1 FROM payledger.payin_history h WHERE h.payin_id = r.payin_id AND h.to_state = r.state);
+$$;
+
+-- src/provider/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   events_hooks
+
 -- payledger providers: merchant profiles, the payment providers they own,
 -- the invoices issued at them (each pinned to its provider), subscriptions
--- (pinned to a profile and provider at creation), settle hooks and the
--- event outbox. The background worker (src/worker.rs) drives the invoices.
+-- (pinned to a profile and provider at creation). The background worker
+-- (src/worker/) drives the invoices.
 
 CREATE TYPE payledger.provider_kind AS ENUM ('lnbits', 'lnd_rest', 'cln_rest', 'btcpay', 'stripe');
 -- creating: the worker is to create it at the provider; pending: issued,
@@ -2248,169 +2529,28 @@ CREATE TABLE payledger.invoices (
 CREATE UNIQUE INDEX invoices_external_id ON payledger.invoices (provider_id, external_id) WHERE external_id IS NOT NULL;
 CREATE INDEX invoices_payment_hash ON payledger.invoices (payment_hash) WHERE payment_hash IS NOT NULL;
 CREATE INDEX invoices_due_idx ON payledger.invoices (next_check_at) WHERE next_check_at IS NOT NULL;
--- Application functions run when a pay-in reaches one of on_states.
-CREATE TABLE payledger.settle_hooks (
-    name         text PRIMARY KEY CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.-]{0,62}$'),
-    function     regprocedure NOT NULL,
-    on_states    payledger.payin_state[] NOT NULL CHECK (on_states <@ '{PAID,FAILED,CANCELLED}'),
-    max_attempts integer NOT NULL DEFAULT 10 CHECK (max_attempts >= 1),
-    -- the registering session's search_path: the hook runs with it, as it
-    -- would have in that session
-    search_path  text NOT NULL,
-    active       boolean NOT NULL DEFAULT true,
-    created_at   timestamptz NOT NULL DEFAULT now()
-);
--- One run per hook, pay-in and state: the key makes a hook run once even when
--- the webhook and the worker both settle (only one of them moves the pay-in).
-CREATE TABLE payledger.hook_runs (
-    hook            text NOT NULL,
-    payin_id        uuid NOT NULL,
-    state           payledger.payin_state NOT NULL,
-    status          text NOT NULL CHECK (status IN ('pending', 'done', 'failed')),
-    attempts        integer NOT NULL DEFAULT 0,
-    last_error      text,
-    next_attempt_at timestamptz,
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    done_at         timestamptz,
-    PRIMARY KEY (hook, payin_id, state)
-);
-CREATE INDEX hook_runs_due_idx ON payledger.hook_runs (next_attempt_at) WHERE status = 'pending';
--- The outbox: settlements, failures, late money, hook failures. Written in
--- the transaction that makes the change; announced by NOTIFY payledger_events
--- shortly after commit (announce_events); consumers read by id.
-CREATE TABLE payledger.events (
-    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    topic      text NOT NULL,
-    subject_id uuid,
-    owner_id   text,
-    payload    jsonb NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX events_owner_idx ON payledger.events (owner_id, id) WHERE owner_id IS NOT NULL;
--- One row: what the worker did last (for operators and tests).
-CREATE TABLE payledger.worker_status (
-    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
-    pid         integer,
-    started_at  timestamptz,
-    last_tick_at timestamptz,
-    ticks       bigint NOT NULL DEFAULT 0,
-    last_result jsonb,
-    -- the last event announced by NOTIFY payledger_events
-    announced_id bigint NOT NULL DEFAULT 0,
-    -- the last metering run the worker started
-    last_metering_at timestamptz
-);
-INSERT INTO payledger.worker_status DEFAULT VALUES;
 ALTER TABLE payledger.merchant_profiles ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.providers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.provider_secrets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.payin_routes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.subscriptions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.invoices ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.settle_hooks ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.hook_runs ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.events ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.worker_status ENABLE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('payledger.merchant_profiles', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.providers', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.provider_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.payin_routes', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.subscriptions', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.invoices', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.settle_hooks', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.hook_runs', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.events', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.events_id_seq', '');
-
--- src/nostr/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- Skipped due to `#[pgrx(sql = false)]`
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE OR REPLACE FUNCTION "verify_zap_receipt"(
-	"receipt" jsonb, /* Option < JsonArg > */
-	"lnurl_pubkey" TEXT, /* Option < & str > */
-	"recipient" TEXT DEFAULT NULL, /* Option < & str > */
-	"expected_amount_msat" bigint DEFAULT NULL, /* Option < i64 > */
-	"expected_event" TEXT DEFAULT NULL /* Option < & str > */
-) RETURNS TABLE (
-	"valid" bool,  /* bool */
-	"failures" TEXT[],  /* Vec < String > */
-	"amount_msat" bigint,  /* Option < i64 > */
-	"payer_pubkey" TEXT,  /* Option < String > */
-	"payment_hash" TEXT,  /* Option < String > */
-	"receipt_id" TEXT,  /* Option < String > */
-	"request_id" TEXT,  /* Option < String > */
-	"description_hash_present" bool,  /* bool */
-	"description_hash_matches" bool,  /* Option < bool > */
-	"preimage_matches" bool,  /* Option < bool > */
-	"request_lnurl" TEXT,  /* Option < String > */
-	"timing_ok" bool  /* Option < bool > */
-)
-IMMUTABLE PARALLEL SAFE
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'verify_zap_receipt_wrapper';
-
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE OR REPLACE FUNCTION "webhook_verify_core"(
-	"kind" TEXT, /* & str */
-	"secret" TEXT, /* Option < & str > */
-	"headers" jsonb, /* JsonArg */
-	"body" TEXT /* & str */
-) RETURNS TABLE (
-	"sqlstate" TEXT,  /* Option < String > */
-	"message" TEXT,  /* Option < String > */
-	"reference" TEXT,  /* Option < String > */
-	"event" TEXT,  /* Option < String > */
-	"signed" bool,  /* Option < bool > */
-	"action" TEXT,  /* Option < String > */
-	"received" bigint,  /* Option < i64 > */
-	"note" TEXT  /* Option < String > */
-)
-STABLE PARALLEL SAFE
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
 -- requires:
 --   provider_schema
---   provider_call
---   webhook_verify_core
 --   json_readable
 
--- payledger providers: the SQL API. Admin functions set up profiles,
--- providers, routes and hooks; the application asks for invoices, passes
--- webhooks and manages subscriptions; the worker's three steps (claim, call,
--- record) and its housekeeping are functions too, so `CALL
--- payledger.run_tick()` does exactly what the background worker does.
-
----------------------------------------------------------------------------
--- Settings the SQL side reads (defined in src/gucs.rs; defaults here too,
--- for sessions that have not loaded the library)
----------------------------------------------------------------------------
-
-CREATE OR REPLACE FUNCTION payledger.setting_int(name text, fallback integer)
-RETURNS integer LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(nullif(current_setting('payledger.' || name, true), '')::integer, fallback);
-$$;
--- Exponential backoff after n failures: 2^n seconds, at most worker_max_backoff.
-CREATE OR REPLACE FUNCTION payledger.backoff(n integer)
-RETURNS interval LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT make_interval(secs => least(power(2, least(greatest(n, 0), 30)),
-                                       payledger.setting_int('worker_max_backoff', 600)));
-$$;
----------------------------------------------------------------------------
--- Profiles, providers, routes (admin)
----------------------------------------------------------------------------
+-- payledger providers: merchant profiles, the providers each owns (with
+-- their credentials), and which profile invoices a pay-in type. Admin
+-- functions, and pick_provider, which chooses the provider of a new invoice.
 
 CREATE OR REPLACE FUNCTION payledger.create_merchant_profile(
     name       text,
@@ -2589,9 +2729,16 @@ RETURNS uuid LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_tem
      ORDER BY p.priority, p.name
      LIMIT 1;
 $$;
----------------------------------------------------------------------------
--- Invoices
----------------------------------------------------------------------------
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   provider_profiles
+
+-- payledger providers: the invoices. One per pay-in that waits for one,
+-- pinned to the provider that issues it; what the worker or a webhook
+-- learns about it is applied by invoice_apply; past its deadline it closes
+-- (a housekeeping step).
 
 -- Open the invoice row of a pay-in that waits for one (status creating; the
 -- worker creates it at the provider). Idempotent: the pay-in's existing
@@ -2608,7 +2755,7 @@ DECLARE
     p payledger.payins;
     prov payledger.providers;
     inv payledger.invoices;
-    max_age interval := make_interval(secs => payledger.setting_int('worker_max_invoice_age', 259200));
+    max_age interval := make_interval(secs => payledger.setting_int('worker_max_invoice_age'));
 BEGIN
     PERFORM payledger.require(payin, 'payin');
     SELECT * INTO inv FROM payledger.invoices i WHERE i.payin_id = payin;
@@ -2729,7 +2876,7 @@ DECLARE
     t record;
     received bigint;
     said text := result ->> 'status';
-    max_attempts integer := payledger.setting_int('worker_create_attempts', 5);
+    max_attempts integer := payledger.setting_int('worker_create_attempts');
 BEGIN
     SELECT * INTO inv FROM payledger.invoices i WHERE i.id = invoice FOR UPDATE;
     IF NOT FOUND THEN
@@ -2770,7 +2917,7 @@ BEGIN
            SET status = 'pending', external_id = result ->> 'external_id', payment_hash = result ->> 'payment_hash',
                payment_request = result ->> 'payment_request',
                expires_at = coalesce(to_timestamp((result ->> 'expires_at')::double precision), now() + i.expiry),
-               monitor_until = least(i.created_at + make_interval(secs => payledger.setting_int('worker_max_invoice_age', 259200)),
+               monitor_until = least(i.created_at + make_interval(secs => payledger.setting_int('worker_max_invoice_age')),
                                      coalesce(to_timestamp((result ->> 'monitor_until')::double precision),
                                               coalesce(to_timestamp((result ->> 'expires_at')::double precision),
                                                        now() + i.expiry) + prov.monitoring)),
@@ -2867,107 +3014,6 @@ BEGIN
     RAISE EXCEPTION 'unknown invoice result %', result USING ERRCODE = '22023';
 END;
 $$;
----------------------------------------------------------------------------
--- The worker's steps
----------------------------------------------------------------------------
-
--- Step 1, in its own short transaction: open invoices for pay-ins waiting
--- for one, then claim due invoices (SKIP LOCKED, with a lease so that a
--- crashed worker's claims come back) and return what to call. No secrets.
-CREATE OR REPLACE FUNCTION payledger.worker_claim(batch integer, due_before timestamptz DEFAULT now())
-RETURNS jsonb LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    lease interval := make_interval(secs => 30 + 2 * payledger.setting_int('worker_http_timeout', 10000) / 1000.0);
-    w record;
-    claims jsonb;
-BEGIN
-    PERFORM payledger.require_limit(batch, 'batch');
-    -- (pay-ins no provider serves are the application's to invoice: left alone)
-    FOR w IN SELECT p.id FROM payledger.payins p
-              WHERE p.state = 'PENDING_INVOICE_CREATION' AND p.external_amount > 0
-                AND NOT EXISTS (SELECT 1 FROM payledger.invoices i WHERE i.payin_id = p.id)
-                AND payledger.pick_provider(p.type, p.asset, p.external_method) IS NOT NULL
-              ORDER BY p.state_changed_at LIMIT batch
-              FOR NO KEY UPDATE OF p SKIP LOCKED LOOP
-        PERFORM payledger.open_invoice(w.id);
-    END LOOP;
-
-    WITH due AS (
-        SELECT i.id FROM payledger.invoices i JOIN payledger.providers pr ON pr.id = i.provider_id
-         WHERE i.next_check_at <= due_before
-           AND (i.locked_until IS NULL OR i.locked_until < now())
-           AND (pr.retry_after IS NULL OR pr.retry_after <= now())
-         ORDER BY i.next_check_at
-         LIMIT batch
-         FOR UPDATE OF i SKIP LOCKED),
-    claimed AS (
-        UPDATE payledger.invoices i
-           SET locked_until = now() + lease,
-               create_attempts = i.create_attempts + (i.status = 'creating')::integer
-          FROM due WHERE i.id = due.id
-        RETURNING i.*)
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-               'invoice_id', c.id, 'op', CASE WHEN c.status = 'creating' THEN 'create' ELSE 'check' END,
-               'provider_id', c.provider_id, 'kind', pr.kind, 'base_url', pr.base_url, 'config', pr.config,
-               'amount', c.amount, 'asset', c.asset, 'memo', c.memo,
-               'expiry_secs', greatest(1, extract(epoch FROM c.expiry)::bigint),
-               'external_id', c.external_id)), '[]')
-      INTO claims
-      FROM claimed c JOIN payledger.providers pr ON pr.id = c.provider_id;
-    RETURN claims;
-END;
-$$;
--- Step 3: apply one result, in its own short transaction (the worker and
--- run_tick commit after each). One result per transaction is the lock order:
--- settling locks the invoice, then its pay-in, then that pay-in's accounts in
--- one pass, as a client's call does; a transaction settling two pay-ins would
--- lock two passes of accounts, out of order with a client's single pass, and
--- could deadlock with it. A result that cannot be applied is recorded on the
--- invoice (backoff) with a WARNING, never lost. Returns the outcome in a word.
-CREATE OR REPLACE FUNCTION payledger.worker_apply(result jsonb)
-RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM payledger.require(result, 'result');
-    BEGIN
-        RETURN payledger.invoice_apply((result ->> 'invoice_id')::uuid, result);
-    EXCEPTION WHEN OTHERS THEN
-        UPDATE payledger.invoices i
-           SET last_error = left('applying the result: ' || SQLERRM, 500), locked_until = NULL,
-               errors = i.errors + 1, next_check_at = now() + payledger.backoff(i.errors + 1)
-         WHERE i.id = (result ->> 'invoice_id')::uuid;
-        RAISE WARNING 'payledger worker: invoice %: %', result ->> 'invoice_id', SQLERRM;
-        RETURN 'apply_error';
-    END;
-END;
-$$;
--- After a batch's results are applied, in one more short transaction: the
--- providers' health (providers in id order). One that answered anything is
--- up; one that answered nothing backs off.
-CREATE OR REPLACE FUNCTION payledger.worker_provider_health(results jsonb)
-RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    h record;
-BEGIN
-    PERFORM payledger.require(results, 'results');
-    FOR h IN SELECT (x ->> 'provider_id')::uuid AS id,
-                    bool_or(NOT (x ->> 'ok' = 'false' AND coalesce((x ->> 'retryable')::boolean, false))) AS answered,
-                    max(x ->> 'error') AS error
-               FROM jsonb_array_elements(results) x
-              WHERE x ? 'provider_id'
-              GROUP BY 1 ORDER BY 1 LOOP
-        IF h.answered THEN
-            UPDATE payledger.providers x SET consecutive_failures = 0, retry_after = NULL, last_ok_at = now()
-             WHERE x.id = h.id;
-        ELSE
-            UPDATE payledger.providers x
-               SET consecutive_failures = x.consecutive_failures + 1,
-                   retry_after = now() + payledger.backoff(x.consecutive_failures + 1),
-                   last_error = left(h.error, 500)
-             WHERE x.id = h.id;
-        END IF;
-    END LOOP;
-END;
-$$;
 -- Invoices past their deadline: one unpaid past monitoring (or never created
 -- in time) expires (or fails) and fails its pay-in, which gives back its
 -- custodial legs; an expired one past monitoring is no longer watched.
@@ -3015,84 +3061,104 @@ END;
 $$;
 SELECT payledger.register_housekeeping_step('provider', 'invoices_closed', 10,
                                             'payledger.expire_invoices(integer)', per_call => 1);
-CREATE OR REPLACE FUNCTION payledger.worker_note_tick(result jsonb, worker_pid integer DEFAULT NULL)
-RETURNS void LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    UPDATE payledger.worker_status
-       SET last_tick_at = now(), ticks = ticks + 1, last_result = result,
-           pid = coalesce(worker_pid, pid), started_at = CASE WHEN worker_pid IS DISTINCT FROM pid THEN now() ELSE started_at END;
-$$;
--- One tick on demand, by the same steps as the background worker: claim and
--- commit, call the providers in a statement that holds no row lock and no
--- transaction id, record and commit, until nothing is due; then the
--- housekeeping. For operators and tests (a procedure: CALL it outside an
--- explicit transaction block).
--- (No SET search_path: a procedure with one cannot COMMIT. Every name in it
--- is qualified, and pg_catalog is searched first anyway.)
-CREATE OR REPLACE PROCEDURE payledger.run_tick(batch integer DEFAULT NULL)
-LANGUAGE plpgsql AS $$
-DECLARE
-    started timestamptz := clock_timestamp();
-    claims jsonb;
-    results jsonb;
-    r jsonb;
-    outcome text;
-    counts jsonb := '{}';
-    h record;
-    calls integer;
-    got bigint;
-    took bigint;
-    step_started timestamptz;
-    n integer := coalesce(batch, payledger.setting_int('worker_batch_size', 500));
-    m_orgs integer;
-    m_charged integer;
-    m_blocked integer;
-    m_failed integer;
-BEGIN
-    LOOP
-        claims := payledger.worker_claim(n, started);
-        COMMIT;
-        EXIT WHEN jsonb_array_length(claims) = 0;
-        results := payledger.provider_call(claims);
-        -- one result per transaction (see worker_apply)
-        FOR r IN SELECT x FROM jsonb_array_elements(results) x LOOP
-            outcome := payledger.worker_apply(r);
-            COMMIT;
-            counts := jsonb_set(counts, ARRAY[outcome], to_jsonb(coalesce((counts ->> outcome)::integer, 0) + 1));
-        END LOOP;
-        PERFORM payledger.worker_provider_health(results);
-        COMMIT;
-        EXIT WHEN jsonb_array_length(claims) < n;
-    END LOOP;
-    -- the housekeeping, a transaction per call (see housekeeping_plan)
-    FOR h IN SELECT * FROM payledger.housekeeping_plan(n) LOOP
-        calls := 0;
-        took := 0;
-        step_started := clock_timestamp();
-        LOOP
-            got := payledger.housekeeping_step(h.step, h.per_call);
-            COMMIT;
-            calls := calls + 1;
-            took := took + got;
-            EXIT WHEN got < h.per_call OR calls >= h.max_calls
-                   OR clock_timestamp() - step_started > coalesce(h.budget, interval '100 years');
-        END LOOP;
-        counts := counts || jsonb_build_object(h.step, took);
-    END LOOP;
-    -- metering, every payledger.metering_interval seconds (four times a day)
-    IF payledger.metering_due() THEN
-        CALL payledger.meter_all(n, m_orgs, m_charged, m_blocked, m_failed);
-        counts := counts || jsonb_build_object('orgs_metered', m_orgs, 'metering_failed', m_failed);
-    END IF;
-    PERFORM payledger.worker_note_tick(counts);
-    COMMIT;
-    PERFORM payledger.announce_events();
-    COMMIT;
-    RAISE NOTICE 'payledger tick: %', counts;
-END;
-$$;
+CREATE VIEW payledger.my_invoices WITH (security_barrier) AS
+SELECT i.id, i.payin_id, i.status, i.asset, i.amount, i.payment_request, i.payment_hash, i.expires_at,
+       i.paid_at, i.amount_received, i.created_at
+  FROM payledger.invoices i JOIN payledger.payins p ON p.id = i.payin_id
+ WHERE p.owner_id = payledger.current_owner_id();
 ---------------------------------------------------------------------------
--- Webhooks
+-- Invariants
 ---------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION payledger.provider_invariants()
+RETURNS TABLE (invariant text, subject text, detail text)
+LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    -- a paid invoice's pay-in is PAID, or its money went to the late account
+    SELECT 'invoice_paid_payin_paid', i.id::text, format('pay-in %s is %s', p.id, p.state)
+      FROM payledger.invoices i JOIN payledger.payins p ON p.id = i.payin_id
+     WHERE i.status = 'paid' AND NOT i.paid_late AND p.state <> 'PAID'
+    UNION ALL
+    -- a PAID pay-in with an external leg has its invoice paid (when payledger issued one)
+    SELECT 'payin_paid_invoice_paid', p.id::text, format('invoice %s is %s', i.id, i.status)
+      FROM payledger.invoices i JOIN payledger.payins p ON p.id = i.payin_id
+     WHERE p.state = 'PAID' AND i.status <> 'paid'
+    UNION ALL
+    -- late money is in the ledger, once
+    SELECT 'late_payment_journal', i.id::text, 'no journal ' || i.late_journal
+      FROM payledger.invoices i
+     WHERE i.paid_late AND NOT EXISTS (SELECT 1 FROM payledger.journals j WHERE j.id = i.late_journal)
+    UNION ALL
+    -- an invoice's amount is what its pay-in owes on the rail
+    SELECT 'invoice_amount', i.id::text, format('%s, the pay-in owes %s', i.amount, p.external_amount)
+      FROM payledger.invoices i JOIN payledger.payins p ON p.id = i.payin_id
+     WHERE i.amount <> p.external_amount
+$$;
+
+-- src/nostr/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- Skipped due to `#[pgrx(sql = false)]`
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE OR REPLACE FUNCTION "verify_zap_receipt"(
+	"receipt" jsonb, /* Option < JsonArg > */
+	"lnurl_pubkey" TEXT, /* Option < & str > */
+	"recipient" TEXT DEFAULT NULL, /* Option < & str > */
+	"expected_amount_msat" bigint DEFAULT NULL, /* Option < i64 > */
+	"expected_event" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS TABLE (
+	"valid" bool,  /* bool */
+	"failures" TEXT[],  /* Vec < String > */
+	"amount_msat" bigint,  /* Option < i64 > */
+	"payer_pubkey" TEXT,  /* Option < String > */
+	"payment_hash" TEXT,  /* Option < String > */
+	"receipt_id" TEXT,  /* Option < String > */
+	"request_id" TEXT,  /* Option < String > */
+	"description_hash_present" bool,  /* bool */
+	"description_hash_matches" bool,  /* Option < bool > */
+	"preimage_matches" bool,  /* Option < bool > */
+	"request_lnurl" TEXT,  /* Option < String > */
+	"timing_ok" bool  /* Option < bool > */
+)
+IMMUTABLE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'verify_zap_receipt_wrapper';
+
+-- src/provider/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE OR REPLACE FUNCTION "webhook_verify_core"(
+	"kind" TEXT, /* & str */
+	"secret" TEXT, /* Option < & str > */
+	"headers" jsonb, /* JsonArg */
+	"body" TEXT /* & str */
+) RETURNS TABLE (
+	"sqlstate" TEXT,  /* Option < String > */
+	"message" TEXT,  /* Option < String > */
+	"reference" TEXT,  /* Option < String > */
+	"event" TEXT,  /* Option < String > */
+	"signed" bool,  /* Option < bool > */
+	"action" TEXT,  /* Option < String > */
+	"received" bigint,  /* Option < i64 > */
+	"note" TEXT  /* Option < String > */
+)
+STABLE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   provider_invoices
+--   webhook_verify_core
+
+-- payledger providers: webhooks, verified in SQL (src/provider/webhook.rs
+-- checks the signatures).
 
 -- The application passes a provider's webhook as received: the raw body
 -- (exactly the bytes signed) and the headers as a JSON object. A bad
@@ -3138,178 +3204,14 @@ BEGIN
     END IF;
 END;
 $$;
----------------------------------------------------------------------------
--- Events (outbox) and settle hooks
----------------------------------------------------------------------------
+/* </end connected objects> */
 
--- Only the row: a NOTIFY in the writing transaction would take PostgreSQL's
--- cluster-wide notify lock at every commit (it serializes committing
--- notifiers, and cut pay-in throughput by about a third in the benchmark).
--- announce_events() sends one NOTIFY for all rows written since the last.
--- (PL/pgSQL: its INSERT's plan is kept for the session; a SQL function with
--- SET is planned again at every call)
-CREATE OR REPLACE FUNCTION payledger.emit_event(topic text, subject uuid, owner text, payload jsonb)
-RETURNS bigint LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    event_id bigint;
-BEGIN
-    INSERT INTO payledger.events AS e (topic, subject_id, owner_id, payload)
-    VALUES (emit_event.topic, subject, owner, payload) RETURNING e.id INTO event_id;
-    RETURN event_id;
-END;
-$$;
--- NOTIFY payledger_events once, with {"last_id": n}, when events were written
--- since the last announcement; returns n (NULL: nothing new). The worker calls
--- it every payledger.worker_notify_interval ms, run_tick at its end. The
--- UPDATE makes concurrent announcers take turns.
-CREATE OR REPLACE FUNCTION payledger.announce_events()
-RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    last_id bigint;
-BEGIN
-    SELECT max(e.id) INTO last_id FROM payledger.events e;
-    UPDATE payledger.worker_status w SET announced_id = last_id WHERE w.announced_id < last_id;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    PERFORM pg_notify('payledger_events', jsonb_build_object('last_id', last_id)::text);
-    RETURN last_id;
-END;
-$$;
-CREATE OR REPLACE FUNCTION payledger.events_since(after_id bigint DEFAULT 0, max_events integer DEFAULT 100)
-RETURNS SETOF payledger.events LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM payledger.require_limit(coalesce(max_events, 100), 'max_events');
-    RETURN QUERY SELECT * FROM payledger.events e WHERE e.id > coalesce(after_id, 0) ORDER BY e.id
-                  LIMIT least(coalesce(max_events, 100), 10000);
-END;
-$$;
--- The hook runs with the search_path of the session that registers it, as
--- it would there: so this wrapper is SECURITY INVOKER and has no SET clause
--- (inside one, current_setting would see the function's own search_path).
-CREATE OR REPLACE FUNCTION payledger.register_settle_hook(
-    name         text,
-    function     regprocedure,
-    on_states    payledger.payin_state[] DEFAULT '{PAID}',
-    max_attempts integer DEFAULT 10)
-RETURNS void LANGUAGE sql VOLATILE AS $$
-    SELECT payledger.define_settle_hook(name, function, on_states, max_attempts,
-                                        pg_catalog.current_setting('search_path'));
-$$;
-CREATE OR REPLACE FUNCTION payledger.define_settle_hook(
-    name         text,
-    function     regprocedure,
-    on_states    payledger.payin_state[],
-    max_attempts integer,
-    caller_search_path text)
-RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM payledger.require(name, 'name');
-    PERFORM payledger.require(function, 'function');
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
-                    WHERE p.oid = function AND p.pronargs = 2 AND p.proargtypes[0] = 'uuid'::regtype
-                      AND p.proargtypes[1] = 'payledger.payin_state'::regtype) THEN
-        RAISE EXCEPTION 'a settle hook takes (payin uuid, state payledger.payin_state), not %', function
-            USING ERRCODE = '22023';
-    END IF;
-    IF NOT coalesce(on_states <@ '{PAID,FAILED,CANCELLED}'::payledger.payin_state[], false) THEN
-        RAISE EXCEPTION 'hooks run on PAID, FAILED or CANCELLED' USING ERRCODE = '22023';
-    END IF;
-    INSERT INTO payledger.settle_hooks AS h (name, function, on_states, max_attempts, search_path)
-    VALUES (name, function, on_states, coalesce(max_attempts, 10), coalesce(caller_search_path, ''))
-    ON CONFLICT ON CONSTRAINT settle_hooks_pkey DO UPDATE
-       SET function = excluded.function, on_states = excluded.on_states, max_attempts = excluded.max_attempts,
-           search_path = excluded.search_path, active = true;
-END;
-$$;
-CREATE OR REPLACE FUNCTION payledger.unregister_settle_hook(name text)
-RETURNS void LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    UPDATE payledger.settle_hooks h SET active = false WHERE h.name = unregister_settle_hook.name;
-$$;
--- Run one hook run in a subtransaction: a failing hook is recorded (and
--- retried by the worker with backoff), never undoing the settlement.
-CREATE OR REPLACE FUNCTION payledger.run_hook(hook_name text, payin uuid, state payledger.payin_state)
-RETURNS boolean LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    h payledger.settle_hooks;
-    run payledger.hook_runs;
-    msg text;
-BEGIN
-    SELECT * INTO h FROM payledger.settle_hooks x WHERE x.name = hook_name;
-    SELECT * INTO run FROM payledger.hook_runs r
-     WHERE r.hook = hook_name AND r.payin_id = payin AND r.state = run_hook.state FOR UPDATE;
-    IF run.status <> 'pending' THEN
-        RETURN run.status = 'done';
-    END IF;
-    BEGIN
-        -- local to this function call (its SET clause restores ours after)
-        PERFORM pg_catalog.set_config('search_path', h.search_path, true);
-        EXECUTE format('SELECT %s($1, $2)', h.function::oid::regproc) USING payin, state;
-        PERFORM pg_catalog.set_config('search_path', 'payledger, pg_catalog, pg_temp', true);
-        UPDATE payledger.hook_runs r SET status = 'done', attempts = r.attempts + 1, done_at = now(),
-                                         last_error = NULL, next_attempt_at = NULL
-         WHERE r.hook = hook_name AND r.payin_id = payin AND r.state = run_hook.state;
-        RETURN true;
-    EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-        UPDATE payledger.hook_runs r
-           SET attempts = r.attempts + 1, last_error = left(msg, 500),
-               status = CASE WHEN r.attempts + 1 >= h.max_attempts THEN 'failed' ELSE 'pending' END,
-               next_attempt_at = CASE WHEN r.attempts + 1 >= h.max_attempts THEN NULL
-                                      ELSE now() + payledger.backoff(r.attempts + 1) END
-         WHERE r.hook = hook_name AND r.payin_id = payin AND r.state = run_hook.state
-        RETURNING * INTO run;
-        IF run.status = 'failed' THEN
-            PERFORM payledger.emit_event('hook.failed', payin, NULL,
-                jsonb_build_object('hook', hook_name, 'payin', payin, 'state', state, 'error', left(msg, 500)));
-        END IF;
-        RETURN false;
-    END;
-END;
-$$;
-CREATE OR REPLACE FUNCTION payledger.retry_hooks(max_runs integer DEFAULT 100)
-RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    r record;
-    n integer := 0;
-BEGIN
-    PERFORM payledger.require_limit(max_runs, 'max_runs');
-    FOR r IN SELECT x.hook, x.payin_id, x.state FROM payledger.hook_runs x
-              WHERE x.status = 'pending' AND x.next_attempt_at <= now()
-              ORDER BY x.next_attempt_at LIMIT max_runs FOR UPDATE SKIP LOCKED LOOP
-        PERFORM payledger.run_hook(r.hook, r.payin_id, r.state);
-        n := n + 1;
-    END LOOP;
-    RETURN n;
-END;
-$$;
-SELECT payledger.register_housekeeping_step('events', 'hooks_run', 60, 'payledger.retry_hooks(integer)', per_call => 1);
--- A pay-in reached PAID, FAILED or CANCELLED: the outbox event, and the
--- settle hooks, in the same transaction (a handler of the pay-in lifecycle,
--- after the other modules': src/payin/lifecycle.sql).
-CREATE OR REPLACE FUNCTION payledger.events_payin_reached(p payledger.payins)
-RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    h record;
-BEGIN
-    PERFORM payledger.emit_event('payin.' || lower(p.state::text), p.id, p.owner_id,
-        jsonb_build_object('payin', p.id, 'type', p.type, 'state', p.state, 'failure_reason', p.failure_reason,
-                           'cost', p.cost, 'asset', p.asset, 'at', p.state_changed_at));
-    FOR h IN SELECT x.name FROM payledger.settle_hooks x WHERE x.active AND p.state = ANY (x.on_states) LOOP
-        INSERT INTO payledger.hook_runs (hook, payin_id, state, status, next_attempt_at)
-        VALUES (h.name, p.id, p.state, 'pending', now())
-        ON CONFLICT DO NOTHING;
-        IF FOUND THEN
-            PERFORM payledger.run_hook(h.name, p.id, p.state);
-        END IF;
-    END LOOP;
-END;
-$$;
-SELECT payledger.register_payin_handler('events', 'reached', 900, '{PAID,FAILED,CANCELLED}',
-                                        'payledger.events_payin_reached(payledger.payins)');
----------------------------------------------------------------------------
--- Subscriptions
----------------------------------------------------------------------------
+/* <begin connected objects> */
+-- requires:
+--   provider_webhooks
+
+-- payledger providers: subscriptions, invoiced every period at the provider
+-- snapshotted when they were created (a housekeeping step renews them).
 
 -- The profile and provider are snapshotted now: renewals are invoiced there
 -- even after the type is routed elsewhere.
@@ -3439,1714 +3341,313 @@ END;
 $$;
 SELECT payledger.register_housekeeping_step('provider', 'subscriptions_renewed', 70,
                                             'payledger.renew_due_subscriptions(integer)', per_call => 1);
----------------------------------------------------------------------------
--- Views for end users
----------------------------------------------------------------------------
-
-CREATE VIEW payledger.my_invoices WITH (security_barrier) AS
-SELECT i.id, i.payin_id, i.status, i.asset, i.amount, i.payment_request, i.payment_hash, i.expires_at,
-       i.paid_at, i.amount_received, i.created_at
-  FROM payledger.invoices i JOIN payledger.payins p ON p.id = i.payin_id
- WHERE p.owner_id = payledger.current_owner_id();
-CREATE VIEW payledger.my_events WITH (security_barrier) AS
-SELECT e.id, e.topic, e.subject_id, e.payload, e.created_at
-  FROM payledger.events e
- WHERE e.owner_id = payledger.current_owner_id();
 CREATE VIEW payledger.my_subscriptions WITH (security_barrier) AS
 SELECT s.id, s.payin_type, s.asset, s.amount, s.period, s.status, s.renewals, s.next_renewal_at, s.last_payin_id,
        s.created_at
   FROM payledger.subscriptions s
  WHERE s.owner_id = payledger.current_owner_id();
----------------------------------------------------------------------------
--- Invariants
----------------------------------------------------------------------------
 
-CREATE OR REPLACE FUNCTION payledger.provider_invariants()
-RETURNS TABLE (invariant text, subject text, detail text)
-LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    -- a paid invoice's pay-in is PAID, or its money went to the late account
-    SELECT 'invoice_paid_payin_paid', i.id::text, format('pay-in %s is %s', p.id, p.state)
-      FROM payledger.invoices i JOIN payledger.payins p ON p.id = i.payin_id
-     WHERE i.status = 'paid' AND NOT i.paid_late AND p.state <> 'PAID'
-    UNION ALL
-    -- a PAID pay-in with an external leg has its invoice paid (when payledger issued one)
-    SELECT 'payin_paid_invoice_paid', p.id::text, format('invoice %s is %s', i.id, i.status)
-      FROM payledger.invoices i JOIN payledger.payins p ON p.id = i.payin_id
-     WHERE p.state = 'PAID' AND i.status <> 'paid'
-    UNION ALL
-    -- late money is in the ledger, once
-    SELECT 'late_payment_journal', i.id::text, 'no journal ' || i.late_journal
-      FROM payledger.invoices i
-     WHERE i.paid_late AND NOT EXISTS (SELECT 1 FROM payledger.journals j WHERE j.id = i.late_journal)
-    UNION ALL
-    -- an invoice's amount is what its pay-in owes on the rail
-    SELECT 'invoice_amount', i.id::text, format('%s, the pay-in owes %s', i.amount, p.external_amount)
-      FROM payledger.invoices i JOIN payledger.payins p ON p.id = i.payin_id
-     WHERE i.amount <> p.external_amount
-    UNION ALL
-    -- a hook ran at most once per pay-in and state, and only for a state the pay-in reached
-    SELECT 'hook_run_state', r.hook || ' ' || r.payin_id, 'the pay-in never reached ' || r.state
-      FROM payledger.hook_runs r
-     WHERE NOT EXISTS (SELECT 1 FROM payledger.payin_history h WHERE h.payin_id = r.payin_id AND h.to_state = r.state);
-$$;
-
--- src/credits/mod.rs
+-- src/worker/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
 -- requires:
---   provider_api
+--   provider_subscriptions
 
--- payledger credits: prepaid credits in grants (lots), burnt in one order,
--- metered against plans, blocked per metric. The model is Capgo's usage
--- credits (issue #941) with the semantics of OpenMeter, Lago, Stripe and Orb
--- (../shared/reference/credits-semantics.md); see docs/credits.md.
+-- payledger worker: the SQL half of the background worker (src/worker/mod.rs).
+-- Its three steps (claim, call, record) are functions, so that `CALL
+-- payledger.run_tick()` does exactly what the background worker does; after
+-- them, the housekeeping steps the modules registered
+-- (src/ledger/housekeeping.sql) and the periodic runs they registered here
+-- (metering, in credits).
+
+-- One row: what the worker did last (for operators and tests).
+CREATE TABLE payledger.worker_status (
+    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
+    pid         integer,
+    started_at  timestamptz,
+    last_tick_at timestamptz,
+    ticks       bigint NOT NULL DEFAULT 0,
+    last_result jsonb
+);
+INSERT INTO payledger.worker_status DEFAULT VALUES;
+ALTER TABLE payledger.worker_status ENABLE ROW LEVEL SECURITY;
+---------------------------------------------------------------------------
+-- Periodic runs
+---------------------------------------------------------------------------
+
+-- Work a module wants done every so often over all its subjects (credits:
+-- metering, four times a day), in steps of a transaction each, shared out
+-- over several sessions. A module registers its run in its own file; the
+-- worker and run_tick start it when it is due.
 --
--- Every movement of credits is a ledger journal in the credits asset: each
--- grant has its own account (kind credit_grant) whose balance is what is
--- left of it; issuing, consuming, expiring and voiding move money between
--- that account and the system accounts credits_issued / credits_consumed /
--- credits_expired / credits_voided. Grant rows are never edited.
-
--- Grant accounts and the system accounts are the credits module's: the
--- generic API neither opens nor moves them (PL034), so that no credit is made
--- or spent outside this module.
-INSERT INTO payledger.account_kinds (kind, description, builtin, module) VALUES
-    ('credit_sink', 'where consumed, expired or voided credits go', true, 'credits'),
-    ('credit_source', 'where granted credits come from', true, 'credits');
-UPDATE payledger.account_kinds SET module = 'credits' WHERE kind = 'credit_grant';
--- At most one row (none: the defaults); set with credits_configure().
-CREATE TABLE payledger.credit_settings (
-    id    boolean PRIMARY KEY DEFAULT true CHECK (id),
-    asset text NOT NULL DEFAULT 'credit',
-    -- how long after a grant's expiry usage from before it may still burn it
-    -- (metering runs late; the sweep waits this long)
-    expiry_grace interval NOT NULL DEFAULT '1 day' CHECK (expiry_grace >= '0')
+-- A run's step is a function (max_items integer, after text, part integer,
+-- parts integer) RETURNS TABLE (done integer, failed integer, last text):
+-- it does up to max_items subjects of its share (part of parts) that sort
+-- after `after`, and returns where the next step starts (last; NULL when
+-- the share is done).
+CREATE TABLE payledger.worker_runs (
+    name          text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    module        text NOT NULL,
+    step          regprocedure NOT NULL,
+    -- seconds between runs, and how many sessions share one: the names of
+    -- payledger settings (payledger.setting_int)
+    every_setting text NOT NULL,
+    parts_setting text,
+    -- the key of the tick's count of subjects done
+    counts_as     text NOT NULL,
+    -- when the last whole run ended (NULL: due now)
+    last_run_at   timestamptz
 );
-CREATE TABLE payledger.credit_metrics (
-    metric     text PRIMARY KEY CHECK (metric ~ '^[a-z][a-z0-9_]{0,62}$'),
-    -- counter: usage adds up over the cycle (MAU, bandwidth, build time);
-    -- gauge: the cycle's usage is its highest reading (storage)
-    kind       text NOT NULL CHECK (kind IN ('counter', 'gauge')),
-    unit       text NOT NULL DEFAULT 'unit',
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE payledger.credit_grants (
-    id              uuid PRIMARY KEY,
-    org_id          text NOT NULL,
-    amount          bigint NOT NULL CHECK (amount > 0),   -- in the credits asset's minor unit
-    metric          text,                                 -- NULL: any metric
-    priority        integer NOT NULL DEFAULT 10 CHECK (priority BETWEEN 0 AND 1000),  -- lower burns first
-    category        text NOT NULL CHECK (category IN ('paid', 'promotional')),
-    source          text NOT NULL CHECK (source IN ('purchase', 'recurring_purchase', 'gift_code', 'promotion',
-                                                    'manual', 'rollover')),
-    effective_at    timestamptz NOT NULL,
-    expires_at      timestamptz,                          -- NULL: never
-    cost_basis      numeric CHECK (cost_basis >= 0),      -- what one credit cost, in cost_asset
-    cost_asset      text,
-    payin_id        uuid,                                 -- the pay-in that bought it
-    account_id      uuid NOT NULL UNIQUE,                 -- what is left of it
-    grant_journal   uuid NOT NULL,
-    idempotency_key text,
-    metadata        jsonb NOT NULL DEFAULT '{}'::jsonb,
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    CHECK (expires_at IS NULL OR expires_at > effective_at)
-);
-CREATE UNIQUE INDEX credit_grants_key ON payledger.credit_grants (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE UNIQUE INDEX credit_grants_payin ON payledger.credit_grants (payin_id) WHERE payin_id IS NOT NULL;
-CREATE INDEX credit_grants_org ON payledger.credit_grants (org_id, effective_at);
--- The burn queue: the grants in effect or to come, in burn order. A grant
--- leaves it when it has expired (and been swept) or is voided; its history
--- stays in the ledger. Balances and burns read these rows, never the past.
-CREATE TABLE payledger.credit_live_grants (
-    grant_id     uuid PRIMARY KEY,
-    org_id       text NOT NULL,
-    metric       text,
-    priority     integer NOT NULL,
-    expires_at   timestamptz,
-    promo_first  smallint NOT NULL,   -- 0 promotional, 1 paid
-    effective_at timestamptz NOT NULL,
-    account_id   uuid NOT NULL
-);
-CREATE INDEX credit_live_burn ON payledger.credit_live_grants
-    (org_id, priority, expires_at NULLS LAST, promo_first, effective_at, grant_id);
-CREATE INDEX credit_live_expiry ON payledger.credit_live_grants (expires_at) WHERE expires_at IS NOT NULL;
--- A consumption: credits burnt for a metric at a time, by key; its parts say
--- which grants paid for it. An undo restores the same grants.
-CREATE TABLE payledger.credit_consumptions (
-    id              uuid PRIMARY KEY,
-    org_id          text NOT NULL,
-    metric          text NOT NULL,
-    amount          bigint NOT NULL CHECK (amount >= 0),  -- burnt (may be less than asked)
-    requested       bigint NOT NULL CHECK (requested > 0),
-    usage_at        timestamptz NOT NULL,
-    idempotency_key text NOT NULL,
-    journal_id      uuid,
-    undone_at       timestamptz,
-    undo_journal    uuid,
-    source          text NOT NULL DEFAULT 'api' CHECK (source IN ('api', 'metering')),
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (org_id, idempotency_key),
-    CHECK ((amount > 0) = (journal_id IS NOT NULL)),
-    CHECK ((undone_at IS NULL) = (undo_journal IS NULL) OR amount = 0)
-);
-CREATE INDEX credit_consumptions_org ON payledger.credit_consumptions (org_id, usage_at);
-CREATE TABLE payledger.credit_consumption_parts (
-    consumption_id uuid NOT NULL,
-    grant_id       uuid NOT NULL,
-    amount         bigint NOT NULL CHECK (amount > 0),
-    category       text NOT NULL,
-    PRIMARY KEY (consumption_id, grant_id)
-);
-CREATE INDEX credit_consumption_parts_grant ON payledger.credit_consumption_parts (grant_id);
--- Expiries and voids, one row per grant event (the journal says how much).
-CREATE TABLE payledger.credit_grant_events (
-    grant_id   uuid NOT NULL,
-    kind       text NOT NULL CHECK (kind IN ('expired', 'voided', 'restored_expired')),
-    amount     bigint NOT NULL CHECK (amount > 0),
-    journal_id uuid NOT NULL,
-    at         timestamptz NOT NULL DEFAULT now(),
-    reason     text,
-    PRIMARY KEY (grant_id, journal_id)
-);
--- Overage prices, in credits per unit, by step of the cycle's overage
--- (graduated: each step prices the units that fall in it).
-CREATE TABLE payledger.credit_price_tiers (
-    metric          text NOT NULL REFERENCES payledger.credit_metrics,
-    from_units      numeric NOT NULL CHECK (from_units >= 0),
-    to_units        numeric CHECK (to_units > from_units),      -- NULL: no upper bound
-    credits_per_unit numeric NOT NULL CHECK (credits_per_unit >= 0),
-    PRIMARY KEY (metric, from_units)
-);
-CREATE TABLE payledger.credit_packages (
-    id           uuid PRIMARY KEY,
-    name         text NOT NULL UNIQUE CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'),
-    metric       text REFERENCES payledger.credit_metrics,  -- NULL: any metric
-    credits      bigint NOT NULL CHECK (credits > 0),
-    price_asset  text NOT NULL,
-    price        bigint NOT NULL CHECK (price > 0),
-    -- NULL: one-time; else each period of a subscription grants again
-    period       interval CHECK (period > '0'),
-    validity     interval NOT NULL DEFAULT '1 year' CHECK (validity > '0'),
-    priority     integer NOT NULL DEFAULT 10,
-    active       boolean NOT NULL DEFAULT true,
-    created_at   timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE payledger.gift_codes (
-    code            text PRIMARY KEY CHECK (code ~ '^[A-Za-z0-9_-]{4,64}$'),
-    credits         bigint NOT NULL CHECK (credits > 0),
-    metric          text REFERENCES payledger.credit_metrics,
-    valid_until     timestamptz,                 -- the code's own expiry
-    validity        interval NOT NULL DEFAULT '1 year' CHECK (validity > '0'),  -- of each grant
-    max_redemptions integer CHECK (max_redemptions > 0),  -- NULL: no total limit
-    per_org_limit   integer NOT NULL DEFAULT 1 CHECK (per_org_limit > 0),
-    redemptions     integer NOT NULL DEFAULT 0 CHECK (redemptions >= 0),
-    priority        integer NOT NULL DEFAULT 5,
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    CHECK (max_redemptions IS NULL OR redemptions <= max_redemptions)
-);
-CREATE TABLE payledger.gift_redemptions (
-    code     text NOT NULL,
-    org_id   text NOT NULL,
-    n        integer NOT NULL CHECK (n > 0),
-    grant_id uuid NOT NULL,
-    at       timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (code, org_id, n)
-);
--- Plans: a monthly limit per metric; usage beyond it is paid with credits.
-CREATE TABLE payledger.credit_plans (
-    name       text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'),
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE payledger.credit_plan_limits (
-    plan   text NOT NULL REFERENCES payledger.credit_plans,
-    metric text NOT NULL REFERENCES payledger.credit_metrics,
-    monthly_limit numeric NOT NULL CHECK (monthly_limit >= 0),
-    PRIMARY KEY (plan, metric)
-);
-CREATE TABLE payledger.credit_orgs (
-    org_id      text PRIMARY KEY,
-    plan        text REFERENCES payledger.credit_plans,  -- NULL: no plan, every unit is overage
-    cycle_anchor timestamptz NOT NULL DEFAULT date_trunc('month', now()),  -- cycles are months from here
-    created_at  timestamptz NOT NULL DEFAULT now()
-);
--- Usage readings: counters add up over the cycle; gauges keep the highest.
-CREATE TABLE payledger.credit_usage (
-    org_id      text NOT NULL,
-    metric      text NOT NULL,
-    cycle_start timestamptz NOT NULL,
-    usage       numeric NOT NULL DEFAULT 0 CHECK (usage >= 0),
-    updated_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (org_id, metric, cycle_start)
-);
--- The metering watermark and blocking state per org, metric and cycle: the
--- credits charged so far for the cycle's overage, and what could not be
--- paid. A run charges cost(overage) - charged, under this row's lock.
-CREATE TABLE payledger.credit_meters (
-    org_id      text NOT NULL,
-    metric      text NOT NULL,
-    cycle_start timestamptz NOT NULL,
-    overage     numeric NOT NULL DEFAULT 0,
-    cost        bigint NOT NULL DEFAULT 0 CHECK (cost >= 0),     -- credits the overage costs
-    charged     bigint NOT NULL DEFAULT 0 CHECK (charged >= 0),  -- credits burnt for it
-    forgiven    bigint NOT NULL DEFAULT 0 CHECK (forgiven >= 0), -- charges undone (refunded)
-    blocked     boolean NOT NULL DEFAULT false,                  -- owed and out of credits
-    updated_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (org_id, metric, cycle_start),
-    CHECK (charged + forgiven <= cost),
-    CHECK (blocked = (charged + forgiven < cost))
-);
-CREATE INDEX credit_meters_blocked ON payledger.credit_meters (org_id) WHERE blocked;
--- A meter as a metering run sees it (meter_batch's working set).
-CREATE TYPE payledger.credit_meter_due AS (
-    org_id      text,
-    metric      text,
-    cycle_start timestamptz,
-    usage_at    timestamptz,  -- the latest reading's time (at most now): the burn is judged then
-    overage     numeric,
-    owed        bigint,       -- what the overage costs now, never less than settled
-    settled     bigint,       -- charged + forgiven so far
-    charged     bigint,
-    is_new      boolean,      -- no meter row yet
-    changed     boolean       -- overage or cost differ from the row's
-);
--- Threshold rules: an event is written when an organisation's credits cross
--- one (once per crossing): used_pct (share of active granted credit used, in
--- percent), depleted (nothing left; its falling edge is "recovered"),
--- expiring (credit left expires within `days`).
-CREATE TABLE payledger.credit_thresholds (
-    name   text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
-    kind   text NOT NULL CHECK (kind IN ('used_pct', 'depleted', 'expiring')),
-    value  numeric NOT NULL DEFAULT 0 CHECK (value >= 0),  -- percent, or days
-    active boolean NOT NULL DEFAULT true
-);
--- Whether each rule holds for each organisation, as last seen.
-CREATE TABLE payledger.credit_threshold_state (
-    org_id     text NOT NULL,
-    threshold  text NOT NULL,
-    crossed    boolean NOT NULL,
-    changed_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (org_id, threshold)
-);
-ALTER TABLE payledger.credit_thresholds ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_threshold_state ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_settings ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_metrics ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_grants ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_live_grants ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_consumptions ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_consumption_parts ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_grant_events ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_price_tiers ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_packages ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.gift_codes ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.gift_redemptions ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_plans ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_plan_limits ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_orgs ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_usage ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_meters ENABLE ROW LEVEL SECURITY;
-CREATE TRIGGER credit_grants_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.credit_grants
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
-CREATE TRIGGER credit_consumption_parts_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.credit_consumption_parts
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
-CREATE TRIGGER credit_grant_events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.credit_grant_events
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_settings', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_metrics', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_grants', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_live_grants', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_consumptions', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_consumption_parts', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_grant_events', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_price_tiers', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_packages', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.gift_codes', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.gift_redemptions', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_plans', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_plan_limits', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_orgs', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_usage', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_meters', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_thresholds', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_threshold_state', '');
-/* </end connected objects> */
-
-/* <begin connected objects> */
--- requires:
---   credits_schema
-
--- payledger credits: the SQL API. Amounts in and out are credits as numeric
--- (exact, up to the credits asset's scale); stored as its minor unit.
--- Everything done to one organisation's credits runs under a transaction
--- advisory lock on the organisation, taken first: concurrent consumers queue
--- and never overspend, and the lock order stays org, then accounts.
-
----------------------------------------------------------------------------
--- Settings and system accounts
----------------------------------------------------------------------------
-
-CREATE OR REPLACE FUNCTION payledger.credit_asset()
-RETURNS text LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT s.asset FROM payledger.credit_settings s), 'credit');
-$$;
--- The credits asset (created on first use), its scale and the expiry grace.
-CREATE OR REPLACE FUNCTION payledger.credits_configure(
-    asset        text DEFAULT 'credit',
-    scale        integer DEFAULT 6,
-    expiry_grace interval DEFAULT '1 day')
-RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+ALTER TABLE payledger.worker_runs ENABLE ROW LEVEL SECURITY;
+-- For modules' install scripts.
+CREATE OR REPLACE FUNCTION payledger.register_worker_run(module text, name text, step regprocedure, every_setting text,
+                                              parts_setting text, counts_as text)
+RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(asset, 'asset');
-    IF NOT EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = credits_configure.asset) THEN
-        PERFORM payledger.create_asset(asset, coalesce(scale, 6), 'prepaid credits');
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc f
+                    WHERE f.oid = step AND f.pronargs = 4
+                      AND f.proargtypes[0] = 'integer'::regtype AND f.proargtypes[1] = 'text'::regtype
+                      AND f.proargtypes[2] = 'integer'::regtype AND f.proargtypes[3] = 'integer'::regtype
+                      AND f.proretset) THEN
+        RAISE EXCEPTION 'a run''s step takes (max_items integer, after text, part integer, parts integer) and returns a table, not %',
+            step USING ERRCODE = '22023';
     END IF;
-    IF expiry_grace < '0' THEN
-        RAISE EXCEPTION 'expiry_grace must not be negative' USING ERRCODE = '22023';
-    END IF;
-    INSERT INTO payledger.credit_settings AS s (id, asset, expiry_grace)
-    VALUES (true, asset, coalesce(expiry_grace, '1 day'))
-    ON CONFLICT ON CONSTRAINT credit_settings_pkey DO UPDATE
-       SET asset = excluded.asset, expiry_grace = excluded.expiry_grace;
-    -- consumption credits one account for every organisation: shard it
-    PERFORM payledger.set_account_shards(payledger.credit_system_account('credits_consumed'), 16);
-    RETURN asset;
+    -- (unknown settings fail here, not at the first tick)
+    PERFORM payledger.setting_int(every_setting), payledger.setting_int(coalesce(parts_setting, every_setting));
+    INSERT INTO payledger.worker_runs AS r (name, module, step, every_setting, parts_setting, counts_as)
+    VALUES (name, module, step, every_setting, parts_setting, counts_as);
 END;
 $$;
--- A system account of the credits asset: credits_issued (the source of
--- grants, may go negative), credits_consumed, credits_expired, credits_voided.
-CREATE OR REPLACE FUNCTION payledger.credit_system_account(name text)
-RETURNS uuid LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT payledger.open_account_as('credits', 'payledger', payledger.credit_asset(),
-                                     CASE WHEN name = 'credits_issued' THEN 'credit_source' ELSE 'credit_sink' END,
-                                     name, name = 'credits_issued', NULL, '{}');
-$$;
--- Credits move between the module's own accounts (grants, system accounts),
--- which the generic API refuses (PL034): through the engine, as the module.
-CREATE OR REPLACE FUNCTION payledger.credit_move(from_account uuid, to_account uuid, amount bigint, metadata jsonb,
-                                      effective_at timestamptz, kind text)
-RETURNS uuid LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT (payledger.apply_as('credits', jsonb_build_object(
-        'from', from_account, 'to', to_account, 'amount', amount, 'metadata', metadata,
-        'effective_at', effective_at, 'kind', kind))).journal_id;
-$$;
-CREATE OR REPLACE FUNCTION payledger.credit_post(postings jsonb, metadata jsonb, kind text)
-RETURNS uuid LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT (payledger.apply_as('credits', jsonb_build_object(
-        'postings', postings, 'metadata', metadata, 'kind', kind))).journal_id;
-$$;
--- Credits (numeric) to the asset's minor unit; too many decimals is PL001.
-CREATE OR REPLACE FUNCTION payledger.credits_minor(credits numeric, what text DEFAULT 'credits')
-RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    scale integer;
-    v numeric;
-BEGIN
-    PERFORM payledger.require(credits, what);
-    SELECT a.scale INTO scale FROM payledger.assets a WHERE a.code = payledger.credit_asset();
-    IF scale IS NULL THEN
-        RAISE EXCEPTION 'the credits asset % does not exist: call credits_configure()', payledger.credit_asset()
-            USING ERRCODE = 'PL003';
-    END IF;
-    v := credits * (10::numeric ^ scale);
-    IF v <> trunc(v) OR v <= 0 OR v > 9223372036854775807 THEN
-        RAISE EXCEPTION '% must be positive with at most % decimals, got %', what, scale, credits USING ERRCODE = 'PL001';
-    END IF;
-    RETURN v::bigint;
-END;
-$$;
--- (a definer: the end-user views call it, and end users may not read assets)
-CREATE OR REPLACE FUNCTION payledger.credits_of(minor bigint)
-RETURNS numeric LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT trim_scale(minor / (10::numeric ^ (SELECT a.scale FROM payledger.assets a WHERE a.code = payledger.credit_asset())));
-$$;
-CREATE OR REPLACE FUNCTION payledger.credit_lock(org text)
-RETURNS void LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('payledger.credits:' || org, 0));
-$$;
--- For sweeps over many organisations (expiry, metering): they hold the
--- shared sink accounts' rows while moving on to the next organisation, so
--- waiting for an organisation there could deadlock with its own consumer.
--- They skip a busy organisation instead; the next sweep takes it.
-CREATE OR REPLACE FUNCTION payledger.credit_try_lock(org text)
-RETURNS boolean LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended('payledger.credits:' || org, 0));
-$$;
----------------------------------------------------------------------------
--- Registries (admin)
----------------------------------------------------------------------------
-
-CREATE OR REPLACE FUNCTION payledger.register_credit_metric(metric text, kind text DEFAULT 'counter', unit text DEFAULT 'unit')
-RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM payledger.require(metric, 'metric');
-    IF metric !~ '^[a-z][a-z0-9_]{0,62}$' OR kind IS NULL OR kind NOT IN ('counter', 'gauge') THEN
-        RAISE EXCEPTION 'a metric is a lower-case name, of kind counter or gauge' USING ERRCODE = '22023';
-    END IF;
-    INSERT INTO payledger.credit_metrics AS m (metric, kind, unit) VALUES (metric, kind, coalesce(unit, 'unit'))
-    ON CONFLICT ON CONSTRAINT credit_metrics_pkey DO NOTHING;
-    IF NOT FOUND AND (SELECT m.kind FROM payledger.credit_metrics m WHERE m.metric = register_credit_metric.metric) <> kind THEN
-        RAISE EXCEPTION 'metric % exists with another kind', metric USING ERRCODE = 'PL014';
-    END IF;
-    RETURN metric;
-END;
-$$;
-CREATE OR REPLACE FUNCTION payledger.credit_require_metric(metric text)
-RETURNS void LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    IF metric IS NOT NULL AND NOT EXISTS (SELECT 1 FROM payledger.credit_metrics m WHERE m.metric = credit_require_metric.metric) THEN
-        RAISE EXCEPTION 'metric % is not registered', metric USING ERRCODE = 'PL031';
-    END IF;
-END;
-$$;
--- tiers: [{"from": 0, "to": 1000000, "price": 0.003}, {"from": 1000000, "price": 0.0022}]
--- in credits per unit of overage, contiguous from 0, the last one open.
-CREATE OR REPLACE FUNCTION payledger.set_credit_price_tiers(metric text, tiers jsonb)
-RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    t record;
-    expect numeric := 0;
-    n integer := 0;
-    last_open boolean := false;
-BEGIN
-    PERFORM payledger.require(metric, 'metric');
-    PERFORM payledger.require(tiers, 'tiers');
-    PERFORM payledger.credit_require_metric(metric);
-    IF jsonb_typeof(tiers) <> 'array' OR jsonb_array_length(tiers) = 0 THEN
-        RAISE EXCEPTION 'tiers must be a non-empty JSON array' USING ERRCODE = '22023';
-    END IF;
-    DELETE FROM payledger.credit_price_tiers p WHERE p.metric = set_credit_price_tiers.metric;
-    FOR t IN SELECT (x ->> 'from')::numeric AS f, (x ->> 'to')::numeric AS u, (x ->> 'price')::numeric AS price
-               FROM jsonb_array_elements(tiers) x LOOP
-        IF last_open OR t.f IS DISTINCT FROM expect OR t.price IS NULL OR t.price < 0 OR (t.u IS NOT NULL AND t.u <= t.f) THEN
-            RAISE EXCEPTION 'tiers must run contiguously from 0 (each "from" the previous "to"), with a price >= 0'
-                USING ERRCODE = '22023';
-        END IF;
-        INSERT INTO payledger.credit_price_tiers VALUES (metric, t.f, t.u, t.price);
-        expect := t.u;
-        last_open := t.u IS NULL;
-        n := n + 1;
-    END LOOP;
-    RETURN n;
-END;
-$$;
--- What an overage costs, in credits (graduated tiers), rounded up to the
--- asset's minor unit once, on the total.
-CREATE OR REPLACE FUNCTION payledger.credit_cost(metric text, overage numeric)
-RETURNS numeric LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT trim_scale(ceil(coalesce(sum((least(overage, coalesce(p.to_units, overage)) - p.from_units) * p.credits_per_unit), 0)
-                           * (10::numeric ^ a.scale)) / (10::numeric ^ a.scale))
-      FROM payledger.assets a
-      LEFT JOIN payledger.credit_price_tiers p ON p.metric = credit_cost.metric AND p.from_units < greatest(overage, 0)
-     WHERE a.code = payledger.credit_asset()
-     GROUP BY a.scale;
-$$;
-CREATE OR REPLACE FUNCTION payledger.define_credit_plan(name text, limits jsonb)
-RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    k text;
-BEGIN
-    PERFORM payledger.require(name, 'name');
-    IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' OR jsonb_typeof(limits) IS DISTINCT FROM 'object' THEN
-        RAISE EXCEPTION 'a plan has a name and limits as {"metric": monthly limit}' USING ERRCODE = '22023';
-    END IF;
-    FOR k IN SELECT jsonb_object_keys(limits) LOOP
-        PERFORM payledger.credit_require_metric(k);
-        IF jsonb_typeof(limits -> k) <> 'number' OR (limits ->> k)::numeric < 0 THEN
-            RAISE EXCEPTION 'the limit of % must be a number >= 0', k USING ERRCODE = '22023';
-        END IF;
-    END LOOP;
-    INSERT INTO payledger.credit_plans (name) VALUES (name) ON CONFLICT DO NOTHING;
-    DELETE FROM payledger.credit_plan_limits l WHERE l.plan = define_credit_plan.name;
-    INSERT INTO payledger.credit_plan_limits (plan, metric, monthly_limit)
-    SELECT name, e.key, e.value::text::numeric FROM jsonb_each(limits) e;
-    RETURN name;
-END;
-$$;
--- An organisation's plan and billing-cycle anchor (cycles are months from it).
-CREATE OR REPLACE FUNCTION payledger.set_credit_org(org text, plan text DEFAULT NULL, cycle_anchor timestamptz DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM payledger.require(org, 'org');
-    IF plan IS NOT NULL AND NOT EXISTS (SELECT 1 FROM payledger.credit_plans p WHERE p.name = set_credit_org.plan) THEN
-        RAISE EXCEPTION 'plan % does not exist', plan USING ERRCODE = 'PL031';
-    END IF;
-    INSERT INTO payledger.credit_orgs AS o (org_id, plan, cycle_anchor)
-    VALUES (org, plan, coalesce(cycle_anchor, date_trunc('month', now())))
-    ON CONFLICT ON CONSTRAINT credit_orgs_pkey DO UPDATE
-       SET plan = excluded.plan, cycle_anchor = coalesce(set_credit_org.cycle_anchor, o.cycle_anchor);
-END;
-$$;
--- The start of the monthly cycle containing t: anchor + m months, for the m
--- that lands in t's own month, or the one before it (months clamp to their
--- last day: from Jan 31 the cycles start Feb 28, Mar 31, ...).
-CREATE OR REPLACE FUNCTION payledger.credit_cycle_start(anchor timestamptz, t timestamptz)
-RETURNS timestamptz LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    m integer := (extract(year FROM t) - extract(year FROM anchor)) * 12 + extract(month FROM t) - extract(month FROM anchor);
-BEGIN
-    RETURN anchor + make_interval(months => m - (anchor + make_interval(months => m) > t)::integer);
-END;
-$$;
----------------------------------------------------------------------------
--- Grants
----------------------------------------------------------------------------
-
--- Grant credits to an organisation: a lot with its own account, funded by
--- one journal. Idempotent per (org, idempotency_key): a repeat returns the
--- first grant; with other terms it is PL008. Topping up settles the
--- organisation's unpaid overage at once (and lifts its blocks).
-CREATE OR REPLACE FUNCTION payledger.grant_credits(
-    org             text,
-    credits         numeric,
-    source          text DEFAULT 'manual',
-    metric          text DEFAULT NULL,
-    priority        integer DEFAULT 10,
-    expires_at      timestamptz DEFAULT NULL,
-    effective_at    timestamptz DEFAULT NULL,
-    never_expires   boolean DEFAULT false,
-    cost_basis      numeric DEFAULT NULL,
-    cost_asset      text DEFAULT NULL,
-    payin           uuid DEFAULT NULL,
-    idempotency_key text DEFAULT NULL,
-    metadata        jsonb DEFAULT NULL)
-RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    g payledger.credit_grants;
-    amount bigint;
-    id uuid := payledger.new_id();
-    acc uuid;
-    eff timestamptz := coalesce(effective_at, now());
-    exp timestamptz;
-    cat text;
-BEGIN
-    PERFORM payledger.require(org, 'org');
-    PERFORM payledger.require(source, 'source');
-    IF source NOT IN ('purchase', 'recurring_purchase', 'gift_code', 'promotion', 'manual', 'rollover') THEN
-        RAISE EXCEPTION 'unknown grant source %', source USING ERRCODE = '22023';
-    END IF;
-    IF priority IS NULL OR priority NOT BETWEEN 0 AND 1000 THEN
-        RAISE EXCEPTION 'priority must be between 0 and 1000' USING ERRCODE = '22023';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM payledger.credit_settings) THEN
-        PERFORM payledger.credits_configure();
-    END IF;
-    amount := payledger.credits_minor(credits);
-    PERFORM payledger.credit_require_metric(metric);
-    exp := CASE WHEN never_expires THEN NULL ELSE coalesce(expires_at, eff + interval '1 year') END;
-    IF exp IS NOT NULL AND exp <= eff THEN
-        RAISE EXCEPTION 'a grant must expire after it takes effect' USING ERRCODE = '22023';
-    END IF;
-    cat := CASE WHEN source IN ('gift_code', 'promotion') THEN 'promotional' ELSE 'paid' END;
-    PERFORM payledger.credit_lock(org);
-    IF idempotency_key IS NOT NULL OR payin IS NOT NULL THEN
-        SELECT * INTO g FROM payledger.credit_grants x
-         WHERE (x.org_id = org AND x.idempotency_key = grant_credits.idempotency_key)
-            OR x.payin_id = grant_credits.payin;
-        IF FOUND THEN
-            IF (g.org_id, g.amount, g.metric, g.source, g.priority) IS DISTINCT FROM (org, amount, metric, source, priority) THEN
-                RAISE EXCEPTION 'idempotency key % (or pay-in %) was used for another grant', idempotency_key, payin
-                    USING ERRCODE = 'PL008', DETAIL = 'grant ' || g.id;
-            END IF;
-            RETURN g.id;
-        END IF;
-    END IF;
-    acc := payledger.open_account_as('credits', org, payledger.credit_asset(), 'credit_grant', 'grant:' || id,
-                                     false, NULL, '{}');
-    INSERT INTO payledger.credit_grants (id, org_id, amount, metric, priority, category, source, effective_at, expires_at,
-                                         cost_basis, cost_asset, payin_id, account_id, grant_journal, idempotency_key, metadata)
-    VALUES (id, org, amount, metric, priority, cat, source, eff, exp, cost_basis, cost_asset, payin, acc,
-            payledger.credit_move(payledger.credit_system_account('credits_issued'), acc, amount,
-                                  jsonb_build_object('grant', id), eff, 'credit_grant'),
-            idempotency_key, coalesce(metadata, '{}'));
-    INSERT INTO payledger.credit_live_grants VALUES
-        (id, org, metric, priority, exp, CASE cat WHEN 'promotional' THEN 0 ELSE 1 END, eff, acc);
-    INSERT INTO payledger.credit_orgs (org_id) VALUES (org) ON CONFLICT DO NOTHING;
-    -- the new credit pays what metering could not (and lifts the blocks)
-    IF EXISTS (SELECT 1 FROM payledger.credit_meters m WHERE m.org_id = org AND m.blocked) THEN
-        PERFORM payledger.meter_batch(ARRAY[org], true);
-    END IF;
-    PERFORM payledger.credit_check_thresholds(org);
-    RETURN id;
-END;
-$$;
--- Forfeit what is left of a grant (idempotent: a voided grant has nothing left).
-CREATE OR REPLACE FUNCTION payledger.void_grant(grant_id uuid, reason text DEFAULT NULL)
-RETURNS numeric LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    g payledger.credit_grants;
-    left_ bigint;
-    j uuid;
-BEGIN
-    PERFORM payledger.require(grant_id, 'grant_id');
-    SELECT * INTO g FROM payledger.credit_grants x WHERE x.id = grant_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'grant % does not exist', grant_id USING ERRCODE = 'PL031';
-    END IF;
-    PERFORM payledger.credit_lock(g.org_id);
-    DELETE FROM payledger.credit_live_grants l WHERE l.grant_id = g.id;
-    left_ := payledger.balance(g.account_id);
-    IF left_ > 0 THEN
-        j := payledger.credit_move(g.account_id, payledger.credit_system_account('credits_voided'), left_,
-                                   jsonb_build_object('grant', g.id, 'reason', reason), NULL, 'credit_void');
-        INSERT INTO payledger.credit_grant_events VALUES (g.id, 'voided', left_, j, now(), reason);
-        PERFORM payledger.credit_check_thresholds(g.org_id);
-    END IF;
-    RETURN payledger.credits_of(coalesce(left_, 0));
-END;
-$$;
--- Expire what is left of grants past their expiry (and its grace, so that
--- late metering of usage from before the expiry can still burn them): one
--- engine batch, so every account is locked in one pass (a loop of transfers
--- would lock them out of order and could deadlock with a consumer). An
--- organisation busy at that moment is skipped and left to the next sweep.
--- Returns the grants expired.
-CREATE OR REPLACE FUNCTION payledger.expire_credits(max_grants integer DEFAULT 1000)
-RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
-DECLARE
-    grace interval := coalesce((SELECT s.expiry_grace FROM payledger.credit_settings s), '1 day');
-    sink uuid;
-    orgs text[];
-    locked text[];
-    g_id uuid[];
-    g_account uuid[];
-    g_left bigint[];
-    r record;
-BEGIN
-    PERFORM payledger.require_limit(max_grants, 'max_grants');
-    max_grants := least(max_grants, payledger.setting_int('max_batch_size', 10000));
-    SELECT coalesce(array_agg(DISTINCT l.org_id ORDER BY l.org_id), '{}') INTO orgs
-      FROM (SELECT l.org_id FROM payledger.credit_live_grants l WHERE l.expires_at < now() - grace
-             ORDER BY l.org_id, l.expires_at LIMIT max_grants) l;
-    -- (try-locks, in org_id order: a sweep never waits for an organisation)
-    SELECT coalesce(array_agg(x.org_id ORDER BY x.o), '{}') INTO locked
-      FROM unnest(orgs) WITH ORDINALITY AS x(org_id, o) WHERE payledger.credit_try_lock(x.org_id);
-    IF cardinality(locked) = 0 THEN
-        RETURN 0;
-    END IF;
-    -- under the organisations' locks a grant's balance does not change
-    WITH gone AS (
-        DELETE FROM payledger.credit_live_grants l
-         WHERE l.grant_id IN (SELECT x.grant_id FROM payledger.credit_live_grants x
-                               WHERE x.org_id = ANY (locked) AND x.expires_at < now() - grace
-                               ORDER BY x.org_id, x.expires_at LIMIT max_grants)
-        RETURNING l.grant_id, l.account_id)
-    SELECT coalesce(array_agg(g.grant_id ORDER BY g.grant_id), '{}'), coalesce(array_agg(g.account_id ORDER BY g.grant_id), '{}'),
-           coalesce(array_agg(a.balance ORDER BY g.grant_id), '{}')
-      INTO g_id, g_account, g_left
-      FROM gone g JOIN payledger.accounts a ON a.id = g.account_id;
-    IF EXISTS (SELECT 1 FROM unnest(g_left) b WHERE b > 0) THEN
-        sink := payledger.credit_system_account('credits_expired');
-        FOR r IN
-            WITH x AS (
-                SELECT x.grant_id, x.account_id, x.amount, row_number() OVER (ORDER BY x.grant_id) AS i
-                  FROM unnest(g_id, g_account, g_left) AS x(grant_id, account_id, amount) WHERE x.amount > 0),
-            b AS (  -- (a CTE: the batch runs once)
-                SELECT * FROM payledger.engine_batch_as('credits', (
-                    SELECT jsonb_agg(jsonb_build_object(
-                               'postings', jsonb_build_array(jsonb_build_object('account', x.account_id, 'amount', -x.amount),
-                                                             jsonb_build_object('account', sink, 'amount', x.amount)),
-                               'idempotency_key', 'credit-expire:' || x.grant_id,
-                               'metadata', jsonb_build_object('grant', x.grant_id), 'kind', 'credit_expire') ORDER BY x.i)
-                      FROM x)))
-            SELECT b.status, b.journal_id, b.sqlstate, b.message, b.detail, x.grant_id, x.amount
-              FROM x JOIN b ON b.item = x.i LOOP
-            IF r.status = 'error' THEN
-                PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
-            END IF;
-            INSERT INTO payledger.credit_grant_events VALUES (r.grant_id, 'expired', r.amount, r.journal_id, now(), NULL);
-        END LOOP;
-    END IF;
-    PERFORM payledger.credit_thresholds(locked);
-    RETURN cardinality(g_id);
-END;
-$$;
----------------------------------------------------------------------------
--- Consumption
----------------------------------------------------------------------------
-
--- Burn credits for a metric, judged at the usage's own time, in the one burn
--- order: priority, then soonest expiry (never last), then promotional before
--- paid, then oldest, then id. Only grants scoped to the metric (or to any)
--- that had not expired at usage_at count, and that are in effect by now (a
--- later top-up pays earlier usage: overage carries forward). Idempotent per (org, key): a repeat returns the
--- first consumption; with other terms it is PL008. Not enough credit: PL006,
--- unless partial, which burns what there is and reports the shortfall.
-CREATE OR REPLACE FUNCTION payledger.consume_credits(
-    org             text,
-    metric          text,
-    credits         numeric,
-    idempotency_key text,
-    usage_at        timestamptz DEFAULT NULL,
-    partial         boolean DEFAULT false)
-RETURNS TABLE (consumption_id uuid, consumed numeric, shortfall numeric, parts jsonb)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    c payledger.credit_consumptions;
-    want bigint;
-BEGIN
-    PERFORM payledger.require(org, 'org');
-    PERFORM payledger.require(metric, 'metric');
-    PERFORM payledger.require(idempotency_key, 'idempotency_key');
-    PERFORM payledger.credit_require_metric(metric);
-    want := payledger.credits_minor(credits);
-    c := payledger.credit_burn(org, metric, want, idempotency_key, usage_at, coalesce(partial, false));
-    RETURN QUERY SELECT c.id, payledger.credits_of(c.amount), payledger.credits_of(c.requested - c.amount),
-        (SELECT coalesce(jsonb_agg(jsonb_build_object('grant', p.grant_id, 'credits', payledger.credits_of(p.amount),
-                                                      'category', p.category) ORDER BY p.amount DESC), '[]')
-           FROM payledger.credit_consumption_parts p WHERE p.consumption_id = c.id);
-END;
-$$;
--- The burn itself, in minor units (metering burns set-based: meter_batch).
-CREATE OR REPLACE FUNCTION payledger.credit_burn(org text, metric text, want bigint, key text, usage_at timestamptz,
-                                      partial boolean)
-RETURNS payledger.credit_consumptions
-LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    c payledger.credit_consumptions;
-    g record;
-    left_ bigint := want;
-    take bigint;
-    postings jsonb := '[]';
-    id uuid := payledger.new_id();
-    j uuid;
-    part_grants uuid[] := '{}';
-    part_amounts bigint[] := '{}';
-    part_categories text[] := '{}';
-BEGIN
-    PERFORM payledger.credit_lock(org);
-    SELECT * INTO c FROM payledger.credit_consumptions x WHERE x.org_id = org AND x.idempotency_key = key;
-    -- (usage_at NULL: now; a repeat without it matches whatever time the first had)
-    IF FOUND THEN
-        IF (c.metric, c.requested) IS DISTINCT FROM (metric, want) OR c.usage_at <> coalesce(usage_at, c.usage_at) THEN
-            RAISE EXCEPTION 'idempotency key % was used for another consumption', key
-                USING ERRCODE = 'PL008', DETAIL = 'consumption ' || c.id;
-        END IF;
-        RETURN c;
-    END IF;
-    usage_at := coalesce(usage_at, now());
-    FOR g IN SELECT l.grant_id, l.account_id, l.promo_first, a.balance
-               FROM payledger.credit_live_grants l JOIN payledger.accounts a ON a.id = l.account_id
-              WHERE l.org_id = org AND (l.metric IS NULL OR l.metric = credit_burn.metric)
-                AND l.effective_at <= greatest(usage_at, now()) AND (l.expires_at IS NULL OR l.expires_at > usage_at)
-              ORDER BY l.priority, l.expires_at NULLS LAST, l.promo_first, l.effective_at, l.grant_id LOOP
-        EXIT WHEN left_ = 0;
-        CONTINUE WHEN g.balance <= 0;
-        take := least(g.balance, left_);
-        left_ := left_ - take;
-        postings := postings || jsonb_build_object('account', g.account_id, 'amount', -take);
-        part_grants := part_grants || g.grant_id;
-        part_amounts := part_amounts || take;
-        part_categories := part_categories || CASE g.promo_first WHEN 0 THEN 'promotional' ELSE 'paid' END;
-    END LOOP;
-    IF left_ > 0 AND NOT partial THEN
-        RAISE EXCEPTION 'organisation % has % credits for %, needs %', org, payledger.credits_of(want - left_), metric,
-            payledger.credits_of(want) USING ERRCODE = 'PL006';
-    END IF;
-    IF want > left_ THEN
-        j := payledger.credit_post(postings || jsonb_build_object('account', payledger.credit_system_account('credits_consumed'),
-                                                                  'amount', want - left_),
-                                   jsonb_build_object('consumption', id, 'org', org, 'metric', metric), 'credit_consume');
-    END IF;
-    INSERT INTO payledger.credit_consumptions (id, org_id, metric, amount, requested, usage_at, idempotency_key, journal_id)
-    VALUES (id, org, metric, want - left_, want, usage_at, key, j)
-    RETURNING * INTO c;
-    INSERT INTO payledger.credit_consumption_parts (consumption_id, grant_id, amount, category)
-    SELECT id, x.g, x.a, x.c FROM unnest(part_grants, part_amounts, part_categories) AS x(g, a, c);
-    PERFORM payledger.credit_check_thresholds(org);
-    RETURN c;
-END;
-$$;
--- Give a consumption back to the grants that paid for it; what returns to a
--- grant that has expired or was voided since expires again at once.
--- Idempotent.
-CREATE OR REPLACE FUNCTION payledger.undo_consumption(consumption uuid, reason text DEFAULT NULL)
-RETURNS numeric LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    c payledger.credit_consumptions;
-    p record;
-    postings jsonb := '[]';
-    j uuid;
-    j2 uuid;
-BEGIN
-    PERFORM payledger.require(consumption, 'consumption');
-    SELECT * INTO c FROM payledger.credit_consumptions x WHERE x.id = consumption;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'consumption % does not exist', consumption USING ERRCODE = 'PL031';
-    END IF;
-    PERFORM payledger.credit_lock(c.org_id);
-    SELECT * INTO c FROM payledger.credit_consumptions x WHERE x.id = consumption FOR UPDATE;
-    IF c.undone_at IS NOT NULL OR c.amount = 0 THEN
-        RETURN 0;
-    END IF;
-    FOR p IN SELECT cp.grant_id, cp.amount, g.account_id FROM payledger.credit_consumption_parts cp
-               JOIN payledger.credit_grants g ON g.id = cp.grant_id WHERE cp.consumption_id = c.id LOOP
-        postings := postings || jsonb_build_object('account', p.account_id, 'amount', p.amount);
-    END LOOP;
-    j := payledger.credit_post(postings || jsonb_build_object('account', payledger.credit_system_account('credits_consumed'),
-                                                              'amount', -c.amount),
-                               jsonb_build_object('undo', c.id, 'reason', reason), 'credit_undo');
-    UPDATE payledger.credit_consumptions x SET undone_at = now(), undo_journal = j WHERE x.id = c.id;
-    -- a metering charge undone is forgiven: its meter is settled without it
-    -- (and not charged again)
-    IF c.source = 'metering' THEN
-        UPDATE payledger.credit_meters m
-           SET charged = m.charged - c.amount, forgiven = m.forgiven + c.amount, updated_at = now()
-         WHERE m.org_id = c.org_id AND m.metric = c.metric
-           AND m.cycle_start = to_timestamp(split_part(c.idempotency_key, ':', 3)::bigint);
-    END IF;
-    FOR p IN SELECT cp.grant_id, cp.amount, g.account_id, g.org_id, g.metric, g.priority, g.expires_at, g.category,
-                    g.effective_at,
-                    (g.expires_at IS NOT NULL AND g.expires_at <= now())
-                    OR EXISTS (SELECT 1 FROM payledger.credit_grant_events e WHERE e.grant_id = g.id AND e.kind = 'voided') AS dead
-               FROM payledger.credit_consumption_parts cp JOIN payledger.credit_grants g ON g.id = cp.grant_id
-              WHERE cp.consumption_id = c.id LOOP
-        IF p.dead THEN
-            j2 := payledger.credit_move(p.account_id, payledger.credit_system_account('credits_expired'), p.amount,
-                                        jsonb_build_object('grant', p.grant_id, 'undo', c.id), NULL, 'credit_expire');
-            INSERT INTO payledger.credit_grant_events VALUES (p.grant_id, 'restored_expired', p.amount, j2, now(), reason);
-        ELSE
-            INSERT INTO payledger.credit_live_grants VALUES
-                (p.grant_id, p.org_id, p.metric, p.priority, p.expires_at,
-                 CASE p.category WHEN 'promotional' THEN 0 ELSE 1 END, p.effective_at, p.account_id)
-            ON CONFLICT DO NOTHING;
-        END IF;
-    END LOOP;
-    PERFORM payledger.credit_check_thresholds(c.org_id);
-    RETURN payledger.credits_of(c.amount);
-END;
-$$;
----------------------------------------------------------------------------
--- Balances
----------------------------------------------------------------------------
-
--- An organisation's credits: available (what it may spend now, or at `at`),
--- the active grants' total, the next expiry of credit still available, and
--- the same by metric scope ("*" for grants usable on any metric). With a
--- metric: the grants usable for it. Reads the live grants only (now) or the
--- organisation's grants and one balance lookup each (at a past time): never
--- the history of consumption.
-CREATE OR REPLACE FUNCTION payledger.get_total_credits(org text, metric text DEFAULT NULL, at timestamptz DEFAULT NULL)
-RETURNS TABLE (available numeric, granted_active numeric, next_expiry timestamptz, by_metric jsonb)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM payledger.require(org, 'org');
-    PERFORM payledger.credit_require_metric(metric);
-    -- now: the live grants; in the past: the grants in effect then, each
-    -- with its balance at that time from the ledger (one branch runs)
-    RETURN QUERY
-    WITH g AS (
-        SELECT coalesce(l.metric, '*') AS scope, a.balance AS left_, cg.amount, l.expires_at
-          FROM payledger.credit_live_grants l
-          JOIN payledger.accounts a ON a.id = l.account_id
-          JOIN payledger.credit_grants cg ON cg.id = l.grant_id
-         WHERE (get_total_credits.at IS NULL OR get_total_credits.at >= now())
-           AND l.org_id = org AND (get_total_credits.metric IS NULL OR l.metric IS NULL OR l.metric = get_total_credits.metric)
-           AND l.effective_at <= coalesce(get_total_credits.at, now())
-           AND (l.expires_at IS NULL OR l.expires_at > coalesce(get_total_credits.at, now()))
-        UNION ALL
-        SELECT coalesce(cg.metric, '*'), payledger.balance_at(cg.account_id, get_total_credits.at), cg.amount, cg.expires_at
-          FROM payledger.credit_grants cg
-         WHERE get_total_credits.at < now()
-           AND cg.org_id = org AND (get_total_credits.metric IS NULL OR cg.metric IS NULL OR cg.metric = get_total_credits.metric)
-           AND cg.effective_at <= get_total_credits.at AND (cg.expires_at IS NULL OR cg.expires_at > get_total_credits.at))
-    SELECT payledger.credits_of(coalesce(sum(g.left_), 0)::bigint),
-           payledger.credits_of(coalesce(sum(g.amount), 0)::bigint),
-           min(g.expires_at) FILTER (WHERE g.left_ > 0),
-           coalesce((SELECT jsonb_object_agg(s.scope, payledger.credits_of(s.total))
-                       FROM (SELECT g2.scope, sum(g2.left_)::bigint AS total FROM g g2 GROUP BY g2.scope) s), '{}')
-      FROM g;
-END;
-$$;
-CREATE OR REPLACE FUNCTION payledger.get_total_credits(org uuid, metric text DEFAULT NULL, at timestamptz DEFAULT NULL)
-RETURNS TABLE (available numeric, granted_active numeric, next_expiry timestamptz, by_metric jsonb)
+-- The runs due now, each with the number of sessions to share it.
+CREATE OR REPLACE FUNCTION payledger.worker_runs_due()
+RETURNS TABLE (name text, parts integer, counts_as text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT * FROM payledger.get_total_credits(org::text, metric, at);
+    SELECT r.name, CASE WHEN r.parts_setting IS NULL THEN 1 ELSE least(greatest(payledger.setting_int(r.parts_setting), 1), 16) END,
+           r.counts_as
+      FROM payledger.worker_runs r
+     WHERE r.last_run_at IS NULL OR r.last_run_at <= now() - make_interval(secs => payledger.setting_int(r.every_setting))
+     ORDER BY r.name;
 $$;
-CREATE OR REPLACE FUNCTION payledger.get_total_credits(org bigint, metric text DEFAULT NULL, at timestamptz DEFAULT NULL)
-RETURNS TABLE (available numeric, granted_active numeric, next_expiry timestamptz, by_metric jsonb)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT * FROM payledger.get_total_credits(org::text, metric, at);
-$$;
----------------------------------------------------------------------------
--- Gift codes
----------------------------------------------------------------------------
-
-CREATE OR REPLACE FUNCTION payledger.create_gift_code(
-    code            text,
-    credits         numeric,
-    metric          text DEFAULT NULL,
-    valid_until     timestamptz DEFAULT NULL,
-    validity        interval DEFAULT '1 year',
-    max_redemptions integer DEFAULT NULL,
-    per_org_limit   integer DEFAULT 1,
-    priority        integer DEFAULT 5)
-RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM payledger.require(code, 'code');
-    IF code !~ '^[A-Za-z0-9_-]{4,64}$' THEN
-        RAISE EXCEPTION 'a gift code is 4 to 64 letters, digits, _ or -' USING ERRCODE = '22023';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM payledger.credit_settings) THEN
-        PERFORM payledger.credits_configure();
-    END IF;
-    PERFORM payledger.credit_require_metric(metric);
-    IF coalesce(max_redemptions, 1) <= 0 OR coalesce(per_org_limit, 0) <= 0 OR coalesce(validity, '0') <= '0' THEN
-        RAISE EXCEPTION 'limits and validity must be positive' USING ERRCODE = '22023';
-    END IF;
-    INSERT INTO payledger.gift_codes (code, credits, metric, valid_until, validity, max_redemptions, per_org_limit, priority)
-    VALUES (code, payledger.credits_minor(credits), metric, valid_until, validity, max_redemptions, per_org_limit,
-            coalesce(priority, 5))
-    ON CONFLICT DO NOTHING;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'gift code % exists', code USING ERRCODE = 'PL014';
-    END IF;
-    RETURN code;
-END;
-$$;
--- A promotional grant from a code. Errors change nothing: an unknown code
--- PL031; expired or used up PL032; redeemed already by this organisation (as
--- often as its per-organisation limit allows) PL033.
-CREATE OR REPLACE FUNCTION payledger.redeem_gift_code(code text, org text)
-RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    gc payledger.gift_codes;
-    n integer;
-    gid uuid;
-BEGIN
-    PERFORM payledger.require(code, 'code');
-    PERFORM payledger.require(org, 'org');
-    SELECT * INTO gc FROM payledger.gift_codes x WHERE x.code = redeem_gift_code.code FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'gift code % does not exist', code USING ERRCODE = 'PL031';
-    END IF;
-    IF gc.valid_until IS NOT NULL AND gc.valid_until <= now() THEN
-        RAISE EXCEPTION 'gift code % has expired', code USING ERRCODE = 'PL032';
-    END IF;
-    IF gc.max_redemptions IS NOT NULL AND gc.redemptions >= gc.max_redemptions THEN
-        RAISE EXCEPTION 'gift code % has been redeemed % times, its limit', code, gc.redemptions USING ERRCODE = 'PL032';
-    END IF;
-    SELECT count(*) INTO n FROM payledger.gift_redemptions r WHERE r.code = gc.code AND r.org_id = org;
-    IF n >= gc.per_org_limit THEN
-        RAISE EXCEPTION 'organisation % has already redeemed gift code %', org, code USING ERRCODE = 'PL033';
-    END IF;
-    gid := payledger.grant_credits(org, payledger.credits_of(gc.credits), 'gift_code', gc.metric, gc.priority,
-                                   now() + gc.validity, idempotency_key => 'gift:' || gc.code || ':' || (n + 1),
-                                   metadata => jsonb_build_object('gift_code', gc.code));
-    INSERT INTO payledger.gift_redemptions (code, org_id, n, grant_id) VALUES (gc.code, org, n + 1, gid);
-    UPDATE payledger.gift_codes x SET redemptions = x.redemptions + 1 WHERE x.code = gc.code;
-    RETURN gid;
-END;
-$$;
----------------------------------------------------------------------------
--- Packages, bought with a pay-in
----------------------------------------------------------------------------
-
-CREATE OR REPLACE FUNCTION payledger.define_credit_package(
-    name            text,
-    credits         numeric,
-    price_asset     text,
-    price           bigint,
-    metric          text DEFAULT NULL,
-    period          interval DEFAULT NULL,
-    validity        interval DEFAULT '1 year',
-    priority        integer DEFAULT 10)
-RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    id uuid;
-BEGIN
-    PERFORM payledger.require(name, 'name');
-    PERFORM payledger.require(price_asset, 'price_asset');
-    PERFORM payledger.require(price, 'price');
-    IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
-        RAISE EXCEPTION 'invalid package name %', name USING ERRCODE = '22023';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM payledger.credit_settings) THEN
-        PERFORM payledger.credits_configure();
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = price_asset) THEN
-        RAISE EXCEPTION 'asset % does not exist', price_asset USING ERRCODE = 'PL003';
-    END IF;
-    IF price <= 0 THEN
-        RAISE EXCEPTION 'price must be positive' USING ERRCODE = 'PL001';
-    END IF;
-    IF coalesce(validity, '0') <= '0' OR coalesce(period, '1 day') <= '0' THEN
-        RAISE EXCEPTION 'validity and period must be positive' USING ERRCODE = '22023';
-    END IF;
-    PERFORM payledger.credit_require_metric(metric);
-    INSERT INTO payledger.credit_packages (id, name, metric, credits, price_asset, price, period, validity, priority)
-    VALUES (payledger.new_id(), name, metric, payledger.credits_minor(credits), price_asset, price, period, validity,
-            coalesce(priority, 10))
-    ON CONFLICT DO NOTHING
-    RETURNING credit_packages.id INTO id;
-    IF id IS NULL THEN
-        RAISE EXCEPTION 'package % exists', name USING ERRCODE = 'PL014';
-    END IF;
-    -- the pay-in and pay-out types a purchase uses
-    PERFORM payledger.register_payin_type('CREDIT_PACKAGE', 'a credit package');
-    PERFORM payledger.register_payout_type('CREDIT_SALE', 'the sale of credits');
-    RETURN id;
-END;
-$$;
--- Buy a package: a pay-in of its price (paid by the given methods, to the
--- seller's revenue account); the grant is made when the pay-in is PAID
--- (at once when balances cover it), exactly once per pay-in.
-CREATE OR REPLACE FUNCTION payledger.buy_credit_package(
-    org             text,
-    package         text,
-    methods         jsonb,
-    revenue_account uuid,
-    payer           text DEFAULT NULL,
-    idempotency_key text DEFAULT NULL)
-RETURNS TABLE (payin_id uuid, state payledger.payin_state, grant_id uuid)
+-- One step of a run (its own transaction).
+CREATE OR REPLACE FUNCTION payledger.worker_run_step(name text, max_items integer, after_key text, part integer DEFAULT 0,
+                                          parts integer DEFAULT 1)
+RETURNS TABLE (done integer, failed integer, last text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    pk payledger.credit_packages;
-    p record;
+    fn regprocedure;
 BEGIN
-    PERFORM payledger.require(org, 'org');
-    PERFORM payledger.require(package, 'package');
-    PERFORM payledger.require(revenue_account, 'revenue_account');
-    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = package AND x.active;
+    SELECT r.step INTO fn FROM payledger.worker_runs r WHERE r.name = worker_run_step.name;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'credit package % does not exist', package USING ERRCODE = 'PL031';
+        RAISE EXCEPTION 'unknown periodic run %', name USING ERRCODE = '22023',
+            HINT = 'The runs are in payledger.worker_runs.';
     END IF;
-    SELECT * INTO p FROM payledger.create_payin(coalesce(payer, org), 'CREDIT_PACKAGE', pk.price_asset, pk.price, methods,
-        jsonb_build_array(jsonb_build_object('type', 'CREDIT_SALE', 'account', revenue_account, 'amount', pk.price)),
-        NULL, NULL, idempotency_key, NULL, jsonb_build_object('credit_package', pk.name, 'credit_org', org));
-    RETURN QUERY SELECT p.payin_id, p.state, (SELECT g.id FROM payledger.credit_grants g WHERE g.payin_id = p.payin_id);
+    RETURN QUERY EXECUTE format('SELECT s.done, s.failed, s.last FROM %s($1, $2, $3, $4) s', fn::oid::regproc)
+        USING max_items, after_key, part, parts;
 END;
 $$;
--- A credit package's pay-in reached PAID (a handler of the pay-in
--- lifecycle, in the settling transaction): it grants its credits; a
--- subscription's renewals are recurring.
-CREATE OR REPLACE FUNCTION payledger.credits_payin_paid(p payledger.payins)
-RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    pk payledger.credit_packages;
-BEGIN
-    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = p.metadata ->> 'credit_package';
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-    PERFORM payledger.grant_credits(coalesce(p.metadata ->> 'credit_org', p.owner_id), payledger.credits_of(pk.credits),
-        CASE WHEN p.metadata ? 'subscription' THEN 'recurring_purchase' ELSE 'purchase' END,
-        pk.metric, pk.priority, now() + pk.validity,
-        cost_basis => round(pk.price::numeric / payledger.credits_of(pk.credits), 12), cost_asset => pk.price_asset,
-        payin => p.id, metadata => jsonb_build_object('package', pk.name));
-END;
-$$;
-SELECT payledger.register_payin_handler('credits', 'reached', 100, '{PAID}',
-                                        'payledger.credits_payin_paid(payledger.payins)', 'CREDIT_PACKAGE');
--- A recurring package: a subscription whose every paid period grants.
-CREATE OR REPLACE FUNCTION payledger.subscribe_credit_package(
-    org             text,
-    package         text,
-    revenue_account uuid,
-    methods         jsonb DEFAULT '[{"external": "invoice"}]',
-    payer           text DEFAULT NULL,
-    starts_at       timestamptz DEFAULT NULL)
-RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    pk payledger.credit_packages;
-BEGIN
-    PERFORM payledger.require(org, 'org');
-    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = package AND x.active;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'credit package % does not exist', package USING ERRCODE = 'PL031';
-    END IF;
-    IF pk.period IS NULL THEN
-        RAISE EXCEPTION 'credit package % is one-time, not recurring', package USING ERRCODE = '22023';
-    END IF;
-    RETURN payledger.create_subscription(coalesce(payer, org), 'CREDIT_PACKAGE', pk.price_asset, pk.price, pk.period,
-        methods, jsonb_build_array(jsonb_build_object('type', 'CREDIT_SALE', 'account', revenue_account, 'amount', pk.price)),
-        NULL, NULL, NULL, starts_at, jsonb_build_object('credit_package', pk.name, 'credit_org', org));
-END;
-$$;
----------------------------------------------------------------------------
--- Usage, metering, access
----------------------------------------------------------------------------
-
--- A usage reading: counters add up over the cycle, gauges keep the highest.
-CREATE OR REPLACE FUNCTION payledger.record_usage(org text, metric text, amount numeric, at timestamptz DEFAULT NULL)
-RETURNS numeric LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    k text;
-    o payledger.credit_orgs;
-    cyc timestamptz;
-    total numeric;
-BEGIN
-    PERFORM payledger.require(org, 'org');
-    PERFORM payledger.require(metric, 'metric');
-    PERFORM payledger.require(amount, 'amount');
-    SELECT m.kind INTO k FROM payledger.credit_metrics m WHERE m.metric = record_usage.metric;
-    IF k IS NULL THEN
-        RAISE EXCEPTION 'metric % is not registered', metric USING ERRCODE = 'PL031';
-    END IF;
-    IF amount < 0 THEN
-        RAISE EXCEPTION 'usage must not be negative' USING ERRCODE = 'PL001';
-    END IF;
-    INSERT INTO payledger.credit_orgs (org_id) VALUES (org) ON CONFLICT DO NOTHING;
-    SELECT * INTO o FROM payledger.credit_orgs x WHERE x.org_id = org;
-    cyc := payledger.credit_cycle_start(o.cycle_anchor, coalesce(at, now()));
-    INSERT INTO payledger.credit_usage AS u (org_id, metric, cycle_start, usage, updated_at)
-    VALUES (org, metric, cyc, amount, coalesce(at, now()))
-    ON CONFLICT ON CONSTRAINT credit_usage_pkey DO UPDATE
-       SET usage = CASE WHEN k = 'counter' THEN u.usage + excluded.usage ELSE greatest(u.usage, excluded.usage) END,
-           updated_at = greatest(u.updated_at, excluded.updated_at)
-    RETURNING u.usage INTO total;
-    RETURN total;
-END;
-$$;
--- Metering's core, set-based over a batch of organisations: for each meter
--- (organisation, metric, cycle), cost(overage) - what is settled, burnt from
--- credits at the time of the latest reading, in burn order; one journal per
--- organisation; what cannot be paid blocks that metric. The meters looked at
--- are the current and the previous cycle's (readings arrive late) and any
--- older one still blocked; only_unpaid: just the blocked ones (after a
--- top-up). The caller holds each organisation's credit lock, under which
--- alone meter rows and grant balances change. Returns the meters charged.
-CREATE OR REPLACE FUNCTION payledger.meter_batch(orgs text[], only_unpaid boolean)
-RETURNS integer LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    unit numeric;
-    due payledger.credit_meter_due[];
-    grants payledger.credit_live_grants[];
-    g_id uuid[];
-    g_account uuid[];
-    g_promo smallint[];
-    g_left bigint[];
-    want bigint[];
-    pair_due integer[];
-    pair_grant integer[];
-    part_due integer[] := '{}';
-    part_grant uuid[] := '{}';
-    part_account uuid[] := '{}';
-    part_promo smallint[] := '{}';
-    part_take bigint[] := '{}';
-    parts integer := 0;
-    d integer;
-    g integer;
-    take bigint;
-    sink uuid;
-    items jsonb[];
-    j_orgs text[];
-    j_ids uuid[] := '{}';
-    cons uuid[];
-    r record;
-BEGIN
-    IF cardinality(orgs) = 0 THEN
-        RETURN 0;
-    END IF;
-    unit := 10::numeric ^ (SELECT a.scale FROM payledger.assets a WHERE a.code = payledger.credit_asset());
-    -- 1. the meters and what their overage costs now (graduated tiers,
-    -- rounded up to the minor unit once, on the total; never less than what
-    -- is settled: a lower reading refunds nothing)
-    SELECT coalesce(array_agg(ROW(x.org_id, x.metric, x.cycle_start, x.usage_at, x.overage, x.owed, x.settled, x.charged,
-                                  x.old_cost IS NULL, x.overage IS DISTINCT FROM x.old_overage OR x.owed IS DISTINCT FROM x.old_cost
-                                  )::payledger.credit_meter_due ORDER BY x.org_id, x.cycle_start, x.metric), '{}')
-      INTO due
-      FROM (WITH o AS MATERIALIZED (  -- (the cycle bounds once per organisation)
-                SELECT o.org_id, o.plan,
-                       payledger.credit_cycle_start(o.cycle_anchor, payledger.credit_cycle_start(o.cycle_anchor, now())
-                                                                    - interval '1 microsecond') AS since
-                  FROM payledger.credit_orgs o WHERE o.org_id = ANY (orgs))
-            SELECT u.org_id, u.metric, u.cycle_start, least(u.updated_at, now()) AS usage_at, v.overage,
-                   greatest(least(ceil(coalesce(t.credits, 0) * unit), 9223372036854775807)::bigint,
-                            coalesce(m.charged + m.forgiven, 0)) AS owed,
-                   coalesce(m.charged + m.forgiven, 0) AS settled, coalesce(m.charged, 0) AS charged,
-                   m.overage AS old_overage, m.cost AS old_cost
-              FROM o
-              JOIN payledger.credit_usage u ON u.org_id = o.org_id
-              LEFT JOIN payledger.credit_meters m
-                ON m.org_id = u.org_id AND m.metric = u.metric AND m.cycle_start = u.cycle_start
-              LEFT JOIN payledger.credit_plan_limits l ON l.plan = o.plan AND l.metric = u.metric
-              -- no plan: every unit is overage
-              CROSS JOIN LATERAL (SELECT greatest(u.usage - coalesce(l.monthly_limit, 0), 0) AS overage) v
-              LEFT JOIN LATERAL (
-                   SELECT sum((least(v.overage, coalesce(p.to_units, v.overage)) - p.from_units) * p.credits_per_unit) AS credits
-                     FROM payledger.credit_price_tiers p WHERE p.metric = u.metric AND p.from_units < v.overage) t ON true
-             WHERE m.blocked OR NOT only_unpaid AND u.cycle_start >= o.since) x;
-
-    IF cardinality(due) = 0 THEN
-        RETURN 0;
-    END IF;
-
-    -- 2. who pays what: each owed meter in turn (by organisation, cycle,
-    -- metric) takes from its eligible grants in burn order (as credit_burn)
-    -- (flat arrays of fixed-width values: subscripting them is cheap)
-    SELECT coalesce(array_agg(l ORDER BY l.grant_id), '{}'), coalesce(array_agg(a.balance ORDER BY l.grant_id), '{}'),
-           coalesce(array_agg(l.grant_id ORDER BY l.grant_id), '{}'), coalesce(array_agg(l.account_id ORDER BY l.grant_id), '{}'),
-           coalesce(array_agg(l.promo_first ORDER BY l.grant_id), '{}')
-      INTO grants, g_left, g_id, g_account, g_promo
-      FROM payledger.credit_live_grants l JOIN payledger.accounts a ON a.id = l.account_id
-     WHERE l.org_id IN (SELECT x.org_id FROM unnest(due) x WHERE x.owed > x.settled) AND a.balance > 0;
-    SELECT coalesce(array_agg(x.owed - x.settled ORDER BY x.i), '{}') INTO want
-      FROM unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled, charged,
-                                           is_new, changed, i);
-    SELECT coalesce(array_agg(x.i ORDER BY x.i, l.priority, l.expires_at NULLS LAST, l.promo_first, l.effective_at, l.grant_id), '{}'),
-           coalesce(array_agg(l.gi ORDER BY x.i, l.priority, l.expires_at NULLS LAST, l.promo_first, l.effective_at, l.grant_id), '{}')
-      INTO pair_due, pair_grant
-      FROM unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled, charged,
-                                           is_new, changed, i)
-      JOIN unnest(grants) WITH ORDINALITY AS l(grant_id, org_id, metric, priority, expires_at, promo_first, effective_at,
-                                              account_id, gi)
-        ON l.org_id = x.org_id AND (l.metric IS NULL OR l.metric = x.metric)
-       AND l.effective_at <= greatest(x.usage_at, now()) AND (l.expires_at IS NULL OR l.expires_at > x.usage_at)
-     WHERE x.owed > x.settled;
-    FOR k IN 1 .. cardinality(pair_due) LOOP
-        d := pair_due[k];
-        g := pair_grant[k];
-        CONTINUE WHEN want[d] = 0 OR g_left[g] = 0;
-        take := least(want[d], g_left[g]);
-        want[d] := want[d] - take;
-        g_left[g] := g_left[g] - take;
-        parts := parts + 1;
-        part_due[parts] := d;
-        part_grant[parts] := g_id[g];
-        part_account[parts] := g_account[g];
-        part_promo[parts] := g_promo[g];
-        part_take[parts] := take;
-    END LOOP;
-    IF parts = 0 AND NOT EXISTS (SELECT 1 FROM unnest(due) x WHERE x.is_new OR x.changed) THEN
-        RETURN 0;
-    END IF;
-
-    -- 3. one journal per organisation: each grant gives what it paid, the
-    -- consumed sink takes the total (posted in engine batches)
-    sink := payledger.credit_system_account('credits_consumed');
-    SELECT coalesce(array_agg(j.org_id ORDER BY j.org_id), '{}'), coalesce(array_agg(j.item ORDER BY j.org_id), '{}')
-      INTO j_orgs, items
-      FROM (SELECT s.org_id, jsonb_build_object(
-                       'kind', 'credit_consume',
-                       'postings', jsonb_agg(jsonb_build_object('account', s.account_id, 'amount', -s.total))
-                                   || jsonb_build_object('account', sink, 'amount', sum(s.total)),
-                       'metadata', jsonb_build_object('metering', s.org_id)) AS item
-              FROM (SELECT x.org_id, p.account_id, sum(p.take) AS total
-                      FROM unnest(part_due, part_account, part_take) AS p(d, account_id, take)
-                      JOIN unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled,
-                                                           charged, is_new, changed, i) ON x.i = p.d
-                     GROUP BY 1, 2) s
-             GROUP BY s.org_id) j;
-    FOR k IN 0 .. (cardinality(items) - 1) / 1000 LOOP
-        FOR r IN SELECT * FROM payledger.engine_batch_as('credits', to_jsonb(items[k * 1000 + 1 : k * 1000 + 1000])) b ORDER BY b.item LOOP
-            IF r.status = 'error' THEN
-                PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
-            END IF;
-            j_ids := j_ids || r.journal_id;
-        END LOOP;
-    END LOOP;
-
-    -- 4. the consumptions (keyed by the cycle and the watermark, as before
-    -- any charge), which grants paid them, the meters, the thresholds
-    SELECT array_agg(CASE WHEN x.d IS NOT NULL THEN payledger.new_id() END ORDER BY g.i) INTO cons
-      FROM generate_series(1, cardinality(due)) g(i) LEFT JOIN (SELECT DISTINCT p.d FROM unnest(part_due) p(d)) x ON x.d = g.i;
-    INSERT INTO payledger.credit_consumptions (id, org_id, metric, amount, requested, usage_at, idempotency_key, journal_id,
-                                               source)
-    SELECT cons[b.d], x.org_id, x.metric, b.burnt, x.owed - x.settled, x.usage_at,
-           format('meter:%s:%s:%s', x.metric, extract(epoch FROM x.cycle_start)::bigint, x.settled), j.id, 'metering'
-      FROM (SELECT p.d, sum(p.take) AS burnt FROM unnest(part_due, part_take) AS p(d, take) GROUP BY p.d) b
-      JOIN unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled, charged,
-                                           is_new, changed, i) ON x.i = b.d
-      JOIN unnest(j_orgs, j_ids) AS j(org_id, id) ON j.org_id = x.org_id;
-    INSERT INTO payledger.credit_consumption_parts (consumption_id, grant_id, amount, category)
-    SELECT cons[p.d], p.grant_id, p.take, CASE p.promo WHEN 0 THEN 'promotional' ELSE 'paid' END
-      FROM unnest(part_due, part_grant, part_promo, part_take) AS p(d, grant_id, promo, take);
-    -- (a meter is written only when something about it changed)
-    INSERT INTO payledger.credit_meters AS m (org_id, metric, cycle_start, overage, cost, charged, forgiven, blocked, updated_at)
-    SELECT x.org_id, x.metric, x.cycle_start, x.overage, x.owed, x.charged + coalesce(b.burnt, 0), x.settled - x.charged,
-           x.settled + coalesce(b.burnt, 0) < x.owed, now()
-      FROM unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled, charged,
-                                           is_new, changed, i)
-      LEFT JOIN (SELECT p.d, sum(p.take) AS burnt FROM unnest(part_due, part_take) AS p(d, take) GROUP BY p.d) b ON b.d = x.i
-     WHERE x.is_new OR x.changed OR b.burnt IS NOT NULL
-    ON CONFLICT ON CONSTRAINT credit_meters_pkey DO UPDATE
-       SET overage = excluded.overage, cost = excluded.cost, charged = excluded.charged, blocked = excluded.blocked,
-           updated_at = excluded.updated_at;
-    PERFORM payledger.credit_thresholds(j_orgs);
-    RETURN (SELECT count(DISTINCT p.d) FROM unnest(part_due) AS p(d));
-END;
-$$;
--- Charge one organisation's overage now (waits for its lock).
-CREATE OR REPLACE FUNCTION payledger.meter_org(org text, only_unpaid boolean DEFAULT false)
-RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM payledger.require(org, 'org');
-    PERFORM payledger.credit_lock(org);
-    RETURN payledger.meter_batch(ARRAY[org], coalesce(only_unpaid, false));
-END;
-$$;
--- One step of a metering run: up to max_orgs organisations with usage in the
--- current or the previous cycle (or a meter still blocked), in org_id order
--- after after_org, charged in one transaction; with parts > 1, only the
--- organisations of share `part` (by a hash of the id), so that that many
--- sessions can meter at once. An organisation busy at that moment (a
--- consumer, another run) is skipped and left to the next run; two runs at
--- once charge each overage once (the meter rows are the watermark).
--- last_org is where the next step starts; NULL: the share is done. The
--- worker runs a whole run every payledger.metering_interval seconds over
--- payledger.metering_workers sessions; CALL payledger.meter_all() runs one
--- on demand in the calling session.
-CREATE OR REPLACE FUNCTION payledger.run_metering(max_orgs integer DEFAULT 1000, after_org text DEFAULT NULL,
-                                       part integer DEFAULT 0, parts integer DEFAULT 1)
-RETURNS TABLE (orgs integer, charged integer, blocked integer, failed integer, last_org text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    picked text[];
-    locked text[];
-    n integer := 0;
-    lost integer := 0;
-BEGIN
-    IF max_orgs IS NULL OR max_orgs NOT BETWEEN 1 AND 100000 THEN
-        RAISE EXCEPTION 'max_orgs must be between 1 and 100000' USING ERRCODE = '22023';
-    END IF;
-    IF parts IS NULL OR parts NOT BETWEEN 1 AND 16 OR part IS NULL OR part NOT BETWEEN 0 AND parts - 1 THEN
-        RAISE EXCEPTION 'part must be between 0 and parts - 1, parts between 1 and 16' USING ERRCODE = '22023';
-    END IF;
-    -- (usage in the last three months: a cheap superset of "the current or
-    -- the previous cycle", whose exact rule meter_batch applies)
-    SELECT coalesce(array_agg(o.org_id ORDER BY o.org_id), '{}') INTO picked
-      FROM (SELECT o.org_id FROM payledger.credit_orgs o
-             WHERE (after_org IS NULL OR o.org_id > after_org)
-               AND (parts = 1 OR (pg_catalog.hashtextextended(o.org_id, 0) & 1023) % parts = part)
-               -- (one EXISTS over a UNION ALL: a probe per organisation; two
-               -- EXISTS joined by OR would hash all the usage at every step)
-               AND EXISTS (SELECT 1 FROM payledger.credit_usage u
-                            WHERE u.org_id = o.org_id AND u.cycle_start > now() - interval '3 months'
-                           UNION ALL
-                           SELECT 1 FROM payledger.credit_meters b WHERE b.org_id = o.org_id AND b.blocked)
-             ORDER BY o.org_id LIMIT max_orgs) o;
-    -- (try-locks, in org_id order: a sweep never waits for an organisation)
-    SELECT coalesce(array_agg(x.org_id ORDER BY x.o), '{}') INTO locked
-      FROM unnest(picked) WITH ORDINALITY AS x(org_id, o) WHERE payledger.credit_try_lock(x.org_id);
-    -- a step that fails (a bug, bad configuration) changes nothing, is
-    -- logged and counted, and does not stop the run: its organisations are
-    -- tried again by the next one
-    BEGIN
-        n := payledger.meter_batch(locked, false);
-    EXCEPTION WHEN OTHERS THEN
-        RAISE WARNING 'payledger metering: % organisations from % not charged: % (SQLSTATE %)',
-            cardinality(locked), locked[1], SQLERRM, SQLSTATE;
-        lost := cardinality(locked);
-    END;
-    RETURN QUERY SELECT cardinality(locked) - lost, n, (SELECT count(*)::integer FROM payledger.credit_meters b WHERE b.blocked),
-                        lost, CASE WHEN cardinality(picked) = max_orgs THEN picked[max_orgs] END;
-END;
-$$;
--- Record a whole metering run as done (the worker and meter_all, at the end).
-CREATE OR REPLACE FUNCTION payledger.metering_done()
+-- A whole run is done (every share of it).
+CREATE OR REPLACE FUNCTION payledger.worker_run_done(name text)
 RETURNS void LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    UPDATE payledger.worker_status w SET last_metering_at = now();
+    UPDATE payledger.worker_runs r SET last_run_at = now() WHERE r.name = worker_run_done.name;
 $$;
--- Is a metering run due (payledger.metering_interval since the last one)?
-CREATE OR REPLACE FUNCTION payledger.metering_due()
-RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT w.last_metering_at IS NULL
-                            OR w.last_metering_at <= now() - make_interval(secs => payledger.setting_int('metering_interval', 21600))
-                       FROM payledger.worker_status w), true);
+---------------------------------------------------------------------------
+-- The worker's steps
+---------------------------------------------------------------------------
+
+-- Step 1, in its own short transaction: open invoices for pay-ins waiting
+-- for one, then claim due invoices (SKIP LOCKED, with a lease so that a
+-- crashed worker's claims come back) and return what to call. No secrets.
+CREATE OR REPLACE FUNCTION payledger.worker_claim(batch integer, due_before timestamptz DEFAULT now())
+RETURNS jsonb LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    lease interval := make_interval(secs => 30 + 2 * payledger.setting_int('worker_http_timeout') / 1000.0);
+    w record;
+    claims jsonb;
+BEGIN
+    PERFORM payledger.require_limit(batch, 'batch');
+    -- (pay-ins no provider serves are the application's to invoice: left alone)
+    FOR w IN SELECT p.id FROM payledger.payins p
+              WHERE p.state = 'PENDING_INVOICE_CREATION' AND p.external_amount > 0
+                AND NOT EXISTS (SELECT 1 FROM payledger.invoices i WHERE i.payin_id = p.id)
+                AND payledger.pick_provider(p.type, p.asset, p.external_method) IS NOT NULL
+              ORDER BY p.state_changed_at LIMIT batch
+              FOR NO KEY UPDATE OF p SKIP LOCKED LOOP
+        PERFORM payledger.open_invoice(w.id);
+    END LOOP;
+
+    WITH due AS (
+        SELECT i.id FROM payledger.invoices i JOIN payledger.providers pr ON pr.id = i.provider_id
+         WHERE i.next_check_at <= due_before
+           AND (i.locked_until IS NULL OR i.locked_until < now())
+           AND (pr.retry_after IS NULL OR pr.retry_after <= now())
+         ORDER BY i.next_check_at
+         LIMIT batch
+         FOR UPDATE OF i SKIP LOCKED),
+    claimed AS (
+        UPDATE payledger.invoices i
+           SET locked_until = now() + lease,
+               create_attempts = i.create_attempts + (i.status = 'creating')::integer
+          FROM due WHERE i.id = due.id
+        RETURNING i.*)
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'invoice_id', c.id, 'op', CASE WHEN c.status = 'creating' THEN 'create' ELSE 'check' END,
+               'provider_id', c.provider_id, 'kind', pr.kind, 'base_url', pr.base_url, 'config', pr.config,
+               'amount', c.amount, 'asset', c.asset, 'memo', c.memo,
+               'expiry_secs', greatest(1, extract(epoch FROM c.expiry)::bigint),
+               'external_id', c.external_id)), '[]')
+      INTO claims
+      FROM claimed c JOIN payledger.providers pr ON pr.id = c.provider_id;
+    RETURN claims;
+END;
 $$;
--- A whole metering run on demand, a transaction per step (a procedure: CALL
--- it outside a transaction block). No SET search_path (it could not COMMIT):
--- every name is qualified.
-CREATE OR REPLACE PROCEDURE payledger.meter_all(batch integer DEFAULT 1000, INOUT orgs integer DEFAULT NULL,
-                                     INOUT charged integer DEFAULT NULL, INOUT blocked integer DEFAULT NULL,
-                                     INOUT failed integer DEFAULT NULL)
+-- Step 3: apply one result, in its own short transaction (the worker and
+-- run_tick commit after each). One result per transaction is the lock order:
+-- settling locks the invoice, then its pay-in, then that pay-in's accounts in
+-- one pass, as a client's call does; a transaction settling two pay-ins would
+-- lock two passes of accounts, out of order with a client's single pass, and
+-- could deadlock with it. A result that cannot be applied is recorded on the
+-- invoice (backoff) with a WARNING, never lost. Returns the outcome in a word.
+CREATE OR REPLACE FUNCTION payledger.worker_apply(result jsonb)
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(result, 'result');
+    BEGIN
+        RETURN payledger.invoice_apply((result ->> 'invoice_id')::uuid, result);
+    EXCEPTION WHEN OTHERS THEN
+        UPDATE payledger.invoices i
+           SET last_error = left('applying the result: ' || SQLERRM, 500), locked_until = NULL,
+               errors = i.errors + 1, next_check_at = now() + payledger.backoff(i.errors + 1)
+         WHERE i.id = (result ->> 'invoice_id')::uuid;
+        RAISE WARNING 'payledger worker: invoice %: %', result ->> 'invoice_id', SQLERRM;
+        RETURN 'apply_error';
+    END;
+END;
+$$;
+-- After a batch's results are applied, in one more short transaction: the
+-- providers' health (providers in id order). One that answered anything is
+-- up; one that answered nothing backs off.
+CREATE OR REPLACE FUNCTION payledger.worker_provider_health(results jsonb)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    h record;
+BEGIN
+    PERFORM payledger.require(results, 'results');
+    FOR h IN SELECT (x ->> 'provider_id')::uuid AS id,
+                    bool_or(NOT (x ->> 'ok' = 'false' AND coalesce((x ->> 'retryable')::boolean, false))) AS answered,
+                    max(x ->> 'error') AS error
+               FROM jsonb_array_elements(results) x
+              WHERE x ? 'provider_id'
+              GROUP BY 1 ORDER BY 1 LOOP
+        IF h.answered THEN
+            UPDATE payledger.providers x SET consecutive_failures = 0, retry_after = NULL, last_ok_at = now()
+             WHERE x.id = h.id;
+        ELSE
+            UPDATE payledger.providers x
+               SET consecutive_failures = x.consecutive_failures + 1,
+                   retry_after = now() + payledger.backoff(x.consecutive_failures + 1),
+                   last_error = left(h.error, 500)
+             WHERE x.id = h.id;
+        END IF;
+    END LOOP;
+END;
+$$;
+CREATE OR REPLACE FUNCTION payledger.worker_note_tick(result jsonb, worker_pid integer DEFAULT NULL)
+RETURNS void LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    UPDATE payledger.worker_status
+       SET last_tick_at = now(), ticks = ticks + 1, last_result = result,
+           pid = coalesce(worker_pid, pid), started_at = CASE WHEN worker_pid IS DISTINCT FROM pid THEN now() ELSE started_at END;
+$$;
+-- One tick on demand, by the same steps as the background worker: claim and
+-- commit, call the providers in a statement that holds no row lock and no
+-- transaction id, record and commit, until nothing is due; then the
+-- housekeeping. For operators and tests (a procedure: CALL it outside an
+-- explicit transaction block).
+-- (No SET search_path: a procedure with one cannot COMMIT. Every name in it
+-- is qualified, and pg_catalog is searched first anyway.)
+CREATE OR REPLACE PROCEDURE payledger.run_tick(batch integer DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
-    r record;
-    after_org text;
+    started timestamptz := clock_timestamp();
+    claims jsonb;
+    results jsonb;
+    r jsonb;
+    outcome text;
+    counts jsonb := '{}';
+    h record;
+    calls integer;
+    got bigint;
+    took bigint;
+    step_started timestamptz;
+    n integer := coalesce(batch, payledger.setting_int('worker_batch_size'));
+    run record;
+    step record;
+    run_after text;
+    done bigint;
+    failed bigint;
 BEGIN
-    orgs := 0;
-    charged := 0;
-    failed := 0;
     LOOP
-        SELECT * INTO r FROM payledger.run_metering(batch, after_org);
+        claims := payledger.worker_claim(n, started);
         COMMIT;
-        orgs := orgs + r.orgs;
-        charged := charged + r.charged;
-        failed := failed + r.failed;
-        blocked := r.blocked;
-        after_org := r.last_org;
-        EXIT WHEN after_org IS NULL;
+        EXIT WHEN jsonb_array_length(claims) = 0;
+        results := payledger.provider_call(claims);
+        -- one result per transaction (see worker_apply)
+        FOR r IN SELECT x FROM jsonb_array_elements(results) x LOOP
+            outcome := payledger.worker_apply(r);
+            COMMIT;
+            counts := jsonb_set(counts, ARRAY[outcome], to_jsonb(coalesce((counts ->> outcome)::integer, 0) + 1));
+        END LOOP;
+        PERFORM payledger.worker_provider_health(results);
+        COMMIT;
+        EXIT WHEN jsonb_array_length(claims) < n;
     END LOOP;
-    PERFORM payledger.metering_done();
+    -- the housekeeping, a transaction per call (see housekeeping_plan)
+    FOR h IN SELECT * FROM payledger.housekeeping_plan(n) LOOP
+        calls := 0;
+        took := 0;
+        step_started := clock_timestamp();
+        LOOP
+            got := payledger.housekeeping_step(h.step, h.per_call);
+            COMMIT;
+            calls := calls + 1;
+            took := took + got;
+            EXIT WHEN got < h.per_call OR calls >= h.max_calls
+                   OR clock_timestamp() - step_started > coalesce(h.budget, interval '100 years');
+        END LOOP;
+        counts := counts || jsonb_build_object(h.step, took);
+    END LOOP;
+    -- the periodic runs that are due, whole, in this session (the worker
+    -- shares them out over several), a transaction per step
+    FOR run IN SELECT * FROM payledger.worker_runs_due() LOOP
+        run_after := NULL;
+        done := 0;
+        failed := 0;
+        LOOP
+            SELECT * INTO step FROM payledger.worker_run_step(run.name, n, run_after);
+            COMMIT;
+            done := done + step.done;
+            failed := failed + step.failed;
+            run_after := step.last;
+            EXIT WHEN run_after IS NULL;
+        END LOOP;
+        PERFORM payledger.worker_run_done(run.name);
+        COMMIT;
+        counts := counts || jsonb_build_object(run.counts_as, done, run.name || '_failed', failed);
+    END LOOP;
+    PERFORM payledger.worker_note_tick(counts);
+    COMMIT;
+    PERFORM payledger.announce_events();
+    COMMIT;
+    RAISE NOTICE 'payledger tick: %', counts;
 END;
 $$;
--- May the organisation do an action that uses these metrics? No when any of
--- them is over its plan in the current cycle with the overage unpaid (out
--- of credits); the others stay allowed (a download does not need storage).
-CREATE OR REPLACE FUNCTION payledger.credit_access(org text, metrics text[])
-RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT NOT EXISTS (
-        SELECT 1 FROM payledger.credit_meters b JOIN payledger.credit_orgs o ON o.org_id = b.org_id
-         WHERE b.org_id = org AND b.blocked AND b.metric = ANY (metrics)
-           AND b.cycle_start = payledger.credit_cycle_start(o.cycle_anchor, now()));
-$$;
----------------------------------------------------------------------------
--- Views for end users (the organisation is payledger.current_owner_id())
----------------------------------------------------------------------------
-
-CREATE VIEW payledger.my_credit_grants WITH (security_barrier) AS
-SELECT g.id, g.metric, g.source, g.category, g.priority, g.effective_at, g.expires_at,
-       payledger.credits_of(g.amount) AS granted, payledger.credits_of(a.balance) AS remaining
-  FROM payledger.credit_grants g JOIN payledger.accounts a ON a.id = g.account_id
- WHERE g.org_id = payledger.current_owner_id();
--- (a function, not get_total_credits itself: end users may not ask for
--- another organisation's credits)
-CREATE OR REPLACE FUNCTION payledger.my_total_credits()
-RETURNS TABLE (available numeric, granted_active numeric, next_expiry timestamptz, by_metric jsonb)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT t.* FROM payledger.get_total_credits(payledger.current_owner_id()) t
-     WHERE payledger.current_owner_id() IS NOT NULL;
-$$;
-CREATE VIEW payledger.my_credit_balance AS
-SELECT * FROM payledger.my_total_credits();
-CREATE VIEW payledger.my_credit_meters WITH (security_barrier) AS
-SELECT m.metric, m.cycle_start, m.overage, payledger.credits_of(m.cost) AS cost,
-       payledger.credits_of(m.charged) AS charged, m.blocked
-  FROM payledger.credit_meters m
- WHERE m.org_id = payledger.current_owner_id();
----------------------------------------------------------------------------
--- Invariants
----------------------------------------------------------------------------
-
-CREATE OR REPLACE FUNCTION payledger.credit_invariants()
-RETURNS TABLE (invariant text, subject text, detail text)
-LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    -- a grant's account: granted - consumed (not undone) - expired - voided
-    -- (set-based: one pass over the parts and the events, whatever the history)
-    SELECT 'credit_grant_balance', g.id::text,
-           format('balance %s, history says %s', a.balance, g.amount - coalesce(u.total, 0) - coalesce(e.total, 0))
-      FROM payledger.credit_grants g
-      JOIN payledger.accounts a ON a.id = g.account_id
-      LEFT JOIN (SELECT p.grant_id, sum(p.amount) AS total
-                   FROM payledger.credit_consumption_parts p
-                   JOIN payledger.credit_consumptions c ON c.id = p.consumption_id
-                  WHERE c.undone_at IS NULL GROUP BY p.grant_id) u ON u.grant_id = g.id
-      LEFT JOIN (SELECT e.grant_id, sum(e.amount) AS total FROM payledger.credit_grant_events e GROUP BY e.grant_id) e
-        ON e.grant_id = g.id
-     WHERE a.balance <> g.amount - coalesce(u.total, 0) - coalesce(e.total, 0)
-    UNION ALL
-    -- a live grant has its grant; a grant with credit left in effect is live or past its expiry
-    SELECT 'credit_live_grant', l.grant_id::text, 'no such grant'
-      FROM payledger.credit_live_grants l
-     WHERE NOT EXISTS (SELECT 1 FROM payledger.credit_grants g WHERE g.id = l.grant_id)
-    UNION ALL
-    SELECT 'credit_grant_not_live', g.id::text, 'credit left but not in the burn queue'
-      FROM payledger.credit_grants g JOIN payledger.accounts a ON a.id = g.account_id
-     WHERE a.balance > 0 AND NOT EXISTS (SELECT 1 FROM payledger.credit_live_grants l WHERE l.grant_id = g.id)
-    UNION ALL
-    -- a consumption's parts add up to it
-    SELECT 'credit_consumption_parts', c.id::text, format('%s consumed, parts %s', c.amount, coalesce(s.total, 0))
-      FROM payledger.credit_consumptions c
-      LEFT JOIN (SELECT p.consumption_id, sum(p.amount) AS total FROM payledger.credit_consumption_parts p GROUP BY 1) s
-        ON s.consumption_id = c.id
-     WHERE c.amount <> coalesce(s.total, 0)
-    UNION ALL
-    -- a meter charged what its consumptions burnt
-    SELECT 'credit_meter_charged', m.org_id || ' ' || m.metric || ' ' || m.cycle_start,
-           format('charged %s, burnt %s', m.charged, coalesce(s.total, 0))
-      FROM payledger.credit_meters m
-      LEFT JOIN (SELECT c.org_id, c.metric, split_part(c.idempotency_key, ':', 3) AS cyc, sum(c.amount) AS total
-                   FROM payledger.credit_consumptions c WHERE c.source = 'metering' AND c.undone_at IS NULL
-                  GROUP BY 1, 2, 3) s
-        ON s.org_id = m.org_id AND s.metric = m.metric AND s.cyc = extract(epoch FROM m.cycle_start)::bigint::text
-     WHERE m.charged <> coalesce(s.total, 0);
-$$;
----------------------------------------------------------------------------
--- Threshold events
----------------------------------------------------------------------------
-
--- The rules in force: the table's, or, while it is empty, the defaults
--- (50, 75, 90 and 100 % used; depleted/recovered; expiring within 7 days).
-CREATE OR REPLACE FUNCTION payledger.credit_threshold_rules()
-RETURNS TABLE (name text, kind text, value numeric)
-LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT t.name, t.kind, t.value FROM payledger.credit_thresholds t WHERE t.active
-    UNION ALL
-    SELECT d.name, d.kind, d.value
-      FROM (VALUES ('used_50', 'used_pct', 50::numeric), ('used_75', 'used_pct', 75), ('used_90', 'used_pct', 90),
-                   ('used_100', 'used_pct', 100), ('depleted', 'depleted', 0), ('expiring_7d', 'expiring', 7))
-           AS d(name, kind, value)
-     WHERE NOT EXISTS (SELECT 1 FROM payledger.credit_thresholds);
-$$;
-CREATE OR REPLACE FUNCTION payledger.set_credit_threshold(name text, kind text, value numeric DEFAULT 0, active boolean DEFAULT true)
-RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM payledger.require(name, 'name');
-    IF name !~ '^[a-z][a-z0-9_]{0,62}$' OR kind IS NULL OR kind NOT IN ('used_pct', 'depleted', 'expiring')
-       OR coalesce(value, -1) < 0 THEN
-        RAISE EXCEPTION 'a threshold has a lower-case name, a kind (used_pct, depleted, expiring) and a value >= 0'
-            USING ERRCODE = '22023';
-    END IF;
-    INSERT INTO payledger.credit_thresholds AS t (name, kind, value, active)
-    VALUES (name, kind, value, coalesce(active, true))
-    ON CONFLICT ON CONSTRAINT credit_thresholds_pkey DO UPDATE
-       SET kind = excluded.kind, value = excluded.value, active = excluded.active;
-END;
-$$;
--- Evaluate an organisation's rules against its credits now; write an event
--- (credits.threshold, credits.depleted, credits.recovered, credits.expiring)
--- for each rule whose state changed, once per crossing. Percentages are of
--- the active granted credit only (expired credit is not "used").
--- Threshold crossings for a batch of organisations (the caller holds their
--- credit locks, so two checks cannot both see one crossing): each rule's
--- state is compared with the organisation's credits now; a change is
--- recorded, and a rising edge (or depleted's falling edge, "recovered") is
--- written to the outbox. Returns the events written.
-CREATE OR REPLACE FUNCTION payledger.credit_thresholds(orgs text[])
-RETURNS integer LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    n integer;
-BEGIN
-    WITH t AS (
-        -- get_total_credits(org), for many
-        -- (in minor units; credits in the events)
-        SELECT o.org_id, coalesce(sum(a.balance), 0) AS available, coalesce(sum(g.amount), 0) AS granted_active,
-               min(l.expires_at) FILTER (WHERE a.balance > 0) AS next_expiry
-          FROM unnest(orgs) AS o(org_id)
-          LEFT JOIN payledger.credit_live_grants l
-            ON l.org_id = o.org_id AND l.effective_at <= now() AND (l.expires_at IS NULL OR l.expires_at > now())
-          LEFT JOIN payledger.accounts a ON a.id = l.account_id
-          LEFT JOIN payledger.credit_grants g ON g.id = l.grant_id
-         GROUP BY o.org_id),
-    c AS (
-        SELECT q.* FROM (
-            SELECT t.*, r.name, r.kind, r.value, r.n, coalesce(s.crossed, false) AS was,
-                   coalesce(CASE r.kind
-                       WHEN 'used_pct' THEN t.granted_active > 0 AND (t.granted_active - t.available) * 100 >= r.value * t.granted_active
-                       WHEN 'depleted' THEN t.granted_active > 0 AND t.available = 0
-                       WHEN 'expiring' THEN t.available > 0 AND t.next_expiry <= now() + make_interval(days => r.value::integer)
-                   END, false) AS crossed
-              FROM t CROSS JOIN payledger.credit_threshold_rules() WITH ORDINALITY AS r(name, kind, value, n)
-              LEFT JOIN payledger.credit_threshold_state s ON s.org_id = t.org_id AND s.threshold = r.name) q
-         WHERE q.crossed <> q.was),
-    changed AS (
-        INSERT INTO payledger.credit_threshold_state AS s (org_id, threshold, crossed, changed_at)
-        SELECT c.org_id, c.name, c.crossed, now() FROM c
-        ON CONFLICT ON CONSTRAINT credit_threshold_state_pkey DO UPDATE
-           SET crossed = excluded.crossed, changed_at = excluded.changed_at)
-    INSERT INTO payledger.events (topic, subject_id, owner_id, payload)
-    SELECT CASE WHEN c.kind = 'depleted' AND c.crossed THEN 'credits.depleted'
-                WHEN c.kind = 'depleted' THEN 'credits.recovered'
-                WHEN c.kind = 'expiring' THEN 'credits.expiring'
-                ELSE 'credits.threshold' END,
-           NULL, c.org_id,
-           jsonb_build_object('org', c.org_id, 'threshold', c.name, 'kind', c.kind, 'value', c.value,
-                              'available', payledger.credits_of(c.available::bigint),
-                              'granted_active', payledger.credits_of(c.granted_active::bigint), 'next_expiry', c.next_expiry)
-      FROM c WHERE c.crossed OR c.kind = 'depleted'
-     ORDER BY c.org_id, c.n;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
-END;
-$$;
-CREATE OR REPLACE FUNCTION payledger.credit_check_thresholds(org text)
-RETURNS integer LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT payledger.credit_lock(org);
-    SELECT payledger.credit_thresholds(ARRAY[org]);
-$$;
--- Organisations whose credit expires within the longest "expiring" window:
--- time alone crosses that rule, so the worker asks (housekeeping).
-CREATE OR REPLACE FUNCTION payledger.credit_check_expiring(max_orgs integer DEFAULT 1000)
-RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    days numeric := (SELECT max(r.value) FROM payledger.credit_threshold_rules() r WHERE r.kind = 'expiring');
-BEGIN
-    PERFORM payledger.require_limit(max_orgs, 'max_orgs');
-    IF days IS NULL THEN
-        RETURN 0;
-    END IF;
-    RETURN payledger.credit_thresholds(ARRAY(
-        SELECT o.org_id
-          FROM (SELECT DISTINCT l.org_id FROM payledger.credit_live_grants l
-                 WHERE l.expires_at BETWEEN now() - interval '1 day' AND now() + make_interval(days => days::integer)
-                 ORDER BY l.org_id LIMIT max_orgs) o
-         WHERE payledger.credit_try_lock(o.org_id)));
-END;
-$$;
-SELECT payledger.register_housekeeping_step('credits', 'credit_grants_expired', 30, 'payledger.expire_credits(integer)',
-                                            max_calls => 1),
-       payledger.register_housekeeping_step('credits', 'credit_expiry_events', 40,
-                                            'payledger.credit_check_expiring(integer)', max_calls => 1);
----------------------------------------------------------------------------
--- History
----------------------------------------------------------------------------
-
--- Month by month (calendar months, UTC, the current one included) for an
--- organisation: per metric, the cycle's usage, plan limit and overage, the
--- credits used for it (paid and promotional), credit expired and voided from
--- grants scoped to it, and what was left for it at the month's end; the
--- metric '*' holds what concerns grants usable for any metric.
-CREATE OR REPLACE FUNCTION payledger.credit_history(org text, months integer DEFAULT 12)
-RETURNS TABLE (month date, metric text, usage numeric, monthly_limit numeric, overage numeric,
-               credits_used numeric, paid_used numeric, promotional_used numeric, expired numeric, voided numeric,
-               closing_balance numeric)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM payledger.require(org, 'org');
-    IF months IS NULL OR months NOT BETWEEN 1 AND 120 THEN
-        RAISE EXCEPTION 'months must be between 1 and 120' USING ERRCODE = '22023';
-    END IF;
-    RETURN QUERY
-    WITH m AS (
-        SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') - make_interval(months => g))::date AS month
-          FROM generate_series(0, months - 1) g),
-    metrics AS (SELECT x.metric FROM payledger.credit_metrics x UNION ALL SELECT '*'),
-    used AS (
-        SELECT date_trunc('month', c.usage_at AT TIME ZONE 'UTC')::date AS month, c.metric,
-               sum(p.amount) AS total, sum(p.amount) FILTER (WHERE p.category = 'paid') AS paid,
-               sum(p.amount) FILTER (WHERE p.category = 'promotional') AS promo
-          FROM payledger.credit_consumptions c JOIN payledger.credit_consumption_parts p ON p.consumption_id = c.id
-         WHERE c.org_id = org AND c.undone_at IS NULL
-         GROUP BY 1, 2),
-    lost AS (
-        SELECT date_trunc('month', e.at AT TIME ZONE 'UTC')::date AS month, coalesce(g.metric, '*') AS metric,
-               sum(e.amount) FILTER (WHERE e.kind IN ('expired', 'restored_expired')) AS expired,
-               sum(e.amount) FILTER (WHERE e.kind = 'voided') AS voided
-          FROM payledger.credit_grant_events e JOIN payledger.credit_grants g ON g.id = e.grant_id
-         WHERE g.org_id = org
-         GROUP BY 1, 2),
-    meter AS (
-        SELECT date_trunc('month', u.cycle_start AT TIME ZONE 'UTC')::date AS month, u.metric,
-               sum(u.usage) AS usage, max(l.monthly_limit) AS monthly_limit, sum(mt.overage) AS overage
-          FROM payledger.credit_usage u
-          JOIN payledger.credit_orgs o ON o.org_id = u.org_id
-          LEFT JOIN payledger.credit_plan_limits l ON l.plan = o.plan AND l.metric = u.metric
-          LEFT JOIN payledger.credit_meters mt ON mt.org_id = u.org_id AND mt.metric = u.metric AND mt.cycle_start = u.cycle_start
-         WHERE u.org_id = org
-         GROUP BY 1, 2)
-    SELECT m.month, x.metric, meter.usage, meter.monthly_limit, meter.overage,
-           payledger.credits_of(coalesce(used.total, 0)::bigint), payledger.credits_of(coalesce(used.paid, 0)::bigint),
-           payledger.credits_of(coalesce(used.promo, 0)::bigint), payledger.credits_of(coalesce(lost.expired, 0)::bigint),
-           payledger.credits_of(coalesce(lost.voided, 0)::bigint),
-           (SELECT t.available FROM payledger.get_total_credits(org, nullif(x.metric, '*'),
-                                   least(now(), ((m.month + interval '1 month') AT TIME ZONE 'UTC') - interval '1 microsecond')) t)
-      FROM m CROSS JOIN metrics x
-      LEFT JOIN used ON used.month = m.month AND used.metric = x.metric
-      LEFT JOIN lost ON lost.month = m.month AND lost.metric = x.metric
-      LEFT JOIN meter ON meter.month = m.month AND meter.metric = x.metric
-     ORDER BY m.month DESC, x.metric;
-END;
-$$;
-CREATE OR REPLACE FUNCTION payledger.my_credit_history(months integer DEFAULT 12)
-RETURNS TABLE (month date, metric text, usage numeric, monthly_limit numeric, overage numeric,
-               credits_used numeric, paid_used numeric, promotional_used numeric, expired numeric, voided numeric,
-               closing_balance numeric)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT * FROM payledger.credit_history(payledger.current_owner_id(), months)
-     WHERE payledger.current_owner_id() IS NOT NULL;
-$$;
-CREATE VIEW payledger.my_credit_history AS
-SELECT * FROM payledger.my_credit_history(12);
 
 -- src/nostr/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
 -- requires:
---   provider_api
+--   worker
 --   nostr_verify_event
 --   verify_zap_receipt
 
@@ -5706,6 +4207,1706 @@ SELECT j.id, j.request_id, j.request_kind, j.customer_pubkey, j.policy, j.price_
   FROM payledger.nostr_jobs j
  WHERE j.owner_id = payledger.current_owner_id();
 
+-- src/credits/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   worker
+
+-- payledger credits: prepaid credits in grants (lots), burnt in one order,
+-- metered against plans, blocked per metric. The model is Capgo's usage
+-- credits (issue #941) with the semantics of OpenMeter, Lago, Stripe and Orb
+-- (../shared/reference/credits-semantics.md); see docs/credits.md.
+--
+-- Every movement of credits is a ledger journal in the credits asset: each
+-- grant has its own account (kind credit_grant) whose balance is what is
+-- left of it; issuing, consuming, expiring and voiding move money between
+-- that account and the system accounts credits_issued / credits_consumed /
+-- credits_expired / credits_voided. Grant rows are never edited.
+
+-- Grant accounts and the system accounts are the credits module's: the
+-- generic API neither opens nor moves them (PL034), so that no credit is made
+-- or spent outside this module.
+INSERT INTO payledger.account_kinds (kind, description, builtin, module) VALUES
+    ('credit_sink', 'where consumed, expired or voided credits go', true, 'credits'),
+    ('credit_source', 'where granted credits come from', true, 'credits');
+UPDATE payledger.account_kinds SET module = 'credits' WHERE kind = 'credit_grant';
+-- At most one row (none: the defaults); set with credits_configure().
+CREATE TABLE payledger.credit_settings (
+    id    boolean PRIMARY KEY DEFAULT true CHECK (id),
+    asset text NOT NULL DEFAULT 'credit',
+    -- how long after a grant's expiry usage from before it may still burn it
+    -- (metering runs late; the sweep waits this long)
+    expiry_grace interval NOT NULL DEFAULT '1 day' CHECK (expiry_grace >= '0')
+);
+CREATE TABLE payledger.credit_metrics (
+    metric     text PRIMARY KEY CHECK (metric ~ '^[a-z][a-z0-9_]{0,62}$'),
+    -- counter: usage adds up over the cycle (MAU, bandwidth, build time);
+    -- gauge: the cycle's usage is its highest reading (storage)
+    kind       text NOT NULL CHECK (kind IN ('counter', 'gauge')),
+    unit       text NOT NULL DEFAULT 'unit',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE payledger.credit_grants (
+    id              uuid PRIMARY KEY,
+    org_id          text NOT NULL,
+    amount          bigint NOT NULL CHECK (amount > 0),   -- in the credits asset's minor unit
+    metric          text,                                 -- NULL: any metric
+    priority        integer NOT NULL DEFAULT 10 CHECK (priority BETWEEN 0 AND 1000),  -- lower burns first
+    category        text NOT NULL CHECK (category IN ('paid', 'promotional')),
+    source          text NOT NULL CHECK (source IN ('purchase', 'recurring_purchase', 'gift_code', 'promotion',
+                                                    'manual', 'rollover')),
+    effective_at    timestamptz NOT NULL,
+    expires_at      timestamptz,                          -- NULL: never
+    cost_basis      numeric CHECK (cost_basis >= 0),      -- what one credit cost, in cost_asset
+    cost_asset      text,
+    payin_id        uuid,                                 -- the pay-in that bought it
+    account_id      uuid NOT NULL UNIQUE,                 -- what is left of it
+    grant_journal   uuid NOT NULL,
+    idempotency_key text,
+    metadata        jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    CHECK (expires_at IS NULL OR expires_at > effective_at)
+);
+CREATE UNIQUE INDEX credit_grants_key ON payledger.credit_grants (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE UNIQUE INDEX credit_grants_payin ON payledger.credit_grants (payin_id) WHERE payin_id IS NOT NULL;
+CREATE INDEX credit_grants_org ON payledger.credit_grants (org_id, effective_at);
+-- The burn queue: the grants in effect or to come, in burn order. A grant
+-- leaves it when it has expired (and been swept) or is voided; its history
+-- stays in the ledger. Balances and burns read these rows, never the past.
+CREATE TABLE payledger.credit_live_grants (
+    grant_id     uuid PRIMARY KEY,
+    org_id       text NOT NULL,
+    metric       text,
+    priority     integer NOT NULL,
+    expires_at   timestamptz,
+    promo_first  smallint NOT NULL,   -- 0 promotional, 1 paid
+    effective_at timestamptz NOT NULL,
+    account_id   uuid NOT NULL
+);
+CREATE INDEX credit_live_burn ON payledger.credit_live_grants
+    (org_id, priority, expires_at NULLS LAST, promo_first, effective_at, grant_id);
+CREATE INDEX credit_live_expiry ON payledger.credit_live_grants (expires_at) WHERE expires_at IS NOT NULL;
+-- A consumption: credits burnt for a metric at a time, by key; its parts say
+-- which grants paid for it. An undo restores the same grants.
+CREATE TABLE payledger.credit_consumptions (
+    id              uuid PRIMARY KEY,
+    org_id          text NOT NULL,
+    metric          text NOT NULL,
+    amount          bigint NOT NULL CHECK (amount >= 0),  -- burnt (may be less than asked)
+    requested       bigint NOT NULL CHECK (requested > 0),
+    usage_at        timestamptz NOT NULL,
+    idempotency_key text NOT NULL,
+    journal_id      uuid,
+    undone_at       timestamptz,
+    undo_journal    uuid,
+    source          text NOT NULL DEFAULT 'api' CHECK (source IN ('api', 'metering')),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (org_id, idempotency_key),
+    CHECK ((amount > 0) = (journal_id IS NOT NULL)),
+    CHECK ((undone_at IS NULL) = (undo_journal IS NULL) OR amount = 0)
+);
+CREATE INDEX credit_consumptions_org ON payledger.credit_consumptions (org_id, usage_at);
+CREATE TABLE payledger.credit_consumption_parts (
+    consumption_id uuid NOT NULL,
+    grant_id       uuid NOT NULL,
+    amount         bigint NOT NULL CHECK (amount > 0),
+    category       text NOT NULL,
+    PRIMARY KEY (consumption_id, grant_id)
+);
+CREATE INDEX credit_consumption_parts_grant ON payledger.credit_consumption_parts (grant_id);
+-- Expiries and voids, one row per grant event (the journal says how much).
+CREATE TABLE payledger.credit_grant_events (
+    grant_id   uuid NOT NULL,
+    kind       text NOT NULL CHECK (kind IN ('expired', 'voided', 'restored_expired')),
+    amount     bigint NOT NULL CHECK (amount > 0),
+    journal_id uuid NOT NULL,
+    at         timestamptz NOT NULL DEFAULT now(),
+    reason     text,
+    PRIMARY KEY (grant_id, journal_id)
+);
+-- Overage prices, in credits per unit, by step of the cycle's overage
+-- (graduated: each step prices the units that fall in it).
+CREATE TABLE payledger.credit_price_tiers (
+    metric          text NOT NULL REFERENCES payledger.credit_metrics,
+    from_units      numeric NOT NULL CHECK (from_units >= 0),
+    to_units        numeric CHECK (to_units > from_units),      -- NULL: no upper bound
+    credits_per_unit numeric NOT NULL CHECK (credits_per_unit >= 0),
+    PRIMARY KEY (metric, from_units)
+);
+CREATE TABLE payledger.credit_packages (
+    id           uuid PRIMARY KEY,
+    name         text NOT NULL UNIQUE CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'),
+    metric       text REFERENCES payledger.credit_metrics,  -- NULL: any metric
+    credits      bigint NOT NULL CHECK (credits > 0),
+    price_asset  text NOT NULL,
+    price        bigint NOT NULL CHECK (price > 0),
+    -- NULL: one-time; else each period of a subscription grants again
+    period       interval CHECK (period > '0'),
+    validity     interval NOT NULL DEFAULT '1 year' CHECK (validity > '0'),
+    priority     integer NOT NULL DEFAULT 10,
+    active       boolean NOT NULL DEFAULT true,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE payledger.gift_codes (
+    code            text PRIMARY KEY CHECK (code ~ '^[A-Za-z0-9_-]{4,64}$'),
+    credits         bigint NOT NULL CHECK (credits > 0),
+    metric          text REFERENCES payledger.credit_metrics,
+    valid_until     timestamptz,                 -- the code's own expiry
+    validity        interval NOT NULL DEFAULT '1 year' CHECK (validity > '0'),  -- of each grant
+    max_redemptions integer CHECK (max_redemptions > 0),  -- NULL: no total limit
+    per_org_limit   integer NOT NULL DEFAULT 1 CHECK (per_org_limit > 0),
+    redemptions     integer NOT NULL DEFAULT 0 CHECK (redemptions >= 0),
+    priority        integer NOT NULL DEFAULT 5,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    CHECK (max_redemptions IS NULL OR redemptions <= max_redemptions)
+);
+CREATE TABLE payledger.gift_redemptions (
+    code     text NOT NULL,
+    org_id   text NOT NULL,
+    n        integer NOT NULL CHECK (n > 0),
+    grant_id uuid NOT NULL,
+    at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (code, org_id, n)
+);
+-- Plans: a monthly limit per metric; usage beyond it is paid with credits.
+CREATE TABLE payledger.credit_plans (
+    name       text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE payledger.credit_plan_limits (
+    plan   text NOT NULL REFERENCES payledger.credit_plans,
+    metric text NOT NULL REFERENCES payledger.credit_metrics,
+    monthly_limit numeric NOT NULL CHECK (monthly_limit >= 0),
+    PRIMARY KEY (plan, metric)
+);
+CREATE TABLE payledger.credit_orgs (
+    org_id      text PRIMARY KEY,
+    plan        text REFERENCES payledger.credit_plans,  -- NULL: no plan, every unit is overage
+    cycle_anchor timestamptz NOT NULL DEFAULT date_trunc('month', now()),  -- cycles are months from here
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+-- Usage readings: counters add up over the cycle; gauges keep the highest.
+CREATE TABLE payledger.credit_usage (
+    org_id      text NOT NULL,
+    metric      text NOT NULL,
+    cycle_start timestamptz NOT NULL,
+    usage       numeric NOT NULL DEFAULT 0 CHECK (usage >= 0),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org_id, metric, cycle_start)
+);
+-- The metering watermark and blocking state per org, metric and cycle: the
+-- credits charged so far for the cycle's overage, and what could not be
+-- paid. A run charges cost(overage) - charged, under this row's lock.
+CREATE TABLE payledger.credit_meters (
+    org_id      text NOT NULL,
+    metric      text NOT NULL,
+    cycle_start timestamptz NOT NULL,
+    overage     numeric NOT NULL DEFAULT 0,
+    cost        bigint NOT NULL DEFAULT 0 CHECK (cost >= 0),     -- credits the overage costs
+    charged     bigint NOT NULL DEFAULT 0 CHECK (charged >= 0),  -- credits burnt for it
+    forgiven    bigint NOT NULL DEFAULT 0 CHECK (forgiven >= 0), -- charges undone (refunded)
+    blocked     boolean NOT NULL DEFAULT false,                  -- owed and out of credits
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org_id, metric, cycle_start),
+    CHECK (charged + forgiven <= cost),
+    CHECK (blocked = (charged + forgiven < cost))
+);
+CREATE INDEX credit_meters_blocked ON payledger.credit_meters (org_id) WHERE blocked;
+-- A meter as a metering run sees it (meter_batch's working set).
+CREATE TYPE payledger.credit_meter_due AS (
+    org_id      text,
+    metric      text,
+    cycle_start timestamptz,
+    usage_at    timestamptz,  -- the latest reading's time (at most now): the burn is judged then
+    overage     numeric,
+    owed        bigint,       -- what the overage costs now, never less than settled
+    settled     bigint,       -- charged + forgiven so far
+    charged     bigint,
+    is_new      boolean,      -- no meter row yet
+    changed     boolean       -- overage or cost differ from the row's
+);
+-- Threshold rules: an event is written when an organisation's credits cross
+-- one (once per crossing): used_pct (share of active granted credit used, in
+-- percent), depleted (nothing left; its falling edge is "recovered"),
+-- expiring (credit left expires within `days`).
+CREATE TABLE payledger.credit_thresholds (
+    name   text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    kind   text NOT NULL CHECK (kind IN ('used_pct', 'depleted', 'expiring')),
+    value  numeric NOT NULL DEFAULT 0 CHECK (value >= 0),  -- percent, or days
+    active boolean NOT NULL DEFAULT true
+);
+-- Whether each rule holds for each organisation, as last seen.
+CREATE TABLE payledger.credit_threshold_state (
+    org_id     text NOT NULL,
+    threshold  text NOT NULL,
+    crossed    boolean NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org_id, threshold)
+);
+ALTER TABLE payledger.credit_thresholds ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_threshold_state ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_settings ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_metrics ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_grants ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_live_grants ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_consumptions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_consumption_parts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_grant_events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_price_tiers ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_packages ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.gift_codes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.gift_redemptions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_plans ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_plan_limits ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_orgs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_usage ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_meters ENABLE ROW LEVEL SECURITY;
+CREATE TRIGGER credit_grants_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.credit_grants
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+CREATE TRIGGER credit_consumption_parts_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.credit_consumption_parts
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+CREATE TRIGGER credit_grant_events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.credit_grant_events
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_settings', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_metrics', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_grants', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_live_grants', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_consumptions', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_consumption_parts', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_grant_events', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_price_tiers', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_packages', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.gift_codes', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.gift_redemptions', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_plans', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_plan_limits', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_orgs', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_usage', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_meters', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_thresholds', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_threshold_state', '');
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   credits_schema
+
+-- payledger credits: the settings, the system accounts, and how credits move
+-- (through the ledger engine, as the module that owns the accounts).
+-- Amounts in and out are credits as numeric (exact, up to the credits
+-- asset's scale); stored as its minor unit. Everything done to one
+-- organisation's credits runs under a transaction advisory lock on the
+-- organisation, taken first: concurrent consumers queue and never
+-- overspend, and the lock order stays org, then accounts.
+
+CREATE OR REPLACE FUNCTION payledger.credit_asset()
+RETURNS text LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT s.asset FROM payledger.credit_settings s), 'credit');
+$$;
+-- The credits asset (created on first use), its scale and the expiry grace.
+CREATE OR REPLACE FUNCTION payledger.credits_configure(
+    asset        text DEFAULT 'credit',
+    scale        integer DEFAULT 6,
+    expiry_grace interval DEFAULT '1 day')
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(asset, 'asset');
+    IF NOT EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = credits_configure.asset) THEN
+        PERFORM payledger.create_asset(asset, coalesce(scale, 6), 'prepaid credits');
+    END IF;
+    IF expiry_grace < '0' THEN
+        RAISE EXCEPTION 'expiry_grace must not be negative' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.credit_settings AS s (id, asset, expiry_grace)
+    VALUES (true, asset, coalesce(expiry_grace, '1 day'))
+    ON CONFLICT ON CONSTRAINT credit_settings_pkey DO UPDATE
+       SET asset = excluded.asset, expiry_grace = excluded.expiry_grace;
+    -- consumption credits one account for every organisation: shard it
+    PERFORM payledger.set_account_shards(payledger.credit_system_account('credits_consumed'), 16);
+    RETURN asset;
+END;
+$$;
+-- A system account of the credits asset: credits_issued (the source of
+-- grants, may go negative), credits_consumed, credits_expired, credits_voided.
+CREATE OR REPLACE FUNCTION payledger.credit_system_account(name text)
+RETURNS uuid LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger.open_account_as('credits', 'payledger', payledger.credit_asset(),
+                                     CASE WHEN name = 'credits_issued' THEN 'credit_source' ELSE 'credit_sink' END,
+                                     name, name = 'credits_issued', NULL, '{}');
+$$;
+-- Credits move between the module's own accounts (grants, system accounts),
+-- which the generic API refuses (PL034): through the engine, as the module.
+CREATE OR REPLACE FUNCTION payledger.credit_move(from_account uuid, to_account uuid, amount bigint, metadata jsonb,
+                                      effective_at timestamptz, kind text)
+RETURNS uuid LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT (payledger.apply_as('credits', jsonb_build_object(
+        'from', from_account, 'to', to_account, 'amount', amount, 'metadata', metadata,
+        'effective_at', effective_at, 'kind', kind))).journal_id;
+$$;
+CREATE OR REPLACE FUNCTION payledger.credit_post(postings jsonb, metadata jsonb, kind text)
+RETURNS uuid LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT (payledger.apply_as('credits', jsonb_build_object(
+        'postings', postings, 'metadata', metadata, 'kind', kind))).journal_id;
+$$;
+-- Credits (numeric) to the asset's minor unit; too many decimals is PL001.
+CREATE OR REPLACE FUNCTION payledger.credits_minor(credits numeric, what text DEFAULT 'credits')
+RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    scale integer;
+    v numeric;
+BEGIN
+    PERFORM payledger.require(credits, what);
+    SELECT a.scale INTO scale FROM payledger.assets a WHERE a.code = payledger.credit_asset();
+    IF scale IS NULL THEN
+        RAISE EXCEPTION 'the credits asset % does not exist: call credits_configure()', payledger.credit_asset()
+            USING ERRCODE = 'PL003';
+    END IF;
+    v := credits * (10::numeric ^ scale);
+    IF v <> trunc(v) OR v <= 0 OR v > 9223372036854775807 THEN
+        RAISE EXCEPTION '% must be positive with at most % decimals, got %', what, scale, credits USING ERRCODE = 'PL001';
+    END IF;
+    RETURN v::bigint;
+END;
+$$;
+-- (a definer: the end-user views call it, and end users may not read assets)
+CREATE OR REPLACE FUNCTION payledger.credits_of(minor bigint)
+RETURNS numeric LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT trim_scale(minor / (10::numeric ^ (SELECT a.scale FROM payledger.assets a WHERE a.code = payledger.credit_asset())));
+$$;
+CREATE OR REPLACE FUNCTION payledger.credit_lock(org text)
+RETURNS void LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('payledger.credits:' || org, 0));
+$$;
+-- For sweeps over many organisations (expiry, metering): they hold the
+-- shared sink accounts' rows while moving on to the next organisation, so
+-- waiting for an organisation there could deadlock with its own consumer.
+-- They skip a busy organisation instead; the next sweep takes it.
+CREATE OR REPLACE FUNCTION payledger.credit_try_lock(org text)
+RETURNS boolean LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended('payledger.credits:' || org, 0));
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   credits_accounts
+
+-- payledger credits: metrics, their price tiers, plans, organisations and
+-- their billing cycles (admin).
+
+CREATE OR REPLACE FUNCTION payledger.register_credit_metric(metric text, kind text DEFAULT 'counter', unit text DEFAULT 'unit')
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(metric, 'metric');
+    IF metric !~ '^[a-z][a-z0-9_]{0,62}$' OR kind IS NULL OR kind NOT IN ('counter', 'gauge') THEN
+        RAISE EXCEPTION 'a metric is a lower-case name, of kind counter or gauge' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.credit_metrics AS m (metric, kind, unit) VALUES (metric, kind, coalesce(unit, 'unit'))
+    ON CONFLICT ON CONSTRAINT credit_metrics_pkey DO NOTHING;
+    IF NOT FOUND AND (SELECT m.kind FROM payledger.credit_metrics m WHERE m.metric = register_credit_metric.metric) <> kind THEN
+        RAISE EXCEPTION 'metric % exists with another kind', metric USING ERRCODE = 'PL014';
+    END IF;
+    RETURN metric;
+END;
+$$;
+CREATE OR REPLACE FUNCTION payledger.credit_require_metric(metric text)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    IF metric IS NOT NULL AND NOT EXISTS (SELECT 1 FROM payledger.credit_metrics m WHERE m.metric = credit_require_metric.metric) THEN
+        RAISE EXCEPTION 'metric % is not registered', metric USING ERRCODE = 'PL031';
+    END IF;
+END;
+$$;
+-- tiers: [{"from": 0, "to": 1000000, "price": 0.003}, {"from": 1000000, "price": 0.0022}]
+-- in credits per unit of overage, contiguous from 0, the last one open.
+CREATE OR REPLACE FUNCTION payledger.set_credit_price_tiers(metric text, tiers jsonb)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+    expect numeric := 0;
+    n integer := 0;
+    last_open boolean := false;
+BEGIN
+    PERFORM payledger.require(metric, 'metric');
+    PERFORM payledger.require(tiers, 'tiers');
+    PERFORM payledger.credit_require_metric(metric);
+    IF jsonb_typeof(tiers) <> 'array' OR jsonb_array_length(tiers) = 0 THEN
+        RAISE EXCEPTION 'tiers must be a non-empty JSON array' USING ERRCODE = '22023';
+    END IF;
+    DELETE FROM payledger.credit_price_tiers p WHERE p.metric = set_credit_price_tiers.metric;
+    FOR t IN SELECT (x ->> 'from')::numeric AS f, (x ->> 'to')::numeric AS u, (x ->> 'price')::numeric AS price
+               FROM jsonb_array_elements(tiers) x LOOP
+        IF last_open OR t.f IS DISTINCT FROM expect OR t.price IS NULL OR t.price < 0 OR (t.u IS NOT NULL AND t.u <= t.f) THEN
+            RAISE EXCEPTION 'tiers must run contiguously from 0 (each "from" the previous "to"), with a price >= 0'
+                USING ERRCODE = '22023';
+        END IF;
+        INSERT INTO payledger.credit_price_tiers VALUES (metric, t.f, t.u, t.price);
+        expect := t.u;
+        last_open := t.u IS NULL;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END;
+$$;
+-- What an overage costs, in credits (graduated tiers), rounded up to the
+-- asset's minor unit once, on the total.
+CREATE OR REPLACE FUNCTION payledger.credit_cost(metric text, overage numeric)
+RETURNS numeric LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT trim_scale(ceil(coalesce(sum((least(overage, coalesce(p.to_units, overage)) - p.from_units) * p.credits_per_unit), 0)
+                           * (10::numeric ^ a.scale)) / (10::numeric ^ a.scale))
+      FROM payledger.assets a
+      LEFT JOIN payledger.credit_price_tiers p ON p.metric = credit_cost.metric AND p.from_units < greatest(overage, 0)
+     WHERE a.code = payledger.credit_asset()
+     GROUP BY a.scale;
+$$;
+CREATE OR REPLACE FUNCTION payledger.define_credit_plan(name text, limits jsonb)
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    k text;
+BEGIN
+    PERFORM payledger.require(name, 'name');
+    IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' OR jsonb_typeof(limits) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'a plan has a name and limits as {"metric": monthly limit}' USING ERRCODE = '22023';
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(limits) LOOP
+        PERFORM payledger.credit_require_metric(k);
+        IF jsonb_typeof(limits -> k) <> 'number' OR (limits ->> k)::numeric < 0 THEN
+            RAISE EXCEPTION 'the limit of % must be a number >= 0', k USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+    INSERT INTO payledger.credit_plans (name) VALUES (name) ON CONFLICT DO NOTHING;
+    DELETE FROM payledger.credit_plan_limits l WHERE l.plan = define_credit_plan.name;
+    INSERT INTO payledger.credit_plan_limits (plan, metric, monthly_limit)
+    SELECT name, e.key, e.value::text::numeric FROM jsonb_each(limits) e;
+    RETURN name;
+END;
+$$;
+-- An organisation's plan and billing-cycle anchor (cycles are months from it).
+CREATE OR REPLACE FUNCTION payledger.set_credit_org(org text, plan text DEFAULT NULL, cycle_anchor timestamptz DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    IF plan IS NOT NULL AND NOT EXISTS (SELECT 1 FROM payledger.credit_plans p WHERE p.name = set_credit_org.plan) THEN
+        RAISE EXCEPTION 'plan % does not exist', plan USING ERRCODE = 'PL031';
+    END IF;
+    INSERT INTO payledger.credit_orgs AS o (org_id, plan, cycle_anchor)
+    VALUES (org, plan, coalesce(cycle_anchor, date_trunc('month', now())))
+    ON CONFLICT ON CONSTRAINT credit_orgs_pkey DO UPDATE
+       SET plan = excluded.plan, cycle_anchor = coalesce(set_credit_org.cycle_anchor, o.cycle_anchor);
+END;
+$$;
+-- The start of the monthly cycle containing t: anchor + m months, for the m
+-- that lands in t's own month, or the one before it (months clamp to their
+-- last day: from Jan 31 the cycles start Feb 28, Mar 31, ...).
+CREATE OR REPLACE FUNCTION payledger.credit_cycle_start(anchor timestamptz, t timestamptz)
+RETURNS timestamptz LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m integer := (extract(year FROM t) - extract(year FROM anchor)) * 12 + extract(month FROM t) - extract(month FROM anchor);
+BEGIN
+    RETURN anchor + make_interval(months => m - (anchor + make_interval(months => m) > t)::integer);
+END;
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   credits_registries
+
+-- payledger credits: grants (lots), voids and expiry.
+
+-- Grant credits to an organisation: a lot with its own account, funded by
+-- one journal. Idempotent per (org, idempotency_key): a repeat returns the
+-- first grant; with other terms it is PL008. Topping up settles the
+-- organisation's unpaid overage at once (and lifts its blocks).
+CREATE OR REPLACE FUNCTION payledger.grant_credits(
+    org             text,
+    credits         numeric,
+    source          text DEFAULT 'manual',
+    metric          text DEFAULT NULL,
+    priority        integer DEFAULT 10,
+    expires_at      timestamptz DEFAULT NULL,
+    effective_at    timestamptz DEFAULT NULL,
+    never_expires   boolean DEFAULT false,
+    cost_basis      numeric DEFAULT NULL,
+    cost_asset      text DEFAULT NULL,
+    payin           uuid DEFAULT NULL,
+    idempotency_key text DEFAULT NULL,
+    metadata        jsonb DEFAULT NULL)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    g payledger.credit_grants;
+    amount bigint;
+    id uuid := payledger.new_id();
+    acc uuid;
+    eff timestamptz := coalesce(effective_at, now());
+    exp timestamptz;
+    cat text;
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    PERFORM payledger.require(source, 'source');
+    IF source NOT IN ('purchase', 'recurring_purchase', 'gift_code', 'promotion', 'manual', 'rollover') THEN
+        RAISE EXCEPTION 'unknown grant source %', source USING ERRCODE = '22023';
+    END IF;
+    IF priority IS NULL OR priority NOT BETWEEN 0 AND 1000 THEN
+        RAISE EXCEPTION 'priority must be between 0 and 1000' USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.credit_settings) THEN
+        PERFORM payledger.credits_configure();
+    END IF;
+    amount := payledger.credits_minor(credits);
+    PERFORM payledger.credit_require_metric(metric);
+    exp := CASE WHEN never_expires THEN NULL ELSE coalesce(expires_at, eff + interval '1 year') END;
+    IF exp IS NOT NULL AND exp <= eff THEN
+        RAISE EXCEPTION 'a grant must expire after it takes effect' USING ERRCODE = '22023';
+    END IF;
+    cat := CASE WHEN source IN ('gift_code', 'promotion') THEN 'promotional' ELSE 'paid' END;
+    PERFORM payledger.credit_lock(org);
+    IF idempotency_key IS NOT NULL OR payin IS NOT NULL THEN
+        SELECT * INTO g FROM payledger.credit_grants x
+         WHERE (x.org_id = org AND x.idempotency_key = grant_credits.idempotency_key)
+            OR x.payin_id = grant_credits.payin;
+        IF FOUND THEN
+            IF (g.org_id, g.amount, g.metric, g.source, g.priority) IS DISTINCT FROM (org, amount, metric, source, priority) THEN
+                RAISE EXCEPTION 'idempotency key % (or pay-in %) was used for another grant', idempotency_key, payin
+                    USING ERRCODE = 'PL008', DETAIL = 'grant ' || g.id;
+            END IF;
+            RETURN g.id;
+        END IF;
+    END IF;
+    acc := payledger.open_account_as('credits', org, payledger.credit_asset(), 'credit_grant', 'grant:' || id,
+                                     false, NULL, '{}');
+    INSERT INTO payledger.credit_grants (id, org_id, amount, metric, priority, category, source, effective_at, expires_at,
+                                         cost_basis, cost_asset, payin_id, account_id, grant_journal, idempotency_key, metadata)
+    VALUES (id, org, amount, metric, priority, cat, source, eff, exp, cost_basis, cost_asset, payin, acc,
+            payledger.credit_move(payledger.credit_system_account('credits_issued'), acc, amount,
+                                  jsonb_build_object('grant', id), eff, 'credit_grant'),
+            idempotency_key, coalesce(metadata, '{}'));
+    INSERT INTO payledger.credit_live_grants VALUES
+        (id, org, metric, priority, exp, CASE cat WHEN 'promotional' THEN 0 ELSE 1 END, eff, acc);
+    INSERT INTO payledger.credit_orgs (org_id) VALUES (org) ON CONFLICT DO NOTHING;
+    -- the new credit pays what metering could not (and lifts the blocks)
+    IF EXISTS (SELECT 1 FROM payledger.credit_meters m WHERE m.org_id = org AND m.blocked) THEN
+        PERFORM payledger.meter_batch(ARRAY[org], true);
+    END IF;
+    PERFORM payledger.credit_check_thresholds(org);
+    RETURN id;
+END;
+$$;
+-- Forfeit what is left of a grant (idempotent: a voided grant has nothing left).
+CREATE OR REPLACE FUNCTION payledger.void_grant(grant_id uuid, reason text DEFAULT NULL)
+RETURNS numeric LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    g payledger.credit_grants;
+    left_ bigint;
+    j uuid;
+BEGIN
+    PERFORM payledger.require(grant_id, 'grant_id');
+    SELECT * INTO g FROM payledger.credit_grants x WHERE x.id = grant_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'grant % does not exist', grant_id USING ERRCODE = 'PL031';
+    END IF;
+    PERFORM payledger.credit_lock(g.org_id);
+    DELETE FROM payledger.credit_live_grants l WHERE l.grant_id = g.id;
+    left_ := payledger.balance(g.account_id);
+    IF left_ > 0 THEN
+        j := payledger.credit_move(g.account_id, payledger.credit_system_account('credits_voided'), left_,
+                                   jsonb_build_object('grant', g.id, 'reason', reason), NULL, 'credit_void');
+        INSERT INTO payledger.credit_grant_events VALUES (g.id, 'voided', left_, j, now(), reason);
+        PERFORM payledger.credit_check_thresholds(g.org_id);
+    END IF;
+    RETURN payledger.credits_of(coalesce(left_, 0));
+END;
+$$;
+-- Expire what is left of grants past their expiry (and its grace, so that
+-- late metering of usage from before the expiry can still burn them): one
+-- engine batch, so every account is locked in one pass (a loop of transfers
+-- would lock them out of order and could deadlock with a consumer). An
+-- organisation busy at that moment is skipped and left to the next sweep.
+-- Returns the grants expired.
+CREATE OR REPLACE FUNCTION payledger.expire_credits(max_grants integer DEFAULT 1000)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = payledger, pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    grace interval := coalesce((SELECT s.expiry_grace FROM payledger.credit_settings s), '1 day');
+    sink uuid;
+    orgs text[];
+    locked text[];
+    g_id uuid[];
+    g_account uuid[];
+    g_left bigint[];
+    r record;
+BEGIN
+    PERFORM payledger.require_limit(max_grants, 'max_grants');
+    max_grants := least(max_grants, payledger.setting_int('max_batch_size'));
+    SELECT coalesce(array_agg(DISTINCT l.org_id ORDER BY l.org_id), '{}') INTO orgs
+      FROM (SELECT l.org_id FROM payledger.credit_live_grants l WHERE l.expires_at < now() - grace
+             ORDER BY l.org_id, l.expires_at LIMIT max_grants) l;
+    -- (try-locks, in org_id order: a sweep never waits for an organisation)
+    SELECT coalesce(array_agg(x.org_id ORDER BY x.o), '{}') INTO locked
+      FROM unnest(orgs) WITH ORDINALITY AS x(org_id, o) WHERE payledger.credit_try_lock(x.org_id);
+    IF cardinality(locked) = 0 THEN
+        RETURN 0;
+    END IF;
+    -- under the organisations' locks a grant's balance does not change
+    WITH gone AS (
+        DELETE FROM payledger.credit_live_grants l
+         WHERE l.grant_id IN (SELECT x.grant_id FROM payledger.credit_live_grants x
+                               WHERE x.org_id = ANY (locked) AND x.expires_at < now() - grace
+                               ORDER BY x.org_id, x.expires_at LIMIT max_grants)
+        RETURNING l.grant_id, l.account_id)
+    SELECT coalesce(array_agg(g.grant_id ORDER BY g.grant_id), '{}'), coalesce(array_agg(g.account_id ORDER BY g.grant_id), '{}'),
+           coalesce(array_agg(a.balance ORDER BY g.grant_id), '{}')
+      INTO g_id, g_account, g_left
+      FROM gone g JOIN payledger.accounts a ON a.id = g.account_id;
+    IF EXISTS (SELECT 1 FROM unnest(g_left) b WHERE b > 0) THEN
+        sink := payledger.credit_system_account('credits_expired');
+        FOR r IN
+            WITH x AS (
+                SELECT x.grant_id, x.account_id, x.amount, row_number() OVER (ORDER BY x.grant_id) AS i
+                  FROM unnest(g_id, g_account, g_left) AS x(grant_id, account_id, amount) WHERE x.amount > 0),
+            b AS (  -- (a CTE: the batch runs once)
+                SELECT * FROM payledger.engine_batch_as('credits', (
+                    SELECT jsonb_agg(jsonb_build_object(
+                               'postings', jsonb_build_array(jsonb_build_object('account', x.account_id, 'amount', -x.amount),
+                                                             jsonb_build_object('account', sink, 'amount', x.amount)),
+                               'idempotency_key', 'credit-expire:' || x.grant_id,
+                               'metadata', jsonb_build_object('grant', x.grant_id), 'kind', 'credit_expire') ORDER BY x.i)
+                      FROM x)))
+            SELECT b.status, b.journal_id, b.sqlstate, b.message, b.detail, x.grant_id, x.amount
+              FROM x JOIN b ON b.item = x.i LOOP
+            IF r.status = 'error' THEN
+                PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+            END IF;
+            INSERT INTO payledger.credit_grant_events VALUES (r.grant_id, 'expired', r.amount, r.journal_id, now(), NULL);
+        END LOOP;
+    END IF;
+    PERFORM payledger.credit_thresholds(locked);
+    RETURN cardinality(g_id);
+END;
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   credits_grants
+
+-- payledger credits: consumption in burn order, undo, and balances
+-- (get_total_credits).
+
+-- Burn credits for a metric, judged at the usage's own time, in the one burn
+-- order: priority, then soonest expiry (never last), then promotional before
+-- paid, then oldest, then id. Only grants scoped to the metric (or to any)
+-- that had not expired at usage_at count, and that are in effect by now (a
+-- later top-up pays earlier usage: overage carries forward). Idempotent per (org, key): a repeat returns the
+-- first consumption; with other terms it is PL008. Not enough credit: PL006,
+-- unless partial, which burns what there is and reports the shortfall.
+CREATE OR REPLACE FUNCTION payledger.consume_credits(
+    org             text,
+    metric          text,
+    credits         numeric,
+    idempotency_key text,
+    usage_at        timestamptz DEFAULT NULL,
+    partial         boolean DEFAULT false)
+RETURNS TABLE (consumption_id uuid, consumed numeric, shortfall numeric, parts jsonb)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    c payledger.credit_consumptions;
+    want bigint;
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    PERFORM payledger.require(metric, 'metric');
+    PERFORM payledger.require(idempotency_key, 'idempotency_key');
+    PERFORM payledger.credit_require_metric(metric);
+    want := payledger.credits_minor(credits);
+    c := payledger.credit_burn(org, metric, want, idempotency_key, usage_at, coalesce(partial, false));
+    RETURN QUERY SELECT c.id, payledger.credits_of(c.amount), payledger.credits_of(c.requested - c.amount),
+        (SELECT coalesce(jsonb_agg(jsonb_build_object('grant', p.grant_id, 'credits', payledger.credits_of(p.amount),
+                                                      'category', p.category) ORDER BY p.amount DESC), '[]')
+           FROM payledger.credit_consumption_parts p WHERE p.consumption_id = c.id);
+END;
+$$;
+-- The burn itself, in minor units (metering burns set-based: meter_batch).
+CREATE OR REPLACE FUNCTION payledger.credit_burn(org text, metric text, want bigint, key text, usage_at timestamptz,
+                                      partial boolean)
+RETURNS payledger.credit_consumptions
+LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    c payledger.credit_consumptions;
+    g record;
+    left_ bigint := want;
+    take bigint;
+    postings jsonb := '[]';
+    id uuid := payledger.new_id();
+    j uuid;
+    part_grants uuid[] := '{}';
+    part_amounts bigint[] := '{}';
+    part_categories text[] := '{}';
+BEGIN
+    PERFORM payledger.credit_lock(org);
+    SELECT * INTO c FROM payledger.credit_consumptions x WHERE x.org_id = org AND x.idempotency_key = key;
+    -- (usage_at NULL: now; a repeat without it matches whatever time the first had)
+    IF FOUND THEN
+        IF (c.metric, c.requested) IS DISTINCT FROM (metric, want) OR c.usage_at <> coalesce(usage_at, c.usage_at) THEN
+            RAISE EXCEPTION 'idempotency key % was used for another consumption', key
+                USING ERRCODE = 'PL008', DETAIL = 'consumption ' || c.id;
+        END IF;
+        RETURN c;
+    END IF;
+    usage_at := coalesce(usage_at, now());
+    FOR g IN SELECT l.grant_id, l.account_id, l.promo_first, a.balance
+               FROM payledger.credit_live_grants l JOIN payledger.accounts a ON a.id = l.account_id
+              WHERE l.org_id = org AND (l.metric IS NULL OR l.metric = credit_burn.metric)
+                AND l.effective_at <= greatest(usage_at, now()) AND (l.expires_at IS NULL OR l.expires_at > usage_at)
+              ORDER BY l.priority, l.expires_at NULLS LAST, l.promo_first, l.effective_at, l.grant_id LOOP
+        EXIT WHEN left_ = 0;
+        CONTINUE WHEN g.balance <= 0;
+        take := least(g.balance, left_);
+        left_ := left_ - take;
+        postings := postings || jsonb_build_object('account', g.account_id, 'amount', -take);
+        part_grants := part_grants || g.grant_id;
+        part_amounts := part_amounts || take;
+        part_categories := part_categories || CASE g.promo_first WHEN 0 THEN 'promotional' ELSE 'paid' END;
+    END LOOP;
+    IF left_ > 0 AND NOT partial THEN
+        RAISE EXCEPTION 'organisation % has % credits for %, needs %', org, payledger.credits_of(want - left_), metric,
+            payledger.credits_of(want) USING ERRCODE = 'PL006';
+    END IF;
+    IF want > left_ THEN
+        j := payledger.credit_post(postings || jsonb_build_object('account', payledger.credit_system_account('credits_consumed'),
+                                                                  'amount', want - left_),
+                                   jsonb_build_object('consumption', id, 'org', org, 'metric', metric), 'credit_consume');
+    END IF;
+    INSERT INTO payledger.credit_consumptions (id, org_id, metric, amount, requested, usage_at, idempotency_key, journal_id)
+    VALUES (id, org, metric, want - left_, want, usage_at, key, j)
+    RETURNING * INTO c;
+    INSERT INTO payledger.credit_consumption_parts (consumption_id, grant_id, amount, category)
+    SELECT id, x.g, x.a, x.c FROM unnest(part_grants, part_amounts, part_categories) AS x(g, a, c);
+    PERFORM payledger.credit_check_thresholds(org);
+    RETURN c;
+END;
+$$;
+-- Give a consumption back to the grants that paid for it; what returns to a
+-- grant that has expired or was voided since expires again at once.
+-- Idempotent.
+CREATE OR REPLACE FUNCTION payledger.undo_consumption(consumption uuid, reason text DEFAULT NULL)
+RETURNS numeric LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    c payledger.credit_consumptions;
+    p record;
+    postings jsonb := '[]';
+    j uuid;
+    j2 uuid;
+BEGIN
+    PERFORM payledger.require(consumption, 'consumption');
+    SELECT * INTO c FROM payledger.credit_consumptions x WHERE x.id = consumption;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'consumption % does not exist', consumption USING ERRCODE = 'PL031';
+    END IF;
+    PERFORM payledger.credit_lock(c.org_id);
+    SELECT * INTO c FROM payledger.credit_consumptions x WHERE x.id = consumption FOR UPDATE;
+    IF c.undone_at IS NOT NULL OR c.amount = 0 THEN
+        RETURN 0;
+    END IF;
+    FOR p IN SELECT cp.grant_id, cp.amount, g.account_id FROM payledger.credit_consumption_parts cp
+               JOIN payledger.credit_grants g ON g.id = cp.grant_id WHERE cp.consumption_id = c.id LOOP
+        postings := postings || jsonb_build_object('account', p.account_id, 'amount', p.amount);
+    END LOOP;
+    j := payledger.credit_post(postings || jsonb_build_object('account', payledger.credit_system_account('credits_consumed'),
+                                                              'amount', -c.amount),
+                               jsonb_build_object('undo', c.id, 'reason', reason), 'credit_undo');
+    UPDATE payledger.credit_consumptions x SET undone_at = now(), undo_journal = j WHERE x.id = c.id;
+    -- a metering charge undone is forgiven: its meter is settled without it
+    -- (and not charged again)
+    IF c.source = 'metering' THEN
+        UPDATE payledger.credit_meters m
+           SET charged = m.charged - c.amount, forgiven = m.forgiven + c.amount, updated_at = now()
+         WHERE m.org_id = c.org_id AND m.metric = c.metric
+           AND m.cycle_start = to_timestamp(split_part(c.idempotency_key, ':', 3)::bigint);
+    END IF;
+    FOR p IN SELECT cp.grant_id, cp.amount, g.account_id, g.org_id, g.metric, g.priority, g.expires_at, g.category,
+                    g.effective_at,
+                    (g.expires_at IS NOT NULL AND g.expires_at <= now())
+                    OR EXISTS (SELECT 1 FROM payledger.credit_grant_events e WHERE e.grant_id = g.id AND e.kind = 'voided') AS dead
+               FROM payledger.credit_consumption_parts cp JOIN payledger.credit_grants g ON g.id = cp.grant_id
+              WHERE cp.consumption_id = c.id LOOP
+        IF p.dead THEN
+            j2 := payledger.credit_move(p.account_id, payledger.credit_system_account('credits_expired'), p.amount,
+                                        jsonb_build_object('grant', p.grant_id, 'undo', c.id), NULL, 'credit_expire');
+            INSERT INTO payledger.credit_grant_events VALUES (p.grant_id, 'restored_expired', p.amount, j2, now(), reason);
+        ELSE
+            INSERT INTO payledger.credit_live_grants VALUES
+                (p.grant_id, p.org_id, p.metric, p.priority, p.expires_at,
+                 CASE p.category WHEN 'promotional' THEN 0 ELSE 1 END, p.effective_at, p.account_id)
+            ON CONFLICT DO NOTHING;
+        END IF;
+    END LOOP;
+    PERFORM payledger.credit_check_thresholds(c.org_id);
+    RETURN payledger.credits_of(c.amount);
+END;
+$$;
+---------------------------------------------------------------------------
+-- Balances
+---------------------------------------------------------------------------
+
+-- An organisation's credits: available (what it may spend now, or at `at`),
+-- the active grants' total, the next expiry of credit still available, and
+-- the same by metric scope ("*" for grants usable on any metric). With a
+-- metric: the grants usable for it. Reads the live grants only (now) or the
+-- organisation's grants and one balance lookup each (at a past time): never
+-- the history of consumption.
+CREATE OR REPLACE FUNCTION payledger.get_total_credits(org text, metric text DEFAULT NULL, at timestamptz DEFAULT NULL)
+RETURNS TABLE (available numeric, granted_active numeric, next_expiry timestamptz, by_metric jsonb)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    PERFORM payledger.credit_require_metric(metric);
+    -- now: the live grants; in the past: the grants in effect then, each
+    -- with its balance at that time from the ledger (one branch runs)
+    RETURN QUERY
+    WITH g AS (
+        SELECT coalesce(l.metric, '*') AS scope, a.balance AS left_, cg.amount, l.expires_at
+          FROM payledger.credit_live_grants l
+          JOIN payledger.accounts a ON a.id = l.account_id
+          JOIN payledger.credit_grants cg ON cg.id = l.grant_id
+         WHERE (get_total_credits.at IS NULL OR get_total_credits.at >= now())
+           AND l.org_id = org AND (get_total_credits.metric IS NULL OR l.metric IS NULL OR l.metric = get_total_credits.metric)
+           AND l.effective_at <= coalesce(get_total_credits.at, now())
+           AND (l.expires_at IS NULL OR l.expires_at > coalesce(get_total_credits.at, now()))
+        UNION ALL
+        SELECT coalesce(cg.metric, '*'), payledger.balance_at(cg.account_id, get_total_credits.at), cg.amount, cg.expires_at
+          FROM payledger.credit_grants cg
+         WHERE get_total_credits.at < now()
+           AND cg.org_id = org AND (get_total_credits.metric IS NULL OR cg.metric IS NULL OR cg.metric = get_total_credits.metric)
+           AND cg.effective_at <= get_total_credits.at AND (cg.expires_at IS NULL OR cg.expires_at > get_total_credits.at))
+    SELECT payledger.credits_of(coalesce(sum(g.left_), 0)::bigint),
+           payledger.credits_of(coalesce(sum(g.amount), 0)::bigint),
+           min(g.expires_at) FILTER (WHERE g.left_ > 0),
+           coalesce((SELECT jsonb_object_agg(s.scope, payledger.credits_of(s.total))
+                       FROM (SELECT g2.scope, sum(g2.left_)::bigint AS total FROM g g2 GROUP BY g2.scope) s), '{}')
+      FROM g;
+END;
+$$;
+CREATE OR REPLACE FUNCTION payledger.get_total_credits(org uuid, metric text DEFAULT NULL, at timestamptz DEFAULT NULL)
+RETURNS TABLE (available numeric, granted_active numeric, next_expiry timestamptz, by_metric jsonb)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT * FROM payledger.get_total_credits(org::text, metric, at);
+$$;
+CREATE OR REPLACE FUNCTION payledger.get_total_credits(org bigint, metric text DEFAULT NULL, at timestamptz DEFAULT NULL)
+RETURNS TABLE (available numeric, granted_active numeric, next_expiry timestamptz, by_metric jsonb)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT * FROM payledger.get_total_credits(org::text, metric, at);
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   credits_consumption
+
+-- payledger credits: gift codes.
+
+CREATE OR REPLACE FUNCTION payledger.create_gift_code(
+    code            text,
+    credits         numeric,
+    metric          text DEFAULT NULL,
+    valid_until     timestamptz DEFAULT NULL,
+    validity        interval DEFAULT '1 year',
+    max_redemptions integer DEFAULT NULL,
+    per_org_limit   integer DEFAULT 1,
+    priority        integer DEFAULT 5)
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(code, 'code');
+    IF code !~ '^[A-Za-z0-9_-]{4,64}$' THEN
+        RAISE EXCEPTION 'a gift code is 4 to 64 letters, digits, _ or -' USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.credit_settings) THEN
+        PERFORM payledger.credits_configure();
+    END IF;
+    PERFORM payledger.credit_require_metric(metric);
+    IF coalesce(max_redemptions, 1) <= 0 OR coalesce(per_org_limit, 0) <= 0 OR coalesce(validity, '0') <= '0' THEN
+        RAISE EXCEPTION 'limits and validity must be positive' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.gift_codes (code, credits, metric, valid_until, validity, max_redemptions, per_org_limit, priority)
+    VALUES (code, payledger.credits_minor(credits), metric, valid_until, validity, max_redemptions, per_org_limit,
+            coalesce(priority, 5))
+    ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'gift code % exists', code USING ERRCODE = 'PL014';
+    END IF;
+    RETURN code;
+END;
+$$;
+-- A promotional grant from a code. Errors change nothing: an unknown code
+-- PL031; expired or used up PL032; redeemed already by this organisation (as
+-- often as its per-organisation limit allows) PL033.
+CREATE OR REPLACE FUNCTION payledger.redeem_gift_code(code text, org text)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    gc payledger.gift_codes;
+    n integer;
+    gid uuid;
+BEGIN
+    PERFORM payledger.require(code, 'code');
+    PERFORM payledger.require(org, 'org');
+    SELECT * INTO gc FROM payledger.gift_codes x WHERE x.code = redeem_gift_code.code FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'gift code % does not exist', code USING ERRCODE = 'PL031';
+    END IF;
+    IF gc.valid_until IS NOT NULL AND gc.valid_until <= now() THEN
+        RAISE EXCEPTION 'gift code % has expired', code USING ERRCODE = 'PL032';
+    END IF;
+    IF gc.max_redemptions IS NOT NULL AND gc.redemptions >= gc.max_redemptions THEN
+        RAISE EXCEPTION 'gift code % has been redeemed % times, its limit', code, gc.redemptions USING ERRCODE = 'PL032';
+    END IF;
+    SELECT count(*) INTO n FROM payledger.gift_redemptions r WHERE r.code = gc.code AND r.org_id = org;
+    IF n >= gc.per_org_limit THEN
+        RAISE EXCEPTION 'organisation % has already redeemed gift code %', org, code USING ERRCODE = 'PL033';
+    END IF;
+    gid := payledger.grant_credits(org, payledger.credits_of(gc.credits), 'gift_code', gc.metric, gc.priority,
+                                   now() + gc.validity, idempotency_key => 'gift:' || gc.code || ':' || (n + 1),
+                                   metadata => jsonb_build_object('gift_code', gc.code));
+    INSERT INTO payledger.gift_redemptions (code, org_id, n, grant_id) VALUES (gc.code, org, n + 1, gid);
+    UPDATE payledger.gift_codes x SET redemptions = x.redemptions + 1 WHERE x.code = gc.code;
+    RETURN gid;
+END;
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   credits_gifts
+
+-- payledger credits: packages, bought with a pay-in (or a subscription).
+
+CREATE OR REPLACE FUNCTION payledger.define_credit_package(
+    name            text,
+    credits         numeric,
+    price_asset     text,
+    price           bigint,
+    metric          text DEFAULT NULL,
+    period          interval DEFAULT NULL,
+    validity        interval DEFAULT '1 year',
+    priority        integer DEFAULT 10)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    id uuid;
+BEGIN
+    PERFORM payledger.require(name, 'name');
+    PERFORM payledger.require(price_asset, 'price_asset');
+    PERFORM payledger.require(price, 'price');
+    IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
+        RAISE EXCEPTION 'invalid package name %', name USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.credit_settings) THEN
+        PERFORM payledger.credits_configure();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = price_asset) THEN
+        RAISE EXCEPTION 'asset % does not exist', price_asset USING ERRCODE = 'PL003';
+    END IF;
+    IF price <= 0 THEN
+        RAISE EXCEPTION 'price must be positive' USING ERRCODE = 'PL001';
+    END IF;
+    IF coalesce(validity, '0') <= '0' OR coalesce(period, '1 day') <= '0' THEN
+        RAISE EXCEPTION 'validity and period must be positive' USING ERRCODE = '22023';
+    END IF;
+    PERFORM payledger.credit_require_metric(metric);
+    INSERT INTO payledger.credit_packages (id, name, metric, credits, price_asset, price, period, validity, priority)
+    VALUES (payledger.new_id(), name, metric, payledger.credits_minor(credits), price_asset, price, period, validity,
+            coalesce(priority, 10))
+    ON CONFLICT DO NOTHING
+    RETURNING credit_packages.id INTO id;
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'package % exists', name USING ERRCODE = 'PL014';
+    END IF;
+    -- the pay-in and pay-out types a purchase uses
+    PERFORM payledger.register_payin_type('CREDIT_PACKAGE', 'a credit package');
+    PERFORM payledger.register_payout_type('CREDIT_SALE', 'the sale of credits');
+    RETURN id;
+END;
+$$;
+-- Buy a package: a pay-in of its price (paid by the given methods, to the
+-- seller's revenue account); the grant is made when the pay-in is PAID
+-- (at once when balances cover it), exactly once per pay-in.
+CREATE OR REPLACE FUNCTION payledger.buy_credit_package(
+    org             text,
+    package         text,
+    methods         jsonb,
+    revenue_account uuid,
+    payer           text DEFAULT NULL,
+    idempotency_key text DEFAULT NULL)
+RETURNS TABLE (payin_id uuid, state payledger.payin_state, grant_id uuid)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    pk payledger.credit_packages;
+    p record;
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    PERFORM payledger.require(package, 'package');
+    PERFORM payledger.require(revenue_account, 'revenue_account');
+    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = package AND x.active;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'credit package % does not exist', package USING ERRCODE = 'PL031';
+    END IF;
+    SELECT * INTO p FROM payledger.create_payin(coalesce(payer, org), 'CREDIT_PACKAGE', pk.price_asset, pk.price, methods,
+        jsonb_build_array(jsonb_build_object('type', 'CREDIT_SALE', 'account', revenue_account, 'amount', pk.price)),
+        NULL, NULL, idempotency_key, NULL, jsonb_build_object('credit_package', pk.name, 'credit_org', org));
+    RETURN QUERY SELECT p.payin_id, p.state, (SELECT g.id FROM payledger.credit_grants g WHERE g.payin_id = p.payin_id);
+END;
+$$;
+-- A credit package's pay-in reached PAID (a handler of the pay-in
+-- lifecycle, in the settling transaction): it grants its credits; a
+-- subscription's renewals are recurring.
+CREATE OR REPLACE FUNCTION payledger.credits_payin_paid(p payledger.payins)
+RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    pk payledger.credit_packages;
+BEGIN
+    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = p.metadata ->> 'credit_package';
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM payledger.grant_credits(coalesce(p.metadata ->> 'credit_org', p.owner_id), payledger.credits_of(pk.credits),
+        CASE WHEN p.metadata ? 'subscription' THEN 'recurring_purchase' ELSE 'purchase' END,
+        pk.metric, pk.priority, now() + pk.validity,
+        cost_basis => round(pk.price::numeric / payledger.credits_of(pk.credits), 12), cost_asset => pk.price_asset,
+        payin => p.id, metadata => jsonb_build_object('package', pk.name));
+END;
+$$;
+SELECT payledger.register_payin_handler('credits', 'reached', 100, '{PAID}',
+                                        'payledger.credits_payin_paid(payledger.payins)', 'CREDIT_PACKAGE');
+-- A recurring package: a subscription whose every paid period grants.
+CREATE OR REPLACE FUNCTION payledger.subscribe_credit_package(
+    org             text,
+    package         text,
+    revenue_account uuid,
+    methods         jsonb DEFAULT '[{"external": "invoice"}]',
+    payer           text DEFAULT NULL,
+    starts_at       timestamptz DEFAULT NULL)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    pk payledger.credit_packages;
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = package AND x.active;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'credit package % does not exist', package USING ERRCODE = 'PL031';
+    END IF;
+    IF pk.period IS NULL THEN
+        RAISE EXCEPTION 'credit package % is one-time, not recurring', package USING ERRCODE = '22023';
+    END IF;
+    RETURN payledger.create_subscription(coalesce(payer, org), 'CREDIT_PACKAGE', pk.price_asset, pk.price, pk.period,
+        methods, jsonb_build_array(jsonb_build_object('type', 'CREDIT_SALE', 'account', revenue_account, 'amount', pk.price)),
+        NULL, NULL, NULL, starts_at, jsonb_build_object('credit_package', pk.name, 'credit_org', org));
+END;
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   credits_packages
+
+-- payledger credits: usage, metering against plans (a periodic run of the
+-- worker), and per-metric access.
+
+-- A usage reading: counters add up over the cycle, gauges keep the highest.
+CREATE OR REPLACE FUNCTION payledger.record_usage(org text, metric text, amount numeric, at timestamptz DEFAULT NULL)
+RETURNS numeric LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    k text;
+    o payledger.credit_orgs;
+    cyc timestamptz;
+    total numeric;
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    PERFORM payledger.require(metric, 'metric');
+    PERFORM payledger.require(amount, 'amount');
+    SELECT m.kind INTO k FROM payledger.credit_metrics m WHERE m.metric = record_usage.metric;
+    IF k IS NULL THEN
+        RAISE EXCEPTION 'metric % is not registered', metric USING ERRCODE = 'PL031';
+    END IF;
+    IF amount < 0 THEN
+        RAISE EXCEPTION 'usage must not be negative' USING ERRCODE = 'PL001';
+    END IF;
+    INSERT INTO payledger.credit_orgs (org_id) VALUES (org) ON CONFLICT DO NOTHING;
+    SELECT * INTO o FROM payledger.credit_orgs x WHERE x.org_id = org;
+    cyc := payledger.credit_cycle_start(o.cycle_anchor, coalesce(at, now()));
+    INSERT INTO payledger.credit_usage AS u (org_id, metric, cycle_start, usage, updated_at)
+    VALUES (org, metric, cyc, amount, coalesce(at, now()))
+    ON CONFLICT ON CONSTRAINT credit_usage_pkey DO UPDATE
+       SET usage = CASE WHEN k = 'counter' THEN u.usage + excluded.usage ELSE greatest(u.usage, excluded.usage) END,
+           updated_at = greatest(u.updated_at, excluded.updated_at)
+    RETURNING u.usage INTO total;
+    RETURN total;
+END;
+$$;
+-- Metering's core, set-based over a batch of organisations: for each meter
+-- (organisation, metric, cycle), cost(overage) - what is settled, burnt from
+-- credits at the time of the latest reading, in burn order; one journal per
+-- organisation; what cannot be paid blocks that metric. The meters looked at
+-- are the current and the previous cycle's (readings arrive late) and any
+-- older one still blocked; only_unpaid: just the blocked ones (after a
+-- top-up). The caller holds each organisation's credit lock, under which
+-- alone meter rows and grant balances change. Returns the meters charged.
+CREATE OR REPLACE FUNCTION payledger.meter_batch(orgs text[], only_unpaid boolean)
+RETURNS integer LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    unit numeric;
+    due payledger.credit_meter_due[];
+    grants payledger.credit_live_grants[];
+    g_id uuid[];
+    g_account uuid[];
+    g_promo smallint[];
+    g_left bigint[];
+    want bigint[];
+    pair_due integer[];
+    pair_grant integer[];
+    part_due integer[] := '{}';
+    part_grant uuid[] := '{}';
+    part_account uuid[] := '{}';
+    part_promo smallint[] := '{}';
+    part_take bigint[] := '{}';
+    parts integer := 0;
+    d integer;
+    g integer;
+    take bigint;
+    sink uuid;
+    items jsonb[];
+    j_orgs text[];
+    j_ids uuid[] := '{}';
+    cons uuid[];
+    r record;
+BEGIN
+    IF cardinality(orgs) = 0 THEN
+        RETURN 0;
+    END IF;
+    unit := 10::numeric ^ (SELECT a.scale FROM payledger.assets a WHERE a.code = payledger.credit_asset());
+    -- 1. the meters and what their overage costs now (graduated tiers,
+    -- rounded up to the minor unit once, on the total; never less than what
+    -- is settled: a lower reading refunds nothing)
+    SELECT coalesce(array_agg(ROW(x.org_id, x.metric, x.cycle_start, x.usage_at, x.overage, x.owed, x.settled, x.charged,
+                                  x.old_cost IS NULL, x.overage IS DISTINCT FROM x.old_overage OR x.owed IS DISTINCT FROM x.old_cost
+                                  )::payledger.credit_meter_due ORDER BY x.org_id, x.cycle_start, x.metric), '{}')
+      INTO due
+      FROM (WITH o AS MATERIALIZED (  -- (the cycle bounds once per organisation)
+                SELECT o.org_id, o.plan,
+                       payledger.credit_cycle_start(o.cycle_anchor, payledger.credit_cycle_start(o.cycle_anchor, now())
+                                                                    - interval '1 microsecond') AS since
+                  FROM payledger.credit_orgs o WHERE o.org_id = ANY (orgs))
+            SELECT u.org_id, u.metric, u.cycle_start, least(u.updated_at, now()) AS usage_at, v.overage,
+                   greatest(least(ceil(coalesce(t.credits, 0) * unit), 9223372036854775807)::bigint,
+                            coalesce(m.charged + m.forgiven, 0)) AS owed,
+                   coalesce(m.charged + m.forgiven, 0) AS settled, coalesce(m.charged, 0) AS charged,
+                   m.overage AS old_overage, m.cost AS old_cost
+              FROM o
+              JOIN payledger.credit_usage u ON u.org_id = o.org_id
+              LEFT JOIN payledger.credit_meters m
+                ON m.org_id = u.org_id AND m.metric = u.metric AND m.cycle_start = u.cycle_start
+              LEFT JOIN payledger.credit_plan_limits l ON l.plan = o.plan AND l.metric = u.metric
+              -- no plan: every unit is overage
+              CROSS JOIN LATERAL (SELECT greatest(u.usage - coalesce(l.monthly_limit, 0), 0) AS overage) v
+              LEFT JOIN LATERAL (
+                   SELECT sum((least(v.overage, coalesce(p.to_units, v.overage)) - p.from_units) * p.credits_per_unit) AS credits
+                     FROM payledger.credit_price_tiers p WHERE p.metric = u.metric AND p.from_units < v.overage) t ON true
+             WHERE m.blocked OR NOT only_unpaid AND u.cycle_start >= o.since) x;
+
+    IF cardinality(due) = 0 THEN
+        RETURN 0;
+    END IF;
+
+    -- 2. who pays what: each owed meter in turn (by organisation, cycle,
+    -- metric) takes from its eligible grants in burn order (as credit_burn)
+    -- (flat arrays of fixed-width values: subscripting them is cheap)
+    SELECT coalesce(array_agg(l ORDER BY l.grant_id), '{}'), coalesce(array_agg(a.balance ORDER BY l.grant_id), '{}'),
+           coalesce(array_agg(l.grant_id ORDER BY l.grant_id), '{}'), coalesce(array_agg(l.account_id ORDER BY l.grant_id), '{}'),
+           coalesce(array_agg(l.promo_first ORDER BY l.grant_id), '{}')
+      INTO grants, g_left, g_id, g_account, g_promo
+      FROM payledger.credit_live_grants l JOIN payledger.accounts a ON a.id = l.account_id
+     WHERE l.org_id IN (SELECT x.org_id FROM unnest(due) x WHERE x.owed > x.settled) AND a.balance > 0;
+    SELECT coalesce(array_agg(x.owed - x.settled ORDER BY x.i), '{}') INTO want
+      FROM unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled, charged,
+                                           is_new, changed, i);
+    SELECT coalesce(array_agg(x.i ORDER BY x.i, l.priority, l.expires_at NULLS LAST, l.promo_first, l.effective_at, l.grant_id), '{}'),
+           coalesce(array_agg(l.gi ORDER BY x.i, l.priority, l.expires_at NULLS LAST, l.promo_first, l.effective_at, l.grant_id), '{}')
+      INTO pair_due, pair_grant
+      FROM unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled, charged,
+                                           is_new, changed, i)
+      JOIN unnest(grants) WITH ORDINALITY AS l(grant_id, org_id, metric, priority, expires_at, promo_first, effective_at,
+                                              account_id, gi)
+        ON l.org_id = x.org_id AND (l.metric IS NULL OR l.metric = x.metric)
+       AND l.effective_at <= greatest(x.usage_at, now()) AND (l.expires_at IS NULL OR l.expires_at > x.usage_at)
+     WHERE x.owed > x.settled;
+    FOR k IN 1 .. cardinality(pair_due) LOOP
+        d := pair_due[k];
+        g := pair_grant[k];
+        CONTINUE WHEN want[d] = 0 OR g_left[g] = 0;
+        take := least(want[d], g_left[g]);
+        want[d] := want[d] - take;
+        g_left[g] := g_left[g] - take;
+        parts := parts + 1;
+        part_due[parts] := d;
+        part_grant[parts] := g_id[g];
+        part_account[parts] := g_account[g];
+        part_promo[parts] := g_promo[g];
+        part_take[parts] := take;
+    END LOOP;
+    IF parts = 0 AND NOT EXISTS (SELECT 1 FROM unnest(due) x WHERE x.is_new OR x.changed) THEN
+        RETURN 0;
+    END IF;
+
+    -- 3. one journal per organisation: each grant gives what it paid, the
+    -- consumed sink takes the total (posted in engine batches)
+    sink := payledger.credit_system_account('credits_consumed');
+    SELECT coalesce(array_agg(j.org_id ORDER BY j.org_id), '{}'), coalesce(array_agg(j.item ORDER BY j.org_id), '{}')
+      INTO j_orgs, items
+      FROM (SELECT s.org_id, jsonb_build_object(
+                       'kind', 'credit_consume',
+                       'postings', jsonb_agg(jsonb_build_object('account', s.account_id, 'amount', -s.total))
+                                   || jsonb_build_object('account', sink, 'amount', sum(s.total)),
+                       'metadata', jsonb_build_object('metering', s.org_id)) AS item
+              FROM (SELECT x.org_id, p.account_id, sum(p.take) AS total
+                      FROM unnest(part_due, part_account, part_take) AS p(d, account_id, take)
+                      JOIN unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled,
+                                                           charged, is_new, changed, i) ON x.i = p.d
+                     GROUP BY 1, 2) s
+             GROUP BY s.org_id) j;
+    FOR k IN 0 .. (cardinality(items) - 1) / 1000 LOOP
+        FOR r IN SELECT * FROM payledger.engine_batch_as('credits', to_jsonb(items[k * 1000 + 1 : k * 1000 + 1000])) b ORDER BY b.item LOOP
+            IF r.status = 'error' THEN
+                PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+            END IF;
+            j_ids := j_ids || r.journal_id;
+        END LOOP;
+    END LOOP;
+
+    -- 4. the consumptions (keyed by the cycle and the watermark, as before
+    -- any charge), which grants paid them, the meters, the thresholds
+    SELECT array_agg(CASE WHEN x.d IS NOT NULL THEN payledger.new_id() END ORDER BY g.i) INTO cons
+      FROM generate_series(1, cardinality(due)) g(i) LEFT JOIN (SELECT DISTINCT p.d FROM unnest(part_due) p(d)) x ON x.d = g.i;
+    INSERT INTO payledger.credit_consumptions (id, org_id, metric, amount, requested, usage_at, idempotency_key, journal_id,
+                                               source)
+    SELECT cons[b.d], x.org_id, x.metric, b.burnt, x.owed - x.settled, x.usage_at,
+           format('meter:%s:%s:%s', x.metric, extract(epoch FROM x.cycle_start)::bigint, x.settled), j.id, 'metering'
+      FROM (SELECT p.d, sum(p.take) AS burnt FROM unnest(part_due, part_take) AS p(d, take) GROUP BY p.d) b
+      JOIN unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled, charged,
+                                           is_new, changed, i) ON x.i = b.d
+      JOIN unnest(j_orgs, j_ids) AS j(org_id, id) ON j.org_id = x.org_id;
+    INSERT INTO payledger.credit_consumption_parts (consumption_id, grant_id, amount, category)
+    SELECT cons[p.d], p.grant_id, p.take, CASE p.promo WHEN 0 THEN 'promotional' ELSE 'paid' END
+      FROM unnest(part_due, part_grant, part_promo, part_take) AS p(d, grant_id, promo, take);
+    -- (a meter is written only when something about it changed)
+    INSERT INTO payledger.credit_meters AS m (org_id, metric, cycle_start, overage, cost, charged, forgiven, blocked, updated_at)
+    SELECT x.org_id, x.metric, x.cycle_start, x.overage, x.owed, x.charged + coalesce(b.burnt, 0), x.settled - x.charged,
+           x.settled + coalesce(b.burnt, 0) < x.owed, now()
+      FROM unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled, charged,
+                                           is_new, changed, i)
+      LEFT JOIN (SELECT p.d, sum(p.take) AS burnt FROM unnest(part_due, part_take) AS p(d, take) GROUP BY p.d) b ON b.d = x.i
+     WHERE x.is_new OR x.changed OR b.burnt IS NOT NULL
+    ON CONFLICT ON CONSTRAINT credit_meters_pkey DO UPDATE
+       SET overage = excluded.overage, cost = excluded.cost, charged = excluded.charged, blocked = excluded.blocked,
+           updated_at = excluded.updated_at;
+    PERFORM payledger.credit_thresholds(j_orgs);
+    RETURN (SELECT count(DISTINCT p.d) FROM unnest(part_due) AS p(d));
+END;
+$$;
+-- Charge one organisation's overage now (waits for its lock).
+CREATE OR REPLACE FUNCTION payledger.meter_org(org text, only_unpaid boolean DEFAULT false)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    PERFORM payledger.credit_lock(org);
+    RETURN payledger.meter_batch(ARRAY[org], coalesce(only_unpaid, false));
+END;
+$$;
+-- One step of a metering run: up to max_orgs organisations with usage in the
+-- current or the previous cycle (or a meter still blocked), in org_id order
+-- after after_org, charged in one transaction; with parts > 1, only the
+-- organisations of share `part` (by a hash of the id), so that that many
+-- sessions can meter at once. An organisation busy at that moment (a
+-- consumer, another run) is skipped and left to the next run; two runs at
+-- once charge each overage once (the meter rows are the watermark).
+-- last_org is where the next step starts; NULL: the share is done. The
+-- worker runs a whole run every payledger.metering_interval seconds over
+-- payledger.metering_workers sessions; CALL payledger.meter_all() runs one
+-- on demand in the calling session.
+CREATE OR REPLACE FUNCTION payledger.run_metering(max_orgs integer DEFAULT 1000, after_org text DEFAULT NULL,
+                                       part integer DEFAULT 0, parts integer DEFAULT 1)
+RETURNS TABLE (orgs integer, charged integer, blocked integer, failed integer, last_org text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    picked text[];
+    locked text[];
+    n integer := 0;
+    lost integer := 0;
+BEGIN
+    IF max_orgs IS NULL OR max_orgs NOT BETWEEN 1 AND 100000 THEN
+        RAISE EXCEPTION 'max_orgs must be between 1 and 100000' USING ERRCODE = '22023';
+    END IF;
+    IF parts IS NULL OR parts NOT BETWEEN 1 AND 16 OR part IS NULL OR part NOT BETWEEN 0 AND parts - 1 THEN
+        RAISE EXCEPTION 'part must be between 0 and parts - 1, parts between 1 and 16' USING ERRCODE = '22023';
+    END IF;
+    -- (usage in the last three months: a cheap superset of "the current or
+    -- the previous cycle", whose exact rule meter_batch applies)
+    SELECT coalesce(array_agg(o.org_id ORDER BY o.org_id), '{}') INTO picked
+      FROM (SELECT o.org_id FROM payledger.credit_orgs o
+             WHERE (after_org IS NULL OR o.org_id > after_org)
+               AND (parts = 1 OR (pg_catalog.hashtextextended(o.org_id, 0) & 1023) % parts = part)
+               -- (one EXISTS over a UNION ALL: a probe per organisation; two
+               -- EXISTS joined by OR would hash all the usage at every step)
+               AND EXISTS (SELECT 1 FROM payledger.credit_usage u
+                            WHERE u.org_id = o.org_id AND u.cycle_start > now() - interval '3 months'
+                           UNION ALL
+                           SELECT 1 FROM payledger.credit_meters b WHERE b.org_id = o.org_id AND b.blocked)
+             ORDER BY o.org_id LIMIT max_orgs) o;
+    -- (try-locks, in org_id order: a sweep never waits for an organisation)
+    SELECT coalesce(array_agg(x.org_id ORDER BY x.o), '{}') INTO locked
+      FROM unnest(picked) WITH ORDINALITY AS x(org_id, o) WHERE payledger.credit_try_lock(x.org_id);
+    -- a step that fails (a bug, bad configuration) changes nothing, is
+    -- logged and counted, and does not stop the run: its organisations are
+    -- tried again by the next one
+    BEGIN
+        n := payledger.meter_batch(locked, false);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'payledger metering: % organisations from % not charged: % (SQLSTATE %)',
+            cardinality(locked), locked[1], SQLERRM, SQLSTATE;
+        lost := cardinality(locked);
+    END;
+    RETURN QUERY SELECT cardinality(locked) - lost, n, (SELECT count(*)::integer FROM payledger.credit_meters b WHERE b.blocked),
+                        lost, CASE WHEN cardinality(picked) = max_orgs THEN picked[max_orgs] END;
+END;
+$$;
+-- Metering is a periodic run of the worker (src/worker/worker.sql): every
+-- payledger.metering_interval seconds, shared out over
+-- payledger.metering_workers sessions, a run_metering step at a time.
+CREATE OR REPLACE FUNCTION payledger.metering_step(max_orgs integer, after_org text, part integer, parts integer)
+RETURNS TABLE (done integer, failed integer, last text)
+LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT m.orgs, m.failed, m.last_org FROM payledger.run_metering(max_orgs, after_org, part, parts) m;
+$$;
+SELECT payledger.register_worker_run('credits', 'metering', 'payledger.metering_step(integer, text, integer, integer)',
+                                     'metering_interval', 'metering_workers', 'orgs_metered');
+-- Record a whole metering run as done (the worker and meter_all, at the end).
+CREATE OR REPLACE FUNCTION payledger.metering_done()
+RETURNS void LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger.worker_run_done('metering');
+$$;
+-- Is a metering run due (payledger.metering_interval since the last one)?
+CREATE OR REPLACE FUNCTION payledger.metering_due()
+RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM payledger.worker_runs_due() r WHERE r.name = 'metering');
+$$;
+-- A whole metering run on demand, a transaction per step (a procedure: CALL
+-- it outside a transaction block). No SET search_path (it could not COMMIT):
+-- every name is qualified.
+CREATE OR REPLACE PROCEDURE payledger.meter_all(batch integer DEFAULT 1000, INOUT orgs integer DEFAULT NULL,
+                                     INOUT charged integer DEFAULT NULL, INOUT blocked integer DEFAULT NULL,
+                                     INOUT failed integer DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    after_org text;
+BEGIN
+    orgs := 0;
+    charged := 0;
+    failed := 0;
+    LOOP
+        SELECT * INTO r FROM payledger.run_metering(batch, after_org);
+        COMMIT;
+        orgs := orgs + r.orgs;
+        charged := charged + r.charged;
+        failed := failed + r.failed;
+        blocked := r.blocked;
+        after_org := r.last_org;
+        EXIT WHEN after_org IS NULL;
+    END LOOP;
+    PERFORM payledger.metering_done();
+END;
+$$;
+-- May the organisation do an action that uses these metrics? No when any of
+-- them is over its plan in the current cycle with the overage unpaid (out
+-- of credits); the others stay allowed (a download does not need storage).
+CREATE OR REPLACE FUNCTION payledger.credit_access(org text, metrics text[])
+RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT NOT EXISTS (
+        SELECT 1 FROM payledger.credit_meters b JOIN payledger.credit_orgs o ON o.org_id = b.org_id
+         WHERE b.org_id = org AND b.blocked AND b.metric = ANY (metrics)
+           AND b.cycle_start = payledger.credit_cycle_start(o.cycle_anchor, now()));
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   credits_metering
+
+-- payledger credits: views for end users.
+
+CREATE VIEW payledger.my_credit_grants WITH (security_barrier) AS
+SELECT g.id, g.metric, g.source, g.category, g.priority, g.effective_at, g.expires_at,
+       payledger.credits_of(g.amount) AS granted, payledger.credits_of(a.balance) AS remaining
+  FROM payledger.credit_grants g JOIN payledger.accounts a ON a.id = g.account_id
+ WHERE g.org_id = payledger.current_owner_id();
+-- (a function, not get_total_credits itself: end users may not ask for
+-- another organisation's credits)
+CREATE OR REPLACE FUNCTION payledger.my_total_credits()
+RETURNS TABLE (available numeric, granted_active numeric, next_expiry timestamptz, by_metric jsonb)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT t.* FROM payledger.get_total_credits(payledger.current_owner_id()) t
+     WHERE payledger.current_owner_id() IS NOT NULL;
+$$;
+CREATE VIEW payledger.my_credit_balance AS
+SELECT * FROM payledger.my_total_credits();
+CREATE VIEW payledger.my_credit_meters WITH (security_barrier) AS
+SELECT m.metric, m.cycle_start, m.overage, payledger.credits_of(m.cost) AS cost,
+       payledger.credits_of(m.charged) AS charged, m.blocked
+  FROM payledger.credit_meters m
+ WHERE m.org_id = payledger.current_owner_id();
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   credits_views
+
+-- payledger credits: invariants (part of check_invariants()).
+
+CREATE OR REPLACE FUNCTION payledger.credit_invariants()
+RETURNS TABLE (invariant text, subject text, detail text)
+LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    -- a grant's account: granted - consumed (not undone) - expired - voided
+    -- (set-based: one pass over the parts and the events, whatever the history)
+    SELECT 'credit_grant_balance', g.id::text,
+           format('balance %s, history says %s', a.balance, g.amount - coalesce(u.total, 0) - coalesce(e.total, 0))
+      FROM payledger.credit_grants g
+      JOIN payledger.accounts a ON a.id = g.account_id
+      LEFT JOIN (SELECT p.grant_id, sum(p.amount) AS total
+                   FROM payledger.credit_consumption_parts p
+                   JOIN payledger.credit_consumptions c ON c.id = p.consumption_id
+                  WHERE c.undone_at IS NULL GROUP BY p.grant_id) u ON u.grant_id = g.id
+      LEFT JOIN (SELECT e.grant_id, sum(e.amount) AS total FROM payledger.credit_grant_events e GROUP BY e.grant_id) e
+        ON e.grant_id = g.id
+     WHERE a.balance <> g.amount - coalesce(u.total, 0) - coalesce(e.total, 0)
+    UNION ALL
+    -- a live grant has its grant; a grant with credit left in effect is live or past its expiry
+    SELECT 'credit_live_grant', l.grant_id::text, 'no such grant'
+      FROM payledger.credit_live_grants l
+     WHERE NOT EXISTS (SELECT 1 FROM payledger.credit_grants g WHERE g.id = l.grant_id)
+    UNION ALL
+    SELECT 'credit_grant_not_live', g.id::text, 'credit left but not in the burn queue'
+      FROM payledger.credit_grants g JOIN payledger.accounts a ON a.id = g.account_id
+     WHERE a.balance > 0 AND NOT EXISTS (SELECT 1 FROM payledger.credit_live_grants l WHERE l.grant_id = g.id)
+    UNION ALL
+    -- a consumption's parts add up to it
+    SELECT 'credit_consumption_parts', c.id::text, format('%s consumed, parts %s', c.amount, coalesce(s.total, 0))
+      FROM payledger.credit_consumptions c
+      LEFT JOIN (SELECT p.consumption_id, sum(p.amount) AS total FROM payledger.credit_consumption_parts p GROUP BY 1) s
+        ON s.consumption_id = c.id
+     WHERE c.amount <> coalesce(s.total, 0)
+    UNION ALL
+    -- a meter charged what its consumptions burnt
+    SELECT 'credit_meter_charged', m.org_id || ' ' || m.metric || ' ' || m.cycle_start,
+           format('charged %s, burnt %s', m.charged, coalesce(s.total, 0))
+      FROM payledger.credit_meters m
+      LEFT JOIN (SELECT c.org_id, c.metric, split_part(c.idempotency_key, ':', 3) AS cyc, sum(c.amount) AS total
+                   FROM payledger.credit_consumptions c WHERE c.source = 'metering' AND c.undone_at IS NULL
+                  GROUP BY 1, 2, 3) s
+        ON s.org_id = m.org_id AND s.metric = m.metric AND s.cyc = extract(epoch FROM m.cycle_start)::bigint::text
+     WHERE m.charged <> coalesce(s.total, 0);
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   credits_invariants
+
+-- payledger credits: threshold events.
+
+-- The rules in force: the table's, or, while it is empty, the defaults
+-- (50, 75, 90 and 100 % used; depleted/recovered; expiring within 7 days).
+CREATE OR REPLACE FUNCTION payledger.credit_threshold_rules()
+RETURNS TABLE (name text, kind text, value numeric)
+LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT t.name, t.kind, t.value FROM payledger.credit_thresholds t WHERE t.active
+    UNION ALL
+    SELECT d.name, d.kind, d.value
+      FROM (VALUES ('used_50', 'used_pct', 50::numeric), ('used_75', 'used_pct', 75), ('used_90', 'used_pct', 90),
+                   ('used_100', 'used_pct', 100), ('depleted', 'depleted', 0), ('expiring_7d', 'expiring', 7))
+           AS d(name, kind, value)
+     WHERE NOT EXISTS (SELECT 1 FROM payledger.credit_thresholds);
+$$;
+CREATE OR REPLACE FUNCTION payledger.set_credit_threshold(name text, kind text, value numeric DEFAULT 0, active boolean DEFAULT true)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(name, 'name');
+    IF name !~ '^[a-z][a-z0-9_]{0,62}$' OR kind IS NULL OR kind NOT IN ('used_pct', 'depleted', 'expiring')
+       OR coalesce(value, -1) < 0 THEN
+        RAISE EXCEPTION 'a threshold has a lower-case name, a kind (used_pct, depleted, expiring) and a value >= 0'
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.credit_thresholds AS t (name, kind, value, active)
+    VALUES (name, kind, value, coalesce(active, true))
+    ON CONFLICT ON CONSTRAINT credit_thresholds_pkey DO UPDATE
+       SET kind = excluded.kind, value = excluded.value, active = excluded.active;
+END;
+$$;
+-- Evaluate an organisation's rules against its credits now; write an event
+-- (credits.threshold, credits.depleted, credits.recovered, credits.expiring)
+-- for each rule whose state changed, once per crossing. Percentages are of
+-- the active granted credit only (expired credit is not "used").
+-- Threshold crossings for a batch of organisations (the caller holds their
+-- credit locks, so two checks cannot both see one crossing): each rule's
+-- state is compared with the organisation's credits now; a change is
+-- recorded, and a rising edge (or depleted's falling edge, "recovered") is
+-- written to the outbox. Returns the events written.
+CREATE OR REPLACE FUNCTION payledger.credit_thresholds(orgs text[])
+RETURNS integer LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
+BEGIN
+    WITH t AS (
+        -- get_total_credits(org), for many
+        -- (in minor units; credits in the events)
+        SELECT o.org_id, coalesce(sum(a.balance), 0) AS available, coalesce(sum(g.amount), 0) AS granted_active,
+               min(l.expires_at) FILTER (WHERE a.balance > 0) AS next_expiry
+          FROM unnest(orgs) AS o(org_id)
+          LEFT JOIN payledger.credit_live_grants l
+            ON l.org_id = o.org_id AND l.effective_at <= now() AND (l.expires_at IS NULL OR l.expires_at > now())
+          LEFT JOIN payledger.accounts a ON a.id = l.account_id
+          LEFT JOIN payledger.credit_grants g ON g.id = l.grant_id
+         GROUP BY o.org_id),
+    c AS (
+        SELECT q.* FROM (
+            SELECT t.*, r.name, r.kind, r.value, r.n, coalesce(s.crossed, false) AS was,
+                   coalesce(CASE r.kind
+                       WHEN 'used_pct' THEN t.granted_active > 0 AND (t.granted_active - t.available) * 100 >= r.value * t.granted_active
+                       WHEN 'depleted' THEN t.granted_active > 0 AND t.available = 0
+                       WHEN 'expiring' THEN t.available > 0 AND t.next_expiry <= now() + make_interval(days => r.value::integer)
+                   END, false) AS crossed
+              FROM t CROSS JOIN payledger.credit_threshold_rules() WITH ORDINALITY AS r(name, kind, value, n)
+              LEFT JOIN payledger.credit_threshold_state s ON s.org_id = t.org_id AND s.threshold = r.name) q
+         WHERE q.crossed <> q.was),
+    changed AS (
+        INSERT INTO payledger.credit_threshold_state AS s (org_id, threshold, crossed, changed_at)
+        SELECT c.org_id, c.name, c.crossed, now() FROM c
+        ON CONFLICT ON CONSTRAINT credit_threshold_state_pkey DO UPDATE
+           SET crossed = excluded.crossed, changed_at = excluded.changed_at)
+    INSERT INTO payledger.events (topic, subject_id, owner_id, payload)
+    SELECT CASE WHEN c.kind = 'depleted' AND c.crossed THEN 'credits.depleted'
+                WHEN c.kind = 'depleted' THEN 'credits.recovered'
+                WHEN c.kind = 'expiring' THEN 'credits.expiring'
+                ELSE 'credits.threshold' END,
+           NULL, c.org_id,
+           jsonb_build_object('org', c.org_id, 'threshold', c.name, 'kind', c.kind, 'value', c.value,
+                              'available', payledger.credits_of(c.available::bigint),
+                              'granted_active', payledger.credits_of(c.granted_active::bigint), 'next_expiry', c.next_expiry)
+      FROM c WHERE c.crossed OR c.kind = 'depleted'
+     ORDER BY c.org_id, c.n;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END;
+$$;
+CREATE OR REPLACE FUNCTION payledger.credit_check_thresholds(org text)
+RETURNS integer LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger.credit_lock(org);
+    SELECT payledger.credit_thresholds(ARRAY[org]);
+$$;
+-- Organisations whose credit expires within the longest "expiring" window:
+-- time alone crosses that rule, so the worker asks (housekeeping).
+CREATE OR REPLACE FUNCTION payledger.credit_check_expiring(max_orgs integer DEFAULT 1000)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    days numeric := (SELECT max(r.value) FROM payledger.credit_threshold_rules() r WHERE r.kind = 'expiring');
+BEGIN
+    PERFORM payledger.require_limit(max_orgs, 'max_orgs');
+    IF days IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN payledger.credit_thresholds(ARRAY(
+        SELECT o.org_id
+          FROM (SELECT DISTINCT l.org_id FROM payledger.credit_live_grants l
+                 WHERE l.expires_at BETWEEN now() - interval '1 day' AND now() + make_interval(days => days::integer)
+                 ORDER BY l.org_id LIMIT max_orgs) o
+         WHERE payledger.credit_try_lock(o.org_id)));
+END;
+$$;
+SELECT payledger.register_housekeeping_step('credits', 'credit_grants_expired', 30, 'payledger.expire_credits(integer)',
+                                            max_calls => 1),
+       payledger.register_housekeeping_step('credits', 'credit_expiry_events', 40,
+                                            'payledger.credit_check_expiring(integer)', max_calls => 1);
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   credits_thresholds
+
+-- payledger credits: history by month.
+
+-- Month by month (calendar months, UTC, the current one included) for an
+-- organisation: per metric, the cycle's usage, plan limit and overage, the
+-- credits used for it (paid and promotional), credit expired and voided from
+-- grants scoped to it, and what was left for it at the month's end; the
+-- metric '*' holds what concerns grants usable for any metric.
+CREATE OR REPLACE FUNCTION payledger.credit_history(org text, months integer DEFAULT 12)
+RETURNS TABLE (month date, metric text, usage numeric, monthly_limit numeric, overage numeric,
+               credits_used numeric, paid_used numeric, promotional_used numeric, expired numeric, voided numeric,
+               closing_balance numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    IF months IS NULL OR months NOT BETWEEN 1 AND 120 THEN
+        RAISE EXCEPTION 'months must be between 1 and 120' USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    WITH m AS (
+        SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') - make_interval(months => g))::date AS month
+          FROM generate_series(0, months - 1) g),
+    metrics AS (SELECT x.metric FROM payledger.credit_metrics x UNION ALL SELECT '*'),
+    used AS (
+        SELECT date_trunc('month', c.usage_at AT TIME ZONE 'UTC')::date AS month, c.metric,
+               sum(p.amount) AS total, sum(p.amount) FILTER (WHERE p.category = 'paid') AS paid,
+               sum(p.amount) FILTER (WHERE p.category = 'promotional') AS promo
+          FROM payledger.credit_consumptions c JOIN payledger.credit_consumption_parts p ON p.consumption_id = c.id
+         WHERE c.org_id = org AND c.undone_at IS NULL
+         GROUP BY 1, 2),
+    lost AS (
+        SELECT date_trunc('month', e.at AT TIME ZONE 'UTC')::date AS month, coalesce(g.metric, '*') AS metric,
+               sum(e.amount) FILTER (WHERE e.kind IN ('expired', 'restored_expired')) AS expired,
+               sum(e.amount) FILTER (WHERE e.kind = 'voided') AS voided
+          FROM payledger.credit_grant_events e JOIN payledger.credit_grants g ON g.id = e.grant_id
+         WHERE g.org_id = org
+         GROUP BY 1, 2),
+    meter AS (
+        SELECT date_trunc('month', u.cycle_start AT TIME ZONE 'UTC')::date AS month, u.metric,
+               sum(u.usage) AS usage, max(l.monthly_limit) AS monthly_limit, sum(mt.overage) AS overage
+          FROM payledger.credit_usage u
+          JOIN payledger.credit_orgs o ON o.org_id = u.org_id
+          LEFT JOIN payledger.credit_plan_limits l ON l.plan = o.plan AND l.metric = u.metric
+          LEFT JOIN payledger.credit_meters mt ON mt.org_id = u.org_id AND mt.metric = u.metric AND mt.cycle_start = u.cycle_start
+         WHERE u.org_id = org
+         GROUP BY 1, 2)
+    SELECT m.month, x.metric, meter.usage, meter.monthly_limit, meter.overage,
+           payledger.credits_of(coalesce(used.total, 0)::bigint), payledger.credits_of(coalesce(used.paid, 0)::bigint),
+           payledger.credits_of(coalesce(used.promo, 0)::bigint), payledger.credits_of(coalesce(lost.expired, 0)::bigint),
+           payledger.credits_of(coalesce(lost.voided, 0)::bigint),
+           (SELECT t.available FROM payledger.get_total_credits(org, nullif(x.metric, '*'),
+                                   least(now(), ((m.month + interval '1 month') AT TIME ZONE 'UTC') - interval '1 microsecond')) t)
+      FROM m CROSS JOIN metrics x
+      LEFT JOIN used ON used.month = m.month AND used.metric = x.metric
+      LEFT JOIN lost ON lost.month = m.month AND lost.metric = x.metric
+      LEFT JOIN meter ON meter.month = m.month AND meter.metric = x.metric
+     ORDER BY m.month DESC, x.metric;
+END;
+$$;
+CREATE OR REPLACE FUNCTION payledger.my_credit_history(months integer DEFAULT 12)
+RETURNS TABLE (month date, metric text, usage numeric, monthly_limit numeric, overage numeric,
+               credits_used numeric, paid_used numeric, promotional_used numeric, expired numeric, voided numeric,
+               closing_balance numeric)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT * FROM payledger.credit_history(payledger.current_owner_id(), months)
+     WHERE payledger.current_owner_id() IS NOT NULL;
+$$;
+CREATE VIEW payledger.my_credit_history AS
+SELECT * FROM payledger.my_credit_history(12);
+
 -- src/lib.rs
 /* </end connected objects> */
 
@@ -5713,9 +5914,10 @@ SELECT j.id, j.request_id, j.request_kind, j.customer_pubkey, j.policy, j.price_
 -- requires:
 --   ledger_api
 --   payin_api
+--   events_hooks
+--   provider_invoices
 --   nostr_jobs
---   provider_api
---   credits_api
+--   credits_history
 
 -- Every violation of payledger's invariants, from every module; empty when healthy.
 CREATE OR REPLACE FUNCTION payledger.check_invariants()
@@ -5725,9 +5927,11 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
     UNION ALL
     SELECT * FROM payledger.payin_invariants()
     UNION ALL
-    SELECT * FROM payledger.nostr_invariants()
+    SELECT * FROM payledger.events_invariants()
     UNION ALL
     SELECT * FROM payledger.provider_invariants()
+    UNION ALL
+    SELECT * FROM payledger.nostr_invariants()
     UNION ALL
     SELECT * FROM payledger.credit_invariants()
 $$;
@@ -5798,7 +6002,7 @@ GRANT SELECT ON payledger.assets, payledger.account_kinds, payledger.accounts, p
                 payledger.payin_history, payledger.nostr_jobs, payledger.nostr_job_events, payledger.nostr_job_payments,
                 payledger.merchant_profiles, payledger.providers, payledger.payin_routes, payledger.subscriptions,
                 payledger.invoices, payledger.settle_hooks, payledger.hook_runs, payledger.events,
-                payledger.worker_status,
+                payledger.worker_status, payledger.worker_runs, payledger.events_announced,
                 payledger.credit_settings, payledger.credit_metrics, payledger.credit_grants,
                 payledger.credit_live_grants, payledger.credit_consumptions, payledger.credit_consumption_parts,
                 payledger.credit_grant_events, payledger.credit_price_tiers, payledger.credit_packages,
@@ -5830,6 +6034,8 @@ CREATE POLICY backend_read ON payledger.settle_hooks FOR SELECT TO payledger_adm
 CREATE POLICY backend_read ON payledger.hook_runs FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.events FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.worker_status FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.worker_runs FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.events_announced FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.credit_settings FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.credit_metrics FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.credit_grants FOR SELECT TO payledger_admin, payledger_app USING (true);
@@ -5950,6 +6156,9 @@ GRANT EXECUTE ON FUNCTION
     payledger.housekeeping_plan(integer),
     payledger.housekeeping_step(text, integer),
     payledger.worker_note_tick(jsonb, integer),
+    payledger.worker_runs_due(),
+    payledger.worker_run_step(text, integer, text, integer, integer),
+    payledger.worker_run_done(text),
     payledger.announce_events(),
     payledger.invoice_apply(uuid, jsonb),
     payledger.retry_hooks(integer),

@@ -2,7 +2,11 @@
 //! current_setting). Registered in `_PG_init`, so they exist as soon as the
 //! library is loaded (by `shared_preload_libraries` or the first call). The
 //! worker's settings reload on SIGHUP; its database only at server start.
+//! The SQL side reads them through `payledger.setting_int(name)`, so that
+//! each default is written once, here.
 
+use pgrx::prelude::*;
+use pgrx::search_path;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
@@ -149,4 +153,36 @@ fn define_worker_database() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+}
+
+/// The integer settings by name (without the `payledger.` prefix).
+fn int_setting(name: &str) -> Option<&'static GucSetting<i32>> {
+    Some(match name {
+        "max_batch_size" => &MAX_BATCH_SIZE,
+        "worker_interval" => &WORKER_INTERVAL,
+        "worker_max_invoice_age" => &WORKER_MAX_INVOICE_AGE,
+        "worker_batch_size" => &WORKER_BATCH_SIZE,
+        "worker_http_timeout" => &WORKER_HTTP_TIMEOUT,
+        "worker_concurrency" => &WORKER_CONCURRENCY,
+        "worker_create_attempts" => &WORKER_CREATE_ATTEMPTS,
+        "worker_max_backoff" => &WORKER_MAX_BACKOFF,
+        "worker_notify_interval" => &WORKER_NOTIFY_INTERVAL,
+        "metering_interval" => &METERING_INTERVAL,
+        "metering_workers" => &METERING_WORKERS,
+        _ => return None,
+    })
+}
+
+/// A setting's value in this session (its default unless set). Calling it
+/// loads the library, which defines the settings: a session that has not
+/// loaded it yet still gets the defaults. An unknown name is 22023.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn setting_int(name: &str) -> i32 {
+    match int_setting(name) {
+        Some(s) => s.get(),
+        None => {
+            crate::errors::raise_malformed(&format!("payledger has no integer setting {name:?}"))
+        }
+    }
 }

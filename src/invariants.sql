@@ -6,9 +6,11 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
     UNION ALL
     SELECT * FROM payledger.payin_invariants()
     UNION ALL
-    SELECT * FROM payledger.nostr_invariants()
+    SELECT * FROM payledger.events_invariants()
     UNION ALL
     SELECT * FROM payledger.provider_invariants()
+    UNION ALL
+    SELECT * FROM payledger.nostr_invariants()
     UNION ALL
     SELECT * FROM payledger.credit_invariants()
 $$;

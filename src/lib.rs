@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 mod bolt11;
 mod credits;
 mod errors;
+mod events;
 #[cfg(test)]
 mod fuzz;
 mod gucs;
@@ -35,9 +36,10 @@ extension_sql_file!(
     requires = [
         "ledger_api",
         "payin_api",
+        "events_hooks",
+        "provider_invoices",
         "nostr_jobs",
-        "provider_api",
-        "credits_api"
+        "credits_history"
     ]
 );
 extension_sql_file!("security.sql", name = "security", finalize);

@@ -32,7 +32,7 @@ GRANT SELECT ON payledger.assets, payledger.account_kinds, payledger.accounts, p
                 payledger.payin_history, payledger.nostr_jobs, payledger.nostr_job_events, payledger.nostr_job_payments,
                 payledger.merchant_profiles, payledger.providers, payledger.payin_routes, payledger.subscriptions,
                 payledger.invoices, payledger.settle_hooks, payledger.hook_runs, payledger.events,
-                payledger.worker_status,
+                payledger.worker_status, payledger.worker_runs, payledger.events_announced,
                 payledger.credit_settings, payledger.credit_metrics, payledger.credit_grants,
                 payledger.credit_live_grants, payledger.credit_consumptions, payledger.credit_consumption_parts,
                 payledger.credit_grant_events, payledger.credit_price_tiers, payledger.credit_packages,
@@ -70,6 +70,8 @@ CREATE POLICY backend_read ON payledger.settle_hooks FOR SELECT TO payledger_adm
 CREATE POLICY backend_read ON payledger.hook_runs FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.events FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.worker_status FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.worker_runs FOR SELECT TO payledger_admin, payledger_app USING (true);
+CREATE POLICY backend_read ON payledger.events_announced FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.credit_settings FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.credit_metrics FOR SELECT TO payledger_admin, payledger_app USING (true);
 CREATE POLICY backend_read ON payledger.credit_grants FOR SELECT TO payledger_admin, payledger_app USING (true);
@@ -193,6 +195,9 @@ GRANT EXECUTE ON FUNCTION
     payledger.housekeeping_plan(integer),
     payledger.housekeeping_step(text, integer),
     payledger.worker_note_tick(jsonb, integer),
+    payledger.worker_runs_due(),
+    payledger.worker_run_step(text, integer, text, integer, integer),
+    payledger.worker_run_done(text),
     payledger.announce_events(),
     payledger.invoice_apply(uuid, jsonb),
     payledger.retry_hooks(integer),

@@ -81,3 +81,12 @@ BEGIN
     END;
 END;
 $$;
+
+-- The retry policy of everything the housekeeping tries again (hook runs,
+-- invoices, providers): after n failures, 2^n seconds, at most
+-- payledger.worker_max_backoff.
+CREATE FUNCTION payledger.backoff(n integer)
+RETURNS interval LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT make_interval(secs => least(power(2, least(greatest(n, 0), 30)),
+                                       payledger.setting_int('worker_max_backoff')));
+$$;

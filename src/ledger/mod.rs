@@ -20,7 +20,7 @@ extension_sql_file!("schema.sql", name = "ledger_schema", bootstrap);
 extension_sql_file!(
     "housekeeping.sql",
     name = "ledger_housekeeping",
-    requires = ["ledger_schema"]
+    requires = ["ledger_schema", setting_int]
 );
 extension_sql_file!(
     "api.sql",

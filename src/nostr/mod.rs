@@ -12,8 +12,8 @@ use pgrx::JsonB;
 extension_sql_file!(
     "jobs.sql",
     name = "nostr_jobs",
-    // (a job's invoice is a provider invoice)
-    requires = ["provider_api", nostr_verify_event, verify_zap_receipt]
+    // (a job's invoice is a provider invoice; its deadline a housekeeping step)
+    requires = ["worker", nostr_verify_event, verify_zap_receipt]
 );
 
 fn invalid(message: String) -> ! {

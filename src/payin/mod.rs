@@ -15,7 +15,8 @@ use pgrx::{JsonB, Uuid};
 extension_sql_file!(
     "schema.sql",
     name = "payin_schema",
-    requires = ["ledger_schema"]
+    // (the whole ledger first)
+    requires = ["ledger_seal"]
 );
 extension_sql_file!(
     "lifecycle.sql",

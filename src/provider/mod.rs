@@ -1,7 +1,8 @@
-//! Payment providers: merchant profiles, providers and their secrets,
-//! invoices pinned to the provider that issued them, subscriptions, webhooks,
-//! settle hooks and the event outbox (`schema.sql`, `api.sql`); the HTTP
-//! adapters (`adapters`) and webhook signatures (`webhook`).
+//! Payment providers: the tables (`schema.sql`); merchant profiles,
+//! providers and their secrets, routes (`profiles.sql`); invoices pinned to
+//! the provider that issued them (`invoices.sql`); webhooks
+//! (`webhooks.sql`); subscriptions (`subscriptions.sql`); the HTTP adapters
+//! (`adapters`) and webhook signatures (`webhook`).
 //!
 //! The worker's middle step, calling the providers, is `call_all`: it runs
 //! with no transaction and no database access, on up to
@@ -20,20 +21,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+// In dependency order: each file uses only what the ones before it define.
 extension_sql_file!(
     "schema.sql",
     name = "provider_schema",
-    requires = ["payin_api"]
+    requires = ["events_hooks"]
 );
 extension_sql_file!(
-    "api.sql",
-    name = "provider_api",
-    requires = [
-        "provider_schema",
-        provider_call,
-        webhook_verify_core,
-        json_readable
-    ]
+    "profiles.sql",
+    name = "provider_profiles",
+    requires = ["provider_schema", json_readable]
+);
+extension_sql_file!(
+    "invoices.sql",
+    name = "provider_invoices",
+    requires = ["provider_profiles"]
+);
+extension_sql_file!(
+    "webhooks.sql",
+    name = "provider_webhooks",
+    requires = ["provider_invoices", webhook_verify_core]
+);
+extension_sql_file!(
+    "subscriptions.sql",
+    name = "provider_subscriptions",
+    requires = ["provider_webhooks"]
 );
 
 /// Credentials by provider id, read by the caller (the worker in its claim

@@ -1,7 +1,7 @@
 -- payledger providers: merchant profiles, the payment providers they own,
 -- the invoices issued at them (each pinned to its provider), subscriptions
--- (pinned to a profile and provider at creation), settle hooks and the
--- event outbox. The background worker (src/worker.rs) drives the invoices.
+-- (pinned to a profile and provider at creation). The background worker
+-- (src/worker/) drives the invoices.
 
 CREATE TYPE payledger.provider_kind AS ENUM ('lnbits', 'lnd_rest', 'cln_rest', 'btcpay', 'stripe');
 
@@ -136,73 +136,12 @@ CREATE UNIQUE INDEX invoices_external_id ON payledger.invoices (provider_id, ext
 CREATE INDEX invoices_payment_hash ON payledger.invoices (payment_hash) WHERE payment_hash IS NOT NULL;
 CREATE INDEX invoices_due_idx ON payledger.invoices (next_check_at) WHERE next_check_at IS NOT NULL;
 
--- Application functions run when a pay-in reaches one of on_states.
-CREATE TABLE payledger.settle_hooks (
-    name         text PRIMARY KEY CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.-]{0,62}$'),
-    function     regprocedure NOT NULL,
-    on_states    payledger.payin_state[] NOT NULL CHECK (on_states <@ '{PAID,FAILED,CANCELLED}'),
-    max_attempts integer NOT NULL DEFAULT 10 CHECK (max_attempts >= 1),
-    -- the registering session's search_path: the hook runs with it, as it
-    -- would have in that session
-    search_path  text NOT NULL,
-    active       boolean NOT NULL DEFAULT true,
-    created_at   timestamptz NOT NULL DEFAULT now()
-);
-
--- One run per hook, pay-in and state: the key makes a hook run once even when
--- the webhook and the worker both settle (only one of them moves the pay-in).
-CREATE TABLE payledger.hook_runs (
-    hook            text NOT NULL,
-    payin_id        uuid NOT NULL,
-    state           payledger.payin_state NOT NULL,
-    status          text NOT NULL CHECK (status IN ('pending', 'done', 'failed')),
-    attempts        integer NOT NULL DEFAULT 0,
-    last_error      text,
-    next_attempt_at timestamptz,
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    done_at         timestamptz,
-    PRIMARY KEY (hook, payin_id, state)
-);
-CREATE INDEX hook_runs_due_idx ON payledger.hook_runs (next_attempt_at) WHERE status = 'pending';
-
--- The outbox: settlements, failures, late money, hook failures. Written in
--- the transaction that makes the change; announced by NOTIFY payledger_events
--- shortly after commit (announce_events); consumers read by id.
-CREATE TABLE payledger.events (
-    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    topic      text NOT NULL,
-    subject_id uuid,
-    owner_id   text,
-    payload    jsonb NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX events_owner_idx ON payledger.events (owner_id, id) WHERE owner_id IS NOT NULL;
-
--- One row: what the worker did last (for operators and tests).
-CREATE TABLE payledger.worker_status (
-    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
-    pid         integer,
-    started_at  timestamptz,
-    last_tick_at timestamptz,
-    ticks       bigint NOT NULL DEFAULT 0,
-    last_result jsonb,
-    -- the last event announced by NOTIFY payledger_events
-    announced_id bigint NOT NULL DEFAULT 0,
-    -- the last metering run the worker started
-    last_metering_at timestamptz
-);
-INSERT INTO payledger.worker_status DEFAULT VALUES;
-
 ALTER TABLE payledger.merchant_profiles ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.providers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.provider_secrets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.payin_routes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.subscriptions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.invoices ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.settle_hooks ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.hook_runs ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.events ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.worker_status ENABLE ROW LEVEL SECURITY;
 
 SELECT pg_catalog.pg_extension_config_dump('payledger.merchant_profiles', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.providers', '');
@@ -210,7 +149,3 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.provider_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.payin_routes', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.subscriptions', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.invoices', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.settle_hooks', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.hook_runs', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.events', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.events_id_seq', '');

@@ -17,7 +17,7 @@ setup_machine
 [ -n "${INSTALLED:-}" ] || install_extension
 DIR=$(pg_scratch)
 trap 'stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
-# the worker meters when told (last_metering_at NULL), never on its own
+# the worker meters when told (the run's last_run_at NULL), never on its own
 start_cluster "$DIR" "$TEST_PORT" "shared_buffers = 2GB
 shared_preload_libraries = 'payledger'
 payledger.worker_database = 'postgres'
@@ -93,8 +93,8 @@ VACUUM ANALYZE;
 SQL
 }
 worker_run() { # worker_run: seconds of the worker's metering run (it reports its time)
-  psql_ -c "UPDATE payledger.worker_status SET last_metering_at = NULL"
-  until [ "$(psql_ -At -c "SELECT last_metering_at IS NOT NULL FROM payledger.worker_status")" = t ]; do sleep 0.2; done
+  psql_ -c "UPDATE payledger.worker_runs SET last_run_at = NULL WHERE name = 'metering'"
+  until [ "$(psql_ -At -c "SELECT last_run_at IS NOT NULL FROM payledger.worker_runs WHERE name = 'metering'")" = t ]; do sleep 0.2; done
   psql_ -At -c "SELECT round((last_result ->> 'metering_ms')::numeric / 1000, 2) FROM payledger.worker_status"
 }
 session_run() { # session_run: seconds of CALL payledger.meter_all() in one session

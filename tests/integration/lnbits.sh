@@ -12,14 +12,18 @@
 #  5. the worker killed with SIGKILL comes back and carries on;
 #  6. a NIP-90 job paid upfront by its own invoice: the worker opens it at
 #     LNbits, the customer pays the bolt11 of the payment-required feedback,
-#     and the settlement credits the job, which moves to processing.
+#     and the settlement credits the job, which moves to processing;
+#  7. the worker's periodic run registered by credits (metering), shared
+#     with a helper process: every organisation over its plan is charged
+#     once, by the worker or by the helper.
 set -euo pipefail
 INTERVAL=1
 CLUSTER_CONF="shared_preload_libraries = 'payledger'
 payledger.worker_database = 'payledger_it'
 payledger.worker_interval = $INTERVAL
 payledger.worker_max_backoff = 2
-payledger.worker_http_timeout = 3000"
+payledger.worker_http_timeout = 3000
+payledger.metering_workers = 2"
 source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 setup_lnbits
 LNBITS_PORT=${LNBITS_PORT:-$((TEST_PORT + 1000))}
@@ -92,7 +96,7 @@ grep -q 'notification "payledger_events" with payload "{"last_id": [0-9]*}"' "$D
   || { cat "$DIR/notify.out"; fail "no NOTIFY payledger_events"; }
 [ "$(q "SELECT count(*) FROM payledger.events_since(0, 1000) WHERE topic = 'payin.paid' AND subject_id = '$P1'")" = 1 ] \
   || fail "the payin.paid event of P1"
-[ "$(q "SELECT announced_id = (SELECT max(id) FROM payledger.events) FROM payledger.worker_status")" = t ] \
+[ "$(q "SELECT last_id = (SELECT max(id) FROM payledger.events) FROM payledger.events_announced")" = t ] \
   || fail "the worker announced every event"
 
 echo "2. expiry"
@@ -174,5 +178,29 @@ wait_for "SELECT state = 'processing' FROM payledger.nostr_jobs WHERE id = '$JOB
 [ "$(q "SELECT payledger.balance(payledger.account_id('dvm', 'msat', 'revenue'))")" = 21000 ] || fail "the provider's revenue"
 [ "$(q "SELECT payledger.nostr_job_published('$JOB', payledger.nostr_sign_event(
         payledger.nostr_job_result('$JOB', 'traduis-moi'), sk('provider')))")" = success ] || fail "the job's success"
+[ -z "$(q "SELECT * FROM payledger.check_invariants()")" ] || { q "SELECT * FROM payledger.check_invariants()"; fail "invariants"; }
+
+echo "7. metering, the worker's periodic run, over two sessions"
+psql_ -d payledger_it >/dev/null <<'SQL'
+SELECT payledger.credits_configure('credit', 6);
+SELECT payledger.register_credit_metric('storage', 'gauge');
+SELECT payledger.set_credit_price_tiers('storage', '[{"from": 0, "price": 1}]');
+SELECT payledger.define_credit_plan('basic', '{"storage": 10}');
+-- 40 organisations, each 5 over its plan with 100 credits to pay from
+SELECT payledger.set_credit_org('org' || g, 'basic'), payledger.grant_credits('org' || g, 100, 'purchase'),
+       payledger.record_usage('org' || g, 'storage', 15)
+  FROM generate_series(1, 40) g;
+UPDATE payledger.worker_runs SET last_run_at = NULL WHERE name = 'metering';
+SQL
+wait_for "SELECT last_run_at IS NOT NULL FROM payledger.worker_runs WHERE name = 'metering'" "the metering run" 30
+got=$(q "SELECT count(*) || ' ' || sum(payledger.credits_of(charged)) FROM payledger.credit_meters WHERE NOT blocked")
+[ "$got" = "40 200" ] \
+  || fail "every organisation charged 5 credits, once: $got"
+[ "$(q "SELECT count(*) FROM payledger.get_total_credits('org7') WHERE available = 95")" = 1 ] || fail "org7 has 95 credits left"
+wait_for "SELECT (last_result ->> 'orgs_metered')::int BETWEEN 1 AND 40 FROM payledger.worker_status" "the tick's metering count"
+grep -q "payledger metering 2/2: [0-9]* done, 0 failed" "$DIR/server.log" || { grep metering "$DIR/server.log"; fail "the helper's share"; }
+helper=$(grep -o "payledger metering 2/2: [0-9]* done" "$DIR/server.log" | tail -1 | awk '{print $4}')
+[ "$(( $(q "SELECT last_result ->> 'orgs_metered' FROM payledger.worker_status") + helper ))" = 40 ] \
+  || fail "the worker's and the helper's shares make the 40 organisations"
 [ -z "$(q "SELECT * FROM payledger.check_invariants()")" ] || { q "SELECT * FROM payledger.check_invariants()"; fail "invariants"; }
 echo "ok: lnbits"

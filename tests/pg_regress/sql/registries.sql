@@ -21,3 +21,23 @@ SELECT p.proname, pg_get_functiondef(p.oid) ~ 'payledger.credits_payin_paid\(p\)
        pg_get_functiondef(p.oid) ~ 'payledger.events_payin_reached\(p\)' AS calls_events
   FROM pg_proc p WHERE p.pronamespace = 'payledger'::regnamespace
    AND p.proname IN ('payin_run_lock', 'payin_run_reached', 'payin_reached') ORDER BY 1;
+
+-- each module's periodic runs of the worker, and their refusals
+SELECT name, module, step, every_setting, parts_setting, counts_as, last_run_at FROM payledger.worker_runs ORDER BY name;
+SELECT * FROM payledger.worker_runs_due();
+SELECT t_try($$SELECT payledger.register_worker_run('x', 'bad', 'payledger.balance(uuid)', 'metering_interval', NULL, 'n')$$);
+SELECT t_try($$SELECT payledger.register_worker_run('x', 'bad', 'payledger.metering_step(integer, text, integer, integer)', 'no_such_setting', NULL, 'n')$$);
+SELECT t_try($$SELECT * FROM payledger.worker_run_step('no_such_run', 10, NULL)$$);
+-- a step of the metering run, as the worker takes it: nothing to meter here
+SELECT * FROM payledger.worker_run_step('metering', 10, NULL, 0, 2);
+SELECT payledger.worker_run_done('metering');
+SELECT payledger.metering_due() AS due, (SELECT count(*) FROM payledger.worker_runs_due()) AS runs_due;
+
+-- the settings the SQL side reads, with their defaults from src/gucs.rs
+-- (the worker's are server-wide; max_batch_size may be set per session)
+SELECT payledger.setting_int('worker_batch_size') AS batch, payledger.setting_int('metering_interval') AS metering,
+       payledger.setting_int('max_batch_size') AS max_batch;
+SET payledger.max_batch_size = 7;
+SELECT payledger.setting_int('max_batch_size') AS max_batch_set;
+RESET payledger.max_batch_size;
+SELECT t_try($$SELECT payledger.setting_int('no_such_setting')$$);

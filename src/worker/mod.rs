@@ -10,9 +10,15 @@
 //!    (guarded transitions, idempotent), then one for the providers' health;
 //!
 //! then the housekeeping (deadlines, holds, credit expiry, hook retries,
-//! renewals, seals), a transaction per call (`payledger.housekeeping_plan`). An
-//! ERROR ends the process and the postmaster starts it again after 5 s; a
-//! claim left by a crash comes back when its lease runs out.
+//! renewals, seals), a transaction per call (`payledger.housekeeping_plan`),
+//! and the periodic runs that are due (credits' metering), shared out over
+//! helper processes (`payledger.worker_runs`). The modules register both in
+//! their own files; this one names none of them. An ERROR ends the process
+//! and the postmaster starts it again after 5 s; a claim left by a crash
+//! comes back when its lease runs out.
+//!
+//! `worker.sql` is the SQL half: the claim, the recording of results, the
+//! status row, the registry of periodic runs and `run_tick`.
 
 use crate::gucs;
 use crate::provider::{call_all, load_secrets, CallSettings};
@@ -21,6 +27,12 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+
+extension_sql_file!(
+    "worker.sql",
+    name = "worker",
+    requires = ["provider_subscriptions"]
+);
 
 pub fn register() {
     // SAFETY: a plain read of a flag set by the postmaster.
@@ -189,21 +201,7 @@ fn tick() {
         }
     }
     housekeeping(batch, &mut counts);
-    // metering, every payledger.metering_interval seconds
-    if BackgroundWorker::transaction(|| {
-        Spi::get_one::<bool>("SELECT payledger.metering_due()")
-            .unwrap_or_else(|e| pgrx::error!("metering: {e}"))
-            .unwrap_or(false)
-    }) {
-        let started = Instant::now();
-        let (orgs, failed) = metering_run(METERING_STEP);
-        counts.insert("orgs_metered".into(), orgs.into());
-        counts.insert("metering_failed".into(), failed.into());
-        counts.insert(
-            "metering_ms".into(),
-            (started.elapsed().as_millis() as i64).into(),
-        );
-    }
+    periodic_runs(&mut counts);
     let counts = Value::Object(counts);
     BackgroundWorker::transaction(|| {
         Spi::run_with_args(
@@ -272,17 +270,54 @@ fn housekeeping(batch: i32, counts: &mut serde_json::Map<String, Value>) {
     }
 }
 
-/// Organisations per metering step (a transaction; as many advisory locks).
-const METERING_STEP: i32 = 1000;
+/// Subjects per step of a periodic run (a transaction; for metering, as
+/// many advisory locks).
+const RUN_STEP: i32 = 1000;
 
-/// A metering run over payledger.metering_workers sessions: organisations
-/// are shared out by a hash of their id; this process meters share 0, and
+/// The periodic runs the modules registered (`payledger.worker_runs`) that
+/// are due, one after the other: the tick counts each run's subjects done
+/// (under the key the module chose), `<run>_failed` and `<run>_ms`.
+fn periodic_runs(counts: &mut serde_json::Map<String, Value>) {
+    let due: Vec<(String, i32, String)> = BackgroundWorker::transaction(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT name, parts, counts_as FROM payledger.worker_runs_due()",
+                None,
+                &[],
+            )
+            .unwrap_or_else(|e| pgrx::error!("periodic runs: {e}"))
+            .map(|r| {
+                (
+                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                    r.get::<i32>(2).ok().flatten().unwrap_or(1),
+                    r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                )
+            })
+            .collect()
+        })
+    });
+    for (name, parts, counts_as) in due {
+        if shutting_down() {
+            return;
+        }
+        let started = Instant::now();
+        let (done, failed) = periodic_run(&name, parts, RUN_STEP);
+        counts.insert(counts_as, done.into());
+        counts.insert(format!("{name}_failed"), failed.into());
+        counts.insert(
+            format!("{name}_ms"),
+            (started.elapsed().as_millis() as i64).into(),
+        );
+    }
+}
+
+/// One periodic run over `parts` sessions: the subjects are shared out by
+/// the run's step (`part` of `parts`); this process does share 0, and
 /// dynamic background workers the others (a share whose worker cannot start
-/// is metered here too). Each step is its own transaction. Returns the
-/// organisations metered and failed by this process; the helpers log theirs.
-/// The run is recorded as done once every share is.
-fn metering_run(batch: i32) -> (i64, i64) {
-    let parts = gucs::METERING_WORKERS.get().clamp(1, 16);
+/// is done here too). Each step is its own transaction. Returns the
+/// subjects done and failed by this process; the helpers log theirs. The
+/// run is recorded as done once every share is.
+fn periodic_run(name: &str, parts: i32, batch: i32) -> (i64, i64) {
     let db = gucs::WORKER_DATABASE
         .get()
         .and_then(|c| c.into_string().ok())
@@ -291,11 +326,11 @@ fn metering_run(batch: i32) -> (i64, i64) {
     let mut mine = vec![0];
     for part in 1..parts {
         let helper =
-            BackgroundWorkerBuilder::new(&format!("payledger metering {}/{parts}", part + 1))
-                .set_type("payledger metering")
+            BackgroundWorkerBuilder::new(&format!("payledger {name} {}/{parts}", part + 1))
+                .set_type(&format!("payledger {name}"))
                 .set_library("payledger")
-                .set_function("payledger_metering_main")
-                .set_extra(&format!("{part} {parts} {batch} {db}"))
+                .set_function("payledger_run_helper_main")
+                .set_extra(&format!("{part} {parts} {batch} {name} {db}"))
                 .enable_spi_access()
                 // SAFETY: reads this process's pid.
                 .set_notify_pid(unsafe { pg_sys::MyProcPid })
@@ -305,10 +340,10 @@ fn metering_run(batch: i32) -> (i64, i64) {
             Err(_) => mine.push(part),
         }
     }
-    let (mut orgs, mut failed) = (0, 0);
+    let (mut done, mut failed) = (0, 0);
     for part in mine {
-        let (o, f) = meter_share(batch, part, parts);
-        orgs += o;
+        let (d, f) = run_share(name, batch, part, parts);
+        done += d;
         failed += f;
     }
     for h in helpers {
@@ -317,65 +352,68 @@ fn metering_run(batch: i32) -> (i64, i64) {
     }
     if !shutting_down() {
         BackgroundWorker::transaction(|| {
-            Spi::run("SELECT payledger.metering_done()")
-                .unwrap_or_else(|e| pgrx::error!("metering: {e}"));
+            Spi::run_with_args("SELECT payledger.worker_run_done($1)", &[name.into()])
+                .unwrap_or_else(|e| pgrx::error!("{name}: {e}"));
         });
     }
-    (orgs, failed)
+    (done, failed)
 }
 
-/// One share of a metering run, step by step (a transaction each): the
-/// organisations metered, and those of steps that failed (logged by
-/// run_metering, tried again next run).
-fn meter_share(batch: i32, part: i32, parts: i32) -> (i64, i64) {
+/// One share of a run, step by step (a transaction each): the subjects
+/// done, and those of steps that failed (logged by the step, tried again
+/// next run).
+fn run_share(name: &str, batch: i32, part: i32, parts: i32) -> (i64, i64) {
     let mut after: Option<String> = None;
-    let (mut orgs, mut failed) = (0i64, 0i64);
+    let (mut done, mut failed) = (0i64, 0i64);
     loop {
         let (n, f, last) = BackgroundWorker::transaction(|| {
             Spi::get_three_with_args::<i32, i32, String>(
-                "SELECT orgs, failed, last_org FROM payledger.run_metering($1, $2, $3, $4)",
+                "SELECT done, failed, last FROM payledger.worker_run_step($1, $2, $3, $4, $5)",
                 &[
+                    name.into(),
                     batch.into(),
                     after.clone().into(),
                     part.into(),
                     parts.into(),
                 ],
             )
-            .unwrap_or_else(|e| pgrx::error!("metering: {e}"))
+            .unwrap_or_else(|e| pgrx::error!("{name}: {e}"))
         });
-        orgs += i64::from(n.unwrap_or(0));
+        done += i64::from(n.unwrap_or(0));
         failed += i64::from(f.unwrap_or(0));
         after = last;
         if after.is_none() || shutting_down() {
-            return (orgs, failed);
+            return (done, failed);
         }
     }
 }
 
-/// A metering helper (started by metering_run): meters its share and exits.
+/// A helper of a periodic run (started by periodic_run): does its share and
+/// exits.
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn payledger_metering_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn payledger_run_helper_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
     let extra = BackgroundWorker::get_extra().to_string();
-    let mut f = extra.splitn(4, ' ');
+    let mut f = extra.splitn(5, ' ');
     let mut num = || f.next().and_then(|v| v.parse::<i32>().ok());
     let (Some(part), Some(parts), Some(batch)) = (num(), num(), num()) else {
-        log!("payledger metering: bad arguments {extra:?}");
+        log!("payledger run helper: bad arguments {extra:?}");
         return;
     };
+    let name = f.next().unwrap_or_default().to_string();
     let db = f.next().unwrap_or_default();
     BackgroundWorker::connect_worker_to_spi(Some(db), None);
     BackgroundWorker::transaction(|| {
         Spi::run(&format!(
-            "SELECT pg_catalog.set_config('application_name', 'payledger metering {}/{parts}', false)",
+            "SELECT pg_catalog.set_config('application_name', 'payledger {name} {}/{parts}', false)",
             part + 1
         ))
         .unwrap_or_else(|e| pgrx::error!("{e}"));
     });
-    let (orgs, failed) = meter_share(batch, part, parts);
+    let (done, failed) = run_share(&name, batch, part, parts);
     log!(
-        "payledger metering {}/{parts}: {orgs} organisations, {failed} failed",
+        "payledger {name} {}/{parts}: {done} done, {failed} failed",
         part + 1
     );
 }

@@ -1,0 +1,126 @@
+-- payledger credits: packages, bought with a pay-in (or a subscription).
+
+CREATE FUNCTION payledger.define_credit_package(
+    name            text,
+    credits         numeric,
+    price_asset     text,
+    price           bigint,
+    metric          text DEFAULT NULL,
+    period          interval DEFAULT NULL,
+    validity        interval DEFAULT '1 year',
+    priority        integer DEFAULT 10)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    id uuid;
+BEGIN
+    PERFORM payledger.require(name, 'name');
+    PERFORM payledger.require(price_asset, 'price_asset');
+    PERFORM payledger.require(price, 'price');
+    IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
+        RAISE EXCEPTION 'invalid package name %', name USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.credit_settings) THEN
+        PERFORM payledger.credits_configure();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = price_asset) THEN
+        RAISE EXCEPTION 'asset % does not exist', price_asset USING ERRCODE = 'PL003';
+    END IF;
+    IF price <= 0 THEN
+        RAISE EXCEPTION 'price must be positive' USING ERRCODE = 'PL001';
+    END IF;
+    IF coalesce(validity, '0') <= '0' OR coalesce(period, '1 day') <= '0' THEN
+        RAISE EXCEPTION 'validity and period must be positive' USING ERRCODE = '22023';
+    END IF;
+    PERFORM payledger.credit_require_metric(metric);
+    INSERT INTO payledger.credit_packages (id, name, metric, credits, price_asset, price, period, validity, priority)
+    VALUES (payledger.new_id(), name, metric, payledger.credits_minor(credits), price_asset, price, period, validity,
+            coalesce(priority, 10))
+    ON CONFLICT DO NOTHING
+    RETURNING credit_packages.id INTO id;
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'package % exists', name USING ERRCODE = 'PL014';
+    END IF;
+    -- the pay-in and pay-out types a purchase uses
+    PERFORM payledger.register_payin_type('CREDIT_PACKAGE', 'a credit package');
+    PERFORM payledger.register_payout_type('CREDIT_SALE', 'the sale of credits');
+    RETURN id;
+END;
+$$;
+
+-- Buy a package: a pay-in of its price (paid by the given methods, to the
+-- seller's revenue account); the grant is made when the pay-in is PAID
+-- (at once when balances cover it), exactly once per pay-in.
+CREATE FUNCTION payledger.buy_credit_package(
+    org             text,
+    package         text,
+    methods         jsonb,
+    revenue_account uuid,
+    payer           text DEFAULT NULL,
+    idempotency_key text DEFAULT NULL)
+RETURNS TABLE (payin_id uuid, state payledger.payin_state, grant_id uuid)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    pk payledger.credit_packages;
+    p record;
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    PERFORM payledger.require(package, 'package');
+    PERFORM payledger.require(revenue_account, 'revenue_account');
+    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = package AND x.active;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'credit package % does not exist', package USING ERRCODE = 'PL031';
+    END IF;
+    SELECT * INTO p FROM payledger.create_payin(coalesce(payer, org), 'CREDIT_PACKAGE', pk.price_asset, pk.price, methods,
+        jsonb_build_array(jsonb_build_object('type', 'CREDIT_SALE', 'account', revenue_account, 'amount', pk.price)),
+        NULL, NULL, idempotency_key, NULL, jsonb_build_object('credit_package', pk.name, 'credit_org', org));
+    RETURN QUERY SELECT p.payin_id, p.state, (SELECT g.id FROM payledger.credit_grants g WHERE g.payin_id = p.payin_id);
+END;
+$$;
+
+-- A credit package's pay-in reached PAID (a handler of the pay-in
+-- lifecycle, in the settling transaction): it grants its credits; a
+-- subscription's renewals are recurring.
+CREATE FUNCTION payledger.credits_payin_paid(p payledger.payins)
+RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    pk payledger.credit_packages;
+BEGIN
+    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = p.metadata ->> 'credit_package';
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM payledger.grant_credits(coalesce(p.metadata ->> 'credit_org', p.owner_id), payledger.credits_of(pk.credits),
+        CASE WHEN p.metadata ? 'subscription' THEN 'recurring_purchase' ELSE 'purchase' END,
+        pk.metric, pk.priority, now() + pk.validity,
+        cost_basis => round(pk.price::numeric / payledger.credits_of(pk.credits), 12), cost_asset => pk.price_asset,
+        payin => p.id, metadata => jsonb_build_object('package', pk.name));
+END;
+$$;
+SELECT payledger.register_payin_handler('credits', 'reached', 100, '{PAID}',
+                                        'payledger.credits_payin_paid(payledger.payins)', 'CREDIT_PACKAGE');
+
+-- A recurring package: a subscription whose every paid period grants.
+CREATE FUNCTION payledger.subscribe_credit_package(
+    org             text,
+    package         text,
+    revenue_account uuid,
+    methods         jsonb DEFAULT '[{"external": "invoice"}]',
+    payer           text DEFAULT NULL,
+    starts_at       timestamptz DEFAULT NULL)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    pk payledger.credit_packages;
+BEGIN
+    PERFORM payledger.require(org, 'org');
+    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = package AND x.active;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'credit package % does not exist', package USING ERRCODE = 'PL031';
+    END IF;
+    IF pk.period IS NULL THEN
+        RAISE EXCEPTION 'credit package % is one-time, not recurring', package USING ERRCODE = '22023';
+    END IF;
+    RETURN payledger.create_subscription(coalesce(payer, org), 'CREDIT_PACKAGE', pk.price_asset, pk.price, pk.period,
+        methods, jsonb_build_array(jsonb_build_object('type', 'CREDIT_SALE', 'account', revenue_account, 'amount', pk.price)),
+        NULL, NULL, NULL, starts_at, jsonb_build_object('credit_package', pk.name, 'credit_org', org));
+END;
+$$;

@@ -1,0 +1,119 @@
+-- payledger credits: threshold events.
+
+-- The rules in force: the table's, or, while it is empty, the defaults
+-- (50, 75, 90 and 100 % used; depleted/recovered; expiring within 7 days).
+CREATE FUNCTION payledger.credit_threshold_rules()
+RETURNS TABLE (name text, kind text, value numeric)
+LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT t.name, t.kind, t.value FROM payledger.credit_thresholds t WHERE t.active
+    UNION ALL
+    SELECT d.name, d.kind, d.value
+      FROM (VALUES ('used_50', 'used_pct', 50::numeric), ('used_75', 'used_pct', 75), ('used_90', 'used_pct', 90),
+                   ('used_100', 'used_pct', 100), ('depleted', 'depleted', 0), ('expiring_7d', 'expiring', 7))
+           AS d(name, kind, value)
+     WHERE NOT EXISTS (SELECT 1 FROM payledger.credit_thresholds);
+$$;
+
+CREATE FUNCTION payledger.set_credit_threshold(name text, kind text, value numeric DEFAULT 0, active boolean DEFAULT true)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger.require(name, 'name');
+    IF name !~ '^[a-z][a-z0-9_]{0,62}$' OR kind IS NULL OR kind NOT IN ('used_pct', 'depleted', 'expiring')
+       OR coalesce(value, -1) < 0 THEN
+        RAISE EXCEPTION 'a threshold has a lower-case name, a kind (used_pct, depleted, expiring) and a value >= 0'
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.credit_thresholds AS t (name, kind, value, active)
+    VALUES (name, kind, value, coalesce(active, true))
+    ON CONFLICT ON CONSTRAINT credit_thresholds_pkey DO UPDATE
+       SET kind = excluded.kind, value = excluded.value, active = excluded.active;
+END;
+$$;
+
+-- Evaluate an organisation's rules against its credits now; write an event
+-- (credits.threshold, credits.depleted, credits.recovered, credits.expiring)
+-- for each rule whose state changed, once per crossing. Percentages are of
+-- the active granted credit only (expired credit is not "used").
+-- Threshold crossings for a batch of organisations (the caller holds their
+-- credit locks, so two checks cannot both see one crossing): each rule's
+-- state is compared with the organisation's credits now; a change is
+-- recorded, and a rising edge (or depleted's falling edge, "recovered") is
+-- written to the outbox. Returns the events written.
+CREATE FUNCTION payledger.credit_thresholds(orgs text[])
+RETURNS integer LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
+BEGIN
+    WITH t AS (
+        -- get_total_credits(org), for many
+        -- (in minor units; credits in the events)
+        SELECT o.org_id, coalesce(sum(a.balance), 0) AS available, coalesce(sum(g.amount), 0) AS granted_active,
+               min(l.expires_at) FILTER (WHERE a.balance > 0) AS next_expiry
+          FROM unnest(orgs) AS o(org_id)
+          LEFT JOIN payledger.credit_live_grants l
+            ON l.org_id = o.org_id AND l.effective_at <= now() AND (l.expires_at IS NULL OR l.expires_at > now())
+          LEFT JOIN payledger.accounts a ON a.id = l.account_id
+          LEFT JOIN payledger.credit_grants g ON g.id = l.grant_id
+         GROUP BY o.org_id),
+    c AS (
+        SELECT q.* FROM (
+            SELECT t.*, r.name, r.kind, r.value, r.n, coalesce(s.crossed, false) AS was,
+                   coalesce(CASE r.kind
+                       WHEN 'used_pct' THEN t.granted_active > 0 AND (t.granted_active - t.available) * 100 >= r.value * t.granted_active
+                       WHEN 'depleted' THEN t.granted_active > 0 AND t.available = 0
+                       WHEN 'expiring' THEN t.available > 0 AND t.next_expiry <= now() + make_interval(days => r.value::integer)
+                   END, false) AS crossed
+              FROM t CROSS JOIN payledger.credit_threshold_rules() WITH ORDINALITY AS r(name, kind, value, n)
+              LEFT JOIN payledger.credit_threshold_state s ON s.org_id = t.org_id AND s.threshold = r.name) q
+         WHERE q.crossed <> q.was),
+    changed AS (
+        INSERT INTO payledger.credit_threshold_state AS s (org_id, threshold, crossed, changed_at)
+        SELECT c.org_id, c.name, c.crossed, now() FROM c
+        ON CONFLICT ON CONSTRAINT credit_threshold_state_pkey DO UPDATE
+           SET crossed = excluded.crossed, changed_at = excluded.changed_at)
+    INSERT INTO payledger.events (topic, subject_id, owner_id, payload)
+    SELECT CASE WHEN c.kind = 'depleted' AND c.crossed THEN 'credits.depleted'
+                WHEN c.kind = 'depleted' THEN 'credits.recovered'
+                WHEN c.kind = 'expiring' THEN 'credits.expiring'
+                ELSE 'credits.threshold' END,
+           NULL, c.org_id,
+           jsonb_build_object('org', c.org_id, 'threshold', c.name, 'kind', c.kind, 'value', c.value,
+                              'available', payledger.credits_of(c.available::bigint),
+                              'granted_active', payledger.credits_of(c.granted_active::bigint), 'next_expiry', c.next_expiry)
+      FROM c WHERE c.crossed OR c.kind = 'depleted'
+     ORDER BY c.org_id, c.n;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END;
+$$;
+
+CREATE FUNCTION payledger.credit_check_thresholds(org text)
+RETURNS integer LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger.credit_lock(org);
+    SELECT payledger.credit_thresholds(ARRAY[org]);
+$$;
+
+-- Organisations whose credit expires within the longest "expiring" window:
+-- time alone crosses that rule, so the worker asks (housekeeping).
+CREATE FUNCTION payledger.credit_check_expiring(max_orgs integer DEFAULT 1000)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    days numeric := (SELECT max(r.value) FROM payledger.credit_threshold_rules() r WHERE r.kind = 'expiring');
+BEGIN
+    PERFORM payledger.require_limit(max_orgs, 'max_orgs');
+    IF days IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN payledger.credit_thresholds(ARRAY(
+        SELECT o.org_id
+          FROM (SELECT DISTINCT l.org_id FROM payledger.credit_live_grants l
+                 WHERE l.expires_at BETWEEN now() - interval '1 day' AND now() + make_interval(days => days::integer)
+                 ORDER BY l.org_id LIMIT max_orgs) o
+         WHERE payledger.credit_try_lock(o.org_id)));
+END;
+$$;
+
+SELECT payledger.register_housekeeping_step('credits', 'credit_grants_expired', 30, 'payledger.expire_credits(integer)',
+                                            max_calls => 1),
+       payledger.register_housekeeping_step('credits', 'credit_expiry_events', 40,
+                                            'payledger.credit_check_expiring(integer)', max_calls => 1);
