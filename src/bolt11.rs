@@ -193,6 +193,13 @@ fn bolt11_decode(
     ))
 }
 
+// Who may call it (the operators may call all of the API: src/security.sql).
+extension_sql!(
+    "GRANT EXECUTE ON FUNCTION payledger.bolt11_decode(text) TO payledger_app;",
+    name = "bolt11_grants",
+    requires = [bolt11_decode]
+);
+
 /// Create and sign an invoice (for tests, demos and fake providers: the
 /// payee's secret key passes through SQL).
 pub struct NewInvoice<'a> {

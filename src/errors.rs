@@ -97,6 +97,13 @@ fn error_codes() -> pgrx::iter::TableIterator<
     pgrx::iter::TableIterator::new(Code::ALL.iter().map(|c| (c.sqlstate(), c.name())))
 }
 
+// Who may call it (the operators may call all of the API: src/security.sql).
+pgrx::extension_sql!(
+    "GRANT EXECUTE ON FUNCTION payledger.error_codes() TO payledger_enduser, payledger_app;",
+    name = "errors_grants",
+    requires = [error_codes]
+);
+
 /// A failed item: its SQLSTATE, a message and an optional detail.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerError {

@@ -2,15 +2,15 @@
 CREATE FUNCTION payledger.check_invariants()
 RETURNS TABLE (invariant text, subject text, detail text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT * FROM payledger.ledger_invariants()
+    SELECT * FROM payledger_internal.ledger_invariants()
     UNION ALL
-    SELECT * FROM payledger.payin_invariants()
+    SELECT * FROM payledger_internal.payin_invariants()
     UNION ALL
-    SELECT * FROM payledger.events_invariants()
+    SELECT * FROM payledger_internal.events_invariants()
     UNION ALL
-    SELECT * FROM payledger.provider_invariants()
+    SELECT * FROM payledger_internal.provider_invariants()
     UNION ALL
-    SELECT * FROM payledger.nostr_invariants()
+    SELECT * FROM payledger_internal.nostr_invariants()
     UNION ALL
-    SELECT * FROM payledger.credit_invariants()
+    SELECT * FROM payledger_internal.credit_invariants()
 $$;

@@ -24,6 +24,12 @@ mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
+/// The schema of what the API uses inside (created first, by
+/// `src/ledger/schema.sql`): declared here for the Rust functions that live
+/// there (`#[pg_extern(schema = "payledger_internal")]`).
+#[pg_schema]
+mod payledger_internal {}
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();

@@ -21,21 +21,22 @@ DECLARE
     c payledger.credit_consumptions;
     want bigint;
 BEGIN
-    PERFORM payledger.require(org, 'org');
-    PERFORM payledger.require(metric, 'metric');
-    PERFORM payledger.require(idempotency_key, 'idempotency_key');
-    PERFORM payledger.credit_require_metric(metric);
-    want := payledger.credits_minor(credits);
-    c := payledger.credit_burn(org, metric, want, idempotency_key, usage_at, coalesce(partial, false));
+    PERFORM payledger_internal.require(org, 'org');
+    PERFORM payledger_internal.require(metric, 'metric');
+    PERFORM payledger_internal.require(idempotency_key, 'idempotency_key');
+    PERFORM payledger_internal.credit_require_metric(metric);
+    want := payledger_internal.credits_minor(credits);
+    c := payledger_internal.credit_burn(org, metric, want, idempotency_key, usage_at, coalesce(partial, false));
     RETURN QUERY SELECT c.id, payledger.credits_of(c.amount), payledger.credits_of(c.requested - c.amount),
         (SELECT coalesce(jsonb_agg(jsonb_build_object('grant', p.grant_id, 'credits', payledger.credits_of(p.amount),
                                                       'category', p.category) ORDER BY p.amount DESC), '[]')
            FROM payledger.credit_consumption_parts p WHERE p.consumption_id = c.id);
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.consume_credits(text, text, numeric, text, timestamptz, boolean) TO payledger_app;
 
 -- The burn itself, in minor units (metering burns set-based: meter_batch).
-CREATE FUNCTION payledger.credit_burn(org text, metric text, want bigint, key text, usage_at timestamptz,
+CREATE FUNCTION payledger_internal.credit_burn(org text, metric text, want bigint, key text, usage_at timestamptz,
                                       partial boolean)
 RETURNS payledger.credit_consumptions
 LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
@@ -51,7 +52,7 @@ DECLARE
     part_amounts bigint[] := '{}';
     part_categories text[] := '{}';
 BEGIN
-    PERFORM payledger.credit_lock(org);
+    PERFORM payledger_internal.credit_lock(org);
     SELECT * INTO c FROM payledger.credit_consumptions x WHERE x.org_id = org AND x.idempotency_key = key;
     -- (usage_at NULL: now; a repeat without it matches whatever time the first had)
     IF FOUND THEN
@@ -81,7 +82,7 @@ BEGIN
             payledger.credits_of(want) USING ERRCODE = 'PL006';
     END IF;
     IF want > left_ THEN
-        j := payledger.credit_post(postings || jsonb_build_object('account', payledger.credit_system_account('credits_consumed'),
+        j := payledger_internal.credit_post(postings || jsonb_build_object('account', payledger_internal.credit_system_account('credits_consumed'),
                                                                   'amount', want - left_),
                                    jsonb_build_object('consumption', id, 'org', org, 'metric', metric), 'credit_consume');
     END IF;
@@ -90,7 +91,7 @@ BEGIN
     RETURNING * INTO c;
     INSERT INTO payledger.credit_consumption_parts (consumption_id, grant_id, amount, category)
     SELECT id, x.g, x.a, x.c FROM unnest(part_grants, part_amounts, part_categories) AS x(g, a, c);
-    PERFORM payledger.credit_check_thresholds(org);
+    PERFORM payledger_internal.credit_check_thresholds(org);
     RETURN c;
 END;
 $$;
@@ -107,12 +108,12 @@ DECLARE
     j uuid;
     j2 uuid;
 BEGIN
-    PERFORM payledger.require(consumption, 'consumption');
+    PERFORM payledger_internal.require(consumption, 'consumption');
     SELECT * INTO c FROM payledger.credit_consumptions x WHERE x.id = consumption;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'consumption % does not exist', consumption USING ERRCODE = 'PL031';
     END IF;
-    PERFORM payledger.credit_lock(c.org_id);
+    PERFORM payledger_internal.credit_lock(c.org_id);
     SELECT * INTO c FROM payledger.credit_consumptions x WHERE x.id = consumption FOR UPDATE;
     IF c.undone_at IS NOT NULL OR c.amount = 0 THEN
         RETURN 0;
@@ -121,7 +122,7 @@ BEGIN
                JOIN payledger.credit_grants g ON g.id = cp.grant_id WHERE cp.consumption_id = c.id LOOP
         postings := postings || jsonb_build_object('account', p.account_id, 'amount', p.amount);
     END LOOP;
-    j := payledger.credit_post(postings || jsonb_build_object('account', payledger.credit_system_account('credits_consumed'),
+    j := payledger_internal.credit_post(postings || jsonb_build_object('account', payledger_internal.credit_system_account('credits_consumed'),
                                                               'amount', -c.amount),
                                jsonb_build_object('undo', c.id, 'reason', reason), 'credit_undo');
     UPDATE payledger.credit_consumptions x SET undone_at = now(), undo_journal = j WHERE x.id = c.id;
@@ -140,7 +141,7 @@ BEGIN
                FROM payledger.credit_consumption_parts cp JOIN payledger.credit_grants g ON g.id = cp.grant_id
               WHERE cp.consumption_id = c.id LOOP
         IF p.dead THEN
-            j2 := payledger.credit_move(p.account_id, payledger.credit_system_account('credits_expired'), p.amount,
+            j2 := payledger_internal.credit_move(p.account_id, payledger_internal.credit_system_account('credits_expired'), p.amount,
                                         jsonb_build_object('grant', p.grant_id, 'undo', c.id), NULL, 'credit_expire');
             INSERT INTO payledger.credit_grant_events VALUES (p.grant_id, 'restored_expired', p.amount, j2, now(), reason);
         ELSE
@@ -150,10 +151,11 @@ BEGIN
             ON CONFLICT DO NOTHING;
         END IF;
     END LOOP;
-    PERFORM payledger.credit_check_thresholds(c.org_id);
+    PERFORM payledger_internal.credit_check_thresholds(c.org_id);
     RETURN payledger.credits_of(c.amount);
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.undo_consumption(uuid, text) TO payledger_app;
 
 ---------------------------------------------------------------------------
 -- Balances
@@ -169,8 +171,8 @@ CREATE FUNCTION payledger.get_total_credits(org text, metric text DEFAULT NULL, 
 RETURNS TABLE (available numeric, granted_active numeric, next_expiry timestamptz, by_metric jsonb)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(org, 'org');
-    PERFORM payledger.credit_require_metric(metric);
+    PERFORM payledger_internal.require(org, 'org');
+    PERFORM payledger_internal.credit_require_metric(metric);
     -- now: the live grants; in the past: the grants in effect then, each
     -- with its balance at that time from the ledger (one branch runs)
     RETURN QUERY
@@ -209,3 +211,8 @@ RETURNS TABLE (available numeric, granted_active numeric, next_expiry timestampt
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT * FROM payledger.get_total_credits(org::text, metric, at);
 $$;
+GRANT EXECUTE ON FUNCTION
+    payledger.get_total_credits(text, text, timestamptz),
+    payledger.get_total_credits(uuid, text, timestamptz),
+    payledger.get_total_credits(bigint, text, timestamptz)
+TO payledger_app;

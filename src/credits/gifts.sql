@@ -11,19 +11,19 @@ CREATE FUNCTION payledger.create_gift_code(
     priority        integer DEFAULT 5)
 RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(code, 'code');
+    PERFORM payledger_internal.require(code, 'code');
     IF code !~ '^[A-Za-z0-9_-]{4,64}$' THEN
         RAISE EXCEPTION 'a gift code is 4 to 64 letters, digits, _ or -' USING ERRCODE = '22023';
     END IF;
     IF NOT EXISTS (SELECT 1 FROM payledger.credit_settings) THEN
         PERFORM payledger.credits_configure();
     END IF;
-    PERFORM payledger.credit_require_metric(metric);
+    PERFORM payledger_internal.credit_require_metric(metric);
     IF coalesce(max_redemptions, 1) <= 0 OR coalesce(per_org_limit, 0) <= 0 OR coalesce(validity, '0') <= '0' THEN
         RAISE EXCEPTION 'limits and validity must be positive' USING ERRCODE = '22023';
     END IF;
     INSERT INTO payledger.gift_codes (code, credits, metric, valid_until, validity, max_redemptions, per_org_limit, priority)
-    VALUES (code, payledger.credits_minor(credits), metric, valid_until, validity, max_redemptions, per_org_limit,
+    VALUES (code, payledger_internal.credits_minor(credits), metric, valid_until, validity, max_redemptions, per_org_limit,
             coalesce(priority, 5))
     ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
@@ -43,8 +43,8 @@ DECLARE
     n integer;
     gid uuid;
 BEGIN
-    PERFORM payledger.require(code, 'code');
-    PERFORM payledger.require(org, 'org');
+    PERFORM payledger_internal.require(code, 'code');
+    PERFORM payledger_internal.require(org, 'org');
     SELECT * INTO gc FROM payledger.gift_codes x WHERE x.code = redeem_gift_code.code FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'gift code % does not exist', code USING ERRCODE = 'PL031';
@@ -67,3 +67,4 @@ BEGIN
     RETURN gid;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.redeem_gift_code(text, text) TO payledger_app;

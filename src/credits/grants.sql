@@ -28,8 +28,8 @@ DECLARE
     exp timestamptz;
     cat text;
 BEGIN
-    PERFORM payledger.require(org, 'org');
-    PERFORM payledger.require(source, 'source');
+    PERFORM payledger_internal.require(org, 'org');
+    PERFORM payledger_internal.require(source, 'source');
     IF source NOT IN ('purchase', 'recurring_purchase', 'gift_code', 'promotion', 'manual', 'rollover') THEN
         RAISE EXCEPTION 'unknown grant source %', source USING ERRCODE = '22023';
     END IF;
@@ -39,14 +39,14 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM payledger.credit_settings) THEN
         PERFORM payledger.credits_configure();
     END IF;
-    amount := payledger.credits_minor(credits);
-    PERFORM payledger.credit_require_metric(metric);
+    amount := payledger_internal.credits_minor(credits);
+    PERFORM payledger_internal.credit_require_metric(metric);
     exp := CASE WHEN never_expires THEN NULL ELSE coalesce(expires_at, eff + interval '1 year') END;
     IF exp IS NOT NULL AND exp <= eff THEN
         RAISE EXCEPTION 'a grant must expire after it takes effect' USING ERRCODE = '22023';
     END IF;
     cat := CASE WHEN source IN ('gift_code', 'promotion') THEN 'promotional' ELSE 'paid' END;
-    PERFORM payledger.credit_lock(org);
+    PERFORM payledger_internal.credit_lock(org);
     IF idempotency_key IS NOT NULL OR payin IS NOT NULL THEN
         SELECT * INTO g FROM payledger.credit_grants x
          WHERE (x.org_id = org AND x.idempotency_key = grant_credits.idempotency_key)
@@ -59,12 +59,12 @@ BEGIN
             RETURN g.id;
         END IF;
     END IF;
-    acc := payledger.open_account_as('credits', org, payledger.credit_asset(), 'credit_grant', 'grant:' || id,
+    acc := payledger_internal.open_account_as('credits', org, payledger.credit_asset(), 'credit_grant', 'grant:' || id,
                                      false, NULL, '{}');
     INSERT INTO payledger.credit_grants (id, org_id, amount, metric, priority, category, source, effective_at, expires_at,
                                          cost_basis, cost_asset, payin_id, account_id, grant_journal, idempotency_key, metadata)
     VALUES (id, org, amount, metric, priority, cat, source, eff, exp, cost_basis, cost_asset, payin, acc,
-            payledger.credit_move(payledger.credit_system_account('credits_issued'), acc, amount,
+            payledger_internal.credit_move(payledger_internal.credit_system_account('credits_issued'), acc, amount,
                                   jsonb_build_object('grant', id), eff, 'credit_grant'),
             idempotency_key, coalesce(metadata, '{}'));
     INSERT INTO payledger.credit_live_grants VALUES
@@ -72,12 +72,13 @@ BEGIN
     INSERT INTO payledger.credit_orgs (org_id) VALUES (org) ON CONFLICT DO NOTHING;
     -- the new credit pays what metering could not (and lifts the blocks)
     IF EXISTS (SELECT 1 FROM payledger.credit_meters m WHERE m.org_id = org AND m.blocked) THEN
-        PERFORM payledger.meter_batch(ARRAY[org], true);
+        PERFORM payledger_internal.meter_batch(ARRAY[org], true);
     END IF;
-    PERFORM payledger.credit_check_thresholds(org);
+    PERFORM payledger_internal.credit_check_thresholds(org);
     RETURN id;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.grant_credits(text, numeric, text, text, integer, timestamptz, timestamptz, boolean, numeric, text, uuid, text, jsonb) TO payledger_app;
 
 -- Forfeit what is left of a grant (idempotent: a voided grant has nothing left).
 CREATE FUNCTION payledger.void_grant(grant_id uuid, reason text DEFAULT NULL)
@@ -87,23 +88,24 @@ DECLARE
     left_ bigint;
     j uuid;
 BEGIN
-    PERFORM payledger.require(grant_id, 'grant_id');
+    PERFORM payledger_internal.require(grant_id, 'grant_id');
     SELECT * INTO g FROM payledger.credit_grants x WHERE x.id = grant_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'grant % does not exist', grant_id USING ERRCODE = 'PL031';
     END IF;
-    PERFORM payledger.credit_lock(g.org_id);
+    PERFORM payledger_internal.credit_lock(g.org_id);
     DELETE FROM payledger.credit_live_grants l WHERE l.grant_id = g.id;
     left_ := payledger.balance(g.account_id);
     IF left_ > 0 THEN
-        j := payledger.credit_move(g.account_id, payledger.credit_system_account('credits_voided'), left_,
+        j := payledger_internal.credit_move(g.account_id, payledger_internal.credit_system_account('credits_voided'), left_,
                                    jsonb_build_object('grant', g.id, 'reason', reason), NULL, 'credit_void');
         INSERT INTO payledger.credit_grant_events VALUES (g.id, 'voided', left_, j, now(), reason);
-        PERFORM payledger.credit_check_thresholds(g.org_id);
+        PERFORM payledger_internal.credit_check_thresholds(g.org_id);
     END IF;
     RETURN payledger.credits_of(coalesce(left_, 0));
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.void_grant(uuid, text) TO payledger_app;
 
 -- Expire what is left of grants past their expiry (and its grace, so that
 -- late metering of usage from before the expiry can still burn them): one
@@ -124,14 +126,14 @@ DECLARE
     g_left bigint[];
     r record;
 BEGIN
-    PERFORM payledger.require_limit(max_grants, 'max_grants');
+    PERFORM payledger_internal.require_limit(max_grants, 'max_grants');
     max_grants := least(max_grants, payledger.setting_int('max_batch_size'));
     SELECT coalesce(array_agg(DISTINCT l.org_id ORDER BY l.org_id), '{}') INTO orgs
       FROM (SELECT l.org_id FROM payledger.credit_live_grants l WHERE l.expires_at < now() - grace
              ORDER BY l.org_id, l.expires_at LIMIT max_grants) l;
     -- (try-locks, in org_id order: a sweep never waits for an organisation)
     SELECT coalesce(array_agg(x.org_id ORDER BY x.o), '{}') INTO locked
-      FROM unnest(orgs) WITH ORDINALITY AS x(org_id, o) WHERE payledger.credit_try_lock(x.org_id);
+      FROM unnest(orgs) WITH ORDINALITY AS x(org_id, o) WHERE payledger_internal.credit_try_lock(x.org_id);
     IF cardinality(locked) = 0 THEN
         RETURN 0;
     END IF;
@@ -147,13 +149,13 @@ BEGIN
       INTO g_id, g_account, g_left
       FROM gone g JOIN payledger.accounts a ON a.id = g.account_id;
     IF EXISTS (SELECT 1 FROM unnest(g_left) b WHERE b > 0) THEN
-        sink := payledger.credit_system_account('credits_expired');
+        sink := payledger_internal.credit_system_account('credits_expired');
         FOR r IN
             WITH x AS (
                 SELECT x.grant_id, x.account_id, x.amount, row_number() OVER (ORDER BY x.grant_id) AS i
                   FROM unnest(g_id, g_account, g_left) AS x(grant_id, account_id, amount) WHERE x.amount > 0),
             b AS (  -- (a CTE: the batch runs once)
-                SELECT * FROM payledger.engine_batch_as('credits', (
+                SELECT * FROM payledger_internal.engine_batch_as('credits', (
                     SELECT jsonb_agg(jsonb_build_object(
                                'postings', jsonb_build_array(jsonb_build_object('account', x.account_id, 'amount', -x.amount),
                                                              jsonb_build_object('account', sink, 'amount', x.amount)),
@@ -163,12 +165,12 @@ BEGIN
             SELECT b.status, b.journal_id, b.sqlstate, b.message, b.detail, x.grant_id, x.amount
               FROM x JOIN b ON b.item = x.i LOOP
             IF r.status = 'error' THEN
-                PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+                PERFORM payledger_internal.raise_failure(r.sqlstate, r.message, r.detail);
             END IF;
             INSERT INTO payledger.credit_grant_events VALUES (r.grant_id, 'expired', r.amount, r.journal_id, now(), NULL);
         END LOOP;
     END IF;
-    PERFORM payledger.credit_thresholds(locked);
+    PERFORM payledger_internal.credit_thresholds(locked);
     RETURN cardinality(g_id);
 END;
 $$;

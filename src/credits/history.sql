@@ -11,7 +11,7 @@ RETURNS TABLE (month date, metric text, usage numeric, monthly_limit numeric, ov
                closing_balance numeric)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(org, 'org');
+    PERFORM payledger_internal.require(org, 'org');
     IF months IS NULL OR months NOT BETWEEN 1 AND 120 THEN
         RAISE EXCEPTION 'months must be between 1 and 120' USING ERRCODE = '22023';
     END IF;
@@ -56,6 +56,7 @@ BEGIN
      ORDER BY m.month DESC, x.metric;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.credit_history(text, integer) TO payledger_app;
 
 CREATE FUNCTION payledger.my_credit_history(months integer DEFAULT 12)
 RETURNS TABLE (month date, metric text, usage numeric, monthly_limit numeric, overage numeric,
@@ -65,6 +66,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
     SELECT * FROM payledger.credit_history(payledger.current_owner_id(), months)
      WHERE payledger.current_owner_id() IS NOT NULL;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.my_credit_history(integer) TO payledger_enduser, payledger_app;
 
 CREATE VIEW payledger.my_credit_history AS
 SELECT * FROM payledger.my_credit_history(12);

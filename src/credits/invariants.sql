@@ -1,6 +1,6 @@
 -- payledger credits: invariants (part of check_invariants()).
 
-CREATE FUNCTION payledger.credit_invariants()
+CREATE FUNCTION payledger_internal.credit_invariants()
 RETURNS TABLE (invariant text, subject text, detail text)
 LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     -- a grant's account: granted - consumed (not undone) - expired - voided

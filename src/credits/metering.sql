@@ -10,9 +10,9 @@ DECLARE
     cyc timestamptz;
     total numeric;
 BEGIN
-    PERFORM payledger.require(org, 'org');
-    PERFORM payledger.require(metric, 'metric');
-    PERFORM payledger.require(amount, 'amount');
+    PERFORM payledger_internal.require(org, 'org');
+    PERFORM payledger_internal.require(metric, 'metric');
+    PERFORM payledger_internal.require(amount, 'amount');
     SELECT m.kind INTO k FROM payledger.credit_metrics m WHERE m.metric = record_usage.metric;
     IF k IS NULL THEN
         RAISE EXCEPTION 'metric % is not registered', metric USING ERRCODE = 'PL031';
@@ -22,7 +22,7 @@ BEGIN
     END IF;
     INSERT INTO payledger.credit_orgs (org_id) VALUES (org) ON CONFLICT DO NOTHING;
     SELECT * INTO o FROM payledger.credit_orgs x WHERE x.org_id = org;
-    cyc := payledger.credit_cycle_start(o.cycle_anchor, coalesce(at, now()));
+    cyc := payledger_internal.credit_cycle_start(o.cycle_anchor, coalesce(at, now()));
     INSERT INTO payledger.credit_usage AS u (org_id, metric, cycle_start, usage, updated_at)
     VALUES (org, metric, cyc, amount, coalesce(at, now()))
     ON CONFLICT ON CONSTRAINT credit_usage_pkey DO UPDATE
@@ -32,6 +32,7 @@ BEGIN
     RETURN total;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.record_usage(text, text, numeric, timestamptz) TO payledger_app;
 
 -- Metering's core, set-based over a batch of organisations: for each meter
 -- (organisation, metric, cycle), cost(overage) - what is settled, burnt from
@@ -41,7 +42,7 @@ $$;
 -- older one still blocked; only_unpaid: just the blocked ones (after a
 -- top-up). The caller holds each organisation's credit lock, under which
 -- alone meter rows and grant balances change. Returns the meters charged.
-CREATE FUNCTION payledger.meter_batch(orgs text[], only_unpaid boolean)
+CREATE FUNCTION payledger_internal.meter_batch(orgs text[], only_unpaid boolean)
 RETURNS integer LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     unit numeric;
@@ -83,7 +84,7 @@ BEGIN
       INTO due
       FROM (WITH o AS MATERIALIZED (  -- (the cycle bounds once per organisation)
                 SELECT o.org_id, o.plan,
-                       payledger.credit_cycle_start(o.cycle_anchor, payledger.credit_cycle_start(o.cycle_anchor, now())
+                       payledger_internal.credit_cycle_start(o.cycle_anchor, payledger_internal.credit_cycle_start(o.cycle_anchor, now())
                                                                     - interval '1 microsecond') AS since
                   FROM payledger.credit_orgs o WHERE o.org_id = ANY (orgs))
             SELECT u.org_id, u.metric, u.cycle_start, least(u.updated_at, now()) AS usage_at, v.overage,
@@ -149,7 +150,7 @@ BEGIN
 
     -- 3. one journal per organisation: each grant gives what it paid, the
     -- consumed sink takes the total (posted in engine batches)
-    sink := payledger.credit_system_account('credits_consumed');
+    sink := payledger_internal.credit_system_account('credits_consumed');
     SELECT coalesce(array_agg(j.org_id ORDER BY j.org_id), '{}'), coalesce(array_agg(j.item ORDER BY j.org_id), '{}')
       INTO j_orgs, items
       FROM (SELECT s.org_id, jsonb_build_object(
@@ -164,9 +165,9 @@ BEGIN
                      GROUP BY 1, 2) s
              GROUP BY s.org_id) j;
     FOR k IN 0 .. (cardinality(items) - 1) / 1000 LOOP
-        FOR r IN SELECT * FROM payledger.engine_batch_as('credits', to_jsonb(items[k * 1000 + 1 : k * 1000 + 1000])) b ORDER BY b.item LOOP
+        FOR r IN SELECT * FROM payledger_internal.engine_batch_as('credits', to_jsonb(items[k * 1000 + 1 : k * 1000 + 1000])) b ORDER BY b.item LOOP
             IF r.status = 'error' THEN
-                PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+                PERFORM payledger_internal.raise_failure(r.sqlstate, r.message, r.detail);
             END IF;
             j_ids := j_ids || r.journal_id;
         END LOOP;
@@ -198,7 +199,7 @@ BEGIN
     ON CONFLICT ON CONSTRAINT credit_meters_pkey DO UPDATE
        SET overage = excluded.overage, cost = excluded.cost, charged = excluded.charged, blocked = excluded.blocked,
            updated_at = excluded.updated_at;
-    PERFORM payledger.credit_thresholds(j_orgs);
+    PERFORM payledger_internal.credit_thresholds(j_orgs);
     RETURN (SELECT count(DISTINCT p.d) FROM unnest(part_due) AS p(d));
 END;
 $$;
@@ -207,9 +208,9 @@ $$;
 CREATE FUNCTION payledger.meter_org(org text, only_unpaid boolean DEFAULT false)
 RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(org, 'org');
-    PERFORM payledger.credit_lock(org);
-    RETURN payledger.meter_batch(ARRAY[org], coalesce(only_unpaid, false));
+    PERFORM payledger_internal.require(org, 'org');
+    PERFORM payledger_internal.credit_lock(org);
+    RETURN payledger_internal.meter_batch(ARRAY[org], coalesce(only_unpaid, false));
 END;
 $$;
 
@@ -255,12 +256,12 @@ BEGIN
              ORDER BY o.org_id LIMIT max_orgs) o;
     -- (try-locks, in org_id order: a sweep never waits for an organisation)
     SELECT coalesce(array_agg(x.org_id ORDER BY x.o), '{}') INTO locked
-      FROM unnest(picked) WITH ORDINALITY AS x(org_id, o) WHERE payledger.credit_try_lock(x.org_id);
+      FROM unnest(picked) WITH ORDINALITY AS x(org_id, o) WHERE payledger_internal.credit_try_lock(x.org_id);
     -- a step that fails (a bug, bad configuration) changes nothing, is
     -- logged and counted, and does not stop the run: its organisations are
     -- tried again by the next one
     BEGIN
-        n := payledger.meter_batch(locked, false);
+        n := payledger_internal.meter_batch(locked, false);
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'payledger metering: % organisations from % not charged: % (SQLSTATE %)',
             cardinality(locked), locked[1], SQLERRM, SQLSTATE;
@@ -274,12 +275,12 @@ $$;
 -- Metering is a periodic run of the worker (src/worker/worker.sql): every
 -- payledger.metering_interval seconds, shared out over
 -- payledger.metering_workers sessions, a run_metering step at a time.
-CREATE FUNCTION payledger.metering_step(max_orgs integer, after_org text, part integer, parts integer)
+CREATE FUNCTION payledger_internal.metering_step(max_orgs integer, after_org text, part integer, parts integer)
 RETURNS TABLE (done integer, failed integer, last text)
 LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT m.orgs, m.failed, m.last_org FROM payledger.run_metering(max_orgs, after_org, part, parts) m;
 $$;
-SELECT payledger.register_worker_run('credits', 'metering', 'payledger.metering_step(integer, text, integer, integer)',
+SELECT payledger_internal.register_worker_run('credits', 'metering', 'payledger_internal.metering_step(integer, text, integer, integer)',
                                      'metering_interval', 'metering_workers', 'orgs_metered');
 
 -- Record a whole metering run as done (the worker and meter_all, at the end).
@@ -329,5 +330,6 @@ RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger
     SELECT NOT EXISTS (
         SELECT 1 FROM payledger.credit_meters b JOIN payledger.credit_orgs o ON o.org_id = b.org_id
          WHERE b.org_id = org AND b.blocked AND b.metric = ANY (metrics)
-           AND b.cycle_start = payledger.credit_cycle_start(o.cycle_anchor, now()));
+           AND b.cycle_start = payledger_internal.credit_cycle_start(o.cycle_anchor, now()));
 $$;
+GRANT EXECUTE ON FUNCTION payledger.credit_access(text, text[]) TO payledger_app;

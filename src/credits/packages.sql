@@ -13,9 +13,9 @@ RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payled
 DECLARE
     id uuid;
 BEGIN
-    PERFORM payledger.require(name, 'name');
-    PERFORM payledger.require(price_asset, 'price_asset');
-    PERFORM payledger.require(price, 'price');
+    PERFORM payledger_internal.require(name, 'name');
+    PERFORM payledger_internal.require(price_asset, 'price_asset');
+    PERFORM payledger_internal.require(price, 'price');
     IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION 'invalid package name %', name USING ERRCODE = '22023';
     END IF;
@@ -31,9 +31,9 @@ BEGIN
     IF coalesce(validity, '0') <= '0' OR coalesce(period, '1 day') <= '0' THEN
         RAISE EXCEPTION 'validity and period must be positive' USING ERRCODE = '22023';
     END IF;
-    PERFORM payledger.credit_require_metric(metric);
+    PERFORM payledger_internal.credit_require_metric(metric);
     INSERT INTO payledger.credit_packages (id, name, metric, credits, price_asset, price, period, validity, priority)
-    VALUES (payledger.new_id(), name, metric, payledger.credits_minor(credits), price_asset, price, period, validity,
+    VALUES (payledger.new_id(), name, metric, payledger_internal.credits_minor(credits), price_asset, price, period, validity,
             coalesce(priority, 10))
     ON CONFLICT DO NOTHING
     RETURNING credit_packages.id INTO id;
@@ -63,9 +63,9 @@ DECLARE
     pk payledger.credit_packages;
     p record;
 BEGIN
-    PERFORM payledger.require(org, 'org');
-    PERFORM payledger.require(package, 'package');
-    PERFORM payledger.require(revenue_account, 'revenue_account');
+    PERFORM payledger_internal.require(org, 'org');
+    PERFORM payledger_internal.require(package, 'package');
+    PERFORM payledger_internal.require(revenue_account, 'revenue_account');
     SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = package AND x.active;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'credit package % does not exist', package USING ERRCODE = 'PL031';
@@ -76,11 +76,12 @@ BEGIN
     RETURN QUERY SELECT p.payin_id, p.state, (SELECT g.id FROM payledger.credit_grants g WHERE g.payin_id = p.payin_id);
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.buy_credit_package(text, text, jsonb, uuid, text, text) TO payledger_app;
 
 -- A credit package's pay-in reached PAID (a handler of the pay-in
 -- lifecycle, in the settling transaction): it grants its credits; a
 -- subscription's renewals are recurring.
-CREATE FUNCTION payledger.credits_payin_paid(p payledger.payins)
+CREATE FUNCTION payledger_internal.credits_payin_paid(p payledger.payins)
 RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     pk payledger.credit_packages;
@@ -96,8 +97,8 @@ BEGIN
         payin => p.id, metadata => jsonb_build_object('package', pk.name));
 END;
 $$;
-SELECT payledger.register_payin_handler('credits', 'reached', 100, '{PAID}',
-                                        'payledger.credits_payin_paid(payledger.payins)', 'CREDIT_PACKAGE');
+SELECT payledger_internal.register_payin_handler('credits', 'reached', 100, '{PAID}',
+                                        'payledger_internal.credits_payin_paid(payledger.payins)', 'CREDIT_PACKAGE');
 
 -- A recurring package: a subscription whose every paid period grants.
 CREATE FUNCTION payledger.subscribe_credit_package(
@@ -111,7 +112,7 @@ RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payled
 DECLARE
     pk payledger.credit_packages;
 BEGIN
-    PERFORM payledger.require(org, 'org');
+    PERFORM payledger_internal.require(org, 'org');
     SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = package AND x.active;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'credit package % does not exist', package USING ERRCODE = 'PL031';
@@ -124,3 +125,4 @@ BEGIN
         NULL, NULL, NULL, starts_at, jsonb_build_object('credit_package', pk.name, 'credit_org', org));
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.subscribe_credit_package(text, text, uuid, jsonb, text, timestamptz) TO payledger_app;

@@ -4,7 +4,7 @@
 CREATE FUNCTION payledger.register_credit_metric(metric text, kind text DEFAULT 'counter', unit text DEFAULT 'unit')
 RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(metric, 'metric');
+    PERFORM payledger_internal.require(metric, 'metric');
     IF metric !~ '^[a-z][a-z0-9_]{0,62}$' OR kind IS NULL OR kind NOT IN ('counter', 'gauge') THEN
         RAISE EXCEPTION 'a metric is a lower-case name, of kind counter or gauge' USING ERRCODE = '22023';
     END IF;
@@ -17,7 +17,7 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION payledger.credit_require_metric(metric text)
+CREATE FUNCTION payledger_internal.credit_require_metric(metric text)
 RETURNS void LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
     IF metric IS NOT NULL AND NOT EXISTS (SELECT 1 FROM payledger.credit_metrics m WHERE m.metric = credit_require_metric.metric) THEN
@@ -36,9 +36,9 @@ DECLARE
     n integer := 0;
     last_open boolean := false;
 BEGIN
-    PERFORM payledger.require(metric, 'metric');
-    PERFORM payledger.require(tiers, 'tiers');
-    PERFORM payledger.credit_require_metric(metric);
+    PERFORM payledger_internal.require(metric, 'metric');
+    PERFORM payledger_internal.require(tiers, 'tiers');
+    PERFORM payledger_internal.credit_require_metric(metric);
     IF jsonb_typeof(tiers) <> 'array' OR jsonb_array_length(tiers) = 0 THEN
         RAISE EXCEPTION 'tiers must be a non-empty JSON array' USING ERRCODE = '22023';
     END IF;
@@ -69,18 +69,19 @@ RETURNS numeric LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_
      WHERE a.code = payledger.credit_asset()
      GROUP BY a.scale;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.credit_cost(text, numeric) TO payledger_app;
 
 CREATE FUNCTION payledger.define_credit_plan(name text, limits jsonb)
 RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     k text;
 BEGIN
-    PERFORM payledger.require(name, 'name');
+    PERFORM payledger_internal.require(name, 'name');
     IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' OR jsonb_typeof(limits) IS DISTINCT FROM 'object' THEN
         RAISE EXCEPTION 'a plan has a name and limits as {"metric": monthly limit}' USING ERRCODE = '22023';
     END IF;
     FOR k IN SELECT jsonb_object_keys(limits) LOOP
-        PERFORM payledger.credit_require_metric(k);
+        PERFORM payledger_internal.credit_require_metric(k);
         IF jsonb_typeof(limits -> k) <> 'number' OR (limits ->> k)::numeric < 0 THEN
             RAISE EXCEPTION 'the limit of % must be a number >= 0', k USING ERRCODE = '22023';
         END IF;
@@ -97,7 +98,7 @@ $$;
 CREATE FUNCTION payledger.set_credit_org(org text, plan text DEFAULT NULL, cycle_anchor timestamptz DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(org, 'org');
+    PERFORM payledger_internal.require(org, 'org');
     IF plan IS NOT NULL AND NOT EXISTS (SELECT 1 FROM payledger.credit_plans p WHERE p.name = set_credit_org.plan) THEN
         RAISE EXCEPTION 'plan % does not exist', plan USING ERRCODE = 'PL031';
     END IF;
@@ -107,11 +108,12 @@ BEGIN
        SET plan = excluded.plan, cycle_anchor = coalesce(set_credit_org.cycle_anchor, o.cycle_anchor);
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.set_credit_org(text, text, timestamptz) TO payledger_app;
 
 -- The start of the monthly cycle containing t: anchor + m months, for the m
 -- that lands in t's own month, or the one before it (months clamp to their
 -- last day: from Jan 31 the cycles start Feb 28, Mar 31, ...).
-CREATE FUNCTION payledger.credit_cycle_start(anchor timestamptz, t timestamptz)
+CREATE FUNCTION payledger_internal.credit_cycle_start(anchor timestamptz, t timestamptz)
 RETURNS timestamptz LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m integer := (extract(year FROM t) - extract(year FROM anchor)) * 12 + extract(month FROM t) - extract(month FROM anchor);

@@ -266,11 +266,11 @@ ALTER TABLE payledger.credit_usage ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.credit_meters ENABLE ROW LEVEL SECURITY;
 
 CREATE TRIGGER credit_grants_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.credit_grants
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 CREATE TRIGGER credit_consumption_parts_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.credit_consumption_parts
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 CREATE TRIGGER credit_grant_events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.credit_grant_events
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_metrics', '');

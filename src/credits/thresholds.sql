@@ -2,7 +2,7 @@
 
 -- The rules in force: the table's, or, while it is empty, the defaults
 -- (50, 75, 90 and 100 % used; depleted/recovered; expiring within 7 days).
-CREATE FUNCTION payledger.credit_threshold_rules()
+CREATE FUNCTION payledger_internal.credit_threshold_rules()
 RETURNS TABLE (name text, kind text, value numeric)
 LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT t.name, t.kind, t.value FROM payledger.credit_thresholds t WHERE t.active
@@ -17,7 +17,7 @@ $$;
 CREATE FUNCTION payledger.set_credit_threshold(name text, kind text, value numeric DEFAULT 0, active boolean DEFAULT true)
 RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(name, 'name');
+    PERFORM payledger_internal.require(name, 'name');
     IF name !~ '^[a-z][a-z0-9_]{0,62}$' OR kind IS NULL OR kind NOT IN ('used_pct', 'depleted', 'expiring')
        OR coalesce(value, -1) < 0 THEN
         RAISE EXCEPTION 'a threshold has a lower-case name, a kind (used_pct, depleted, expiring) and a value >= 0'
@@ -39,7 +39,7 @@ $$;
 -- state is compared with the organisation's credits now; a change is
 -- recorded, and a rising edge (or depleted's falling edge, "recovered") is
 -- written to the outbox. Returns the events written.
-CREATE FUNCTION payledger.credit_thresholds(orgs text[])
+CREATE FUNCTION payledger_internal.credit_thresholds(orgs text[])
 RETURNS integer LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     n integer;
@@ -63,7 +63,7 @@ BEGIN
                        WHEN 'depleted' THEN t.granted_active > 0 AND t.available = 0
                        WHEN 'expiring' THEN t.available > 0 AND t.next_expiry <= now() + make_interval(days => r.value::integer)
                    END, false) AS crossed
-              FROM t CROSS JOIN payledger.credit_threshold_rules() WITH ORDINALITY AS r(name, kind, value, n)
+              FROM t CROSS JOIN payledger_internal.credit_threshold_rules() WITH ORDINALITY AS r(name, kind, value, n)
               LEFT JOIN payledger.credit_threshold_state s ON s.org_id = t.org_id AND s.threshold = r.name) q
          WHERE q.crossed <> q.was),
     changed AS (
@@ -87,10 +87,10 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION payledger.credit_check_thresholds(org text)
+CREATE FUNCTION payledger_internal.credit_check_thresholds(org text)
 RETURNS integer LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT payledger.credit_lock(org);
-    SELECT payledger.credit_thresholds(ARRAY[org]);
+    SELECT payledger_internal.credit_lock(org);
+    SELECT payledger_internal.credit_thresholds(ARRAY[org]);
 $$;
 
 -- Organisations whose credit expires within the longest "expiring" window:
@@ -98,22 +98,22 @@ $$;
 CREATE FUNCTION payledger.credit_check_expiring(max_orgs integer DEFAULT 1000)
 RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    days numeric := (SELECT max(r.value) FROM payledger.credit_threshold_rules() r WHERE r.kind = 'expiring');
+    days numeric := (SELECT max(r.value) FROM payledger_internal.credit_threshold_rules() r WHERE r.kind = 'expiring');
 BEGIN
-    PERFORM payledger.require_limit(max_orgs, 'max_orgs');
+    PERFORM payledger_internal.require_limit(max_orgs, 'max_orgs');
     IF days IS NULL THEN
         RETURN 0;
     END IF;
-    RETURN payledger.credit_thresholds(ARRAY(
+    RETURN payledger_internal.credit_thresholds(ARRAY(
         SELECT o.org_id
           FROM (SELECT DISTINCT l.org_id FROM payledger.credit_live_grants l
                  WHERE l.expires_at BETWEEN now() - interval '1 day' AND now() + make_interval(days => days::integer)
                  ORDER BY l.org_id LIMIT max_orgs) o
-         WHERE payledger.credit_try_lock(o.org_id)));
+         WHERE payledger_internal.credit_try_lock(o.org_id)));
 END;
 $$;
 
-SELECT payledger.register_housekeeping_step('credits', 'credit_grants_expired', 30, 'payledger.expire_credits(integer)',
+SELECT payledger_internal.register_housekeeping_step('credits', 'credit_grants_expired', 30, 'payledger.expire_credits(integer)',
                                             max_calls => 1),
-       payledger.register_housekeeping_step('credits', 'credit_expiry_events', 40,
+       payledger_internal.register_housekeeping_step('credits', 'credit_expiry_events', 40,
                                             'payledger.credit_check_expiring(integer)', max_calls => 1);

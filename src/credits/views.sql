@@ -14,6 +14,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
     SELECT t.* FROM payledger.get_total_credits(payledger.current_owner_id()) t
      WHERE payledger.current_owner_id() IS NOT NULL;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.my_total_credits() TO payledger_enduser, payledger_app;
 
 CREATE VIEW payledger.my_credit_balance AS
 SELECT * FROM payledger.my_total_credits();

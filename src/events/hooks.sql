@@ -24,8 +24,8 @@ CREATE FUNCTION payledger.define_settle_hook(
     caller_search_path text)
 RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(name, 'name');
-    PERFORM payledger.require(function, 'function');
+    PERFORM payledger_internal.require(name, 'name');
+    PERFORM payledger_internal.require(function, 'function');
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
                     WHERE p.oid = function AND p.pronargs = 2 AND p.proargtypes[0] = 'uuid'::regtype
                       AND p.proargtypes[1] = 'payledger.payin_state'::regtype) THEN
@@ -50,7 +50,7 @@ $$;
 
 -- Run one hook run in a subtransaction: a failing hook is recorded (and
 -- retried by the worker with backoff), never undoing the settlement.
-CREATE FUNCTION payledger.run_hook(hook_name text, payin uuid, state payledger.payin_state)
+CREATE FUNCTION payledger_internal.run_hook(hook_name text, payin uuid, state payledger.payin_state)
 RETURNS boolean LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     h payledger.settle_hooks;
@@ -78,11 +78,11 @@ BEGIN
            SET attempts = r.attempts + 1, last_error = left(msg, 500),
                status = CASE WHEN r.attempts + 1 >= h.max_attempts THEN 'failed' ELSE 'pending' END,
                next_attempt_at = CASE WHEN r.attempts + 1 >= h.max_attempts THEN NULL
-                                      ELSE now() + payledger.backoff(r.attempts + 1) END
+                                      ELSE now() + payledger_internal.backoff(r.attempts + 1) END
          WHERE r.hook = hook_name AND r.payin_id = payin AND r.state = run_hook.state
         RETURNING * INTO run;
         IF run.status = 'failed' THEN
-            PERFORM payledger.emit_event('hook.failed', payin, NULL,
+            PERFORM payledger_internal.emit_event('hook.failed', payin, NULL,
                 jsonb_build_object('hook', hook_name, 'payin', payin, 'state', state, 'error', left(msg, 500)));
         END IF;
         RETURN false;
@@ -96,28 +96,28 @@ DECLARE
     r record;
     n integer := 0;
 BEGIN
-    PERFORM payledger.require_limit(max_runs, 'max_runs');
+    PERFORM payledger_internal.require_limit(max_runs, 'max_runs');
     FOR r IN SELECT x.hook, x.payin_id, x.state FROM payledger.hook_runs x
               WHERE x.status = 'pending' AND x.next_attempt_at <= now()
               ORDER BY x.next_attempt_at LIMIT max_runs FOR UPDATE SKIP LOCKED LOOP
-        PERFORM payledger.run_hook(r.hook, r.payin_id, r.state);
+        PERFORM payledger_internal.run_hook(r.hook, r.payin_id, r.state);
         n := n + 1;
     END LOOP;
     RETURN n;
 END;
 $$;
 
-SELECT payledger.register_housekeeping_step('events', 'hooks_run', 60, 'payledger.retry_hooks(integer)', per_call => 1);
+SELECT payledger_internal.register_housekeeping_step('events', 'hooks_run', 60, 'payledger.retry_hooks(integer)', per_call => 1);
 
 -- A pay-in reached PAID, FAILED or CANCELLED: the outbox event, and the
 -- settle hooks, in the same transaction (a handler of the pay-in lifecycle,
 -- after the other modules': src/payin/lifecycle.sql).
-CREATE FUNCTION payledger.events_payin_reached(p payledger.payins)
+CREATE FUNCTION payledger_internal.events_payin_reached(p payledger.payins)
 RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     h record;
 BEGIN
-    PERFORM payledger.emit_event('payin.' || lower(p.state::text), p.id, p.owner_id,
+    PERFORM payledger_internal.emit_event('payin.' || lower(p.state::text), p.id, p.owner_id,
         jsonb_build_object('payin', p.id, 'type', p.type, 'state', p.state, 'failure_reason', p.failure_reason,
                            'cost', p.cost, 'asset', p.asset, 'at', p.state_changed_at));
     FOR h IN SELECT x.name FROM payledger.settle_hooks x WHERE x.active AND p.state = ANY (x.on_states) LOOP
@@ -125,15 +125,15 @@ BEGIN
         VALUES (h.name, p.id, p.state, 'pending', now())
         ON CONFLICT DO NOTHING;
         IF FOUND THEN
-            PERFORM payledger.run_hook(h.name, p.id, p.state);
+            PERFORM payledger_internal.run_hook(h.name, p.id, p.state);
         END IF;
     END LOOP;
 END;
 $$;
-SELECT payledger.register_payin_handler('events', 'reached', 900, '{PAID,FAILED,CANCELLED}',
-                                        'payledger.events_payin_reached(payledger.payins)');
+SELECT payledger_internal.register_payin_handler('events', 'reached', 900, '{PAID,FAILED,CANCELLED}',
+                                        'payledger_internal.events_payin_reached(payledger.payins)');
 
-CREATE FUNCTION payledger.events_invariants()
+CREATE FUNCTION payledger_internal.events_invariants()
 RETURNS TABLE (invariant text, subject text, detail text)
 LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     -- a hook ran at most once per pay-in and state, and only for a state the pay-in reached

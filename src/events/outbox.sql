@@ -8,7 +8,7 @@
 -- announce_events() sends one NOTIFY for all rows written since the last.
 -- (PL/pgSQL: its INSERT's plan is kept for the session; a SQL function with
 -- SET is planned again at every call)
-CREATE FUNCTION payledger.emit_event(topic text, subject uuid, owner text, payload jsonb)
+CREATE FUNCTION payledger_internal.emit_event(topic text, subject uuid, owner text, payload jsonb)
 RETURNS bigint LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     event_id bigint;
@@ -41,11 +41,12 @@ $$;
 CREATE FUNCTION payledger.events_since(after_id bigint DEFAULT 0, max_events integer DEFAULT 100)
 RETURNS SETOF payledger.events LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require_limit(coalesce(max_events, 100), 'max_events');
+    PERFORM payledger_internal.require_limit(coalesce(max_events, 100), 'max_events');
     RETURN QUERY SELECT * FROM payledger.events e WHERE e.id > coalesce(after_id, 0) ORDER BY e.id
                   LIMIT least(coalesce(max_events, 100), 10000);
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.events_since(bigint, integer) TO payledger_app;
 
 CREATE VIEW payledger.my_events WITH (security_barrier) AS
 SELECT e.id, e.topic, e.subject_id, e.payload, e.created_at

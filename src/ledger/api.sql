@@ -13,12 +13,13 @@ RETURNS TABLE (item integer, status text, journal_id uuid, hold_id uuid, sqlstat
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN QUERY SELECT * FROM payledger.engine_batch(items);
+    RETURN QUERY SELECT * FROM payledger_internal.engine_batch(items);
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.transfer_batch(jsonb) TO payledger_app;
 
 -- Raise an engine failure with its own SQLSTATE (pgrx cannot raise custom codes).
-CREATE FUNCTION payledger.raise_failure(code text, message text, detail text)
+CREATE FUNCTION payledger_internal.raise_failure(code text, message text, detail text)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF detail IS NULL THEN
@@ -29,15 +30,15 @@ END;
 $$;
 
 -- Run one engine item and raise its failure, if any.
-CREATE FUNCTION payledger.apply_one(item jsonb, OUT journal_id uuid, OUT hold_id uuid)
+CREATE FUNCTION payledger_internal.apply_one(item jsonb, OUT journal_id uuid, OUT hold_id uuid)
 LANGUAGE plpgsql
 SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
-    SELECT * INTO STRICT r FROM payledger.engine_batch(jsonb_build_array(item));
+    SELECT * INTO STRICT r FROM payledger_internal.engine_batch(jsonb_build_array(item));
     IF r.status = 'error' THEN
-        PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+        PERFORM payledger_internal.raise_failure(r.sqlstate, r.message, r.detail);
     END IF;
     journal_id := r.journal_id;
     hold_id := r.hold_id;
@@ -47,22 +48,22 @@ $$;
 -- A module's money movement: as apply_one, but the item may move the
 -- accounts the module manages (accounts.managed_by), which the generic API
 -- refuses (PL034). Internal: granted to no one.
-CREATE FUNCTION payledger.apply_as(module text, item jsonb, OUT journal_id uuid, OUT hold_id uuid)
+CREATE FUNCTION payledger_internal.apply_as(module text, item jsonb, OUT journal_id uuid, OUT hold_id uuid)
 LANGUAGE plpgsql
 SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
-    SELECT * INTO STRICT r FROM payledger.engine_batch_as(module, jsonb_build_array(item));
+    SELECT * INTO STRICT r FROM payledger_internal.engine_batch_as(module, jsonb_build_array(item));
     IF r.status = 'error' THEN
-        PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+        PERFORM payledger_internal.raise_failure(r.sqlstate, r.message, r.detail);
     END IF;
     journal_id := r.journal_id;
     hold_id := r.hold_id;
 END;
 $$;
 
-CREATE FUNCTION payledger.require(value anyelement, name text)
+CREATE FUNCTION payledger_internal.require(value anyelement, name text)
 RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF value IS NULL THEN
@@ -80,8 +81,8 @@ RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_c
 DECLARE
     existing payledger.assets;
 BEGIN
-    PERFORM payledger.require(code, 'code');
-    PERFORM payledger.require(scale, 'scale');
+    PERFORM payledger_internal.require(code, 'code');
+    PERFORM payledger_internal.require(scale, 'scale');
     IF code !~ '^[a-z][a-z0-9_]{0,31}$' THEN
         RAISE EXCEPTION 'asset code % is not valid', quote_literal(code)
             USING ERRCODE = '22023', HINT = 'Use 1 to 32 lower-case letters, digits or _, starting with a letter.';
@@ -103,8 +104,8 @@ $$;
 CREATE FUNCTION payledger.register_account_kind(kind text, description text)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(kind, 'kind');
-    PERFORM payledger.require(description, 'description');
+    PERFORM payledger_internal.require(kind, 'kind');
+    PERFORM payledger_internal.require(description, 'description');
     IF kind !~ '^[a-z][a-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION 'account kind % is not valid', quote_literal(kind) USING ERRCODE = '22023';
     END IF;
@@ -124,14 +125,15 @@ CREATE FUNCTION payledger.open_account(
     overdraft_limit bigint DEFAULT NULL,
     metadata        jsonb DEFAULT '{}'::jsonb)
 RETURNS uuid LANGUAGE sql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT payledger.open_account_as(NULL, owner_id, asset, kind, name, allow_negative, overdraft_limit, metadata);
+    SELECT payledger_internal.open_account_as(NULL, owner_id, asset, kind, name, allow_negative, overdraft_limit, metadata);
 $$;
+GRANT EXECUTE ON FUNCTION payledger.open_account(text, text, text, text, boolean, bigint, jsonb) TO payledger_app;
 
 -- Opening, for the generic API (module NULL) and for modules. A kind that a
 -- module owns (account_kinds.module) is opened only by that module, and its
 -- accounts are managed by it (accounts.managed_by): the generic API neither
 -- opens nor moves them (PL034). Internal: granted to no one.
-CREATE FUNCTION payledger.open_account_as(
+CREATE FUNCTION payledger_internal.open_account_as(
     module          text,
     owner_id        text,
     asset           text,
@@ -145,11 +147,11 @@ DECLARE
     acc payledger.accounts;
     k payledger.account_kinds;
 BEGIN
-    PERFORM payledger.require(owner_id, 'owner_id');
-    PERFORM payledger.require(asset, 'asset');
-    PERFORM payledger.require(kind, 'kind');
-    PERFORM payledger.require(name, 'name');
-    PERFORM payledger.require(allow_negative, 'allow_negative');
+    PERFORM payledger_internal.require(owner_id, 'owner_id');
+    PERFORM payledger_internal.require(asset, 'asset');
+    PERFORM payledger_internal.require(kind, 'kind');
+    PERFORM payledger_internal.require(name, 'name');
+    PERFORM payledger_internal.require(allow_negative, 'allow_negative');
     IF owner_id = '' OR name = '' OR strpos(name, '#') > 0 THEN
         RAISE EXCEPTION 'owner_id and name must not be empty, and a name has no #' USING ERRCODE = '22023',
             HINT = '# marks the shards of an account.';
@@ -173,7 +175,7 @@ BEGIN
                                          min_available, metadata, managed_by)
     VALUES (payledger.new_id(), open_account_as.owner_id, open_account_as.asset, open_account_as.kind,
             open_account_as.name, open_account_as.allow_negative, open_account_as.overdraft_limit,
-            payledger.min_available(open_account_as.allow_negative, open_account_as.overdraft_limit, 1::smallint),
+            payledger_internal.min_available(open_account_as.allow_negative, open_account_as.overdraft_limit, 1::smallint),
             coalesce(open_account_as.metadata, '{}'::jsonb), k.module)
     ON CONFLICT ON CONSTRAINT accounts_owner_id_asset_kind_name_key DO NOTHING;
     SELECT * INTO acc FROM payledger.accounts a
@@ -204,14 +206,15 @@ BEGIN
     RETURN found_id;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.account_id(text, text, text, text) TO payledger_app;
 
 -- Lock an account row for a management change; unknown ids raise PL002.
-CREATE FUNCTION payledger.lock_account(account uuid)
+CREATE FUNCTION payledger_internal.lock_account(account uuid)
 RETURNS payledger.accounts LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     acc payledger.accounts;
 BEGIN
-    PERFORM payledger.require(account, 'account');
+    PERFORM payledger_internal.require(account, 'account');
     SELECT * INTO acc FROM payledger.accounts a WHERE a.id = lock_account.account FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'account % does not exist', account USING ERRCODE = 'PL002';
@@ -221,7 +224,7 @@ END;
 $$;
 
 -- A module's account is closed or re-limited by no one but the module (PL034).
-CREATE FUNCTION payledger.refuse_managed(acc payledger.accounts)
+CREATE FUNCTION payledger_internal.refuse_managed(acc payledger.accounts)
 RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF acc.managed_by IS NOT NULL THEN
@@ -234,13 +237,13 @@ $$;
 CREATE FUNCTION payledger.close_account(account uuid)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    acc payledger.accounts := payledger.lock_account(account);
+    acc payledger.accounts := payledger_internal.lock_account(account);
     total bigint;
 BEGIN
     IF acc.closed_at IS NOT NULL THEN
         RAISE EXCEPTION 'account % is already closed', account USING ERRCODE = 'PL005';
     END IF;
-    PERFORM payledger.refuse_managed(acc);
+    PERFORM payledger_internal.refuse_managed(acc);
     IF acc.parent_id IS NOT NULL THEN
         RAISE EXCEPTION 'account % is a shard: close %', account, acc.parent_id USING ERRCODE = '22023';
     END IF;
@@ -260,14 +263,14 @@ $$;
 CREATE FUNCTION payledger.set_account_limits(account uuid, allow_negative boolean, overdraft_limit bigint DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    acc payledger.accounts := payledger.lock_account(account);
-    available bigint := acc.balance + payledger.shard_balance(acc) - acc.pending_debits;
+    acc payledger.accounts := payledger_internal.lock_account(account);
+    available bigint := acc.balance + payledger_internal.shard_balance(acc) - acc.pending_debits;
 BEGIN
-    PERFORM payledger.require(allow_negative, 'allow_negative');
+    PERFORM payledger_internal.require(allow_negative, 'allow_negative');
     IF overdraft_limit IS NOT NULL AND (overdraft_limit < 0 OR NOT allow_negative) THEN
         RAISE EXCEPTION 'overdraft_limit must be >= 0 and needs allow_negative' USING ERRCODE = '22023';
     END IF;
-    PERFORM payledger.refuse_managed(acc);
+    PERFORM payledger_internal.refuse_managed(acc);
     IF available < 0 AND (NOT allow_negative OR available < -overdraft_limit) THEN
         RAISE EXCEPTION 'account % is below the new limit', account
             USING ERRCODE = 'PL006', DETAIL = format('available %s', available);
@@ -275,7 +278,7 @@ BEGIN
     UPDATE payledger.accounts a
        SET allow_negative = set_account_limits.allow_negative,
            overdraft_limit = set_account_limits.overdraft_limit,
-           min_available = payledger.min_available(set_account_limits.allow_negative,
+           min_available = payledger_internal.min_available(set_account_limits.allow_negative,
                                                    set_account_limits.overdraft_limit, a.shards)
      WHERE a.id = set_account_limits.account;
 END;
@@ -288,9 +291,9 @@ $$;
 CREATE FUNCTION payledger.set_account_shards(account uuid, shards integer)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    acc payledger.accounts := payledger.lock_account(account);
+    acc payledger.accounts := payledger_internal.lock_account(account);
 BEGIN
-    PERFORM payledger.require(shards, 'shards');
+    PERFORM payledger_internal.require(shards, 'shards');
     IF acc.parent_id IS NOT NULL THEN
         RAISE EXCEPTION 'account % is itself a shard of %', account, acc.parent_id USING ERRCODE = '22023';
     END IF;
@@ -307,7 +310,7 @@ BEGIN
       FROM generate_series(acc.shards, set_account_shards.shards - 1) AS k;
     UPDATE payledger.accounts a
        SET shards = set_account_shards.shards,
-           min_available = payledger.min_available(a.allow_negative, a.overdraft_limit, set_account_shards.shards::smallint)
+           min_available = payledger_internal.min_available(a.allow_negative, a.overdraft_limit, set_account_shards.shards::smallint)
      WHERE a.id = acc.id;
     RETURN shards;
 END;
@@ -334,15 +337,16 @@ BEGIN
     IF from_account IS NULL OR to_account IS NULL OR amount IS NULL THEN
         RAISE EXCEPTION 'from_account, to_account and amount must not be null' USING ERRCODE = '22004';
     END IF;
-    journal := payledger.transfer_journal(from_account, to_account, amount, idempotency_key, metadata,
+    journal := payledger_internal.transfer_journal(from_account, to_account, amount, idempotency_key, metadata,
                                           effective_at, kind);
     IF journal IS NULL THEN
-        SELECT * INTO r FROM payledger.engine_failure();
-        PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+        SELECT * INTO r FROM payledger_internal.engine_failure();
+        PERFORM payledger_internal.raise_failure(r.sqlstate, r.message, r.detail);
     END IF;
     RETURN journal;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.transfer(uuid, uuid, bigint, text, jsonb, timestamptz, text) TO payledger_app;
 
 CREATE FUNCTION payledger.post_journal(
     postings        jsonb,
@@ -352,12 +356,13 @@ CREATE FUNCTION payledger.post_journal(
     kind            text DEFAULT 'transfer')
 RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(postings, 'postings');
-    RETURN (payledger.apply_one(jsonb_build_object(
+    PERFORM payledger_internal.require(postings, 'postings');
+    RETURN (payledger_internal.apply_one(jsonb_build_object(
         'postings', postings, 'idempotency_key', idempotency_key, 'metadata', metadata,
         'effective_at', effective_at, 'kind', kind))).journal_id;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.post_journal(jsonb, text, jsonb, timestamptz, text) TO payledger_app;
 
 CREATE FUNCTION payledger.create_hold(
     from_account    uuid,
@@ -374,12 +379,13 @@ BEGIN
     IF timeout IS NOT NULL AND timeout <= interval '0' THEN
         RAISE EXCEPTION 'timeout must be positive, got %', timeout USING ERRCODE = '22023';
     END IF;
-    RETURN (payledger.apply_one(jsonb_build_object(
+    RETURN (payledger_internal.apply_one(jsonb_build_object(
         'op', 'hold', 'from', from_account, 'to', to_account, 'amount', amount,
         'timeout_ms', ceil(extract(epoch FROM timeout) * 1000)::bigint,
         'idempotency_key', idempotency_key, 'metadata', metadata))).hold_id;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.create_hold(uuid, uuid, bigint, interval, text, jsonb) TO payledger_app;
 
 CREATE FUNCTION payledger.post_hold(
     hold            uuid,
@@ -389,20 +395,22 @@ CREATE FUNCTION payledger.post_hold(
     effective_at    timestamptz DEFAULT NULL)
 RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(hold, 'hold');
-    RETURN (payledger.apply_one(jsonb_build_object(
+    PERFORM payledger_internal.require(hold, 'hold');
+    RETURN (payledger_internal.apply_one(jsonb_build_object(
         'op', 'post_hold', 'hold', hold, 'amount', amount,
         'idempotency_key', idempotency_key, 'metadata', metadata, 'effective_at', effective_at))).journal_id;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.post_hold(uuid, bigint, text, jsonb, timestamptz) TO payledger_app;
 
 CREATE FUNCTION payledger.void_hold(hold uuid)
 RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(hold, 'hold');
-    PERFORM payledger.apply_one(jsonb_build_object('op', 'void_hold', 'hold', hold));
+    PERFORM payledger_internal.require(hold, 'hold');
+    PERFORM payledger_internal.apply_one(jsonb_build_object('op', 'void_hold', 'hold', hold));
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.void_hold(uuid) TO payledger_app;
 
 -- Release pending holds past their expiry; returns how many were released.
 -- Holds locked by another session are skipped (they are being posted or voided).
@@ -424,12 +432,12 @@ BEGIN
     IF items IS NULL THEN
         RETURN 0;
     END IF;
-    SELECT count(*) FILTER (WHERE r.status = 'ok') INTO released FROM payledger.engine_batch(items) r;
+    SELECT count(*) FILTER (WHERE r.status = 'ok') INTO released FROM payledger_internal.engine_batch(items) r;
     RETURN released;
 END;
 $$;
 
-SELECT payledger.register_housekeeping_step('ledger', 'holds_expired', 20, 'payledger.expire_holds(integer)',
+SELECT payledger_internal.register_housekeeping_step('ledger', 'holds_expired', 20, 'payledger.expire_holds(integer)',
                                             max_calls => 1);
 
 ---------------------------------------------------------------------------
@@ -437,7 +445,7 @@ SELECT payledger.register_housekeeping_step('ledger', 'holds_expired', 20, 'payl
 ---------------------------------------------------------------------------
 
 -- What an account's shards hold (0 for an unsharded account).
-CREATE FUNCTION payledger.shard_balance(acc payledger.accounts)
+CREATE FUNCTION payledger_internal.shard_balance(acc payledger.accounts)
 RETURNS bigint LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN acc.shards > 1
                 THEN (SELECT coalesce(sum(s.balance), 0)::bigint FROM payledger.accounts s WHERE s.parent_id = acc.id)
@@ -449,20 +457,21 @@ RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payled
 DECLARE
     b bigint;
 BEGIN
-    SELECT a.balance + payledger.shard_balance(a) INTO b FROM payledger.accounts a WHERE a.id = balance.account;
+    SELECT a.balance + payledger_internal.shard_balance(a) INTO b FROM payledger.accounts a WHERE a.id = balance.account;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'account % does not exist', account USING ERRCODE = 'PL002';
     END IF;
     RETURN b;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.balance(uuid) TO payledger_app;
 
 CREATE FUNCTION payledger.available_balance(account uuid)
 RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     b bigint;
 BEGIN
-    SELECT a.balance + payledger.shard_balance(a) - a.pending_debits INTO b
+    SELECT a.balance + payledger_internal.shard_balance(a) - a.pending_debits INTO b
       FROM payledger.accounts a WHERE a.id = available_balance.account;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'account % does not exist', account USING ERRCODE = 'PL002';
@@ -470,6 +479,7 @@ BEGIN
     RETURN b;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.available_balance(uuid) TO payledger_app;
 
 -- Balance by business time: the sum of the entries effective at or before `at`,
 -- back-dated ones included. Walks each row's entries back from the newest and
@@ -482,7 +492,7 @@ DECLARE
     later bigint;
     r record;
 BEGIN
-    PERFORM payledger.require(at, 'at');
+    PERFORM payledger_internal.require(at, 'at');
     IF NOT EXISTS (SELECT 1 FROM payledger.accounts a WHERE a.id = balance_at.account) THEN
         RAISE EXCEPTION 'account % does not exist', account USING ERRCODE = 'PL002';
     END IF;
@@ -499,6 +509,7 @@ BEGIN
     RETURN total;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.balance_at(uuid, timestamptz) TO payledger_app;
 
 -- A journal's entries in posting order, found through the keys the journal
 -- stores (entries have no index on journal_id).
@@ -507,7 +518,7 @@ RETURNS TABLE (posting integer, account_id uuid, seq bigint, owner_id text, asse
                balance_after bigint, effective_at timestamptz)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(journal, 'journal');
+    PERFORM payledger_internal.require(journal, 'journal');
     IF NOT EXISTS (SELECT 1 FROM payledger.journals j WHERE j.id = journal_entries.journal) THEN
         RAISE EXCEPTION 'journal % does not exist', journal USING ERRCODE = 'PL018';
     END IF;
@@ -520,6 +531,7 @@ BEGIN
      ORDER BY x.n;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.journal_entries(uuid) TO payledger_app;
 
 ---------------------------------------------------------------------------
 -- Amount formatting
@@ -538,6 +550,7 @@ BEGIN
     RETURN round(amount::numeric / (10::numeric ^ s), s)::text;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.format_amount(text, bigint) TO payledger_enduser, payledger_app;
 
 -- A decimal amount in display units to exact minor units; more decimals than
 -- the asset has is an error, never a silent rounding.
@@ -547,7 +560,7 @@ DECLARE
     s smallint;
     minor numeric;
 BEGIN
-    PERFORM payledger.require(value, 'value');
+    PERFORM payledger_internal.require(value, 'value');
     SELECT a.scale INTO s FROM payledger.assets a WHERE a.code = parse_amount.asset;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'asset % does not exist', quote_literal(asset) USING ERRCODE = 'PL003';
@@ -562,13 +575,14 @@ BEGIN
     RETURN minor::bigint;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.parse_amount(text, numeric) TO payledger_enduser, payledger_app;
 
 ---------------------------------------------------------------------------
 -- Invariants
 ---------------------------------------------------------------------------
 
 -- The ledger's part of payledger.check_invariants() (src/invariants.sql).
-CREATE FUNCTION payledger.ledger_invariants()
+CREATE FUNCTION payledger_internal.ledger_invariants()
 RETURNS TABLE (invariant text, subject text, detail text)
 LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     -- money is neither created nor destroyed, per asset
@@ -630,8 +644,8 @@ LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT 'floor', t.id::text, format('available %s (balance %s, pending %s) below the allowed floor',
                                        t.available, t.total, t.pending_debits)
       FROM (SELECT a.id, a.allow_negative, a.overdraft_limit, a.pending_debits,
-                   a.balance + payledger.shard_balance(a) AS total,
-                   a.balance + payledger.shard_balance(a) - a.pending_debits AS available
+                   a.balance + payledger_internal.shard_balance(a) AS total,
+                   a.balance + payledger_internal.shard_balance(a) - a.pending_debits AS available
               FROM payledger.accounts a WHERE a.parent_id IS NULL) t
      WHERE t.available < 0 AND NOT (t.allow_negative AND (t.overdraft_limit IS NULL OR t.available >= -t.overdraft_limit))
     UNION ALL
@@ -670,7 +684,7 @@ LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT 'closed_is_empty', a.id::text, format('closed with balance %s, pending %s', a.balance, a.pending_debits)
       FROM payledger.accounts a
      WHERE a.parent_id IS NULL AND a.closed_at IS NOT NULL
-       AND (a.balance + payledger.shard_balance(a) <> 0 OR a.pending_debits <> 0)
+       AND (a.balance + payledger_internal.shard_balance(a) <> 0 OR a.pending_debits <> 0)
 $$;
 
 ---------------------------------------------------------------------------
@@ -691,6 +705,7 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                               nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub') END
       FROM pg_roles r WHERE r.rolname = session_user;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.current_owner_id() TO payledger_enduser, payledger_app;
 
 CREATE VIEW payledger.my_accounts WITH (security_barrier) AS
 SELECT a.id, a.asset, a.kind, a.name, a.balance + coalesce(s.total, 0) AS balance, a.pending_debits,

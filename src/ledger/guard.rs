@@ -21,13 +21,17 @@ use pgrx::{FromDatum, Uuid};
 use std::collections::HashMap;
 use std::ffi::CStr;
 
+// (pgrx creates trigger functions in the extension's schema: they are
+// internal, so they move to payledger_internal before their triggers use them)
 extension_sql!(
     r#"
+ALTER FUNCTION payledger.entries_balance_guard() SET SCHEMA payledger_internal;
+ALTER FUNCTION payledger.accounts_floor_guard() SET SCHEMA payledger_internal;
 CREATE TRIGGER entries_guard AFTER INSERT ON payledger.entries
     REFERENCING NEW TABLE AS new_entries
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.entries_balance_guard();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.entries_balance_guard();
 CREATE TRIGGER accounts_floor BEFORE INSERT OR UPDATE OF balance, pending_debits, min_available
-    ON payledger.accounts FOR EACH ROW EXECUTE FUNCTION payledger.accounts_floor_guard();
+    ON payledger.accounts FOR EACH ROW EXECUTE FUNCTION payledger_internal.accounts_floor_guard();
 "#,
     name = "ledger_guard_triggers",
     requires = ["ledger_schema", entries_balance_guard, accounts_floor_guard]

@@ -24,7 +24,7 @@ CREATE TABLE payledger.housekeeping_steps (
 ALTER TABLE payledger.housekeeping_steps ENABLE ROW LEVEL SECURITY;
 
 -- For modules' install scripts.
-CREATE FUNCTION payledger.register_housekeeping_step(
+CREATE FUNCTION payledger_internal.register_housekeeping_step(
     module    text,
     step      text,
     run_order  integer,
@@ -64,8 +64,8 @@ DECLARE
     msg text;
     code text;
 BEGIN
-    PERFORM payledger.require(step, 'step');
-    PERFORM payledger.require(per_call, 'per_call');
+    PERFORM payledger_internal.require(step, 'step');
+    PERFORM payledger_internal.require(per_call, 'per_call');
     SELECT s.function INTO fn FROM payledger.housekeeping_steps s WHERE s.step = housekeeping_step.step;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown housekeeping step %', step USING ERRCODE = '22023',
@@ -85,7 +85,7 @@ $$;
 -- The retry policy of everything the housekeeping tries again (hook runs,
 -- invoices, providers): after n failures, 2^n seconds, at most
 -- payledger.worker_max_backoff.
-CREATE FUNCTION payledger.backoff(n integer)
+CREATE FUNCTION payledger_internal.backoff(n integer)
 RETURNS interval LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT make_interval(secs => least(power(2, least(greatest(n, 0), 30)),
                                        payledger.setting_int('worker_max_backoff')));

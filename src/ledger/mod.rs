@@ -39,7 +39,7 @@ extension_sql_file!("seal.sql", name = "ledger_seal", requires = ["ledger_api"])
 /// order). Internal: granted to no one, and without SET clauses, because a
 /// value-per-call SRF would apply them again for every row it returns; the
 /// PL/pgSQL wrapper sets them once.
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, schema = "payledger_internal")]
 #[allow(clippy::type_complexity)] // pgrx needs the row type spelled out here
 fn engine_batch(
     items: Option<JsonArg>,
@@ -89,9 +89,9 @@ fn batch_rows(items: Option<JsonArg>, module: Option<String>) -> TableIterator<'
     }))
 }
 
-/// `engine_batch` for a module (see `payledger.apply_as`): its items may
+/// `engine_batch` for a module (see `payledger_internal.apply_as`): its items may
 /// move the accounts that module manages. Internal: granted to no one.
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, schema = "payledger_internal")]
 #[allow(clippy::type_complexity)]
 fn engine_batch_as(
     module: Option<String>,
@@ -125,7 +125,7 @@ thread_local! {
 /// A scalar, so that the PL/pgSQL wrapper (which sets the search_path and
 /// raises the failure) evaluates the call as a simple
 /// expression rather than running a query over a set-returning function.
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, schema = "payledger_internal")]
 #[allow(clippy::too_many_arguments)]
 fn transfer_journal(
     from_account: Option<Uuid>,
@@ -164,7 +164,7 @@ fn transfer_journal(
 }
 
 /// The failure of the last `transfer_journal()` call of this session, once.
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, schema = "payledger_internal")]
 fn engine_failure() -> TableIterator<
     'static,
     (
@@ -202,6 +202,13 @@ fn transfer_one() -> Option<Uuid> {
 fn new_id() -> Uuid {
     Uuid::from_bytes(engine::new_id())
 }
+
+// Who may call it (the operators may call all of the API: src/security.sql).
+extension_sql!(
+    "GRANT EXECUTE ON FUNCTION payledger.new_id() TO payledger_app;",
+    name = "ledger_new_id_grants",
+    requires = [new_id]
+);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]

@@ -5,6 +5,31 @@
 -- equal to the sum of the account's entries by the engine and checked by the
 -- statement trigger on entries and by payledger.check_invariants().
 
+-- The API is the payledger schema; what its functions use inside is in
+-- payledger_internal, which no role but the extension's owner may use.
+CREATE SCHEMA payledger_internal;
+
+-- The roles, first, so that each module grants its API next to its
+-- definition (the grants that follow from the schemas are in
+-- src/security.sql, applied last). Roles are cluster-wide, so they may
+-- already exist. See docs/security.md.
+--   payledger_admin    operators: the whole API, every table
+--   payledger_app      the application backend (Supabase: service_role)
+--   payledger_enduser  end users (Supabase: authenticated): their own rows, through views
+--   payledger_identity logins trusted to say which end user a session serves
+--                      (Supabase: authenticator); grants no privilege
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['payledger_admin', 'payledger_app', 'payledger_enduser', 'payledger_identity'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END;
+$$;
+
 CREATE TABLE payledger.assets (
     code        text PRIMARY KEY CHECK (code ~ '^[a-z][a-z0-9_]{0,31}$'),
     -- number of decimal places of the minor unit: msat in sat = 3, usd cents = 2
@@ -58,7 +83,7 @@ CREATE TABLE payledger.accounts (
     -- the latest effective_at among the row's entries (continues entries.effective_max)
     effective_max   timestamptz,
     -- The lowest balance - pending_debits the row may reach, derived from the
-    -- limits by payledger.min_available() (checked by the definition trigger).
+    -- limits by payledger_internal.min_available() (checked by the definition trigger).
     -- A sharded account's own row has none: its floor applies to the total.
     min_available   bigint NOT NULL DEFAULT 0,
     -- the module that owns the account (its kind's module when opened): only
@@ -73,7 +98,7 @@ CREATE TABLE payledger.accounts (
 CREATE INDEX accounts_owner_idx ON payledger.accounts (owner_id);
 
 -- The floor of an account row's available balance, from its limits.
-CREATE FUNCTION payledger.min_available(allow_negative boolean, overdraft_limit bigint, shards smallint)
+CREATE FUNCTION payledger_internal.min_available(allow_negative boolean, overdraft_limit bigint, shards smallint)
 RETURNS bigint LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN shards > 1 OR (allow_negative AND overdraft_limit IS NULL) THEN -9223372036854775808
                 WHEN allow_negative THEN -overdraft_limit
@@ -83,7 +108,7 @@ CREATE INDEX accounts_parent_idx ON payledger.accounts (parent_id) WHERE parent_
 
 -- Rules on an account's definition; runs only when those columns are written.
 -- AFTER, so that a restore's COPY may load a shard before its account.
-CREATE FUNCTION payledger.accounts_definition_guard() RETURNS trigger
+CREATE FUNCTION payledger_internal.accounts_definition_guard() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NEW.owner_id = '' OR NEW.name = '' THEN
@@ -96,8 +121,8 @@ BEGIN
         RAISE EXCEPTION 'shards must be between 1 and 256; a shard has none and may not go negative'
             USING ERRCODE = '23514';
     END IF;
-    IF NEW.min_available <> payledger.min_available(NEW.allow_negative, NEW.overdraft_limit, NEW.shards) THEN
-        RAISE EXCEPTION 'min_available must be payledger.min_available(allow_negative, overdraft_limit, shards)'
+    IF NEW.min_available <> payledger_internal.min_available(NEW.allow_negative, NEW.overdraft_limit, NEW.shards) THEN
+        RAISE EXCEPTION 'min_available must be what allow_negative, overdraft_limit and shards make it'
             USING ERRCODE = '23514';
     END IF;
     IF NEW.parent_id IS NOT NULL AND NOT EXISTS (
@@ -111,7 +136,7 @@ END;
 $$;
 CREATE TRIGGER accounts_definition
     AFTER INSERT OR UPDATE OF owner_id, name, allow_negative, overdraft_limit, shards, parent_id, min_available, managed_by
-    ON payledger.accounts FOR EACH ROW EXECUTE FUNCTION payledger.accounts_definition_guard();
+    ON payledger.accounts FOR EACH ROW EXECUTE FUNCTION payledger_internal.accounts_definition_guard();
 
 CREATE TABLE payledger.journals (
     id              uuid PRIMARY KEY,
@@ -180,7 +205,7 @@ CREATE INDEX holds_debit_idx ON payledger.holds (debit_account) WHERE status = '
 CREATE INDEX holds_credit_idx ON payledger.holds (credit_account) WHERE status = 'pending';
 
 -- Append-only tables: history is corrected by new journals, never by edits.
-CREATE FUNCTION payledger.reject_mutation() RETURNS trigger
+CREATE FUNCTION payledger_internal.reject_mutation() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION 'payledger.% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
@@ -190,14 +215,14 @@ END;
 $$;
 
 CREATE TRIGGER entries_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.entries
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 CREATE TRIGGER journals_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.journals
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 -- Accounts are closed, never deleted: their entries must keep pointing at them.
 CREATE TRIGGER accounts_no_delete BEFORE DELETE OR TRUNCATE ON payledger.accounts
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 CREATE TRIGGER holds_no_delete BEFORE DELETE OR TRUNCATE ON payledger.holds
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 
 -- (The statement trigger that checks that each INSERT into entries balances
 -- is src/ledger/guard.rs.)

@@ -39,9 +39,9 @@ ALTER TABLE payledger.ledger_blocks ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.ledger_block_ranges ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.ledger_seal_marks ENABLE ROW LEVEL SECURITY;
 CREATE TRIGGER ledger_blocks_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.ledger_blocks
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 CREATE TRIGGER ledger_block_ranges_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.ledger_block_ranges
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 SELECT pg_catalog.pg_extension_config_dump('payledger.ledger_blocks', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.ledger_block_ranges', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.ledger_seal_marks', '');
@@ -49,7 +49,7 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.ledger_seal_marks', '');
 -- An entry's digest: SHA-256 of a canonical JSON array of its columns and its
 -- journal's (times as epoch microseconds: the text of a timestamptz depends
 -- on the session's time zone).
-CREATE FUNCTION payledger.entry_digest(e payledger.entries, j payledger.journals)
+CREATE FUNCTION payledger_internal.entry_digest(e payledger.entries, j payledger.journals)
 RETURNS bytea LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT sha256(convert_to(jsonb_build_array(
         e.account_id, e.seq, e.journal_id, e.owner_id, e.asset, e.amount, e.balance_after,
@@ -60,7 +60,7 @@ RETURNS bytea LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- A range's part of its block's hash.
-CREATE FUNCTION payledger.range_hash(account_id uuid, from_seq bigint, to_seq bigint, digests bytea[])
+CREATE FUNCTION payledger_internal.range_hash(account_id uuid, from_seq bigint, to_seq bigint, digests bytea[])
 RETURNS bytea LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT uuid_send(account_id) || int8send(from_seq) || int8send(to_seq)
            || sha256((SELECT string_agg(d.d, ''::bytea ORDER BY d.o) FROM unnest(digests) WITH ORDINALITY AS d(d, o)));
@@ -96,7 +96,7 @@ BEGIN
           FROM todo t WHERE t.upto - (t.last_seq - t.from_seq + 1) < max_entries),
     dig AS (
         SELECT r.id, r.from_seq, r.to_seq,
-               (SELECT array_agg(payledger.entry_digest(e, j) ORDER BY e.seq)
+               (SELECT array_agg(payledger_internal.entry_digest(e, j) ORDER BY e.seq)
                   FROM payledger.entries e JOIN payledger.journals j ON j.id = e.journal_id
                  WHERE e.account_id = r.id AND e.seq BETWEEN r.from_seq AND r.to_seq) AS digests
           FROM ranges r),
@@ -104,7 +104,7 @@ BEGIN
         INSERT INTO payledger.ledger_blocks (block_no, prev_hash, hash, entries)
         SELECT n, coalesce(prev.hash, ''::bytea),
                sha256(coalesce(prev.hash, ''::bytea) || int8send(n)
-                      || string_agg(payledger.range_hash(d.id, d.from_seq, d.to_seq, d.digests), ''::bytea ORDER BY d.id)),
+                      || string_agg(payledger_internal.range_hash(d.id, d.from_seq, d.to_seq, d.digests), ''::bytea ORDER BY d.id)),
                sum(cardinality(d.digests))
           FROM dig d HAVING count(*) > 0
         RETURNING entries),
@@ -141,7 +141,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
           FROM payledger.ledger_blocks b
          WHERE b.hash IS DISTINCT FROM
                (SELECT sha256(b.prev_hash || int8send(b.block_no)
-                              || string_agg(payledger.range_hash(r.account_id, r.from_seq, r.to_seq, r.digests), ''::bytea
+                              || string_agg(payledger_internal.range_hash(r.account_id, r.from_seq, r.to_seq, r.digests), ''::bytea
                                             ORDER BY r.account_id))
                   FROM payledger.ledger_block_ranges r WHERE r.block_no = b.block_no)
         UNION ALL
@@ -156,7 +156,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
          CROSS JOIN LATERAL unnest(r.digests) WITH ORDINALITY AS d(digest, o)
           LEFT JOIN payledger.entries e ON e.account_id = r.account_id AND e.seq = r.from_seq + d.o - 1
           LEFT JOIN payledger.journals j ON j.id = e.journal_id
-         WHERE e.seq IS NULL OR j.id IS NULL OR payledger.entry_digest(e, j) <> d.digest
+         WHERE e.seq IS NULL OR j.id IS NULL OR payledger_internal.entry_digest(e, j) <> d.digest
         UNION ALL
         SELECT r.block_no, 'range_gap', r.account_id, r.from_seq, NULL, 3
           FROM payledger.ledger_block_ranges r
@@ -168,5 +168,5 @@ $$;
 
 -- tamper evidence, off the hot path: blocks of up to 100,000 entries, for
 -- about 5 seconds a tick at most
-SELECT payledger.register_housekeeping_step('ledger', 'entries_sealed', 80, 'payledger.seal_ledger(integer)',
+SELECT payledger_internal.register_housekeeping_step('ledger', 'entries_sealed', 80, 'payledger.seal_ledger(integer)',
                                             per_call => 100000, max_calls => 2147483647, budget => '5 seconds');

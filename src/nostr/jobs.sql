@@ -59,11 +59,11 @@ CREATE TABLE payledger.nostr_job_payments (
 CREATE INDEX nostr_job_payments_job_idx ON payledger.nostr_job_payments (job_id);
 
 CREATE TRIGGER nostr_job_events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.nostr_job_events
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 CREATE TRIGGER nostr_job_payments_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.nostr_job_payments
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 CREATE TRIGGER nostr_jobs_no_delete BEFORE DELETE OR TRUNCATE ON payledger.nostr_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 
 ALTER TABLE payledger.nostr_jobs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.nostr_job_events ENABLE ROW LEVEL SECURITY;
@@ -73,12 +73,12 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.nostr_job_events', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.nostr_job_payments', '');
 
 -- A job by id, locked: every change to a job goes through its row lock.
-CREATE FUNCTION payledger.nostr_job_lock(job uuid)
+CREATE FUNCTION payledger_internal.nostr_job_lock(job uuid)
 RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     j payledger.nostr_jobs;
 BEGIN
-    PERFORM payledger.require(job, 'job');
+    PERFORM payledger_internal.require(job, 'job');
     SELECT * INTO j FROM payledger.nostr_jobs x WHERE x.id = job FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'job % does not exist', job USING ERRCODE = 'PL025';
@@ -88,12 +88,12 @@ END;
 $$;
 
 -- A job by id, for reading (the templates).
-CREATE FUNCTION payledger.nostr_job_find(job uuid)
+CREATE FUNCTION payledger_internal.nostr_job_find(job uuid)
 RETURNS payledger.nostr_jobs LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     j payledger.nostr_jobs;
 BEGIN
-    PERFORM payledger.require(job, 'job');
+    PERFORM payledger_internal.require(job, 'job');
     SELECT * INTO j FROM payledger.nostr_jobs x WHERE x.id = job;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'job % does not exist', job USING ERRCODE = 'PL025';
@@ -103,14 +103,14 @@ END;
 $$;
 
 -- ["amount", msat] or ["amount", msat, bolt11], as NIP-90 writes it.
-CREATE FUNCTION payledger.nostr_amount_tag(amount_msat bigint, bolt11 text)
+CREATE FUNCTION payledger_internal.nostr_amount_tag(amount_msat bigint, bolt11 text)
 RETURNS jsonb LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN bolt11 IS NULL THEN jsonb_build_array('amount', amount_msat::text)
                 ELSE jsonb_build_array('amount', amount_msat::text, bolt11) END;
 $$;
 
 -- Where a job stands once paid_msat, requested_msat or delivery changed.
-CREATE FUNCTION payledger.nostr_job_settle_state(j payledger.nostr_jobs, delivered boolean)
+CREATE FUNCTION payledger_internal.nostr_job_settle_state(j payledger.nostr_jobs, delivered boolean)
 RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN j.state IN ('success', 'error') THEN j.state
@@ -140,11 +140,11 @@ DECLARE
     id uuid := payledger.new_id();
     bid text;
 BEGIN
-    PERFORM payledger.require(request, 'request');
-    PERFORM payledger.require(provider_pubkey, 'provider_pubkey');
-    PERFORM payledger.require(lnurl_pubkey, 'lnurl_pubkey');
-    PERFORM payledger.require(provider_account, 'provider_account');
-    PERFORM payledger.require(policy, 'policy');
+    PERFORM payledger_internal.require(request, 'request');
+    PERFORM payledger_internal.require(provider_pubkey, 'provider_pubkey');
+    PERFORM payledger_internal.require(lnurl_pubkey, 'lnurl_pubkey');
+    PERFORM payledger_internal.require(provider_account, 'provider_account');
+    PERFORM payledger_internal.require(policy, 'policy');
     IF policy NOT IN ('upfront', 'after_completion', 'flexible') THEN
         RAISE EXCEPTION 'policy must be upfront, after_completion or flexible, got %', quote_literal(policy)
             USING ERRCODE = '22023';
@@ -190,6 +190,7 @@ BEGIN
     RETURN id;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval) TO payledger_app;
 
 -- The unsigned kind 7000 feedback the provider signs and publishes:
 -- status payment-required, processing, partial, error or success; an amount
@@ -202,10 +203,10 @@ CREATE FUNCTION payledger.nostr_job_feedback(
     message     text DEFAULT NULL)
 RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    j payledger.nostr_jobs := payledger.nostr_job_find(job);
+    j payledger.nostr_jobs := payledger_internal.nostr_job_find(job);
     tags jsonb;
 BEGIN
-    PERFORM payledger.require(status, 'status');
+    PERFORM payledger_internal.require(status, 'status');
     IF status NOT IN ('payment-required', 'processing', 'partial', 'error', 'success') THEN
         RAISE EXCEPTION 'status must be payment-required, processing, partial, error or success' USING ERRCODE = '22023';
     END IF;
@@ -218,13 +219,14 @@ BEGIN
     tags := jsonb_build_array(CASE WHEN message IS NULL THEN jsonb_build_array('status', status)
                                    ELSE jsonb_build_array('status', status, message) END);
     IF amount_msat IS NOT NULL THEN
-        tags := tags || jsonb_build_array(payledger.nostr_amount_tag(amount_msat, bolt11));
+        tags := tags || jsonb_build_array(payledger_internal.nostr_amount_tag(amount_msat, bolt11));
     END IF;
     tags := tags || jsonb_build_array(jsonb_build_array('e', j.request_id), jsonb_build_array('p', j.customer_pubkey));
     RETURN jsonb_build_object('kind', 7000, 'pubkey', j.provider_pubkey, 'created_at', extract(epoch FROM now())::bigint,
                               'content', coalesce(CASE WHEN status = 'partial' THEN message END, ''), 'tags', tags);
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
 
 -- The unsigned job result (kind = request kind + 1000), with the request,
 -- e, p and i tags NIP-90 asks for, and the amount owed (default: what is
@@ -232,21 +234,22 @@ $$;
 CREATE FUNCTION payledger.nostr_job_result(job uuid, content text, amount_msat bigint DEFAULT NULL, bolt11 text DEFAULT NULL)
 RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    j payledger.nostr_jobs := payledger.nostr_job_find(job);
+    j payledger.nostr_jobs := payledger_internal.nostr_job_find(job);
     tags jsonb;
 BEGIN
-    PERFORM payledger.require(content, 'content');
+    PERFORM payledger_internal.require(content, 'content');
     amount_msat := coalesce(amount_msat, greatest(j.price_msat - j.paid_msat, 0));
     tags := jsonb_build_array(jsonb_build_array('request', j.request::text), jsonb_build_array('e', j.request_id),
                               jsonb_build_array('p', j.customer_pubkey))
             || coalesce((SELECT jsonb_agg(t) FROM jsonb_array_elements(j.request -> 'tags') t WHERE t ->> 0 = 'i'), '[]');
     IF amount_msat > 0 THEN
-        tags := tags || jsonb_build_array(payledger.nostr_amount_tag(amount_msat, bolt11));
+        tags := tags || jsonb_build_array(payledger_internal.nostr_amount_tag(amount_msat, bolt11));
     END IF;
     RETURN jsonb_build_object('kind', j.request_kind + 1000, 'pubkey', j.provider_pubkey,
                               'created_at', extract(epoch FROM now())::bigint, 'content', content, 'tags', tags);
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
 
 -- Record an event the provider signed and published for a job: feedback
 -- (kind 7000) or the result. Its amount adds to what the job asks for; a
@@ -255,13 +258,13 @@ $$;
 CREATE FUNCTION payledger.nostr_job_published(job uuid, event jsonb)
 RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    j payledger.nostr_jobs := payledger.nostr_job_lock(job);
+    j payledger.nostr_jobs := payledger_internal.nostr_job_lock(job);
     kind integer;
     status text;
     amount text;
     delivered boolean;
 BEGIN
-    PERFORM payledger.require(event, 'event');
+    PERFORM payledger_internal.require(event, 'event');
     IF NOT payledger.nostr_verify_event(event) THEN
         RAISE EXCEPTION 'the event''s id or signature does not verify' USING ERRCODE = 'PL026';
     END IF;
@@ -293,7 +296,7 @@ BEGIN
                             'error');
     ELSE
         delivered := kind = j.request_kind + 1000;
-        j.state := payledger.nostr_job_settle_state(j, delivered);
+        j.state := payledger_internal.nostr_job_settle_state(j, delivered);
     END IF;
     UPDATE payledger.nostr_jobs x
        SET requested_msat = j.requested_msat, state = j.state, error = j.error, updated_at = now(),
@@ -303,12 +306,13 @@ BEGIN
     RETURN j.state;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
 
 -- Record a payment to a job whose pay-in is PAID, and move the job on. A
 -- payment to a failed job (an invoice paid after the timeout) is recorded
 -- too, with an event: the money is in the provider's account, and refunding
 -- it is the provider's call.
-CREATE FUNCTION payledger.nostr_job_record(j payledger.nostr_jobs, payin uuid, via text, payment_hash text,
+CREATE FUNCTION payledger_internal.nostr_job_record(j payledger.nostr_jobs, payin uuid, via text, payment_hash text,
                                            amount_msat bigint, payer_pubkey text, receipt_id text, zap_request_id text)
 RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
@@ -319,14 +323,14 @@ BEGIN
     VALUES (j.id, payin, via, payment_hash, receipt_id, zap_request_id, payer_pubkey, amount_msat);
     j.paid_msat := j.paid_msat + amount_msat;
     delivered := EXISTS (SELECT 1 FROM payledger.nostr_job_events e WHERE e.job_id = j.id AND e.kind = j.request_kind + 1000);
-    j.state := payledger.nostr_job_settle_state(j, delivered);
+    j.state := payledger_internal.nostr_job_settle_state(j, delivered);
     UPDATE payledger.nostr_jobs x
        SET paid_msat = j.paid_msat, state = j.state, updated_at = now(),
            pay_by = CASE WHEN j.state IN ('payment_required', 'delivered') AND j.paid_msat < j.requested_msat
                          THEN x.pay_by END
      WHERE x.id = j.id;
     IF j.state = 'error' THEN
-        PERFORM payledger.emit_event('nostr_job.paid_after_failure', j.id, j.owner_id,
+        PERFORM payledger_internal.emit_event('nostr_job.paid_after_failure', j.id, j.owner_id,
             jsonb_build_object('job', j.id, 'payin', payin, 'amount_msat', amount_msat, 'error', j.error));
     END IF;
     RETURN j;
@@ -337,7 +341,7 @@ $$;
 -- zap, or a bolt11 it confirmed itself): a pay-in from the payer to the
 -- provider's account, settled at once (the money is in the provider's
 -- wallet). Once per payment hash, receipt and zap request.
-CREATE FUNCTION payledger.nostr_job_credit(j payledger.nostr_jobs, via text, payment_hash text, amount_msat bigint,
+CREATE FUNCTION payledger_internal.nostr_job_credit(j payledger.nostr_jobs, via text, payment_hash text, amount_msat bigint,
                                            payer_pubkey text, receipt_id text, zap_request_id text)
 RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
@@ -349,7 +353,7 @@ BEGIN
         metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'payment_hash', payment_hash));
     PERFORM payledger.transition_payin(p.payin_id, 'PENDING', external_ref => payment_hash);
     PERFORM payledger.settle_payin(p.payin_id);
-    RETURN payledger.nostr_job_record(j, p.payin_id, via, payment_hash, amount_msat, payer_pubkey, receipt_id,
+    RETURN payledger_internal.nostr_job_record(j, p.payin_id, via, payment_hash, amount_msat, payer_pubkey, receipt_id,
                                       zap_request_id);
 END;
 $$;
@@ -371,7 +375,7 @@ CREATE FUNCTION payledger.nostr_job_invoice(
 RETURNS TABLE (payin_id uuid, invoice_id uuid, invoice_msat bigint, status payledger.invoice_status)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    j payledger.nostr_jobs := payledger.nostr_job_lock(job);
+    j payledger.nostr_jobs := payledger_internal.nostr_job_lock(job);
     amount bigint := coalesce(amount_msat, j.price_msat - j.paid_msat);
     p record;
     inv payledger.invoices;
@@ -387,14 +391,15 @@ BEGIN
         '[{"external": "invoice"}]'::jsonb,
         jsonb_build_array(jsonb_build_object('type', 'NOSTR_JOB', 'account', j.provider_account, 'amount', amount)),
         metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'via', 'invoice'));
-    inv := payledger.open_invoice(p.payin_id, provider, expiry, 'NIP-90 job ' || j.request_id);
+    inv := payledger_internal.open_invoice(p.payin_id, provider, expiry, 'NIP-90 job ' || j.request_id);
     RETURN QUERY SELECT p.payin_id, inv.id, amount, inv.status;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
 
 -- A job's invoice pay-in reached PAID (a handler of the pay-in lifecycle, in
 -- the settling transaction; the lock handler below locked the job first).
-CREATE FUNCTION payledger.nostr_job_invoice_paid(p payledger.payins)
+CREATE FUNCTION payledger_internal.nostr_job_invoice_paid(p payledger.payins)
 RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     j payledger.nostr_jobs;
@@ -406,7 +411,7 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM payledger.nostr_job_payments n WHERE n.payin_id = p.id) THEN
         -- (an invoice's payment hash; a pay-in an application settled by hand
         -- may have no reference)
-        PERFORM payledger.nostr_job_record(j, p.id, 'invoice', coalesce(p.external_ref, 'payin:' || p.id), p.cost,
+        PERFORM payledger_internal.nostr_job_record(j, p.id, 'invoice', coalesce(p.external_ref, 'payin:' || p.id), p.cost,
                                            NULL, NULL, NULL);
     END IF;
 END;
@@ -414,7 +419,7 @@ $$;
 
 -- A job's pay-in locks its job before the accounts, as a zap's payment does
 -- (docs/reliability.md, Lock order): a lock handler of the pay-in lifecycle.
-CREATE FUNCTION payledger.nostr_job_payin_lock(p payledger.payins)
+CREATE FUNCTION payledger_internal.nostr_job_payin_lock(p payledger.payins)
 RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
     IF p.metadata ? 'job' THEN
@@ -423,10 +428,10 @@ BEGIN
 END;
 $$;
 
-SELECT payledger.register_payin_handler('nostr', 'lock', 200, '{PAID}',
-                                        'payledger.nostr_job_payin_lock(payledger.payins)', 'NOSTR_JOB'),
-       payledger.register_payin_handler('nostr', 'reached', 200, '{PAID}',
-                                        'payledger.nostr_job_invoice_paid(payledger.payins)', 'NOSTR_JOB');
+SELECT payledger_internal.register_payin_handler('nostr', 'lock', 200, '{PAID}',
+                                        'payledger_internal.nostr_job_payin_lock(payledger.payins)', 'NOSTR_JOB'),
+       payledger_internal.register_payin_handler('nostr', 'reached', 200, '{PAID}',
+                                        'payledger_internal.nostr_job_invoice_paid(payledger.payins)', 'NOSTR_JOB');
 
 -- Pay a job with a zap receipt (kind 9735) whose e tag is one of the job's
 -- published events: verified (docs/nostr.md) against the provider's LNURL key
@@ -441,14 +446,14 @@ DECLARE
     j payledger.nostr_jobs;
     v record;
 BEGIN
-    PERFORM payledger.require(receipt, 'receipt');
+    PERFORM payledger_internal.require(receipt, 'receipt');
     SELECT e.* INTO ev FROM jsonb_array_elements(receipt -> 'tags') t
       JOIN payledger.nostr_job_events e ON e.event_id = t ->> 1
      WHERE t ->> 0 = 'e' LIMIT 1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'the receipt zaps no event published for a job' USING ERRCODE = 'PL025';
     END IF;
-    j := payledger.nostr_job_lock(ev.job_id);
+    j := payledger_internal.nostr_job_lock(ev.job_id);
     SELECT * INTO v FROM payledger.verify_zap_receipt(receipt, j.lnurl_pubkey, recipient => j.provider_pubkey,
                                                       expected_event => ev.event_id);
     IF NOT v.valid THEN
@@ -464,10 +469,11 @@ BEGIN
         RAISE EXCEPTION 'job % failed (%): its payments are refunded outside payledger', j.id, j.error
             USING ERRCODE = 'PL027';
     END IF;
-    j := payledger.nostr_job_credit(j, 'zap', v.payment_hash, v.amount_msat, v.payer_pubkey, v.receipt_id, v.request_id);
+    j := payledger_internal.nostr_job_credit(j, 'zap', v.payment_hash, v.amount_msat, v.payer_pubkey, v.receipt_id, v.request_id);
     RETURN QUERY SELECT 'credited', j.id, '{}'::text[], v.amount_msat, j.paid_msat, j.requested_msat, j.state;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
 
 -- Pay a job with an invoice settled outside payledger (the provider's own
 -- bolt11 from an amount tag, confirmed at its node): credited once per
@@ -476,10 +482,10 @@ CREATE FUNCTION payledger.nostr_job_pay_invoice(job uuid, payment_hash text, amo
 RETURNS TABLE (outcome text, paid_msat bigint, requested_msat bigint, state text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    j payledger.nostr_jobs := payledger.nostr_job_lock(job);
+    j payledger.nostr_jobs := payledger_internal.nostr_job_lock(job);
 BEGIN
-    PERFORM payledger.require(payment_hash, 'payment_hash');
-    PERFORM payledger.require(amount_msat, 'amount_msat');
+    PERFORM payledger_internal.require(payment_hash, 'payment_hash');
+    PERFORM payledger_internal.require(amount_msat, 'amount_msat');
     IF payment_hash !~ '^[0-9a-f]{64}$' THEN
         RAISE EXCEPTION 'payment_hash is 64 lower-case hex characters' USING ERRCODE = '22023';
     END IF;
@@ -497,18 +503,19 @@ BEGIN
     IF j.state = 'error' THEN
         RAISE EXCEPTION 'job % failed (%)', j.id, j.error USING ERRCODE = 'PL027';
     END IF;
-    j := payledger.nostr_job_credit(j, 'invoice', payment_hash, amount_msat, NULL, NULL, NULL);
+    j := payledger_internal.nostr_job_credit(j, 'invoice', payment_hash, amount_msat, NULL, NULL, NULL);
     RETURN QUERY SELECT 'credited', j.paid_msat, j.requested_msat, j.state;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
 
 -- Fail a job (the provider's error, or a payment that did not come).
 CREATE FUNCTION payledger.nostr_job_fail(job uuid, message text)
 RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    j payledger.nostr_jobs := payledger.nostr_job_lock(job);
+    j payledger.nostr_jobs := payledger_internal.nostr_job_lock(job);
 BEGIN
-    PERFORM payledger.require(message, 'message');
+    PERFORM payledger_internal.require(message, 'message');
     IF j.state IN ('success', 'error') THEN
         RAISE EXCEPTION 'job % is already %', job, j.state USING ERRCODE = 'PL027';
     END IF;
@@ -516,6 +523,7 @@ BEGIN
     RETURN 'error';
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
 
 -- Fail the jobs whose payment did not come in time ('payment timeout');
 -- returns how many. Jobs locked by another session are left for the next run.
@@ -524,7 +532,7 @@ RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pay
 DECLARE
     n integer;
 BEGIN
-    PERFORM payledger.require_limit(max_jobs, 'max_jobs');
+    PERFORM payledger_internal.require_limit(max_jobs, 'max_jobs');
     WITH due AS (
         SELECT x.id FROM payledger.nostr_jobs x
          WHERE x.state IN ('payment_required', 'delivered') AND x.pay_by <= clock_timestamp()
@@ -537,12 +545,13 @@ BEGIN
     RETURN n;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
 
 -- Invariants of jobs (part of payledger.check_invariants()).
-SELECT payledger.register_housekeeping_step('nostr', 'jobs_expired', 50, 'payledger.nostr_expire_jobs(integer)',
+SELECT payledger_internal.register_housekeeping_step('nostr', 'jobs_expired', 50, 'payledger.nostr_expire_jobs(integer)',
                                             max_calls => 1);
 
-CREATE FUNCTION payledger.nostr_invariants()
+CREATE FUNCTION payledger_internal.nostr_invariants()
 RETURNS TABLE (invariant text, subject text, detail text)
 LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT 'nostr_job_paid', j.id::text, format('paid_msat %s, credited payments %s', j.paid_msat, coalesce(p.total, 0))

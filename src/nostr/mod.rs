@@ -114,3 +114,10 @@ fn verify_zap_receipt(
         v.timing_ok,
     ))
 }
+
+// Who may call it (the operators may call all of the API: src/security.sql).
+extension_sql!(
+    "GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verify_event(jsonb), payledger.bip340_verify(bytea, bytea, bytea), payledger.verify_zap_receipt(jsonb, text, text, bigint, text) TO payledger_app;",
+    name = "nostr_grants",
+    requires = [nostr_event_id, nostr_verify_event, bip340_verify, verify_zap_receipt]
+);

@@ -6,7 +6,7 @@
 ---------------------------------------------------------------------------
 
 -- A batch size or limit: NULL is 22004, less than 1 is 22023.
-CREATE FUNCTION payledger.require_limit(value integer, name text)
+CREATE FUNCTION payledger_internal.require_limit(value integer, name text)
 RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF value IS NULL THEN
@@ -18,7 +18,7 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION payledger.json_uuid(v jsonb, what text)
+CREATE FUNCTION payledger_internal.json_uuid(v jsonb, what text)
 RETURNS uuid LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF jsonb_typeof(v) = 'string'
@@ -44,8 +44,8 @@ RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_c
 DECLARE
     existing payledger.payin_types;
 BEGIN
-    PERFORM payledger.require(type, 'type');
-    PERFORM payledger.require(description, 'description');
+    PERFORM payledger_internal.require(type, 'type');
+    PERFORM payledger_internal.require(description, 'description');
     IF type !~ '^[A-Za-z][A-Za-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION 'pay-in type % is not valid', quote_literal(type) USING ERRCODE = '22023';
     END IF;
@@ -68,8 +68,8 @@ $$;
 CREATE FUNCTION payledger.register_payout_type(type text, description text)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(type, 'type');
-    PERFORM payledger.require(description, 'description');
+    PERFORM payledger_internal.require(type, 'type');
+    PERFORM payledger_internal.require(description, 'description');
     IF type !~ '^[A-Za-z][A-Za-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION 'pay-out type % is not valid', quote_literal(type) USING ERRCODE = '22023';
     END IF;
@@ -93,9 +93,9 @@ DECLARE
     existing payledger.split_rules;
     pct numeric;
 BEGIN
-    PERFORM payledger.require(name, 'name');
-    PERFORM payledger.require(shares, 'shares');
-    PERFORM payledger.require(remainder_role, 'remainder_role');
+    PERFORM payledger_internal.require(name, 'name');
+    PERFORM payledger_internal.require(shares, 'shares');
+    PERFORM payledger_internal.require(remainder_role, 'remainder_role');
     IF name !~ '^[A-Za-z][A-Za-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION 'split rule name % is not valid', quote_literal(name) USING ERRCODE = '22023';
     END IF;
@@ -118,7 +118,7 @@ BEGIN
             RAISE EXCEPTION 'pay-out type % is not registered', quote_literal(s ->> 'payout_type') USING ERRCODE = 'PL022';
         END IF;
         IF s ? 'account' AND NOT EXISTS (SELECT 1 FROM payledger.accounts a
-                                         WHERE a.id = payledger.json_uuid(s -> 'account', 'account')
+                                         WHERE a.id = payledger_internal.json_uuid(s -> 'account', 'account')
                                            AND a.parent_id IS NULL) THEN
             RAISE EXCEPTION 'account % does not exist', s ->> 'account' USING ERRCODE = 'PL002';
         END IF;
@@ -150,22 +150,23 @@ RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledg
 DECLARE
     r record;
 BEGIN
-    PERFORM payledger.require(rule, 'split');
-    PERFORM payledger.require(cost, 'cost');
-    SELECT * INTO r FROM payledger.split_payouts_core(rule, cost, payees);
+    PERFORM payledger_internal.require(rule, 'split');
+    PERFORM payledger_internal.require(cost, 'cost');
+    SELECT * INTO r FROM payledger_internal.split_payouts_core(rule, cost, payees);
     IF r.sqlstate IS NOT NULL THEN
-        PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+        PERFORM payledger_internal.raise_failure(r.sqlstate, r.message, r.detail);
     END IF;
     RETURN r.payouts;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.split_payouts(text, bigint, jsonb) TO payledger_app;
 
 ---------------------------------------------------------------------------
 -- Money of a transition (called by the state trigger)
 ---------------------------------------------------------------------------
 
 -- PAID: the escrowed custodial part and the external part go to the pay-outs.
-CREATE FUNCTION payledger.payin_pay_out(p payledger.payins)
+CREATE FUNCTION payledger_internal.payin_pay_out(p payledger.payins)
 RETURNS uuid LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     postings jsonb;
@@ -178,14 +179,14 @@ BEGIN
     IF p.external_amount > 0 THEN
         postings := postings || jsonb_build_object('account', p.external_account, 'amount', -p.external_amount);
     END IF;
-    RETURN (payledger.apply_as('payin', jsonb_build_object(
+    RETURN (payledger_internal.apply_as('payin', jsonb_build_object(
         'postings', postings, 'kind', 'payin_paid', 'metadata', jsonb_build_object('payin', p.id)))).journal_id;
 END;
 $$;
 
 -- FAILED or CANCELLED: every custodial leg goes back to its account, in one
 -- journal, with a refund record per leg.
-CREATE FUNCTION payledger.payin_release(p payledger.payins)
+CREATE FUNCTION payledger_internal.payin_release(p payledger.payins)
 RETURNS uuid LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     postings jsonb;
@@ -194,7 +195,7 @@ BEGIN
     SELECT jsonb_agg(jsonb_build_object('account', l.account_id, 'amount', l.amount) ORDER BY l.seq) INTO postings
       FROM payledger.payin_legs l WHERE l.payin_id = p.id AND l.method = 'custodial' AND l.amount > 0;
     postings := postings || jsonb_build_object('account', p.escrow_account, 'amount', -p.custodial_amount);
-    j := (payledger.apply_as('payin', jsonb_build_object(
+    j := (payledger_internal.apply_as('payin', jsonb_build_object(
         'postings', postings, 'kind', 'payin_release', 'metadata', jsonb_build_object('payin', p.id)))).journal_id;
     INSERT INTO payledger.payin_refunds (payin_id, journal_id, kind, seq, owner_id, from_account, to_account, amount, reason)
     SELECT p.id, j, 'release', l.seq, p.owner_id, p.escrow_account, l.account_id, l.amount, p.failure_reason::text
@@ -207,7 +208,7 @@ $$;
 -- The state trigger: any UPDATE of a pay-in, whoever runs it
 ---------------------------------------------------------------------------
 
-CREATE FUNCTION payledger.payins_guard() RETURNS trigger
+CREATE FUNCTION payledger_internal.payins_guard() RETURNS trigger
 LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     t payledger.payin_transitions;
@@ -274,18 +275,18 @@ BEGIN
         NEW.release_journal := OLD.release_journal;
         NEW.external_cancel := OLD.external_cancel;
         -- what other modules lock before the accounts (src/payin/lifecycle.sql)
-        PERFORM payledger.payin_run_lock(NEW);
+        PERFORM payledger_internal.payin_run_lock(NEW);
         IF NEW.state = 'PAID' THEN
-            NEW.paid_journal := payledger.payin_pay_out(NEW);
+            NEW.paid_journal := payledger_internal.payin_pay_out(NEW);
         ELSIF NEW.state IN ('FAILED', 'CANCELLED') THEN
             IF NEW.custodial_amount > 0 AND OLD.release_journal IS NULL THEN
-                NEW.release_journal := payledger.payin_release(NEW);
+                NEW.release_journal := payledger_internal.payin_release(NEW);
             END IF;
             NEW.external_cancel := NEW.external_amount > 0;
         END IF;
     END judge;
-    -- the row's rules (payledger.payin_row_violation, inlined here)
-    violation := payledger.payin_row_violation(NEW);
+    -- the row's rules (payledger_internal.payin_row_violation, inlined here)
+    violation := payledger_internal.payin_row_violation(NEW);
     IF violation IS NOT NULL THEN
         -- (worded as PostgreSQL words a CHECK's failure)
         RAISE EXCEPTION 'new row for relation "payins" violates check constraint "%"', violation
@@ -296,11 +297,11 @@ END;
 $$;
 
 CREATE TRIGGER payins_guard BEFORE INSERT OR UPDATE ON payledger.payins
-    FOR EACH ROW EXECUTE FUNCTION payledger.payins_guard();
+    FOR EACH ROW EXECUTE FUNCTION payledger_internal.payins_guard();
 
 -- After a move: record it, move the children the same way, then run what
 -- other modules registered for the state reached (src/payin/lifecycle.sql).
-CREATE FUNCTION payledger.payins_moved() RETURNS trigger
+CREATE FUNCTION payledger_internal.payins_moved() RETURNS trigger
 LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     outer_setting text := current_setting('payledger.moving_children_of', true);
@@ -315,18 +316,18 @@ BEGIN
          WHERE c.parent_id = NEW.id AND c.state = OLD.state;
         PERFORM set_config('payledger.moving_children_of', coalesce(outer_setting, ''), true);
     END IF;
-    PERFORM payledger.payin_run_reached(NEW);
+    PERFORM payledger_internal.payin_run_reached(NEW);
     RETURN NULL;
 END;
 $$;
 
 CREATE TRIGGER payins_moved AFTER UPDATE OF state ON payledger.payins
-    FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION payledger.payins_moved();
+    FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION payledger_internal.payins_moved();
 
 -- Pay-outs sum to their pay-in's cost, checked for each INSERT statement
 -- (the API writes a pay-in's pay-outs in one statement, and so does a
 -- restore's COPY). That the legs add up is checked by check_invariants().
-CREATE FUNCTION payledger.payouts_guard() RETURNS trigger
+CREATE FUNCTION payledger_internal.payouts_guard() RETURNS trigger
 LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     n record;
@@ -352,7 +353,7 @@ $$;
 
 CREATE TRIGGER payouts_guard AFTER INSERT ON payledger.payouts
     REFERENCING NEW TABLE AS new_payouts
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.payouts_guard();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.payouts_guard();
 
 ---------------------------------------------------------------------------
 -- Creating a pay-in
@@ -380,14 +381,14 @@ SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
-    SELECT * INTO r FROM payledger.payin_create_core(payer, type, asset, cost, methods, payouts, split, payees,
+    SELECT * INTO r FROM payledger_internal.payin_create_core(payer, type, asset, cost, methods, payouts, split, payees,
                                                      idempotency_key, parent, metadata, NULL, NULL, NULL, NULL);
     IF r.sqlstate IS NOT NULL THEN
-        PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+        PERFORM payledger_internal.raise_failure(r.sqlstate, r.message, r.detail);
     END IF;
     -- paid at creation: what other modules do on PAID (src/payin/lifecycle.sql)
     IF r.state = 'PAID' AND NOT r.replayed THEN
-        PERFORM payledger.payin_reached(r.payin_id);
+        PERFORM payledger_internal.payin_reached(r.payin_id);
     END IF;
     payin_id := r.payin_id;
     state := r.state;
@@ -395,6 +396,7 @@ BEGIN
     external_amount := r.external_amount;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.create_payin(text, text, text, bigint, jsonb, jsonb, text, jsonb, text, uuid, jsonb) TO payledger_app;
 
 ---------------------------------------------------------------------------
 -- Transitions
@@ -415,8 +417,8 @@ DECLARE
     cur payledger.payins;
     from_states payledger.payin_state[];
 BEGIN
-    PERFORM payledger.require(payin, 'payin');
-    PERFORM payledger.require(to_state, 'to_state');
+    PERFORM payledger_internal.require(payin, 'payin');
+    PERFORM payledger_internal.require(to_state, 'to_state');
     -- An array, not a subquery: when a concurrent move commits first, the
     -- UPDATE re-checks its condition against the new row version, and a join
     -- would re-check against the transition row it had matched before.
@@ -445,24 +447,28 @@ BEGIN
         USING ERRCODE = 'PL020', HINT = 'The allowed moves are in payledger.payin_transitions.';
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.transition_payin(uuid, payledger.payin_state, payledger.payin_failure_reason, text) TO payledger_app;
 
 CREATE FUNCTION payledger.settle_payin(payin uuid)
 RETURNS TABLE (changed boolean, state payledger.payin_state, failure_reason payledger.payin_failure_reason)
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT * FROM payledger.transition_payin(payin, 'PAID');
 $$;
+GRANT EXECUTE ON FUNCTION payledger.settle_payin(uuid) TO payledger_app;
 
 CREATE FUNCTION payledger.fail_payin(payin uuid, reason payledger.payin_failure_reason DEFAULT NULL)
 RETURNS TABLE (changed boolean, state payledger.payin_state, failure_reason payledger.payin_failure_reason)
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT * FROM payledger.transition_payin(payin, 'FAILED', reason);
 $$;
+GRANT EXECUTE ON FUNCTION payledger.fail_payin(uuid, payledger.payin_failure_reason) TO payledger_app;
 
 CREATE FUNCTION payledger.cancel_payin(payin uuid, reason payledger.payin_failure_reason DEFAULT 'USER_CANCELLED')
 RETURNS TABLE (changed boolean, state payledger.payin_state, failure_reason payledger.payin_failure_reason)
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT * FROM payledger.transition_payin(payin, 'CANCELLED', reason);
 $$;
+GRANT EXECUTE ON FUNCTION payledger.cancel_payin(uuid, payledger.payin_failure_reason) TO payledger_app;
 
 ---------------------------------------------------------------------------
 -- Refunds of a PAID pay-in, retries of a FAILED one
@@ -490,7 +496,7 @@ DECLARE
     accounts uuid[];
     shares bigint[];
 BEGIN
-    PERFORM payledger.require(payin, 'payin');
+    PERFORM payledger_internal.require(payin, 'payin');
     IF idempotency_key IS NOT NULL THEN
         PERFORM pg_advisory_xact_lock(hashtextextended('payledger.refund:' || idempotency_key, 0));
         SELECT r.payin_id, r.journal_id, sum(r.amount) AS total, min(r.to_account::text) AS dest INTO prior
@@ -534,7 +540,7 @@ BEGIN
     ELSIF dest.asset <> p.asset THEN
         RAISE EXCEPTION 'account % holds %, the pay-in was paid in %', to_account, dest.asset, p.asset USING ERRCODE = 'PL004';
     END IF;
-    PERFORM payledger.refuse_managed(dest);
+    PERFORM payledger_internal.refuse_managed(dest);
 
     -- Each pay-out gives back its share of what it still holds; cumulative
     -- rounding makes the shares sum to the amount exactly.
@@ -552,7 +558,7 @@ BEGIN
     SELECT jsonb_agg(jsonb_build_object('account', x.a, 'amount', -x.amt))
            || jsonb_build_object('account', to_account, 'amount', amount)
       INTO postings FROM unnest(accounts, shares) x(a, amt);
-    j := (payledger.apply_as('payin', jsonb_build_object(
+    j := (payledger_internal.apply_as('payin', jsonb_build_object(
         'postings', postings, 'kind', 'payin_refund',
         'metadata', jsonb_build_object('payin', p.id, 'reason', reason)))).journal_id;
     INSERT INTO payledger.payin_refunds (payin_id, journal_id, kind, seq, owner_id, from_account, to_account, amount,
@@ -563,6 +569,7 @@ BEGIN
     RETURN j;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.refund_payin(uuid, bigint, uuid, text, text) TO payledger_app;
 
 -- A new pay-in for a FAILED one, chained to it (predecessor, genesis, count).
 -- Methods and pay-outs default to the failed pay-in's (amounts re-split by
@@ -583,7 +590,7 @@ DECLARE
     max_retries integer;
     r record;
 BEGIN
-    PERFORM payledger.require(payin, 'payin');
+    PERFORM payledger_internal.require(payin, 'payin');
     IF idempotency_key IS NOT NULL THEN
         SELECT p.* INTO old FROM payledger.payins p WHERE p.idempotency_key = retry_payin.idempotency_key;
         IF FOUND AND old.predecessor_id = payin THEN
@@ -618,20 +625,21 @@ BEGIN
                                                               'role', o.role)) ORDER BY o.seq)
           INTO payouts FROM payledger.payouts o WHERE o.payin_id = old.id;
     END IF;
-    SELECT * INTO r FROM payledger.payin_create_core(old.owner_id, old.type, old.asset, old.cost, methods, payouts, split,
+    SELECT * INTO r FROM payledger_internal.payin_create_core(old.owner_id, old.type, old.asset, old.cost, methods, payouts, split,
                                                      payees, idempotency_key, NULL, old.metadata, old.id,
                                                      old.genesis_id, old.retry_count, policy);
     IF r.sqlstate IS NOT NULL THEN
-        PERFORM payledger.raise_failure(r.sqlstate, r.message, r.detail);
+        PERFORM payledger_internal.raise_failure(r.sqlstate, r.message, r.detail);
     END IF;
     IF r.state = 'PAID' AND NOT r.replayed THEN
-        PERFORM payledger.payin_reached(r.payin_id);
+        PERFORM payledger_internal.payin_reached(r.payin_id);
     END IF;
     UPDATE payledger.payins p SET successor_id = r.payin_id WHERE p.id = old.id;
     payin_id := r.payin_id; state := r.state;
     custodial_amount := r.custodial_amount; external_amount := r.external_amount;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.retry_payin(uuid, jsonb, jsonb, text, jsonb, text, text) TO payledger_app;
 
 ---------------------------------------------------------------------------
 -- Statistics and audit
@@ -669,6 +677,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
      GROUP BY 1, 2, 4, 5
      ORDER BY 1, 2, 3, 4;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.payin_stats(timestamptz, timestamptz, text) TO payledger_app;
 
 -- Every entry a pay-in caused (opening, pay-out, release, refunds): who spent
 -- and earned what, and each balance before and after.
@@ -679,7 +688,7 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog
 DECLARE
     p payledger.payins;
 BEGIN
-    PERFORM payledger.require(payin, 'payin');
+    PERFORM payledger_internal.require(payin, 'payin');
     SELECT * INTO p FROM payledger.payins x WHERE x.id = payin;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pay-in % does not exist', payin USING ERRCODE = 'PL019';
@@ -698,12 +707,13 @@ BEGIN
      ORDER BY j.created_at, j.id, u.n;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.payin_audit(uuid) TO payledger_app;
 
 ---------------------------------------------------------------------------
 -- Invariants of pay-ins (part of payledger.check_invariants())
 ---------------------------------------------------------------------------
 
-CREATE FUNCTION payledger.payin_invariants()
+CREATE FUNCTION payledger_internal.payin_invariants()
 RETURNS TABLE (invariant text, subject text, detail text)
 LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT 'payin_legs', p.id::text,

@@ -32,7 +32,7 @@ CREATE TABLE payledger.payin_handlers (
 ALTER TABLE payledger.payin_handlers ENABLE ROW LEVEL SECURITY;
 
 -- (Re)write a stage's function from the table.
-CREATE FUNCTION payledger.payin_handlers_compile(stage text)
+CREATE FUNCTION payledger_internal.payin_handlers_compile(stage text)
 RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     calls text := '';
@@ -48,16 +48,16 @@ BEGIN
                                  CASE WHEN h.payin_type IS NOT NULL THEN format(' AND p.type = %L', h.payin_type) ELSE '' END,
                                  h.fn);
     END LOOP;
-    EXECUTE format(E'CREATE OR REPLACE FUNCTION payledger.payin_run_%s(p payledger.payins)\n'
+    EXECUTE format(E'CREATE OR REPLACE FUNCTION payledger_internal.payin_run_%s(p payledger.payins)\n'
                    'RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $body$\n'
-                   '-- written by payledger.register_payin_handler() from payledger.payin_handlers\n'
+                   '-- written by payledger_internal.register_payin_handler() from payledger.payin_handlers\n'
                    'BEGIN\n%sEND;\n$body$', stage, calls);
     -- a pay-in PAID at creation: the same calls, after reading the row
     -- (one function call less on the hot path than calling payin_run_reached)
     IF stage = 'reached' THEN
-        EXECUTE format(E'CREATE OR REPLACE FUNCTION payledger.payin_reached(payin uuid)\n'
+        EXECUTE format(E'CREATE OR REPLACE FUNCTION payledger_internal.payin_reached(payin uuid)\n'
                        'RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $body$\n'
-                       '-- written by payledger.register_payin_handler() from payledger.payin_handlers\n'
+                       '-- written by payledger_internal.register_payin_handler() from payledger.payin_handlers\n'
                        'DECLARE\n    p payledger.payins;\nBEGIN\n'
                        '    SELECT * INTO p FROM payledger.payins x WHERE x.id = payin;\n%sEND;\n$body$', calls);
     END IF;
@@ -66,7 +66,7 @@ $$;
 
 -- For modules' install scripts: run handler(p payledger.payins) at a stage
 -- of every pay-in (of payin_type, when given) that moves into states.
-CREATE FUNCTION payledger.register_payin_handler(
+CREATE FUNCTION payledger_internal.register_payin_handler(
     module     text,
     stage      text,
     run_order   integer,
@@ -81,7 +81,7 @@ BEGIN
     END IF;
     INSERT INTO payledger.payin_handlers AS x (stage, run_order, module, states, payin_type, handler)
     VALUES (stage, run_order, module, states, payin_type, handler);
-    PERFORM payledger.payin_handlers_compile(stage);
+    PERFORM payledger_internal.payin_handlers_compile(stage);
 END;
 $$;
 
@@ -89,4 +89,4 @@ $$;
 -- which create_payin and retry_payin call for a pay-in PAID at creation
 -- (not a trigger on INSERT: a restore's COPY must not run the handlers again
 -- for old pay-ins)
-SELECT payledger.payin_handlers_compile('lock'), payledger.payin_handlers_compile('reached');
+SELECT payledger_internal.payin_handlers_compile('lock'), payledger_internal.payin_handlers_compile('reached');

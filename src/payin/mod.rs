@@ -37,7 +37,7 @@ extension_sql_file!(
 /// The body of `payledger.create_payin` and `retry_payin` (which raise the
 /// failure this returns, and pin the search_path).
 /// Internal: granted to no one.
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, schema = "payledger_internal")]
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn payin_create_core(
     payer: Option<String>,
@@ -106,7 +106,7 @@ fn payin_create_core(
 }
 
 /// The body of `payledger.split_payouts`. Internal: granted to no one.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, schema = "payledger_internal")]
 #[allow(clippy::type_complexity)]
 fn split_payouts_core(
     rule: String,

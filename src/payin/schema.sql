@@ -134,7 +134,7 @@ CREATE TABLE payledger.payins (
 -- instructions of 2.9M); the trigger's expression is compiled once per
 -- session. The first rule broken, or NULL; a rule that is NULL holds, as in
 -- a CHECK.
-CREATE FUNCTION payledger.payin_row_violation(p payledger.payins)
+CREATE FUNCTION payledger_internal.payin_row_violation(p payledger.payins)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
         WHEN NOT (p.cost > 0 AND p.custodial_amount >= 0 AND p.external_amount >= 0 AND p.retry_count >= 0)
@@ -225,15 +225,15 @@ CREATE TABLE payledger.payin_history (
 );
 
 CREATE TRIGGER payin_legs_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.payin_legs
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 CREATE TRIGGER payouts_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.payouts
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 CREATE TRIGGER payin_refunds_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.payin_refunds
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 CREATE TRIGGER payin_history_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payledger.payin_history
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 CREATE TRIGGER payins_no_delete BEFORE DELETE OR TRUNCATE ON payledger.payins
-    FOR EACH STATEMENT EXECUTE FUNCTION payledger.reject_mutation();
+    FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 
 ALTER TABLE payledger.payin_transitions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.payin_types ENABLE ROW LEVEL SECURITY;

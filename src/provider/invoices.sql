@@ -6,7 +6,7 @@
 -- Open the invoice row of a pay-in that waits for one (status creating; the
 -- worker creates it at the provider). Idempotent: the pay-in's existing
 -- invoice is returned as it is. Without a provider to issue it: PL028.
-CREATE FUNCTION payledger.open_invoice(
+CREATE FUNCTION payledger_internal.open_invoice(
     payin        uuid,
     provider     uuid DEFAULT NULL,
     expiry       interval DEFAULT NULL,
@@ -20,7 +20,7 @@ DECLARE
     inv payledger.invoices;
     max_age interval := make_interval(secs => payledger.setting_int('worker_max_invoice_age'));
 BEGIN
-    PERFORM payledger.require(payin, 'payin');
+    PERFORM payledger_internal.require(payin, 'payin');
     SELECT * INTO inv FROM payledger.invoices i WHERE i.payin_id = payin;
     IF FOUND THEN
         RETURN inv;
@@ -51,7 +51,7 @@ BEGIN
         END IF;
     ELSE
         SELECT * INTO prov FROM payledger.providers x
-         WHERE x.id = payledger.pick_provider(p.type, p.asset, p.external_method);
+         WHERE x.id = payledger_internal.pick_provider(p.type, p.asset, p.external_method);
     END IF;
     IF prov.id IS NULL THEN
         RAISE EXCEPTION 'no active provider serves % in % for pay-in type %', p.external_method, p.asset, p.type
@@ -83,16 +83,17 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catal
 DECLARE
     inv payledger.invoices;
 BEGIN
-    inv := payledger.open_invoice(payin, provider, expiry, memo);
+    inv := payledger_internal.open_invoice(payin, provider, expiry, memo);
     RETURN QUERY SELECT inv.id, inv.status, inv.provider_id;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.request_invoice(uuid, uuid, interval, text) TO payledger_app;
 
 -- Money that arrived for a pay-in that had already failed: from the rail's
 -- clearing account to the suspense account 'late_payments', with an event,
 -- so that nothing received goes unrecorded. What to do with it (credit the
 -- payer, refund) is the operator's call.
-CREATE FUNCTION payledger.record_late_payment(inv payledger.invoices, received bigint)
+CREATE FUNCTION payledger_internal.record_late_payment(inv payledger.invoices, received bigint)
 RETURNS uuid LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     p payledger.payins;
@@ -103,7 +104,7 @@ BEGIN
     late := payledger.open_account('payledger', p.asset, 'suspense', 'late_payments');
     j := payledger.transfer(p.external_account, late, received, 'late-payment:' || inv.id,
                             jsonb_build_object('invoice', inv.id, 'payin', p.id), NULL, 'late_payment');
-    PERFORM payledger.emit_event('invoice.paid_late', inv.id, p.owner_id,
+    PERFORM payledger_internal.emit_event('invoice.paid_late', inv.id, p.owner_id,
         jsonb_build_object('invoice', inv.id, 'payin', p.id, 'payin_state', p.state, 'amount', received,
                            'asset', p.asset, 'journal', j));
     RETURN j;
@@ -117,7 +118,7 @@ $$;
 -- must answer do not grow with the invoices left unpaid; webhooks bring news
 -- sooner. (The soak found both: every pending invoice checked at every
 -- tick, then every expired one, outgrew what LNbits answers.)
-CREATE FUNCTION payledger.invoice_recheck_at(i payledger.invoices)
+CREATE FUNCTION payledger_internal.invoice_recheck_at(i payledger.invoices)
 RETURNS timestamptz LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT now() + least((now() - i.created_at) / 10,
                          CASE WHEN i.expires_at IS NULL OR now() < i.expires_at THEN interval '1 minute'
@@ -176,7 +177,7 @@ BEGIN
             END IF;
             UPDATE payledger.invoices i
                SET last_error = left(result ->> 'error', 500), errors = i.errors + 1,
-                   next_check_at = now() + payledger.backoff(i.create_attempts), locked_until = NULL, updated_at = now()
+                   next_check_at = now() + payledger_internal.backoff(i.create_attempts), locked_until = NULL, updated_at = now()
              WHERE i.id = inv.id;
             RETURN 'creation_retry';
         END IF;
@@ -201,7 +202,7 @@ BEGIN
            SET errors = i.errors + 1, checks = i.checks + 1,
                last_error = left(coalesce(result ->> 'error', 'not found at the provider'), 500),
                next_check_at = CASE WHEN i.next_check_at IS NULL THEN NULL
-                                    ELSE now() + payledger.backoff(i.errors + 1) END,
+                                    ELSE now() + payledger_internal.backoff(i.errors + 1) END,
                locked_until = NULL, updated_at = now()
          WHERE i.id = inv.id;
         RETURN 'error';
@@ -241,7 +242,7 @@ BEGIN
             RETURN 'already_paid';
         END IF;
         -- FAILED or CANCELLED before the money came
-        UPDATE payledger.invoices i SET paid_late = true, late_journal = payledger.record_late_payment(inv, received)
+        UPDATE payledger.invoices i SET paid_late = true, late_journal = payledger_internal.record_late_payment(inv, received)
          WHERE i.id = inv.id;
         RETURN 'paid_late';
     END IF;
@@ -249,7 +250,7 @@ BEGIN
     IF said = 'pending' THEN
         UPDATE payledger.invoices i
            SET checks = i.checks + 1, errors = 0, last_error = NULL, locked_until = NULL, updated_at = now(),
-               next_check_at = CASE WHEN i.next_check_at IS NULL THEN NULL ELSE payledger.invoice_recheck_at(i) END
+               next_check_at = CASE WHEN i.next_check_at IS NULL THEN NULL ELSE payledger_internal.invoice_recheck_at(i) END
          WHERE i.id = inv.id;
         RETURN 'pending';
     END IF;
@@ -259,7 +260,7 @@ BEGIN
             UPDATE payledger.invoices i
                SET checks = i.checks + 1, locked_until = NULL,
                    next_check_at = CASE WHEN i.next_check_at IS NOT NULL AND i.monitor_until > now()
-                                        THEN payledger.invoice_recheck_at(i) END
+                                        THEN payledger_internal.invoice_recheck_at(i) END
              WHERE i.id = inv.id;
             RETURN 'unchanged';
         END IF;
@@ -268,10 +269,10 @@ BEGIN
                checks = i.checks + 1, errors = 0, locked_until = NULL, updated_at = now(),
                last_error = left(coalesce(result ->> 'note', result ->> 'error'), 500),
                -- an expired invoice is still watched for late money until monitor_until
-               next_check_at = CASE WHEN said = 'expired' AND i.monitor_until > now() THEN payledger.invoice_recheck_at(i) END
+               next_check_at = CASE WHEN said = 'expired' AND i.monitor_until > now() THEN payledger_internal.invoice_recheck_at(i) END
          WHERE i.id = inv.id;
         IF result ->> 'note' IS NOT NULL THEN
-            PERFORM payledger.emit_event('invoice.partial_payment', inv.id, NULL,
+            PERFORM payledger_internal.emit_event('invoice.partial_payment', inv.id, NULL,
                 jsonb_build_object('invoice', inv.id, 'payin', inv.payin_id, 'note', result ->> 'note'));
         END IF;
         PERFORM payledger.transition_payin(inv.payin_id, 'FAILED',
@@ -294,7 +295,7 @@ DECLARE
     n integer := 0;
     msg text;
 BEGIN
-    PERFORM payledger.require_limit(max_invoices, 'max_invoices');
+    PERFORM payledger_internal.require_limit(max_invoices, 'max_invoices');
     FOR inv IN SELECT i.id, i.status, i.payin_id FROM payledger.invoices i
                 WHERE i.next_check_at IS NOT NULL AND i.monitor_until < now()
                   AND (i.locked_until IS NULL OR i.locked_until < now())
@@ -319,7 +320,7 @@ BEGIN
             GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
             UPDATE payledger.invoices i
                SET errors = i.errors + 1, last_error = left('closing failed: ' || msg, 500),
-                   locked_until = now() + payledger.backoff(i.errors + 1), updated_at = now()
+                   locked_until = now() + payledger_internal.backoff(i.errors + 1), updated_at = now()
              WHERE i.id = inv.id;
             RAISE WARNING 'payledger: closing invoice % failed: %', inv.id, msg;
         END;
@@ -328,7 +329,7 @@ BEGIN
 END;
 $$;
 
-SELECT payledger.register_housekeeping_step('provider', 'invoices_closed', 10,
+SELECT payledger_internal.register_housekeeping_step('provider', 'invoices_closed', 10,
                                             'payledger.expire_invoices(integer)', per_call => 1);
 
 CREATE VIEW payledger.my_invoices WITH (security_barrier) AS
@@ -341,7 +342,7 @@ SELECT i.id, i.payin_id, i.status, i.asset, i.amount, i.payment_request, i.payme
 -- Invariants
 ---------------------------------------------------------------------------
 
-CREATE FUNCTION payledger.provider_invariants()
+CREATE FUNCTION payledger_internal.provider_invariants()
 RETURNS TABLE (invariant text, subject text, detail text)
 LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     -- a paid invoice's pay-in is PAID, or its money went to the late account

@@ -269,7 +269,7 @@ fn provider_call(claims: JsonArg) -> JsonB {
 }
 
 /// The webhook's signature and meaning, as data for `provider_webhook`.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, schema = "payledger_internal")]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
 fn webhook_verify_core(
@@ -336,7 +336,7 @@ fn webhook_verify_core(
 /// Whether a jsonb value is one payledger's Rust code can read (22023 when
 /// not): checked where JSON is stored that the worker reads back later
 /// (provider credentials and config), so that a stored value cannot stop it.
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, schema = "payledger_internal")]
 #[search_path(pg_catalog, pg_temp)]
 fn json_readable(value: JsonArg) -> bool {
     let _ = value;

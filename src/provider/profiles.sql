@@ -11,7 +11,7 @@ RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payled
 DECLARE
     p payledger.merchant_profiles;
 BEGIN
-    PERFORM payledger.require(name, 'name');
+    PERFORM payledger_internal.require(name, 'name');
     IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION 'invalid profile name %', name USING ERRCODE = '22023';
     END IF;
@@ -33,7 +33,7 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION payledger.profile_id(profile text)
+CREATE FUNCTION payledger_internal.profile_id(profile text)
 RETURNS uuid LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     id uuid;
@@ -47,7 +47,7 @@ END;
 $$;
 
 -- The credential field each kind needs (checked when a provider is added).
-CREATE FUNCTION payledger.provider_credential_field(kind payledger.provider_kind)
+CREATE FUNCTION payledger_internal.provider_credential_field(kind payledger.provider_kind)
 RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE kind WHEN 'lnbits' THEN 'invoice_key' WHEN 'lnd_rest' THEN 'macaroon'
                      WHEN 'cln_rest' THEN 'rune' WHEN 'btcpay' THEN 'api_key' WHEN 'stripe' THEN 'secret_key' END;
@@ -72,14 +72,14 @@ DECLARE
     prov payledger.providers;
     field text;
 BEGIN
-    PERFORM payledger.require(profile, 'profile');
-    PERFORM payledger.require(name, 'name');
-    PERFORM payledger.require(kind, 'kind');
-    PERFORM payledger.require(base_url, 'base_url');
-    PERFORM payledger.require(credentials, 'credentials');
+    PERFORM payledger_internal.require(profile, 'profile');
+    PERFORM payledger_internal.require(name, 'name');
+    PERFORM payledger_internal.require(kind, 'kind');
+    PERFORM payledger_internal.require(base_url, 'base_url');
+    PERFORM payledger_internal.require(credentials, 'credentials');
     -- (the worker reads both back: nothing it cannot parse gets stored)
-    PERFORM payledger.json_readable(credentials), payledger.json_readable(coalesce(config, '{}'));
-    pid := payledger.profile_id(profile);
+    PERFORM payledger_internal.json_readable(credentials), payledger_internal.json_readable(coalesce(config, '{}'));
+    pid := payledger_internal.profile_id(profile);
     IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION 'invalid provider name %', name USING ERRCODE = '22023';
     END IF;
@@ -87,7 +87,7 @@ BEGIN
         RAISE EXCEPTION 'base_url must be an http(s) URL without credentials, query or fragment'
             USING ERRCODE = '22023';
     END IF;
-    field := payledger.provider_credential_field(kind);
+    field := payledger_internal.provider_credential_field(kind);
     IF jsonb_typeof(credentials) <> 'object' OR jsonb_typeof(credentials -> field) IS DISTINCT FROM 'string' THEN
         -- the message names the field, never the value
         RAISE EXCEPTION 'credentials of a % provider need a string "%"', kind, field USING ERRCODE = '22023';
@@ -96,7 +96,7 @@ BEGIN
         RAISE EXCEPTION 'a btcpay provider needs config {"store_id": …}' USING ERRCODE = '22023';
     END IF;
     asset := coalesce(asset, CASE WHEN kind = 'stripe' THEN NULL ELSE 'msat' END);
-    PERFORM payledger.require(asset, 'asset');
+    PERFORM payledger_internal.require(asset, 'asset');
     IF NOT EXISTS (SELECT 1 FROM payledger.assets a WHERE a.code = add_provider.asset) THEN
         RAISE EXCEPTION 'asset % does not exist', asset USING ERRCODE = 'PL003';
     END IF;
@@ -124,14 +124,14 @@ DECLARE
     k payledger.provider_kind;
     field text;
 BEGIN
-    PERFORM payledger.require(provider, 'provider');
-    PERFORM payledger.require(credentials, 'credentials');
-    PERFORM payledger.json_readable(credentials);
+    PERFORM payledger_internal.require(provider, 'provider');
+    PERFORM payledger_internal.require(credentials, 'credentials');
+    PERFORM payledger_internal.json_readable(credentials);
     SELECT p.kind INTO k FROM payledger.providers p WHERE p.id = provider;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'provider % does not exist', provider USING ERRCODE = 'PL028';
     END IF;
-    field := payledger.provider_credential_field(k);
+    field := payledger_internal.provider_credential_field(k);
     IF jsonb_typeof(credentials) <> 'object' OR jsonb_typeof(credentials -> field) IS DISTINCT FROM 'string' THEN
         RAISE EXCEPTION 'credentials of a % provider need a string "%"', k, field USING ERRCODE = '22023';
     END IF;
@@ -146,8 +146,8 @@ $$;
 CREATE FUNCTION payledger.set_provider_active(provider uuid, active boolean)
 RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(provider, 'provider');
-    PERFORM payledger.require(active, 'active');
+    PERFORM payledger_internal.require(provider, 'provider');
+    PERFORM payledger_internal.require(active, 'active');
     UPDATE payledger.providers p SET active = set_provider_active.active WHERE p.id = provider;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'provider % does not exist', provider USING ERRCODE = 'PL028';
@@ -162,9 +162,9 @@ RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payled
 DECLARE
     pid uuid;
 BEGIN
-    PERFORM payledger.require(payin_type, 'payin_type');
-    PERFORM payledger.require(profile, 'profile');
-    pid := payledger.profile_id(profile);
+    PERFORM payledger_internal.require(payin_type, 'payin_type');
+    PERFORM payledger_internal.require(profile, 'profile');
+    pid := payledger_internal.profile_id(profile);
     IF NOT EXISTS (SELECT 1 FROM payledger.payin_types t WHERE t.type = payin_type) THEN
         RAISE EXCEPTION 'pay-in type % is not registered', payin_type USING ERRCODE = 'PL022';
     END IF;
@@ -176,7 +176,7 @@ $$;
 -- The provider for a new invoice: in the given profile (else the type's
 -- route, else the default profile), the first active provider serving the
 -- rail in the asset, by priority then name. NULL when none does.
-CREATE FUNCTION payledger.pick_provider(payin_type text, asset text, rail text, profile uuid DEFAULT NULL)
+CREATE FUNCTION payledger_internal.pick_provider(payin_type text, asset text, rail text, profile uuid DEFAULT NULL)
 RETURNS uuid LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT p.id FROM payledger.providers p
      WHERE p.profile_id = coalesce(profile,

@@ -23,11 +23,11 @@ DECLARE
     rail text;
     id uuid := payledger.new_id();
 BEGIN
-    PERFORM payledger.require(owner_id, 'owner_id');
-    PERFORM payledger.require(payin_type, 'payin_type');
-    PERFORM payledger.require(asset, 'asset');
-    PERFORM payledger.require(amount, 'amount');
-    PERFORM payledger.require(period, 'period');
+    PERFORM payledger_internal.require(owner_id, 'owner_id');
+    PERFORM payledger_internal.require(payin_type, 'payin_type');
+    PERFORM payledger_internal.require(asset, 'asset');
+    PERFORM payledger_internal.require(amount, 'amount');
+    PERFORM payledger_internal.require(period, 'period');
     IF amount <= 0 THEN
         RAISE EXCEPTION 'amount must be positive' USING ERRCODE = 'PL001';
     END IF;
@@ -40,12 +40,12 @@ BEGIN
     IF jsonb_typeof(methods) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'methods must be a JSON array' USING ERRCODE = '22023';
     END IF;
-    prof := coalesce(CASE WHEN profile IS NOT NULL THEN payledger.profile_id(profile) END,
+    prof := coalesce(CASE WHEN profile IS NOT NULL THEN payledger_internal.profile_id(profile) END,
                      (SELECT r.profile_id FROM payledger.payin_routes r WHERE r.payin_type = create_subscription.payin_type),
                      (SELECT m.id FROM payledger.merchant_profiles m WHERE m.is_default));
     SELECT x ->> 'external' INTO rail FROM jsonb_array_elements(methods) x WHERE x ? 'external' LIMIT 1;
     IF rail IS NOT NULL THEN
-        prov := payledger.pick_provider(payin_type, asset, rail, prof);
+        prov := payledger_internal.pick_provider(payin_type, asset, rail, prof);
     END IF;
     INSERT INTO payledger.subscriptions (id, owner_id, payin_type, asset, amount, period, methods, payouts, split,
                                          payees, profile_id, provider_id, next_renewal_at, metadata)
@@ -54,17 +54,19 @@ BEGIN
     RETURN id;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.create_subscription(text, text, text, bigint, interval, jsonb, jsonb, text, jsonb, text, timestamptz, jsonb) TO payledger_app;
 
 CREATE FUNCTION payledger.cancel_subscription(subscription uuid)
 RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(subscription, 'subscription');
+    PERFORM payledger_internal.require(subscription, 'subscription');
     UPDATE payledger.subscriptions s SET status = 'cancelled' WHERE s.id = subscription;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'subscription % does not exist', subscription USING ERRCODE = 'PL030';
     END IF;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.cancel_subscription(uuid) TO payledger_app;
 
 -- Bill the subscription's next period: one pay-in per period (its
 -- idempotency key is the subscription and period number, so a repeat returns
@@ -78,7 +80,7 @@ DECLARE
     c record;
     prov uuid;
 BEGIN
-    PERFORM payledger.require(subscription, 'subscription');
+    PERFORM payledger_internal.require(subscription, 'subscription');
     SELECT * INTO s FROM payledger.subscriptions x WHERE x.id = subscription FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'subscription % does not exist', subscription USING ERRCODE = 'PL030';
@@ -91,9 +93,9 @@ BEGIN
         s.metadata || jsonb_build_object('subscription', s.id, 'period', s.renewals));
     IF c.state = 'PENDING_INVOICE_CREATION' THEN
         prov := coalesce(s.provider_id, (SELECT p.id FROM payledger.payins x, LATERAL
-                    (SELECT payledger.pick_provider(x.type, x.asset, x.external_method, s.profile_id) AS id) p
+                    (SELECT payledger_internal.pick_provider(x.type, x.asset, x.external_method, s.profile_id) AS id) p
                   WHERE x.id = c.payin_id));
-        PERFORM payledger.open_invoice(c.payin_id, prov, NULL, NULL, s.id);
+        PERFORM payledger_internal.open_invoice(c.payin_id, prov, NULL, NULL, s.id);
     END IF;
     UPDATE payledger.subscriptions x
        SET renewals = x.renewals + 1, next_renewal_at = x.next_renewal_at + x.period, last_payin_id = c.payin_id,
@@ -102,6 +104,7 @@ BEGIN
     RETURN c.payin_id;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.renew_subscription(uuid) TO payledger_app;
 
 CREATE FUNCTION payledger.renew_due_subscriptions(max_subscriptions integer DEFAULT 100)
 RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
@@ -110,7 +113,7 @@ DECLARE
     n integer := 0;
     msg text;
 BEGIN
-    PERFORM payledger.require_limit(max_subscriptions, 'max_subscriptions');
+    PERFORM payledger_internal.require_limit(max_subscriptions, 'max_subscriptions');
     FOR s IN SELECT x.id, x.owner_id, x.errors FROM payledger.subscriptions x
               WHERE x.status = 'active' AND x.next_renewal_at <= now() AND (x.retry_at IS NULL OR x.retry_at <= now())
               ORDER BY x.next_renewal_at LIMIT max_subscriptions FOR UPDATE SKIP LOCKED LOOP
@@ -120,9 +123,9 @@ BEGIN
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
             UPDATE payledger.subscriptions x
-               SET errors = x.errors + 1, last_error = left(msg, 500), retry_at = now() + payledger.backoff(x.errors + 1)
+               SET errors = x.errors + 1, last_error = left(msg, 500), retry_at = now() + payledger_internal.backoff(x.errors + 1)
              WHERE x.id = s.id;
-            PERFORM payledger.emit_event('subscription.renewal_failed', s.id, s.owner_id,
+            PERFORM payledger_internal.emit_event('subscription.renewal_failed', s.id, s.owner_id,
                 jsonb_build_object('subscription', s.id, 'error', left(msg, 500), 'errors', s.errors + 1));
             RAISE WARNING 'payledger: renewing subscription %: %', s.id, msg;
         END;
@@ -131,7 +134,7 @@ BEGIN
 END;
 $$;
 
-SELECT payledger.register_housekeeping_step('provider', 'subscriptions_renewed', 70,
+SELECT payledger_internal.register_housekeeping_step('provider', 'subscriptions_renewed', 70,
                                             'payledger.renew_due_subscriptions(integer)', per_call => 1);
 
 CREATE VIEW payledger.my_subscriptions WITH (security_barrier) AS

@@ -15,16 +15,16 @@ DECLARE
     v record;
     inv payledger.invoices;
 BEGIN
-    PERFORM payledger.require(provider, 'provider');
-    PERFORM payledger.require(body, 'body');
+    PERFORM payledger_internal.require(provider, 'provider');
+    PERFORM payledger_internal.require(body, 'body');
     SELECT * INTO prov FROM payledger.providers x WHERE x.id = provider;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'provider % does not exist', provider USING ERRCODE = 'PL028';
     END IF;
     SELECT s.webhook_secret INTO secret FROM payledger.provider_secrets s WHERE s.provider_id = provider;
-    SELECT * INTO v FROM payledger.webhook_verify_core(prov.kind::text, secret, coalesce(headers, '{}'), body);
+    SELECT * INTO v FROM payledger_internal.webhook_verify_core(prov.kind::text, secret, coalesce(headers, '{}'), body);
     IF v.sqlstate IS NOT NULL THEN
-        PERFORM payledger.raise_failure(v.sqlstate, v.message, NULL);
+        PERFORM payledger_internal.raise_failure(v.sqlstate, v.message, NULL);
     END IF;
     SELECT * INTO inv FROM payledger.invoices i
      WHERE i.provider_id = provider AND (i.external_id = v.reference OR i.payment_hash = v.reference)
@@ -45,3 +45,4 @@ BEGIN
     END IF;
 END;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.provider_webhook(uuid, jsonb, text) TO payledger_app;

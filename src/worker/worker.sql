@@ -47,7 +47,7 @@ CREATE TABLE payledger.worker_runs (
 ALTER TABLE payledger.worker_runs ENABLE ROW LEVEL SECURITY;
 
 -- For modules' install scripts.
-CREATE FUNCTION payledger.register_worker_run(module text, name text, step regprocedure, every_setting text,
+CREATE FUNCTION payledger_internal.register_worker_run(module text, name text, step regprocedure, every_setting text,
                                               parts_setting text, counts_as text)
 RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
@@ -115,15 +115,15 @@ DECLARE
     w record;
     claims jsonb;
 BEGIN
-    PERFORM payledger.require_limit(batch, 'batch');
+    PERFORM payledger_internal.require_limit(batch, 'batch');
     -- (pay-ins no provider serves are the application's to invoice: left alone)
     FOR w IN SELECT p.id FROM payledger.payins p
               WHERE p.state = 'PENDING_INVOICE_CREATION' AND p.external_amount > 0
                 AND NOT EXISTS (SELECT 1 FROM payledger.invoices i WHERE i.payin_id = p.id)
-                AND payledger.pick_provider(p.type, p.asset, p.external_method) IS NOT NULL
+                AND payledger_internal.pick_provider(p.type, p.asset, p.external_method) IS NOT NULL
               ORDER BY p.state_changed_at LIMIT batch
               FOR NO KEY UPDATE OF p SKIP LOCKED LOOP
-        PERFORM payledger.open_invoice(w.id);
+        PERFORM payledger_internal.open_invoice(w.id);
     END LOOP;
 
     WITH due AS (
@@ -162,13 +162,13 @@ $$;
 CREATE FUNCTION payledger.worker_apply(result jsonb)
 RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM payledger.require(result, 'result');
+    PERFORM payledger_internal.require(result, 'result');
     BEGIN
         RETURN payledger.invoice_apply((result ->> 'invoice_id')::uuid, result);
     EXCEPTION WHEN OTHERS THEN
         UPDATE payledger.invoices i
            SET last_error = left('applying the result: ' || SQLERRM, 500), locked_until = NULL,
-               errors = i.errors + 1, next_check_at = now() + payledger.backoff(i.errors + 1)
+               errors = i.errors + 1, next_check_at = now() + payledger_internal.backoff(i.errors + 1)
          WHERE i.id = (result ->> 'invoice_id')::uuid;
         RAISE WARNING 'payledger worker: invoice %: %', result ->> 'invoice_id', SQLERRM;
         RETURN 'apply_error';
@@ -184,7 +184,7 @@ RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payled
 DECLARE
     h record;
 BEGIN
-    PERFORM payledger.require(results, 'results');
+    PERFORM payledger_internal.require(results, 'results');
     FOR h IN SELECT (x ->> 'provider_id')::uuid AS id,
                     bool_or(NOT (x ->> 'ok' = 'false' AND coalesce((x ->> 'retryable')::boolean, false))) AS answered,
                     max(x ->> 'error') AS error
@@ -197,7 +197,7 @@ BEGIN
         ELSE
             UPDATE payledger.providers x
                SET consecutive_failures = x.consecutive_failures + 1,
-                   retry_after = now() + payledger.backoff(x.consecutive_failures + 1),
+                   retry_after = now() + payledger_internal.backoff(x.consecutive_failures + 1),
                    last_error = left(h.error, 500)
              WHERE x.id = h.id;
         END IF;

@@ -40,7 +40,7 @@ CREATE FUNCTION history(org text, n integer) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
   accs uuid[];
   gids uuid[];
-  sink uuid := payledger.credit_system_account('credits_consumed');
+  sink uuid := payledger_internal.credit_system_account('credits_consumed');
   done integer := 0;
   k integer;
 BEGIN
@@ -87,7 +87,7 @@ SELECT format('SELECT count(payledger.set_credit_org(%L || g, %L)), count(payled
                  FROM generate_series(%s, %s) g', '$2', 'basic', '$2', 'purchase', k * 1000 + 1, least($1, k * 1000 + 1000))
   FROM generate_series(0, ($1 - 1) / 1000) k \gexec
 INSERT INTO payledger.credit_usage (org_id, metric, cycle_start, usage)
-SELECT '$2' || g, m, payledger.credit_cycle_start(date_trunc('month', now()), now()), 101 + g % 1000
+SELECT '$2' || g, m, payledger_internal.credit_cycle_start(date_trunc('month', now()), now()), 101 + g % 1000
   FROM generate_series(1, $1) g, unnest(ARRAY['mau', 'bandwidth', 'storage']) m;
 VACUUM ANALYZE;
 SQL

@@ -130,13 +130,13 @@ ctl "settle/$(ext "$P")"
 ctl down
 tick
 expect "$P" "PENDING / pending" "unchanged while the provider is down"
-[ "$(q "SELECT consecutive_failures > 0 AND retry_after > now() FROM payledger.providers WHERE profile_id = payledger.profile_id('lnd')")" = t ] \
+[ "$(q "SELECT consecutive_failures > 0 AND retry_after > now() FROM payledger.providers WHERE profile_id = payledger_internal.profile_id('lnd')")" = t ] \
   || fail "the provider backs off"
 P2=$(q "SELECT buy('lnd')")
 tick
 expect "$P2" "PENDING_INVOICE_CREATION / creating" "no creation while backing off"
 ctl up
-q "UPDATE payledger.providers SET retry_after = now() WHERE profile_id = payledger.profile_id('lnd')" >/dev/null
+q "UPDATE payledger.providers SET retry_after = now() WHERE profile_id = payledger_internal.profile_id('lnd')" >/dev/null
 q "UPDATE payledger.invoices SET next_check_at = now() WHERE payin_id IN ('$P', '$P2')" >/dev/null
 tick
 expect "$P" "PAID / paid" "settled once the provider is back"

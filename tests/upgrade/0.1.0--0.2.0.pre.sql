@@ -1,6 +1,6 @@
 -- payledger 0.1.0 -> 0.2.0: pay-ins and pay-outs (src/payin/), the event
 -- outbox and settle hooks, invoices at payment providers with the background
--- worker (src/provider/, src/worker.rs), prepaid credits (src/credits/),
+-- worker (src/events/, src/provider/, src/worker/), prepaid credits (src/credits/),
 -- Nostr, BOLT11 and NIP-90 jobs (src/nostr/, src/bolt11.rs), tamper-evident
 -- seals over the ledger (src/ledger/seal.sql), module-owned accounts, and
 -- check_invariants() gathering every module's checks.
@@ -9,11 +9,21 @@
 -- triggers; tests/integration/upgrade.sh proves the result equals a fresh
 -- 0.2.0 install. Released: never edit.
 
--- The ledger's checks keep their body under a new name; check_invariants()
--- now unions every module's checks.
-ALTER FUNCTION payledger.check_invariants() RENAME TO ledger_invariants;
-ALTER FUNCTION payledger.ledger_invariants() SECURITY INVOKER;
-REVOKE ALL ON FUNCTION payledger.ledger_invariants() FROM payledger_admin;
+-- What the API uses inside moves to the schema payledger_internal (created
+-- below, with the functions): 0.1.0's internal functions go, with the
+-- triggers that use them, and are created again there.
+DROP TRIGGER entries_append_only ON payledger.entries;
+DROP TRIGGER journals_append_only ON payledger.journals;
+DROP TRIGGER accounts_no_delete ON payledger.accounts;
+DROP TRIGGER holds_no_delete ON payledger.holds;
+DROP FUNCTION payledger.reject_mutation();
+DROP FUNCTION payledger.apply_one(jsonb);
+DROP FUNCTION payledger.engine_batch(jsonb);
+DROP FUNCTION payledger.lock_account(uuid);
+DROP FUNCTION payledger.min_available(boolean, bigint, smallint);
+DROP FUNCTION payledger.raise_failure(text, text, text);
+DROP FUNCTION payledger.require(anyelement, text);
+DROP FUNCTION payledger.shard_balance(payledger.accounts);
 
 -- A transfer's engine call is now a scalar (transfer_journal, below, with
 -- engine_failure): the set-returning one goes.
@@ -27,7 +37,6 @@ ALTER TABLE payledger.accounts DROP CONSTRAINT accounts_floor;
 
 -- The engine's statements now ask for generic plans themselves.
 ALTER FUNCTION payledger.transfer_batch(jsonb) RESET plan_cache_mode;
-ALTER FUNCTION payledger.apply_one(jsonb) RESET plan_cache_mode;
 ALTER FUNCTION payledger.expire_holds(integer) RESET plan_cache_mode;
 
 -- Accounts a module owns: the kinds a module reserves (account_kinds.module)
@@ -35,5 +44,6 @@ ALTER FUNCTION payledger.expire_holds(integer) RESET plan_cache_mode;
 -- 0.1.0 account is managed: the modules that own accounts are new.
 ALTER TABLE payledger.account_kinds ADD COLUMN module text;
 ALTER TABLE payledger.accounts ADD COLUMN managed_by text;
--- (its guard also watches managed_by now: created again below)
+-- (its guard also watches managed_by now, and is internal: created again below)
 DROP TRIGGER accounts_definition ON payledger.accounts;
+DROP FUNCTION payledger.accounts_definition_guard();

@@ -267,7 +267,7 @@ SELECT cycle_start = date_trunc('month', now()) - interval '1 month' AS previous
   FROM payledger.credit_meters WHERE org_id = 'org10';
 -- cycles are months from the anchor, clamped to a month's last day
 SET TIME ZONE 'UTC';
-SELECT t AS at, payledger.credit_cycle_start('2026-01-31 08:00+00', t) AS cycle_start
+SELECT t AS at, payledger_internal.credit_cycle_start('2026-01-31 08:00+00', t) AS cycle_start
   FROM unnest(ARRAY['2026-01-31 08:00+00', '2026-02-28 07:59+00', '2026-02-28 08:00+00', '2026-03-30 23:00+00',
                     '2026-03-31 08:00+00', '2025-12-31 09:00+00', '2025-12-15 00:00+00']::timestamptz[]) t;
 RESET TIME ZONE;
@@ -282,7 +282,7 @@ SELECT consumed FROM payledger.consume_credits('org8', 'mau', 1, 't3');    -- 81
 SELECT consumed FROM payledger.consume_credits('org8', 'mau', 19, 't4');   -- 90 %, 100 %, depleted
 SELECT payledger.grant_credits('org8', 10, 'purchase', expires_at => now() + interval '3 days') IS NOT NULL AS topped_up;
 SELECT topic, payload ->> 'threshold' AS threshold FROM payledger.events WHERE owner_id = 'org8' ORDER BY id;
-SELECT payledger.credit_check_thresholds('org8') AS nothing_new;
+SELECT payledger_internal.credit_check_thresholds('org8') AS nothing_new;
 SELECT t_try($$SELECT payledger.set_credit_threshold('Bad', 'used_pct', 10)$$);
 -- time alone crosses "expiring", with no credit moving: the worker's check
 -- finds it, once (here the rule's window widening stands in for time passing)

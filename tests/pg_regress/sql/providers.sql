@@ -18,7 +18,7 @@ SELECT payledger.transfer(acc('pay_world'), acc('cara'), 500000) IS NOT NULL AS 
 -- Profiles and providers (admin)
 ---------------------------------------------------------------------------
 SELECT payledger.create_merchant_profile('main', is_default => true) IS NOT NULL AS created;
-SELECT payledger.create_merchant_profile('main', is_default => true) = payledger.profile_id('main') AS same_again;
+SELECT payledger.create_merchant_profile('main', is_default => true) = payledger_internal.profile_id('main') AS same_again;
 SELECT t_try($$SELECT payledger.create_merchant_profile('main', owner_id => 'someone')$$);
 SELECT t_try($$SELECT payledger.create_merchant_profile('bad name')$$);
 SELECT t_try($$SELECT payledger.create_merchant_profile(NULL)$$);
@@ -58,9 +58,9 @@ SELECT t_try(format($$SELECT payledger.set_provider_credentials(%L, '{"macaroon"
 SELECT payledger.route_payin_type('PLAN', 'eu');
 SELECT t_try($$SELECT payledger.route_payin_type('NOPE', 'eu')$$);
 SELECT t_try($$SELECT payledger.route_payin_type('PLAN', 'nope')$$);
-SELECT p.name AS picked FROM payledger.providers p WHERE p.id = payledger.pick_provider('LICENSE', 'msat', 'invoice');
-SELECT p.name AS picked FROM payledger.providers p WHERE p.id = payledger.pick_provider('PLAN', 'msat', 'invoice');
-SELECT payledger.pick_provider('LICENSE', 'msat', 'card') IS NULL AS none_for_cards_in_msat;
+SELECT p.name AS picked FROM payledger.providers p WHERE p.id = payledger_internal.pick_provider('LICENSE', 'msat', 'invoice');
+SELECT p.name AS picked FROM payledger.providers p WHERE p.id = payledger_internal.pick_provider('PLAN', 'msat', 'invoice');
+SELECT payledger_internal.pick_provider('LICENSE', 'msat', 'card') IS NULL AS none_for_cards_in_msat;
 
 ---------------------------------------------------------------------------
 -- An invoice's life, fed through the worker's steps

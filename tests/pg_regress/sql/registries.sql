@@ -11,22 +11,22 @@ SELECT * FROM payledger.error_codes() WHERE sqlstate IN ('PL006', 'PL034', '2202
 SELECT s.run_order, s.module, s.step, p.per_call, p.max_calls, p.budget
   FROM payledger.housekeeping_steps s JOIN payledger.housekeeping_plan(500) p ON p.step = s.step
  ORDER BY s.run_order;
-SELECT t_try($$SELECT payledger.register_housekeeping_step('x', 'bad', 99, 'payledger.balance(uuid)')$$);
+SELECT t_try($$SELECT payledger_internal.register_housekeeping_step('x', 'bad', 99, 'payledger.balance(uuid)')$$);
 SELECT t_try($$SELECT payledger.housekeeping_step('holds_expired', NULL)$$);
 
 -- each module's pay-in handlers, and what registering compiled
 SELECT stage, run_order, module, states, payin_type, handler FROM payledger.payin_handlers ORDER BY stage, run_order;
-SELECT t_try($$SELECT payledger.register_payin_handler('x', 'reached', 999, '{PAID}', 'payledger.balance(uuid)')$$);
-SELECT p.proname, pg_get_functiondef(p.oid) ~ 'payledger.credits_payin_paid\(p\)' AS calls_credits,
-       pg_get_functiondef(p.oid) ~ 'payledger.events_payin_reached\(p\)' AS calls_events
-  FROM pg_proc p WHERE p.pronamespace = 'payledger'::regnamespace
+SELECT t_try($$SELECT payledger_internal.register_payin_handler('x', 'reached', 999, '{PAID}', 'payledger.balance(uuid)')$$);
+SELECT p.proname, pg_get_functiondef(p.oid) ~ 'payledger_internal.credits_payin_paid\(p\)' AS calls_credits,
+       pg_get_functiondef(p.oid) ~ 'payledger_internal.events_payin_reached\(p\)' AS calls_events
+  FROM pg_proc p WHERE p.pronamespace = 'payledger_internal'::regnamespace
    AND p.proname IN ('payin_run_lock', 'payin_run_reached', 'payin_reached') ORDER BY 1;
 
 -- each module's periodic runs of the worker, and their refusals
 SELECT name, module, step, every_setting, parts_setting, counts_as, last_run_at FROM payledger.worker_runs ORDER BY name;
 SELECT * FROM payledger.worker_runs_due();
-SELECT t_try($$SELECT payledger.register_worker_run('x', 'bad', 'payledger.balance(uuid)', 'metering_interval', NULL, 'n')$$);
-SELECT t_try($$SELECT payledger.register_worker_run('x', 'bad', 'payledger.metering_step(integer, text, integer, integer)', 'no_such_setting', NULL, 'n')$$);
+SELECT t_try($$SELECT payledger_internal.register_worker_run('x', 'bad', 'payledger.balance(uuid)', 'metering_interval', NULL, 'n')$$);
+SELECT t_try($$SELECT payledger_internal.register_worker_run('x', 'bad', 'payledger_internal.metering_step(integer, text, integer, integer)', 'no_such_setting', NULL, 'n')$$);
 SELECT t_try($$SELECT * FROM payledger.worker_run_step('no_such_run', 10, NULL)$$);
 -- a step of the metering run, as the worker takes it: nothing to meter here
 SELECT * FROM payledger.worker_run_step('metering', 10, NULL, 0, 2);

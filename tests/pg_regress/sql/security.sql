@@ -6,12 +6,10 @@ SELECT count(*) AS public_table_grants FROM information_schema.role_table_grants
  WHERE table_schema = 'payledger' AND grantee = 'PUBLIC';
 SELECT count(*) AS public_function_grants FROM information_schema.role_routine_grants
  WHERE routine_schema = 'payledger' AND grantee = 'PUBLIC';
--- every function pins its search_path, but for the internal Rust entry points,
--- which no role may call (their PL/pgSQL wrappers pin it), and three admin
--- routines that run as their caller and must not pin it: run_tick and
--- meter_all (a procedure with SET cannot COMMIT) and register_settle_hook (it
--- records the caller's search_path for the hook); and payin_row_violation, inlined
--- into the pay-in guard (a pinned search_path would keep it from being inlined)
+-- every function of the API pins its search_path, but three admin routines
+-- that run as their caller and must not pin it: run_tick and meter_all (a
+-- procedure with SET cannot COMMIT) and register_settle_hook (it records the
+-- caller's search_path for the hook)
 SELECT p.proname,
        has_function_privilege('payledger_admin', p.oid, 'EXECUTE')
        OR has_function_privilege('payledger_app', p.oid, 'EXECUTE')
@@ -19,6 +17,32 @@ SELECT p.proname,
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = 'payledger' AND NOT EXISTS (
    SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%')
+ ORDER BY 1;
+-- the operators may call the whole API; nothing inside is anyone's: no role
+-- may use payledger_internal, nor call a function there
+SELECT count(*) FILTER (WHERE NOT has_function_privilege('payledger_admin', p.oid, 'EXECUTE')) AS api_not_admins,
+       count(*) AS api_routines
+  FROM pg_proc p WHERE p.pronamespace = 'payledger'::regnamespace;
+SELECT r.rolname, has_schema_privilege(r.rolname, 'payledger_internal', 'USAGE') AS uses_internal,
+       (SELECT count(*) FROM pg_proc p WHERE p.pronamespace = 'payledger_internal'::regnamespace
+           AND has_function_privilege(r.rolname, p.oid, 'EXECUTE')) AS internal_callable
+  FROM pg_roles r WHERE r.rolname LIKE 'payledger\_%' ORDER BY 1;
+SELECT count(*) AS public_internal_grants FROM information_schema.role_routine_grants
+ WHERE routine_schema = 'payledger_internal' AND grantee = 'PUBLIC';
+-- who may call what: the backend's and end users' functions (granted next to
+-- each definition; the operators' are all of them)
+SELECT p.proname, string_agg(DISTINCT r, ', ' ORDER BY r) AS granted_to
+  FROM pg_proc p, unnest(ARRAY['payledger_app', 'payledger_enduser']) r
+ WHERE p.pronamespace = 'payledger'::regnamespace AND has_function_privilege(r, p.oid, 'EXECUTE')
+ GROUP BY p.proname ORDER BY 1;
+-- the tables and views each role reads
+SELECT c.relname, c.relkind,
+       has_table_privilege('payledger_app', c.oid, 'SELECT') AS app,
+       has_table_privilege('payledger_enduser', c.oid, 'SELECT') AS enduser,
+       has_table_privilege('payledger_admin', c.oid, 'SELECT') AS admin
+  FROM pg_class c WHERE c.relnamespace = 'payledger'::regnamespace AND c.relkind IN ('r', 'v')
+   AND NOT (has_table_privilege('payledger_app', c.oid, 'SELECT') AND has_table_privilege('payledger_admin', c.oid, 'SELECT')
+            AND NOT has_table_privilege('payledger_enduser', c.oid, 'SELECT'))
  ORDER BY 1;
 -- definer functions, which bypass RLS, are exactly the API
 SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace

@@ -42,7 +42,7 @@ BEGIN;
 SET LOCAL session_replication_role = replica;
 UPDATE payledger.entries SET amount = amount + 1 WHERE account_id = acc('carol') AND seq = 1;
 UPDATE payledger.ledger_block_ranges r
-   SET digests[1] = (SELECT payledger.entry_digest(e, j) FROM payledger.entries e JOIN payledger.journals j ON j.id = e.journal_id
+   SET digests[1] = (SELECT payledger_internal.entry_digest(e, j) FROM payledger.entries e JOIN payledger.journals j ON j.id = e.journal_id
                       WHERE e.account_id = acc('carol') AND e.seq = 1)
  WHERE r.account_id = acc('carol') AND r.from_seq = 1;
 SELECT block_no, problem FROM payledger.verify_ledger();
