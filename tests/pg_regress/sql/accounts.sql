@@ -1,5 +1,7 @@
 -- Assets, account kinds and accounts: creation, idempotency, conflicts, limits, closing.
-\set VERBOSITY terse
+\set db t_accounts
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
 SELECT code, scale FROM payledger.assets ORDER BY code;
 -- creating an asset again with the same scale is a no-op; another scale is a conflict
 SELECT t_try($$SELECT payledger.create_asset('msat', 3)$$);

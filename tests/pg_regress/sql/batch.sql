@@ -1,5 +1,7 @@
 -- transfer_batch: many transfers and hold operations in one call, each on its own.
-\set VERBOSITY terse
+\set db t_batch
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
 SELECT payledger.open_account('batch-a', 'msat') AS a \gset
 SELECT payledger.open_account('batch-b', 'msat') AS b \gset
 SELECT payledger.transfer(acc('world'), :'a', 1000) IS NOT NULL AS funded;

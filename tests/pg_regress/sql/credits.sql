@@ -2,7 +2,9 @@
 -- before paid, per-metric scope), expiry judged at the usage's time, undo,
 -- voids, balances now and in the past, gift codes and their limits, tiered
 -- prices, packages bought with pay-ins, metering and per-metric blocking.
-\set VERBOSITY terse
+\set db t_credits
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
 
 SELECT payledger.credits_configure('credit', 6, expiry_grace => '1 day');
 SELECT payledger.register_credit_metric('mau', 'counter', 'user');

@@ -1,5 +1,7 @@
 -- Balances at past business times, and amount formatting.
-\set VERBOSITY terse
+\set db t_history
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
 SELECT payledger.open_account('hist', 'msat') AS h \gset
 SELECT t_try(format('SELECT payledger.transfer(%L, %L, 100, effective_at => %L)', acc('world'), :'h', '2026-01-01 00:00+00'));
 SELECT t_try(format('SELECT payledger.transfer(%L, %L, 50, effective_at => %L)', acc('world'), :'h', '2026-02-01 00:00+00'));

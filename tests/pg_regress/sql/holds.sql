@@ -1,5 +1,7 @@
 -- Two-phase transfers: holds, partial posts, voids and expiry.
-\set VERBOSITY terse
+\set db t_holds
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
 SELECT payledger.open_account('hold-a', 'msat') AS a \gset
 SELECT payledger.open_account('hold-b', 'msat') AS b \gset
 SELECT payledger.transfer(acc('world'), :'a', 1000) IS NOT NULL AS funded;

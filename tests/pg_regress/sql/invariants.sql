@@ -1,5 +1,10 @@
 -- check_invariants() finds each kind of corruption; the entry guard rejects bad inserts.
-\set VERBOSITY terse
+\set db t_invariants
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
+-- money in every account the corruption below touches
+SELECT count(payledger.transfer(acc('world'), acc(n), a)) AS funded
+  FROM (VALUES ('alice', 1000), ('bob', 500), ('carol', 7), ('fees', 10)) v(n, a);
 SELECT count(*) AS violations FROM payledger.check_invariants();
 
 -- direct inserts that do not balance, or do not match the account, are rejected

@@ -1,7 +1,9 @@
 -- Nostr and Lightning primitives against every fixture in tests/fixtures:
 -- BIP-340 vectors, BOLT11 spec vectors, real events and zap receipts; then
 -- receipts tampered one field at a time, and malformed input.
-\set VERBOSITY terse
+\set db t_nostr
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
 \getenv abs_srcdir PG_ABS_SRCDIR
 \set fixtures :abs_srcdir '/fixtures'
 

@@ -2,7 +2,9 @@
 -- insufficient payment, timeout, zaps credited once, invoices, bad input.
 -- Events are signed with test keys (payledger.nostr_sign_event), invoices
 -- made with payledger.bolt11_create.
-\set VERBOSITY terse
+\set db t_nostr_jobs
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
 
 CREATE TABLE t_key (name text PRIMARY KEY, sk bytea NOT NULL, pk text);
 INSERT INTO t_key (name, sk) VALUES

@@ -1,6 +1,8 @@
 -- Pay-ins and pay-outs: creation by several methods, every transition, every
 -- invariant violation with its SQLSTATE, refunds, retries, statistics.
-\set VERBOSITY terse
+\set db t_payins
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
 
 ---------------------------------------------------------------------------
 -- Registries

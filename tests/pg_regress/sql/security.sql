@@ -1,5 +1,11 @@
 -- Roles, grants, and the owner-filtered views.
-\set VERBOSITY terse
+\set db t_security
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
+-- alice has money in msat and usd, bob in msat
+SELECT payledger.transfer(acc('world'), acc('alice'), 1000) IS NOT NULL AS funded,
+       payledger.transfer(acc('usd_world'), acc('alice_usd'), 500) IS NOT NULL AS funded_usd,
+       payledger.transfer(acc('world'), acc('bob'), 100) IS NOT NULL AS funded_bob;
 SELECT rolname FROM pg_roles WHERE rolname LIKE 'payledger%' ORDER BY 1;
 -- nothing is granted to PUBLIC
 SELECT count(*) AS public_table_grants FROM information_schema.role_table_grants

@@ -1,5 +1,7 @@
 -- Sharded (hot) accounts: credits spread over shards, one balance, debits see it all.
-\set VERBOSITY terse
+\set db t_shards
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
 SELECT payledger.open_account('founder', 'msat', 'revenue') AS f \gset
 SELECT payledger.set_account_shards(:'f', 4) AS shards;
 SELECT name, parent_id = :'f' AS is_shard, shards FROM payledger.accounts

@@ -1,6 +1,10 @@
 -- Tamper evidence: entries sealed into hash-chained blocks; verify_ledger()
 -- names the first thing altered behind the API's back.
-\set VERBOSITY terse
+\set db t_tamper
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
+-- some history first: alice, bob and carol funded
+SELECT count(payledger.transfer(acc('world'), acc(n), 100)) AS funded FROM unnest(ARRAY['alice', 'bob', 'carol']) n;
 -- everything so far in a first block, then nothing new to seal
 SELECT payledger.seal_ledger() > 0 AS sealed, payledger.seal_ledger() AS nothing_new;
 SELECT count(*) AS problems FROM payledger.verify_ledger();

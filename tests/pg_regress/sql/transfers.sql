@@ -1,5 +1,7 @@
 -- Transfers and multi-leg journals, with every input error and its SQLSTATE.
-\set VERBOSITY terse
+\set db t_transfers
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
 -- fund alice from the outside world
 SELECT t_try(format('SELECT payledger.transfer(%L, %L, 100000)', acc('world'), acc('alice')));
 SELECT payledger.balance(acc('alice')) AS alice, payledger.balance(acc('world')) AS world;
