@@ -1,9 +1,20 @@
-//! payledger's error codes.
+//! payledger's error codes, and how a failure in Rust reaches SQL.
 //!
-//! pgrx can only raise standard SQLSTATEs from Rust (an unknown code becomes
-//! XX000), so the engine returns domain errors as data and the SQL wrappers
-//! raise them with `RAISE … USING ERRCODE`. Class `PL` is not used by
-//! PostgreSQL. The table is documented in `docs/errors.md`.
+//! - A standard SQLSTATE (22004, 22023, 23514, 54000) is raised from Rust at
+//!   once (`raise_null`, `raise_malformed`, `pgrx::ereport!`): pgrx knows
+//!   those codes.
+//! - A payledger failure (class `PL`, which PostgreSQL does not use) is a
+//!   [`LedgerError`]. pgrx cannot raise it (an unknown code becomes XX000),
+//!   so an entry point returns it as three columns, `sqlstate, message,
+//!   detail` ([`LedgerError::into_row`]), and its SQL wrapper raises them
+//!   with `payledger_internal.raise_failure()`, the one place such a
+//!   failure is raised. `transfer_journal` hands over the same row a moment
+//!   later: it returns a scalar (NULL when it failed) so that `transfer()`
+//!   evaluates it as a simple expression, about 4 % of a transfer, and
+//!   `engine_failure()` gives the row.
+//! - A broken invariant of the code itself is XX000 (`pgrx::error!`).
+//!
+//! The table is documented in `docs/errors.md`.
 
 use pgrx::search_path;
 use std::fmt;

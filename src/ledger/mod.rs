@@ -137,20 +137,19 @@ fn transfer_journal(
     kind: Option<String>,
 ) -> Option<Uuid> {
     FAILURE.with(|f| f.borrow_mut().take());
-    let mut item = serde_json::Map::new();
-    let uuid =
-        |u: Uuid| serde_json::Value::String(uuid::Uuid::from_bytes(*u.as_bytes()).to_string());
-    item.insert("from".into(), from_account.map(uuid).into());
-    item.insert("to".into(), to_account.map(uuid).into());
-    item.insert("amount".into(), amount.into());
-    item.insert("idempotency_key".into(), idempotency_key.into());
-    item.insert("metadata".into(), metadata.map(|m| m.0).into());
-    item.insert(
-        "effective_at".into(),
-        effective_at.map(request::rfc3339).into(),
-    );
-    item.insert("kind".into(), kind.into());
-    let parsed = request::parse_item(&serde_json::Value::Object(item));
+    // (the wrapper refuses NULLs first, with 22004)
+    let parsed = match (from_account, to_account, amount) {
+        (Some(from), Some(to), Some(amount)) => request::transfer_item(
+            *from.as_bytes(),
+            *to.as_bytes(),
+            amount,
+            idempotency_key,
+            metadata.map(|m| m.0),
+            effective_at.map(request::rfc3339),
+            kind,
+        ),
+        _ => crate::errors::raise_null("from_account, to_account and amount"),
+    };
     let o = engine::apply_items(vec![parsed])
         .pop()
         .expect("one outcome");

@@ -222,22 +222,65 @@ pub fn parse_item(v: &Value) -> Result<Item> {
     };
     let key = match field(obj, "idempotency_key") {
         Value::Null => None,
-        Value::String(s) if !s.is_empty() && s.len() <= MAX_KEY_LEN => Some(s.clone()),
-        _ => {
-            return Err(malformed(format!(
-                "\"idempotency_key\" must be a non-empty string of at most {MAX_KEY_LEN} bytes"
-            )))
-        }
+        Value::String(s) => Some(s.clone()),
+        _ => return Err(key_error()),
     };
+    let metadata = match field(obj, "metadata") {
+        Value::Null => None,
+        m => Some(m.clone()),
+    };
+    finish(op, key, metadata)
+}
+
+/// The two-leg transfer of `payledger.transfer`, from its typed arguments:
+/// the checks of the JSON shorthand `{"from", "to", "amount", …}`, in the
+/// same order, without building JSON to parse it back.
+pub fn transfer_item(
+    from: Id,
+    to: Id,
+    amount: i64,
+    key: Option<String>,
+    metadata: Option<Value>,
+    effective_at: Option<String>,
+    kind: Option<String>,
+) -> Result<Item> {
+    let kind = kind_name(kind.as_deref())?;
+    let effective_at = match effective_at {
+        None => None,
+        Some(t) => parse_time(&Value::String(t), "effective_at")?,
+    };
+    let op = Op::Transfer {
+        postings: two_legs(from, to, amount)?,
+        kind,
+        effective_at,
+    };
+    finish(op, key, metadata)
+}
+
+fn key_error() -> LedgerError {
+    malformed(format!(
+        "\"idempotency_key\" must be a non-empty string of at most {MAX_KEY_LEN} bytes"
+    ))
+}
+
+/// An item from its operation, idempotency key and metadata (checked here,
+/// whichever way the request came).
+fn finish(op: Op, key: Option<String>, metadata: Option<Value>) -> Result<Item> {
+    if key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_LEN)
+    {
+        return Err(key_error());
+    }
     if key.is_some() && matches!(op, Op::HoldVoid { .. } | Op::HoldExpire { .. }) {
         return Err(malformed(
             "voiding or expiring a hold takes no idempotency key",
         ));
     }
-    let metadata = match field(obj, "metadata") {
-        Value::Null => Value::Object(Map::new()),
-        m @ Value::Object(_) => m.clone(),
-        _ => return Err(malformed("\"metadata\" must be a JSON object")),
+    let metadata = match metadata {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(m @ Value::Object(_)) => m,
+        Some(_) => return Err(malformed("\"metadata\" must be a JSON object")),
     };
     let hash = key.as_ref().map(|_| request_hash(&op, &metadata));
     Ok(Item {
@@ -249,10 +292,28 @@ pub fn parse_item(v: &Value) -> Result<Item> {
     })
 }
 
+/// A journal's kind: "transfer" unless named.
+fn kind_name(kind: Option<&str>) -> Result<String> {
+    match kind {
+        None => Ok("transfer".to_string()),
+        Some(s) if !s.is_empty() && s.len() <= 63 => Ok(s.to_string()),
+        Some(_) => Err(malformed("\"kind\" must be a short non-empty string")),
+    }
+}
+
+/// The postings of a two-leg transfer.
+fn two_legs(from: Id, to: Id, amount: i64) -> Result<Vec<(Id, i64)>> {
+    let amount = positive(amount, "amount")?;
+    if from == to {
+        return Err(malformed("\"from\" and \"to\" must be different accounts"));
+    }
+    Ok(vec![(from, -amount), (to, amount)])
+}
+
 fn parse_transfer(obj: &Map<String, Value>) -> Result<Op> {
     let kind = match field(obj, "kind") {
-        Value::Null => "transfer".to_string(),
-        Value::String(s) if !s.is_empty() && s.len() <= 63 => s.clone(),
+        Value::Null => kind_name(None)?,
+        Value::String(s) => kind_name(Some(s))?,
         _ => return Err(malformed("\"kind\" must be a short non-empty string")),
     };
     let effective_at = parse_time(field(obj, "effective_at"), "effective_at")?;
@@ -261,11 +322,7 @@ fn parse_transfer(obj: &Map<String, Value>) -> Result<Op> {
             // The two-leg shorthand: {"from", "to", "amount"}.
             let from = parse_uuid(required(obj, "from")?, "from")?;
             let to = parse_uuid(required(obj, "to")?, "to")?;
-            let amount = positive(parse_amount(required(obj, "amount")?, "amount")?, "amount")?;
-            if from == to {
-                return Err(malformed("\"from\" and \"to\" must be different accounts"));
-            }
-            vec![(from, -amount), (to, amount)]
+            two_legs(from, to, parse_amount(required(obj, "amount")?, "amount")?)?
         }
         Value::Array(legs) => {
             if legs.len() < 2 || legs.len() > MAX_POSTINGS {
@@ -357,6 +414,59 @@ mod tests {
 
     const A: &str = "00000000-0000-7000-8000-000000000001";
     const B: &str = "00000000-0000-7000-8000-000000000002";
+
+    /// `transfer()`'s typed path gives what the JSON shorthand gives: the
+    /// same item (and request hash, which idempotent replays compare), or
+    /// the same error.
+    #[test]
+    fn typed_transfer_is_the_json_shorthand() {
+        let id = |s: &str| *uuid::Uuid::parse_str(s).unwrap().as_bytes();
+        let long_key = "k".repeat(MAX_KEY_LEN + 1);
+        let cases: Vec<(i64, Option<&str>, Value, Option<&str>, Option<&str>, &str)> = vec![
+            (5, None, Value::Null, None, None, B),
+            (
+                5,
+                Some("key-1"),
+                json!({"note": "x"}),
+                Some("2026-01-02T03:04:05.123456Z"),
+                Some("fee"),
+                B,
+            ),
+            (5, Some("key-1"), json!({"note": "y"}), None, None, B),
+            (0, None, Value::Null, None, None, B),
+            (-3, None, Value::Null, None, None, B),
+            (5, None, Value::Null, None, None, A),
+            (5, Some(""), Value::Null, None, None, B),
+            (5, Some(&long_key), Value::Null, None, None, B),
+            (5, None, json!([1]), None, None, B),
+            (5, None, Value::Null, Some("infinity"), None, B),
+            (5, None, Value::Null, None, Some(""), B),
+        ];
+        for (amount, key, metadata, at, kind, to) in cases {
+            let mut obj = json!({"from": A, "to": to, "amount": amount});
+            let o = obj.as_object_mut().unwrap();
+            if let Some(k) = key {
+                o.insert("idempotency_key".into(), json!(k));
+            }
+            o.insert("metadata".into(), metadata.clone());
+            if let Some(t) = at {
+                o.insert("effective_at".into(), json!(t));
+            }
+            if let Some(k) = kind {
+                o.insert("kind".into(), json!(k));
+            }
+            let typed = transfer_item(
+                id(A),
+                id(to),
+                amount,
+                key.map(String::from),
+                Some(metadata),
+                at.map(String::from),
+                kind.map(String::from),
+            );
+            assert_eq!(typed, parse_item(&obj), "{obj}");
+        }
+    }
 
     #[test]
     fn shorthand_transfer_becomes_two_postings() {
