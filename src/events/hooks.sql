@@ -26,6 +26,10 @@ RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payled
 BEGIN
     PERFORM payledger_internal.require(name, 'name');
     PERFORM payledger_internal.require(function, 'function');
+    IF name !~ '^[A-Za-z][A-Za-z0-9_.-]{0,62}$' THEN
+        RAISE EXCEPTION 'a hook''s name is a letter, then up to 62 letters, digits, _, . or -, not %', name
+            USING ERRCODE = '22023';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
                     WHERE p.oid = function AND p.pronargs = 2 AND p.proargtypes[0] = 'uuid'::regtype
                       AND p.proargtypes[1] = 'payledger.payin_state'::regtype) THEN
