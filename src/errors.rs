@@ -88,6 +88,11 @@ codes! {
     /// An account a module owns (pay-in escrow, credit grants, the credit
     /// system accounts), named where that module is not the one moving it.
     ManagedAccount = "PL034", "managed_account";
+    /// A withdrawal's destination cannot be paid: an expired BOLT11, one with
+    /// no amount, or one of another network than the provider's.
+    UnpayableDestination = "PL035", "unpayable_destination";
+    /// A live withdrawal already pays this BOLT11 (its payment hash).
+    DestinationInFlight = "PL036", "destination_in_flight";
     /// 22004: a required argument is NULL.
     NullValue = "22004", "null_value_not_allowed";
     /// 22023: a malformed argument (wrong JSON shape, bad uuid, bad time).

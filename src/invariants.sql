@@ -10,6 +10,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
     UNION ALL
     SELECT * FROM payledger_internal.provider_invariants()
     UNION ALL
+    SELECT * FROM payledger_internal.withdrawal_invariants()
+    UNION ALL
     SELECT * FROM payledger_internal.nostr_invariants()
     UNION ALL
     SELECT * FROM payledger_internal.credit_invariants()

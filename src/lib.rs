@@ -43,7 +43,7 @@ extension_sql_file!(
         "ledger_api",
         "payin_api",
         "events_hooks",
-        "provider_invoices",
+        "provider_withdrawals",
         "nostr_jobs",
         "credits_history"
     ]

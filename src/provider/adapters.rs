@@ -54,11 +54,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url.trim_end_matches('/'), path)
     }
 
-    fn secret(&self, field: &str) -> Result<String, Failure> {
+    pub(super) fn secret(&self, field: &str) -> Result<String, Failure> {
         self.credentials
             .get(field)
             .and_then(Value::as_str)
@@ -154,7 +154,7 @@ impl Failure {
     }
 }
 
-enum Body {
+pub(super) enum Body {
     None,
     Json(Value),
     Form(Vec<(String, String)>),
@@ -162,7 +162,7 @@ enum Body {
 
 /// One exchange: the status and the JSON answer (`Null` when the answer is
 /// not JSON). Statuses that mean "try later" become `Unreachable`.
-fn exchange(
+pub(super) fn exchange(
     agent: &Agent,
     method: &str,
     url: &str,
@@ -176,12 +176,12 @@ fn exchange(
     Ok((status, answer))
 }
 
-fn transient(status: u16) -> bool {
+pub(super) fn transient(status: u16) -> bool {
     status >= 500 || status == 408 || status == 429
 }
 
 /// `exchange` without the status check.
-fn raw_exchange(
+pub(super) fn raw_exchange(
     agent: &Agent,
     method: &str,
     url: &str,
@@ -233,7 +233,7 @@ fn transport_error(e: &ureq::Error) -> String {
     }
 }
 
-fn refused(status: u16, answer: &Value) -> Failure {
+pub(super) fn refused(status: u16, answer: &Value) -> Failure {
     let detail = ["detail", "message", "error"]
         .iter()
         .find_map(|k| answer.get(k))
@@ -256,7 +256,7 @@ fn refused(status: u16, answer: &Value) -> Failure {
 }
 
 /// A 2xx answer, or the provider's refusal.
-fn success((status, answer): (u16, Value)) -> Result<Value, Failure> {
+pub(super) fn success((status, answer): (u16, Value)) -> Result<Value, Failure> {
     if (200..300).contains(&status) {
         Ok(answer)
     } else {
@@ -265,14 +265,14 @@ fn success((status, answer): (u16, Value)) -> Result<Value, Failure> {
 }
 
 /// A lookup's answer; None when the provider does not know the id (404).
-fn known((status, answer): (u16, Value)) -> Result<Option<Value>, Failure> {
+pub(super) fn known((status, answer): (u16, Value)) -> Result<Option<Value>, Failure> {
     if status == 404 {
         return Ok(None);
     }
     success((status, answer)).map(Some)
 }
 
-fn str_field(v: &Value, field: &str) -> Result<String, Failure> {
+pub(super) fn str_field(v: &Value, field: &str) -> Result<String, Failure> {
     v.get(field)
         .and_then(Value::as_str)
         .map(str::to_owned)
@@ -280,7 +280,7 @@ fn str_field(v: &Value, field: &str) -> Result<String, Failure> {
 }
 
 /// An integer that may come as a JSON number or a string (LND's int64s).
-fn int_field(v: &Value, field: &str) -> Option<i64> {
+pub(super) fn int_field(v: &Value, field: &str) -> Option<i64> {
     match v.get(field)? {
         Value::Number(n) => n.as_i64(),
         Value::String(s) => s.parse().ok(),

@@ -1,14 +1,16 @@
 //! Payment providers: the tables (`schema.sql`); merchant profiles,
 //! providers and their secrets, routes (`profiles.sql`); invoices pinned to
 //! the provider that issued them (`invoices.sql`); webhooks
-//! (`webhooks.sql`); subscriptions (`subscriptions.sql`); the HTTP adapters
-//! (`adapters`) and webhook signatures (`webhook`).
+//! (`webhooks.sql`); subscriptions (`subscriptions.sql`); withdrawals, money
+//! out (`withdrawals.sql`); the HTTP adapters for invoices (`adapters`) and
+//! outgoing payments (`outgoing`), and webhook signatures (`webhook`).
 //!
 //! The worker's middle step, calling the providers, is `call_all`: it runs
 //! with no transaction and no database access, on up to
 //! `payledger.worker_concurrency` threads.
 
 pub mod adapters;
+pub mod outgoing;
 pub mod webhook;
 
 use crate::errors::{Code, JsonArg};
@@ -46,6 +48,11 @@ extension_sql_file!(
     "subscriptions.sql",
     name = "provider_subscriptions",
     requires = ["provider_webhooks"]
+);
+extension_sql_file!(
+    "withdrawals.sql",
+    name = "provider_withdrawals",
+    requires = ["provider_subscriptions", bolt11_decode]
 );
 
 /// Credentials by provider id, read by the caller (the worker in its claim
@@ -85,13 +92,29 @@ fn agent_for(ep: &Endpoint, provider: &str, s: &CallSettings) -> Result<ureq::Ag
     Ok(agent)
 }
 
-fn failure(claim: &Value, f: &Failure) -> Value {
-    json!({"invoice_id": claim["invoice_id"], "provider_id": claim["provider_id"], "op": claim["op"],
-           "ok": false, "retryable": f.retryable(), "error": f.message()})
+/// What a result carries of its claim: the invoice or withdrawal, the
+/// provider and the operation.
+fn claim_base(claim: &Value) -> serde_json::Map<String, Value> {
+    let mut base = serde_json::Map::new();
+    for k in ["invoice_id", "withdrawal_id", "provider_id", "op"] {
+        if let Some(v) = claim.get(k) {
+            base.insert(k.into(), v.clone());
+        }
+    }
+    base
 }
 
-/// One claimed item: create the invoice or look it up, and say what came of
-/// it in the shape `payledger.invoice_apply` reads.
+fn failure(claim: &Value, f: &Failure) -> Value {
+    let mut v = claim_base(claim);
+    v.insert("ok".into(), false.into());
+    v.insert("retryable".into(), f.retryable().into());
+    v.insert("error".into(), f.message().into());
+    Value::Object(v)
+}
+
+/// One claimed item: create an invoice or look it up, pay a withdrawal or
+/// look its payment up, and say what came of it in the shape
+/// `payledger.invoice_apply` (`withdrawal_apply`) reads.
 fn call_one(claim: &Value, secrets: &Secrets, s: &CallSettings) -> Value {
     let provider = claim["provider_id"].as_str().unwrap_or_default();
     let Some(kind) = claim["kind"].as_str().and_then(Kind::parse) else {
@@ -113,15 +136,31 @@ fn call_one(claim: &Value, secrets: &Secrets, s: &CallSettings) -> Value {
         Ok(a) => a,
         Err(f) => return failure(claim, &f),
     };
-    let base =
-        json!({"invoice_id": claim["invoice_id"], "provider_id": provider, "op": claim["op"]});
     let merge = |extra: Value| {
-        let mut v = base.clone();
-        if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
-            o.extend(e);
+        let mut v = claim_base(claim);
+        if let Value::Object(e) = extra {
+            v.extend(e);
         }
-        v
+        Value::Object(v)
     };
+    if claim["op"] == "pay" || claim["op"] == "lookup" {
+        let hash = claim["payment_hash"].as_str().unwrap_or_default();
+        let outcome = if claim["op"] == "pay" {
+            let id = claim["withdrawal_id"].as_str().unwrap_or_default();
+            outgoing::pay(
+                &agent,
+                &ep,
+                id,
+                claim["destination"].as_str().unwrap_or_default(),
+            )
+        } else {
+            outgoing::lookup(&agent, &ep, hash)
+        };
+        return match outcome {
+            Ok(o) => merge(outgoing::to_json(&o)),
+            Err(f) => failure(claim, &f),
+        };
+    }
     if claim["op"] == "create" {
         let inv = NewInvoice {
             invoice_id: claim["invoice_id"].as_str().unwrap_or_default(),

@@ -1,7 +1,8 @@
 -- payledger providers: merchant profiles, the payment providers they own,
 -- the invoices issued at them (each pinned to its provider), subscriptions
--- (pinned to a profile and provider at creation). The background worker
--- (src/worker/) drives the invoices.
+-- (pinned to a profile and provider at creation), withdrawals (money out,
+-- paid at a provider). The background worker (src/worker/) drives invoices
+-- and withdrawals.
 
 CREATE TYPE payledger.provider_kind AS ENUM ('lnbits', 'lnd_rest', 'cln_rest', 'btcpay', 'stripe');
 
@@ -136,12 +137,55 @@ CREATE UNIQUE INDEX invoices_external_id ON payledger.invoices (provider_id, ext
 CREATE INDEX invoices_payment_hash ON payledger.invoices (payment_hash) WHERE payment_hash IS NOT NULL;
 CREATE INDEX invoices_due_idx ON payledger.invoices (next_check_at) WHERE next_check_at IS NOT NULL;
 
+-- Money out: a withdrawal pay-in's payment of a BOLT11 at a provider.
+--   sending    to be paid at the worker's next claim
+--   unknown    the worker claimed it to pay (recorded before the call): what
+--              came of it is learnt by looking the payment up, never by paying again
+--   pending    the provider is still paying
+--   succeeded  paid; the pay-in is PAID, the fee booked
+--   failed     not paid; the pay-in is FAILED, the escrow returned
+CREATE TYPE payledger.withdrawal_status AS ENUM ('sending', 'unknown', 'pending', 'succeeded', 'failed');
+
+CREATE TABLE payledger.withdrawals (
+    id             uuid PRIMARY KEY,
+    payin_id       uuid NOT NULL UNIQUE REFERENCES payledger.payins (id),
+    provider_id    uuid NOT NULL REFERENCES payledger.providers (id),
+    destination    text NOT NULL,          -- the BOLT11 paid
+    payment_hash   text NOT NULL CHECK (payment_hash ~ '^[0-9a-f]{64}$'),
+    amount         bigint NOT NULL CHECK (amount > 0),
+    max_fee        bigint NOT NULL CHECK (max_fee >= 0),
+    -- where the unused fee budget goes back (the payer's first account)
+    refund_account uuid NOT NULL REFERENCES payledger.accounts (id),
+    status         payledger.withdrawal_status NOT NULL DEFAULT 'sending',
+    fee            bigint CHECK (fee >= 0),
+    preimage       text,
+    -- the journal that settles the fee: the budget's unused part back to the
+    -- payer, or a fee above the budget from suspense
+    fee_journal    uuid,
+    attempts       integer NOT NULL DEFAULT 0,
+    errors         integer NOT NULL DEFAULT 0,
+    last_error     text,
+    sent_at        timestamptz,            -- when the worker last claimed it to pay
+    next_check_at  timestamptz,
+    locked_until   timestamptz,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    settled_at     timestamptz,
+    CONSTRAINT withdrawal_settled CHECK ((status = 'succeeded') = (fee IS NOT NULL)
+                                        AND (status IN ('succeeded', 'failed')) = (settled_at IS NOT NULL)),
+    CONSTRAINT withdrawal_due CHECK (status NOT IN ('succeeded', 'failed') OR next_check_at IS NULL)
+);
+-- never two live payments of one hash at a provider (a BOLT11 is paid once)
+CREATE UNIQUE INDEX withdrawals_live_hash ON payledger.withdrawals (provider_id, payment_hash) WHERE status <> 'failed';
+CREATE INDEX withdrawals_due_idx ON payledger.withdrawals (next_check_at) WHERE next_check_at IS NOT NULL;
+
 ALTER TABLE payledger.merchant_profiles ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.providers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.provider_secrets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.payin_routes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.subscriptions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.invoices ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.withdrawals ENABLE ROW LEVEL SECURITY;
 
 SELECT pg_catalog.pg_extension_config_dump('payledger.merchant_profiles', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.providers', '');
@@ -149,3 +193,4 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.provider_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.payin_routes', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.subscriptions', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.invoices', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.withdrawals', '');

@@ -106,7 +106,7 @@ $$;
 ---------------------------------------------------------------------------
 
 -- Step 1, in its own short transaction: open invoices for pay-ins waiting
--- for one, then claim due invoices (SKIP LOCKED, with a lease so that a
+-- for one, then claim due invoices and withdrawals (SKIP LOCKED, with a lease so that a
 -- crashed worker's claims come back) and return what to call. No secrets.
 CREATE FUNCTION payledger.worker_claim(batch integer, due_before timestamptz DEFAULT now())
 RETURNS jsonb LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
@@ -148,6 +148,33 @@ BEGIN
                'external_id', c.external_id)), '[]')
       INTO claims
       FROM claimed c JOIN payledger.providers pr ON pr.id = c.provider_id;
+
+    -- withdrawals: one to pay is recorded as sent first (status unknown), so
+    -- that after a crash between the call and the record it is looked up,
+    -- never paid again
+    WITH due AS (
+        SELECT wd.id, wd.status = 'sending' AS send FROM payledger.withdrawals wd
+          JOIN payledger.providers pr ON pr.id = wd.provider_id
+         WHERE wd.next_check_at <= due_before
+           AND (wd.locked_until IS NULL OR wd.locked_until < now())
+           AND (pr.retry_after IS NULL OR pr.retry_after <= now())
+         ORDER BY wd.next_check_at
+         LIMIT batch
+         FOR UPDATE OF wd SKIP LOCKED),
+    claimed AS (
+        UPDATE payledger.withdrawals wd
+           SET status = CASE WHEN due.send THEN 'unknown' ELSE wd.status END,
+               attempts = wd.attempts + due.send::integer,
+               sent_at = CASE WHEN due.send THEN now() ELSE wd.sent_at END,
+               locked_until = now() + lease, updated_at = now()
+          FROM due WHERE wd.id = due.id
+        RETURNING wd.*, due.send)
+    SELECT claims || coalesce(jsonb_agg(jsonb_build_object(
+               'withdrawal_id', c.id, 'op', CASE WHEN c.send THEN 'pay' ELSE 'lookup' END,
+               'provider_id', c.provider_id, 'kind', pr.kind, 'base_url', pr.base_url, 'config', pr.config,
+               'destination', c.destination, 'payment_hash', c.payment_hash, 'amount', c.amount)), '[]')
+      INTO claims
+      FROM claimed c JOIN payledger.providers pr ON pr.id = c.provider_id;
     RETURN claims;
 END;
 $$;
@@ -164,13 +191,24 @@ RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payled
 BEGIN
     PERFORM payledger_internal.require(result, 'result');
     BEGIN
+        IF result ? 'withdrawal_id' THEN
+            RETURN payledger_internal.withdrawal_apply((result ->> 'withdrawal_id')::uuid, result);
+        END IF;
         RETURN payledger.invoice_apply((result ->> 'invoice_id')::uuid, result);
     EXCEPTION WHEN OTHERS THEN
-        UPDATE payledger.invoices i
-           SET last_error = left('applying the result: ' || SQLERRM, 500), locked_until = NULL,
-               errors = i.errors + 1, next_check_at = now() + payledger_internal.backoff(i.errors + 1)
-         WHERE i.id = (result ->> 'invoice_id')::uuid;
-        RAISE WARNING 'payledger worker: invoice %: %', result ->> 'invoice_id', SQLERRM;
+        IF result ? 'withdrawal_id' THEN
+            UPDATE payledger.withdrawals wd
+               SET last_error = left('applying the result: ' || SQLERRM, 500), locked_until = NULL,
+                   errors = wd.errors + 1, next_check_at = now() + payledger_internal.backoff(wd.errors + 1)
+             WHERE wd.id = (result ->> 'withdrawal_id')::uuid AND wd.next_check_at IS NOT NULL;
+            RAISE WARNING 'payledger worker: withdrawal %: %', result ->> 'withdrawal_id', SQLERRM;
+        ELSE
+            UPDATE payledger.invoices i
+               SET last_error = left('applying the result: ' || SQLERRM, 500), locked_until = NULL,
+                   errors = i.errors + 1, next_check_at = now() + payledger_internal.backoff(i.errors + 1)
+             WHERE i.id = (result ->> 'invoice_id')::uuid;
+            RAISE WARNING 'payledger worker: invoice %: %', result ->> 'invoice_id', SQLERRM;
+        END IF;
         RETURN 'apply_error';
     END;
 END;

@@ -1,0 +1,244 @@
+-- payledger providers: withdrawals, money going out. A withdrawal is a pay-in
+-- of a withdrawal type paid from the payer's balances: its cost is the
+-- amount plus a fee budget, held in escrow (PENDING_WITHDRAWAL) while the
+-- worker pays the BOLT11 at a provider with no transaction open. Paid: PAID,
+-- the pay-outs (WITHDRAWAL, ROUTING_FEE) go to the provider's clearing
+-- account, and the unused part of the budget comes back to the payer.
+-- Failed: FAILED (WITHDRAWAL_FAILED), the escrow back. An outcome the worker
+-- did not see (a timeout, a crash after the call) is learnt by looking the
+-- payment up by its hash: a withdrawal is never paid twice, nor refunded
+-- while it may still succeed. See docs/providers.md.
+
+-- The provider a withdrawal is paid at: the given one, else the type's
+-- route, else the default profile; the first active one, by priority then
+-- name, of a kind that pays (lnbits, with an admin key), in the asset.
+CREATE FUNCTION payledger_internal.pick_payer_provider(payin_type text, asset text, provider uuid)
+RETURNS uuid LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT p.id FROM payledger.providers p JOIN payledger.provider_secrets s ON s.provider_id = p.id
+     WHERE (provider IS NULL OR p.id = provider)
+       AND (provider IS NOT NULL OR p.profile_id = coalesce(
+               (SELECT r.profile_id FROM payledger.payin_routes r WHERE r.payin_type = pick_payer_provider.payin_type),
+               (SELECT m.id FROM payledger.merchant_profiles m WHERE m.is_default)))
+       AND p.active AND p.kind = 'lnbits' AND p.rail = 'invoice' AND p.asset = pick_payer_provider.asset
+       AND jsonb_typeof(s.credentials -> 'admin_key') = 'string'
+     ORDER BY p.priority, p.name
+     LIMIT 1;
+$$;
+
+-- Withdraw: pay `destination` (a BOLT11 with an amount) from the payer's
+-- balances, in the order of `accounts` (default: the payer's main account),
+-- with at most `max_fee` of routing fee. The pay-out types WITHDRAWAL and
+-- ROUTING_FEE must be registered, and `payin_type` must be a withdrawal type.
+-- Idempotent with `idempotency_key` (a repeat returns the first withdrawal).
+CREATE FUNCTION payledger.withdraw(
+    payer           text,
+    asset           text,
+    destination     text,
+    max_fee         bigint,
+    accounts        jsonb DEFAULT NULL,
+    payin_type      text DEFAULT 'WITHDRAWAL',
+    provider        uuid DEFAULT NULL,
+    idempotency_key text DEFAULT NULL,
+    metadata        jsonb DEFAULT NULL,
+    OUT withdrawal_id uuid, OUT payin_id uuid, OUT state payledger.payin_state, OUT amount bigint,
+    OUT payment_hash text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    d record;
+    pr payledger.providers;
+    clearing uuid;
+    methods jsonb;
+    p record;
+    w payledger.withdrawals;
+BEGIN
+    PERFORM payledger_internal.require(payer, 'payer');
+    PERFORM payledger_internal.require(asset, 'asset');
+    PERFORM payledger_internal.require(destination, 'destination');
+    PERFORM payledger_internal.require(max_fee, 'max_fee');
+    PERFORM payledger_internal.require(payin_type, 'payin_type');
+    IF max_fee < 0 THEN
+        RAISE EXCEPTION 'max_fee must not be negative, got %', max_fee USING ERRCODE = 'PL001';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.payin_types t WHERE t.type = withdraw.payin_type AND t.withdrawal) THEN
+        RAISE EXCEPTION '% is not a registered withdrawal pay-in type', payin_type USING ERRCODE = 'PL022',
+            HINT = 'register_payin_type(type, description, allow_external => false, withdrawal => true)';
+    END IF;
+    SELECT * INTO d FROM payledger.bolt11_decode(destination);
+    IF d.amount_msat IS NULL OR d.amount_msat <= 0 THEN
+        RAISE EXCEPTION 'the destination invoice has no amount' USING ERRCODE = 'PL035';
+    END IF;
+    IF d.expires_at <= now() THEN
+        RAISE EXCEPTION 'the destination invoice has expired' USING ERRCODE = 'PL035',
+            DETAIL = format('it expired at %s', d.expires_at);
+    END IF;
+    IF withdraw.provider IS NOT NULL AND NOT EXISTS (SELECT 1 FROM payledger.providers x WHERE x.id = withdraw.provider) THEN
+        RAISE EXCEPTION 'unknown provider %', provider USING ERRCODE = 'PL028';
+    END IF;
+    SELECT * INTO pr FROM payledger.providers x
+     WHERE x.id = payledger_internal.pick_payer_provider(withdraw.payin_type, withdraw.asset, withdraw.provider);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no active provider can pay % withdrawals in %', withdraw.payin_type, withdraw.asset USING ERRCODE = 'PL028',
+            HINT = 'an lnbits provider with an "admin_key" in its credentials pays withdrawals';
+    END IF;
+    IF d.network <> coalesce(pr.config ->> 'network', 'bitcoin') THEN
+        RAISE EXCEPTION 'the destination invoice is for %, the provider pays on %', d.network,
+            coalesce(pr.config ->> 'network', 'bitcoin') USING ERRCODE = 'PL035';
+    END IF;
+    -- a repeat of the same request returns the first withdrawal
+    IF idempotency_key IS NOT NULL THEN
+        SELECT x.* INTO w FROM payledger.withdrawals x JOIN payledger.payins y ON y.id = x.payin_id
+         WHERE y.idempotency_key = withdraw.idempotency_key;
+    END IF;
+    IF w.id IS NULL AND EXISTS (SELECT 1 FROM payledger.withdrawals x
+                                 WHERE x.provider_id = pr.id AND x.payment_hash = d.payment_hash AND x.status <> 'failed') THEN
+        RAISE EXCEPTION 'a withdrawal already pays the invoice %', d.payment_hash USING ERRCODE = 'PL036';
+    END IF;
+    methods := coalesce(withdraw.accounts, jsonb_build_array(jsonb_build_object('account', payledger.account_id(withdraw.payer, withdraw.asset))));
+    clearing := payledger_internal.open_account_as(NULL, 'payledger', withdraw.asset, 'provider_clearing', pr.rail, true, NULL, NULL);
+    SELECT * INTO p FROM payledger.create_payin(withdraw.payer, withdraw.payin_type, withdraw.asset, d.amount_msat + withdraw.max_fee, methods,
+        jsonb_build_array(jsonb_build_object('type', 'WITHDRAWAL', 'account', clearing, 'amount', d.amount_msat))
+        || CASE WHEN withdraw.max_fee > 0
+                THEN jsonb_build_array(jsonb_build_object('type', 'ROUTING_FEE', 'account', clearing, 'amount', withdraw.max_fee))
+                ELSE '[]'::jsonb END,
+        idempotency_key => withdraw.idempotency_key,
+        metadata => coalesce(withdraw.metadata, '{}'::jsonb) || jsonb_build_object('withdrawal', d.payment_hash));
+    IF w.id IS NULL THEN
+        SELECT x.* INTO w FROM payledger.withdrawals x WHERE x.payin_id = p.payin_id;
+    END IF;
+    IF w.id IS NULL THEN
+        INSERT INTO payledger.withdrawals AS x (id, payin_id, provider_id, destination, payment_hash, amount, max_fee,
+                                               refund_account, next_check_at)
+        VALUES (payledger.new_id(), p.payin_id, pr.id, withdraw.destination, d.payment_hash, d.amount_msat, withdraw.max_fee,
+                (SELECT l.account_id FROM payledger.payin_legs l
+                  WHERE l.payin_id = p.payin_id AND l.method = 'custodial' ORDER BY l.seq LIMIT 1),
+                now())
+        RETURNING x.* INTO w;
+    END IF;
+    withdrawal_id := w.id;
+    payin_id := w.payin_id;
+    amount := w.amount;
+    payment_hash := w.payment_hash;
+    SELECT y.state INTO state FROM payledger.payins y WHERE y.id = w.payin_id;
+END;
+$$;
+GRANT EXECUTE ON FUNCTION
+    payledger.withdraw(text, text, text, bigint, jsonb, text, uuid, text, jsonb)
+TO payledger_app;
+
+-- When to look a payment up again: soon while it is young, then rarely.
+CREATE FUNCTION payledger_internal.withdrawal_recheck_at(w payledger.withdrawals)
+RETURNS timestamptz LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT now() + least(greatest((now() - w.created_at) / 10, interval '2 seconds'), interval '10 minutes');
+$$;
+
+-- Apply what the worker learnt about a withdrawal, in its own short
+-- transaction (the withdrawal row, then its pay-in, then accounts):
+--   {"op": "pay" | "lookup", "status": "succeeded", "fee", "preimage"}
+--   {"op": "pay" | "lookup", "status": "pending" | "failed", "error"}
+--   {"op": "lookup", "status": "not_found"}
+--   {"op": "pay" | "lookup", "ok": false, "error", "retryable"}
+-- Every change is guarded by the status it comes from, so a result applied
+-- twice changes nothing. Returns what it did, in a word.
+CREATE FUNCTION payledger_internal.withdrawal_apply(withdrawal uuid, result jsonb)
+RETURNS text LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    w payledger.withdrawals;
+    st text := result ->> 'status';
+    paid_fee bigint;
+    refund bigint;
+    j uuid;
+    clearing uuid;
+    -- a payment the provider does not know is taken for never sent only
+    -- once this long has passed since the last try: a call that timed out
+    -- may still be on its way
+    quiet interval := make_interval(secs => 60 + 2 * payledger.setting_int('worker_http_timeout') / 1000.0);
+BEGIN
+    SELECT * INTO w FROM payledger.withdrawals x WHERE x.id = withdrawal FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown withdrawal %', withdrawal USING ERRCODE = '22023';
+    END IF;
+    IF w.status IN ('succeeded', 'failed') THEN
+        UPDATE payledger.withdrawals x SET locked_until = NULL WHERE x.id = w.id;
+        RETURN 'already_' || w.status;
+    END IF;
+    IF st = 'succeeded' THEN
+        paid_fee := coalesce((result ->> 'fee')::bigint, 0);
+        IF paid_fee < 0 THEN
+            RAISE EXCEPTION 'a negative fee %', paid_fee USING ERRCODE = '22023';
+        END IF;
+        UPDATE payledger.withdrawals x
+           SET status = 'succeeded', fee = paid_fee, preimage = result ->> 'preimage', settled_at = now(),
+               next_check_at = NULL, locked_until = NULL, last_error = NULL, updated_at = now()
+         WHERE x.id = w.id;
+        PERFORM payledger.transition_payin(w.payin_id, 'PAID');
+        -- the budget's unused part back to the payer; a fee above it is the
+        -- operator's, from suspense, with an event
+        SELECT o.account_id INTO clearing FROM payledger.payouts o WHERE o.payin_id = w.payin_id ORDER BY o.seq LIMIT 1;
+        refund := w.max_fee - paid_fee;
+        IF refund > 0 THEN
+            j := (payledger_internal.apply_one(jsonb_build_object('from', clearing, 'to', w.refund_account,
+                    'amount', refund, 'kind', 'withdrawal_fee_refund',
+                    'metadata', jsonb_build_object('payin', w.payin_id, 'withdrawal', w.id)))).journal_id;
+        ELSIF refund < 0 THEN
+            j := (payledger_internal.apply_one(jsonb_build_object(
+                    'from', payledger_internal.open_account_as(NULL, 'payledger',
+                            (SELECT y.asset FROM payledger.payins y WHERE y.id = w.payin_id), 'suspense', 'fee_overrun', true, NULL, NULL),
+                    'to', clearing, 'amount', -refund, 'kind', 'withdrawal_fee_overrun',
+                    'metadata', jsonb_build_object('payin', w.payin_id, 'withdrawal', w.id)))).journal_id;
+            PERFORM payledger_internal.emit_event('withdrawal.fee_over_limit', w.id, NULL,
+                jsonb_build_object('withdrawal', w.id, 'payin', w.payin_id, 'fee', paid_fee, 'max_fee', w.max_fee));
+        END IF;
+        UPDATE payledger.withdrawals x SET fee_journal = j WHERE x.id = w.id;
+        RETURN 'paid';
+    ELSIF st = 'failed' OR (st = 'not_found' AND w.status = 'unknown' AND coalesce(w.sent_at, w.created_at) < now() - quiet) THEN
+        UPDATE payledger.withdrawals x
+           SET status = 'failed', settled_at = now(), next_check_at = NULL, locked_until = NULL,
+               last_error = left(coalesce(result ->> 'error', CASE WHEN st = 'not_found' THEN 'the provider has no such payment' END,
+                                          x.last_error, 'failed at the provider'), 500),
+               updated_at = now()
+         WHERE x.id = w.id;
+        PERFORM payledger.transition_payin(w.payin_id, 'FAILED', 'WITHDRAWAL_FAILED');
+        RETURN 'withdrawal_failed';
+    ELSIF st IN ('pending', 'not_found') THEN
+        UPDATE payledger.withdrawals x
+           SET status = CASE WHEN st = 'pending' THEN 'pending' ELSE x.status END,
+               next_check_at = payledger_internal.withdrawal_recheck_at(x), locked_until = NULL, updated_at = now()
+         WHERE x.id = w.id;
+        RETURN CASE WHEN st = 'pending' THEN 'withdrawal_pending' ELSE 'withdrawal_not_found' END;
+    ELSIF result ->> 'ok' = 'false' THEN
+        -- no answer, or a refusal: the payment may or may not have been
+        -- made; only a lookup can say (status unknown stays unknown)
+        UPDATE payledger.withdrawals x
+           SET errors = x.errors + 1, last_error = left(result ->> 'error', 500), locked_until = NULL,
+               next_check_at = now() + payledger_internal.backoff(x.errors + 1), updated_at = now()
+         WHERE x.id = w.id;
+        RETURN 'withdrawal_error';
+    END IF;
+    RAISE EXCEPTION 'unknown withdrawal result %', result USING ERRCODE = '22023';
+END;
+$$;
+
+CREATE FUNCTION payledger_internal.withdrawal_invariants()
+RETURNS TABLE (invariant text, subject text, detail text)
+LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    -- a withdrawal's state and its pay-in's agree
+    SELECT 'withdrawal_payin_state', w.id::text, format('withdrawal %s, pay-in %s', w.status, p.state)
+      FROM payledger.withdrawals w JOIN payledger.payins p ON p.id = w.payin_id
+     WHERE p.state <> CASE w.status WHEN 'succeeded' THEN 'PAID' WHEN 'failed' THEN 'FAILED'
+                                     ELSE 'PENDING_WITHDRAWAL' END::payledger.payin_state
+    UNION ALL
+    -- the pay-in holds the amount and the fee budget
+    SELECT 'withdrawal_cost', w.id::text, format('amount %s + budget %s, the pay-in costs %s', w.amount, w.max_fee, p.cost)
+      FROM payledger.withdrawals w JOIN payledger.payins p ON p.id = w.payin_id
+     WHERE p.cost <> w.amount + w.max_fee
+    UNION ALL
+    -- a paid withdrawal's fee is settled by one journal, unless it was the budget exactly
+    SELECT 'withdrawal_fee', w.id::text, format('fee %s of budget %s, journal %s', w.fee, w.max_fee, w.fee_journal)
+      FROM payledger.withdrawals w
+     WHERE w.status = 'succeeded' AND (w.fee <> w.max_fee) <> (w.fee_journal IS NOT NULL);
+$$;
+
+CREATE VIEW payledger.my_withdrawals WITH (security_barrier) AS
+SELECT w.id, w.payin_id, w.status, w.amount, w.max_fee, w.fee, w.payment_hash, w.created_at, w.settled_at
+  FROM payledger.withdrawals w JOIN payledger.payins p ON p.id = w.payin_id
+ WHERE p.owner_id = payledger.current_owner_id();

@@ -1,0 +1,120 @@
+-- Withdrawals (money out) through SQL: the worker's claims and results fed by
+-- hand, as the worker would after calling the provider
+-- (tests/integration/lnbits.sh pays for real). Paid, with the unused fee
+-- budget back; failed, with the escrow back; an outcome unknown after a
+-- crash is looked up, never paid again; bad destinations refused.
+\set db t_withdrawals
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
+SELECT payledger.register_payin_type('WITHDRAWAL', 'withdrawal', allow_external => false, withdrawal => true, max_retries => 0),
+       payledger.register_payin_type('ZAP', 'zap'),
+       payledger.register_payout_type('WITHDRAWAL', 'withdrawal'), payledger.register_payout_type('ROUTING_FEE', 'routing fee');
+SELECT payledger.transfer(acc('world'), acc('alice'), 1000000) IS NOT NULL AS funded;
+SELECT payledger.create_merchant_profile('main', is_default => true) IS NOT NULL AS profile;
+-- an invoice-only provider cannot pay: PL028
+SELECT payledger.add_provider('main', 'ln-in', 'lnbits', 'http://127.0.0.1:9', '{"invoice_key": "in"}') IS NOT NULL AS added;
+CREATE FUNCTION t_invoice(amount bigint, label text, expiry bigint DEFAULT 3600, network text DEFAULT 'bitcoin') RETURNS text
+LANGUAGE sql AS $$
+  SELECT payledger.bolt11_create(sha256('receiver'::bytea), amount, sha256(convert_to(label, 'UTF8')), label, NULL, expiry, network)
+$$;
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', t_invoice(100000, 'w0'), 2000)$$);
+SELECT payledger.add_provider('main', 'ln-out', 'lnbits', 'http://127.0.0.1:9', '{"invoice_key": "in", "admin_key": "adm"}',
+                              priority => 1) AS out_provider \gset
+
+-- bad input: nothing moves
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', 'lnbc1notaninvoice', 2000)$$);
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', t_invoice(NULL, 'w1'), 2000)$$);
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', payledger.bolt11_create(sha256('receiver'::bytea), 100000,
+  sha256('w2'::bytea), 'old', NULL, 60, 'bitcoin', now() - interval '1 hour'), 2000)$$);
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', t_invoice(100000, 'w3', network => 'testnet'), 2000)$$);
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', t_invoice(100000, 'w4'), -1)$$);
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', t_invoice(100000, 'w4'), 2000, payin_type => 'ZAP')$$);
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', t_invoice(100000, 'w4'), 2000, provider => gen_random_uuid())$$);
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', t_invoice(5000000, 'w4'), 2000)$$);
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', NULL, 2000)$$);
+SELECT payledger.balance(acc('alice')) AS alice, count(*) AS withdrawals FROM payledger.withdrawals;
+
+CREATE FUNCTION t_claims() RETURNS TABLE (op text, amount bigint, kind text) LANGUAGE sql AS $$
+  SELECT x ->> 'op', (x ->> 'amount')::bigint, x ->> 'kind' FROM jsonb_array_elements(payledger.worker_claim(10)) x
+   WHERE x ? 'withdrawal_id'
+$$;
+CREATE FUNCTION t_apply(w uuid, r jsonb) RETURNS text LANGUAGE sql AS $$
+  SELECT payledger.worker_apply(r || jsonb_build_object('withdrawal_id', w,
+                                                        'provider_id', (SELECT provider_id FROM payledger.withdrawals WHERE id = w)))
+$$;
+CREATE FUNCTION t_w(w uuid) RETURNS text LANGUAGE sql AS $$
+  SELECT x.status || ' / ' || p.state || coalesce(' ' || p.failure_reason, '')
+    FROM payledger.withdrawals x JOIN payledger.payins p ON p.id = x.payin_id WHERE x.id = w
+$$;
+
+-- 1. paid: the amount and the fee to the provider's clearing account, the
+--    unused budget back to alice
+SELECT withdrawal_id AS w1, state, amount FROM payledger.withdraw('alice', 'msat', t_invoice(100000, 'p1'), 2000) \gset
+SELECT :'state' AS state, :amount AS amount, payledger.balance(acc('alice')) AS alice_after_escrow;
+SELECT * FROM t_claims();        -- to pay, recorded as sent before the call
+SELECT status, attempts FROM payledger.withdrawals WHERE id = :'w1';
+SELECT * FROM t_claims();        -- leased: nothing more
+SELECT t_apply(:'w1', '{"op": "pay", "status": "succeeded", "fee": 500, "preimage": "00aa"}') AS applied;
+SELECT t_apply(:'w1', '{"op": "lookup", "status": "succeeded", "fee": 500}') AS again;
+SELECT t_w(:'w1'), fee, preimage FROM payledger.withdrawals WHERE id = :'w1';
+SELECT payledger.balance(acc('alice')) AS alice,
+       payledger.balance(payledger.account_id('payledger', 'msat', 'provider_clearing', 'invoice')) AS clearing;
+SELECT kind, metadata ? 'withdrawal' AS names_it FROM payledger.journals j
+ WHERE j.id = (SELECT fee_journal FROM payledger.withdrawals WHERE id = :'w1');
+-- the same invoice again: it is paid already (PL036)
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', t_invoice(100000, 'p1'), 2000)$$);
+
+-- 2. failed at the provider: FAILED, the escrow back
+SELECT withdrawal_id AS w2 FROM payledger.withdraw('alice', 'msat', t_invoice(50000, 'p2'), 1000) \gset
+SELECT op FROM t_claims();
+SELECT t_apply(:'w2', '{"op": "pay", "status": "failed", "error": "HTTP 520: Insufficient balance."}') AS applied;
+SELECT t_w(:'w2'), last_error FROM payledger.withdrawals WHERE id = :'w2';
+SELECT payledger.balance(acc('alice')) AS alice_unchanged;
+-- a failed invoice may be withdrawn to again
+SELECT t_w(withdrawal_id) FROM payledger.withdraw('alice', 'msat', t_invoice(50000, 'p2'), 1000);
+
+-- 3. no answer (a timeout): unknown, looked up, never paid again; the
+--    lookup finds it paid, with a fee above the budget (the operator's)
+SELECT withdrawal_id AS w3 FROM payledger.withdraw('alice', 'msat', t_invoice(20000, 'p3'), 100) \gset
+SELECT op FROM t_claims() ORDER BY 1;
+SELECT t_apply(:'w3', '{"op": "pay", "ok": false, "retryable": true, "error": "timeout (global)"}') AS applied;
+SELECT status, errors, last_error FROM payledger.withdrawals WHERE id = :'w3';
+UPDATE payledger.withdrawals SET next_check_at = now() WHERE id = :'w3';
+SELECT op FROM t_claims();       -- a lookup this time, not a second payment
+SELECT t_apply(:'w3', '{"op": "lookup", "status": "pending"}') AS applied;
+UPDATE payledger.withdrawals SET next_check_at = now() WHERE id = :'w3';
+SELECT op FROM t_claims();
+SELECT t_apply(:'w3', '{"op": "lookup", "status": "succeeded", "fee": 150}') AS applied;
+SELECT t_w(:'w3'), fee FROM payledger.withdrawals WHERE id = :'w3';
+SELECT topic, payload ->> 'fee' AS fee, payload ->> 'max_fee' AS max_fee FROM payledger.events WHERE topic = 'withdrawal.fee_over_limit';
+SELECT payledger.balance(payledger.account_id('payledger', 'msat', 'suspense', 'fee_overrun')) AS operator_paid;
+
+-- 4. the worker crashed after claiming: the lease runs out, the payment is
+--    looked up; the provider never heard of it, and after a quiet time it fails
+SELECT withdrawal_id AS w4 FROM payledger.withdraw('alice', 'msat', t_invoice(30000, 'p4'), 0) \gset
+SELECT op FROM t_claims();
+UPDATE payledger.withdrawals SET locked_until = now() - interval '1 second' WHERE id = :'w4';
+SELECT op FROM t_claims();
+SELECT t_apply(:'w4', '{"op": "lookup", "status": "not_found"}') AS too_soon;
+SELECT t_w(:'w4');
+UPDATE payledger.withdrawals SET sent_at = now() - interval '10 minutes', next_check_at = now() WHERE id = :'w4';
+SELECT op FROM t_claims();
+SELECT t_apply(:'w4', '{"op": "lookup", "status": "not_found"}') AS applied;
+SELECT t_w(:'w4'), last_error FROM payledger.withdrawals WHERE id = :'w4';
+
+-- idempotent: the same key returns the same withdrawal
+SELECT withdrawal_id AS w5 FROM payledger.withdraw('alice', 'msat', t_invoice(10000, 'p5'), 0, idempotency_key => 'wd-5') \gset
+SELECT withdrawal_id = :'w5' AS same FROM payledger.withdraw('alice', 'msat', t_invoice(10000, 'p5'), 0, idempotency_key => 'wd-5');
+SELECT count(*) AS withdrawals_of_p5 FROM payledger.withdrawals WHERE payment_hash = encode(sha256('p5'::bytea), 'hex');
+
+-- the end user sees her withdrawals; the backend may withdraw
+SELECT t_invoice(10000, 'p6') AS inv6 \gset
+SET ROLE payledger_app;
+SELECT t_try(format('SELECT state FROM payledger.withdraw(%L, %L, %L, 0)', 'alice', 'msat', :'inv6'));
+RESET ROLE;
+SET ROLE payledger_enduser;
+SET payledger.owner_id = 'alice';
+SELECT status, amount, max_fee, fee FROM payledger.my_withdrawals ORDER BY created_at;
+RESET payledger.owner_id;
+RESET ROLE;
+SELECT * FROM payledger.check_invariants();
