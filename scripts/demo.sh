@@ -12,7 +12,7 @@ trap 'stop_lnbits "$DIR"; stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
 LNBITS_PORT=$((DEMO_PORT + 1000))
 log "starting LNbits (FakeWallet) on 127.0.0.1:$LNBITS_PORT"
 start_lnbits "$DIR" "$LNBITS_PORT"
-read -r INKEY PAYKEY < <(lnbits_setup "$LNBITS_PORT")
+read -r INKEY PAYKEY _ < <(lnbits_setup "$LNBITS_PORT")
 log "starting a throwaway cluster on port $DEMO_PORT, with the payledger worker"
 start_cluster "$DIR" "$DEMO_PORT" "shared_preload_libraries = 'payledger'
 payledger.worker_database = 'postgres'

@@ -135,7 +135,8 @@ stop_lnbits() { # <dir>
 }
 
 # lnbits_setup <port>: the super user, a merchant wallet and a payer wallet
-# funded with 1,000,000 sats. Prints "merchant_inkey payer_adminkey".
+# funded with 1,000,000 sats. Prints "merchant_inkey payer_adminkey
+# merchant_adminkey payer_inkey".
 lnbits_setup() {
   local url="http://127.0.0.1:$1" token merchant payer pid
   token=$(curl -sf -X PUT "$url/api/v1/auth/first_install" -H 'Content-Type: application/json' \
@@ -145,7 +146,7 @@ lnbits_setup() {
   pid=$(jq -r .id <<<"$payer")
   curl -sf -X PUT "$url/users/api/v1/balance" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
     -d "{\"id\":\"$pid\",\"amount\":1000000}" >/dev/null
-  echo "$(jq -r .inkey <<<"$merchant") $(jq -r .adminkey <<<"$payer")"
+  echo "$(jq -r .inkey <<<"$merchant") $(jq -r .adminkey <<<"$payer") $(jq -r .adminkey <<<"$merchant") $(jq -r .inkey <<<"$payer")"
 }
 
 # lnbits_pay <port> <payer adminkey> <bolt11>

@@ -24,7 +24,7 @@ MOCK_PORT=$((TEST_PORT + 1001))
 trap 'kill $MOCK_PID 2>/dev/null; stop_lnbits "$DIR"; stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
 start_cluster "$DIR" "$TEST_PORT" "payledger.worker_concurrency = $CONCURRENCY"
 start_lnbits "$DIR" "$LNBITS_PORT"
-read -r INKEY PAYKEY < <(lnbits_setup "$LNBITS_PORT")
+read -r INKEY PAYKEY _ < <(lnbits_setup "$LNBITS_PORT")
 python3 "$REPO/tests/integration/mock_providers.py" "$MOCK_PORT" >"$DIR/mock.log" 2>&1 &
 MOCK_PID=$!
 for _ in $(seq 1 40); do port_busy "$MOCK_PORT" && break; sleep 0.25; done

@@ -15,7 +15,11 @@
 #     and the settlement credits the job, which moves to processing;
 #  7. the worker's periodic run registered by credits (metering), shared
 #     with a helper process: every organisation over its plan is charged
-#     once, by the worker or by the helper.
+#     once, by the worker or by the helper;
+#  8. withdrawals, real payments out of the merchant's LNbits wallet to an
+#     invoice of the payer's: paid once, the fee budget's rest back, LNbits'
+#     books and the ledger's agree; one LNbits refuses (more than the wallet
+#     holds) fails and gives the money back.
 set -euo pipefail
 INTERVAL=1
 CLUSTER_CONF="shared_preload_libraries = 'payledger'
@@ -29,7 +33,7 @@ setup_lnbits
 LNBITS_PORT=${LNBITS_PORT:-$((TEST_PORT + 1000))}
 trap 'stop_lnbits "$DIR"; stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
 start_lnbits "$DIR" "$LNBITS_PORT"
-read -r INKEY PAYKEY < <(lnbits_setup "$LNBITS_PORT")
+read -r INKEY PAYKEY MERCHANT_ADMIN PAYER_INKEY < <(lnbits_setup "$LNBITS_PORT")
 
 psql_ -d postgres -c "CREATE DATABASE payledger_it"
 q() { psql_ -d payledger_it -Atc "$1"; }
@@ -203,4 +207,46 @@ helper=$(grep -o "payledger metering 2/2: [0-9]* done" "$DIR/server.log" | tail 
 [ "$(( $(q "SELECT last_result ->> 'orgs_metered' FROM payledger.worker_status") + helper ))" = 40 ] \
   || fail "the worker's and the helper's shares make the 40 organisations"
 [ -z "$(q "SELECT * FROM payledger.check_invariants()")" ] || { q "SELECT * FROM payledger.check_invariants()"; fail "invariants"; }
+
+echo "8. withdrawals through LNbits"
+L="http://127.0.0.1:$LNBITS_PORT"
+wallet_msat() { curl -sf "$L/api/v1/wallet" -H "X-Api-Key: $1" | jq -r .balance; }
+new_invoice() { # <sats>: a BOLT11 of the payer's LNbits wallet
+  curl -sf -X POST "$L/api/v1/payments" -H "X-Api-Key: $PAYER_INKEY" -H 'Content-Type: application/json' \
+    -d "{\"out\":false,\"amount\":$1,\"memo\":\"withdrawal\"}" | jq -r .bolt11
+}
+clearing() { q "SELECT payledger.balance(payledger.account_id('payledger', 'msat', 'provider_clearing', 'invoice'))"; }
+psql_ -d payledger_it >/dev/null <<SQL
+SELECT payledger.register_payin_type('WITHDRAWAL', 'withdrawal', allow_external => false, withdrawal => true, max_retries => 0);
+SELECT payledger.register_payout_type('WITHDRAWAL', 'withdrawal'), payledger.register_payout_type('ROUTING_FEE', 'routing fee');
+SELECT payledger.set_provider_credentials(id, '{"invoice_key": "$INKEY", "admin_key": "$MERCHANT_ADMIN"}')
+  FROM payledger.providers WHERE name = 'lnbits';
+SELECT payledger.transfer(payledger.account_id('payledger', 'msat', 'external', 'world'), payledger.account_id('ann', 'msat'), 2000000);
+SQL
+merchant0=$(wallet_msat "$MERCHANT_ADMIN"); payer0=$(wallet_msat "$PAYKEY"); clearing0=$(clearing); ann0=$(balance ann)
+bolt11=$(new_invoice 100)
+W1=$(q "SELECT withdrawal_id FROM payledger.withdraw('ann', 'msat', '$bolt11', 5000)")
+[ -n "$W1" ] || fail "the withdrawal"
+wait_for "SELECT status = 'succeeded' FROM payledger.withdrawals WHERE id = '$W1'" "the withdrawal paid" 30
+[ "$(q "SELECT p.state || ' ' || w.fee || ' ' || w.attempts FROM payledger.withdrawals w JOIN payledger.payins p ON p.id = w.payin_id
+       WHERE w.id = '$W1'")" = "PAID 0 1" ] || fail "W1: PAID, no fee, paid once"
+merchant1=$(wallet_msat "$MERCHANT_ADMIN"); payer1=$(wallet_msat "$PAYKEY"); clearing1=$(clearing); ann1=$(balance ann)
+[ $((ann0 - ann1)) = 100000 ] || fail "ann pays 100 sats, the fee budget back: $ann0 -> $ann1"
+[ $((payer1 - payer0)) = 100000 ] || fail "the payer's LNbits wallet received 100 sats: $payer0 -> $payer1"
+[ $((merchant0 - merchant1)) = $((clearing1 - clearing0)) ] \
+  || fail "LNbits' books (merchant $merchant0 -> $merchant1) and the ledger's (clearing $clearing0 -> $clearing1) disagree"
+[ "$(psql_ -d payledger_it -Atc "\\set VERBOSITY verbose" -c "SELECT payledger.withdraw('ann', 'msat', '$bolt11', 5000)" 2>&1 \
+      | grep -c 'PL036')" = 1 ] || fail "the same invoice again: PL036"
+echo "   paid 100 sats out; merchant wallet $merchant0 -> $merchant1 msat, clearing $clearing0 -> $clearing1"
+# more than the merchant's LNbits wallet holds: LNbits refuses, the money comes back
+big=$(( merchant1 / 1000 + 10 ))
+W2=$(q "SELECT withdrawal_id FROM payledger.withdraw('ann', 'msat', '$(new_invoice $big)', 5000)")
+wait_for "SELECT status = 'failed' FROM payledger.withdrawals WHERE id = '$W2'" "the refused withdrawal failed" 30
+[ "$(q "SELECT p.state || ' ' || p.failure_reason FROM payledger.withdrawals w JOIN payledger.payins p ON p.id = w.payin_id
+       WHERE w.id = '$W2'")" = "FAILED WITHDRAWAL_FAILED" ] || fail "W2 FAILED"
+q "SELECT last_error FROM payledger.withdrawals WHERE id = '$W2'" | grep -qi "balance" || fail "W2's error names the balance"
+[ "$(balance ann)" = "$ann1" ] || fail "ann's money back after W2: $ann1 -> $(balance ann)"
+[ "$(wallet_msat "$MERCHANT_ADMIN")" = "$merchant1" ] || fail "nothing left the merchant's LNbits wallet for W2"
+[ -z "$(q "SELECT * FROM payledger.check_invariants()")" ] || { q "SELECT * FROM payledger.check_invariants()"; fail "invariants"; }
+if grep -q "$MERCHANT_ADMIN" "$DIR/server.log"; then fail "the admin key appears in the server log"; fi
 echo "ok: lnbits"

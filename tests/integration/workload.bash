@@ -6,7 +6,7 @@ setup_lnbits
 LNBITS_PORT=${LNBITS_PORT:-$((TEST_PORT + 1000))}
 trap 'touch "$DIR/stop"; stop_lnbits "$DIR"; stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
 start_lnbits "$DIR" "$LNBITS_PORT"
-read -r INKEY PAYKEY < <(lnbits_setup "$LNBITS_PORT")
+read -r INKEY PAYKEY _ < <(lnbits_setup "$LNBITS_PORT")
 q() { psql_ -d "$WORKLOAD_DB" -Atc "$1"; }
 
 psql_ -d postgres -c "CREATE DATABASE $WORKLOAD_DB"
