@@ -469,8 +469,41 @@ CREATE TRIGGER accounts_floor BEFORE INSERT OR UPDATE OF balance, pending_debits
 /* <begin connected objects> */
 CREATE SCHEMA IF NOT EXISTS payledger_internal;
 
--- src/ledger/mod.rs
+-- src/payin/mod.rs
 /* payledger::payledger_internal */
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."split_payouts_core"(
+	"rule" TEXT, /* String */
+	"cost" bigint, /* i64 */
+	"payees" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"payouts" jsonb,  /* Option < JsonB > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
+
+-- src/ledger/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."transfer_journal"(
+	"from_account" uuid, /* Option < Uuid > */
+	"to_account" uuid, /* Option < Uuid > */
+	"amount" bigint, /* Option < i64 > */
+	"idempotency_key" TEXT, /* Option < String > */
+	"metadata" jsonb, /* Option < JsonArg > */
+	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"kind" TEXT /* Option < String > */
+) RETURNS uuid /* Option < Uuid > */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -519,36 +552,61 @@ AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."split_payouts_core"(
-	"rule" TEXT, /* String */
-	"cost" bigint, /* i64 */
-	"payees" jsonb /* Option < JsonArg > */
+CREATE  FUNCTION payledger_internal."payin_create_core"(
+	"payer" TEXT, /* Option < String > */
+	"payin_type" TEXT, /* Option < String > */
+	"asset" TEXT, /* Option < String > */
+	"cost" bigint, /* Option < i64 > */
+	"methods" jsonb, /* Option < JsonArg > */
+	"payouts" jsonb, /* Option < JsonArg > */
+	"split" TEXT, /* Option < String > */
+	"payees" jsonb, /* Option < JsonArg > */
+	"idempotency_key" TEXT, /* Option < String > */
+	"parent" uuid, /* Option < Uuid > */
+	"metadata" jsonb, /* Option < JsonArg > */
+	"predecessor" uuid, /* Option < Uuid > */
+	"genesis" uuid, /* Option < Uuid > */
+	"retry_count" INT, /* Option < i32 > */
+	"retry_policy" TEXT /* Option < String > */
 ) RETURNS TABLE (
-	"payouts" jsonb,  /* Option < JsonB > */
+	"payin_id" uuid,  /* Option < Uuid > */
+	"state" TEXT,  /* Option < String > */
+	"custodial_amount" bigint,  /* Option < i64 > */
+	"external_amount" bigint,  /* Option < i64 > */
+	"replayed" bool,  /* Option < bool > */
 	"sqlstate" TEXT,  /* Option < & '_ str > */
 	"message" TEXT,  /* Option < String > */
 	"detail" TEXT  /* Option < String > */
 )
-STABLE PARALLEL SAFE 
+VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
+AS 'MODULE_PATHNAME', 'payin_create_core_wrapper';
 
--- src/ledger/mod.rs
+-- src/provider/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."transfer_journal"(
-	"from_account" uuid, /* Option < Uuid > */
-	"to_account" uuid, /* Option < Uuid > */
-	"amount" bigint, /* Option < i64 > */
-	"idempotency_key" TEXT, /* Option < String > */
-	"metadata" jsonb, /* Option < JsonArg > */
-	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
-	"kind" TEXT /* Option < String > */
-) RETURNS uuid /* Option < Uuid > */
-VOLATILE PARALLEL UNSAFE 
+CREATE  FUNCTION payledger_internal."webhook_verify_core"(
+	"kind" TEXT, /* & str */
+	"secret" TEXT, /* Option < & str > */
+	"headers" jsonb, /* JsonArg */
+	"body" TEXT /* & str */
+) RETURNS TABLE (
+	"sqlstate" TEXT,  /* Option < String > */
+	"message" TEXT,  /* Option < String > */
+	"reference" TEXT,  /* Option < String > */
+	"event" TEXT,  /* Option < String > */
+	"signed" bool,  /* Option < bool > */
+	"action" TEXT,  /* Option < String > */
+	"received" bigint,  /* Option < i64 > */
+	"note" TEXT  /* Option < String > */
+)
+STABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
+AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
+
+-- src/ledger/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -1736,64 +1794,6 @@ $$;
 -- (not a trigger on INSERT: a restore's COPY must not run the handlers again
 -- for old pay-ins)
 SELECT payledger_internal.payin_handlers_compile('lock'), payledger_internal.payin_handlers_compile('reached');
-
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."webhook_verify_core"(
-	"kind" TEXT, /* & str */
-	"secret" TEXT, /* Option < & str > */
-	"headers" jsonb, /* JsonArg */
-	"body" TEXT /* & str */
-) RETURNS TABLE (
-	"sqlstate" TEXT,  /* Option < String > */
-	"message" TEXT,  /* Option < String > */
-	"reference" TEXT,  /* Option < String > */
-	"event" TEXT,  /* Option < String > */
-	"signed" bool,  /* Option < bool > */
-	"action" TEXT,  /* Option < String > */
-	"received" bigint,  /* Option < i64 > */
-	"note" TEXT  /* Option < String > */
-)
-STABLE PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
-
--- src/payin/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."payin_create_core"(
-	"payer" TEXT, /* Option < String > */
-	"payin_type" TEXT, /* Option < String > */
-	"asset" TEXT, /* Option < String > */
-	"cost" bigint, /* Option < i64 > */
-	"methods" jsonb, /* Option < JsonArg > */
-	"payouts" jsonb, /* Option < JsonArg > */
-	"split" TEXT, /* Option < String > */
-	"payees" jsonb, /* Option < JsonArg > */
-	"idempotency_key" TEXT, /* Option < String > */
-	"parent" uuid, /* Option < Uuid > */
-	"metadata" jsonb, /* Option < JsonArg > */
-	"predecessor" uuid, /* Option < Uuid > */
-	"genesis" uuid, /* Option < Uuid > */
-	"retry_count" INT, /* Option < i32 > */
-	"retry_policy" TEXT /* Option < String > */
-) RETURNS TABLE (
-	"payin_id" uuid,  /* Option < Uuid > */
-	"state" TEXT,  /* Option < String > */
-	"custodial_amount" bigint,  /* Option < i64 > */
-	"external_amount" bigint,  /* Option < i64 > */
-	"replayed" bool,  /* Option < bool > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'payin_create_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -3001,6 +3001,8 @@ CREATE TABLE payledger.invoices (
     -- paid after its pay-in had failed: the money went to the late account
     paid_late       boolean NOT NULL DEFAULT false,
     late_journal    uuid,
+    -- more received than asked: the excess booked (record_overpayment)
+    overpay_journal uuid,
     -- the worker's bookkeeping
     create_attempts integer NOT NULL DEFAULT 0,
     checks          integer NOT NULL DEFAULT 0,
@@ -3013,7 +3015,8 @@ CREATE TABLE payledger.invoices (
     CONSTRAINT invoice_issued CHECK (status IN ('creating', 'failed') OR external_id IS NOT NULL),
     CONSTRAINT invoice_paid CHECK ((status = 'paid') = (paid_at IS NOT NULL)
                                    AND (status = 'paid') = (amount_received IS NOT NULL)),
-    CONSTRAINT invoice_late CHECK (paid_late = (late_journal IS NOT NULL) AND (NOT paid_late OR status = 'paid'))
+    CONSTRAINT invoice_late CHECK (paid_late = (late_journal IS NOT NULL) AND (NOT paid_late OR status = 'paid')),
+    CONSTRAINT invoice_overpaid CHECK (overpay_journal IS NULL OR (status = 'paid' AND amount_received > amount))
 );
 CREATE UNIQUE INDEX invoices_external_id ON payledger.invoices (provider_id, external_id) WHERE external_id IS NOT NULL;
 CREATE INDEX invoices_payment_hash ON payledger.invoices (payment_hash) WHERE payment_hash IS NOT NULL;
@@ -3058,6 +3061,16 @@ CREATE TABLE payledger.withdrawals (
 -- never two live payments of one hash at a provider (a BOLT11 is paid once)
 CREATE UNIQUE INDEX withdrawals_live_hash ON payledger.withdrawals (provider_id, payment_hash) WHERE status <> 'failed';
 CREATE INDEX withdrawals_due_idx ON payledger.withdrawals (next_check_at) WHERE next_check_at IS NOT NULL;
+-- How long a pay-in may wait in a state before the housekeeping fails it,
+-- where an operator changed the default (src/provider/deadlines.sql has the
+-- defaults: a restore must not meet seeded rows). reason NULL: the
+-- transition's own default.
+CREATE TABLE payledger.payin_deadlines (
+    state  payledger.payin_state PRIMARY KEY
+           CHECK (state NOT IN ('PAID', 'FAILED', 'FORWARDING', 'FORWARDED')),
+    after  interval NOT NULL CHECK (after > '0'),
+    reason payledger.payin_failure_reason
+);
 ALTER TABLE payledger.merchant_profiles ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.providers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.provider_secrets ENABLE ROW LEVEL SECURITY;
@@ -3065,6 +3078,7 @@ ALTER TABLE payledger.payin_routes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.subscriptions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.invoices ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.withdrawals ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.payin_deadlines ENABLE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('payledger.merchant_profiles', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.providers', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.provider_secrets', '');
@@ -3072,6 +3086,7 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.payin_routes', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.subscriptions', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.invoices', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.withdrawals', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.payin_deadlines', '');
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -3376,6 +3391,31 @@ BEGIN
     RETURN j;
 END;
 $$;
+-- More received than the invoice asked (Stacker News'
+-- INVOICE_OVERPAY_SPILLOVER): the excess goes from the rail's clearing
+-- account to the payer's main account, or, where the provider's config says
+-- "overpayment": "suspense", to the suspense account 'overpayments'; with an
+-- event. Once per invoice (its idempotency key).
+CREATE OR REPLACE FUNCTION payledger_internal.record_overpayment(inv payledger.invoices, p payledger.payins, excess bigint)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    to_suspense boolean := (SELECT pr.config ->> 'overpayment' = 'suspense' FROM payledger.providers pr
+                             WHERE pr.id = inv.provider_id);
+    dest uuid;
+    j uuid;
+BEGIN
+    dest := CASE WHEN coalesce(to_suspense, false)
+                 THEN payledger.open_account('payledger', p.asset, 'suspense', 'overpayments')
+                 ELSE payledger.open_account(p.owner_id, p.asset) END;
+    j := payledger.transfer(p.external_account, dest, excess, 'overpayment:' || inv.id,
+                            jsonb_build_object('invoice', inv.id, 'payin', p.id), NULL, 'invoice_overpay_spillover');
+    PERFORM payledger_internal.emit_event('invoice.overpaid', inv.id, p.owner_id,
+        jsonb_build_object('invoice', inv.id, 'payin', p.id, 'asked', inv.amount, 'received', inv.amount + excess,
+                           'excess', excess, 'to', CASE WHEN coalesce(to_suspense, false) THEN 'suspense' ELSE 'payer' END,
+                           'journal', j));
+    RETURN j;
+END;
+$$;
 -- When to check an unsettled invoice again: after a tenth of its age, at
 -- most a minute until it expires and at most ten minutes after (while it is
 -- watched for late money). Young invoices (the ones customers are paying)
@@ -3500,10 +3540,14 @@ BEGIN
                 PERFORM payledger.transition_payin(p.id, 'PENDING', NULL, coalesce(inv.payment_hash, inv.external_id));
             END IF;
             SELECT * INTO t FROM payledger.transition_payin(p.id, 'PAID');
-            RETURN 'paid';
         END IF;
-        IF p.state = 'PAID' THEN
-            RETURN 'already_paid';
+        IF p.state IN ('PENDING_INVOICE_CREATION', 'PENDING', 'HELD', 'PAID') THEN
+            IF received > inv.amount THEN
+                UPDATE payledger.invoices i
+                   SET overpay_journal = payledger_internal.record_overpayment(inv, p, received - inv.amount)
+                 WHERE i.id = inv.id;
+            END IF;
+            RETURN CASE WHEN p.state = 'PAID' THEN 'already_paid' ELSE 'paid' END;
         END IF;
         -- FAILED or CANCELLED before the money came
         UPDATE payledger.invoices i SET paid_late = true, late_journal = payledger_internal.record_late_payment(inv, received)
@@ -3624,6 +3668,11 @@ LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT 'invoice_amount', i.id::text, format('%s, the pay-in owes %s', i.amount, p.external_amount)
       FROM payledger.invoices i JOIN payledger.payins p ON p.id = i.payin_id
      WHERE i.amount <> p.external_amount
+    UNION ALL
+    -- more received than asked, in time: the excess booked once
+    SELECT 'invoice_overpaid', i.id::text, format('received %s of %s, journal %s', i.amount_received, i.amount, i.overpay_journal)
+      FROM payledger.invoices i
+     WHERE i.status = 'paid' AND NOT i.paid_late AND (i.amount_received > i.amount) <> (i.overpay_journal IS NOT NULL)
 $$;
 /* </end connected objects> */
 
@@ -4071,13 +4120,101 @@ CREATE VIEW payledger.my_withdrawals WITH (security_barrier) AS
 SELECT w.id, w.payin_id, w.status, w.amount, w.max_fee, w.fee, w.payment_hash, w.created_at, w.settled_at
   FROM payledger.withdrawals w JOIN payledger.payins p ON p.id = w.payin_id
  WHERE p.owner_id = payledger.current_owner_id();
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   provider_withdrawals
+
+-- payledger providers: a deadline for every waiting state. A pay-in that
+-- waits in a state longer than its deadline (payledger.payin_deadlines) is
+-- failed by a housekeeping step, with the state's reason, and its escrow
+-- goes back to the payer: no pay-in waits forever. The deadline is the last
+-- resort, not the rule: a pay-in whose invoice payledger watches closes with
+-- that invoice (expire_invoices), and one whose withdrawal is in flight is
+-- settled by what the provider says (withdrawals.sql); neither is failed
+-- here while it lasts. FORWARDING has none: an outgoing payment is in flight,
+-- and only its outcome may end it.
+
+-- The deadlines in force: the operator's where set, else the defaults.
+CREATE OR REPLACE FUNCTION payledger.payin_deadlines_in_force()
+RETURNS TABLE (state payledger.payin_state, after interval, reason payledger.payin_failure_reason)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT v.state, coalesce(d.after, v.after), CASE WHEN d.state IS NULL THEN v.reason ELSE d.reason END
+      FROM (VALUES ('PENDING_INVOICE_CREATION'::payledger.payin_state, interval '1 hour',
+                    'INVOICE_CREATION_FAILED'::payledger.payin_failure_reason),
+                   ('PENDING_INVOICE_WRAP', '1 hour', 'INVOICE_WRAPPING_FAILED_UNKNOWN'),
+                   ('PENDING_WITHDRAWAL', '1 day', 'WITHDRAWAL_FAILED'),
+                   ('PENDING', '1 day', 'INVOICE_EXPIRED'),
+                   ('PENDING_HELD', '1 day', 'HELD_INVOICE_UNEXPECTED_ERROR'),
+                   ('HELD', '1 hour', 'HELD_INVOICE_SETTLED_TOO_SLOW'),
+                   ('FAILED_FORWARD', '10 minutes', 'INVOICE_FORWARDING_FAILED'),
+                   ('CANCELLED', '10 minutes', NULL)) v(state, after, reason)
+      LEFT JOIN payledger.payin_deadlines d ON d.state = v.state
+     ORDER BY v.state;
+$$;
+GRANT EXECUTE ON FUNCTION payledger.payin_deadlines_in_force() TO payledger_app;
+-- Admin: how long a state may last, and the reason a pay-in past it fails
+-- with (NULL: the transition's default, or the reason it already has).
+CREATE OR REPLACE FUNCTION payledger.set_payin_deadline(state payledger.payin_state, after interval,
+                                             reason payledger.payin_failure_reason DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger_internal.require(state, 'state');
+    PERFORM payledger_internal.require(after, 'after');
+    IF state IN ('PAID', 'FAILED', 'FORWARDING', 'FORWARDED') THEN
+        RAISE EXCEPTION 'a % pay-in is not failed by a deadline', state USING ERRCODE = '22023';
+    END IF;
+    IF after <= '0' THEN
+        RAISE EXCEPTION 'a deadline must be positive, not %', after USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.payin_deadlines AS d (state, after, reason)
+    VALUES (set_payin_deadline.state, set_payin_deadline.after, set_payin_deadline.reason)
+    ON CONFLICT ON CONSTRAINT payin_deadlines_pkey DO UPDATE SET after = excluded.after, reason = excluded.reason;
+END;
+$$;
+-- The housekeeping step: fail up to max_payins pay-ins past their state's
+-- deadline, one transaction each (one pay-in's accounts per transaction: the
+-- lock order). One that cannot be failed (its move raises) is reported and
+-- left for the next tick; the others are not held up. Returns how many it
+-- failed.
+CREATE OR REPLACE FUNCTION payledger.fail_overdue_payins(max_payins integer DEFAULT 1)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    o record;
+    n integer := 0;
+BEGIN
+    PERFORM payledger_internal.require_limit(max_payins, 'max_payins');
+    FOR o IN SELECT p.id, p.state, d.reason FROM payledger.payins p
+               JOIN payledger.payin_deadlines_in_force() d ON d.state = p.state
+              WHERE p.state NOT IN ('PAID', 'FAILED') AND p.state_changed_at < now() - d.after
+                AND NOT EXISTS (SELECT 1 FROM payledger.invoices i
+                                 WHERE i.payin_id = p.id AND i.status IN ('creating', 'pending'))
+                AND NOT EXISTS (SELECT 1 FROM payledger.withdrawals w
+                                 WHERE w.payin_id = p.id AND w.status NOT IN ('succeeded', 'failed'))
+              ORDER BY p.state_changed_at
+              LIMIT max_payins
+              FOR NO KEY UPDATE OF p SKIP LOCKED LOOP
+        BEGIN
+            PERFORM payledger.transition_payin(o.id, 'FAILED', o.reason);
+            n := n + 1;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'payledger: pay-in % past its % deadline could not be failed: % (SQLSTATE %)',
+                o.id, o.state, SQLERRM, SQLSTATE;
+        END;
+    END LOOP;
+    RETURN n;
+END;
+$$;
+SELECT payledger_internal.register_housekeeping_step('provider', 'payins_past_deadline', 15,
+                                                     'payledger.fail_overdue_payins(integer)', per_call => 1);
 
 -- src/worker/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
 -- requires:
---   provider_withdrawals
+--   provider_deadlines
 
 -- payledger worker: the SQL half of the background worker (src/worker/mod.rs).
 -- Its three steps (claim, call, record) are functions, so that `CALL

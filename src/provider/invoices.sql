@@ -111,6 +111,32 @@ BEGIN
 END;
 $$;
 
+-- More received than the invoice asked (Stacker News'
+-- INVOICE_OVERPAY_SPILLOVER): the excess goes from the rail's clearing
+-- account to the payer's main account, or, where the provider's config says
+-- "overpayment": "suspense", to the suspense account 'overpayments'; with an
+-- event. Once per invoice (its idempotency key).
+CREATE FUNCTION payledger_internal.record_overpayment(inv payledger.invoices, p payledger.payins, excess bigint)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    to_suspense boolean := (SELECT pr.config ->> 'overpayment' = 'suspense' FROM payledger.providers pr
+                             WHERE pr.id = inv.provider_id);
+    dest uuid;
+    j uuid;
+BEGIN
+    dest := CASE WHEN coalesce(to_suspense, false)
+                 THEN payledger.open_account('payledger', p.asset, 'suspense', 'overpayments')
+                 ELSE payledger.open_account(p.owner_id, p.asset) END;
+    j := payledger.transfer(p.external_account, dest, excess, 'overpayment:' || inv.id,
+                            jsonb_build_object('invoice', inv.id, 'payin', p.id), NULL, 'invoice_overpay_spillover');
+    PERFORM payledger_internal.emit_event('invoice.overpaid', inv.id, p.owner_id,
+        jsonb_build_object('invoice', inv.id, 'payin', p.id, 'asked', inv.amount, 'received', inv.amount + excess,
+                           'excess', excess, 'to', CASE WHEN coalesce(to_suspense, false) THEN 'suspense' ELSE 'payer' END,
+                           'journal', j));
+    RETURN j;
+END;
+$$;
+
 -- When to check an unsettled invoice again: after a tenth of its age, at
 -- most a minute until it expires and at most ten minutes after (while it is
 -- watched for late money). Young invoices (the ones customers are paying)
@@ -236,10 +262,14 @@ BEGIN
                 PERFORM payledger.transition_payin(p.id, 'PENDING', NULL, coalesce(inv.payment_hash, inv.external_id));
             END IF;
             SELECT * INTO t FROM payledger.transition_payin(p.id, 'PAID');
-            RETURN 'paid';
         END IF;
-        IF p.state = 'PAID' THEN
-            RETURN 'already_paid';
+        IF p.state IN ('PENDING_INVOICE_CREATION', 'PENDING', 'HELD', 'PAID') THEN
+            IF received > inv.amount THEN
+                UPDATE payledger.invoices i
+                   SET overpay_journal = payledger_internal.record_overpayment(inv, p, received - inv.amount)
+                 WHERE i.id = inv.id;
+            END IF;
+            RETURN CASE WHEN p.state = 'PAID' THEN 'already_paid' ELSE 'paid' END;
         END IF;
         -- FAILED or CANCELLED before the money came
         UPDATE payledger.invoices i SET paid_late = true, late_journal = payledger_internal.record_late_payment(inv, received)
@@ -364,4 +394,9 @@ LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT 'invoice_amount', i.id::text, format('%s, the pay-in owes %s', i.amount, p.external_amount)
       FROM payledger.invoices i JOIN payledger.payins p ON p.id = i.payin_id
      WHERE i.amount <> p.external_amount
+    UNION ALL
+    -- more received than asked, in time: the excess booked once
+    SELECT 'invoice_overpaid', i.id::text, format('received %s of %s, journal %s', i.amount_received, i.amount, i.overpay_journal)
+      FROM payledger.invoices i
+     WHERE i.status = 'paid' AND NOT i.paid_late AND (i.amount_received > i.amount) <> (i.overpay_journal IS NOT NULL)
 $$;

@@ -2,7 +2,8 @@
 //! providers and their secrets, routes (`profiles.sql`); invoices pinned to
 //! the provider that issued them (`invoices.sql`); webhooks
 //! (`webhooks.sql`); subscriptions (`subscriptions.sql`); withdrawals, money
-//! out (`withdrawals.sql`); the HTTP adapters for invoices (`adapters`) and
+//! out (`withdrawals.sql`); a deadline for every waiting state of a pay-in
+//! (`deadlines.sql`); the HTTP adapters for invoices (`adapters`) and
 //! outgoing payments (`outgoing`), and webhook signatures (`webhook`).
 //!
 //! The worker's middle step, calling the providers, is `call_all`: it runs
@@ -53,6 +54,11 @@ extension_sql_file!(
     "withdrawals.sql",
     name = "provider_withdrawals",
     requires = ["provider_subscriptions", bolt11_decode]
+);
+extension_sql_file!(
+    "deadlines.sql",
+    name = "provider_deadlines",
+    requires = ["provider_withdrawals"]
 );
 
 /// Credentials by provider id, read by the caller (the worker in its claim

@@ -119,6 +119,8 @@ CREATE TABLE payledger.invoices (
     -- paid after its pay-in had failed: the money went to the late account
     paid_late       boolean NOT NULL DEFAULT false,
     late_journal    uuid,
+    -- more received than asked: the excess booked (record_overpayment)
+    overpay_journal uuid,
     -- the worker's bookkeeping
     create_attempts integer NOT NULL DEFAULT 0,
     checks          integer NOT NULL DEFAULT 0,
@@ -131,7 +133,8 @@ CREATE TABLE payledger.invoices (
     CONSTRAINT invoice_issued CHECK (status IN ('creating', 'failed') OR external_id IS NOT NULL),
     CONSTRAINT invoice_paid CHECK ((status = 'paid') = (paid_at IS NOT NULL)
                                    AND (status = 'paid') = (amount_received IS NOT NULL)),
-    CONSTRAINT invoice_late CHECK (paid_late = (late_journal IS NOT NULL) AND (NOT paid_late OR status = 'paid'))
+    CONSTRAINT invoice_late CHECK (paid_late = (late_journal IS NOT NULL) AND (NOT paid_late OR status = 'paid')),
+    CONSTRAINT invoice_overpaid CHECK (overpay_journal IS NULL OR (status = 'paid' AND amount_received > amount))
 );
 CREATE UNIQUE INDEX invoices_external_id ON payledger.invoices (provider_id, external_id) WHERE external_id IS NOT NULL;
 CREATE INDEX invoices_payment_hash ON payledger.invoices (payment_hash) WHERE payment_hash IS NOT NULL;
@@ -179,6 +182,17 @@ CREATE TABLE payledger.withdrawals (
 CREATE UNIQUE INDEX withdrawals_live_hash ON payledger.withdrawals (provider_id, payment_hash) WHERE status <> 'failed';
 CREATE INDEX withdrawals_due_idx ON payledger.withdrawals (next_check_at) WHERE next_check_at IS NOT NULL;
 
+-- How long a pay-in may wait in a state before the housekeeping fails it,
+-- where an operator changed the default (src/provider/deadlines.sql has the
+-- defaults: a restore must not meet seeded rows). reason NULL: the
+-- transition's own default.
+CREATE TABLE payledger.payin_deadlines (
+    state  payledger.payin_state PRIMARY KEY
+           CHECK (state NOT IN ('PAID', 'FAILED', 'FORWARDING', 'FORWARDED')),
+    after  interval NOT NULL CHECK (after > '0'),
+    reason payledger.payin_failure_reason
+);
+
 ALTER TABLE payledger.merchant_profiles ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.providers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.provider_secrets ENABLE ROW LEVEL SECURITY;
@@ -186,6 +200,7 @@ ALTER TABLE payledger.payin_routes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.subscriptions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.invoices ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.withdrawals ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.payin_deadlines ENABLE ROW LEVEL SECURITY;
 
 SELECT pg_catalog.pg_extension_config_dump('payledger.merchant_profiles', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.providers', '');
@@ -194,3 +209,4 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.payin_routes', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.subscriptions', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.invoices', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.withdrawals', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.payin_deadlines', '');

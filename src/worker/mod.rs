@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 extension_sql_file!(
     "worker.sql",
     name = "worker",
-    requires = ["provider_withdrawals"]
+    requires = ["provider_deadlines"]
 );
 
 pub fn register() {

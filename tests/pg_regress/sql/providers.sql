@@ -343,6 +343,30 @@ SELECT payledger.cancel_subscription(id) FROM t_p WHERE name = 's1';
 SELECT t_try(format($$SELECT payledger.renew_subscription(%L)$$, id)) FROM t_p WHERE name = 's1';
 
 ---------------------------------------------------------------------------
+-- Overpaid: the excess to the payer's main account, once; or to suspense
+-- where the provider's config says so
+---------------------------------------------------------------------------
+SELECT payledger.balance(acc('cara')) AS cara_before \gset
+INSERT INTO t_p VALUES ('o1', t_buy());
+SELECT count(*) > 0 AS claimed FROM jsonb_array_elements(payledger.worker_claim(10));
+SELECT t_apply(id, '{"op": "create", "ok": true, "external_id": "ee11", "payment_hash": "ee11ee11ee11ee11ee11ee11ee11ee11ee11ee11ee11ee11ee11ee11ee11ee11"}')
+  FROM t_p WHERE name = 'o1';
+SELECT t_apply(id, '{"op": "check", "status": "paid", "received": 31500}') FROM t_p WHERE name = 'o1';
+SELECT t_apply(id, '{"op": "check", "status": "paid", "received": 31500}') AS again FROM t_p WHERE name = 'o1';
+SELECT t_pstate(t_p.id), i.amount, i.amount_received, j.kind FROM t_p JOIN payledger.invoices i ON i.payin_id = t_p.id
+  JOIN payledger.journals j ON j.id = i.overpay_journal WHERE name = 'o1';
+SELECT payledger.balance(acc('cara')) - :cara_before AS cara_paid_net;   -- 70,000 from her balance, 1,500 back
+SELECT payload ->> 'excess' AS excess, payload ->> 'to' AS to_whom FROM payledger.events WHERE topic = 'invoice.overpaid';
+UPDATE payledger.providers SET config = config || '{"overpayment": "suspense"}' WHERE name = 'lnbits';
+INSERT INTO t_p VALUES ('o2', t_buy());
+SELECT count(*) > 0 AS claimed FROM jsonb_array_elements(payledger.worker_claim(10));
+SELECT t_apply(id, '{"op": "create", "ok": true, "external_id": "ee22", "payment_hash": "ee22ee22ee22ee22ee22ee22ee22ee22ee22ee22ee22ee22ee22ee22ee22ee22"}')
+  FROM t_p WHERE name = 'o2';
+SELECT t_apply(id, '{"op": "check", "status": "paid", "received": 30700}') FROM t_p WHERE name = 'o2';
+SELECT payledger.balance(payledger.account_id('payledger', 'msat', 'suspense', 'overpayments')) AS in_suspense;
+UPDATE payledger.providers SET config = config - 'overpayment' WHERE name = 'lnbits';
+
+---------------------------------------------------------------------------
 -- Events, views, invariants
 ---------------------------------------------------------------------------
 SELECT topic, count(*) FROM payledger.events WHERE id > :ev0 GROUP BY topic ORDER BY topic;
