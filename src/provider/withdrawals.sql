@@ -27,7 +27,10 @@ $$;
 
 -- Withdraw: pay `destination` (a BOLT11 with an amount) from the payer's
 -- balances, in the order of `accounts` (default: the payer's main account),
--- with at most `max_fee` of routing fee. The pay-out types WITHDRAWAL and
+-- with at most `max_fee` of routing fee, at `provider`, or at the provider
+-- that settled the pay-in `via_payin` (Keysat's tips: paid out through the
+-- provider the purchase came in by), else the type's route or the default
+-- profile's. The pay-out types WITHDRAWAL and
 -- ROUTING_FEE must be registered, and `payin_type` must be a withdrawal type.
 -- Idempotent with `idempotency_key` (a repeat returns the first withdrawal).
 CREATE FUNCTION payledger.withdraw(
@@ -40,12 +43,14 @@ CREATE FUNCTION payledger.withdraw(
     provider        uuid DEFAULT NULL,
     idempotency_key text DEFAULT NULL,
     metadata        jsonb DEFAULT NULL,
+    via_payin       uuid DEFAULT NULL,
     OUT withdrawal_id uuid, OUT payin_id uuid, OUT state payledger.payin_state, OUT amount bigint,
     OUT payment_hash text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     d record;
     pr payledger.providers;
+    chosen uuid := provider;
     clearing uuid;
     methods jsonb;
     p record;
@@ -71,14 +76,29 @@ BEGIN
         RAISE EXCEPTION 'the destination invoice has expired' USING ERRCODE = 'PL035',
             DETAIL = format('it expired at %s', d.expires_at);
     END IF;
-    IF withdraw.provider IS NOT NULL AND NOT EXISTS (SELECT 1 FROM payledger.providers x WHERE x.id = withdraw.provider) THEN
-        RAISE EXCEPTION 'unknown provider %', provider USING ERRCODE = 'PL028';
+    IF via_payin IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM payledger.payins y WHERE y.id = via_payin) THEN
+            RAISE EXCEPTION 'unknown pay-in %', via_payin USING ERRCODE = 'PL019';
+        END IF;
+        SELECT i.provider_id INTO chosen FROM payledger.invoices i WHERE i.payin_id = via_payin AND i.status = 'paid';
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'pay-in % was not paid by an invoice of payledger''s', via_payin USING ERRCODE = 'PL029';
+        END IF;
+        IF withdraw.provider IS NOT NULL AND withdraw.provider <> chosen THEN
+            RAISE EXCEPTION 'give provider or via_payin, not both' USING ERRCODE = '22023';
+        END IF;
+    END IF;
+    IF chosen IS NOT NULL AND NOT EXISTS (SELECT 1 FROM payledger.providers x WHERE x.id = chosen) THEN
+        RAISE EXCEPTION 'unknown provider %', chosen USING ERRCODE = 'PL028';
     END IF;
     SELECT * INTO pr FROM payledger.providers x
-     WHERE x.id = payledger_internal.pick_payer_provider(withdraw.payin_type, withdraw.asset, withdraw.provider);
-    IF NOT FOUND THEN
+     WHERE x.id = payledger_internal.pick_payer_provider(withdraw.payin_type, withdraw.asset, chosen);
+    IF NOT FOUND AND chosen IS NOT NULL THEN
+        RAISE EXCEPTION 'provider % cannot pay withdrawals in %', chosen, withdraw.asset USING ERRCODE = 'PL028',
+            HINT = 'an active lnbits provider with an "admin_key" in its credentials pays withdrawals';
+    ELSIF NOT FOUND THEN
         RAISE EXCEPTION 'no active provider can pay % withdrawals in %', withdraw.payin_type, withdraw.asset USING ERRCODE = 'PL028',
-            HINT = 'an lnbits provider with an "admin_key" in its credentials pays withdrawals';
+            HINT = 'an active lnbits provider with an "admin_key" in its credentials pays withdrawals';
     END IF;
     IF d.network <> coalesce(pr.config ->> 'network', 'bitcoin') THEN
         RAISE EXCEPTION 'the destination invoice is for %, the provider pays on %', d.network,
@@ -122,7 +142,7 @@ BEGIN
 END;
 $$;
 GRANT EXECUTE ON FUNCTION
-    payledger.withdraw(text, text, text, bigint, jsonb, text, uuid, text, jsonb)
+    payledger.withdraw(text, text, text, bigint, jsonb, text, uuid, text, jsonb, uuid)
 TO payledger_app;
 
 -- When to look a payment up again: soon while it is young, then rarely.

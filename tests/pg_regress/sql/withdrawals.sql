@@ -107,6 +107,30 @@ SELECT withdrawal_id AS w5 FROM payledger.withdraw('alice', 'msat', t_invoice(10
 SELECT withdrawal_id = :'w5' AS same FROM payledger.withdraw('alice', 'msat', t_invoice(10000, 'p5'), 0, idempotency_key => 'wd-5');
 SELECT count(*) AS withdrawals_of_p5 FROM payledger.withdrawals WHERE payment_hash = encode(sha256('p5'::bytea), 'hex');
 
+-- a tip through the provider the purchase came in by (via_payin)
+INSERT INTO t_acc VALUES ('shop', payledger.open_account('shop', 'msat', 'revenue'));
+CREATE FUNCTION t_purchase(provider text, hash text) RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE p uuid;
+BEGIN
+  SELECT payin_id INTO p FROM payledger.create_payin('bob', 'ZAP', 'msat', 50000, '[{"external": "invoice"}]',
+    jsonb_build_array(jsonb_build_object('type', 'WITHDRAWAL', 'account', acc('shop'), 'amount', 50000)));
+  PERFORM payledger.request_invoice(p, (SELECT id FROM payledger.providers WHERE name = provider));
+  PERFORM payledger.worker_claim(10);
+  PERFORM payledger.invoice_apply(i.id, jsonb_build_object('op', 'create', 'ok', true, 'external_id', hash, 'payment_hash', hash))
+     FROM payledger.invoices i WHERE i.payin_id = p;
+  PERFORM payledger.invoice_apply(i.id, '{"op": "check", "status": "paid"}') FROM payledger.invoices i WHERE i.payin_id = p;
+  RETURN p;
+END $$;
+SELECT t_purchase('ln-out', repeat('ab', 32)) AS bought_out, t_purchase('ln-in', repeat('cd', 32)) AS bought_in \gset
+SELECT withdrawal_id AS tip FROM payledger.withdraw('alice', 'msat', t_invoice(8000, 't1'), 0, via_payin => :'bought_out') \gset
+SELECT pr.name AS paid_at FROM payledger.withdrawals w JOIN payledger.providers pr ON pr.id = w.provider_id WHERE w.id = :'tip';
+SELECT t_try(format('SELECT withdrawal_id FROM payledger.withdraw(%L, %L, t_invoice(8000, %L), 0, via_payin => %L)',
+                    'alice', 'msat', 't2', :'bought_in'));
+SELECT t_try(format('SELECT withdrawal_id FROM payledger.withdraw(%L, %L, t_invoice(8000, %L), 0, via_payin => %L)',
+                    'alice', 'msat', 't3', gen_random_uuid()));
+SELECT t_try(format('SELECT withdrawal_id FROM payledger.withdraw(%L, %L, t_invoice(8000, %L), 0, provider => %L, via_payin => %L)',
+                    'alice', 'msat', 't4', (SELECT id FROM payledger.providers WHERE name = 'ln-in'), :'bought_out'));
+
 -- the end user sees her withdrawals; the backend may withdraw
 SELECT t_invoice(10000, 'p6') AS inv6 \gset
 SET ROLE payledger_app;
