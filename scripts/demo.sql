@@ -1,5 +1,6 @@
--- payledger demo: the ledger core, pay-ins and pay-outs, a NIP-90 job, and a
--- pay-in settled by the background worker at a local LNbits. Run by
+-- payledger demo: the ledger core, pay-ins and pay-outs, a NIP-90 job, a
+-- pay-in settled and a withdrawal paid by the background worker at a local
+-- LNbits, prepaid credits. Run by
 -- scripts/demo.sh against a throwaway cluster (it sets lnbits_url,
 -- lnbits_inkey and demo_dir, and LNBITS_URL, LNBITS_PAYKEY, DEMO_DIR for curl).
 \pset footer off
@@ -205,6 +206,37 @@ SELECT status, amount_received, paid_at IS NOT NULL AS paid FROM payledger.invoi
 SELECT to_state, from_state FROM payledger.payin_history WHERE payin_id = :'worker_payin' ORDER BY at;
 SELECT topic, payload ->> 'state' AS state FROM payledger.events WHERE subject_id = :'worker_payin';
 SELECT backend_type, application_name FROM pg_stat_activity WHERE backend_type = 'payledger worker';
+
+\echo '=== money out: the operator withdraws 20,000 sat of its revenue to a wallet at LNbits ==='
+\echo '--- the provider may now pay (its admin key, in the admin-only table), and the withdrawal types'
+SELECT payledger.set_provider_credentials(id, jsonb_build_object('invoice_key', :'lnbits_inkey', 'admin_key', :'lnbits_admin'))
+  FROM payledger.providers WHERE name = 'lnbits';
+SELECT payledger.register_payin_type('WITHDRAWAL', 'withdrawal', allow_external => false, withdrawal => true, max_retries => 0);
+SELECT payledger.register_payout_type('WITHDRAWAL', 'withdrawal'), payledger.register_payout_type('ROUTING_FEE', 'routing fee');
+\echo '--- the destination: an invoice of the other LNbits wallet'
+\! curl -sf -X POST "$LNBITS_URL/api/v1/payments" -H "X-Api-Key: $LNBITS_PAYER_INKEY" -H 'Content-Type: application/json' -d '{"out": false, "amount": 20000, "memo": "operator withdrawal"}' | jq -r .bolt11 > "$DEMO_DIR/withdrawal"
+\set QUIET on
+SELECT pg_read_file(:'demo_dir' || '/withdrawal') AS wd_bolt11 \gset
+\set QUIET off
+\echo '--- withdraw, with at most 10 sat of routing fee: amount and budget wait in escrow'
+SELECT withdrawal_id AS wd, state, amount FROM payledger.withdraw('operator', 'msat', trim(E'\n' FROM :'wd_bolt11'), 10000,
+  jsonb_build_array(jsonb_build_object('account', :'revenue'))) \gset
+SELECT :'state' AS state, :amount AS amount_msat;
+CREATE FUNCTION demo_wait_withdrawal(w uuid) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1..120 LOOP
+    IF (SELECT status FROM payledger.withdrawals WHERE id = w) IN ('succeeded', 'failed') THEN
+      RETURN (SELECT status::text FROM payledger.withdrawals WHERE id = w);
+    END IF;
+    PERFORM pg_sleep(0.25);
+  END LOOP;
+  RETURN 'still ' || (SELECT status FROM payledger.withdrawals WHERE id = w);
+END $$;
+\echo 'the worker pays it at LNbits (recorded as sent before the call: never paid twice); PAID, the unused fee back:'
+SELECT demo_wait_withdrawal(:'wd') AS withdrawal;
+SELECT w.status, p.state, w.amount, w.fee, w.attempts FROM payledger.withdrawals w JOIN payledger.payins p ON p.id = w.payin_id
+ WHERE w.id = :'wd';
+SELECT payledger.format_amount('msat', payledger.balance(:'revenue')) AS operator_revenue_left;
 
 \echo '=== prepaid credits: a storage package, metering past the plan, blocking per metric ==='
 SELECT payledger.credits_configure();
