@@ -51,13 +51,7 @@ for round in $(seq 1 "$ROUNDS"); do
   kill -KILL "$(head -1 "$DIR/data/postmaster.pid")"
   touch "$DIR/stop"
   wait "${pids[@]}" 2>/dev/null || true
-  # the orphaned backends notice and exit; until then the old shared memory
-  # is in use and the server refuses to start
-  for try in $(seq 1 60); do
-    as_pg "$PG_BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null 2>&1 && break
-    [ "$try" = 60 ] && fail "round $round: the server did not start again"
-    sleep 0.5
-  done
+  restart_after_crash "$round"
   # the worker catches up: invoices opened and checked again, paid ones settled
   ticks=$(q "SELECT ticks FROM payledger.worker_status")
   for _ in $(seq 1 60); do

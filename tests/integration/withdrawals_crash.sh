@@ -106,11 +106,7 @@ for round in $(seq 1 "$ROUNDS"); do
   kill -KILL "$(head -1 "$DIR/data/postmaster.pid")"
   touch "$DIR/stop"
   wait "${pids[@]}" 2>/dev/null || true
-  for try in $(seq 1 60); do
-    as_pg "$PG_BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null 2>&1 && break
-    [ "$try" = 60 ] && fail "round $round: the server did not start again"
-    sleep 0.5
-  done
+  restart_after_crash "$round"
   # the worker settles what is left: payments it did not see are looked up
   # (one LNbits does not know counts as never sent only after 62 s)
   for _ in $(seq 1 240); do
