@@ -474,18 +474,20 @@ CREATE SCHEMA IF NOT EXISTS payledger_internal;
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."transfer_journal"(
-	"from_account" uuid, /* Option < Uuid > */
-	"to_account" uuid, /* Option < Uuid > */
-	"amount" bigint, /* Option < i64 > */
-	"idempotency_key" TEXT, /* Option < String > */
-	"metadata" jsonb, /* Option < JsonArg > */
-	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
-	"kind" TEXT /* Option < String > */
-) RETURNS uuid /* Option < Uuid > */
+CREATE  FUNCTION payledger_internal."engine_batch"(
+	"items" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"item" INT,  /* i32 */
+	"status" TEXT,  /* & '_ str */
+	"journal_id" uuid,  /* Option < Uuid > */
+	"hold_id" uuid,  /* Option < Uuid > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
+AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
 
 -- src/payin/mod.rs
 /* </end connected objects> */
@@ -509,13 +511,45 @@ AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."json_readable"(
-	"value" jsonb /* JsonArg */
-) RETURNS bool /* bool */
-IMMUTABLE STRICT PARALLEL SAFE 
+CREATE  FUNCTION payledger_internal."webhook_verify_core"(
+	"kind" TEXT, /* & str */
+	"secret" TEXT, /* Option < & str > */
+	"headers" jsonb, /* JsonArg */
+	"body" TEXT /* & str */
+) RETURNS TABLE (
+	"sqlstate" TEXT,  /* Option < String > */
+	"message" TEXT,  /* Option < String > */
+	"reference" TEXT,  /* Option < String > */
+	"event" TEXT,  /* Option < String > */
+	"signed" bool,  /* Option < bool > */
+	"action" TEXT,  /* Option < String > */
+	"received" bigint,  /* Option < i64 > */
+	"note" TEXT  /* Option < String > */
+)
+STABLE PARALLEL SAFE 
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'json_readable_wrapper';
+AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
+
+-- src/ledger/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."engine_batch_as"(
+	"module" TEXT, /* Option < String > */
+	"items" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"item" INT,  /* i32 */
+	"status" TEXT,  /* & '_ str */
+	"journal_id" uuid,  /* Option < Uuid > */
+	"hold_id" uuid,  /* Option < Uuid > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
 
 -- src/payin/mod.rs
 /* </end connected objects> */
@@ -551,66 +585,7 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'payin_create_core_wrapper';
 
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."webhook_verify_core"(
-	"kind" TEXT, /* & str */
-	"secret" TEXT, /* Option < & str > */
-	"headers" jsonb, /* JsonArg */
-	"body" TEXT /* & str */
-) RETURNS TABLE (
-	"sqlstate" TEXT,  /* Option < String > */
-	"message" TEXT,  /* Option < String > */
-	"reference" TEXT,  /* Option < String > */
-	"event" TEXT,  /* Option < String > */
-	"signed" bool,  /* Option < bool > */
-	"action" TEXT,  /* Option < String > */
-	"received" bigint,  /* Option < i64 > */
-	"note" TEXT  /* Option < String > */
-)
-STABLE PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
-
 -- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_batch"(
-	"items" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"item" INT,  /* i32 */
-	"status" TEXT,  /* & '_ str */
-	"journal_id" uuid,  /* Option < Uuid > */
-	"hold_id" uuid,  /* Option < Uuid > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_batch_as"(
-	"module" TEXT, /* Option < String > */
-	"items" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"item" INT,  /* i32 */
-	"status" TEXT,  /* & '_ str */
-	"journal_id" uuid,  /* Option < Uuid > */
-	"hold_id" uuid,  /* Option < Uuid > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -622,6 +597,35 @@ CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
+
+-- src/provider/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."json_readable"(
+	"value" jsonb /* JsonArg */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'json_readable_wrapper';
+
+-- src/ledger/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."transfer_journal"(
+	"from_account" uuid, /* Option < Uuid > */
+	"to_account" uuid, /* Option < Uuid > */
+	"amount" bigint, /* Option < i64 > */
+	"idempotency_key" TEXT, /* Option < String > */
+	"metadata" jsonb, /* Option < JsonArg > */
+	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"kind" TEXT /* Option < String > */
+) RETURNS uuid /* Option < Uuid > */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -4115,6 +4119,38 @@ BEGIN
     RAISE EXCEPTION 'unknown withdrawal result %', result USING ERRCODE = '22023';
 END;
 $$;
+-- A pay-in of a withdrawal moves only by what came of its payment: a
+-- handler of the pay-in lifecycle, run in the state trigger before the move.
+-- While the payment may be under way (unknown, pending) the pay-in may not
+-- move (PL020), by the application or anyone: refunding it then could pay
+-- the money out twice. One not sent yet (sending) may still be failed or
+-- cancelled, and then it never will be sent. withdrawal_apply settles the
+-- withdrawal's row first, so its own move goes through.
+CREATE OR REPLACE FUNCTION payledger_internal.withdrawal_payin_lock(p payledger.payins)
+RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    w payledger.withdrawals;
+BEGIN
+    IF NOT p.metadata ? 'withdrawal' THEN
+        RETURN;
+    END IF;
+    SELECT * INTO w FROM payledger.withdrawals x WHERE x.payin_id = p.id FOR UPDATE;
+    IF NOT FOUND OR w.status IN ('succeeded', 'failed') THEN
+        RETURN;
+    END IF;
+    IF w.status = 'sending' AND p.state IN ('FAILED', 'CANCELLED') THEN
+        UPDATE payledger.withdrawals x
+           SET status = 'failed', settled_at = now(), next_check_at = NULL, locked_until = NULL,
+               last_error = 'its pay-in ended before it was sent', updated_at = now()
+         WHERE x.id = w.id;
+        RETURN;
+    END IF;
+    RAISE EXCEPTION 'pay-in % is a withdrawal being paid at its provider (%): only the payment''s outcome moves it',
+        p.id, w.status USING ERRCODE = 'PL020';
+END;
+$$;
+SELECT payledger_internal.register_payin_handler('provider', 'lock', 300, '{PAID,FAILED,CANCELLED}',
+                                                 'payledger_internal.withdrawal_payin_lock(payledger.payins)');
 CREATE OR REPLACE FUNCTION payledger_internal.withdrawal_invariants()
 RETURNS TABLE (invariant text, subject text, detail text)
 LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$

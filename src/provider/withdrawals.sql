@@ -238,6 +238,39 @@ BEGIN
 END;
 $$;
 
+-- A pay-in of a withdrawal moves only by what came of its payment: a
+-- handler of the pay-in lifecycle, run in the state trigger before the move.
+-- While the payment may be under way (unknown, pending) the pay-in may not
+-- move (PL020), by the application or anyone: refunding it then could pay
+-- the money out twice. One not sent yet (sending) may still be failed or
+-- cancelled, and then it never will be sent. withdrawal_apply settles the
+-- withdrawal's row first, so its own move goes through.
+CREATE FUNCTION payledger_internal.withdrawal_payin_lock(p payledger.payins)
+RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    w payledger.withdrawals;
+BEGIN
+    IF NOT p.metadata ? 'withdrawal' THEN
+        RETURN;
+    END IF;
+    SELECT * INTO w FROM payledger.withdrawals x WHERE x.payin_id = p.id FOR UPDATE;
+    IF NOT FOUND OR w.status IN ('succeeded', 'failed') THEN
+        RETURN;
+    END IF;
+    IF w.status = 'sending' AND p.state IN ('FAILED', 'CANCELLED') THEN
+        UPDATE payledger.withdrawals x
+           SET status = 'failed', settled_at = now(), next_check_at = NULL, locked_until = NULL,
+               last_error = 'its pay-in ended before it was sent', updated_at = now()
+         WHERE x.id = w.id;
+        RETURN;
+    END IF;
+    RAISE EXCEPTION 'pay-in % is a withdrawal being paid at its provider (%): only the payment''s outcome moves it',
+        p.id, w.status USING ERRCODE = 'PL020';
+END;
+$$;
+SELECT payledger_internal.register_payin_handler('provider', 'lock', 300, '{PAID,FAILED,CANCELLED}',
+                                                 'payledger_internal.withdrawal_payin_lock(payledger.payins)');
+
 CREATE FUNCTION payledger_internal.withdrawal_invariants()
 RETURNS TABLE (invariant text, subject text, detail text)
 LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$

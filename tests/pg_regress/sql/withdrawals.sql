@@ -102,6 +102,20 @@ SELECT op FROM t_claims();
 SELECT t_apply(:'w4', '{"op": "lookup", "status": "not_found"}') AS applied;
 SELECT t_w(:'w4'), last_error FROM payledger.withdrawals WHERE id = :'w4';
 
+-- while its payment may be under way, nobody moves the pay-in (a refund then
+-- could pay the money out twice); one not sent yet may be cancelled, and is
+-- then never sent
+SELECT withdrawal_id AS w6 FROM payledger.withdraw('alice', 'msat', t_invoice(9000, 'p6b'), 0) \gset
+SELECT payin_id AS w6p FROM payledger.withdrawals WHERE id = :'w6' \gset
+SELECT op FROM t_claims();
+SELECT t_try(format('SELECT changed FROM payledger.fail_payin(%L, %L)', :'w6p', 'USER_CANCELLED'));
+SELECT t_try(format('SELECT changed FROM payledger.settle_payin(%L)', :'w6p'));
+SELECT t_w(:'w6');
+SELECT withdrawal_id AS w7 FROM payledger.withdraw('alice', 'msat', t_invoice(9000, 'p7b'), 0) \gset
+SELECT changed FROM payledger.fail_payin((SELECT payin_id FROM payledger.withdrawals WHERE id = :'w7'), 'USER_CANCELLED');
+SELECT t_w(:'w7'), last_error FROM payledger.withdrawals WHERE id = :'w7';
+SELECT count(*) AS to_pay FROM t_claims() WHERE op = 'pay';
+
 -- idempotent: the same key returns the same withdrawal
 SELECT withdrawal_id AS w5 FROM payledger.withdraw('alice', 'msat', t_invoice(10000, 'p5'), 0, idempotency_key => 'wd-5') \gset
 SELECT withdrawal_id = :'w5' AS same FROM payledger.withdraw('alice', 'msat', t_invoice(10000, 'p5'), 0, idempotency_key => 'wd-5');
