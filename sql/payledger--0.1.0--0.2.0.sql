@@ -474,7 +474,8 @@ CREATE SCHEMA IF NOT EXISTS payledger_internal;
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_batch"(
+CREATE  FUNCTION payledger_internal."engine_batch_as"(
+	"module" TEXT, /* Option < String > */
 	"items" jsonb /* Option < JsonArg > */
 ) RETURNS TABLE (
 	"item" INT,  /* i32 */
@@ -487,27 +488,34 @@ CREATE  FUNCTION payledger_internal."engine_batch"(
 )
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
-
--- src/payin/mod.rs
+AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."split_payouts_core"(
-	"rule" TEXT, /* String */
-	"cost" bigint, /* i64 */
-	"payees" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"payouts" jsonb,  /* Option < JsonB > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-STABLE PARALLEL SAFE 
+CREATE  FUNCTION payledger_internal."transfer_journal"(
+	"from_account" uuid, /* Option < Uuid > */
+	"to_account" uuid, /* Option < Uuid > */
+	"amount" bigint, /* Option < i64 > */
+	"idempotency_key" TEXT, /* Option < String > */
+	"metadata" jsonb, /* Option < JsonArg > */
+	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"kind" TEXT /* Option < String > */
+) RETURNS uuid /* Option < Uuid > */
+VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
+AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
 
 -- src/provider/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."json_readable"(
+	"value" jsonb /* JsonArg */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'json_readable_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -535,21 +543,14 @@ AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_batch_as"(
-	"module" TEXT, /* Option < String > */
-	"items" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"item" INT,  /* i32 */
-	"status" TEXT,  /* & '_ str */
-	"journal_id" uuid,  /* Option < Uuid > */
-	"hold_id" uuid,  /* Option < Uuid > */
+CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
 	"sqlstate" TEXT,  /* Option < & '_ str > */
 	"message" TEXT,  /* Option < String > */
 	"detail" TEXT  /* Option < String > */
 )
-VOLATILE PARALLEL UNSAFE 
+STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
+AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
 
 -- src/payin/mod.rs
 /* </end connected objects> */
@@ -584,48 +585,41 @@ CREATE  FUNCTION payledger_internal."payin_create_core"(
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'payin_create_core_wrapper';
-
--- src/ledger/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
+CREATE  FUNCTION payledger_internal."split_payouts_core"(
+	"rule" TEXT, /* String */
+	"cost" bigint, /* i64 */
+	"payees" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"payouts" jsonb,  /* Option < JsonB > */
 	"sqlstate" TEXT,  /* Option < & '_ str > */
 	"message" TEXT,  /* Option < String > */
 	"detail" TEXT  /* Option < String > */
 )
-STRICT VOLATILE PARALLEL UNSAFE 
+STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
-
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."json_readable"(
-	"value" jsonb /* JsonArg */
-) RETURNS bool /* bool */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'json_readable_wrapper';
+AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
 
 -- src/ledger/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."transfer_journal"(
-	"from_account" uuid, /* Option < Uuid > */
-	"to_account" uuid, /* Option < Uuid > */
-	"amount" bigint, /* Option < i64 > */
-	"idempotency_key" TEXT, /* Option < String > */
-	"metadata" jsonb, /* Option < JsonArg > */
-	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
-	"kind" TEXT /* Option < String > */
-) RETURNS uuid /* Option < Uuid > */
+CREATE  FUNCTION payledger_internal."engine_batch"(
+	"items" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"item" INT,  /* i32 */
+	"status" TEXT,  /* & '_ str */
+	"journal_id" uuid,  /* Option < Uuid > */
+	"hold_id" uuid,  /* Option < Uuid > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
+AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -4010,13 +4004,20 @@ BEGIN
         SELECT x.* INTO w FROM payledger.withdrawals x WHERE x.payin_id = p.payin_id;
     END IF;
     IF w.id IS NULL THEN
-        INSERT INTO payledger.withdrawals AS x (id, payin_id, provider_id, destination, payment_hash, amount, max_fee,
-                                               refund_account, next_check_at)
-        VALUES (payledger.new_id(), p.payin_id, pr.id, withdraw.destination, d.payment_hash, d.amount_msat, withdraw.max_fee,
-                (SELECT l.account_id FROM payledger.payin_legs l
-                  WHERE l.payin_id = p.payin_id AND l.method = 'custodial' ORDER BY l.seq LIMIT 1),
-                now())
-        RETURNING x.* INTO w;
+        -- (two withdrawals of one invoice at once: the second waits here on
+        -- the first's index entry, and fails as the check above would have)
+        BEGIN
+            INSERT INTO payledger.withdrawals AS x (id, payin_id, provider_id, destination, payment_hash, amount, max_fee,
+                                                   refund_account, next_check_at)
+            VALUES (payledger.new_id(), p.payin_id, pr.id, withdraw.destination, d.payment_hash, d.amount_msat,
+                    withdraw.max_fee,
+                    (SELECT l.account_id FROM payledger.payin_legs l
+                      WHERE l.payin_id = p.payin_id AND l.method = 'custodial' ORDER BY l.seq LIMIT 1),
+                    now())
+            RETURNING x.* INTO w;
+        EXCEPTION WHEN unique_violation THEN
+            RAISE EXCEPTION 'a withdrawal already pays the invoice %', d.payment_hash USING ERRCODE = 'PL036';
+        END;
     END IF;
     withdrawal_id := w.id;
     payin_id := w.payin_id;

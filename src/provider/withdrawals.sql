@@ -126,13 +126,20 @@ BEGIN
         SELECT x.* INTO w FROM payledger.withdrawals x WHERE x.payin_id = p.payin_id;
     END IF;
     IF w.id IS NULL THEN
-        INSERT INTO payledger.withdrawals AS x (id, payin_id, provider_id, destination, payment_hash, amount, max_fee,
-                                               refund_account, next_check_at)
-        VALUES (payledger.new_id(), p.payin_id, pr.id, withdraw.destination, d.payment_hash, d.amount_msat, withdraw.max_fee,
-                (SELECT l.account_id FROM payledger.payin_legs l
-                  WHERE l.payin_id = p.payin_id AND l.method = 'custodial' ORDER BY l.seq LIMIT 1),
-                now())
-        RETURNING x.* INTO w;
+        -- (two withdrawals of one invoice at once: the second waits here on
+        -- the first's index entry, and fails as the check above would have)
+        BEGIN
+            INSERT INTO payledger.withdrawals AS x (id, payin_id, provider_id, destination, payment_hash, amount, max_fee,
+                                                   refund_account, next_check_at)
+            VALUES (payledger.new_id(), p.payin_id, pr.id, withdraw.destination, d.payment_hash, d.amount_msat,
+                    withdraw.max_fee,
+                    (SELECT l.account_id FROM payledger.payin_legs l
+                      WHERE l.payin_id = p.payin_id AND l.method = 'custodial' ORDER BY l.seq LIMIT 1),
+                    now())
+            RETURNING x.* INTO w;
+        EXCEPTION WHEN unique_violation THEN
+            RAISE EXCEPTION 'a withdrawal already pays the invoice %', d.payment_hash USING ERRCODE = 'PL036';
+        END;
     END IF;
     withdrawal_id := w.id;
     payin_id := w.payin_id;
