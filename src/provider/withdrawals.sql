@@ -203,7 +203,14 @@ BEGIN
         SELECT o.account_id INTO clearing FROM payledger.payouts o WHERE o.payin_id = w.payin_id ORDER BY o.seq LIMIT 1;
         refund := w.max_fee - paid_fee;
         IF refund > 0 THEN
-            j := (payledger_internal.apply_one(jsonb_build_object('from', clearing, 'to', w.refund_account,
+            -- (to suspense when the payer closed that account meanwhile: the
+            -- payment is made, and its booking must not fail)
+            j := (payledger_internal.apply_one(jsonb_build_object('from', clearing,
+                    'to', CASE WHEN (SELECT a.closed_at IS NULL FROM payledger.accounts a WHERE a.id = w.refund_account)
+                               THEN w.refund_account
+                               ELSE payledger_internal.open_account_as(NULL, 'payledger',
+                                        (SELECT y.asset FROM payledger.payins y WHERE y.id = w.payin_id),
+                                        'suspense', 'unclaimed_refunds', false, NULL, NULL) END,
                     'amount', refund, 'kind', 'withdrawal_fee_refund',
                     'metadata', jsonb_build_object('payin', w.payin_id, 'withdrawal', w.id)))).journal_id;
         ELSIF refund < 0 THEN

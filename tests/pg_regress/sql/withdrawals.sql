@@ -116,6 +116,17 @@ SELECT changed FROM payledger.fail_payin((SELECT payin_id FROM payledger.withdra
 SELECT t_w(:'w7'), last_error FROM payledger.withdrawals WHERE id = :'w7';
 SELECT count(*) AS to_pay FROM t_claims() WHERE op = 'pay';
 
+-- the payer closes the account it paid from while the payment is under way:
+-- the budget's rest goes to suspense, the booking does not fail
+SELECT payledger.open_account('alice', 'msat', 'user', 'spare') AS spare \gset
+SELECT payledger.transfer(acc('alice'), :'spare', 11000) IS NOT NULL AS moved;
+SELECT withdrawal_id AS w8 FROM payledger.withdraw('alice', 'msat', t_invoice(10000, 'p8b'), 1000,
+  jsonb_build_array(jsonb_build_object('account', :'spare'))) \gset
+SELECT payledger.close_account(:'spare') IS NOT NULL AS closed;
+SELECT op FROM t_claims() WHERE op = 'pay';
+SELECT t_apply(:'w8', '{"op": "pay", "status": "succeeded", "fee": 200}') AS applied;
+SELECT t_w(:'w8'), payledger.balance(payledger.account_id('payledger', 'msat', 'suspense', 'unclaimed_refunds')) AS in_suspense;
+
 -- idempotent: the same key returns the same withdrawal
 SELECT withdrawal_id AS w5 FROM payledger.withdraw('alice', 'msat', t_invoice(10000, 'p5'), 0, idempotency_key => 'wd-5') \gset
 SELECT withdrawal_id = :'w5' AS same FROM payledger.withdraw('alice', 'msat', t_invoice(10000, 'p5'), 0, idempotency_key => 'wd-5');
