@@ -45,6 +45,8 @@ fn lnbits_outcome(p: &Value, paid: bool) -> Outcome {
     match status {
         "success" => Outcome::Succeeded {
             fee: p.get("fee").and_then(Value::as_i64).unwrap_or(0).abs(),
+            // (LNbits' FakeWallet reports 64 zeros when it has no preimage:
+            // none, not a preimage)
             preimage: p
                 .get("preimage")
                 .and_then(Value::as_str)
@@ -160,7 +162,7 @@ mod tests {
             lnbits_outcome(&json!({"status": "failed"}), false),
             Outcome::Failed(_)
         ));
-        // an unpaid payment's preimage is all zeros in LNbits: none
+        // 64 zeros (FakeWallet without a preimage): none
         let zeros = json!({"status": "success", "fee": 0, "preimage": "0".repeat(64)});
         assert_eq!(
             lnbits_outcome(&zeros, true),
