@@ -474,6 +474,23 @@ CREATE SCHEMA IF NOT EXISTS payledger_internal;
 /* </end connected objects> */
 
 /* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."engine_batch"(
+	"items" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"item" INT,  /* i32 */
+	"status" TEXT,  /* & '_ str */
+	"journal_id" uuid,  /* Option < Uuid > */
+	"hold_id" uuid,  /* Option < Uuid > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
 CREATE  FUNCTION payledger_internal."engine_batch_as"(
 	"module" TEXT, /* Option < String > */
 	"items" jsonb /* Option < JsonArg > */
@@ -489,58 +506,18 @@ CREATE  FUNCTION payledger_internal."engine_batch_as"(
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
+
+-- src/provider/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_batch"(
-	"items" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"item" INT,  /* i32 */
-	"status" TEXT,  /* & '_ str */
-	"journal_id" uuid,  /* Option < Uuid > */
-	"hold_id" uuid,  /* Option < Uuid > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-VOLATILE PARALLEL UNSAFE 
+CREATE  FUNCTION payledger_internal."json_readable"(
+	"value" jsonb /* JsonArg */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
-
--- src/payin/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."split_payouts_core"(
-	"rule" TEXT, /* String */
-	"cost" bigint, /* i64 */
-	"payees" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"payouts" jsonb,  /* Option < JsonB > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
-
--- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."transfer_journal"(
-	"from_account" uuid, /* Option < Uuid > */
-	"to_account" uuid, /* Option < Uuid > */
-	"amount" bigint, /* Option < i64 > */
-	"idempotency_key" TEXT, /* Option < String > */
-	"metadata" jsonb, /* Option < JsonArg > */
-	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
-	"kind" TEXT /* Option < String > */
-) RETURNS uuid /* Option < Uuid > */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
+AS 'MODULE_PATHNAME', 'json_readable_wrapper';
 
 -- src/payin/mod.rs
 /* </end connected objects> */
@@ -588,6 +565,65 @@ CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
+
+-- src/payin/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."split_payouts_core"(
+	"rule" TEXT, /* String */
+	"cost" bigint, /* i64 */
+	"payees" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"payouts" jsonb,  /* Option < JsonB > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
+
+-- src/provider/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."webhook_verify_core"(
+	"kind" TEXT, /* & str */
+	"secret" TEXT, /* Option < & str > */
+	"headers" jsonb, /* JsonArg */
+	"body" TEXT /* & str */
+) RETURNS TABLE (
+	"sqlstate" TEXT,  /* Option < String > */
+	"message" TEXT,  /* Option < String > */
+	"reference" TEXT,  /* Option < String > */
+	"event" TEXT,  /* Option < String > */
+	"signed" bool,  /* Option < bool > */
+	"action" TEXT,  /* Option < String > */
+	"received" bigint,  /* Option < i64 > */
+	"note" TEXT  /* Option < String > */
+)
+STABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
+
+-- src/ledger/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."transfer_journal"(
+	"from_account" uuid, /* Option < Uuid > */
+	"to_account" uuid, /* Option < Uuid > */
+	"amount" bigint, /* Option < i64 > */
+	"idempotency_key" TEXT, /* Option < String > */
+	"metadata" jsonb, /* Option < JsonArg > */
+	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"kind" TEXT /* Option < String > */
+) RETURNS uuid /* Option < Uuid > */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -2967,6 +3003,12 @@ CREATE TABLE payledger.invoices (
     late_journal    uuid,
     -- more received than asked: the excess booked (record_overpayment)
     overpay_journal uuid,
+    -- its pay-in ended (FAILED, CANCELLED) while it was open: requested (the
+    -- worker is to cancel it at the provider), cancelled, too_late (paid
+    -- first: late money), gone (the provider had no such invoice), cannot
+    -- (LNbits, BTCPay: watched for late money until monitor_until instead)
+    cancel          text CHECK (cancel IN ('requested', 'cancelled', 'too_late', 'gone', 'cannot')),
+    cancelled_at    timestamptz,
     -- the worker's bookkeeping
     create_attempts integer NOT NULL DEFAULT 0,
     checks          integer NOT NULL DEFAULT 0,
@@ -2980,12 +3022,16 @@ CREATE TABLE payledger.invoices (
     CONSTRAINT invoice_paid CHECK ((status = 'paid') = (paid_at IS NOT NULL)
                                    AND (status = 'paid') = (amount_received IS NOT NULL)),
     CONSTRAINT invoice_late CHECK (paid_late = (late_journal IS NOT NULL) AND (NOT paid_late OR status = 'paid')),
+    CONSTRAINT invoice_cancelled CHECK ((cancelled_at IS NOT NULL) = (cancel IN ('cancelled', 'gone'))
+                                        AND (cancelled_at IS NULL OR status = 'failed')),
     CONSTRAINT invoice_overpaid CHECK (overpay_journal IS NULL OR (status = 'paid' AND amount_received > amount))
 );
 CREATE UNIQUE INDEX invoices_external_id ON payledger.invoices (provider_id, external_id) WHERE external_id IS NOT NULL;
 CREATE INDEX invoices_payment_hash ON payledger.invoices (payment_hash) WHERE payment_hash IS NOT NULL;
 CREATE INDEX invoices_due_idx ON payledger.invoices (next_check_at) WHERE next_check_at IS NOT NULL;
--- Money out: a withdrawal pay-in's payment of a BOLT11 at a provider.
+-- Money out: a withdrawal pay-in's payment of a BOLT11 at a provider, or
+-- its refund of a card payment (Stripe: destination is the PaymentIntent,
+-- no payment hash).
 --   sending    to be paid at the worker's next claim
 --   unknown    the worker claimed it to pay (recorded before the call): what
 --              came of it is learnt by looking the payment up, never by paying again
@@ -2997,8 +3043,8 @@ CREATE TABLE payledger.withdrawals (
     id             uuid PRIMARY KEY,
     payin_id       uuid NOT NULL UNIQUE REFERENCES payledger.payins (id),
     provider_id    uuid NOT NULL REFERENCES payledger.providers (id),
-    destination    text NOT NULL,          -- the BOLT11 paid
-    payment_hash   text NOT NULL CHECK (payment_hash ~ '^[0-9a-f]{64}$'),
+    destination    text NOT NULL,          -- the BOLT11 paid, or the PaymentIntent refunded
+    payment_hash   text CHECK (payment_hash ~ '^[0-9a-f]{64}$'),
     amount         bigint NOT NULL CHECK (amount > 0),
     max_fee        bigint NOT NULL CHECK (max_fee >= 0),
     -- where the unused fee budget goes back (the payer's first account)
@@ -3051,38 +3097,6 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.subscriptions', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.invoices', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.withdrawals', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.payin_deadlines', '');
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."webhook_verify_core"(
-	"kind" TEXT, /* & str */
-	"secret" TEXT, /* Option < & str > */
-	"headers" jsonb, /* JsonArg */
-	"body" TEXT /* & str */
-) RETURNS TABLE (
-	"sqlstate" TEXT,  /* Option < String > */
-	"message" TEXT,  /* Option < String > */
-	"reference" TEXT,  /* Option < String > */
-	"event" TEXT,  /* Option < String > */
-	"signed" bool,  /* Option < bool > */
-	"action" TEXT,  /* Option < String > */
-	"received" bigint,  /* Option < i64 > */
-	"note" TEXT  /* Option < String > */
-)
-STABLE PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."json_readable"(
-	"value" jsonb /* JsonArg */
-) RETURNS bool /* bool */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'json_readable_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -3434,6 +3448,8 @@ $$;
 --   {"op": "check", "status": "paid", "received", "preimage"}
 --   {"op": "check", "status": "pending" | "expired" | "invalid" | "not_found", "note"}
 --   {"op": "check", "ok": false, "error", "retryable"}
+--   {"op": "cancel", "cancel": "cancelled" | "too_late" | "gone"}
+--   {"op": "cancel", "ok": false, "error", "retryable"}
 -- Returns what it did, in a word.
 CREATE OR REPLACE FUNCTION payledger.invoice_apply(invoice uuid, result jsonb)
 RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
@@ -3493,7 +3509,45 @@ BEGIN
          WHERE i.id = inv.id;
         SELECT * INTO t FROM payledger.transition_payin(inv.payin_id, 'PENDING', NULL,
                                                         coalesce(result ->> 'payment_hash', result ->> 'external_id'));
+        IF t.state IN ('FAILED', 'CANCELLED') THEN
+            -- its pay-in ended while it was being created
+            PERFORM payledger_internal.invoice_cancel_request(x) FROM payledger.payins x WHERE x.id = inv.payin_id;
+        END IF;
         RETURN CASE WHEN t.changed THEN 'created' ELSE 'created_for_' || lower(t.state::text) END;
+    END IF;
+
+    IF result ->> 'op' = 'cancel' THEN
+        IF inv.cancel IS DISTINCT FROM 'requested' THEN
+            UPDATE payledger.invoices i SET locked_until = NULL WHERE i.id = inv.id;
+            RETURN 'ignored';
+        END IF;
+        IF result ->> 'ok' = 'false' THEN
+            -- still requested: tried again after a backoff
+            UPDATE payledger.invoices i
+               SET errors = i.errors + 1, last_error = left('cancelling: ' || (result ->> 'error'), 500),
+                   next_check_at = now() + payledger_internal.backoff(i.errors + 1), locked_until = NULL,
+                   updated_at = now()
+             WHERE i.id = inv.id;
+            RETURN 'cancel_error';
+        END IF;
+        IF result ->> 'cancel' = 'too_late' THEN
+            -- paid before the cancel: the next check books it as late money
+            UPDATE payledger.invoices i
+               SET cancel = 'too_late', errors = 0, next_check_at = now(), locked_until = NULL, updated_at = now()
+             WHERE i.id = inv.id;
+            RETURN 'cancel_too_late';
+        END IF;
+        IF result ->> 'cancel' NOT IN ('cancelled', 'gone') THEN
+            RAISE EXCEPTION 'unknown cancel result %', result USING ERRCODE = '22023';
+        END IF;
+        -- it can no longer be paid: no longer watched
+        UPDATE payledger.invoices i
+           SET cancel = result ->> 'cancel', cancelled_at = now(), status = 'failed', errors = 0,
+               last_error = CASE WHEN result ->> 'cancel' = 'gone' THEN 'the provider has no such invoice (its pay-in ended)'
+                                 ELSE 'cancelled at the provider: its pay-in ended' END,
+               next_check_at = NULL, locked_until = NULL, updated_at = now()
+         WHERE i.id = inv.id;
+        RETURN 'invoice_cancelled';
     END IF;
 
     -- a check (or a webhook's news)
@@ -3586,6 +3640,22 @@ BEGIN
     RAISE EXCEPTION 'unknown invoice result %', result USING ERRCODE = '22023';
 END;
 $$;
+-- A pay-in ended (FAILED, CANCELLED) while its invoice could still be paid:
+-- the worker is to cancel the invoice where the provider can (LND, Core
+-- Lightning, Stripe); an LNbits or BTCPay invoice cannot be cancelled, and
+-- stays watched for late money until monitor_until. A handler of the pay-in
+-- lifecycle, and called by invoice_apply for an invoice created after its
+-- pay-in ended.
+CREATE OR REPLACE FUNCTION payledger_internal.invoice_cancel_request(p payledger.payins)
+RETURNS void LANGUAGE sql SET search_path = payledger, pg_catalog, pg_temp AS $$
+    UPDATE payledger.invoices i
+       SET cancel = CASE WHEN i.provider_kind IN ('lnd_rest', 'cln_rest', 'stripe') THEN 'requested' ELSE 'cannot' END,
+           next_check_at = CASE WHEN i.provider_kind IN ('lnd_rest', 'cln_rest', 'stripe') THEN now() ELSE i.next_check_at END,
+           updated_at = now()
+     WHERE i.payin_id = p.id AND i.status = 'pending' AND i.cancel IS NULL;
+$$;
+SELECT payledger_internal.register_payin_handler('provider', 'reached', 300, '{FAILED,CANCELLED}',
+                                                 'payledger_internal.invoice_cancel_request(payledger.payins)');
 -- Invoices past their deadline: one unpaid past monitoring (or never created
 -- in time) expires (or fails) and fails its pay-in, which gives back its
 -- custodial legs; an expired one past monitoring is no longer watched.
@@ -3888,20 +3958,87 @@ SELECT s.id, s.payin_type, s.asset, s.amount, s.period, s.status, s.renewals, s.
 -- payment up by its hash: a withdrawal is never paid twice, nor refunded
 -- while it may still succeed. See docs/providers.md.
 
+-- The credential a provider pays out with, by kind (NULL: it does not).
+CREATE OR REPLACE FUNCTION payledger_internal.payout_key(kind payledger.provider_kind)
+RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE kind WHEN 'lnbits' THEN 'admin_key' WHEN 'lnd_rest' THEN 'admin_macaroon'
+                     WHEN 'cln_rest' THEN 'pay_rune' WHEN 'stripe' THEN 'secret_key' END;
+$$;
 -- The provider a withdrawal is paid at: the given one, else the type's
 -- route, else the default profile; the first active one, by priority then
--- name, of a kind that pays (lnbits, with an admin key), in the asset.
-CREATE OR REPLACE FUNCTION payledger_internal.pick_payer_provider(payin_type text, asset text, provider uuid)
+-- name, of the rail, in the asset, whose credentials hold its pay-out key.
+CREATE OR REPLACE FUNCTION payledger_internal.pick_payer_provider(payin_type text, asset text, provider uuid,
+                                                       rail text DEFAULT 'invoice')
 RETURNS uuid LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT p.id FROM payledger.providers p JOIN payledger.provider_secrets s ON s.provider_id = p.id
      WHERE (provider IS NULL OR p.id = provider)
        AND (provider IS NOT NULL OR p.profile_id = coalesce(
                (SELECT r.profile_id FROM payledger.payin_routes r WHERE r.payin_type = pick_payer_provider.payin_type),
                (SELECT m.id FROM payledger.merchant_profiles m WHERE m.is_default)))
-       AND p.active AND p.kind = 'lnbits' AND p.rail = 'invoice' AND p.asset = pick_payer_provider.asset
-       AND jsonb_typeof(s.credentials -> 'admin_key') = 'string'
+       AND p.active AND p.rail = pick_payer_provider.rail AND p.asset = pick_payer_provider.asset
+       AND jsonb_typeof(s.credentials -> payledger_internal.payout_key(p.kind)) = 'string'
      ORDER BY p.priority, p.name
      LIMIT 1;
+$$;
+-- The pay-in and the payment row of a withdrawal (withdraw, refund_to_card):
+-- the pay-in costs the amount plus the fee budget, paid from `accounts`
+-- (default: the payer's main account), and pays WITHDRAWAL (and
+-- ROUTING_FEE) to the provider's clearing account. A repeat of the same
+-- request (idempotency_key) returns the first withdrawal.
+CREATE OR REPLACE FUNCTION payledger_internal.start_withdrawal(
+    payer text, asset text, pr payledger.providers, destination text, payment_hash text, amount bigint,
+    max_fee bigint, accounts jsonb, payin_type text, idempotency_key text, metadata jsonb,
+    OUT withdrawal_id uuid, OUT payin_id uuid, OUT state payledger.payin_state, OUT amount_out bigint)
+LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    clearing uuid;
+    methods jsonb;
+    p record;
+    w payledger.withdrawals;
+BEGIN
+    IF idempotency_key IS NOT NULL THEN
+        SELECT x.* INTO w FROM payledger.withdrawals x JOIN payledger.payins y ON y.id = x.payin_id
+         WHERE y.idempotency_key = start_withdrawal.idempotency_key;
+    END IF;
+    IF w.id IS NULL AND EXISTS (SELECT 1 FROM payledger.withdrawals x
+                                 WHERE x.provider_id = pr.id AND x.payment_hash = start_withdrawal.payment_hash
+                                   AND x.status <> 'failed') THEN
+        RAISE EXCEPTION 'a withdrawal already pays the invoice %', payment_hash USING ERRCODE = 'PL036';
+    END IF;
+    methods := coalesce(start_withdrawal.accounts, jsonb_build_array(jsonb_build_object('account', payledger.account_id(payer, asset))));
+    clearing := payledger_internal.open_account_as(NULL, 'payledger', asset, 'provider_clearing', pr.rail, true, NULL, NULL);
+    SELECT * INTO p FROM payledger.create_payin(payer, start_withdrawal.payin_type, asset, start_withdrawal.amount + max_fee, methods,
+        jsonb_build_array(jsonb_build_object('type', 'WITHDRAWAL', 'account', clearing, 'amount', start_withdrawal.amount))
+        || CASE WHEN max_fee > 0
+                THEN jsonb_build_array(jsonb_build_object('type', 'ROUTING_FEE', 'account', clearing, 'amount', max_fee))
+                ELSE '[]'::jsonb END,
+        idempotency_key => start_withdrawal.idempotency_key,
+        metadata => coalesce(start_withdrawal.metadata, '{}'::jsonb)
+                    || jsonb_build_object('withdrawal', coalesce(start_withdrawal.payment_hash, destination)));
+    IF w.id IS NULL THEN
+        SELECT x.* INTO w FROM payledger.withdrawals x WHERE x.payin_id = p.payin_id;
+    END IF;
+    IF w.id IS NULL THEN
+        -- (two withdrawals of one invoice at once: the second waits here on
+        -- the first's index entry, and fails as the check above would have)
+        BEGIN
+            INSERT INTO payledger.withdrawals AS x (id, payin_id, provider_id, destination, payment_hash, amount, max_fee,
+                                                   refund_account, next_check_at)
+            VALUES (payledger.new_id(), p.payin_id, pr.id, destination, start_withdrawal.payment_hash,
+                    start_withdrawal.amount, max_fee,
+                    (SELECT l.account_id FROM payledger.payin_legs l
+                      WHERE l.payin_id = p.payin_id AND l.method = 'custodial' ORDER BY l.seq LIMIT 1),
+                    now())
+            RETURNING x.* INTO w;
+        EXCEPTION WHEN unique_violation THEN
+            RAISE EXCEPTION 'a withdrawal already pays the invoice %', payment_hash USING ERRCODE = 'PL036';
+        END;
+    END IF;
+    withdrawal_id := w.id;
+    payin_id := w.payin_id;
+    amount_out := w.amount;
+    SELECT y.state INTO state FROM payledger.payins y WHERE y.id = w.payin_id;
+END;
 $$;
 -- Withdraw: pay `destination` (a BOLT11 with an amount) from the payer's
 -- balances, in the order of `accounts` (default: the payer's main account),
@@ -3929,10 +4066,6 @@ DECLARE
     d record;
     pr payledger.providers;
     chosen uuid := provider;
-    clearing uuid;
-    methods jsonb;
-    p record;
-    w payledger.withdrawals;
 BEGIN
     PERFORM payledger_internal.require(payer, 'payer');
     PERFORM payledger_internal.require(asset, 'asset');
@@ -3973,61 +4106,97 @@ BEGIN
      WHERE x.id = payledger_internal.pick_payer_provider(withdraw.payin_type, withdraw.asset, chosen);
     IF NOT FOUND AND chosen IS NOT NULL THEN
         RAISE EXCEPTION 'provider % cannot pay withdrawals in %', chosen, withdraw.asset USING ERRCODE = 'PL028',
-            HINT = 'an active lnbits provider with an "admin_key" in its credentials pays withdrawals';
+            HINT = 'an active provider pays withdrawals with its pay-out key: lnbits "admin_key", lnd_rest "admin_macaroon", cln_rest "pay_rune"';
     ELSIF NOT FOUND THEN
         RAISE EXCEPTION 'no active provider can pay % withdrawals in %', withdraw.payin_type, withdraw.asset USING ERRCODE = 'PL028',
-            HINT = 'an active lnbits provider with an "admin_key" in its credentials pays withdrawals';
+            HINT = 'an active provider pays withdrawals with its pay-out key: lnbits "admin_key", lnd_rest "admin_macaroon", cln_rest "pay_rune"';
     END IF;
     IF d.network <> coalesce(pr.config ->> 'network', 'bitcoin') THEN
         RAISE EXCEPTION 'the destination invoice is for %, the provider pays on %', d.network,
             coalesce(pr.config ->> 'network', 'bitcoin') USING ERRCODE = 'PL035';
     END IF;
-    -- a repeat of the same request returns the first withdrawal
-    IF idempotency_key IS NOT NULL THEN
-        SELECT x.* INTO w FROM payledger.withdrawals x JOIN payledger.payins y ON y.id = x.payin_id
-         WHERE y.idempotency_key = withdraw.idempotency_key;
-    END IF;
-    IF w.id IS NULL AND EXISTS (SELECT 1 FROM payledger.withdrawals x
-                                 WHERE x.provider_id = pr.id AND x.payment_hash = d.payment_hash AND x.status <> 'failed') THEN
-        RAISE EXCEPTION 'a withdrawal already pays the invoice %', d.payment_hash USING ERRCODE = 'PL036';
-    END IF;
-    methods := coalesce(withdraw.accounts, jsonb_build_array(jsonb_build_object('account', payledger.account_id(withdraw.payer, withdraw.asset))));
-    clearing := payledger_internal.open_account_as(NULL, 'payledger', withdraw.asset, 'provider_clearing', pr.rail, true, NULL, NULL);
-    SELECT * INTO p FROM payledger.create_payin(withdraw.payer, withdraw.payin_type, withdraw.asset, d.amount_msat + withdraw.max_fee, methods,
-        jsonb_build_array(jsonb_build_object('type', 'WITHDRAWAL', 'account', clearing, 'amount', d.amount_msat))
-        || CASE WHEN withdraw.max_fee > 0
-                THEN jsonb_build_array(jsonb_build_object('type', 'ROUTING_FEE', 'account', clearing, 'amount', withdraw.max_fee))
-                ELSE '[]'::jsonb END,
-        idempotency_key => withdraw.idempotency_key,
-        metadata => coalesce(withdraw.metadata, '{}'::jsonb) || jsonb_build_object('withdrawal', d.payment_hash));
-    IF w.id IS NULL THEN
-        SELECT x.* INTO w FROM payledger.withdrawals x WHERE x.payin_id = p.payin_id;
-    END IF;
-    IF w.id IS NULL THEN
-        -- (two withdrawals of one invoice at once: the second waits here on
-        -- the first's index entry, and fails as the check above would have)
-        BEGIN
-            INSERT INTO payledger.withdrawals AS x (id, payin_id, provider_id, destination, payment_hash, amount, max_fee,
-                                                   refund_account, next_check_at)
-            VALUES (payledger.new_id(), p.payin_id, pr.id, withdraw.destination, d.payment_hash, d.amount_msat,
-                    withdraw.max_fee,
-                    (SELECT l.account_id FROM payledger.payin_legs l
-                      WHERE l.payin_id = p.payin_id AND l.method = 'custodial' ORDER BY l.seq LIMIT 1),
-                    now())
-            RETURNING x.* INTO w;
-        EXCEPTION WHEN unique_violation THEN
-            RAISE EXCEPTION 'a withdrawal already pays the invoice %', d.payment_hash USING ERRCODE = 'PL036';
-        END;
-    END IF;
-    withdrawal_id := w.id;
-    payin_id := w.payin_id;
-    amount := w.amount;
-    payment_hash := w.payment_hash;
-    SELECT y.state INTO state FROM payledger.payins y WHERE y.id = w.payin_id;
+    SELECT * INTO withdrawal_id, payin_id, state, amount
+      FROM payledger_internal.start_withdrawal(withdraw.payer, withdraw.asset, pr, withdraw.destination, d.payment_hash,
+                                               d.amount_msat, withdraw.max_fee, withdraw.accounts, withdraw.payin_type,
+                                               withdraw.idempotency_key, withdraw.metadata);
+    payment_hash := d.payment_hash;
 END;
 $$;
 GRANT EXECUTE ON FUNCTION
     payledger.withdraw(text, text, text, bigint, jsonb, text, uuid, text, jsonb, uuid)
+TO payledger_app;
+-- Refund a card payment: pay `amount` (the asset's minor unit) of the
+-- payer's balances back to the card that paid pay-in `payin`, as a refund
+-- at the Stripe provider that took it, with the withdrawal's guarantees
+-- (sent once, looked up when its outcome is unknown, escrow returned if it
+-- fails). The refunds of one payment never exceed what it received (PL037).
+-- `payin_type` must be a withdrawal type; the pay-out type WITHDRAWAL must be
+-- registered.
+CREATE OR REPLACE FUNCTION payledger.refund_to_card(
+    payer           text,
+    payin           uuid,
+    amount          bigint,
+    accounts        jsonb DEFAULT NULL,
+    payin_type      text DEFAULT 'WITHDRAWAL',
+    idempotency_key text DEFAULT NULL,
+    metadata        jsonb DEFAULT NULL,
+    OUT withdrawal_id uuid, OUT payin_id uuid, OUT state payledger.payin_state, OUT refunded bigint)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    inv payledger.invoices;
+    pr payledger.providers;
+    earlier bigint;
+BEGIN
+    PERFORM payledger_internal.require(payer, 'payer');
+    PERFORM payledger_internal.require(payin, 'payin');
+    PERFORM payledger_internal.require(amount, 'amount');
+    PERFORM payledger_internal.require(payin_type, 'payin_type');
+    IF amount <= 0 THEN
+        RAISE EXCEPTION 'amount must be positive, got %', amount USING ERRCODE = 'PL001';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.payin_types t WHERE t.type = refund_to_card.payin_type AND t.withdrawal) THEN
+        RAISE EXCEPTION '% is not a registered withdrawal pay-in type', payin_type USING ERRCODE = 'PL022',
+            HINT = 'register_payin_type(type, description, allow_external => false, withdrawal => true)';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.payins y WHERE y.id = refund_to_card.payin) THEN
+        RAISE EXCEPTION 'unknown pay-in %', payin USING ERRCODE = 'PL019';
+    END IF;
+    -- locked: two refunds of one payment at once are counted one after the other
+    SELECT i.* INTO inv FROM payledger.invoices i
+      JOIN payledger.providers x ON x.id = i.provider_id AND x.kind = 'stripe'
+     WHERE i.payin_id = refund_to_card.payin AND i.status = 'paid'
+       FOR UPDATE OF i;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pay-in % was not paid by card through a Stripe provider of payledger''s', payin USING ERRCODE = 'PL029';
+    END IF;
+    SELECT * INTO pr FROM payledger.providers x WHERE x.id = inv.provider_id;
+    IF NOT EXISTS (SELECT 1 FROM payledger.provider_secrets s WHERE s.provider_id = pr.id
+                      AND jsonb_typeof(s.credentials -> 'secret_key') = 'string') THEN
+        RAISE EXCEPTION 'provider % has no "secret_key" to refund with', pr.id USING ERRCODE = 'PL028';
+    END IF;
+    -- a repeat of a request is not a second refund
+    IF idempotency_key IS NOT NULL AND EXISTS (
+        SELECT 1 FROM payledger.withdrawals w JOIN payledger.payins y ON y.id = w.payin_id
+         WHERE y.idempotency_key = refund_to_card.idempotency_key AND w.destination = inv.external_id) THEN
+        earlier := 0;
+    ELSE
+        SELECT coalesce(sum(w.amount), 0) INTO earlier FROM payledger.withdrawals w
+         WHERE w.provider_id = pr.id AND w.destination = inv.external_id AND w.status <> 'failed';
+        IF earlier + amount > inv.amount_received THEN
+            RAISE EXCEPTION 'a refund of % would exceed the payment: % received, % refunded or being refunded',
+                amount, inv.amount_received, earlier USING ERRCODE = 'PL037';
+        END IF;
+    END IF;
+    SELECT * INTO withdrawal_id, payin_id, state, refunded
+      FROM payledger_internal.start_withdrawal(refund_to_card.payer, inv.asset, pr, inv.external_id, NULL,
+                                               refund_to_card.amount, 0, refund_to_card.accounts,
+                                               refund_to_card.payin_type, refund_to_card.idempotency_key,
+                                               coalesce(refund_to_card.metadata, '{}'::jsonb)
+                                               || jsonb_build_object('refund_of', refund_to_card.payin));
+END;
+$$;
+GRANT EXECUTE ON FUNCTION
+    payledger.refund_to_card(text, uuid, bigint, jsonb, text, text, jsonb)
 TO payledger_app;
 -- When to look a payment up again: soon while it is young, then rarely.
 CREATE OR REPLACE FUNCTION payledger_internal.withdrawal_recheck_at(w payledger.withdrawals)
@@ -4415,7 +4584,8 @@ BEGIN
           FROM due WHERE i.id = due.id
         RETURNING i.*)
     SELECT coalesce(jsonb_agg(jsonb_build_object(
-               'invoice_id', c.id, 'op', CASE WHEN c.status = 'creating' THEN 'create' ELSE 'check' END,
+               'invoice_id', c.id,
+               'op', CASE WHEN c.cancel = 'requested' THEN 'cancel' WHEN c.status = 'creating' THEN 'create' ELSE 'check' END,
                'provider_id', c.provider_id, 'kind', pr.kind, 'base_url', pr.base_url, 'config', pr.config,
                'amount', c.amount, 'asset', c.asset, 'memo', c.memo,
                'expiry_secs', greatest(1, extract(epoch FROM c.expiry)::bigint),
@@ -4446,7 +4616,8 @@ BEGIN
     SELECT claims || coalesce(jsonb_agg(jsonb_build_object(
                'withdrawal_id', c.id, 'op', CASE WHEN c.send THEN 'pay' ELSE 'lookup' END,
                'provider_id', c.provider_id, 'kind', pr.kind, 'base_url', pr.base_url, 'config', pr.config,
-               'destination', c.destination, 'payment_hash', c.payment_hash, 'amount', c.amount)), '[]')
+               'destination', c.destination, 'payment_hash', c.payment_hash, 'amount', c.amount,
+               'max_fee', c.max_fee)), '[]')
       INTO claims
       FROM claimed c JOIN payledger.providers pr ON pr.id = c.provider_id;
     RETURN claims;

@@ -188,6 +188,44 @@ pub(super) fn raw_exchange(
     headers: &[(&str, String)],
     body: Body,
 ) -> Result<(u16, Value), Failure> {
+    let mut resp = send(agent, method, url, headers, body)?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY)
+        .read_to_string()
+        .map_err(|e| Failure::Unreachable(transport_error(&e)))?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+/// The first JSON object of an answer that may be a stream of them, one a
+/// line (grpc-gateway's server streams: LND's router). The rest is not
+/// waited for: the connection is dropped.
+pub(super) fn first_of_stream(
+    agent: &Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Body,
+) -> Result<(u16, Value), Failure> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut resp = send(agent, method, url, headers, body)?;
+    let status = resp.status().as_u16();
+    let mut line = String::new();
+    BufReader::new(resp.body_mut().as_reader().take(MAX_BODY))
+        .read_line(&mut line)
+        .map_err(|e| Failure::Unreachable(format!("connection: {}", e.kind())))?;
+    Ok((status, serde_json::from_str(&line).unwrap_or(Value::Null)))
+}
+
+fn send(
+    agent: &Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Body,
+) -> Result<ureq::http::Response<ureq::Body>, Failure> {
     let result = match method {
         "GET" => {
             let mut r = agent.get(url);
@@ -208,15 +246,7 @@ pub(super) fn raw_exchange(
             }
         }
     };
-    let mut resp = result.map_err(|e| Failure::Unreachable(transport_error(&e)))?;
-    let status = resp.status().as_u16();
-    let text = resp
-        .body_mut()
-        .with_config()
-        .limit(MAX_BODY)
-        .read_to_string()
-        .map_err(|e| Failure::Unreachable(transport_error(&e)))?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    result.map_err(|e| Failure::Unreachable(transport_error(&e)))
 }
 
 /// A transport error in words that name no URL, header or body.
@@ -295,7 +325,7 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-fn whole_sats(msat: i64) -> Result<i64, Failure> {
+pub(super) fn whole_sats(msat: i64) -> Result<i64, Failure> {
     if msat % 1000 != 0 {
         return Err(Failure::Refused(format!(
             "{msat} msat is not a whole number of satoshis (round with \"unit\": 1000)"
@@ -304,7 +334,7 @@ fn whole_sats(msat: i64) -> Result<i64, Failure> {
     Ok(msat / 1000)
 }
 
-fn b64_to_hex(s: &str) -> Option<String> {
+pub(super) fn b64_to_hex(s: &str) -> Option<String> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
         .ok()
@@ -661,6 +691,113 @@ pub fn status(agent: &Agent, ep: &Endpoint, external_id: &str) -> Result<Status,
                 },
             )
         }
+    }
+}
+
+/// What came of cancelling an open invoice.
+#[derive(Debug, PartialEq)]
+pub enum Cancelled {
+    /// cancelled (or already): it can no longer be paid
+    Done,
+    /// paid before the cancel: the money is there, a check will find it
+    TooLate,
+    /// the provider has no such invoice
+    Gone,
+}
+
+/// Cancel an open invoice where the provider can: LND (CancelInvoice),
+/// Core Lightning (delinvoice of an unpaid one: the node then refuses its
+/// payments) and Stripe (cancel the PaymentIntent). LNbits and BTCPay
+/// cannot: the worker goes on watching those for late money.
+pub fn cancel(
+    agent: &Agent,
+    ep: &Endpoint,
+    invoice_id: &str,
+    external_id: &str,
+) -> Result<Cancelled, Failure> {
+    match ep.kind {
+        Kind::LndRest => {
+            let hash = hex::decode(external_id)
+                .map_err(|_| Failure::Refused("a malformed payment hash".into()))?;
+            let (status, a) = raw_exchange(
+                agent,
+                "POST",
+                &ep.url("/v2/invoices/cancel"),
+                &[("Grpc-Metadata-macaroon", ep.secret("macaroon")?)],
+                Body::Json(
+                    json!({"payment_hash": base64::engine::general_purpose::STANDARD.encode(hash)}),
+                ),
+            )?;
+            if (200..300).contains(&status) {
+                return Ok(Cancelled::Done);
+            }
+            // (LND says these in words, with gRPC's Unknown code)
+            let message = a.get("message").and_then(Value::as_str).unwrap_or("");
+            if message.contains("already settled") {
+                Ok(Cancelled::TooLate)
+            } else if message.contains("unable to locate invoice") {
+                Ok(Cancelled::Gone)
+            } else {
+                Err(refused_or_unreachable(status, &a))
+            }
+        }
+        Kind::ClnRest => {
+            let (status, a) = raw_exchange(
+                agent,
+                "POST",
+                &ep.url("/v1/delinvoice"),
+                &[("Rune", ep.secret("rune")?)],
+                Body::Json(json!({"label": invoice_id, "status": "unpaid"})),
+            )?;
+            if (200..300).contains(&status) {
+                return Ok(Cancelled::Done);
+            }
+            match int_field(&a, "code") {
+                Some(905) => Ok(Cancelled::Gone),
+                // the status is not "unpaid" any more
+                Some(906) => match a["data"]["current_status"].as_str() {
+                    Some("paid") => Ok(Cancelled::TooLate),
+                    Some("expired") => Ok(Cancelled::Done),
+                    _ => Err(refused(status, &a)),
+                },
+                _ => Err(refused_or_unreachable(status, &a)),
+            }
+        }
+        Kind::Stripe => {
+            let (status, a) = raw_exchange(
+                agent,
+                "POST",
+                &ep.url(&format!("/v1/payment_intents/{external_id}/cancel")),
+                &[(
+                    "Authorization",
+                    format!("Bearer {}", ep.secret("secret_key")?),
+                )],
+                Body::Form(vec![("cancellation_reason".into(), "abandoned".into())]),
+            )?;
+            if (200..300).contains(&status) {
+                return Ok(Cancelled::Done);
+            }
+            if status == 404 {
+                return Ok(Cancelled::Gone);
+            }
+            match a["error"]["payment_intent"]["status"].as_str() {
+                Some("canceled") => Ok(Cancelled::Done),
+                Some("succeeded") => Ok(Cancelled::TooLate),
+                _ => Err(refused_or_unreachable(status, &a)),
+            }
+        }
+        Kind::Lnbits | Kind::Btcpay => Err(Failure::Refused(format!(
+            "{:?} invoices cannot be cancelled",
+            ep.kind
+        ))),
+    }
+}
+
+fn refused_or_unreachable(status: u16, answer: &Value) -> Failure {
+    if transient(status) {
+        Failure::Unreachable(format!("HTTP {status}"))
+    } else {
+        refused(status, answer)
     }
 }
 

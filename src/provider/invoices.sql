@@ -160,6 +160,8 @@ $$;
 --   {"op": "check", "status": "paid", "received", "preimage"}
 --   {"op": "check", "status": "pending" | "expired" | "invalid" | "not_found", "note"}
 --   {"op": "check", "ok": false, "error", "retryable"}
+--   {"op": "cancel", "cancel": "cancelled" | "too_late" | "gone"}
+--   {"op": "cancel", "ok": false, "error", "retryable"}
 -- Returns what it did, in a word.
 CREATE FUNCTION payledger.invoice_apply(invoice uuid, result jsonb)
 RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
@@ -219,7 +221,45 @@ BEGIN
          WHERE i.id = inv.id;
         SELECT * INTO t FROM payledger.transition_payin(inv.payin_id, 'PENDING', NULL,
                                                         coalesce(result ->> 'payment_hash', result ->> 'external_id'));
+        IF t.state IN ('FAILED', 'CANCELLED') THEN
+            -- its pay-in ended while it was being created
+            PERFORM payledger_internal.invoice_cancel_request(x) FROM payledger.payins x WHERE x.id = inv.payin_id;
+        END IF;
         RETURN CASE WHEN t.changed THEN 'created' ELSE 'created_for_' || lower(t.state::text) END;
+    END IF;
+
+    IF result ->> 'op' = 'cancel' THEN
+        IF inv.cancel IS DISTINCT FROM 'requested' THEN
+            UPDATE payledger.invoices i SET locked_until = NULL WHERE i.id = inv.id;
+            RETURN 'ignored';
+        END IF;
+        IF result ->> 'ok' = 'false' THEN
+            -- still requested: tried again after a backoff
+            UPDATE payledger.invoices i
+               SET errors = i.errors + 1, last_error = left('cancelling: ' || (result ->> 'error'), 500),
+                   next_check_at = now() + payledger_internal.backoff(i.errors + 1), locked_until = NULL,
+                   updated_at = now()
+             WHERE i.id = inv.id;
+            RETURN 'cancel_error';
+        END IF;
+        IF result ->> 'cancel' = 'too_late' THEN
+            -- paid before the cancel: the next check books it as late money
+            UPDATE payledger.invoices i
+               SET cancel = 'too_late', errors = 0, next_check_at = now(), locked_until = NULL, updated_at = now()
+             WHERE i.id = inv.id;
+            RETURN 'cancel_too_late';
+        END IF;
+        IF result ->> 'cancel' NOT IN ('cancelled', 'gone') THEN
+            RAISE EXCEPTION 'unknown cancel result %', result USING ERRCODE = '22023';
+        END IF;
+        -- it can no longer be paid: no longer watched
+        UPDATE payledger.invoices i
+           SET cancel = result ->> 'cancel', cancelled_at = now(), status = 'failed', errors = 0,
+               last_error = CASE WHEN result ->> 'cancel' = 'gone' THEN 'the provider has no such invoice (its pay-in ended)'
+                                 ELSE 'cancelled at the provider: its pay-in ended' END,
+               next_check_at = NULL, locked_until = NULL, updated_at = now()
+         WHERE i.id = inv.id;
+        RETURN 'invoice_cancelled';
     END IF;
 
     -- a check (or a webhook's news)
@@ -312,6 +352,23 @@ BEGIN
     RAISE EXCEPTION 'unknown invoice result %', result USING ERRCODE = '22023';
 END;
 $$;
+
+-- A pay-in ended (FAILED, CANCELLED) while its invoice could still be paid:
+-- the worker is to cancel the invoice where the provider can (LND, Core
+-- Lightning, Stripe); an LNbits or BTCPay invoice cannot be cancelled, and
+-- stays watched for late money until monitor_until. A handler of the pay-in
+-- lifecycle, and called by invoice_apply for an invoice created after its
+-- pay-in ended.
+CREATE FUNCTION payledger_internal.invoice_cancel_request(p payledger.payins)
+RETURNS void LANGUAGE sql SET search_path = payledger, pg_catalog, pg_temp AS $$
+    UPDATE payledger.invoices i
+       SET cancel = CASE WHEN i.provider_kind IN ('lnd_rest', 'cln_rest', 'stripe') THEN 'requested' ELSE 'cannot' END,
+           next_check_at = CASE WHEN i.provider_kind IN ('lnd_rest', 'cln_rest', 'stripe') THEN now() ELSE i.next_check_at END,
+           updated_at = now()
+     WHERE i.payin_id = p.id AND i.status = 'pending' AND i.cancel IS NULL;
+$$;
+SELECT payledger_internal.register_payin_handler('provider', 'reached', 300, '{FAILED,CANCELLED}',
+                                                 'payledger_internal.invoice_cancel_request(payledger.payins)');
 
 -- Invoices past their deadline: one unpaid past monitoring (or never created
 -- in time) expires (or fails) and fails its pay-in, which gives back its

@@ -150,20 +150,32 @@ fn call_one(claim: &Value, secrets: &Secrets, s: &CallSettings) -> Value {
         Value::Object(v)
     };
     if claim["op"] == "pay" || claim["op"] == "lookup" {
-        let hash = claim["payment_hash"].as_str().unwrap_or_default();
+        let payment = outgoing::Payment {
+            withdrawal_id: claim["withdrawal_id"].as_str().unwrap_or_default(),
+            destination: claim["destination"].as_str().unwrap_or_default(),
+            payment_hash: claim["payment_hash"].as_str().unwrap_or_default(),
+            amount: claim["amount"].as_i64().unwrap_or(0),
+            max_fee: claim["max_fee"].as_i64().unwrap_or(0),
+        };
         let outcome = if claim["op"] == "pay" {
-            let id = claim["withdrawal_id"].as_str().unwrap_or_default();
-            outgoing::pay(
-                &agent,
-                &ep,
-                id,
-                claim["destination"].as_str().unwrap_or_default(),
-            )
+            outgoing::pay(&agent, &ep, &payment)
         } else {
-            outgoing::lookup(&agent, &ep, hash)
+            outgoing::lookup(&agent, &ep, &payment)
         };
         return match outcome {
             Ok(o) => merge(outgoing::to_json(&o)),
+            Err(f) => failure(claim, &f),
+        };
+    }
+    if claim["op"] == "cancel" {
+        let invoice_id = claim["invoice_id"].as_str().unwrap_or_default();
+        let external_id = claim["external_id"].as_str().unwrap_or_default();
+        return match adapters::cancel(&agent, &ep, invoice_id, external_id) {
+            Ok(c) => merge(json!({"cancel": match c {
+                adapters::Cancelled::Done => "cancelled",
+                adapters::Cancelled::TooLate => "too_late",
+                adapters::Cancelled::Gone => "gone",
+            }})),
             Err(f) => failure(claim, &f),
         };
     }

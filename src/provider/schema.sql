@@ -121,6 +121,12 @@ CREATE TABLE payledger.invoices (
     late_journal    uuid,
     -- more received than asked: the excess booked (record_overpayment)
     overpay_journal uuid,
+    -- its pay-in ended (FAILED, CANCELLED) while it was open: requested (the
+    -- worker is to cancel it at the provider), cancelled, too_late (paid
+    -- first: late money), gone (the provider had no such invoice), cannot
+    -- (LNbits, BTCPay: watched for late money until monitor_until instead)
+    cancel          text CHECK (cancel IN ('requested', 'cancelled', 'too_late', 'gone', 'cannot')),
+    cancelled_at    timestamptz,
     -- the worker's bookkeeping
     create_attempts integer NOT NULL DEFAULT 0,
     checks          integer NOT NULL DEFAULT 0,
@@ -134,13 +140,17 @@ CREATE TABLE payledger.invoices (
     CONSTRAINT invoice_paid CHECK ((status = 'paid') = (paid_at IS NOT NULL)
                                    AND (status = 'paid') = (amount_received IS NOT NULL)),
     CONSTRAINT invoice_late CHECK (paid_late = (late_journal IS NOT NULL) AND (NOT paid_late OR status = 'paid')),
+    CONSTRAINT invoice_cancelled CHECK ((cancelled_at IS NOT NULL) = (cancel IN ('cancelled', 'gone'))
+                                        AND (cancelled_at IS NULL OR status = 'failed')),
     CONSTRAINT invoice_overpaid CHECK (overpay_journal IS NULL OR (status = 'paid' AND amount_received > amount))
 );
 CREATE UNIQUE INDEX invoices_external_id ON payledger.invoices (provider_id, external_id) WHERE external_id IS NOT NULL;
 CREATE INDEX invoices_payment_hash ON payledger.invoices (payment_hash) WHERE payment_hash IS NOT NULL;
 CREATE INDEX invoices_due_idx ON payledger.invoices (next_check_at) WHERE next_check_at IS NOT NULL;
 
--- Money out: a withdrawal pay-in's payment of a BOLT11 at a provider.
+-- Money out: a withdrawal pay-in's payment of a BOLT11 at a provider, or
+-- its refund of a card payment (Stripe: destination is the PaymentIntent,
+-- no payment hash).
 --   sending    to be paid at the worker's next claim
 --   unknown    the worker claimed it to pay (recorded before the call): what
 --              came of it is learnt by looking the payment up, never by paying again
@@ -153,8 +163,8 @@ CREATE TABLE payledger.withdrawals (
     id             uuid PRIMARY KEY,
     payin_id       uuid NOT NULL UNIQUE REFERENCES payledger.payins (id),
     provider_id    uuid NOT NULL REFERENCES payledger.providers (id),
-    destination    text NOT NULL,          -- the BOLT11 paid
-    payment_hash   text NOT NULL CHECK (payment_hash ~ '^[0-9a-f]{64}$'),
+    destination    text NOT NULL,          -- the BOLT11 paid, or the PaymentIntent refunded
+    payment_hash   text CHECK (payment_hash ~ '^[0-9a-f]{64}$'),
     amount         bigint NOT NULL CHECK (amount > 0),
     max_fee        bigint NOT NULL CHECK (max_fee >= 0),
     -- where the unused fee budget goes back (the payer's first account)

@@ -9,20 +9,89 @@
 -- payment up by its hash: a withdrawal is never paid twice, nor refunded
 -- while it may still succeed. See docs/providers.md.
 
+-- The credential a provider pays out with, by kind (NULL: it does not).
+CREATE FUNCTION payledger_internal.payout_key(kind payledger.provider_kind)
+RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE kind WHEN 'lnbits' THEN 'admin_key' WHEN 'lnd_rest' THEN 'admin_macaroon'
+                     WHEN 'cln_rest' THEN 'pay_rune' WHEN 'stripe' THEN 'secret_key' END;
+$$;
+
 -- The provider a withdrawal is paid at: the given one, else the type's
 -- route, else the default profile; the first active one, by priority then
--- name, of a kind that pays (lnbits, with an admin key), in the asset.
-CREATE FUNCTION payledger_internal.pick_payer_provider(payin_type text, asset text, provider uuid)
+-- name, of the rail, in the asset, whose credentials hold its pay-out key.
+CREATE FUNCTION payledger_internal.pick_payer_provider(payin_type text, asset text, provider uuid,
+                                                       rail text DEFAULT 'invoice')
 RETURNS uuid LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT p.id FROM payledger.providers p JOIN payledger.provider_secrets s ON s.provider_id = p.id
      WHERE (provider IS NULL OR p.id = provider)
        AND (provider IS NOT NULL OR p.profile_id = coalesce(
                (SELECT r.profile_id FROM payledger.payin_routes r WHERE r.payin_type = pick_payer_provider.payin_type),
                (SELECT m.id FROM payledger.merchant_profiles m WHERE m.is_default)))
-       AND p.active AND p.kind = 'lnbits' AND p.rail = 'invoice' AND p.asset = pick_payer_provider.asset
-       AND jsonb_typeof(s.credentials -> 'admin_key') = 'string'
+       AND p.active AND p.rail = pick_payer_provider.rail AND p.asset = pick_payer_provider.asset
+       AND jsonb_typeof(s.credentials -> payledger_internal.payout_key(p.kind)) = 'string'
      ORDER BY p.priority, p.name
      LIMIT 1;
+$$;
+
+-- The pay-in and the payment row of a withdrawal (withdraw, refund_to_card):
+-- the pay-in costs the amount plus the fee budget, paid from `accounts`
+-- (default: the payer's main account), and pays WITHDRAWAL (and
+-- ROUTING_FEE) to the provider's clearing account. A repeat of the same
+-- request (idempotency_key) returns the first withdrawal.
+CREATE FUNCTION payledger_internal.start_withdrawal(
+    payer text, asset text, pr payledger.providers, destination text, payment_hash text, amount bigint,
+    max_fee bigint, accounts jsonb, payin_type text, idempotency_key text, metadata jsonb,
+    OUT withdrawal_id uuid, OUT payin_id uuid, OUT state payledger.payin_state, OUT amount_out bigint)
+LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    clearing uuid;
+    methods jsonb;
+    p record;
+    w payledger.withdrawals;
+BEGIN
+    IF idempotency_key IS NOT NULL THEN
+        SELECT x.* INTO w FROM payledger.withdrawals x JOIN payledger.payins y ON y.id = x.payin_id
+         WHERE y.idempotency_key = start_withdrawal.idempotency_key;
+    END IF;
+    IF w.id IS NULL AND EXISTS (SELECT 1 FROM payledger.withdrawals x
+                                 WHERE x.provider_id = pr.id AND x.payment_hash = start_withdrawal.payment_hash
+                                   AND x.status <> 'failed') THEN
+        RAISE EXCEPTION 'a withdrawal already pays the invoice %', payment_hash USING ERRCODE = 'PL036';
+    END IF;
+    methods := coalesce(start_withdrawal.accounts, jsonb_build_array(jsonb_build_object('account', payledger.account_id(payer, asset))));
+    clearing := payledger_internal.open_account_as(NULL, 'payledger', asset, 'provider_clearing', pr.rail, true, NULL, NULL);
+    SELECT * INTO p FROM payledger.create_payin(payer, start_withdrawal.payin_type, asset, start_withdrawal.amount + max_fee, methods,
+        jsonb_build_array(jsonb_build_object('type', 'WITHDRAWAL', 'account', clearing, 'amount', start_withdrawal.amount))
+        || CASE WHEN max_fee > 0
+                THEN jsonb_build_array(jsonb_build_object('type', 'ROUTING_FEE', 'account', clearing, 'amount', max_fee))
+                ELSE '[]'::jsonb END,
+        idempotency_key => start_withdrawal.idempotency_key,
+        metadata => coalesce(start_withdrawal.metadata, '{}'::jsonb)
+                    || jsonb_build_object('withdrawal', coalesce(start_withdrawal.payment_hash, destination)));
+    IF w.id IS NULL THEN
+        SELECT x.* INTO w FROM payledger.withdrawals x WHERE x.payin_id = p.payin_id;
+    END IF;
+    IF w.id IS NULL THEN
+        -- (two withdrawals of one invoice at once: the second waits here on
+        -- the first's index entry, and fails as the check above would have)
+        BEGIN
+            INSERT INTO payledger.withdrawals AS x (id, payin_id, provider_id, destination, payment_hash, amount, max_fee,
+                                                   refund_account, next_check_at)
+            VALUES (payledger.new_id(), p.payin_id, pr.id, destination, start_withdrawal.payment_hash,
+                    start_withdrawal.amount, max_fee,
+                    (SELECT l.account_id FROM payledger.payin_legs l
+                      WHERE l.payin_id = p.payin_id AND l.method = 'custodial' ORDER BY l.seq LIMIT 1),
+                    now())
+            RETURNING x.* INTO w;
+        EXCEPTION WHEN unique_violation THEN
+            RAISE EXCEPTION 'a withdrawal already pays the invoice %', payment_hash USING ERRCODE = 'PL036';
+        END;
+    END IF;
+    withdrawal_id := w.id;
+    payin_id := w.payin_id;
+    amount_out := w.amount;
+    SELECT y.state INTO state FROM payledger.payins y WHERE y.id = w.payin_id;
+END;
 $$;
 
 -- Withdraw: pay `destination` (a BOLT11 with an amount) from the payer's
@@ -51,10 +120,6 @@ DECLARE
     d record;
     pr payledger.providers;
     chosen uuid := provider;
-    clearing uuid;
-    methods jsonb;
-    p record;
-    w payledger.withdrawals;
 BEGIN
     PERFORM payledger_internal.require(payer, 'payer');
     PERFORM payledger_internal.require(asset, 'asset');
@@ -95,61 +160,98 @@ BEGIN
      WHERE x.id = payledger_internal.pick_payer_provider(withdraw.payin_type, withdraw.asset, chosen);
     IF NOT FOUND AND chosen IS NOT NULL THEN
         RAISE EXCEPTION 'provider % cannot pay withdrawals in %', chosen, withdraw.asset USING ERRCODE = 'PL028',
-            HINT = 'an active lnbits provider with an "admin_key" in its credentials pays withdrawals';
+            HINT = 'an active provider pays withdrawals with its pay-out key: lnbits "admin_key", lnd_rest "admin_macaroon", cln_rest "pay_rune"';
     ELSIF NOT FOUND THEN
         RAISE EXCEPTION 'no active provider can pay % withdrawals in %', withdraw.payin_type, withdraw.asset USING ERRCODE = 'PL028',
-            HINT = 'an active lnbits provider with an "admin_key" in its credentials pays withdrawals';
+            HINT = 'an active provider pays withdrawals with its pay-out key: lnbits "admin_key", lnd_rest "admin_macaroon", cln_rest "pay_rune"';
     END IF;
     IF d.network <> coalesce(pr.config ->> 'network', 'bitcoin') THEN
         RAISE EXCEPTION 'the destination invoice is for %, the provider pays on %', d.network,
             coalesce(pr.config ->> 'network', 'bitcoin') USING ERRCODE = 'PL035';
     END IF;
-    -- a repeat of the same request returns the first withdrawal
-    IF idempotency_key IS NOT NULL THEN
-        SELECT x.* INTO w FROM payledger.withdrawals x JOIN payledger.payins y ON y.id = x.payin_id
-         WHERE y.idempotency_key = withdraw.idempotency_key;
-    END IF;
-    IF w.id IS NULL AND EXISTS (SELECT 1 FROM payledger.withdrawals x
-                                 WHERE x.provider_id = pr.id AND x.payment_hash = d.payment_hash AND x.status <> 'failed') THEN
-        RAISE EXCEPTION 'a withdrawal already pays the invoice %', d.payment_hash USING ERRCODE = 'PL036';
-    END IF;
-    methods := coalesce(withdraw.accounts, jsonb_build_array(jsonb_build_object('account', payledger.account_id(withdraw.payer, withdraw.asset))));
-    clearing := payledger_internal.open_account_as(NULL, 'payledger', withdraw.asset, 'provider_clearing', pr.rail, true, NULL, NULL);
-    SELECT * INTO p FROM payledger.create_payin(withdraw.payer, withdraw.payin_type, withdraw.asset, d.amount_msat + withdraw.max_fee, methods,
-        jsonb_build_array(jsonb_build_object('type', 'WITHDRAWAL', 'account', clearing, 'amount', d.amount_msat))
-        || CASE WHEN withdraw.max_fee > 0
-                THEN jsonb_build_array(jsonb_build_object('type', 'ROUTING_FEE', 'account', clearing, 'amount', withdraw.max_fee))
-                ELSE '[]'::jsonb END,
-        idempotency_key => withdraw.idempotency_key,
-        metadata => coalesce(withdraw.metadata, '{}'::jsonb) || jsonb_build_object('withdrawal', d.payment_hash));
-    IF w.id IS NULL THEN
-        SELECT x.* INTO w FROM payledger.withdrawals x WHERE x.payin_id = p.payin_id;
-    END IF;
-    IF w.id IS NULL THEN
-        -- (two withdrawals of one invoice at once: the second waits here on
-        -- the first's index entry, and fails as the check above would have)
-        BEGIN
-            INSERT INTO payledger.withdrawals AS x (id, payin_id, provider_id, destination, payment_hash, amount, max_fee,
-                                                   refund_account, next_check_at)
-            VALUES (payledger.new_id(), p.payin_id, pr.id, withdraw.destination, d.payment_hash, d.amount_msat,
-                    withdraw.max_fee,
-                    (SELECT l.account_id FROM payledger.payin_legs l
-                      WHERE l.payin_id = p.payin_id AND l.method = 'custodial' ORDER BY l.seq LIMIT 1),
-                    now())
-            RETURNING x.* INTO w;
-        EXCEPTION WHEN unique_violation THEN
-            RAISE EXCEPTION 'a withdrawal already pays the invoice %', d.payment_hash USING ERRCODE = 'PL036';
-        END;
-    END IF;
-    withdrawal_id := w.id;
-    payin_id := w.payin_id;
-    amount := w.amount;
-    payment_hash := w.payment_hash;
-    SELECT y.state INTO state FROM payledger.payins y WHERE y.id = w.payin_id;
+    SELECT * INTO withdrawal_id, payin_id, state, amount
+      FROM payledger_internal.start_withdrawal(withdraw.payer, withdraw.asset, pr, withdraw.destination, d.payment_hash,
+                                               d.amount_msat, withdraw.max_fee, withdraw.accounts, withdraw.payin_type,
+                                               withdraw.idempotency_key, withdraw.metadata);
+    payment_hash := d.payment_hash;
 END;
 $$;
 GRANT EXECUTE ON FUNCTION
     payledger.withdraw(text, text, text, bigint, jsonb, text, uuid, text, jsonb, uuid)
+TO payledger_app;
+
+-- Refund a card payment: pay `amount` (the asset's minor unit) of the
+-- payer's balances back to the card that paid pay-in `payin`, as a refund
+-- at the Stripe provider that took it, with the withdrawal's guarantees
+-- (sent once, looked up when its outcome is unknown, escrow returned if it
+-- fails). The refunds of one payment never exceed what it received (PL037).
+-- `payin_type` must be a withdrawal type; the pay-out type WITHDRAWAL must be
+-- registered.
+CREATE FUNCTION payledger.refund_to_card(
+    payer           text,
+    payin           uuid,
+    amount          bigint,
+    accounts        jsonb DEFAULT NULL,
+    payin_type      text DEFAULT 'WITHDRAWAL',
+    idempotency_key text DEFAULT NULL,
+    metadata        jsonb DEFAULT NULL,
+    OUT withdrawal_id uuid, OUT payin_id uuid, OUT state payledger.payin_state, OUT refunded bigint)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    inv payledger.invoices;
+    pr payledger.providers;
+    earlier bigint;
+BEGIN
+    PERFORM payledger_internal.require(payer, 'payer');
+    PERFORM payledger_internal.require(payin, 'payin');
+    PERFORM payledger_internal.require(amount, 'amount');
+    PERFORM payledger_internal.require(payin_type, 'payin_type');
+    IF amount <= 0 THEN
+        RAISE EXCEPTION 'amount must be positive, got %', amount USING ERRCODE = 'PL001';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.payin_types t WHERE t.type = refund_to_card.payin_type AND t.withdrawal) THEN
+        RAISE EXCEPTION '% is not a registered withdrawal pay-in type', payin_type USING ERRCODE = 'PL022',
+            HINT = 'register_payin_type(type, description, allow_external => false, withdrawal => true)';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.payins y WHERE y.id = refund_to_card.payin) THEN
+        RAISE EXCEPTION 'unknown pay-in %', payin USING ERRCODE = 'PL019';
+    END IF;
+    -- locked: two refunds of one payment at once are counted one after the other
+    SELECT i.* INTO inv FROM payledger.invoices i
+      JOIN payledger.providers x ON x.id = i.provider_id AND x.kind = 'stripe'
+     WHERE i.payin_id = refund_to_card.payin AND i.status = 'paid'
+       FOR UPDATE OF i;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pay-in % was not paid by card through a Stripe provider of payledger''s', payin USING ERRCODE = 'PL029';
+    END IF;
+    SELECT * INTO pr FROM payledger.providers x WHERE x.id = inv.provider_id;
+    IF NOT EXISTS (SELECT 1 FROM payledger.provider_secrets s WHERE s.provider_id = pr.id
+                      AND jsonb_typeof(s.credentials -> 'secret_key') = 'string') THEN
+        RAISE EXCEPTION 'provider % has no "secret_key" to refund with', pr.id USING ERRCODE = 'PL028';
+    END IF;
+    -- a repeat of a request is not a second refund
+    IF idempotency_key IS NOT NULL AND EXISTS (
+        SELECT 1 FROM payledger.withdrawals w JOIN payledger.payins y ON y.id = w.payin_id
+         WHERE y.idempotency_key = refund_to_card.idempotency_key AND w.destination = inv.external_id) THEN
+        earlier := 0;
+    ELSE
+        SELECT coalesce(sum(w.amount), 0) INTO earlier FROM payledger.withdrawals w
+         WHERE w.provider_id = pr.id AND w.destination = inv.external_id AND w.status <> 'failed';
+        IF earlier + amount > inv.amount_received THEN
+            RAISE EXCEPTION 'a refund of % would exceed the payment: % received, % refunded or being refunded',
+                amount, inv.amount_received, earlier USING ERRCODE = 'PL037';
+        END IF;
+    END IF;
+    SELECT * INTO withdrawal_id, payin_id, state, refunded
+      FROM payledger_internal.start_withdrawal(refund_to_card.payer, inv.asset, pr, inv.external_id, NULL,
+                                               refund_to_card.amount, 0, refund_to_card.accounts,
+                                               refund_to_card.payin_type, refund_to_card.idempotency_key,
+                                               coalesce(refund_to_card.metadata, '{}'::jsonb)
+                                               || jsonb_build_object('refund_of', refund_to_card.payin));
+END;
+$$;
+GRANT EXECUTE ON FUNCTION
+    payledger.refund_to_card(text, uuid, bigint, jsonb, text, text, jsonb)
 TO payledger_app;
 
 -- When to look a payment up again: soon while it is young, then rarely.

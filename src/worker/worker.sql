@@ -141,7 +141,8 @@ BEGIN
           FROM due WHERE i.id = due.id
         RETURNING i.*)
     SELECT coalesce(jsonb_agg(jsonb_build_object(
-               'invoice_id', c.id, 'op', CASE WHEN c.status = 'creating' THEN 'create' ELSE 'check' END,
+               'invoice_id', c.id,
+               'op', CASE WHEN c.cancel = 'requested' THEN 'cancel' WHEN c.status = 'creating' THEN 'create' ELSE 'check' END,
                'provider_id', c.provider_id, 'kind', pr.kind, 'base_url', pr.base_url, 'config', pr.config,
                'amount', c.amount, 'asset', c.asset, 'memo', c.memo,
                'expiry_secs', greatest(1, extract(epoch FROM c.expiry)::bigint),
@@ -172,7 +173,8 @@ BEGIN
     SELECT claims || coalesce(jsonb_agg(jsonb_build_object(
                'withdrawal_id', c.id, 'op', CASE WHEN c.send THEN 'pay' ELSE 'lookup' END,
                'provider_id', c.provider_id, 'kind', pr.kind, 'base_url', pr.base_url, 'config', pr.config,
-               'destination', c.destination, 'payment_hash', c.payment_hash, 'amount', c.amount)), '[]')
+               'destination', c.destination, 'payment_hash', c.payment_hash, 'amount', c.amount,
+               'max_fee', c.max_fee)), '[]')
       INTO claims
       FROM claimed c JOIN payledger.providers pr ON pr.id = c.provider_id;
     RETURN claims;

@@ -1,19 +1,37 @@
 #!/usr/bin/env python3
 """Test servers that follow the documented APIs and status values of LND REST,
-Core Lightning REST (clnrest), BTCPay Greenfield and Stripe PaymentIntents
-(see ../shared/reference/protocols.md §5), for the worker's adapter tests and
-the reconciler benchmark. Standard library only; asyncio with a small HTTP/1.1
-parser and keep-alive, so that it serves thousands of requests a second.
+Core Lightning REST (clnrest), BTCPay Greenfield and Stripe (PaymentIntents,
+Refunds), for the worker's adapter tests and the reconciler benchmark (see
+../shared/reference/protocols.md §5). asyncio with a small HTTP/1.1 parser
+and keep-alive, so that it serves thousands of requests a second.
 
-    python3 mock_providers.py <port> [--bench]
+The LND and Core Lightning servers are two nodes of one small network: their
+invoices are real BOLT11s signed with each node's key (the `bolt11` package
+LNbits uses, so run this with LNbits' Python), and either node pays the
+other's invoices, or any other BOLT11 (then the money leaves the network).
+
+    <LNbits venv>/bin/python mock_providers.py <port> [--bench]
+
+LND: POST /v1/invoices, GET /v1/invoice/{r_hash hex}, POST /v2/invoices/cancel,
+     POST /v2/router/send and GET /v2/router/track/{payment_hash base64url}
+     (grpc-gateway streams: one JSON object a line, {"result": Payment};
+     an error before the first one is the HTTP status of its gRPC code).
+CLN: POST /v1/invoice, /v1/listinvoices, /v1/delinvoice, /v1/pay, /v1/listpays
+     (JSON-RPC errors as HTTP 500 {"code", "message"}).
 
 Control endpoints (no auth), for the tests to play the payer and the network:
     POST /_control/settle/<id>     paid in full (id: payment hash or provider id)
+    POST /_control/overpay/<id>    paid twice the amount (BOLT 4 allows it)
     POST /_control/expire/<id>     past expiry unpaid
     POST /_control/paidlate/<id>   BTCPay: Expired + PaidLate
+    POST /_control/network/<mode>  how payments go: ok (default), fail (no
+                                   route), hold (in flight until resolved),
+                                   slow (the pay call answers after 30 s)
+    POST /_control/resolve/<hash>/<ok|fail>   end a held payment
     POST /_control/down            answer 503 to everything but /_control
     POST /_control/up
     GET  /_control/stats           {"requests": n, "invoices": n}
+    GET  /_control/payments        every outgoing payment, by node
 With --bench, an unknown LND payment hash is an OPEN invoice (the benchmark
 seeds invoices in the database only).
 """
@@ -26,86 +44,306 @@ import sys
 import time
 from urllib.parse import parse_qsl
 
-MACAROON = "0201036c6e64"
-RUNE = "test-rune"
+try:
+    import bolt11
+    from bolt11 import Bolt11, MilliSatoshi, Tags, TagChar
+except ImportError:  # the benchmark needs no BOLT11
+    bolt11 = None
+
+MACAROON = "0201036c6e64"          # an invoice macaroon: invoices only
+ADMIN_MACAROON = "0201036c6e64ad"  # an admin macaroon: invoices and payments
+RUNE = "test-rune"                 # read and invoice
+PAY_RUNE = "test-pay-rune"         # also pay
 BTCPAY_KEY = "btcpay-key"
 STRIPE_KEY = "sk_test_payledger"
 STORE = "Store1"
+# each node's secret key: its invoices are signed with it
+NODE_KEYS = {"lnd": hashlib.sha256(b"payledger mock lnd").hexdigest(),
+             "cln": hashlib.sha256(b"payledger mock cln").hexdigest()}
 
 invoices = {}      # id -> dict(kind, state, amount_msat, ...)
 by_label = {}      # CLN label -> payment hash
+payments = {}      # (node, payment hash) -> outgoing payment
+refunds = {}       # Stripe refund id -> refund
 idempotency = {}   # Stripe Idempotency-Key -> response
 stats = {"requests": 0}
 down = False
+network = {"mode": "ok"}
 bench = "--bench" in sys.argv
-
-
-def new_hash():
-    return hashlib.sha256(os.urandom(32)).hexdigest()
 
 
 def respond(status, body):
     data = json.dumps(body).encode()
-    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 409: "Conflict",
               500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "OK")
     return status, reason, data
 
 
-def lnd(method, path, headers, body):
-    if headers.get("grpc-metadata-macaroon") != MACAROON:
-        return respond(401, {"code": 16, "message": "verification failed: signature mismatch"})
+def new_invoice(node, amount_msat, memo, expiry):
+    """A payable invoice of a node: a real BOLT11 signed with its key."""
+    preimage = os.urandom(32)
+    h = hashlib.sha256(preimage).hexdigest()
+    now = int(time.time())
+    tags = Tags()
+    tags.add(TagChar.description, memo or "")
+    tags.add(TagChar.expire_time, expiry)
+    tags.add(TagChar.payment_secret, os.urandom(32).hex())
+    tags.add(TagChar.payment_hash, h)
+    pr = bolt11.encode(Bolt11(currency="bc", amount_msat=MilliSatoshi(amount_msat), date=now, tags=tags),
+                       NODE_KEYS[node])
+    invoices[h] = {"kind": node, "state": "OPEN" if node == "lnd" else "unpaid", "amount_msat": amount_msat,
+                   "preimage": preimage, "bolt11": pr, "created": now, "expires_at": now + expiry}
+    return h, invoices[h]
+
+
+# -------------------------------------------------------------------------
+# The network: a node pays a BOLT11
+# -------------------------------------------------------------------------
+
+def fee_for(amount_msat):
+    """What a route costs: 1 sat plus 0.1 %."""
+    return 1000 + amount_msat // 1000
+
+
+def start_payment(node, payreq, fee_limit):
+    """Decode, check and start paying; returns (payment, None) or (None, (code, message))."""
+    try:
+        inv = bolt11.decode(payreq)
+    except Exception as e:
+        return None, ("invalid", "invalid payment request: %s" % e)
+    if inv.currency != "bc":
+        return None, ("invalid", "invoice not for current active network 'mainnet'")
+    if inv.has_expired():
+        return None, ("expired", "invoice expired. Valid until %s" % time.ctime(inv.date + inv.expiry))
+    if not inv.amount_msat:
+        return None, ("invalid", "amount must be specified when paying a zero amount invoice")
+    h = inv.payment_hash
+    old = payments.get((node, h))
+    if old is not None and old["status"] != "FAILED":
+        return None, ("exists", old)
+    amount = int(inv.amount_msat)
+    p = {"node": node, "payment_hash": h, "bolt11": payreq, "value_msat": amount, "fee_msat": 0,
+         "status": "IN_FLIGHT", "failure_reason": "FAILURE_REASON_NONE", "preimage": None,
+         "created": time.time(), "attempts": (old or {}).get("attempts", 0) + 1, "done": asyncio.Event()}
+    payments[(node, h)] = p
+    fee = fee_for(amount)
+    if network["mode"] == "fail" or fee > fee_limit:
+        finish(p, False)
+    elif network["mode"] == "ok" or network["mode"] == "slow":
+        finish(p, True)
+    return p, None
+
+
+def finish(p, ok):
+    """A payment arrives (the payee's invoice is settled when it is one of ours) or fails."""
+    if ok:
+        target = invoices.get(p["payment_hash"])
+        if target is not None and target["kind"] in ("lnd", "cln"):
+            if target["state"] not in ("OPEN", "unpaid"):
+                ok = False  # a canceled, deleted or paid invoice takes no HTLC
+            else:
+                target["state"] = "SETTLED" if target["kind"] == "lnd" else "paid"
+                target["paid_msat"] = p["value_msat"]
+                target["paid_at"] = int(time.time())
+                p["preimage"] = target["preimage"].hex()
+        elif target is None:
+            p["preimage"] = hashlib.sha256(p["payment_hash"].encode()).hexdigest()
+    if ok:
+        p["status"], p["fee_msat"] = "SUCCEEDED", fee_for(p["value_msat"])
+    else:
+        p["status"], p["failure_reason"] = "FAILED", "FAILURE_REASON_NO_ROUTE"
+    p["done"].set()
+
+
+# -------------------------------------------------------------------------
+# LND REST (lnrpc, routerrpc and invoicesrpc through grpc-gateway)
+# -------------------------------------------------------------------------
+
+def b64(h):
+    return base64.b64encode(bytes.fromhex(h)).decode()
+
+
+def grpc_error(code, message):
+    http = {2: 500, 3: 400, 5: 404, 6: 409, 16: 401}[code]
+    return respond(http, {"code": code, "message": message, "details": []})
+
+
+def lnd_payment(p):
+    out = {"payment_hash": p["payment_hash"], "value": str(p["value_msat"] // 1000),
+           "value_msat": str(p["value_msat"]), "value_sat": str(p["value_msat"] // 1000),
+           "payment_request": p["bolt11"], "status": p["status"],
+           "fee": str(p["fee_msat"] // 1000), "fee_sat": str(p["fee_msat"] // 1000),
+           "fee_msat": str(p["fee_msat"]), "creation_time_ns": str(int(p["created"] * 1e9)),
+           "payment_index": str(list(payments).index(("lnd", p["payment_hash"])) + 1),
+           "failure_reason": p["failure_reason"], "htlcs": []}
+    out["payment_preimage"] = p["preimage"] or "0" * 64
+    return {"result": out}
+
+
+def lnd_stream(p):
+    """The payment's current state, then (while in flight) its final one."""
+    async def lines():
+        yield lnd_payment(p)
+        if p["status"] == "IN_FLIGHT":
+            await p["done"].wait()
+            yield lnd_payment(p)
+    return lines()
+
+
+def lnd(method, path, query, headers, body):
+    mac = headers.get("grpc-metadata-macaroon")
+    if mac not in (MACAROON, ADMIN_MACAROON):
+        return grpc_error(16, "verification failed: signature mismatch")
+    if path.startswith("/v2/router/") and mac != ADMIN_MACAROON:
+        return grpc_error(2, "permission denied")
     if method == "POST" and path == "/v1/invoices":
         req = json.loads(body or b"{}")
-        h = new_hash()
-        invoices[h] = {"kind": "lnd", "state": "OPEN", "amount_msat": int(req["value_msat"]),
-                       "preimage": os.urandom(32)}
-        return respond(200, {"r_hash": base64.b64encode(bytes.fromhex(h)).decode(),
-                             "payment_request": "lnbcrt" + h[:20], "add_index": str(len(invoices)),
-                             "payment_addr": base64.b64encode(os.urandom(32)).decode()})
+        h, inv = new_invoice("lnd", int(req["value_msat"]), req.get("memo"), int(req.get("expiry", 86400)))
+        return respond(200, {"r_hash": b64(h), "payment_request": inv["bolt11"],
+                             "add_index": str(len(invoices)), "payment_addr": base64.b64encode(os.urandom(32)).decode()})
     if method == "GET" and path.startswith("/v1/invoice/"):
         h = path.rsplit("/", 1)[1]
         inv = invoices.get(h)
-        if inv is None:
+        if inv is None or inv["kind"] != "lnd":
             if bench:
                 return respond(200, {"state": "OPEN", "amt_paid_msat": "0", "settled": False})
-            return respond(404, {"code": 5, "message": "unable to locate invoice"})
+            return grpc_error(5, "unable to locate invoice")
         paid = inv["state"] == "SETTLED"
-        return respond(200, {"state": inv["state"], "settled": paid,
+        return respond(200, {"memo": "", "r_hash": b64(h), "payment_request": inv["bolt11"],
+                             "state": inv["state"], "settled": paid,
                              "value_msat": str(inv["amount_msat"]),
-                             "amt_paid_msat": str(inv["amount_msat"] if paid else 0),
+                             "amt_paid_msat": str(inv.get("paid_msat", 0) if paid else 0),
                              "r_preimage": base64.b64encode(inv["preimage"]).decode()})
-    return respond(404, {"code": 5, "message": "Not Found"})
+    if method == "POST" and path == "/v2/invoices/cancel":
+        h = base64.b64decode(json.loads(body or b"{}").get("payment_hash", "")).hex()
+        inv = invoices.get(h)
+        if inv is None or inv["kind"] != "lnd":
+            return grpc_error(2, "unable to locate invoice")
+        if inv["state"] == "SETTLED":
+            return grpc_error(2, "invoice already settled")
+        inv["state"] = "CANCELED"   # (cancelling a canceled invoice is no error)
+        return respond(200, {})
+    if method == "POST" and path == "/v2/router/send":
+        req = json.loads(body or b"{}")
+        if int(req.get("timeout_seconds", 0)) <= 0:
+            return grpc_error(3, "timeout_seconds must be specified")
+        limit = int(req.get("fee_limit_msat") or 0) or int(req.get("fee_limit_sat") or 0) * 1000
+        p, err = start_payment("lnd", req.get("payment_request", ""), limit)
+        if err is not None:
+            if err[0] == "exists":
+                return grpc_error(6, "invoice is already paid" if err[1]["status"] == "SUCCEEDED"
+                                  else "payment is in transition")
+            return grpc_error(2 if err[0] == "expired" else 3, err[1])
+        if network["mode"] == "slow":
+            return ("slow", lnd_stream(p))
+        return ("stream", lnd_stream(p))
+    if method == "GET" and path.startswith("/v2/router/track/"):
+        try:
+            h = base64.urlsafe_b64decode(path.rsplit("/", 1)[1] + "==").hex()
+        except Exception:
+            return grpc_error(3, "invalid payment hash")
+        p = payments.get(("lnd", h))
+        if p is None:
+            return grpc_error(5, "payment isn't initiated")
+        return ("stream", lnd_stream(p))
+    return grpc_error(5, "Not Found")
 
 
-def cln(method, path, headers, body):
-    if headers.get("rune") != RUNE:
-        return respond(401, {"code": 1501, "message": "Not authorized: Not derived from master"})
+# -------------------------------------------------------------------------
+# Core Lightning clnrest (JSON-RPC commands as POST /v1/<method>)
+# -------------------------------------------------------------------------
+
+def rpc_error(code, message, data=None):
+    body = {"code": code, "message": message}
+    if data is not None:
+        body["data"] = data
+    return respond(500, body)
+
+
+def cln_invoice(h, inv):
+    out = {"label": inv["label"], "payment_hash": h, "status": inv["state"], "amount_msat": inv["amount_msat"],
+           "bolt11": inv["bolt11"], "expires_at": inv["expires_at"], "description": inv.get("memo", "")}
+    if inv["state"] == "paid":
+        out["amount_received_msat"] = inv["paid_msat"]
+        out["payment_preimage"] = inv["preimage"].hex()
+        out["paid_at"] = inv["paid_at"]
+    return out
+
+
+def cln_pay(p):
+    out = {"payment_hash": p["payment_hash"], "status": {"SUCCEEDED": "complete", "FAILED": "failed"}.get(p["status"], "pending"),
+           "created_at": p["created"], "bolt11": p["bolt11"], "amount_msat": p["value_msat"],
+           "amount_sent_msat": p["value_msat"] + p["fee_msat"], "number_of_parts": 1}
+    if p["status"] == "SUCCEEDED":
+        out["preimage"] = p["preimage"]
+    return out
+
+
+def cln(method, path, query, headers, body):
+    rune = headers.get("rune")
+    if rune not in (RUNE, PAY_RUNE):
+        return rpc_error(1501, "Not authorized: Not derived from master")
     req = json.loads(body or b"{}")
     if path == "/v1/invoice":
         if req["label"] in by_label:
-            return respond(500, {"code": 900, "message": "Duplicate label '%s'" % req["label"]})
-        h = new_hash()
+            return rpc_error(900, "Duplicate label '%s'" % req["label"])
+        h, inv = new_invoice("cln", int(req["amount_msat"]), req.get("description"), int(req.get("expiry", 604800)))
+        inv["label"], inv["memo"] = req["label"], req.get("description", "")
         by_label[req["label"]] = h
-        invoices[h] = {"kind": "cln", "state": "unpaid", "amount_msat": int(req["amount_msat"]),
-                       "preimage": os.urandom(32), "expires_at": int(time.time()) + int(req.get("expiry", 3600))}
-        return respond(200, {"payment_hash": h, "bolt11": "lnbcrt" + h[:20],
-                             "expires_at": invoices[h]["expires_at"],
-                             "payment_secret": os.urandom(32).hex()})
+        return respond(200, {"payment_hash": h, "bolt11": inv["bolt11"], "expires_at": inv["expires_at"],
+                             "payment_secret": os.urandom(32).hex(), "created_index": len(invoices)})
     if path == "/v1/listinvoices":
         h = req.get("payment_hash") or by_label.get(req.get("label"))
         inv = invoices.get(h)
-        if inv is None:
+        if inv is None or inv["kind"] != "cln":
             return respond(200, {"invoices": []})
-        out = {"payment_hash": h, "status": inv["state"], "amount_msat": inv["amount_msat"],
-               "bolt11": "lnbcrt" + h[:20], "expires_at": inv["expires_at"]}
-        if inv["state"] == "paid":
-            out["amount_received_msat"] = inv["amount_msat"]
-            out["payment_preimage"] = inv["preimage"].hex()
-        return respond(200, {"invoices": [out]})
-    return respond(404, {"code": -32601, "message": "Unknown command"})
+        return respond(200, {"invoices": [cln_invoice(h, inv)]})
+    if path == "/v1/delinvoice":
+        h = by_label.get(req.get("label"))
+        if h is None:
+            return rpc_error(905, "Unknown invoice")
+        inv = invoices[h]
+        if inv["state"] != req.get("status"):
+            return rpc_error(906, "Invoice status is %s not %s" % (inv["state"], req.get("status")),
+                             {"current_status": inv["state"], "expected_status": req.get("status")})
+        out = cln_invoice(h, inv)
+        del by_label[req["label"]]
+        del invoices[h]
+        return respond(200, out)
+    if path == "/v1/pay":
+        if rune != PAY_RUNE:
+            return rpc_error(1502, "Not permitted: method is not equal to invoice")
+        p, err = start_payment("cln", req.get("bolt11", ""), int(req.get("maxfee", 1 << 62)))
+        if err is not None:
+            if err[0] == "exists":
+                if err[1]["status"] == "SUCCEEDED":
+                    return respond(200, {**cln_pay(err[1]), "payment_preimage": err[1]["preimage"], "parts": 1})
+                return rpc_error(200, "Already in progress")
+            return rpc_error(207 if err[0] == "expired" else -32602, err[1])
+
+        async def outcome():
+            if network["mode"] == "slow":
+                await asyncio.sleep(30)
+            await p["done"].wait()   # pay returns when the payment is over
+            if p["status"] == "SUCCEEDED":
+                return respond(200, {**cln_pay(p), "payment_preimage": p["preimage"], "parts": 1})
+            if p["fee_msat"] == 0 and fee_for(p["value_msat"]) > int(req.get("maxfee", 1 << 62)):
+                return rpc_error(206, "Fee exceeds our fee budget: %dmsat > %dmsat"
+                                 % (fee_for(p["value_msat"]), int(req["maxfee"])))
+            return rpc_error(210, "Ran out of routes to try after 3 attempts: see `paystatus`")
+        return outcome()
+    if path == "/v1/listpays":
+        found = [cln_pay(p) for (node, h), p in payments.items()
+                 if node == "cln" and (not req.get("payment_hash") or h == req["payment_hash"])]
+        return respond(200, {"pays": found})
+    return rpc_error(-32601, "Unknown command '%s'" % path.rsplit("/", 1)[1])
 
 
-def btcpay(method, path, headers, body):
+# -------------------------------------------------------------------------
+# BTCPay Greenfield
+# -------------------------------------------------------------------------
+
+def btcpay(method, path, query, headers, body):
     if headers.get("authorization") != "token " + BTCPAY_KEY:
         return respond(401, {"code": "unauthenticated", "message": "Authentication is required"})
     base = "/api/v1/stores/%s/invoices" % STORE
@@ -113,7 +351,7 @@ def btcpay(method, path, headers, body):
         return respond(404, {"code": "store-not-found", "message": "The store was not found"})
     if method == "POST" and path == base:
         req = json.loads(body or b"{}")
-        i = "BT" + new_hash()[:20]
+        i = "BT" + os.urandom(10).hex()
         now = int(time.time())
         exp = now + 60 * int(req.get("checkout", {}).get("expirationMinutes", 15))
         invoices[i] = {"kind": "btcpay", "state": "New", "extra": "None",
@@ -125,37 +363,91 @@ def btcpay(method, path, headers, body):
     inv = invoices.get(i)
     if method == "GET" and inv is not None:
         return respond(200, {"id": i, "status": inv["state"], "additionalStatus": inv["extra"],
-                             "amount": str(inv["amount_msat"] // 1000), "currency": "SATS"})
+                             "amount": str(inv.get("paid_msat", inv["amount_msat"]) // 1000), "currency": "SATS"})
     return respond(404, {"code": "invoice-not-found", "message": "The invoice was not found"})
 
 
-def stripe(method, path, headers, body):
+# -------------------------------------------------------------------------
+# Stripe (form-encoded requests, Idempotency-Key)
+# -------------------------------------------------------------------------
+
+def stripe_error(status, code, message, **extra):
+    return respond(status, {"error": {"type": "invalid_request_error", "code": code, "message": message, **extra}})
+
+
+def intent(i, inv):
+    return {"id": i, "object": "payment_intent", "status": inv["state"], "amount": inv["amount_msat"],
+            "currency": inv["currency"],
+            "amount_received": inv["amount_msat"] if inv["state"] == "succeeded" else 0,
+            "cancellation_reason": inv.get("cancellation_reason")}
+
+
+def stripe(method, path, query, headers, body):
     if headers.get("authorization") != "Bearer " + STRIPE_KEY:
         return respond(401, {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}})
+    key = headers.get("idempotency-key")
+    if method == "POST" and key in idempotency:
+        return idempotency[key]
+    form = dict(parse_qsl(body.decode()))
     if method == "POST" and path == "/v1/payment_intents":
-        key = headers.get("idempotency-key")
-        if key in idempotency:
-            return idempotency[key]
-        form = dict(parse_qsl(body.decode()))
-        i = "pi_" + new_hash()[:24]
-        invoices[i] = {"kind": "stripe", "state": "requires_payment_method", "amount_msat": int(form["amount"])}
-        r = respond(200, {"id": i, "object": "payment_intent", "amount": int(form["amount"]),
-                          "currency": form["currency"], "status": "requires_payment_method",
-                          "client_secret": i + "_secret_x"})
-        if key:
-            idempotency[key] = r
-        return r
-    if method == "GET" and path.startswith("/v1/payment_intents/"):
-        i = path.rsplit("/", 1)[1]
+        i = "pi_" + os.urandom(12).hex()
+        invoices[i] = {"kind": "stripe", "state": "requires_payment_method", "amount_msat": int(form["amount"]),
+                       "currency": form["currency"]}
+        r = respond(200, {**intent(i, invoices[i]), "client_secret": i + "_secret_x"})
+    elif path.startswith("/v1/payment_intents/"):
+        parts = path.split("/")
+        i = parts[3]
         inv = invoices.get(i)
-        if inv is None:
-            return respond(404, {"error": {"type": "invalid_request_error", "code": "resource_missing",
-                                           "message": "No such payment_intent: '%s'" % i}})
-        return respond(200, {"id": i, "object": "payment_intent", "status": inv["state"],
-                             "amount": inv["amount_msat"],
-                             "amount_received": inv["amount_msat"] if inv["state"] == "succeeded" else 0})
-    return respond(404, {"error": {"type": "invalid_request_error", "message": "Unrecognized request URL"}})
+        if inv is None or inv["kind"] != "stripe":
+            return stripe_error(404, "resource_missing", "No such payment_intent: '%s'" % i, param="intent")
+        if method == "GET" and len(parts) == 4:
+            return respond(200, intent(i, inv))
+        if method == "POST" and parts[4:] == ["cancel"]:
+            if inv["state"] in ("succeeded", "canceled"):
+                return stripe_error(400, "payment_intent_unexpected_state",
+                                    "You cannot cancel this PaymentIntent because it has a status of %s. "
+                                    "Only a PaymentIntent with one of the following statuses may be canceled: "
+                                    "requires_payment_method, requires_capture, requires_confirmation, "
+                                    "requires_action, processing." % inv["state"], payment_intent=intent(i, inv))
+            inv["state"], inv["cancellation_reason"] = "canceled", form.get("cancellation_reason")
+            r = respond(200, intent(i, inv))
+        else:
+            return stripe_error(404, None, "Unrecognized request URL")
+    elif method == "POST" and path == "/v1/refunds":
+        i = form.get("payment_intent")
+        inv = invoices.get(i)
+        if inv is None or inv["kind"] != "stripe":
+            return stripe_error(404, "resource_missing", "No such payment_intent: '%s'" % i, param="payment_intent")
+        if inv["state"] != "succeeded":
+            return stripe_error(400, "payment_intent_unexpected_state",
+                                "This PaymentIntent (%s) does not have a successful charge to refund." % i)
+        left = inv["amount_msat"] - sum(x["amount"] for x in refunds.values()
+                                        if x["payment_intent"] == i and x["status"] != "failed")
+        amount = int(form.get("amount", left))
+        if amount > left:
+            return stripe_error(400, "amount_too_large",
+                                "Refund amount ($%.2f) is greater than unrefunded amount on charge ($%.2f)"
+                                % (amount / 100, left / 100), param="amount")
+        rid = "re_" + os.urandom(12).hex()
+        refunds[rid] = {"id": rid, "object": "refund", "amount": amount, "currency": inv["currency"],
+                        "payment_intent": i, "status": "pending" if network["mode"] == "hold" else "succeeded",
+                        "metadata": {k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")},
+                        "created": int(time.time())}
+        r = respond(200, refunds[rid])
+    elif method == "GET" and path == "/v1/refunds":
+        q = dict(parse_qsl(query))
+        found = [x for x in refunds.values() if x["payment_intent"] == q.get("payment_intent")]
+        return respond(200, {"object": "list", "data": found[::-1], "has_more": False, "url": "/v1/refunds"})
+    else:
+        return stripe_error(404, None, "Unrecognized request URL")
+    if key:
+        idempotency[key] = r
+    return r
 
+
+# -------------------------------------------------------------------------
+# Control, routing, HTTP
+# -------------------------------------------------------------------------
 
 def control(method, path):
     global down
@@ -164,16 +456,32 @@ def control(method, path):
     target = parts[3] if len(parts) > 3 else ""
     if action == "stats":
         return respond(200, {"requests": stats["requests"], "invoices": len(invoices)})
+    if action == "payments":
+        return respond(200, [{k: v for k, v in p.items() if k != "done"} for p in payments.values()])
     if action in ("down", "up"):
         down = action == "down"
         return respond(200, {"down": down})
+    if action == "network" and target in ("ok", "fail", "hold", "slow"):
+        network["mode"] = target
+        return respond(200, network)
+    if action == "resolve":
+        found = [p for (_, h), p in payments.items() if h == target and p["status"] == "IN_FLIGHT"]
+        for p in found:
+            finish(p, parts[4] == "ok")
+        for r in refunds.values():
+            if r["id"] == target and r["status"] == "pending":
+                r["status"] = "succeeded" if parts[4] == "ok" else "failed"
+                found.append(r)
+        return respond(200 if found else 404, {"resolved": len(found)})
     inv = invoices.get(target)
     if inv is None:
         return respond(404, {"error": "no such invoice"})
     paid = {"lnd": "SETTLED", "cln": "paid", "btcpay": "Settled", "stripe": "succeeded"}
     expired = {"lnd": "CANCELED", "cln": "expired", "btcpay": "Expired", "stripe": "canceled"}
-    if action == "settle":
+    if action in ("settle", "overpay"):
         inv["state"] = paid[inv["kind"]]
+        inv["paid_msat"] = inv["amount_msat"] * (2 if action == "overpay" else 1)
+        inv["paid_at"] = int(time.time())
     elif action == "expire":
         inv["state"] = expired[inv["kind"]]
     elif action == "paidlate" and inv["kind"] == "btcpay":
@@ -183,20 +491,20 @@ def control(method, path):
     return respond(200, {"state": inv["state"]})
 
 
-def route(method, path, headers, body):
+def route(method, path, query, headers, body):
     if path.startswith("/_control/"):
         return control(method, path)
     stats["requests"] += 1
     if down:
         return respond(503, {"message": "down for maintenance"})
-    if path.startswith("/v1/invoices") or path.startswith("/v1/invoice/"):
-        return lnd(method, path, headers, body)
-    if path in ("/v1/invoice", "/v1/listinvoices"):
-        return cln(method, path, headers, body)
+    if path.startswith(("/v1/invoices", "/v1/invoice/", "/v2/")):
+        return lnd(method, path, query, headers, body)
+    if path.startswith("/v1/") and path[4:] in ("invoice", "listinvoices", "delinvoice", "pay", "listpays"):
+        return cln(method, path, query, headers, body)
     if path.startswith("/api/v1/stores/"):
-        return btcpay(method, path, headers, body)
-    if path.startswith("/v1/payment_intents"):
-        return stripe(method, path, headers, body)
+        return btcpay(method, path, query, headers, body)
+    if path.startswith(("/v1/payment_intents", "/v1/refunds")):
+        return stripe(method, path, query, headers, body)
     return respond(404, {"message": "Not Found"})
 
 
@@ -204,33 +512,79 @@ class Http(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
         self.buf = b""
+        self.busy = False
+
+    def connection_lost(self, exc):
+        self.transport = None
 
     def data_received(self, data):
         self.buf += data
-        while True:
-            head_end = self.buf.find(b"\r\n\r\n")
-            if head_end < 0:
+        if not self.busy:
+            self.next_request()
+
+    def next_request(self):
+        head_end = self.buf.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        head = self.buf[:head_end].decode("latin-1").split("\r\n")
+        method, target, _ = head[0].split(" ", 2)
+        headers = {}
+        for line in head[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        length = int(headers.get("content-length", "0"))
+        if len(self.buf) < head_end + 4 + length:
+            return
+        body = self.buf[head_end + 4:head_end + 4 + length]
+        self.buf = self.buf[head_end + 4 + length:]
+        path, _, query = target.partition("?")
+        try:
+            result = route(method, path, query, headers, body)
+        except Exception as e:  # a test server: say what broke
+            result = respond(400, {"message": "bad request: %s" % e})
+        close = headers.get("connection", "").lower() == "close"
+        if isinstance(result, tuple) and len(result) == 3:
+            self.write(result, close)
+        else:
+            self.busy = True
+            asyncio.ensure_future(self.finish(result, close))
+
+    def write(self, result, close):
+        status, reason, data = result
+        if self.transport is None:
+            return
+        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                             % (status, reason.encode(), len(data)) + data)
+        if close:
+            self.transport.close()
+        elif self.buf:
+            self.next_request()
+
+    async def finish(self, result, close):
+        """An answer that takes time: a coroutine (one JSON body), or a
+        grpc-gateway stream (chunked, one JSON object a line)."""
+        if asyncio.iscoroutine(result):
+            r = await result
+            self.busy = False
+            return self.write(r, close)
+        how, lines = result
+        if how == "slow":
+            await asyncio.sleep(30)
+        if self.transport is None:
+            return
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        async for line in lines:
+            if self.transport is None or self.transport.is_closing():
                 return
-            head = self.buf[:head_end].decode("latin-1").split("\r\n")
-            method, target, _ = head[0].split(" ", 2)
-            headers = {}
-            for line in head[1:]:
-                k, _, v = line.partition(":")
-                headers[k.strip().lower()] = v.strip()
-            length = int(headers.get("content-length", "0"))
-            if len(self.buf) < head_end + 4 + length:
-                return
-            body = self.buf[head_end + 4:head_end + 4 + length]
-            self.buf = self.buf[head_end + 4 + length:]
-            try:
-                status, reason, data = route(method, target.split("?", 1)[0], headers, body)
-            except Exception as e:  # a test server: say what broke
-                status, reason, data = respond(400, {"message": "bad request: %s" % e})
-            self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                                 % (status, reason.encode(), len(data)) + data)
-            if headers.get("connection", "").lower() == "close":
+            data = json.dumps(line).encode() + b"\n"
+            self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        if self.transport is not None:
+            self.transport.write(b"0\r\n\r\n")
+            self.busy = False
+            if close:
                 self.transport.close()
-                return
+            elif self.buf:
+                self.next_request()
 
 
 async def main():

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The LND REST, Core Lightning REST, BTCPay and Stripe adapters over HTTP,
 # against test servers that follow each provider's documented API and status
-# values (tests/integration/mock_providers.py), one tick at a time with
-# CALL payledger.run_tick(): created, paid, expired, invalid, paid late,
-# refused credentials, a provider down, a creation whose answer was lost.
+# values and issue real signed BOLT11s (tests/integration/mock_providers.py),
+# one tick at a time with CALL payledger.run_tick(): created, paid, expired,
+# invalid, paid late, refused credentials, a provider down, a creation whose
+# answer was lost; money out (withdrawals at LND and Core Lightning, paid,
+# failed, in flight, timed out; a card refund), and open invoices cancelled
+# when their pay-in ends. The providers' books are compared with the ledger's.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
+setup_lnbits   # (its Python has the bolt11 package the test servers sign with)
 MOCK_PORT=$((TEST_PORT + 1001))
 port_busy "$MOCK_PORT" && fail "port $MOCK_PORT is busy"
-python3 "$REPO/tests/integration/mock_providers.py" "$MOCK_PORT" >"$DIR/mock.log" 2>&1 &
+"$LNBITS_VENV/bin/python" "$REPO/tests/integration/mock_providers.py" "$MOCK_PORT" >"$DIR/mock.log" 2>&1 &
 MOCK_PID=$!
 trap 'kill $MOCK_PID 2>/dev/null; stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
 for _ in $(seq 1 40); do port_busy "$MOCK_PORT" && break; sleep 0.25; done
@@ -141,6 +145,144 @@ q "UPDATE payledger.invoices SET next_check_at = now() WHERE payin_id IN ('$P', 
 tick
 expect "$P" "PAID / paid" "settled once the provider is back"
 expect "$P2" "PENDING / pending" "created once the provider is back"
+
+# (the other providers backed off too while the server was down: their
+# expired invoices are still watched for late money)
+q "UPDATE payledger.providers SET retry_after = NULL" >/dev/null
+
+echo "invoices are real BOLT11s, signed by their node"
+for kind in lnd cln; do
+  P=$(q "SELECT buy('$kind')")
+  tick
+  q "SELECT d.payment_hash = i.payment_hash AND d.amount_msat = i.amount AND d.payee IS NOT NULL
+       FROM payledger.invoices i, payledger.bolt11_decode(i.payment_request) d WHERE i.payin_id = '$P'" | grep -qx t \
+    || fail "$kind: the invoice is not a BOLT11 of its hash and amount: $(q "SELECT status, payment_request, last_error FROM payledger.invoices WHERE payin_id = '$P'")"
+done
+
+echo "cancel: a pay-in that ends while its invoice is open"
+for kind in lnd cln stripe; do
+  P=$(q "SELECT buy('$kind')")
+  tick
+  q "SELECT changed FROM payledger.cancel_payin('$P')" >/dev/null
+  tick
+  [ "$(q "SELECT status || ' ' || cancel FROM payledger.invoices WHERE payin_id = '$P'")" = "failed cancelled" ] \
+    || fail "$kind: not cancelled: $(q "SELECT status || ' ' || coalesce(cancel, '-') || ' ' || coalesce(last_error, '') FROM payledger.invoices WHERE payin_id = '$P'")"
+  X=$(ext "$P")
+  case $kind in
+    lnd) [ "$(curl -sf "$M/v1/invoice/$X" -H 'Grpc-Metadata-macaroon: 0201036c6e64' | jq -r .state)" = CANCELED ] || fail "LND: not CANCELED" ;;
+    cln) [ "$(curl -sf -X POST "$M/v1/listinvoices" -H 'Rune: test-rune' -d "{\"payment_hash\": \"$X\"}" | jq '.invoices | length')" = 0 ] \
+           || fail "CLN: not deleted" ;;
+    stripe) [ "$(curl -sf "$M/v1/payment_intents/$X" -H 'Authorization: Bearer sk_test_payledger' | jq -r .status)" = canceled ] \
+           || fail "Stripe: not canceled" ;;
+  esac
+done
+echo "cancel: paid before the cancel got there is late money"
+P=$(q "SELECT buy('lnd')")
+tick
+ctl "settle/$(ext "$P")"
+q "SELECT changed FROM payledger.cancel_payin('$P')" >/dev/null
+tick
+tick
+[ "$(q "SELECT status || ' ' || cancel || ' ' || paid_late FROM payledger.invoices WHERE payin_id = '$P'")" = "paid too_late true" ] \
+  || fail "the late money"
+
+echo "withdrawals: LND pays a Core Lightning invoice and back, fees booked"
+psql_ -d payledger_it <<SQL
+SELECT payledger.register_payin_type('WITHDRAWAL', 'withdrawal', allow_external => false, withdrawal => true),
+       payledger.register_payout_type('WITHDRAWAL', 'withdrawal'), payledger.register_payout_type('ROUTING_FEE', 'routing fee');
+SELECT payledger.set_provider_credentials(id, '{"macaroon": "0201036c6e64", "admin_macaroon": "0201036c6e64ad"}')
+  FROM payledger.providers WHERE name = 'lnd';
+SELECT payledger.set_provider_credentials(id, '{"rune": "test-rune", "pay_rune": "test-pay-rune"}')
+  FROM payledger.providers WHERE profile_id = payledger_internal.profile_id('cln');
+SQL
+# a BOLT11 of the other node, made at its API: <node> <msat>
+bolt11_at() {
+  case $1 in
+    lnd) curl -sf -X POST "$M/v1/invoices" -H 'Grpc-Metadata-macaroon: 0201036c6e64' \
+           -d "{\"value_msat\": \"$2\", \"memo\": \"withdrawal\", \"expiry\": \"600\"}" | jq -r .payment_request ;;
+    cln) curl -sf -X POST "$M/v1/invoice" -H 'Rune: test-rune' \
+           -d "{\"amount_msat\": $2, \"label\": \"w-$RANDOM$RANDOM\", \"description\": \"withdrawal\", \"expiry\": 600}" | jq -r .bolt11 ;;
+  esac
+}
+pid_of() { q "SELECT id FROM payledger.providers WHERE profile_id = payledger_internal.profile_id('$1')"; }
+withdraw() { # <provider> <bolt11> <max_fee>
+  q "SELECT withdrawal_id FROM payledger.withdraw('ann', 'msat', '$2', $3, provider => '$(pid_of "$1")')"
+}
+wst() { q "SELECT w.status || ' / ' || p.state || coalesce(' ' || p.failure_reason, '') || coalesce(' fee ' || w.fee, '')
+             FROM payledger.withdrawals w JOIN payledger.payins p ON p.id = w.payin_id WHERE w.id = '$1'"; }
+wexpect() { [ "$(wst "$1")" = "$2" ] || fail "$3: expected '$2', got '$(wst "$1")' ($(q "SELECT last_error FROM payledger.withdrawals WHERE id = '$1'"))"; }
+ann() { q "SELECT payledger.balance(payledger.account_id('ann', 'msat'))"; }
+A0=$(ann)
+INV=$(bolt11_at cln 50000)
+W1=$(withdraw lnd "$INV" 2000)
+tick
+wexpect "$W1" "succeeded / PAID fee 1050" "LND paid"
+[ "$(curl -sf -X POST "$M/v1/listinvoices" -H 'Rune: test-rune' -d "{\"invoice\": \"\", \"payment_hash\": \"$(q "SELECT payment_hash FROM payledger.withdrawals WHERE id = '$W1'")\"}" \
+      | jq -r '.invoices[0].status')" = paid ] || fail "the Core Lightning invoice is not paid"
+INV=$(bolt11_at lnd 70000)
+W2=$(withdraw cln "$INV" 2000)
+tick
+wexpect "$W2" "succeeded / PAID fee 1070" "Core Lightning paid"
+[ "$(ann)" = $((A0 - 50000 - 1050 - 70000 - 1070)) ] || fail "ann paid the amounts and the fees: $(ann)"
+
+echo "withdrawals: over the fee budget, no route: failed, the escrow back"
+W3=$(withdraw lnd "$(bolt11_at cln 50000)" 100)
+W4=$(withdraw cln "$(bolt11_at lnd 50000)" 100)
+ctl network/fail
+W5=$(withdraw lnd "$(bolt11_at cln 20000)" 5000)
+tick
+ctl network/ok
+wexpect "$W3" "failed / FAILED WITHDRAWAL_FAILED" "LND over budget"
+wexpect "$W4" "failed / FAILED WITHDRAWAL_FAILED" "Core Lightning over budget"
+wexpect "$W5" "failed / FAILED WITHDRAWAL_FAILED" "LND no route"
+q "SELECT last_error FROM payledger.withdrawals WHERE id = '$W4'" | grep -q "fee budget" || fail "Core Lightning's reason"
+[ "$(ann)" = $((A0 - 50000 - 1050 - 70000 - 1070)) ] || fail "failed withdrawals cost nothing"
+
+echo "withdrawals: in flight at LND, then paid"
+ctl network/hold
+INV=$(bolt11_at cln 30000)
+W6=$(withdraw lnd "$INV" 2000)
+tick
+wexpect "$W6" "pending / PENDING_WITHDRAWAL" "in flight"
+H6=$(q "SELECT payment_hash FROM payledger.withdrawals WHERE id = '$W6'")
+ctl "resolve/$H6/ok"
+ctl network/ok
+q "UPDATE payledger.withdrawals SET next_check_at = now() WHERE id = '$W6'" >/dev/null
+tick
+wexpect "$W6" "succeeded / PAID fee 1030" "paid after the flight"
+
+echo "withdrawals: Core Lightning's pay outlasts the worker's timeout: looked up, not paid again"
+psql_ -d payledger_it -c "LOAD 'payledger'" -c "ALTER SYSTEM SET payledger.worker_http_timeout = 1500" -c "SELECT pg_reload_conf()" >/dev/null
+sleep 0.5
+ctl network/slow
+INV=$(bolt11_at lnd 40000)
+W7=$(withdraw cln "$INV" 2000)
+tick
+wexpect "$W7" "unknown / PENDING_WITHDRAWAL" "timed out"
+ctl network/ok
+q "UPDATE payledger.withdrawals SET next_check_at = now() WHERE id = '$W7'" >/dev/null
+tick
+wexpect "$W7" "succeeded / PAID fee 1040" "found paid"
+psql_ -d payledger_it -c "LOAD 'payledger'" -c "ALTER SYSTEM RESET payledger.worker_http_timeout" -c "SELECT pg_reload_conf()" >/dev/null
+
+echo "a card refund at Stripe"
+P=$(q "SELECT buy('stripe')")
+tick
+ctl "settle/$(ext "$P")"
+tick
+expect "$P" "PAID / paid" "card purchase"
+R1=$(q "SELECT withdrawal_id FROM payledger.refund_to_card('shop', '$P', 200,
+          jsonb_build_array(jsonb_build_object('account', payledger.account_id('shop', 'usd', 'revenue'))))")
+tick
+wexpect "$R1" "succeeded / PAID fee 0" "refunded"
+[ "$(curl -sf "$M/v1/refunds?payment_intent=$(ext "$P")" -H 'Authorization: Bearer sk_test_payledger' \
+      | jq -r '[.data[] | select(.metadata.payledger_withdrawal == "'"$R1"'") | .amount] | add')" = 200 ] || fail "Stripe's refund"
+
+echo "the providers' books agree with the ledger's"
+BOOKS=$(curl -sf "$M/_control/payments" | jq -r '.[] | select(.status == "SUCCEEDED") | "\(.payment_hash) \(.fee_msat)"' | sort)
+LEDGER=$(q "SELECT payment_hash || ' ' || fee FROM payledger.withdrawals WHERE status = 'succeeded' AND payment_hash IS NOT NULL ORDER BY 1" | sort)
+[ "$BOOKS" = "$LEDGER" ] || fail "the nodes paid: $BOOKS; the ledger says: $LEDGER"
+[ "$(curl -sf "$M/_control/payments" | jq '[.[] | .attempts] | max')" = 1 ] || fail "a payment was sent twice"
 
 [ -z "$(q "SELECT * FROM payledger.check_invariants()")" ] || { q "SELECT * FROM payledger.check_invariants()"; fail "invariants"; }
 echo "ok: providers"

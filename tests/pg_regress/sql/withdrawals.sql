@@ -156,6 +156,64 @@ SELECT t_try(format('SELECT withdrawal_id FROM payledger.withdraw(%L, %L, t_invo
 SELECT t_try(format('SELECT withdrawal_id FROM payledger.withdraw(%L, %L, t_invoice(8000, %L), 0, provider => %L, via_payin => %L)',
                     'alice', 'msat', 't4', (SELECT id FROM payledger.providers WHERE name = 'ln-in'), :'bought_out'));
 
+-- LND and Core Lightning pay out too, each with its pay-out key (an admin
+-- macaroon, a rune that may pay): without it, the provider cannot be picked
+SELECT payledger.add_provider('main', 'lnd-out', 'lnd_rest', 'https://lnd.example:8080', '{"macaroon": "m"}') AS lnd_out \gset
+SELECT payledger.add_provider('main', 'cln-out', 'cln_rest', 'https://cln.example:3010', '{"rune": "r"}', priority => 2) AS cln_out \gset
+SELECT t_try(format('SELECT withdrawal_id FROM payledger.withdraw(%L, %L, t_invoice(7000, %L), 0, provider => %L)',
+                    'alice', 'msat', 'k1', :'lnd_out'));
+SELECT payledger.set_provider_credentials(:'lnd_out', '{"macaroon": "m", "admin_macaroon": "a"}'),
+       payledger.set_provider_credentials(:'cln_out', '{"rune": "r", "pay_rune": "p"}');
+SELECT withdrawal_id AS w9 FROM payledger.withdraw('alice', 'msat', t_invoice(7000, 'k1'), 300) \gset
+SELECT withdrawal_id AS w10 FROM payledger.withdraw('alice', 'msat', t_invoice(7000, 'k2'), 300, provider => :'cln_out') \gset
+SELECT x ->> 'kind' AS kind, x ->> 'op' AS op, x ->> 'max_fee' AS max_fee, x::text ~ '"(a|p)"' AS leaks_key
+  FROM jsonb_array_elements(payledger.worker_claim(10)) x WHERE x ->> 'withdrawal_id' IN (:'w9', :'w10') ORDER BY 1;
+SELECT t_apply(:'w9', '{"op": "pay", "status": "succeeded", "fee": 1007, "preimage": "ab"}') AS lnd_paid,
+       t_apply(:'w10', '{"op": "pay", "status": "failed", "error": "HTTP 500: Fee exceeds our fee budget"}') AS cln_failed;
+SELECT t_w(:'w9') AS lnd, t_w(:'w10') AS cln;
+SELECT payledger.set_provider_active(:'lnd_out', false), payledger.set_provider_active(:'cln_out', false);
+
+-- card refunds (Stripe): back to the card that paid the purchase, through
+-- its provider, never more than it received
+SELECT payledger.add_provider('main', 'card', 'stripe', 'https://api.stripe.example', '{"secret_key": "sk_test"}',
+                              rail => 'card', asset => 'usd') AS card \gset
+SELECT payledger.register_payin_type('SHOP', 'a purchase'), payledger.register_payout_type('SALE', 'a sale');
+INSERT INTO t_acc VALUES ('shop_usd', payledger.open_account('shop', 'usd', 'revenue'));
+SELECT payin_id AS card_buy FROM payledger.create_payin('bob', 'SHOP', 'usd', 2500, '[{"external": "card"}]',
+  jsonb_build_array(jsonb_build_object('type', 'SALE', 'account', acc('shop_usd'), 'amount', 2500))) \gset
+SELECT invoice_id AS card_inv FROM payledger.request_invoice(:'card_buy', :'card') \gset
+SELECT count(*) > 0 AS claimed FROM payledger.worker_claim(10);
+SELECT payledger.invoice_apply(:'card_inv', '{"op": "create", "ok": true, "external_id": "pi_3Nabc"}'),
+       payledger.invoice_apply(:'card_inv', '{"op": "check", "status": "paid", "received": 2500}');
+SELECT t_try(format('SELECT refunded FROM payledger.refund_to_card(%L, %L, 1000)', 'shop', :'bought_out'));  -- not a card payment
+SELECT t_try(format('SELECT refunded FROM payledger.refund_to_card(%L, %L, 0)', 'shop', :'card_buy'));
+SELECT t_try(format('SELECT refunded FROM payledger.refund_to_card(%L, %L, 2600)', 'shop', :'card_buy'));
+SELECT t_try(format('SELECT refunded FROM payledger.refund_to_card(%L, %L, 1000, payin_type => %L)', 'shop', :'card_buy', 'SHOP'));
+SELECT withdrawal_id AS r1, state, refunded FROM payledger.refund_to_card('shop', :'card_buy', 1500,
+  jsonb_build_array(jsonb_build_object('account', acc('shop_usd'))), idempotency_key => 'refund-1') \gset
+SELECT :'state' AS state, :refunded AS refunded, payledger.balance(acc('shop_usd')) AS shop_after_escrow;
+SELECT withdrawal_id = :'r1' AS same FROM payledger.refund_to_card('shop', :'card_buy', 1500,
+  jsonb_build_array(jsonb_build_object('account', acc('shop_usd'))), idempotency_key => 'refund-1');
+-- 1,500 refunded or being refunded, 2,500 paid: 1,000 more at most
+SELECT t_try(format('SELECT refunded FROM payledger.refund_to_card(%L, %L, 1001, %L)', 'shop', :'card_buy',
+                    jsonb_build_array(jsonb_build_object('account', acc('shop_usd')))));
+SELECT x ->> 'kind' AS kind, x ->> 'op' AS op, x ->> 'destination' AS destination, x ->> 'amount' AS amount
+  FROM jsonb_array_elements(payledger.worker_claim(10)) x WHERE x ->> 'withdrawal_id' = :'r1';
+SELECT t_apply(:'r1', '{"op": "pay", "status": "pending"}') AS pending;
+UPDATE payledger.withdrawals SET next_check_at = now() WHERE id = :'r1';
+SELECT x ->> 'op' AS op FROM jsonb_array_elements(payledger.worker_claim(10)) x WHERE x ->> 'withdrawal_id' = :'r1';
+SELECT t_apply(:'r1', '{"op": "lookup", "status": "succeeded", "fee": 0}') AS refunded;
+SELECT t_w(:'r1'), payledger.balance(acc('shop_usd')) AS shop,
+       payledger.balance(payledger.account_id('payledger', 'usd', 'provider_clearing', 'card')) AS card_clearing;
+-- a failed refund gives its room back
+SELECT withdrawal_id AS r2 FROM payledger.refund_to_card('shop', :'card_buy', 1000,
+  jsonb_build_array(jsonb_build_object('account', acc('shop_usd')))) \gset
+SELECT count(*) FROM payledger.worker_claim(10);
+SELECT t_apply(:'r2', '{"op": "pay", "status": "failed", "error": "HTTP 400: charge_disputed"}') AS failed;
+SELECT t_w(:'r2'), payledger.balance(acc('shop_usd')) AS shop_unchanged;
+SELECT t_try(format('SELECT refunded FROM payledger.refund_to_card(%L, %L, 1000, %L)', 'shop', :'card_buy',
+                    jsonb_build_array(jsonb_build_object('account', acc('shop_usd')))));
+
 -- the end user sees her withdrawals; the backend may withdraw
 SELECT t_invoice(10000, 'p6') AS inv6 \gset
 SET ROLE payledger_app;
