@@ -24,6 +24,7 @@ pub static WORKER_MAX_BACKOFF: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static WORKER_NOTIFY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(250);
 pub static METERING_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(21_600);
 pub static METERING_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static LNURL_HTTP_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -142,6 +143,26 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"payledger.lnurl_http_hosts",
+        c"Hosts whose LNURL servers may be called over plain http (a comma list).",
+        c"Lightning Addresses and LNURLs are resolved over https only; list loopback test servers here, never public hosts.",
+        &LNURL_HTTP_HOSTS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+/// The hosts LNURL servers may be reached at over plain http (a comma list).
+pub fn lnurl_http_hosts() -> Vec<String> {
+    LNURL_HTTP_HOSTS
+        .get()
+        .and_then(|c| c.to_str().ok().map(str::to_owned))
+        .unwrap_or_default()
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect()
 }
 
 fn define_worker_database() {

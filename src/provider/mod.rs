@@ -4,13 +4,15 @@
 //! (`webhooks.sql`); subscriptions (`subscriptions.sql`); withdrawals, money
 //! out (`withdrawals.sql`); a deadline for every waiting state of a pay-in
 //! (`deadlines.sql`); the HTTP adapters for invoices (`adapters`) and
-//! outgoing payments (`outgoing`), and webhook signatures (`webhook`).
+//! outgoing payments (`outgoing`), LNURL-pay resolution (`lnurl`), and
+//! webhook signatures (`webhook`).
 //!
 //! The worker's middle step, calling the providers, is `call_all`: it runs
 //! with no transaction and no database access, on up to
 //! `payledger.worker_concurrency` threads.
 
 pub mod adapters;
+pub mod lnurl;
 pub mod outgoing;
 pub mod webhook;
 
@@ -53,7 +55,7 @@ extension_sql_file!(
 extension_sql_file!(
     "withdrawals.sql",
     name = "provider_withdrawals",
-    requires = ["provider_subscriptions", bolt11_decode]
+    requires = ["provider_subscriptions", bolt11_decode, lnurl_target]
 );
 extension_sql_file!(
     "deadlines.sql",
@@ -68,6 +70,8 @@ pub type Secrets = HashMap<String, Value>;
 pub struct CallSettings {
     pub timeout: Duration,
     pub concurrency: usize,
+    /// read here, on the thread that may read settings
+    pub lnurl_http_hosts: Vec<String>,
 }
 
 impl CallSettings {
@@ -75,6 +79,7 @@ impl CallSettings {
         CallSettings {
             timeout: Duration::from_millis(crate::gucs::WORKER_HTTP_TIMEOUT.get().max(1) as u64),
             concurrency: crate::gucs::WORKER_CONCURRENCY.get().max(1) as usize,
+            lnurl_http_hosts: crate::gucs::lnurl_http_hosts(),
         }
     }
 }
@@ -149,6 +154,20 @@ fn call_one(claim: &Value, secrets: &Secrets, s: &CallSettings) -> Value {
         }
         Value::Object(v)
     };
+    if claim["op"] == "resolve" {
+        // (not the provider's client: the LNURL server is somebody else)
+        return match lnurl::resolve(
+            &lnurl::agent(s.timeout),
+            claim["destination"].as_str().unwrap_or_default(),
+            claim["amount"].as_i64().unwrap_or(0),
+            claim["network"].as_str().unwrap_or("bitcoin"),
+            &s.lnurl_http_hosts,
+        ) {
+            Ok(r) => merge(json!({"status": "resolved", "bolt11": r.bolt11,
+                                  "payment_hash": r.payment_hash})),
+            Err(f) => failure(claim, &f),
+        };
+    }
     if claim["op"] == "pay" || claim["op"] == "lookup" {
         let payment = outgoing::Payment {
             withdrawal_id: claim["withdrawal_id"].as_str().unwrap_or_default(),
@@ -388,6 +407,14 @@ fn webhook_verify_core(
         }
     };
     TableIterator::once(row)
+}
+
+/// The URL a withdrawal's destination is resolved at, when it is a
+/// Lightning Address or an LNURL (NULL otherwise): for `withdraw`'s checks.
+#[pg_extern(immutable, parallel_safe, schema = "payledger_internal")]
+#[search_path(pg_catalog, pg_temp)]
+fn lnurl_target(destination: &str) -> Option<String> {
+    lnurl::target(destination)
 }
 
 /// Whether a jsonb value is one payledger's Rust code can read (22023 when

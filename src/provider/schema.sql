@@ -151,19 +151,23 @@ CREATE INDEX invoices_due_idx ON payledger.invoices (next_check_at) WHERE next_c
 -- Money out: a withdrawal pay-in's payment of a BOLT11 at a provider, or
 -- its refund of a card payment (Stripe: destination is the PaymentIntent,
 -- no payment hash).
+--   resolving  a Lightning Address or LNURL (address) the worker is to turn
+--              into a BOLT11 first
 --   sending    to be paid at the worker's next claim
 --   unknown    the worker claimed it to pay (recorded before the call): what
 --              came of it is learnt by looking the payment up, never by paying again
 --   pending    the provider is still paying
 --   succeeded  paid; the pay-in is PAID, the fee booked
 --   failed     not paid; the pay-in is FAILED, the escrow returned
-CREATE TYPE payledger.withdrawal_status AS ENUM ('sending', 'unknown', 'pending', 'succeeded', 'failed');
+CREATE TYPE payledger.withdrawal_status AS ENUM ('resolving', 'sending', 'unknown', 'pending', 'succeeded', 'failed');
 
 CREATE TABLE payledger.withdrawals (
     id             uuid PRIMARY KEY,
     payin_id       uuid NOT NULL UNIQUE REFERENCES payledger.payins (id),
     provider_id    uuid NOT NULL REFERENCES payledger.providers (id),
     destination    text NOT NULL,          -- the BOLT11 paid, or the PaymentIntent refunded
+    -- the Lightning Address or LNURL asked (destination is its BOLT11 once resolved)
+    address        text,
     payment_hash   text CHECK (payment_hash ~ '^[0-9a-f]{64}$'),
     amount         bigint NOT NULL CHECK (amount > 0),
     max_fee        bigint NOT NULL CHECK (max_fee >= 0),

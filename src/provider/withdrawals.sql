@@ -40,7 +40,7 @@ $$;
 -- request (idempotency_key) returns the first withdrawal.
 CREATE FUNCTION payledger_internal.start_withdrawal(
     payer text, asset text, pr payledger.providers, destination text, payment_hash text, amount bigint,
-    max_fee bigint, accounts jsonb, payin_type text, idempotency_key text, metadata jsonb,
+    max_fee bigint, accounts jsonb, payin_type text, idempotency_key text, metadata jsonb, address text DEFAULT NULL,
     OUT withdrawal_id uuid, OUT payin_id uuid, OUT state payledger.payin_state, OUT amount_out bigint)
 LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
@@ -67,7 +67,7 @@ BEGIN
                 ELSE '[]'::jsonb END,
         idempotency_key => start_withdrawal.idempotency_key,
         metadata => coalesce(start_withdrawal.metadata, '{}'::jsonb)
-                    || jsonb_build_object('withdrawal', coalesce(start_withdrawal.payment_hash, destination)));
+                    || jsonb_build_object('withdrawal', coalesce(start_withdrawal.payment_hash, start_withdrawal.address, destination)));
     IF w.id IS NULL THEN
         SELECT x.* INTO w FROM payledger.withdrawals x WHERE x.payin_id = p.payin_id;
     END IF;
@@ -75,9 +75,11 @@ BEGIN
         -- (two withdrawals of one invoice at once: the second waits here on
         -- the first's index entry, and fails as the check above would have)
         BEGIN
-            INSERT INTO payledger.withdrawals AS x (id, payin_id, provider_id, destination, payment_hash, amount, max_fee,
-                                                   refund_account, next_check_at)
-            VALUES (payledger.new_id(), p.payin_id, pr.id, destination, start_withdrawal.payment_hash,
+            INSERT INTO payledger.withdrawals AS x (id, payin_id, provider_id, destination, address, status, payment_hash,
+                                                   amount, max_fee, refund_account, next_check_at)
+            VALUES (payledger.new_id(), p.payin_id, pr.id, destination, start_withdrawal.address,
+                    CASE WHEN start_withdrawal.address IS NULL THEN 'sending' ELSE 'resolving' END::payledger.withdrawal_status,
+                    start_withdrawal.payment_hash,
                     start_withdrawal.amount, max_fee,
                     (SELECT l.account_id FROM payledger.payin_legs l
                       WHERE l.payin_id = p.payin_id AND l.method = 'custodial' ORDER BY l.seq LIMIT 1),
@@ -94,8 +96,9 @@ BEGIN
 END;
 $$;
 
--- Withdraw: pay `destination` (a BOLT11 with an amount) from the payer's
--- balances, in the order of `accounts` (default: the payer's main account),
+-- Withdraw: pay `destination` (a BOLT11 with an amount; or a Lightning
+-- Address or LNURL, with `amount`, which the worker resolves into a BOLT11
+-- and checks before paying) from the payer's balances, in the order of `accounts` (default: the payer's main account),
 -- with at most `max_fee` of routing fee, at `provider`, or at the provider
 -- that settled the pay-in `via_payin` (Keysat's tips: paid out through the
 -- provider the purchase came in by), else the type's route or the default
@@ -113,6 +116,7 @@ CREATE FUNCTION payledger.withdraw(
     idempotency_key text DEFAULT NULL,
     metadata        jsonb DEFAULT NULL,
     via_payin       uuid DEFAULT NULL,
+    amount_msat     bigint DEFAULT NULL,
     OUT withdrawal_id uuid, OUT payin_id uuid, OUT state payledger.payin_state, OUT amount bigint,
     OUT payment_hash text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
@@ -120,6 +124,10 @@ DECLARE
     d record;
     pr payledger.providers;
     chosen uuid := provider;
+    address text;
+    hash text;
+    network text;
+    pay bigint := amount_msat;
 BEGIN
     PERFORM payledger_internal.require(payer, 'payer');
     PERFORM payledger_internal.require(asset, 'asset');
@@ -133,13 +141,32 @@ BEGIN
         RAISE EXCEPTION '% is not a registered withdrawal pay-in type', payin_type USING ERRCODE = 'PL022',
             HINT = 'register_payin_type(type, description, allow_external => false, withdrawal => true)';
     END IF;
-    SELECT * INTO d FROM payledger.bolt11_decode(destination);
-    IF d.amount_msat IS NULL OR d.amount_msat <= 0 THEN
-        RAISE EXCEPTION 'the destination invoice has no amount' USING ERRCODE = 'PL035';
-    END IF;
-    IF d.expires_at <= now() THEN
-        RAISE EXCEPTION 'the destination invoice has expired' USING ERRCODE = 'PL035',
-            DETAIL = format('it expired at %s', d.expires_at);
+    IF payledger_internal.lnurl_target(destination) IS NOT NULL THEN
+        -- a Lightning Address or LNURL: resolved (and checked) by the worker
+        address := destination;
+        IF amount_msat IS NULL THEN
+            RAISE EXCEPTION 'a Lightning Address or LNURL needs amount_msat' USING ERRCODE = 'PL035';
+        ELSIF amount_msat <= 0 THEN
+            RAISE EXCEPTION 'amount_msat must be positive, got %', amount_msat USING ERRCODE = 'PL001';
+        END IF;
+    ELSIF strpos(destination, '@') > 0 THEN
+        RAISE EXCEPTION 'not a Lightning Address: %', left(destination, 100) USING ERRCODE = 'PL035',
+            HINT = 'LUD-16: a user name of a-z, 0-9 and -_.+, then @ and a domain';
+    ELSE
+        SELECT * INTO d FROM payledger.bolt11_decode(destination);
+        IF d.amount_msat IS NULL OR d.amount_msat <= 0 THEN
+            RAISE EXCEPTION 'the destination invoice has no amount' USING ERRCODE = 'PL035';
+        END IF;
+        IF d.expires_at <= now() THEN
+            RAISE EXCEPTION 'the destination invoice has expired' USING ERRCODE = 'PL035',
+                DETAIL = format('it expired at %s', d.expires_at);
+        END IF;
+        IF amount_msat IS NOT NULL AND amount_msat <> d.amount_msat THEN
+            RAISE EXCEPTION 'the destination invoice is for % msat, not %', d.amount_msat, amount_msat USING ERRCODE = 'PL035';
+        END IF;
+        hash := d.payment_hash;
+        network := d.network;
+        pay := d.amount_msat;
     END IF;
     IF via_payin IS NOT NULL THEN
         IF NOT EXISTS (SELECT 1 FROM payledger.payins y WHERE y.id = via_payin) THEN
@@ -165,19 +192,19 @@ BEGIN
         RAISE EXCEPTION 'no active provider can pay % withdrawals in %', withdraw.payin_type, withdraw.asset USING ERRCODE = 'PL028',
             HINT = 'an active provider pays withdrawals with its pay-out key: lnbits "admin_key", lnd_rest "admin_macaroon", cln_rest "pay_rune"';
     END IF;
-    IF d.network <> coalesce(pr.config ->> 'network', 'bitcoin') THEN
-        RAISE EXCEPTION 'the destination invoice is for %, the provider pays on %', d.network,
+    IF network <> coalesce(pr.config ->> 'network', 'bitcoin') THEN
+        RAISE EXCEPTION 'the destination invoice is for %, the provider pays on %', network,
             coalesce(pr.config ->> 'network', 'bitcoin') USING ERRCODE = 'PL035';
     END IF;
     SELECT * INTO withdrawal_id, payin_id, state, amount
-      FROM payledger_internal.start_withdrawal(withdraw.payer, withdraw.asset, pr, withdraw.destination, d.payment_hash,
-                                               d.amount_msat, withdraw.max_fee, withdraw.accounts, withdraw.payin_type,
-                                               withdraw.idempotency_key, withdraw.metadata);
-    payment_hash := d.payment_hash;
+      FROM payledger_internal.start_withdrawal(withdraw.payer, withdraw.asset, pr, withdraw.destination, hash, pay,
+                                               withdraw.max_fee, withdraw.accounts, withdraw.payin_type,
+                                               withdraw.idempotency_key, withdraw.metadata, address);
+    payment_hash := hash;
 END;
 $$;
 GRANT EXECUTE ON FUNCTION
-    payledger.withdraw(text, text, text, bigint, jsonb, text, uuid, text, jsonb, uuid)
+    payledger.withdraw(text, text, text, bigint, jsonb, text, uuid, text, jsonb, uuid, bigint)
 TO payledger_app;
 
 -- Refund a card payment: pay `amount` (the asset's minor unit) of the
@@ -265,6 +292,8 @@ $$;
 --   {"op": "pay" | "lookup", "status": "succeeded", "fee", "preimage"}
 --   {"op": "pay" | "lookup", "status": "pending" | "failed", "error"}
 --   {"op": "lookup", "status": "not_found"}
+--   {"op": "resolve", "status": "resolved", "bolt11", "payment_hash"}
+--   {"op": "resolve", "ok": false, "error", "retryable"}   (not retryable: it fails)
 --   {"op": "pay" | "lookup", "ok": false, "error", "retryable"}
 -- Every change is guarded by the status it comes from, so a result applied
 -- twice changes nothing. Returns what it did, in a word.
@@ -289,6 +318,42 @@ BEGIN
     IF w.status IN ('succeeded', 'failed') THEN
         UPDATE payledger.withdrawals x SET locked_until = NULL WHERE x.id = w.id;
         RETURN 'already_' || w.status;
+    END IF;
+    IF result ->> 'op' = 'resolve' THEN
+        IF w.status <> 'resolving' THEN
+            UPDATE payledger.withdrawals x SET locked_until = NULL WHERE x.id = w.id;
+            RETURN 'ignored';
+        END IF;
+        IF st = 'resolved' THEN
+            BEGIN
+                -- (the worker checked it against the LNURL server's terms;
+                -- the amount and hash are checked again here, where it counts)
+                IF NOT EXISTS (SELECT 1 FROM payledger.bolt11_decode(result ->> 'bolt11') d
+                                WHERE d.amount_msat = w.amount AND d.payment_hash = result ->> 'payment_hash') THEN
+                    RAISE EXCEPTION 'the resolved invoice is not for % msat', w.amount USING ERRCODE = '22023';
+                END IF;
+                IF EXISTS (SELECT 1 FROM payledger.withdrawals x
+                            WHERE x.provider_id = w.provider_id AND x.payment_hash = result ->> 'payment_hash'
+                              AND x.status <> 'failed') THEN
+                    RAISE unique_violation;
+                END IF;
+                UPDATE payledger.withdrawals x
+                   SET status = 'sending', destination = result ->> 'bolt11', payment_hash = result ->> 'payment_hash',
+                       errors = 0, last_error = NULL, next_check_at = now(), locked_until = NULL, updated_at = now()
+                 WHERE x.id = w.id;
+                RETURN 'resolved';
+            EXCEPTION
+                WHEN unique_violation THEN
+                    st := 'failed';
+                    result := result || '{"error": "the LNURL server gave an invoice another withdrawal pays"}';
+                WHEN invalid_parameter_value THEN
+                    st := 'failed';
+                    result := result || jsonb_build_object('error', 'the LNURL server''s invoice: ' || SQLERRM);
+            END;
+        ELSIF NOT coalesce((result ->> 'retryable')::boolean, false) THEN
+            -- nothing was paid: a refusal fails it at once
+            st := 'failed';
+        END IF;
     END IF;
     IF st = 'succeeded' THEN
         paid_fee := coalesce((result ->> 'fee')::bigint, 0);
@@ -359,7 +424,8 @@ $$;
 -- While the payment may be under way (unknown, pending) the pay-in may not
 -- move (PL020), by the application or anyone: refunding it then could pay
 -- the money out twice. One not sent yet (sending) may still be failed or
--- cancelled, and then it never will be sent. withdrawal_apply settles the
+-- cancelled (also while its address is resolved), and then it never will be
+-- sent. withdrawal_apply settles the
 -- withdrawal's row first, so its own move goes through.
 CREATE FUNCTION payledger_internal.withdrawal_payin_lock(p payledger.payins)
 RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
@@ -373,7 +439,7 @@ BEGIN
     IF NOT FOUND OR w.status IN ('succeeded', 'failed') THEN
         RETURN;
     END IF;
-    IF w.status = 'sending' AND p.state IN ('FAILED', 'CANCELLED') THEN
+    IF w.status IN ('resolving', 'sending') AND p.state IN ('FAILED', 'CANCELLED') THEN
         UPDATE payledger.withdrawals x
            SET status = 'failed', settled_at = now(), next_check_at = NULL, locked_until = NULL,
                last_error = 'its pay-in ended before it was sent', updated_at = now()
@@ -408,6 +474,6 @@ LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
 $$;
 
 CREATE VIEW payledger.my_withdrawals WITH (security_barrier) AS
-SELECT w.id, w.payin_id, w.status, w.amount, w.max_fee, w.fee, w.payment_hash, w.created_at, w.settled_at
+SELECT w.id, w.payin_id, w.status, w.address, w.amount, w.max_fee, w.fee, w.payment_hash, w.created_at, w.settled_at
   FROM payledger.withdrawals w JOIN payledger.payins p ON p.id = w.payin_id
  WHERE p.owner_id = payledger.current_owner_id();

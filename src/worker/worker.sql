@@ -171,10 +171,11 @@ BEGIN
           FROM due WHERE wd.id = due.id
         RETURNING wd.*, due.send)
     SELECT claims || coalesce(jsonb_agg(jsonb_build_object(
-               'withdrawal_id', c.id, 'op', CASE WHEN c.send THEN 'pay' ELSE 'lookup' END,
+               'withdrawal_id', c.id,
+               'op', CASE WHEN c.status = 'resolving' THEN 'resolve' WHEN c.send THEN 'pay' ELSE 'lookup' END,
                'provider_id', c.provider_id, 'kind', pr.kind, 'base_url', pr.base_url, 'config', pr.config,
                'destination', c.destination, 'payment_hash', c.payment_hash, 'amount', c.amount,
-               'max_fee', c.max_fee)), '[]')
+               'max_fee', c.max_fee, 'network', coalesce(pr.config ->> 'network', 'bitcoin'))), '[]')
       INTO claims
       FROM claimed c JOIN payledger.providers pr ON pr.id = c.provider_id;
     RETURN claims;

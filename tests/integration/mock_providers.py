@@ -12,6 +12,11 @@ other's invoices, or any other BOLT11 (then the money leaves the network).
 
     <LNbits venv>/bin/python mock_providers.py <port> [--bench]
 
+LNURL-pay (LUD-06) and Lightning Addresses (LUD-16):
+     GET /.well-known/lnurlp/<user> and its callback ?amount=<msat>. A user
+     "<node>-<name>" is paid by an invoice of that node (lnd, cln); "liar"
+     answers an invoice for another amount, "plain" one with a description
+     instead of the metadata's hash, "closed" a LUD-06 ERROR.
 LND: POST /v1/invoices, GET /v1/invoice/{r_hash hex}, POST /v2/invoices/cancel,
      POST /v2/router/send and GET /v2/router/track/{payment_hash base64url}
      (grpc-gateway streams: one JSON object a line, {"result": Payment};
@@ -79,13 +84,16 @@ def respond(status, body):
     return status, reason, data
 
 
-def new_invoice(node, amount_msat, memo, expiry):
+def new_invoice(node, amount_msat, memo, expiry, description_hash=None):
     """A payable invoice of a node: a real BOLT11 signed with its key."""
     preimage = os.urandom(32)
     h = hashlib.sha256(preimage).hexdigest()
     now = int(time.time())
     tags = Tags()
-    tags.add(TagChar.description, memo or "")
+    if description_hash:
+        tags.add(TagChar.description_hash, description_hash)
+    else:
+        tags.add(TagChar.description, memo or "")
     tags.add(TagChar.expire_time, expiry)
     tags.add(TagChar.payment_secret, os.urandom(32).hex())
     tags.add(TagChar.payment_hash, h)
@@ -340,6 +348,44 @@ def cln(method, path, query, headers, body):
 
 
 # -------------------------------------------------------------------------
+# LNURL-pay (LUD-06, LUD-16)
+# -------------------------------------------------------------------------
+
+def lnurl_metadata(user):
+    return json.dumps([["text/plain", "Pay to %s" % user],
+                       ["text/identifier", "%s@127.0.0.1:%s" % (user, sys.argv[1])]])
+
+
+def lnurlp(method, path, query):
+    parts = path.strip("/").split("/")
+    user = parts[2] if path.startswith("/.well-known/") else parts[1]
+    if user == "closed":
+        return respond(200, {"status": "ERROR", "reason": "this address takes no payments"})
+    node = user.split("-", 1)[0]
+    if node not in ("lnd", "cln") and user not in ("liar", "plain"):
+        return respond(404, {"status": "ERROR", "reason": "no such user"})
+    metadata = lnurl_metadata(user)
+    if path.startswith("/.well-known/"):
+        return respond(200, {"tag": "payRequest", "minSendable": 1000, "maxSendable": 1000000000,
+                             "metadata": metadata, "commentAllowed": 0,
+                             "callback": "http://127.0.0.1:%s/lnurlp/%s/callback" % (sys.argv[1], user)})
+    amount = int(dict(parse_qsl(query)).get("amount", "0"))
+    if not 1000 <= amount <= 1000000000:
+        return respond(200, {"status": "ERROR", "reason": "amount out of range"})
+    dh = hashlib.sha256(metadata.encode()).hexdigest()
+    if user == "liar":
+        h, inv = new_invoice("lnd", amount + 1000, None, 600, dh)
+    elif user == "plain":
+        h, inv = new_invoice("lnd", amount, "Pay to plain", 600)
+    else:
+        h, inv = new_invoice(node, amount, None, 600, dh)
+    if node == "cln":
+        inv["label"] = "lnurl-" + h[:16]
+        by_label[inv["label"]] = h
+    return respond(200, {"pr": inv["bolt11"], "routes": []})
+
+
+# -------------------------------------------------------------------------
 # BTCPay Greenfield
 # -------------------------------------------------------------------------
 
@@ -497,6 +543,8 @@ def route(method, path, query, headers, body):
     stats["requests"] += 1
     if down:
         return respond(503, {"message": "down for maintenance"})
+    if path.startswith(("/.well-known/lnurlp/", "/lnurlp/")):
+        return lnurlp(method, path, query)
     if path.startswith(("/v1/invoices", "/v1/invoice/", "/v2/")):
         return lnd(method, path, query, headers, body)
     if path.startswith("/v1/") and path[4:] in ("invoice", "listinvoices", "delinvoice", "pay", "listpays"):

@@ -265,6 +265,41 @@ tick
 wexpect "$W7" "succeeded / PAID fee 1040" "found paid"
 psql_ -d payledger_it -c "LOAD 'payledger'" -c "ALTER SYSTEM RESET payledger.worker_http_timeout" -c "SELECT pg_reload_conf()" >/dev/null
 
+echo "withdrawals to a Lightning Address and an LNURL: resolved, checked, paid"
+psql_ -d payledger_it -c "LOAD 'payledger'" -c "ALTER SYSTEM SET payledger.lnurl_http_hosts = '127.0.0.1'" -c "SELECT pg_reload_conf()" >/dev/null
+sleep 0.5
+address() { # <provider> <address or lnurl> <msat>
+  q "SELECT withdrawal_id FROM payledger.withdraw('ann', 'msat', '$2', 2000, provider => '$(pid_of "$1")', amount_msat => $3)"
+}
+W8=$(address lnd "cln-bob@127.0.0.1:$MOCK_PORT" 21000)
+lnurl() { "$LNBITS_VENV/bin/python" -c "
+from bech32 import bech32_encode, convertbits
+print(bech32_encode('lnurl', convertbits(b'$1', 8, 5)).upper())"; }
+W9=$(address cln "$(lnurl "http://127.0.0.1:$MOCK_PORT/.well-known/lnurlp/lnd-carl")" 22000)
+tick
+wexpect "$W8" "sending / PENDING_WITHDRAWAL" "address resolved"
+wexpect "$W9" "sending / PENDING_WITHDRAWAL" "LNURL resolved"
+tick
+wexpect "$W8" "succeeded / PAID fee 1021" "paid to the address"
+wexpect "$W9" "succeeded / PAID fee 1022" "paid to the LNURL"
+H8=$(q "SELECT payment_hash FROM payledger.withdrawals WHERE id = '$W8'")
+[ "$(curl -sf -X POST "$M/v1/listinvoices" -H 'Rune: test-rune' -d "{\"payment_hash\": \"$H8\"}" | jq -r '.invoices[0].status')" = paid ] \
+  || fail "bob's invoice is not paid at his node"
+echo "withdrawals to addresses that do not hold to LUD-06: failed before paying, the escrow back"
+A1=$(ann)
+W10=$(address lnd "liar@127.0.0.1:$MOCK_PORT" 21000)
+W11=$(address lnd "plain@127.0.0.1:$MOCK_PORT" 21000)
+W12=$(address lnd "closed@127.0.0.1:$MOCK_PORT" 21000)
+W13=$(address lnd "nobody@127.0.0.1:$MOCK_PORT" 21000)
+W14=$(address lnd "$(lnurl "http://localhost:$MOCK_PORT/.well-known/lnurlp/lnd-dan")" 21000)
+tick
+for w in $W10 $W11 $W12 $W13 $W14; do wexpect "$w" "failed / FAILED WITHDRAWAL_FAILED" "a bad LNURL server"; done
+q "SELECT last_error FROM payledger.withdrawals WHERE id = '$W10'" | grep -q "is for Some(22000) msat, not 21000" || fail "the liar's amount"
+q "SELECT last_error FROM payledger.withdrawals WHERE id = '$W11'" | grep -q "description hash" || fail "the plain description"
+q "SELECT last_error FROM payledger.withdrawals WHERE id = '$W12'" | grep -q "takes no payments" || fail "LUD-06 ERROR reason"
+q "SELECT last_error FROM payledger.withdrawals WHERE id = '$W14'" | grep -q "not https" || fail "http to a host not allowed"
+[ "$(ann)" = "$A1" ] || fail "failed resolutions cost nothing"
+
 echo "a card refund at Stripe"
 P=$(q "SELECT buy('stripe')")
 tick

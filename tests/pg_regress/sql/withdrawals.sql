@@ -214,6 +214,41 @@ SELECT t_w(:'r2'), payledger.balance(acc('shop_usd')) AS shop_unchanged;
 SELECT t_try(format('SELECT refunded FROM payledger.refund_to_card(%L, %L, 1000, %L)', 'shop', :'card_buy',
                     jsonb_build_array(jsonb_build_object('account', acc('shop_usd')))));
 
+-- a Lightning Address or LNURL (with amount_msat): the worker resolves it
+-- into a BOLT11 (tests/integration/providers.sh, against an LNURL server),
+-- checked here again before it is paid
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', 'ann@example.com', 100)$$);
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', 'ann@example.com', 100, amount_msat => 0)$$);
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', 'Ann@example.com', 100, amount_msat => 1000)$$);
+SELECT t_try($$SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', t_invoice(5000, 'a0'), 100, amount_msat => 4000)$$);
+SELECT payledger_internal.lnurl_target('lightning:ann@example.com') AS address,
+       payledger_internal.lnurl_target('LNURL1DP68GURN8GHJ7UM9WFMXJCM99E3K7MF0V9CXJ0M385EKVCENXC6R2C35XVUKXEFCV5MKVV34X5EKZD3EV56NYD3HXQURZEPEXEJXXEPNXSCRVWFNV9NXZCN9XQ6XYEFHVGCXXCMYXYMNSERXFQ5FNS') AS lnurl;
+CREATE FUNCTION t_address(label text, amount bigint DEFAULT 12000) RETURNS uuid LANGUAGE sql AS $$
+  SELECT withdrawal_id FROM payledger.withdraw('alice', 'msat', label || '@example.com', 100, amount_msat => amount)
+$$;
+SELECT t_address('a1') AS a1, t_address('a2') AS a2, t_address('a3') AS a3, t_address('a4') AS a4, t_address('a5') AS a5 \gset
+SELECT status, address, destination, payment_hash, amount, max_fee FROM payledger.withdrawals WHERE id = :'a1';
+SELECT x ->> 'withdrawal_id' = :'a1' AS a1, x ->> 'op' AS op, x ->> 'destination' AS destination, x ->> 'amount' AS amount,
+       x ->> 'network' AS network
+  FROM jsonb_array_elements(payledger.worker_claim(10)) x WHERE x ->> 'withdrawal_id' IN (:'a1', :'a2', :'a3', :'a4', :'a5')
+ ORDER BY x ->> 'withdrawal_id';
+-- resolved: to be paid at the next claim
+SELECT t_apply(:'a1', jsonb_build_object('op', 'resolve', 'status', 'resolved', 'bolt11', t_invoice(12000, 'a1'),
+                                         'payment_hash', encode(sha256('a1'::bytea), 'hex'))) AS a1;
+SELECT t_w(:'a1'), destination = t_invoice(12000, 'a1') AS resolved_into FROM payledger.withdrawals WHERE id = :'a1';
+SELECT x ->> 'op' AS op FROM jsonb_array_elements(payledger.worker_claim(10)) x WHERE x ->> 'withdrawal_id' = :'a1';
+-- an invoice for another amount, an unreachable server, a refusal
+SELECT t_apply(:'a2', jsonb_build_object('op', 'resolve', 'status', 'resolved', 'bolt11', t_invoice(13000, 'a2'),
+                                         'payment_hash', encode(sha256('a2'::bytea), 'hex'))) AS a2;
+SELECT t_apply(:'a3', '{"op": "resolve", "ok": false, "retryable": true, "error": "LNURL: HTTP 503"}') AS a3;
+SELECT t_apply(:'a4', '{"op": "resolve", "ok": false, "retryable": false, "error": "LNURL: no such user"}') AS a4;
+SELECT t_w(id), last_error FROM payledger.withdrawals WHERE id IN (:'a2', :'a3', :'a4') ORDER BY id;
+-- the application may still fail one being resolved: it is then never paid
+SELECT changed FROM payledger.fail_payin((SELECT payin_id FROM payledger.withdrawals WHERE id = :'a5'), 'USER_CANCELLED');
+SELECT t_w(:'a5');
+SELECT t_apply(:'a5', jsonb_build_object('op', 'resolve', 'status', 'resolved', 'bolt11', t_invoice(12000, 'a5'),
+                                         'payment_hash', encode(sha256('a5'::bytea), 'hex'))) AS too_late;
+
 -- the end user sees her withdrawals; the backend may withdraw
 SELECT t_invoice(10000, 'p6') AS inv6 \gset
 SET ROLE payledger_app;
