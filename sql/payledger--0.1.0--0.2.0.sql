@@ -469,8 +469,110 @@ CREATE TRIGGER accounts_floor BEFORE INSERT OR UPDATE OF balance, pending_debits
 /* <begin connected objects> */
 CREATE SCHEMA IF NOT EXISTS payledger_internal;
 
--- src/provider/mod.rs
+-- src/payin/mod.rs
 /* payledger::payledger_internal */
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."split_payouts_core"(
+	"rule" TEXT, /* String */
+	"cost" bigint, /* i64 */
+	"payees" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"payouts" jsonb,  /* Option < JsonB > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
+
+-- src/ledger/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."engine_batch"(
+	"items" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"item" INT,  /* i32 */
+	"status" TEXT,  /* & '_ str */
+	"journal_id" uuid,  /* Option < Uuid > */
+	"hold_id" uuid,  /* Option < Uuid > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
+
+-- src/payin/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."payin_create_core"(
+	"payer" TEXT, /* Option < String > */
+	"payin_type" TEXT, /* Option < String > */
+	"asset" TEXT, /* Option < String > */
+	"cost" bigint, /* Option < i64 > */
+	"methods" jsonb, /* Option < JsonArg > */
+	"payouts" jsonb, /* Option < JsonArg > */
+	"split" TEXT, /* Option < String > */
+	"payees" jsonb, /* Option < JsonArg > */
+	"idempotency_key" TEXT, /* Option < String > */
+	"parent" uuid, /* Option < Uuid > */
+	"metadata" jsonb, /* Option < JsonArg > */
+	"predecessor" uuid, /* Option < Uuid > */
+	"genesis" uuid, /* Option < Uuid > */
+	"retry_count" INT, /* Option < i32 > */
+	"retry_policy" TEXT /* Option < String > */
+) RETURNS TABLE (
+	"payin_id" uuid,  /* Option < Uuid > */
+	"state" TEXT,  /* Option < String > */
+	"custodial_amount" bigint,  /* Option < i64 > */
+	"external_amount" bigint,  /* Option < i64 > */
+	"replayed" bool,  /* Option < bool > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'payin_create_core_wrapper';
+
+-- src/ledger/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."engine_batch_as"(
+	"module" TEXT, /* Option < String > */
+	"items" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"item" INT,  /* i32 */
+	"status" TEXT,  /* & '_ str */
+	"journal_id" uuid,  /* Option < Uuid > */
+	"hold_id" uuid,  /* Option < Uuid > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
+
+-- src/provider/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -498,112 +600,6 @@ CREATE  FUNCTION payledger_internal."transfer_journal"(
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
-
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."webhook_verify_core"(
-	"kind" TEXT, /* & str */
-	"secret" TEXT, /* Option < & str > */
-	"headers" jsonb, /* JsonArg */
-	"body" TEXT /* & str */
-) RETURNS TABLE (
-	"sqlstate" TEXT,  /* Option < String > */
-	"message" TEXT,  /* Option < String > */
-	"reference" TEXT,  /* Option < String > */
-	"event" TEXT,  /* Option < String > */
-	"signed" bool,  /* Option < bool > */
-	"action" TEXT,  /* Option < String > */
-	"received" bigint,  /* Option < i64 > */
-	"note" TEXT  /* Option < String > */
-)
-STABLE PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
-
--- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_batch_as"(
-	"module" TEXT, /* Option < String > */
-	"items" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"item" INT,  /* i32 */
-	"status" TEXT,  /* & '_ str */
-	"journal_id" uuid,  /* Option < Uuid > */
-	"hold_id" uuid,  /* Option < Uuid > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
-
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."lnurl_target"(
-	"destination" TEXT /* & str */
-) RETURNS TEXT /* Option < String > */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lnurl_target_wrapper';
-
--- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
-
--- src/payin/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."split_payouts_core"(
-	"rule" TEXT, /* String */
-	"cost" bigint, /* i64 */
-	"payees" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"payouts" jsonb,  /* Option < JsonB > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
-
--- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_batch"(
-	"items" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"item" INT,  /* i32 */
-	"status" TEXT,  /* & '_ str */
-	"journal_id" uuid,  /* Option < Uuid > */
-	"hold_id" uuid,  /* Option < Uuid > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -1774,38 +1770,6 @@ $$;
 -- (not a trigger on INSERT: a restore's COPY must not run the handlers again
 -- for old pay-ins)
 SELECT payledger_internal.payin_handlers_compile('lock'), payledger_internal.payin_handlers_compile('reached');
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."payin_create_core"(
-	"payer" TEXT, /* Option < String > */
-	"payin_type" TEXT, /* Option < String > */
-	"asset" TEXT, /* Option < String > */
-	"cost" bigint, /* Option < i64 > */
-	"methods" jsonb, /* Option < JsonArg > */
-	"payouts" jsonb, /* Option < JsonArg > */
-	"split" TEXT, /* Option < String > */
-	"payees" jsonb, /* Option < JsonArg > */
-	"idempotency_key" TEXT, /* Option < String > */
-	"parent" uuid, /* Option < Uuid > */
-	"metadata" jsonb, /* Option < JsonArg > */
-	"predecessor" uuid, /* Option < Uuid > */
-	"genesis" uuid, /* Option < Uuid > */
-	"retry_count" INT, /* Option < i32 > */
-	"retry_policy" TEXT /* Option < String > */
-) RETURNS TABLE (
-	"payin_id" uuid,  /* Option < Uuid > */
-	"state" TEXT,  /* Option < String > */
-	"custodial_amount" bigint,  /* Option < i64 > */
-	"external_amount" bigint,  /* Option < i64 > */
-	"replayed" bool,  /* Option < bool > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'payin_create_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -3759,6 +3723,38 @@ $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."lnurl_target"(
+	"destination" TEXT /* & str */
+) RETURNS TEXT /* Option < String > */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lnurl_target_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."webhook_verify_core"(
+	"kind" TEXT, /* & str */
+	"secret" TEXT, /* Option < & str > */
+	"headers" jsonb, /* JsonArg */
+	"body" TEXT /* & str */
+) RETURNS TABLE (
+	"sqlstate" TEXT,  /* Option < String > */
+	"message" TEXT,  /* Option < String > */
+	"reference" TEXT,  /* Option < String > */
+	"event" TEXT,  /* Option < String > */
+	"signed" bool,  /* Option < bool > */
+	"action" TEXT,  /* Option < String > */
+	"received" bigint,  /* Option < i64 > */
+	"note" TEXT  /* Option < String > */
+)
+STABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
 -- requires:
 --   provider_invoices
 --   webhook_verify_core
@@ -4173,7 +4169,7 @@ TO payledger_app;
 -- payer's balances back to the card that paid pay-in `payin`, as a refund
 -- at the Stripe provider that took it, with the withdrawal's guarantees
 -- (sent once, looked up when its outcome is unknown, escrow returned if it
--- fails). The refunds of one payment never exceed what it received (PL037).
+-- fails). The refunds of one payment never exceed what it received (PL023).
 -- `payin_type` must be a withdrawal type; the pay-out type WITHDRAWAL must be
 -- registered.
 CREATE OR REPLACE FUNCTION payledger.refund_to_card(
@@ -4228,7 +4224,7 @@ BEGIN
          WHERE w.provider_id = pr.id AND w.destination = inv.external_id AND w.status <> 'failed';
         IF earlier + amount > inv.amount_received THEN
             RAISE EXCEPTION 'a refund of % would exceed the payment: % received, % refunded or being refunded',
-                amount, inv.amount_received, earlier USING ERRCODE = 'PL037';
+                amount, inv.amount_received, earlier USING ERRCODE = 'PL023';
         END IF;
     END IF;
     SELECT * INTO withdrawal_id, payin_id, state, refunded
@@ -4440,6 +4436,189 @@ SELECT w.id, w.payin_id, w.status, w.address, w.amount, w.max_fee, w.fee, w.paym
 -- requires:
 --   provider_withdrawals
 
+-- payledger providers: auto-withdrawal (Stacker News' AUTO_WITHDRAWAL).
+-- An account's owner names a Lightning Address or LNURL and a threshold;
+-- when the account holds more than the threshold (by at least a tenth of
+-- it), the housekeeping withdraws the excess there, less a fee budget, as an
+-- ordinary withdrawal (resolved, paid, never twice). One live auto-withdrawal
+-- per account at a time. See docs/providers.md.
+
+CREATE TABLE payledger.auto_withdrawals (
+    account_id      uuid PRIMARY KEY REFERENCES payledger.accounts (id),
+    owner_id        text NOT NULL,
+    asset           text NOT NULL,
+    destination     text NOT NULL,          -- a Lightning Address or LNURL
+    threshold       bigint NOT NULL CHECK (threshold > 0),
+    -- the fee budget: this percentage of the excess, at most max_fee_total
+    max_fee_percent numeric(5, 2) NOT NULL CHECK (max_fee_percent BETWEEN 0 AND 100),
+    max_fee_total   bigint CHECK (max_fee_total >= 0),
+    payin_type      text NOT NULL,
+    provider_id     uuid REFERENCES payledger.providers (id),
+    enabled         boolean NOT NULL DEFAULT true,
+    last_withdrawal_id uuid,
+    last_error      text,
+    errors          integer NOT NULL DEFAULT 0 CHECK (errors >= 0),
+    retry_at        timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE payledger.auto_withdrawals ENABLE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('payledger.auto_withdrawals', '');
+-- Set (or replace) the auto-withdrawal of owner's account in asset (its main
+-- account unless `account` names another of the owner's). Returns the account.
+CREATE OR REPLACE FUNCTION payledger.set_auto_withdrawal(
+    owner           text,
+    asset           text,
+    destination     text,
+    threshold       bigint,
+    max_fee_percent numeric DEFAULT 1,
+    max_fee_total   bigint DEFAULT NULL,
+    payin_type      text DEFAULT 'AUTO_WITHDRAWAL',
+    provider        uuid DEFAULT NULL,
+    account         uuid DEFAULT NULL)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    a payledger.accounts;
+BEGIN
+    PERFORM payledger_internal.require(owner, 'owner');
+    PERFORM payledger_internal.require(asset, 'asset');
+    PERFORM payledger_internal.require(destination, 'destination');
+    PERFORM payledger_internal.require(threshold, 'threshold');
+    PERFORM payledger_internal.require(max_fee_percent, 'max_fee_percent');
+    PERFORM payledger_internal.require(payin_type, 'payin_type');
+    IF payledger_internal.lnurl_target(destination) IS NULL THEN
+        RAISE EXCEPTION 'an auto-withdrawal goes to a Lightning Address or LNURL'
+            USING ERRCODE = 'PL035', DETAIL = format('not %s', left(destination, 100)), HINT = 'a BOLT11 is paid once; an address gives a new invoice each time';
+    END IF;
+    IF threshold <= 0 OR max_fee_percent < 0 OR max_fee_percent > 100 OR max_fee_total < 0 THEN
+        RAISE EXCEPTION 'threshold must be positive, max_fee_percent within 0 to 100, max_fee_total not negative'
+            USING ERRCODE = 'PL001';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.payin_types t WHERE t.type = set_auto_withdrawal.payin_type AND t.withdrawal) THEN
+        RAISE EXCEPTION '% is not a registered withdrawal pay-in type', payin_type USING ERRCODE = 'PL022',
+            HINT = 'register_payin_type(type, description, allow_external => false, withdrawal => true)';
+    END IF;
+    IF provider IS NOT NULL AND NOT EXISTS (SELECT 1 FROM payledger.providers x WHERE x.id = provider) THEN
+        RAISE EXCEPTION 'unknown provider %', provider USING ERRCODE = 'PL028';
+    END IF;
+    SELECT * INTO a FROM payledger.accounts x
+     WHERE x.id = coalesce(set_auto_withdrawal.account,
+                           payledger.account_id(set_auto_withdrawal.owner, set_auto_withdrawal.asset))
+       AND x.owner_id = set_auto_withdrawal.owner AND x.asset = set_auto_withdrawal.asset;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '% has no such % account', owner, asset USING ERRCODE = 'PL002';
+    END IF;
+    INSERT INTO payledger.auto_withdrawals AS x (account_id, owner_id, asset, destination, threshold, max_fee_percent,
+                                                 max_fee_total, payin_type, provider_id)
+    VALUES (a.id, set_auto_withdrawal.owner, set_auto_withdrawal.asset, set_auto_withdrawal.destination,
+            set_auto_withdrawal.threshold, set_auto_withdrawal.max_fee_percent, set_auto_withdrawal.max_fee_total,
+            set_auto_withdrawal.payin_type, set_auto_withdrawal.provider)
+    ON CONFLICT (account_id) DO UPDATE
+       SET destination = EXCLUDED.destination, threshold = EXCLUDED.threshold,
+           max_fee_percent = EXCLUDED.max_fee_percent, max_fee_total = EXCLUDED.max_fee_total,
+           payin_type = EXCLUDED.payin_type, provider_id = EXCLUDED.provider_id, enabled = true,
+           errors = 0, last_error = NULL, retry_at = NULL, updated_at = now();
+    RETURN a.id;
+END;
+$$;
+GRANT EXECUTE ON FUNCTION
+    payledger.set_auto_withdrawal(text, text, text, bigint, numeric, bigint, text, uuid, uuid)
+TO payledger_app;
+-- Turn it off (the row stays, with its history). Returns whether there was one.
+CREATE OR REPLACE FUNCTION payledger.clear_auto_withdrawal(owner text, asset text, account uuid DEFAULT NULL)
+RETURNS boolean LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    UPDATE payledger.auto_withdrawals x SET enabled = false, updated_at = now()
+     WHERE x.account_id = coalesce(clear_auto_withdrawal.account,
+                                   payledger.account_id(clear_auto_withdrawal.owner, clear_auto_withdrawal.asset))
+       AND x.owner_id = clear_auto_withdrawal.owner
+    RETURNING true;
+$$;
+GRANT EXECUTE ON FUNCTION payledger.clear_auto_withdrawal(text, text, uuid) TO payledger_app;
+-- What an account's balance gives: the excess over the threshold once it is
+-- at least a tenth of the threshold (Stacker News' rule, so that small
+-- excesses do not each pay a routing fee), its fee budget, and the amount
+-- sent (the excess less the budget, both in whole satoshis for msat).
+CREATE OR REPLACE FUNCTION payledger_internal.auto_withdrawal_amounts(r payledger.auto_withdrawals, balance bigint,
+                                                           OUT amount bigint, OUT max_fee bigint)
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    excess bigint := balance - r.threshold;
+    unit bigint := CASE WHEN r.asset = 'msat' THEN 1000 ELSE 1 END;
+BEGIN
+    IF excess <= 0 OR excess * 10 < r.threshold THEN
+        RETURN;
+    END IF;
+    max_fee := ceil(excess * r.max_fee_percent / 100)::bigint;
+    max_fee := least(max_fee, coalesce(r.max_fee_total, max_fee));
+    max_fee := (max_fee / unit) * unit;
+    amount := ((excess - max_fee) / unit) * unit;
+    IF amount <= 0 THEN
+        amount := NULL;
+        max_fee := NULL;
+    END IF;
+END;
+$$;
+-- The housekeeping step: up to max_accounts auto-withdrawals that are due,
+-- each started as a withdrawal (one account's pay-in per call: see
+-- worker_apply). A rule whose withdrawal cannot start (no provider, a
+-- closed account) records why and waits a backoff. Returns how many started.
+CREATE OR REPLACE FUNCTION payledger.run_auto_withdrawals(max_accounts integer DEFAULT 1)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    r payledger.auto_withdrawals;
+    bal bigint;
+    m record;
+    started uuid;
+    n integer := 0;
+BEGIN
+    PERFORM payledger_internal.require_limit(max_accounts, 'max_accounts');
+    FOR r IN SELECT x.* FROM payledger.auto_withdrawals x
+              WHERE x.enabled AND (x.retry_at IS NULL OR x.retry_at <= now())
+                -- one at a time: not while the last one may still be paid
+                AND NOT EXISTS (SELECT 1 FROM payledger.withdrawals w
+                                 WHERE w.id = x.last_withdrawal_id AND w.status NOT IN ('succeeded', 'failed'))
+                AND payledger.balance(x.account_id) - x.threshold > 0
+                AND (payledger.balance(x.account_id) - x.threshold) * 10 >= x.threshold
+              ORDER BY x.updated_at
+              LIMIT max_accounts
+              FOR UPDATE OF x SKIP LOCKED LOOP
+        bal := payledger.balance(r.account_id);
+        SELECT * INTO m FROM payledger_internal.auto_withdrawal_amounts(r, bal);
+        CONTINUE WHEN m.amount IS NULL;
+        BEGIN
+            SELECT w.withdrawal_id INTO started
+              FROM payledger.withdraw(r.owner_id, r.asset, r.destination, m.max_fee,
+                                      jsonb_build_array(jsonb_build_object('account', r.account_id)),
+                                      r.payin_type, r.provider_id,
+                                      metadata => jsonb_build_object('auto_withdrawal', r.account_id, 'balance', bal),
+                                      amount_msat => m.amount) w;
+            UPDATE payledger.auto_withdrawals x
+               SET last_withdrawal_id = started, errors = 0, last_error = NULL, retry_at = NULL, updated_at = now()
+             WHERE x.account_id = r.account_id;
+            n := n + 1;
+        EXCEPTION WHEN OTHERS THEN
+            UPDATE payledger.auto_withdrawals x
+               SET errors = x.errors + 1, last_error = left(SQLSTATE || ': ' || SQLERRM, 500),
+                   retry_at = now() + payledger_internal.backoff(x.errors + 1), updated_at = now()
+             WHERE x.account_id = r.account_id;
+        END;
+    END LOOP;
+    RETURN n;
+END;
+$$;
+SELECT payledger_internal.register_housekeeping_step('provider', 'auto_withdrawals', 75,
+                                                     'payledger.run_auto_withdrawals(integer)', per_call => 1);
+CREATE VIEW payledger.my_auto_withdrawals WITH (security_barrier) AS
+SELECT x.account_id, x.asset, x.destination, x.threshold, x.max_fee_percent, x.max_fee_total, x.enabled,
+       x.last_withdrawal_id, x.last_error, x.updated_at
+  FROM payledger.auto_withdrawals x
+ WHERE x.owner_id = payledger.current_owner_id();
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   provider_auto_withdrawals
+
 -- payledger providers: a deadline for every waiting state. A pay-in that
 -- waits in a state longer than its deadline (payledger.payin_deadlines) is
 -- failed by a housekeeping step, with the state's reason, and its escrow
@@ -4504,8 +4683,10 @@ BEGIN
               WHERE p.state NOT IN ('PAID', 'FAILED') AND p.state_changed_at < now() - d.after
                 AND NOT EXISTS (SELECT 1 FROM payledger.invoices i
                                  WHERE i.payin_id = p.id AND i.status IN ('creating', 'pending'))
+                -- (a payment that may be under way is left to its lookups;
+                -- one not sent yet, or an address not resolved yet, may fail)
                 AND NOT EXISTS (SELECT 1 FROM payledger.withdrawals w
-                                 WHERE w.payin_id = p.id AND w.status NOT IN ('succeeded', 'failed'))
+                                 WHERE w.payin_id = p.id AND w.status IN ('unknown', 'pending'))
               ORDER BY p.state_changed_at
               LIMIT max_payins
               FOR NO KEY UPDATE OF p SKIP LOCKED LOOP

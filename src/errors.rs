@@ -93,9 +93,6 @@ codes! {
     UnpayableDestination = "PL035", "unpayable_destination";
     /// A live withdrawal already pays this BOLT11 (its payment hash).
     DestinationInFlight = "PL036", "destination_in_flight";
-    /// A card refund above what its payment received, less the refunds
-    /// made or under way.
-    RefundExceedsPayment = "PL037", "refund_exceeds_payment";
     /// 22004: a required argument is NULL.
     NullValue = "22004", "null_value_not_allowed";
     /// 22023: a malformed argument (wrong JSON shape, bad uuid, bad time).

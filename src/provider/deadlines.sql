@@ -64,8 +64,10 @@ BEGIN
               WHERE p.state NOT IN ('PAID', 'FAILED') AND p.state_changed_at < now() - d.after
                 AND NOT EXISTS (SELECT 1 FROM payledger.invoices i
                                  WHERE i.payin_id = p.id AND i.status IN ('creating', 'pending'))
+                -- (a payment that may be under way is left to its lookups;
+                -- one not sent yet, or an address not resolved yet, may fail)
                 AND NOT EXISTS (SELECT 1 FROM payledger.withdrawals w
-                                 WHERE w.payin_id = p.id AND w.status NOT IN ('succeeded', 'failed'))
+                                 WHERE w.payin_id = p.id AND w.status IN ('unknown', 'pending'))
               ORDER BY p.state_changed_at
               LIMIT max_payins
               FOR NO KEY UPDATE OF p SKIP LOCKED LOOP

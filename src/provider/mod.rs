@@ -2,7 +2,8 @@
 //! providers and their secrets, routes (`profiles.sql`); invoices pinned to
 //! the provider that issued them (`invoices.sql`); webhooks
 //! (`webhooks.sql`); subscriptions (`subscriptions.sql`); withdrawals, money
-//! out (`withdrawals.sql`); a deadline for every waiting state of a pay-in
+//! out (`withdrawals.sql`), and auto-withdrawal above a threshold
+//! (`auto_withdrawals.sql`); a deadline for every waiting state of a pay-in
 //! (`deadlines.sql`); the HTTP adapters for invoices (`adapters`) and
 //! outgoing payments (`outgoing`), LNURL-pay resolution (`lnurl`), and
 //! webhook signatures (`webhook`).
@@ -58,9 +59,14 @@ extension_sql_file!(
     requires = ["provider_subscriptions", bolt11_decode, lnurl_target]
 );
 extension_sql_file!(
+    "auto_withdrawals.sql",
+    name = "provider_auto_withdrawals",
+    requires = ["provider_withdrawals"]
+);
+extension_sql_file!(
     "deadlines.sql",
     name = "provider_deadlines",
-    requires = ["provider_withdrawals"]
+    requires = ["provider_auto_withdrawals"]
 );
 
 /// Credentials by provider id, read by the caller (the worker in its claim

@@ -211,7 +211,7 @@ TO payledger_app;
 -- payer's balances back to the card that paid pay-in `payin`, as a refund
 -- at the Stripe provider that took it, with the withdrawal's guarantees
 -- (sent once, looked up when its outcome is unknown, escrow returned if it
--- fails). The refunds of one payment never exceed what it received (PL037).
+-- fails). The refunds of one payment never exceed what it received (PL023).
 -- `payin_type` must be a withdrawal type; the pay-out type WITHDRAWAL must be
 -- registered.
 CREATE FUNCTION payledger.refund_to_card(
@@ -266,7 +266,7 @@ BEGIN
          WHERE w.provider_id = pr.id AND w.destination = inv.external_id AND w.status <> 'failed';
         IF earlier + amount > inv.amount_received THEN
             RAISE EXCEPTION 'a refund of % would exceed the payment: % received, % refunded or being refunded',
-                amount, inv.amount_received, earlier USING ERRCODE = 'PL037';
+                amount, inv.amount_received, earlier USING ERRCODE = 'PL023';
         END IF;
     END IF;
     SELECT * INTO withdrawal_id, payin_id, state, refunded

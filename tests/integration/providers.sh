@@ -300,6 +300,25 @@ q "SELECT last_error FROM payledger.withdrawals WHERE id = '$W12'" | grep -q "ta
 q "SELECT last_error FROM payledger.withdrawals WHERE id = '$W14'" | grep -q "not https" || fail "http to a host not allowed"
 [ "$(ann)" = "$A1" ] || fail "failed resolutions cost nothing"
 
+echo "auto-withdrawal above a threshold, to a Lightning Address"
+psql_ -d payledger_it <<SQL >/dev/null
+SELECT payledger.register_payin_type('AUTO_WITHDRAWAL', 'auto-withdrawal', allow_external => false, withdrawal => true);
+SELECT payledger.open_account('eve', 'msat');
+SELECT payledger.set_auto_withdrawal('eve', 'msat', 'lnd-eve@127.0.0.1:$MOCK_PORT', 100000, 5,
+                                     provider => (SELECT id FROM payledger.providers WHERE profile_id = payledger_internal.profile_id('cln')));
+SELECT payledger.transfer(payledger.account_id('world', 'msat', 'external', 'main'), payledger.account_id('eve', 'msat'), 160000);
+SQL
+tick; tick; tick
+AW=$(q "SELECT last_withdrawal_id FROM payledger.auto_withdrawals WHERE owner_id = 'eve'")
+[ -n "$AW" ] || fail "no auto-withdrawal started: $(q "SELECT last_error FROM payledger.auto_withdrawals")"
+wexpect "$AW" "succeeded / PAID fee 1057" "auto-withdrawn"
+# 60,000 over: a 5 % budget of 3,000, 57,000 sent, 1,057 paid in fees, 1,943 of the budget back
+[ "$(q "SELECT amount || ' ' || max_fee FROM payledger.withdrawals WHERE id = '$AW'")" = "57000 3000" ] || fail "the auto-withdrawal's amounts"
+[ "$(q "SELECT payledger.balance(payledger.account_id('eve', 'msat'))")" = 101943 ] || fail "eve keeps the threshold and the budget's rest"
+tick
+[ "$(q "SELECT count(*) FROM payledger.withdrawals w JOIN payledger.payins p ON p.id = w.payin_id WHERE p.owner_id = 'eve'")" = 1 ] \
+  || fail "one auto-withdrawal, not another below the threshold"
+
 echo "a card refund at Stripe"
 P=$(q "SELECT buy('stripe')")
 tick

@@ -58,9 +58,13 @@ SELECT t_buy() AS invoiced \gset
 SELECT jsonb_array_length(payledger.worker_claim(10)) AS claimed;   -- its invoice opened, being created
 SELECT payledger.bolt11_create(sha256('r'::bytea), 5000, sha256('x'::bytea), 'out') AS inv \gset
 SELECT withdrawal_id AS w FROM payledger.withdraw('alice', 'msat', :'inv', 0) \gset
+SELECT jsonb_array_length(payledger.worker_claim(10)) AS claimed;   -- sent: its outcome is the provider's to say
+-- one to a Lightning Address whose server never answers: nothing was sent, the deadline fails it
+SELECT withdrawal_id AS wa FROM payledger.withdraw('alice', 'msat', 'ann@example.com', 0, amount_msat => 3000) \gset
 SELECT pg_sleep(0.05);
 SELECT payledger.fail_overdue_payins(100) AS failed_while_watched;
-SELECT t_state(:'invoiced') AS invoiced, t_state(payin_id) AS withdrawal FROM payledger.withdrawals WHERE id = :'w';
+SELECT t_state(:'invoiced') AS invoiced, t_state(payin_id) AS withdrawal, status FROM payledger.withdrawals WHERE id = :'w';
+SELECT t_state(payin_id) AS unresolved, status, last_error FROM payledger.withdrawals WHERE id = :'wa';
 -- once the withdrawal has failed at the provider, its pay-in is FAILED by it, not by the deadline
 SELECT payledger.worker_apply(jsonb_build_object('withdrawal_id', :'w', 'op', 'pay', 'status', 'failed', 'error', 'no route'));
 SELECT t_state(payin_id) AS withdrawal FROM payledger.withdrawals WHERE id = :'w';

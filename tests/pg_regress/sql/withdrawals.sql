@@ -249,6 +249,46 @@ SELECT t_w(:'a5');
 SELECT t_apply(:'a5', jsonb_build_object('op', 'resolve', 'status', 'resolved', 'bolt11', t_invoice(12000, 'a5'),
                                          'payment_hash', encode(sha256('a5'::bytea), 'hex'))) AS too_late;
 
+-- auto-withdrawal (Stacker News): above the threshold by a tenth of it or
+-- more, the excess goes to an address, less the fee budget; one at a time
+SELECT payledger.register_payin_type('AUTO_WITHDRAWAL', 'auto-withdrawal', allow_external => false, withdrawal => true, max_retries => 0);
+INSERT INTO t_acc VALUES ('dan', payledger.open_account('dan', 'msat'));
+SELECT t_try($$SELECT payledger.set_auto_withdrawal('dan', 'msat', t_invoice(1000, 'x'), 100000)$$);
+SELECT t_try($$SELECT payledger.set_auto_withdrawal('dan', 'msat', 'dan@example.com', 0)$$);
+SELECT t_try($$SELECT payledger.set_auto_withdrawal('dan', 'msat', 'dan@example.com', 100000, 101)$$);
+SELECT t_try($$SELECT payledger.set_auto_withdrawal('dan', 'msat', 'dan@example.com', 100000, payin_type => 'ZAP')$$);
+SELECT t_try($$SELECT payledger.set_auto_withdrawal('nobody', 'msat', 'dan@example.com', 100000)$$);
+SELECT t_try($$SELECT payledger.set_auto_withdrawal('dan', 'msat', 'dan@example.com', 100000, account => acc('alice'))$$);
+SELECT payledger.set_auto_withdrawal('dan', 'msat', 'dan@example.com', 100000, 2, max_fee_total => 3000) = acc('dan') AS set;
+SELECT payledger.transfer(acc('world'), acc('dan'), 105000) IS NOT NULL AS below_a_tenth_over;
+SELECT payledger.run_auto_withdrawals(10) AS started;
+SELECT payledger.transfer(acc('world'), acc('dan'), 145500) IS NOT NULL AS now_150500;
+SELECT payledger.run_auto_withdrawals(10) AS started;
+-- excess 150,500; budget 2 % = 3,010, capped at 3,000; 147,000 sent (whole sats)
+SELECT w.status, w.address, w.amount, w.max_fee, p.type, payledger.balance(acc('dan')) AS dan_left
+  FROM payledger.auto_withdrawals a JOIN payledger.withdrawals w ON w.id = a.last_withdrawal_id
+  JOIN payledger.payins p ON p.id = w.payin_id WHERE a.account_id = acc('dan');
+SELECT payledger.transfer(acc('world'), acc('dan'), 200000) IS NOT NULL AS more;
+SELECT payledger.run_auto_withdrawals(10) AS while_one_is_live;
+SELECT t_apply(last_withdrawal_id, '{"op": "resolve", "ok": false, "retryable": false, "error": "LNURL: no such user"}') AS failed
+  FROM payledger.auto_withdrawals WHERE account_id = acc('dan');
+SELECT payledger.run_auto_withdrawals(10) AS after_it_failed;
+SELECT amount, max_fee FROM payledger.withdrawals w JOIN payledger.auto_withdrawals a ON w.id = a.last_withdrawal_id;
+-- one that cannot start records why and backs off
+SELECT payledger.set_auto_withdrawal('dan', 'msat', 'dan@example.com', 100000, provider => :'card') = acc('dan') AS set;
+SELECT t_apply(last_withdrawal_id, '{"op": "resolve", "ok": false, "retryable": false, "error": "x"}') AS failed
+  FROM payledger.auto_withdrawals WHERE account_id = acc('dan');
+SELECT payledger.run_auto_withdrawals(10) AS cannot;
+SELECT errors, t_mask(last_error) AS last_error, retry_at > now() AS backs_off FROM payledger.auto_withdrawals WHERE account_id = acc('dan');
+SELECT payledger.clear_auto_withdrawal('dan', 'msat') AS cleared;
+UPDATE payledger.auto_withdrawals SET retry_at = NULL;
+SELECT payledger.run_auto_withdrawals(10) AS when_off;
+SET ROLE payledger_enduser;
+SET payledger.owner_id = 'dan';
+SELECT destination, threshold, enabled, last_error IS NOT NULL AS has_error FROM payledger.my_auto_withdrawals;
+RESET payledger.owner_id;
+RESET ROLE;
+
 -- the end user sees her withdrawals; the backend may withdraw
 SELECT t_invoice(10000, 'p6') AS inv6 \gset
 SET ROLE payledger_app;
