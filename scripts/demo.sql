@@ -1,6 +1,7 @@
 -- payledger demo: the ledger core, pay-ins and pay-outs, a NIP-90 job, a
--- pay-in settled and a withdrawal paid by the background worker at a local
--- LNbits, prepaid credits. Run by
+-- pay-in settled, a withdrawal and a tip paid, and a cancelled invoice
+-- watched for late money by the background worker at a local LNbits,
+-- prepaid credits. Run by
 -- scripts/demo.sh against a throwaway cluster (it sets lnbits_url,
 -- lnbits_inkey and demo_dir, and LNBITS_URL, LNBITS_PAYKEY, DEMO_DIR for curl).
 \pset footer off
@@ -237,6 +238,45 @@ SELECT demo_wait_withdrawal(:'wd') AS withdrawal;
 SELECT w.status, p.state, w.amount, w.fee, w.attempts FROM payledger.withdrawals w JOIN payledger.payins p ON p.id = w.payin_id
  WHERE w.id = :'wd';
 SELECT payledger.format_amount('msat', payledger.balance(:'revenue')) AS operator_revenue_left;
+
+\echo '--- a tip (Keysat): the operator tips 5,000 sat to the payer wallet, paid out through the provider alice''s purchase came in by'
+\! curl -sf -X POST "$LNBITS_URL/api/v1/payments" -H "X-Api-Key: $LNBITS_PAYER_INKEY" -H 'Content-Type: application/json' -d '{"out": false, "amount": 5000, "memo": "a tip"}' | jq -r .bolt11 > "$DEMO_DIR/tip"
+\set QUIET on
+SELECT pg_read_file(:'demo_dir' || '/tip') AS tip_bolt11 \gset
+\set QUIET off
+SELECT withdrawal_id AS tip FROM payledger.withdraw('operator', 'msat', trim(E'\n' FROM :'tip_bolt11'), 10000,
+  jsonb_build_array(jsonb_build_object('account', :'revenue')), via_payin => :'worker_payin') \gset
+SELECT demo_wait_withdrawal(:'tip') AS tip;
+SELECT pr.name AS paid_at, w.status, w.amount, w.fee FROM payledger.withdrawals w
+  JOIN payledger.providers pr ON pr.id = w.provider_id WHERE w.id = :'tip';
+
+\echo '=== a purchase cancelled while its invoice is open, and paid anyway ==='
+SELECT payin_id AS cancelled_payin FROM payledger.create_payin('alice', 'ITEM_CREATE', 'msat', 20000000,
+  '[{"external": "invoice"}]', jsonb_build_array(jsonb_build_object('type', 'TERRITORY_REVENUE', 'account', :'revenue', 'amount', 20000000))) \gset
+SELECT demo_wait(:'cancelled_payin', 'PENDING') AS state;
+SELECT state, failure_reason FROM payledger.cancel_payin(:'cancelled_payin');
+\echo 'LNbits has no call to cancel an invoice: payledger says so, and keeps watching it for late money'
+SELECT status, cancel, next_check_at IS NOT NULL AS watched FROM payledger.invoices WHERE payin_id = :'cancelled_payin';
+\set QUIET on
+\pset tuples_only on
+\pset format unaligned
+SELECT payment_request FROM payledger.invoices WHERE payin_id = :'cancelled_payin' \g :demo_dir/late
+\pset tuples_only off
+\pset format aligned
+\set QUIET off
+\! curl -sf -X POST "$LNBITS_URL/api/v1/payments" -H "X-Api-Key: $LNBITS_PAYKEY" -H 'Content-Type: application/json' -d "{\"out\": true, \"bolt11\": \"$(cat "$DEMO_DIR/late")\"}" >/dev/null && echo 'paid anyway'
+CREATE FUNCTION demo_wait_late(payin uuid) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1..120 LOOP
+    IF (SELECT paid_late FROM payledger.invoices WHERE payin_id = payin) THEN RETURN true; END IF;
+    PERFORM pg_sleep(0.25);
+  END LOOP;
+  RETURN false;
+END $$;
+\echo 'the worker books it as late money, in suspense for the operator to return, with an event:'
+SELECT demo_wait_late(:'cancelled_payin') AS paid_late;
+SELECT payledger.format_amount('msat', payledger.balance(payledger.account_id('payledger', 'msat', 'suspense', 'late_payments'))) AS late_payments_sat,
+       (SELECT count(*) FROM payledger.events WHERE topic = 'invoice.paid_late') AS events;
 
 \echo '=== prepaid credits: a storage package, metering past the plan, blocking per metric ==='
 SELECT payledger.credits_configure();

@@ -19,7 +19,11 @@
 #  8. withdrawals, real payments out of the merchant's LNbits wallet to an
 #     invoice of the payer's: paid once, the fee budget's rest back, LNbits'
 #     books and the ledger's agree; one LNbits refuses (more than the wallet
-#     holds) fails and gives the money back.
+#     holds) fails and gives the money back;
+#  9. a tip paid out through the provider the purchase came in by (Keysat's
+#     tipping): the payer's wallet receives it; a pay-in cancelled while its
+#     LNbits invoice is open (LNbits cannot cancel one: marked so, still
+#     watched), then paid anyway: late money in suspense, nothing lost.
 set -euo pipefail
 INTERVAL=1
 CLUSTER_CONF="shared_preload_libraries = 'payledger'
@@ -247,6 +251,28 @@ wait_for "SELECT status = 'failed' FROM payledger.withdrawals WHERE id = '$W2'" 
 q "SELECT last_error FROM payledger.withdrawals WHERE id = '$W2'" | grep -qi "balance" || fail "W2's error names the balance"
 [ "$(balance ann)" = "$ann1" ] || fail "ann's money back after W2: $ann1 -> $(balance ann)"
 [ "$(wallet_msat "$MERCHANT_ADMIN")" = "$merchant1" ] || fail "nothing left the merchant's LNbits wallet for W2"
+[ -z "$(q "SELECT * FROM payledger.check_invariants()")" ] || { q "SELECT * FROM payledger.check_invariants()"; fail "invariants"; }
+
+echo "9. a tip through the purchase's provider; a cancelled invoice paid anyway"
+payer2=$(wallet_msat "$PAYKEY"); bob0=$(balance bob)
+# bob, who earned P1's 100 sats, tips 30 back to ann's LNbits wallet through the provider P1 came in by
+T=$(q "SELECT withdrawal_id FROM payledger.withdraw('bob', 'msat', '$(new_invoice 30)', 2000, via_payin => '$P1')")
+wait_for "SELECT status = 'succeeded' FROM payledger.withdrawals WHERE id = '$T'" "the tip paid" 30
+[ "$(q "SELECT pr.name FROM payledger.withdrawals w JOIN payledger.providers pr ON pr.id = w.provider_id WHERE w.id = '$T'")" = lnbits ] \
+  || fail "the tip is paid at the provider P1 came in by"
+[ $(( $(wallet_msat "$PAYKEY") - payer2 )) = 30000 ] || fail "the payer's wallet received the tip"
+[ $(( bob0 - $(balance bob) )) = 30000 ] || fail "bob paid the tip (the fee budget back)"
+P9=$(q "SELECT new_payin()")
+wait_for "SELECT state = 'PENDING' FROM payledger.payins WHERE id = '$P9'" "P9's invoice at LNbits"
+q "SELECT changed FROM payledger.cancel_payin('$P9')" >/dev/null
+[ "$(q "SELECT status || ' ' || cancel || ' ' || (next_check_at IS NOT NULL) FROM payledger.invoices WHERE payin_id = '$P9'")" = "pending cannot true" ] \
+  || fail "an LNbits invoice cannot be cancelled: marked so, still watched"
+late0=$(q "SELECT coalesce((SELECT payledger.balance(id) FROM payledger.accounts WHERE owner_id = 'payledger' AND kind = 'suspense' AND name = 'late_payments'), 0)")
+pay "$P9"
+wait_for "SELECT paid_late FROM payledger.invoices WHERE payin_id = '$P9'" "P9's late money recorded" 30
+[ "$(q "SELECT state || ' ' || failure_reason FROM payledger.payins WHERE id = '$P9'")" = "CANCELLED USER_CANCELLED" ] || fail "P9 stays cancelled"
+[ $(( $(q "SELECT payledger.balance(payledger.account_id('payledger', 'msat', 'suspense', 'late_payments'))") - late0 )) = 60000 ] \
+  || fail "the 60 sats paid to a cancelled pay-in are in suspense"
 [ -z "$(q "SELECT * FROM payledger.check_invariants()")" ] || { q "SELECT * FROM payledger.check_invariants()"; fail "invariants"; }
 if grep -q "$MERCHANT_ADMIN" "$DIR/server.log"; then fail "the admin key appears in the server log"; fi
 echo "ok: lnbits"

@@ -186,6 +186,19 @@ tick
 [ "$(q "SELECT status || ' ' || cancel || ' ' || paid_late FROM payledger.invoices WHERE payin_id = '$P'")" = "paid too_late true" ] \
   || fail "the late money"
 
+echo "overpayment: twice the amount (BOLT 4 allows it), the excess booked to the payer"
+for kind in lnd cln; do
+  P=$(q "SELECT buy('$kind')")
+  tick
+  A0=$(q "SELECT payledger.balance(payledger.account_id('ann', 'msat'))")
+  ctl "overpay/$(ext "$P")"
+  tick
+  expect "$P" "PAID / paid" "$kind overpaid"
+  [ "$(q "SELECT amount_received || ' ' || (overpay_journal IS NOT NULL) FROM payledger.invoices WHERE payin_id = '$P'")" = "120000 true" ] \
+    || fail "$kind: the amount received"
+  [ $(( $(q "SELECT payledger.balance(payledger.account_id('ann', 'msat'))") - A0 )) = 60000 ] || fail "$kind: the excess to ann"
+done
+
 echo "withdrawals: LND pays a Core Lightning invoice and back, fees booked"
 psql_ -d payledger_it <<SQL
 SELECT payledger.register_payin_type('WITHDRAWAL', 'withdrawal', allow_external => false, withdrawal => true),
