@@ -255,7 +255,19 @@ SELECT payin_id AS cancelled_payin FROM payledger.create_payin('alice', 'ITEM_CR
   '[{"external": "invoice"}]', jsonb_build_array(jsonb_build_object('type', 'TERRITORY_REVENUE', 'account', :'revenue', 'amount', 20000000))) \gset
 SELECT demo_wait(:'cancelled_payin', 'PENDING') AS state;
 SELECT state, failure_reason FROM payledger.cancel_payin(:'cancelled_payin');
-\echo 'LNbits has no call to cancel an invoice: payledger says so, and keeps watching it for late money'
+CREATE FUNCTION demo_wait_cancel(payin uuid) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1..120 LOOP
+    IF (SELECT cancel FROM payledger.invoices WHERE payin_id = payin) IS NOT NULL THEN
+      RETURN (SELECT cancel FROM payledger.invoices WHERE payin_id = payin);
+    END IF;
+    PERFORM pg_sleep(0.25);
+  END LOOP;
+  RETURN 'not yet';
+END $$;
+\echo 'at its next tick the worker would cancel it at LND, Core Lightning or Stripe; LNbits has no such call,'
+\echo 'so payledger says so and keeps watching the invoice for late money'
+SELECT demo_wait_cancel(:'cancelled_payin') AS cancel;
 SELECT status, cancel, next_check_at IS NOT NULL AS watched FROM payledger.invoices WHERE payin_id = :'cancelled_payin';
 \set QUIET on
 \pset tuples_only on

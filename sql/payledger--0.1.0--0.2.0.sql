@@ -469,90 +469,8 @@ CREATE TRIGGER accounts_floor BEFORE INSERT OR UPDATE OF balance, pending_debits
 /* <begin connected objects> */
 CREATE SCHEMA IF NOT EXISTS payledger_internal;
 
--- src/payin/mod.rs
+-- src/ledger/mod.rs
 /* payledger::payledger_internal */
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."split_payouts_core"(
-	"rule" TEXT, /* String */
-	"cost" bigint, /* i64 */
-	"payees" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"payouts" jsonb,  /* Option < JsonB > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
-
--- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_batch"(
-	"items" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"item" INT,  /* i32 */
-	"status" TEXT,  /* & '_ str */
-	"journal_id" uuid,  /* Option < Uuid > */
-	"hold_id" uuid,  /* Option < Uuid > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
-
--- src/payin/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."payin_create_core"(
-	"payer" TEXT, /* Option < String > */
-	"payin_type" TEXT, /* Option < String > */
-	"asset" TEXT, /* Option < String > */
-	"cost" bigint, /* Option < i64 > */
-	"methods" jsonb, /* Option < JsonArg > */
-	"payouts" jsonb, /* Option < JsonArg > */
-	"split" TEXT, /* Option < String > */
-	"payees" jsonb, /* Option < JsonArg > */
-	"idempotency_key" TEXT, /* Option < String > */
-	"parent" uuid, /* Option < Uuid > */
-	"metadata" jsonb, /* Option < JsonArg > */
-	"predecessor" uuid, /* Option < Uuid > */
-	"genesis" uuid, /* Option < Uuid > */
-	"retry_count" INT, /* Option < i32 > */
-	"retry_policy" TEXT /* Option < String > */
-) RETURNS TABLE (
-	"payin_id" uuid,  /* Option < Uuid > */
-	"state" TEXT,  /* Option < String > */
-	"custodial_amount" bigint,  /* Option < i64 > */
-	"external_amount" bigint,  /* Option < i64 > */
-	"replayed" bool,  /* Option < bool > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'payin_create_core_wrapper';
-
--- src/ledger/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -571,6 +489,23 @@ CREATE  FUNCTION payledger_internal."engine_batch_as"(
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."engine_batch"(
+	"items" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"item" INT,  /* i32 */
+	"status" TEXT,  /* & '_ str */
+	"journal_id" uuid,  /* Option < Uuid > */
+	"hold_id" uuid,  /* Option < Uuid > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
 
 -- src/provider/mod.rs
 /* </end connected objects> */
@@ -583,8 +518,41 @@ IMMUTABLE STRICT PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'json_readable_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."webhook_verify_core"(
+	"kind" TEXT, /* & str */
+	"secret" TEXT, /* Option < & str > */
+	"headers" jsonb, /* JsonArg */
+	"body" TEXT /* & str */
+) RETURNS TABLE (
+	"sqlstate" TEXT,  /* Option < String > */
+	"message" TEXT,  /* Option < String > */
+	"reference" TEXT,  /* Option < String > */
+	"event" TEXT,  /* Option < String > */
+	"signed" bool,  /* Option < bool > */
+	"action" TEXT,  /* Option < String > */
+	"received" bigint,  /* Option < i64 > */
+	"note" TEXT  /* Option < String > */
+)
+STABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
 
 -- src/ledger/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -1770,6 +1738,68 @@ $$;
 -- (not a trigger on INSERT: a restore's COPY must not run the handlers again
 -- for old pay-ins)
 SELECT payledger_internal.payin_handlers_compile('lock'), payledger_internal.payin_handlers_compile('reached');
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."split_payouts_core"(
+	"rule" TEXT, /* String */
+	"cost" bigint, /* i64 */
+	"payees" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"payouts" jsonb,  /* Option < JsonB > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
+
+-- src/provider/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."lnurl_target"(
+	"destination" TEXT /* & str */
+) RETURNS TEXT /* Option < String > */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lnurl_target_wrapper';
+
+-- src/payin/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."payin_create_core"(
+	"payer" TEXT, /* Option < String > */
+	"payin_type" TEXT, /* Option < String > */
+	"asset" TEXT, /* Option < String > */
+	"cost" bigint, /* Option < i64 > */
+	"methods" jsonb, /* Option < JsonArg > */
+	"payouts" jsonb, /* Option < JsonArg > */
+	"split" TEXT, /* Option < String > */
+	"payees" jsonb, /* Option < JsonArg > */
+	"idempotency_key" TEXT, /* Option < String > */
+	"parent" uuid, /* Option < Uuid > */
+	"metadata" jsonb, /* Option < JsonArg > */
+	"predecessor" uuid, /* Option < Uuid > */
+	"genesis" uuid, /* Option < Uuid > */
+	"retry_count" INT, /* Option < i32 > */
+	"retry_policy" TEXT /* Option < String > */
+) RETURNS TABLE (
+	"payin_id" uuid,  /* Option < Uuid > */
+	"state" TEXT,  /* Option < String > */
+	"custodial_amount" bigint,  /* Option < i64 > */
+	"external_amount" bigint,  /* Option < i64 > */
+	"replayed" bool,  /* Option < bool > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'payin_create_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -3489,10 +3519,6 @@ BEGIN
          WHERE i.id = inv.id;
         SELECT * INTO t FROM payledger.transition_payin(inv.payin_id, 'PENDING', NULL,
                                                         coalesce(result ->> 'payment_hash', result ->> 'external_id'));
-        IF t.state IN ('FAILED', 'CANCELLED') THEN
-            -- its pay-in ended while it was being created
-            PERFORM payledger_internal.invoice_cancel_request(x) FROM payledger.payins x WHERE x.id = inv.payin_id;
-        END IF;
         RETURN CASE WHEN t.changed THEN 'created' ELSE 'created_for_' || lower(t.state::text) END;
     END IF;
 
@@ -3620,22 +3646,20 @@ BEGIN
     RAISE EXCEPTION 'unknown invoice result %', result USING ERRCODE = '22023';
 END;
 $$;
--- A pay-in ended (FAILED, CANCELLED) while its invoice could still be paid:
--- the worker is to cancel the invoice where the provider can (LND, Core
--- Lightning, Stripe); an LNbits or BTCPay invoice cannot be cancelled, and
--- stays watched for late money until monitor_until. A handler of the pay-in
--- lifecycle, and called by invoice_apply for an invoice created after its
--- pay-in ended.
-CREATE OR REPLACE FUNCTION payledger_internal.invoice_cancel_request(p payledger.payins)
+-- A pay-in ended (FAILED, CANCELLED): its open invoice is checked at the
+-- worker's next tick, where the claim has it cancelled (see worker_claim). A
+-- handler of the pay-in lifecycle; SKIP LOCKED, so that it never waits for
+-- an invoice the worker holds (that one is checked again soon anyway), and
+-- never locks in the order opposite to invoice_apply's.
+CREATE OR REPLACE FUNCTION payledger_internal.invoice_check_soon(p payledger.payins)
 RETURNS void LANGUAGE sql SET search_path = payledger, pg_catalog, pg_temp AS $$
-    UPDATE payledger.invoices i
-       SET cancel = CASE WHEN i.provider_kind IN ('lnd_rest', 'cln_rest', 'stripe') THEN 'requested' ELSE 'cannot' END,
-           next_check_at = CASE WHEN i.provider_kind IN ('lnd_rest', 'cln_rest', 'stripe') THEN now() ELSE i.next_check_at END,
-           updated_at = now()
-     WHERE i.payin_id = p.id AND i.status = 'pending' AND i.cancel IS NULL;
+    UPDATE payledger.invoices i SET next_check_at = now()
+     WHERE i.id IN (SELECT x.id FROM payledger.invoices x
+                     WHERE x.payin_id = p.id AND x.status = 'pending' AND x.next_check_at > now()
+                       FOR UPDATE SKIP LOCKED);
 $$;
 SELECT payledger_internal.register_payin_handler('provider', 'reached', 300, '{FAILED,CANCELLED}',
-                                                 'payledger_internal.invoice_cancel_request(payledger.payins)');
+                                                 'payledger_internal.invoice_check_soon(payledger.payins)');
 -- Invoices past their deadline: one unpaid past monitoring (or never created
 -- in time) expires (or fails) and fails its pay-in, which gives back its
 -- custodial legs; an expired one past monitoring is no longer watched.
@@ -3720,38 +3744,6 @@ LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
       FROM payledger.invoices i
      WHERE i.status = 'paid' AND NOT i.paid_late AND (i.amount_received > i.amount) <> (i.overpay_journal IS NOT NULL)
 $$;
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."lnurl_target"(
-	"destination" TEXT /* & str */
-) RETURNS TEXT /* Option < String > */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lnurl_target_wrapper';
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."webhook_verify_core"(
-	"kind" TEXT, /* & str */
-	"secret" TEXT, /* Option < & str > */
-	"headers" jsonb, /* JsonArg */
-	"body" TEXT /* & str */
-) RETURNS TABLE (
-	"sqlstate" TEXT,  /* Option < String > */
-	"message" TEXT,  /* Option < String > */
-	"reference" TEXT,  /* Option < String > */
-	"event" TEXT,  /* Option < String > */
-	"signed" bool,  /* Option < bool > */
-	"action" TEXT,  /* Option < String > */
-	"received" bigint,  /* Option < i64 > */
-	"note" TEXT  /* Option < String > */
-)
-STABLE PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -4833,8 +4825,15 @@ BEGIN
         PERFORM payledger_internal.open_invoice(w.id);
     END LOOP;
 
+    -- an open invoice whose pay-in ended (FAILED, CANCELLED) is to be
+    -- cancelled where its provider can (see payledger.invoice_apply), and is
+    -- marked 'cannot' where it cannot; noticed here, not in the pay-in's
+    -- move, so that a cancel never locks an invoice while holding its pay-in
+    -- (invoice_apply locks them the other way round)
     WITH due AS (
-        SELECT i.id FROM payledger.invoices i JOIN payledger.providers pr ON pr.id = i.provider_id
+        SELECT i.id, (i.status = 'pending' AND i.cancel IS NULL AND y.state IN ('FAILED', 'CANCELLED')) AS ended
+          FROM payledger.invoices i JOIN payledger.providers pr ON pr.id = i.provider_id
+          JOIN payledger.payins y ON y.id = i.payin_id
          WHERE i.next_check_at <= due_before
            AND (i.locked_until IS NULL OR i.locked_until < now())
            AND (pr.retry_after IS NULL OR pr.retry_after <= now())
@@ -4844,7 +4843,10 @@ BEGIN
     claimed AS (
         UPDATE payledger.invoices i
            SET locked_until = now() + lease,
-               create_attempts = i.create_attempts + (i.status = 'creating')::integer
+               create_attempts = i.create_attempts + (i.status = 'creating')::integer,
+               cancel = CASE WHEN NOT due.ended THEN i.cancel
+                             WHEN i.provider_kind IN ('lnd_rest', 'cln_rest', 'stripe') THEN 'requested'
+                             ELSE 'cannot' END
           FROM due WHERE i.id = due.id
         RETURNING i.*)
     SELECT coalesce(jsonb_agg(jsonb_build_object(

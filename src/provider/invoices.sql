@@ -221,10 +221,6 @@ BEGIN
          WHERE i.id = inv.id;
         SELECT * INTO t FROM payledger.transition_payin(inv.payin_id, 'PENDING', NULL,
                                                         coalesce(result ->> 'payment_hash', result ->> 'external_id'));
-        IF t.state IN ('FAILED', 'CANCELLED') THEN
-            -- its pay-in ended while it was being created
-            PERFORM payledger_internal.invoice_cancel_request(x) FROM payledger.payins x WHERE x.id = inv.payin_id;
-        END IF;
         RETURN CASE WHEN t.changed THEN 'created' ELSE 'created_for_' || lower(t.state::text) END;
     END IF;
 
@@ -353,22 +349,20 @@ BEGIN
 END;
 $$;
 
--- A pay-in ended (FAILED, CANCELLED) while its invoice could still be paid:
--- the worker is to cancel the invoice where the provider can (LND, Core
--- Lightning, Stripe); an LNbits or BTCPay invoice cannot be cancelled, and
--- stays watched for late money until monitor_until. A handler of the pay-in
--- lifecycle, and called by invoice_apply for an invoice created after its
--- pay-in ended.
-CREATE FUNCTION payledger_internal.invoice_cancel_request(p payledger.payins)
+-- A pay-in ended (FAILED, CANCELLED): its open invoice is checked at the
+-- worker's next tick, where the claim has it cancelled (see worker_claim). A
+-- handler of the pay-in lifecycle; SKIP LOCKED, so that it never waits for
+-- an invoice the worker holds (that one is checked again soon anyway), and
+-- never locks in the order opposite to invoice_apply's.
+CREATE FUNCTION payledger_internal.invoice_check_soon(p payledger.payins)
 RETURNS void LANGUAGE sql SET search_path = payledger, pg_catalog, pg_temp AS $$
-    UPDATE payledger.invoices i
-       SET cancel = CASE WHEN i.provider_kind IN ('lnd_rest', 'cln_rest', 'stripe') THEN 'requested' ELSE 'cannot' END,
-           next_check_at = CASE WHEN i.provider_kind IN ('lnd_rest', 'cln_rest', 'stripe') THEN now() ELSE i.next_check_at END,
-           updated_at = now()
-     WHERE i.payin_id = p.id AND i.status = 'pending' AND i.cancel IS NULL;
+    UPDATE payledger.invoices i SET next_check_at = now()
+     WHERE i.id IN (SELECT x.id FROM payledger.invoices x
+                     WHERE x.payin_id = p.id AND x.status = 'pending' AND x.next_check_at > now()
+                       FOR UPDATE SKIP LOCKED);
 $$;
 SELECT payledger_internal.register_payin_handler('provider', 'reached', 300, '{FAILED,CANCELLED}',
-                                                 'payledger_internal.invoice_cancel_request(payledger.payins)');
+                                                 'payledger_internal.invoice_check_soon(payledger.payins)');
 
 -- Invoices past their deadline: one unpaid past monitoring (or never created
 -- in time) expires (or fails) and fails its pay-in, which gives back its

@@ -126,8 +126,15 @@ BEGIN
         PERFORM payledger_internal.open_invoice(w.id);
     END LOOP;
 
+    -- an open invoice whose pay-in ended (FAILED, CANCELLED) is to be
+    -- cancelled where its provider can (see payledger.invoice_apply), and is
+    -- marked 'cannot' where it cannot; noticed here, not in the pay-in's
+    -- move, so that a cancel never locks an invoice while holding its pay-in
+    -- (invoice_apply locks them the other way round)
     WITH due AS (
-        SELECT i.id FROM payledger.invoices i JOIN payledger.providers pr ON pr.id = i.provider_id
+        SELECT i.id, (i.status = 'pending' AND i.cancel IS NULL AND y.state IN ('FAILED', 'CANCELLED')) AS ended
+          FROM payledger.invoices i JOIN payledger.providers pr ON pr.id = i.provider_id
+          JOIN payledger.payins y ON y.id = i.payin_id
          WHERE i.next_check_at <= due_before
            AND (i.locked_until IS NULL OR i.locked_until < now())
            AND (pr.retry_after IS NULL OR pr.retry_after <= now())
@@ -137,7 +144,10 @@ BEGIN
     claimed AS (
         UPDATE payledger.invoices i
            SET locked_until = now() + lease,
-               create_attempts = i.create_attempts + (i.status = 'creating')::integer
+               create_attempts = i.create_attempts + (i.status = 'creating')::integer,
+               cancel = CASE WHEN NOT due.ended THEN i.cancel
+                             WHEN i.provider_kind IN ('lnd_rest', 'cln_rest', 'stripe') THEN 'requested'
+                             ELSE 'cannot' END
           FROM due WHERE i.id = due.id
         RETURNING i.*)
     SELECT coalesce(jsonb_agg(jsonb_build_object(

@@ -265,8 +265,9 @@ wait_for "SELECT status = 'succeeded' FROM payledger.withdrawals WHERE id = '$T'
 P9=$(q "SELECT new_payin()")
 wait_for "SELECT state = 'PENDING' FROM payledger.payins WHERE id = '$P9'" "P9's invoice at LNbits"
 q "SELECT changed FROM payledger.cancel_payin('$P9')" >/dev/null
-[ "$(q "SELECT status || ' ' || cancel || ' ' || (next_check_at IS NOT NULL) FROM payledger.invoices WHERE payin_id = '$P9'")" = "pending cannot true" ] \
-  || fail "an LNbits invoice cannot be cancelled: marked so, still watched"
+wait_for "SELECT cancel = 'cannot' FROM payledger.invoices WHERE payin_id = '$P9'" "P9's invoice marked at the worker's next tick"
+[ "$(q "SELECT status || ' ' || (next_check_at IS NOT NULL) FROM payledger.invoices WHERE payin_id = '$P9'")" = "pending true" ] \
+  || fail "an LNbits invoice cannot be cancelled: still watched"
 late0=$(q "SELECT coalesce((SELECT payledger.balance(id) FROM payledger.accounts WHERE owner_id = 'payledger' AND kind = 'suspense' AND name = 'late_payments'), 0)")
 pay "$P9"
 wait_for "SELECT paid_late FROM payledger.invoices WHERE payin_id = '$P9'" "P9's late money recorded" 30

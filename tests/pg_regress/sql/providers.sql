@@ -391,11 +391,13 @@ $$;
 -- at LNbits (its API has no cancel): marked so, still watched for late money
 SELECT t_open('c1', 'lnbits', 'cc11cc11cc11cc11cc11cc11cc11cc11cc11cc11cc11cc11cc11cc11cc11cc11');
 SELECT changed FROM payledger.cancel_payin((SELECT id FROM t_p WHERE name = 'c1'));
+SELECT t_op('c1') AS op;   -- the worker's claim notices it
 SELECT t_cancel('c1');
 -- at LND: the worker cancels it; a failed try is tried again after a backoff
 SELECT t_open('c2', 'lnd', 'cc22cc22cc22cc22cc22cc22cc22cc22cc22cc22cc22cc22cc22cc22cc22cc22');
 SELECT changed FROM payledger.fail_payin((SELECT id FROM t_p WHERE name = 'c2'), 'USER_CANCELLED');
-SELECT t_cancel('c2'), t_op('c2') AS op;
+SELECT t_op('c2') AS op;
+SELECT t_cancel('c2');
 SELECT t_apply(id, '{"op": "cancel", "ok": false, "retryable": true, "error": "HTTP 503"}') FROM t_p WHERE name = 'c2';
 SELECT t_cancel('c2'), last_error FROM payledger.invoices WHERE payin_id = (SELECT id FROM t_p WHERE name = 'c2');
 UPDATE payledger.invoices SET next_check_at = now() WHERE payin_id = (SELECT id FROM t_p WHERE name = 'c2');
@@ -413,7 +415,8 @@ SELECT t_cancel('c3');
 -- created after its pay-in ended: cancelled as soon as it exists; gone at
 -- the provider is as good as cancelled
 SELECT t_open('c4', 'lnd', 'cc44cc44cc44cc44cc44cc44cc44cc44cc44cc44cc44cc44cc44cc44cc44cc44', fail => true);
-SELECT t_cancel('c4'), t_op('c4') AS op;
+SELECT t_op('c4') AS op;
+SELECT t_cancel('c4');
 SELECT t_try(format('SELECT payledger.invoice_apply(%L, %L)', t_inv(id), '{"op": "cancel", "cancel": "maybe"}')) FROM t_p WHERE name = 'c4';
 SELECT t_apply(id, '{"op": "cancel", "cancel": "gone"}') FROM t_p WHERE name = 'c4';
 SELECT t_cancel('c4');
