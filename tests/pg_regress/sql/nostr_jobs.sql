@@ -204,6 +204,77 @@ SELECT topic, payload ->> 'amount_msat' AS amount_msat, payload ->> 'error' AS e
   FROM payledger.events WHERE topic = 'nostr_job.paid_after_failure';
 
 ---------------------------------------------------------------------------
+-- What a job owes, and the events the provider acts on
+---------------------------------------------------------------------------
+SELECT coalesce(max(id), 0) AS ev0 FROM payledger.events \gset
+-- a reminder asks for what is still owed and adds nothing: after the result
+-- (30,000 asked), payment-required reminds of the same 30,000; one zap of
+-- 30,000 settles it
+INSERT INTO t_job SELECT 'remind', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'after_completion', 30000), r
+  FROM t_request(5100, 'remind me') r;
+SELECT t_publish(job('remind'), payledger.nostr_job_result(job('remind'), 'done'));
+SELECT payledger.nostr_job_feedback(job('remind'), 'payment-required') -> 'tags' -> 1 AS reminder_asks;
+SELECT t_publish(job('remind'), payledger.nostr_job_feedback(job('remind'), 'payment-required'));
+SELECT * FROM t_state(job('remind'));
+SELECT outcome, paid_msat, requested_msat, state FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('remind')), 30000, 'rm1'));
+-- an upfront job asked twice owes its price once; paid in two parts
+INSERT INTO t_job SELECT 'twice', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'upfront', 20000), r
+  FROM t_request(5100, 'ask twice') r;
+SELECT t_publish(job('twice'), payledger.nostr_job_feedback(job('twice'), 'payment-required'));
+SELECT outcome, paid_msat, requested_msat, state FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('twice')), 5000, 'tw1'));
+SELECT payledger.nostr_job_feedback(job('twice'), 'payment-required') -> 'tags' -> 1 AS second_ask;
+SELECT t_publish(job('twice'), payledger.nostr_job_feedback(job('twice'), 'payment-required'));
+SELECT outcome, paid_msat, requested_msat, state FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('twice')), 15000, 'tw2'));
+-- flexible, paid upfront: payment-required holds it until paid, as an upfront job
+INSERT INTO t_job SELECT 'flex_up', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'flexible', 12000), r
+  FROM t_request(5100, 'flexible, upfront') r;
+SELECT * FROM t_state(job('flex_up'));
+SELECT t_publish(job('flex_up'), payledger.nostr_job_feedback(job('flex_up'), 'payment-required')) AS held;
+SELECT outcome, state FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('flex_up')), 12000, 'fu1'));
+SELECT t_publish(job('flex_up'), payledger.nostr_job_result(job('flex_up'), 'done')) AS after_result;
+-- flexible, paid after the result: never held
+INSERT INTO t_job SELECT 'flex_after', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'flexible', 12000), r
+  FROM t_request(5100, 'flexible, after') r;
+SELECT t_publish(job('flex_after'), payledger.nostr_job_result(job('flex_after'), 'done')) AS delivered;
+SELECT outcome, state FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('flex_after')), 12000, 'fa1'));
+-- progressive beyond the price: the job owes the sum of its parts
+INSERT INTO t_job SELECT 'parts', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'flexible', 10000), r
+  FROM t_request(5100, 'in parts') r;
+SELECT t_publish(job('parts'), payledger.nostr_job_feedback(job('parts'), 'partial', 6000, message => 'part 1'));
+SELECT t_publish(job('parts'), payledger.nostr_job_feedback(job('parts'), 'partial', 7000, message => 'part 2'));
+SELECT * FROM t_state(job('parts'));
+SELECT (payledger.nostr_job_result(job('parts'), 'all') -> 'tags' -> -1) AS result_asks;
+-- the events: paid, partially paid
+SELECT topic, payload ->> 'paid_msat' AS paid, payload ->> 'owed_msat' AS owed, payload ->> 'state' AS state
+  FROM payledger.events WHERE id > :ev0 AND topic LIKE 'nostr_job.%' ORDER BY id;
+
+-- timeouts: nothing paid (timed_out), some paid (insufficient)
+INSERT INTO t_job SELECT 'silent', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'upfront', 8000, payment_timeout => '1 millisecond'), r
+  FROM t_request(5100, 'never paid') r;
+SELECT t_publish(job('silent'), payledger.nostr_job_feedback(job('silent'), 'payment-required'));
+INSERT INTO t_job SELECT 'short2', payledger.nostr_job_open(r, pk('provider'), pk('lnurl'), :'dvm', 'upfront', 8000, payment_timeout => '1 millisecond'), r
+  FROM t_request(5100, 'paid short') r;
+SELECT t_publish(job('short2'), payledger.nostr_job_feedback(job('short2'), 'payment-required'));
+SELECT outcome FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('short2')), 3000, 'sh1'));
+SELECT pg_sleep(0.01);
+SELECT payledger.nostr_expire_jobs() >= 2 AS expired;
+SELECT topic, payload ->> 'paid_msat' AS paid, payload ->> 'owed_msat' AS owed, payload ->> 'error' AS error
+  FROM payledger.events WHERE topic IN ('nostr_job.timed_out', 'nostr_job.insufficient')
+   AND subject_id IN (job('silent'), job('short2')) ORDER BY topic;
+
+-- late zaps: to a failed job or a finished one, booked to suspense with an
+-- event, never refused, never credited twice
+SELECT payledger.balance(payledger.account_id('payledger', 'msat', 'suspense', 'late_payments')) AS late_before \gset
+SELECT outcome, paid_msat, state FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('silent')), 8000, 'late1'));
+SELECT outcome FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('silent')), 8000, 'late1')) AS again;
+SELECT outcome, paid_msat, state FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('remind')), 1000, 'late2'));
+SELECT payledger.balance(payledger.account_id('payledger', 'msat', 'suspense', 'late_payments')) - :late_before AS to_suspense;
+SELECT topic, payload ->> 'amount_msat' AS amount, payload ->> 'to' AS to_whom FROM payledger.events
+ WHERE topic IN ('nostr_job.paid_after_failure', 'nostr_job.paid_after_completion') AND payload ->> 'to' = 'suspense'
+   AND subject_id IN (job('silent'), job('remind')) ORDER BY id;
+SELECT late, count(*) FROM payledger.nostr_job_payments WHERE job_id IN (job('silent'), job('remind')) GROUP BY late ORDER BY late;
+
+---------------------------------------------------------------------------
 -- Bad input: clear errors
 ---------------------------------------------------------------------------
 SELECT t_try(format('SELECT payledger.nostr_job_open(%L, %L, %L, %L, %L, 1)', request, pk('provider'), pk('lnurl'), :'dvm', 'upfront'))
@@ -227,6 +298,30 @@ SELECT t_try(format('SELECT payledger.bolt11_create(%L, 1000, %L, %L)', '\x01'::
 SELECT t_try(format('SELECT payledger.bolt11_create(%L, 1000, %L, %L, network => %L)', sk('node'), sha256('h'), 'x', 'mars'));
 SELECT t_try(format('SELECT payledger.bolt11_create(%L, 1000, %L)', sk('node'), sha256('h')));
 SELECT t_try(format('SELECT payledger.bolt11_create(NULL, 1000, %L, %L)', sha256('h'), 'x'));
+
+-- a provider's settings, taken by its jobs at creation: price by kind,
+-- policy, timeout, methods, the progressive part
+SELECT payledger.nostr_provider_configure(pk('provider'), pk('lnurl'), :'dvm', 'flexible', price_msat => 9000,
+         kind_prices => '{"5200": 4000}', payment_timeout => '10 minutes', methods => ARRAY['invoice'], chunk_msat => 2500)
+       = pk('provider') AS configured;
+INSERT INTO t_job SELECT 'cfg', payledger.nostr_job_open(r, pk('provider')), r FROM t_request(5200, 'by settings') r;
+INSERT INTO t_job SELECT 'cfg2', payledger.nostr_job_open(r, pk('provider'), price_msat => 1234, methods => ARRAY['zap', 'invoice']), r
+  FROM t_request(5100, 'overridden') r;
+SELECT j.name, x.policy, x.price_msat, x.requested_msat, x.payment_timeout, x.methods, x.chunk_msat
+  FROM t_job j JOIN payledger.nostr_jobs x ON x.id = j.id WHERE j.name IN ('cfg', 'cfg2') ORDER BY j.name;
+SELECT payledger.nostr_job_feedback(job('cfg'), 'partial', message => 'a part') -> 'tags' -> 1 AS partial_asks_a_chunk;
+-- a job that takes only invoices: a zap is booked to suspense, not credited
+SELECT t_publish(job('cfg'), payledger.nostr_job_feedback(job('cfg'), 'payment-required'));
+SELECT outcome, paid_msat, state FROM payledger.nostr_job_pay_zap(t_zap(t_last_event(job('cfg')), 4000, 'cfgz'));
+SELECT topic FROM payledger.events WHERE subject_id = job('cfg') ORDER BY id;
+UPDATE payledger.nostr_jobs SET methods = ARRAY['zap'] WHERE id = job('cfg2');
+SELECT t_try(format('SELECT invoice_msat FROM payledger.nostr_job_invoice(%L)', job('cfg2'))) AS zap_only;
+-- bad settings
+SELECT t_try(format('SELECT payledger.nostr_provider_configure(%L, %L, %L, %L)', pk('provider'), pk('lnurl'), :'dvm', 'sometimes'));
+SELECT t_try(format('SELECT payledger.nostr_provider_configure(%L, %L, %L, methods => %L)', pk('provider'), pk('lnurl'), :'dvm', '{cash}'));
+SELECT t_try(format('SELECT payledger.nostr_provider_configure(%L, %L, %L, kind_prices => %L)', pk('provider'), pk('lnurl'), :'dvm', '{"1": 5}'));
+SELECT t_try(format('SELECT payledger.nostr_provider_configure(%L, %L, %L, chunk_msat => 0)', pk('provider'), pk('lnurl'), :'dvm'));
+SELECT t_try(format('SELECT payledger.nostr_job_open(%L, %L)', t_request(5100, 'nobody'), pk('stranger')));
 
 -- the service provider reads its jobs through the owner-filtered view
 CREATE ROLE t_provider IN ROLE payledger_enduser;
