@@ -125,14 +125,18 @@ start_lnbits() {
   echo "LNbits did not start; its log:" >&2; tail -20 "$dir/lnbits.log" >&2; return 1
 }
 
-stop_lnbits() { # <dir>
+# stop_group <pid file>: end a process group started with setsid (TERM,
+# then KILL after 10 s).
+stop_group() {
   local pid
-  pid=$(cat "$1/lnbits.pid" 2>/dev/null) || return 0
+  pid=$(cat "$1" 2>/dev/null) || return 0
   kill -TERM -- "-$pid" 2>/dev/null || true
   for _ in $(seq 1 40); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.25; done
   kill -KILL -- "-$pid" 2>/dev/null || true
-  rm -f "$1/lnbits.pid"
+  rm -f "$1"
 }
+
+stop_lnbits() { stop_group "$1/lnbits.pid"; }  # <dir>
 
 # lnbits_setup <port>: the super user, a merchant wallet and a payer wallet
 # funded with 1,000,000 sats. Prints "merchant_inkey payer_adminkey
@@ -154,3 +158,56 @@ lnbits_pay() {
   curl -sf -X POST "http://127.0.0.1:$1/api/v1/payments" -H "X-Api-Key: $2" -H 'Content-Type: application/json' \
     -d "{\"out\":true,\"bolt11\":\"$3\"}" >/dev/null
 }
+
+# --- a Nostr relay (PyPI nostr-relay, SQLite, on loopback) ---
+NOSTR_RELAY_VERSION=1.14
+NOSTR_RELAY_VENV=${NOSTR_RELAY_VENV:-$HOME/.cache/payledger/nostr-relay-$NOSTR_RELAY_VERSION}
+
+setup_nostr_relay() {
+  if [ ! -x "$NOSTR_RELAY_VENV/bin/nostr-relay" ]; then
+    log "installing nostr-relay $NOSTR_RELAY_VERSION into $NOSTR_RELAY_VENV"
+    rm -rf "$NOSTR_RELAY_VENV"
+    python3 -m venv "$NOSTR_RELAY_VENV"
+    "$NOSTR_RELAY_VENV/bin/pip" install -q "nostr-relay==$NOSTR_RELAY_VERSION"
+  fi
+}
+
+# start_nostr_relay <dir> <port>: a fresh relay that checks signatures, its
+# data in <dir>, in its own process group.
+start_nostr_relay() {
+  local dir=$1 port=$2 i
+  if port_busy "$port"; then echo "port $port is busy" >&2; return 1; fi
+  mkdir -p "$dir/relay"
+  cat >"$dir/relay/config.yaml" <<CONF
+relay_name: payledger test relay
+relay_description: a loopback relay for payledger's tests
+storage:
+  sqlalchemy.url: sqlite+aiosqlite:///$dir/relay/nostr.sqlite3
+  validators:
+    - nostr_relay.validators.is_not_too_large
+    - nostr_relay.validators.is_signed
+    - nostr_relay.validators.is_recent
+verification:
+  nip05_verification: disabled
+gunicorn:
+  bind: 127.0.0.1:$port
+  workers: 1
+  loglevel: warning
+  reload: false
+authentication:
+  enabled: false
+message_timeout: 1800
+subscription_limit: 32
+max_limit: 6000
+CONF
+  (cd "$dir/relay" && exec setsid "$NOSTR_RELAY_VENV/bin/nostr-relay" -c "$dir/relay/config.yaml" serve) \
+    </dev/null >>"$dir/relay/relay.log" 2>&1 &
+  echo $! >"$dir/relay.pid"
+  for i in $(seq 1 60); do
+    curl -sf -o /dev/null -H 'Accept: application/nostr+json' "http://127.0.0.1:$port/" && return 0
+    sleep 0.5
+  done
+  echo "the relay did not start; its log:" >&2; tail -20 "$dir/relay/relay.log" >&2; return 1
+}
+
+stop_nostr_relay() { stop_group "$1/relay.pid"; }  # <dir>

@@ -396,11 +396,19 @@ BEGIN
         RAISE EXCEPTION 'the event is not the provider''s feedback or result for this job' USING ERRCODE = '22023',
             HINT = 'Publish what nostr_job_feedback() or nostr_job_result() return, signed by the provider.';
     END IF;
+    SELECT t ->> 1 INTO status FROM jsonb_array_elements(event -> 'tags') t WHERE t ->> 0 = 'status' LIMIT 1;
+    SELECT t ->> 1 INTO amount FROM jsonb_array_elements(event -> 'tags') t WHERE t ->> 0 = 'amount' LIMIT 1;
+    IF j.state = 'error' AND kind = 7000 AND status = 'error' THEN
+        -- the error feedback a provider publishes for a job that failed
+        -- (its timeout): recorded, nothing changes
+        INSERT INTO payledger.nostr_job_events (event_id, job_id, kind, status, amount_msat, event)
+        VALUES (event ->> 'id', j.id, kind, status, NULL, event)
+        ON CONFLICT (event_id) DO NOTHING;
+        RETURN j.state;
+    END IF;
     IF j.state IN ('success', 'error') THEN
         RAISE EXCEPTION 'job % is already %', job, j.state USING ERRCODE = 'PL027';
     END IF;
-    SELECT t ->> 1 INTO status FROM jsonb_array_elements(event -> 'tags') t WHERE t ->> 0 = 'status' LIMIT 1;
-    SELECT t ->> 1 INTO amount FROM jsonb_array_elements(event -> 'tags') t WHERE t ->> 0 = 'amount' LIMIT 1;
     IF amount IS NOT NULL AND amount !~ '^[0-9]{1,18}$' THEN
         RAISE EXCEPTION 'the amount tag must be a whole number of msat, got %', quote_literal(amount) USING ERRCODE = 'PL001';
     END IF;

@@ -261,6 +261,10 @@ SELECT payledger.nostr_expire_jobs() >= 2 AS expired;
 SELECT topic, payload ->> 'paid_msat' AS paid, payload ->> 'owed_msat' AS owed, payload ->> 'error' AS error
   FROM payledger.events WHERE topic IN ('nostr_job.timed_out', 'nostr_job.insufficient')
    AND subject_id IN (job('silent'), job('short2')) ORDER BY topic;
+-- the provider then publishes its error feedback: recorded, the job stays failed
+SELECT t_publish(job('silent'), payledger.nostr_job_feedback(job('silent'), 'error', message => 'payment timeout')) AS error_feedback;
+SELECT t_try(format('SELECT payledger.nostr_job_published(%L, %L)', job('silent'),
+                    payledger.nostr_sign_event(payledger.nostr_job_result(job('silent'), 'too late'), sk('provider')))) AS result_after_failure;
 
 -- late zaps: to a failed job or a finished one, booked to suspense with an
 -- event, never refused, never credited twice
