@@ -24,6 +24,7 @@ pub static WORKER_MAX_BACKOFF: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static WORKER_NOTIFY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(250);
 pub static METERING_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(21_600);
 pub static METERING_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static WEBHOOK_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static LNURL_HTTP_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn init() {
@@ -143,6 +144,16 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"payledger.webhook_max_attempts",
+        c"Sends of an event to a webhook endpoint before its delivery is dead.",
+        c"Failures are retried after a backoff; payledger.retry_webhook_delivery sends a dead one again.",
+        &WEBHOOK_MAX_ATTEMPTS,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"payledger.lnurl_http_hosts",
         c"Hosts whose LNURL servers may be called over plain http (a comma list).",
@@ -190,6 +201,7 @@ fn int_setting(name: &str) -> Option<&'static GucSetting<i32>> {
         "worker_notify_interval" => &WORKER_NOTIFY_INTERVAL,
         "metering_interval" => &METERING_INTERVAL,
         "metering_workers" => &METERING_WORKERS,
+        "webhook_max_attempts" => &WEBHOOK_MAX_ATTEMPTS,
         _ => return None,
     })
 }

@@ -19,6 +19,7 @@ mod gucs;
 mod ledger;
 mod nostr;
 mod payin;
+mod pool;
 mod provider;
 mod worker;
 

@@ -29,14 +29,15 @@ BEGIN
     FOR t IN SELECT c.relname, c.relkind, c.relrowsecurity FROM pg_catalog.pg_class c
               WHERE c.relnamespace = 'payledger'::regnamespace AND c.relkind IN ('r', 'p', 'v')
               ORDER BY c.relname LOOP
-        readers := CASE WHEN t.relname = 'provider_secrets' THEN 'payledger_admin'
+        -- (tables named *_secrets hold credentials: the admin's only)
+        readers := CASE WHEN t.relname LIKE '%\_secrets' THEN 'payledger_admin'
                         WHEN t.relkind = 'v' AND t.relname LIKE 'my\_%' THEN 'payledger_enduser, payledger_app, payledger_admin'
                         ELSE 'payledger_admin, payledger_app' END;
         EXECUTE format('GRANT SELECT ON payledger.%I TO %s', t.relname, readers);
         IF t.relrowsecurity AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
                                              WHERE p.polrelid = format('payledger.%I', t.relname)::regclass) THEN
             EXECUTE format('CREATE POLICY %I ON payledger.%I FOR SELECT TO %s USING (true)',
-                           CASE WHEN t.relname = 'provider_secrets' THEN 'admin_read' ELSE 'backend_read' END,
+                           CASE WHEN t.relname LIKE '%\_secrets' THEN 'admin_read' ELSE 'backend_read' END,
                            t.relname, readers);
         END IF;
     END LOOP;

@@ -23,7 +23,6 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ use std::time::Duration;
 extension_sql_file!(
     "schema.sql",
     name = "provider_schema",
-    requires = ["events_hooks"]
+    requires = ["events_delivery"]
 );
 extension_sql_file!(
     "profiles.sql",
@@ -234,70 +233,15 @@ fn call_one(claim: &Value, secrets: &Secrets, s: &CallSettings) -> Value {
     }
 }
 
-/// Every signal blocked on the current thread until dropped.
-struct SignalsBlocked(libc::sigset_t);
-
-impl SignalsBlocked {
-    fn new() -> Self {
-        // SAFETY: plain libc calls on sigset_t values owned here.
-        unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-            SignalsBlocked(old)
-        }
-    }
-}
-
-impl Drop for SignalsBlocked {
-    fn drop(&mut self) {
-        // SAFETY: restores the mask saved in new().
-        unsafe {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
-        }
-    }
-}
-
 /// Call the providers for all claims, `concurrency` at a time. Touches no
 /// PostgreSQL state: safe on threads, and run with no transaction open.
 pub fn call_all(claims: &[Value], secrets: &Secrets, s: &CallSettings) -> Vec<Value> {
-    let threads = s.concurrency.min(claims.len()).max(1);
-    if threads == 1 {
-        return claims.iter().map(|c| call_one(c, secrets, s)).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<Value>>> = claims.iter().map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|scope| {
-        // PostgreSQL's signal handlers must run on this thread only: the
-        // threads are spawned with every signal blocked (they inherit the
-        // mask), then this thread's mask is restored
-        let blocked = SignalsBlocked::new();
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(claim) = claims.get(i) else { break };
-                // a panic in one call must not lose the others' results
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    call_one(claim, secrets, s)
-                }))
-                .unwrap_or_else(|_| {
-                    failure(claim, &Failure::Unreachable("the call panicked".into()))
-                });
-                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-            });
-        }
-        drop(blocked);
-    });
-    results
-        .into_iter()
-        .zip(claims)
-        .map(|(r, c)| {
-            r.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .unwrap_or_else(|| failure(c, &Failure::Unreachable("no result".into())))
-        })
-        .collect()
+    crate::pool::map(
+        claims,
+        s.concurrency,
+        |c| call_one(c, secrets, s),
+        |c| failure(c, &Failure::Unreachable("the call panicked".into())),
+    )
 }
 
 /// The credentials of the providers named in the claims (SPI; run inside a

@@ -200,6 +200,7 @@ fn tick() {
             break;
         }
     }
+    deliver_webhooks(batch, &settings, &mut counts);
     housekeeping(batch, &mut counts);
     periodic_runs(&mut counts);
     let counts = Value::Object(counts);
@@ -220,6 +221,57 @@ fn tick() {
         .collect();
     if !done.is_empty() {
         log!("payledger worker: {}", Value::Object(done));
+    }
+}
+
+/// The outbox to the operator's webhook endpoints: claim (with the
+/// secrets) in one transaction, send with none open, record each result in
+/// its own, until nothing is due.
+fn deliver_webhooks(
+    batch: i32,
+    settings: &CallSettings,
+    counts: &mut serde_json::Map<String, Value>,
+) {
+    loop {
+        let (claims, secrets) = BackgroundWorker::transaction(|| {
+            let claims = Spi::get_one_with_args::<JsonB>(
+                "SELECT payledger.webhook_claim($1)",
+                &[batch.into()],
+            )
+            .unwrap_or_else(|e| pgrx::error!("claiming webhook deliveries: {e}"))
+            .map(|j| j.0)
+            .unwrap_or(Value::Null);
+            let claims = match claims {
+                Value::Array(a) => a,
+                _ => Vec::new(),
+            };
+            let secrets = crate::events::delivery::load_secrets(&claims);
+            (claims, secrets)
+        });
+        if claims.is_empty() {
+            return;
+        }
+        let results = crate::events::delivery::send_all(
+            &claims,
+            &secrets,
+            settings.timeout,
+            settings.concurrency,
+        );
+        drop(secrets);
+        for result in &results {
+            let outcome = BackgroundWorker::transaction(|| {
+                Spi::get_one_with_args::<String>(
+                    "SELECT payledger.webhook_apply($1)",
+                    &[JsonB(result.clone()).into()],
+                )
+                .unwrap_or_else(|e| pgrx::error!("recording a webhook delivery: {e}"))
+                .unwrap_or_default()
+            });
+            add_counts(counts, &json!({ outcome: 1 }));
+        }
+        if (claims.len() as i32) < batch || shutting_down() {
+            return;
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 -- payledger worker: the SQL half of the background worker (src/worker/mod.rs).
 -- Its three steps (claim, call, record) are functions, so that `CALL
 -- payledger.run_tick()` does exactly what the background worker does; after
--- them, the housekeeping steps the modules registered
+-- them, the webhook deliveries (src/events/delivery.sql), the housekeeping
+-- steps the modules registered
 -- (src/ledger/housekeeping.sql) and the periodic runs they registered here
 -- (metering, in credits).
 
@@ -304,6 +305,20 @@ BEGIN
         END LOOP;
         PERFORM payledger.worker_provider_health(results);
         COMMIT;
+        EXIT WHEN jsonb_array_length(claims) < n;
+    END LOOP;
+    -- the outbox to the webhook endpoints: claim, send with no row lock
+    -- held, record each result in its own transaction
+    LOOP
+        claims := payledger.webhook_claim(n, started);
+        COMMIT;
+        EXIT WHEN jsonb_array_length(claims) = 0;
+        results := payledger.webhook_send(claims);
+        FOR r IN SELECT x FROM jsonb_array_elements(results) x LOOP
+            outcome := payledger.webhook_apply(r);
+            COMMIT;
+            counts := jsonb_set(counts, ARRAY[outcome], to_jsonb(coalesce((counts ->> outcome)::integer, 0) + 1));
+        END LOOP;
         EXIT WHEN jsonb_array_length(claims) < n;
     END LOOP;
     -- the housekeeping, a transaction per call (see housekeeping_plan)

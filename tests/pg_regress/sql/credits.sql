@@ -314,7 +314,7 @@ SET payledger.owner_id = 'org7';
 SET ROLE payledger_enduser;
 SELECT available, by_metric FROM payledger.my_credit_balance;
 SELECT source, granted, remaining FROM payledger.my_credit_grants ORDER BY granted;
-SELECT metric, blocked FROM payledger.my_credit_meters ORDER BY metric;
+SELECT metric, overage, cost, charged, blocked FROM payledger.my_credit_meters ORDER BY metric;
 SELECT count(*) AS grants FROM payledger.my_credit_grants;
 SELECT metric, credits_used FROM payledger.my_credit_history WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
  ORDER BY metric;

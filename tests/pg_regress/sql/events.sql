@@ -91,4 +91,42 @@ SET payledger.owner_id = 'shop';
 SELECT count(*) AS shop_sees FROM payledger.my_events;
 RESET payledger.owner_id;
 RESET ROLE;
+-- delivery to the operator's webhook endpoints (tests/integration/webhooks.sh
+-- sends them for real): the claim, the results, the dead-letter state
+SELECT t_try($$SELECT payledger.add_webhook_endpoint('bad name', 'https://app.example/hooks')$$);
+SELECT t_try($$SELECT payledger.add_webhook_endpoint('app', 'ftp://app.example/hooks')$$);
+SELECT t_try($$SELECT payledger.add_webhook_endpoint('app', 'https://user:pw@app.example/hooks')$$);
+SELECT t_try($$SELECT payledger.add_webhook_endpoint('app', 'https://app.example/hooks', '{}')$$);
+SELECT t_try($$SELECT payledger.add_webhook_endpoint('app', 'https://app.example/hooks', secret => 'not-a-secret')$$);
+SELECT endpoint_id AS ep, endpoint_secret ~ '^whsec_' AS made_a_secret
+  FROM payledger.add_webhook_endpoint('app', 'https://app.example/hooks', ARRAY['payin.%'], from_event => :ev0) \gset
+SELECT t_try($$SELECT payledger.add_webhook_endpoint('app', 'https://other.example/')$$);
+SELECT count(*) AS queued_before FROM payledger.webhook_deliveries;
+SELECT jsonb_array_length(c) AS claimed, c::text ~ 'whsec' AS leaks_secret,
+       (SELECT bool_and(x ->> 'msg_id' ~ '^evt_[0-9]+$' AND (x ->> 'body')::jsonb ->> 'type' LIKE 'payin.%')
+          FROM jsonb_array_elements(c) x) AS shaped
+  FROM payledger.webhook_claim(100) c;
+SELECT count(*) = (SELECT count(*) FROM payledger.events WHERE id > :ev0 AND topic LIKE 'payin.%') AS one_per_event
+  FROM payledger.webhook_deliveries;
+SELECT id AS d1 FROM payledger.webhook_deliveries ORDER BY event_id LIMIT 1 \gset
+SELECT id AS d2 FROM payledger.webhook_deliveries ORDER BY event_id OFFSET 1 LIMIT 1 \gset
+SELECT payledger.webhook_apply(jsonb_build_object('delivery_id', :'d1', 'ok', true, 'status', 204)) AS d1,
+       payledger.webhook_apply(jsonb_build_object('delivery_id', :'d1', 'ok', false, 'status', 500)) AS d1_again;
+SELECT payledger.webhook_apply(jsonb_build_object('delivery_id', :'d2', 'ok', false, 'status', 500, 'error', 'HTTP 500')) AS d2;
+SELECT status, attempts, last_status, last_error, next_attempt_at > now() AS backs_off FROM payledger.webhook_deliveries WHERE id = :'d2';
+-- failed webhook_max_attempts (10) times: dead; sent again by hand
+UPDATE payledger.webhook_deliveries SET attempts = 10 WHERE id = :'d2';
+SELECT payledger.webhook_apply(jsonb_build_object('delivery_id', :'d2', 'ok', false, 'error', 'timeout')) AS d2;
+SELECT payledger.retry_webhook_delivery(:'d2') AS retried, payledger.retry_webhook_delivery(:'d1') AS delivered_stays;
+SELECT t_try($$SELECT payledger.retry_webhook_delivery(gen_random_uuid())$$);
+SELECT t_try($$SELECT payledger.webhook_apply('{"delivery_id": "00000000-0000-0000-0000-000000000000", "ok": true}')$$);
+SELECT payledger.set_webhook_endpoint_enabled(:'ep', false) AS enabled;
+SELECT jsonb_array_length(payledger.webhook_claim(100)) AS claimed_while_paused;
+-- the application's roles: no secrets, no endpoints
+SET ROLE payledger_app;
+SELECT t_try($$SELECT count(*) FROM payledger.webhook_endpoint_secrets$$);
+SELECT t_try($$SELECT payledger.add_webhook_endpoint('x', 'https://x.example/')$$);
+SELECT t_try($$SELECT payledger.webhook_claim(1)$$);
+SELECT count(*) AS endpoints_seen FROM payledger.webhook_endpoints;
+RESET ROLE;
 SELECT count(*) AS violations FROM payledger.check_invariants();
