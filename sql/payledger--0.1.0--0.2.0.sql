@@ -481,8 +481,50 @@ CREATE TRIGGER accounts_floor BEFORE INSERT OR UPDATE OF balance, pending_debits
 /* <begin connected objects> */
 CREATE SCHEMA IF NOT EXISTS payledger_internal;
 
--- src/payin/mod.rs
+-- src/ledger/mod.rs
 /* payledger::payledger_internal */
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
+
+-- src/provider/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."json_readable"(
+	"value" jsonb /* JsonArg */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'json_readable_wrapper';
+
+-- src/ledger/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."transfer_journal"(
+	"from_account" uuid, /* Option < Uuid > */
+	"to_account" uuid, /* Option < Uuid > */
+	"amount" bigint, /* Option < i64 > */
+	"idempotency_key" TEXT, /* Option < String > */
+	"metadata" jsonb, /* Option < JsonArg > */
+	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"kind" TEXT /* Option < String > */
+) RETURNS uuid /* Option < Uuid > */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
+
+-- src/payin/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -516,71 +558,7 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'payin_create_core_wrapper';
 
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."json_readable"(
-	"value" jsonb /* JsonArg */
-) RETURNS bool /* bool */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'json_readable_wrapper';
-
 -- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."transfer_journal"(
-	"from_account" uuid, /* Option < Uuid > */
-	"to_account" uuid, /* Option < Uuid > */
-	"amount" bigint, /* Option < i64 > */
-	"idempotency_key" TEXT, /* Option < String > */
-	"metadata" jsonb, /* Option < JsonArg > */
-	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
-	"kind" TEXT /* Option < String > */
-) RETURNS uuid /* Option < Uuid > */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
-
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."webhook_verify_core"(
-	"kind" TEXT, /* & str */
-	"secret" TEXT, /* Option < & str > */
-	"headers" jsonb, /* JsonArg */
-	"body" TEXT /* & str */
-) RETURNS TABLE (
-	"sqlstate" TEXT,  /* Option < String > */
-	"message" TEXT,  /* Option < String > */
-	"reference" TEXT,  /* Option < String > */
-	"event" TEXT,  /* Option < String > */
-	"signed" bool,  /* Option < bool > */
-	"action" TEXT,  /* Option < String > */
-	"received" bigint,  /* Option < i64 > */
-	"note" TEXT  /* Option < String > */
-)
-STABLE PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
-
--- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -1768,20 +1746,6 @@ $$;
 -- (not a trigger on INSERT: a restore's COPY must not run the handlers again
 -- for old pay-ins)
 SELECT payledger_internal.payin_handlers_compile('lock'), payledger_internal.payin_handlers_compile('reached');
-
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."lnurl_target"(
-	"destination" TEXT /* & str */
-) RETURNS TEXT /* Option < String > */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lnurl_target_wrapper';
-
--- src/payin/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -2896,7 +2860,8 @@ $$;
 -- "id.timestamp.body" with the endpoint's whsec_ secret). At least once:
 -- each event is queued once per endpoint whose topics match, sent by the
 -- worker with no transaction open, retried with a backoff, and dead after
--- payledger.webhook_max_attempts failures. See docs/events.md.
+-- payledger.webhook_max_attempts failures. See docs/providers.md (Delivery
+-- to webhook endpoints).
 
 CREATE TABLE payledger.webhook_endpoints (
     id            uuid PRIMARY KEY,
@@ -3947,6 +3912,60 @@ LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
       FROM payledger.invoices i
      WHERE i.status = 'paid' AND NOT i.paid_late AND (i.amount_received > i.amount) <> (i.overpay_journal IS NOT NULL)
 $$;
+
+-- src/ledger/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."engine_batch_as"(
+	"module" TEXT, /* Option < String > */
+	"items" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"item" INT,  /* i32 */
+	"status" TEXT,  /* & '_ str */
+	"journal_id" uuid,  /* Option < Uuid > */
+	"hold_id" uuid,  /* Option < Uuid > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
+
+-- src/provider/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."lnurl_target"(
+	"destination" TEXT /* & str */
+) RETURNS TEXT /* Option < String > */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lnurl_target_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."webhook_verify_core"(
+	"kind" TEXT, /* & str */
+	"secret" TEXT, /* Option < & str > */
+	"headers" jsonb, /* JsonArg */
+	"body" TEXT /* & str */
+) RETURNS TABLE (
+	"sqlstate" TEXT,  /* Option < String > */
+	"message" TEXT,  /* Option < String > */
+	"reference" TEXT,  /* Option < String > */
+	"event" TEXT,  /* Option < String > */
+	"signed" bool,  /* Option < bool > */
+	"action" TEXT,  /* Option < String > */
+	"received" bigint,  /* Option < i64 > */
+	"note" TEXT  /* Option < String > */
+)
+STABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -7454,25 +7473,33 @@ BEGIN
     RETURN j;
 END;
 $$;
--- Credit a payment the provider received outside payledger's invoices (a
--- zap, or a bolt11 it confirmed itself): a pay-in from the payer to the
--- provider's account, settled at once (the money is in the provider's
--- wallet). Once per payment hash, receipt and zap request.
-CREATE OR REPLACE FUNCTION payledger_internal.nostr_job_credit(j payledger.nostr_jobs, via text, payment_hash text, amount_msat bigint,
-                                           payer_pubkey text, receipt_id text, zap_request_id text)
-RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+-- A payment the provider received outside payledger's invoices (a zap, or
+-- a bolt11 it confirmed itself) as a pay-in from the payer to `account`,
+-- settled at once (the money is in the provider's wallet). Returns it.
+CREATE OR REPLACE FUNCTION payledger_internal.nostr_job_payin(j payledger.nostr_jobs, via text, payment_hash text, amount_msat bigint,
+                                          payer_pubkey text, account uuid, late boolean)
+RETURNS uuid LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     p record;
 BEGIN
     SELECT * INTO p FROM payledger.create_payin('nostr:' || coalesce(payer_pubkey, j.customer_pubkey), 'NOSTR_JOB', 'msat',
         amount_msat, jsonb_build_array(jsonb_build_object('external', via)),
-        jsonb_build_array(jsonb_build_object('type', 'NOSTR_JOB', 'account', j.provider_account, 'amount', amount_msat)),
-        metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'payment_hash', payment_hash));
+        jsonb_build_array(jsonb_build_object('type', 'NOSTR_JOB', 'account', account, 'amount', amount_msat)),
+        metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'payment_hash', payment_hash)
+                    || CASE WHEN late THEN '{"late": true}'::jsonb ELSE '{}'::jsonb END);
     PERFORM payledger.transition_payin(p.payin_id, 'PENDING', external_ref => payment_hash);
     PERFORM payledger.settle_payin(p.payin_id);
-    RETURN payledger_internal.nostr_job_record(j, p.payin_id, via, payment_hash, amount_msat, payer_pubkey, receipt_id,
-                                      zap_request_id);
+    RETURN p.payin_id;
 END;
+$$;
+-- Credit such a payment to the job's provider. Once per payment hash,
+-- receipt and zap request.
+CREATE OR REPLACE FUNCTION payledger_internal.nostr_job_credit(j payledger.nostr_jobs, via text, payment_hash text, amount_msat bigint,
+                                           payer_pubkey text, receipt_id text, zap_request_id text)
+RETURNS payledger.nostr_jobs LANGUAGE sql SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger_internal.nostr_job_record(j,
+               payledger_internal.nostr_job_payin(j, via, payment_hash, amount_msat, payer_pubkey, j.provider_account, false),
+               via, payment_hash, amount_msat, payer_pubkey, receipt_id, zap_request_id);
 $$;
 -- A payment that came after its job failed or finished (a zap, or a bolt11
 -- the provider confirmed): booked like late money for an invoice, never
@@ -7485,24 +7512,18 @@ CREATE OR REPLACE FUNCTION payledger_internal.nostr_job_credit_late(j payledger.
                                                 payer_pubkey text, receipt_id text, zap_request_id text)
 RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    p record;
+    payin uuid := payledger_internal.nostr_job_payin(j, via, payment_hash, amount_msat, payer_pubkey,
+                      payledger_internal.open_account_as(NULL, 'payledger', 'msat', 'suspense', 'late_payments',
+                                                         false, NULL, NULL), true);
 BEGIN
-    SELECT * INTO p FROM payledger.create_payin('nostr:' || coalesce(payer_pubkey, j.customer_pubkey), 'NOSTR_JOB', 'msat',
-        amount_msat, jsonb_build_array(jsonb_build_object('external', via)),
-        jsonb_build_array(jsonb_build_object('type', 'NOSTR_JOB', 'amount', amount_msat,
-            'account', payledger_internal.open_account_as(NULL, 'payledger', 'msat', 'suspense', 'late_payments',
-                                                          false, NULL, NULL))),
-        metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'payment_hash', payment_hash, 'late', true));
-    PERFORM payledger.transition_payin(p.payin_id, 'PENDING', external_ref => payment_hash);
-    PERFORM payledger.settle_payin(p.payin_id);
     INSERT INTO payledger.nostr_job_payments (job_id, payin_id, via, payment_hash, receipt_id, zap_request_id, payer_pubkey,
                                               amount_msat, late)
-    VALUES (j.id, p.payin_id, via, payment_hash, receipt_id, zap_request_id, payer_pubkey, amount_msat, true);
+    VALUES (j.id, payin, via, payment_hash, receipt_id, zap_request_id, payer_pubkey, amount_msat, true);
     PERFORM payledger_internal.emit_event(
         CASE j.state WHEN 'error' THEN 'nostr_job.paid_after_failure' WHEN 'success' THEN 'nostr_job.paid_after_completion'
                      ELSE 'nostr_job.unaccepted_payment' END,
         j.id, j.owner_id,
-        jsonb_build_object('job', j.id, 'request', j.request_id, 'payin', p.payin_id, 'via', via, 'amount_msat', amount_msat,
+        jsonb_build_object('job', j.id, 'request', j.request_id, 'payin', payin, 'via', via, 'amount_msat', amount_msat,
                            'payer_pubkey', payer_pubkey, 'state', j.state, 'error', j.error, 'to', 'suspense'));
     RETURN j;
 END;
@@ -7784,28 +7805,6 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
     UNION ALL
     SELECT * FROM payledger_internal.credit_invariants()
 $$;
-
--- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_batch_as"(
-	"module" TEXT, /* Option < String > */
-	"items" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"item" INT,  /* i32 */
-	"status" TEXT,  /* & '_ str */
-	"journal_id" uuid,  /* Option < Uuid > */
-	"hold_id" uuid,  /* Option < Uuid > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
-
--- src/lib.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */

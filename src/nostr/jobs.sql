@@ -479,25 +479,34 @@ BEGIN
 END;
 $$;
 
--- Credit a payment the provider received outside payledger's invoices (a
--- zap, or a bolt11 it confirmed itself): a pay-in from the payer to the
--- provider's account, settled at once (the money is in the provider's
--- wallet). Once per payment hash, receipt and zap request.
-CREATE FUNCTION payledger_internal.nostr_job_credit(j payledger.nostr_jobs, via text, payment_hash text, amount_msat bigint,
-                                           payer_pubkey text, receipt_id text, zap_request_id text)
-RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+-- A payment the provider received outside payledger's invoices (a zap, or
+-- a bolt11 it confirmed itself) as a pay-in from the payer to `account`,
+-- settled at once (the money is in the provider's wallet). Returns it.
+CREATE FUNCTION payledger_internal.nostr_job_payin(j payledger.nostr_jobs, via text, payment_hash text, amount_msat bigint,
+                                          payer_pubkey text, account uuid, late boolean)
+RETURNS uuid LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     p record;
 BEGIN
     SELECT * INTO p FROM payledger.create_payin('nostr:' || coalesce(payer_pubkey, j.customer_pubkey), 'NOSTR_JOB', 'msat',
         amount_msat, jsonb_build_array(jsonb_build_object('external', via)),
-        jsonb_build_array(jsonb_build_object('type', 'NOSTR_JOB', 'account', j.provider_account, 'amount', amount_msat)),
-        metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'payment_hash', payment_hash));
+        jsonb_build_array(jsonb_build_object('type', 'NOSTR_JOB', 'account', account, 'amount', amount_msat)),
+        metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'payment_hash', payment_hash)
+                    || CASE WHEN late THEN '{"late": true}'::jsonb ELSE '{}'::jsonb END);
     PERFORM payledger.transition_payin(p.payin_id, 'PENDING', external_ref => payment_hash);
     PERFORM payledger.settle_payin(p.payin_id);
-    RETURN payledger_internal.nostr_job_record(j, p.payin_id, via, payment_hash, amount_msat, payer_pubkey, receipt_id,
-                                      zap_request_id);
+    RETURN p.payin_id;
 END;
+$$;
+
+-- Credit such a payment to the job's provider. Once per payment hash,
+-- receipt and zap request.
+CREATE FUNCTION payledger_internal.nostr_job_credit(j payledger.nostr_jobs, via text, payment_hash text, amount_msat bigint,
+                                           payer_pubkey text, receipt_id text, zap_request_id text)
+RETURNS payledger.nostr_jobs LANGUAGE sql SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger_internal.nostr_job_record(j,
+               payledger_internal.nostr_job_payin(j, via, payment_hash, amount_msat, payer_pubkey, j.provider_account, false),
+               via, payment_hash, amount_msat, payer_pubkey, receipt_id, zap_request_id);
 $$;
 
 -- A payment that came after its job failed or finished (a zap, or a bolt11
@@ -511,24 +520,18 @@ CREATE FUNCTION payledger_internal.nostr_job_credit_late(j payledger.nostr_jobs,
                                                 payer_pubkey text, receipt_id text, zap_request_id text)
 RETURNS payledger.nostr_jobs LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    p record;
+    payin uuid := payledger_internal.nostr_job_payin(j, via, payment_hash, amount_msat, payer_pubkey,
+                      payledger_internal.open_account_as(NULL, 'payledger', 'msat', 'suspense', 'late_payments',
+                                                         false, NULL, NULL), true);
 BEGIN
-    SELECT * INTO p FROM payledger.create_payin('nostr:' || coalesce(payer_pubkey, j.customer_pubkey), 'NOSTR_JOB', 'msat',
-        amount_msat, jsonb_build_array(jsonb_build_object('external', via)),
-        jsonb_build_array(jsonb_build_object('type', 'NOSTR_JOB', 'amount', amount_msat,
-            'account', payledger_internal.open_account_as(NULL, 'payledger', 'msat', 'suspense', 'late_payments',
-                                                          false, NULL, NULL))),
-        metadata => jsonb_build_object('job', j.id, 'request', j.request_id, 'payment_hash', payment_hash, 'late', true));
-    PERFORM payledger.transition_payin(p.payin_id, 'PENDING', external_ref => payment_hash);
-    PERFORM payledger.settle_payin(p.payin_id);
     INSERT INTO payledger.nostr_job_payments (job_id, payin_id, via, payment_hash, receipt_id, zap_request_id, payer_pubkey,
                                               amount_msat, late)
-    VALUES (j.id, p.payin_id, via, payment_hash, receipt_id, zap_request_id, payer_pubkey, amount_msat, true);
+    VALUES (j.id, payin, via, payment_hash, receipt_id, zap_request_id, payer_pubkey, amount_msat, true);
     PERFORM payledger_internal.emit_event(
         CASE j.state WHEN 'error' THEN 'nostr_job.paid_after_failure' WHEN 'success' THEN 'nostr_job.paid_after_completion'
                      ELSE 'nostr_job.unaccepted_payment' END,
         j.id, j.owner_id,
-        jsonb_build_object('job', j.id, 'request', j.request_id, 'payin', p.payin_id, 'via', via, 'amount_msat', amount_msat,
+        jsonb_build_object('job', j.id, 'request', j.request_id, 'payin', payin, 'via', via, 'amount_msat', amount_msat,
                            'payer_pubkey', payer_pubkey, 'state', j.state, 'error', j.error, 'to', 'suspense'));
     RETURN j;
 END;
