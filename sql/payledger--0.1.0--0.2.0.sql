@@ -143,6 +143,18 @@ CREATE TRIGGER accounts_no_delete BEFORE DELETE OR TRUNCATE ON payledger.account
     FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 CREATE TRIGGER holds_no_delete BEFORE DELETE OR TRUNCATE ON payledger.holds
     FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
+-- Organisations and their members: an end user acts for an organisation
+-- they belong to (payledger.current_owner_id), with a role.
+CREATE TABLE payledger.org_members (
+    org_id   text NOT NULL,
+    user_id  text NOT NULL,
+    role     text NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'read_only')),
+    added_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org_id, user_id)
+);
+CREATE INDEX org_members_user_idx ON payledger.org_members (user_id);
+ALTER TABLE payledger.org_members ENABLE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('payledger.org_members', '');
 
 -- src/nostr/mod.rs
 /* </end connected objects> */
@@ -481,33 +493,59 @@ CREATE TRIGGER accounts_floor BEFORE INSERT OR UPDATE OF balance, pending_debits
 /* <begin connected objects> */
 CREATE SCHEMA IF NOT EXISTS payledger_internal;
 
--- src/ledger/mod.rs
+-- src/provider/mod.rs
 /* payledger::payledger_internal */
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
+CREATE  FUNCTION payledger_internal."lnurl_target"(
+	"destination" TEXT /* & str */
+) RETURNS TEXT /* Option < String > */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lnurl_target_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."webhook_verify_core"(
+	"kind" TEXT, /* & str */
+	"secret" TEXT, /* Option < & str > */
+	"headers" jsonb, /* JsonArg */
+	"body" TEXT /* & str */
+) RETURNS TABLE (
+	"sqlstate" TEXT,  /* Option < String > */
+	"message" TEXT,  /* Option < String > */
+	"reference" TEXT,  /* Option < String > */
+	"event" TEXT,  /* Option < String > */
+	"signed" bool,  /* Option < bool > */
+	"action" TEXT,  /* Option < String > */
+	"received" bigint,  /* Option < i64 > */
+	"note" TEXT  /* Option < String > */
+)
+STABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
+
+-- src/ledger/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."engine_batch"(
+	"items" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"item" INT,  /* i32 */
+	"status" TEXT,  /* & '_ str */
+	"journal_id" uuid,  /* Option < Uuid > */
+	"hold_id" uuid,  /* Option < Uuid > */
 	"sqlstate" TEXT,  /* Option < & '_ str > */
 	"message" TEXT,  /* Option < String > */
 	"detail" TEXT  /* Option < String > */
 )
-STRICT VOLATILE PARALLEL UNSAFE 
+VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
-
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."json_readable"(
-	"value" jsonb /* JsonArg */
-) RETURNS bool /* bool */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'json_readable_wrapper';
-
--- src/ledger/mod.rs
+AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -523,6 +561,24 @@ CREATE  FUNCTION payledger_internal."transfer_journal"(
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."engine_batch_as"(
+	"module" TEXT, /* Option < String > */
+	"items" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"item" INT,  /* i32 */
+	"status" TEXT,  /* & '_ str */
+	"journal_id" uuid,  /* Option < Uuid > */
+	"hold_id" uuid,  /* Option < Uuid > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
 
 -- src/payin/mod.rs
 /* </end connected objects> */
@@ -562,20 +618,14 @@ AS 'MODULE_PATHNAME', 'payin_create_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_batch"(
-	"items" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"item" INT,  /* i32 */
-	"status" TEXT,  /* & '_ str */
-	"journal_id" uuid,  /* Option < Uuid > */
-	"hold_id" uuid,  /* Option < Uuid > */
+CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
 	"sqlstate" TEXT,  /* Option < & '_ str > */
 	"message" TEXT,  /* Option < String > */
 	"detail" TEXT  /* Option < String > */
 )
-VOLATILE PARALLEL UNSAFE 
+STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
+AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -1220,7 +1270,8 @@ $$;
 
 -- The owner key of the current end user. Default: the setting payledger.owner_id,
 -- else Supabase's JWT subject (what auth.uid() returns). Replaceable: see docs/security.md.
-CREATE OR REPLACE FUNCTION payledger.current_owner_id()
+-- The end user a session serves.
+CREATE OR REPLACE FUNCTION payledger.current_user_id()
 RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     -- settings anyone in the session can set: believed only from a login
     -- trusted to say who the end user is (a superuser, or a member of
@@ -1232,7 +1283,67 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                               nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub') END
       FROM pg_roles r WHERE r.rolname = session_user;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.current_user_id() TO payledger_enduser, payledger_app;
+-- The organisation the request asks to act for: payledger.org_id, else the
+-- JWT's org_id claim (NULL: none).
+CREATE OR REPLACE FUNCTION payledger_internal.requested_org_id()
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(nullif(current_setting('payledger.org_id', true), ''),
+                    nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'org_id');
+$$;
+-- Whose data the my_* views show: the organisation the request chose, when
+-- the end user is a member of it (checked on every statement: a member
+-- removed sees nothing from the next one); nobody when they are not; the
+-- end user themselves when no organisation was chosen. (SECURITY DEFINER:
+-- it reads the memberships, which end users may not.)
+CREATE OR REPLACE FUNCTION payledger.current_owner_id()
+RETURNS text LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN o.org IS NULL THEN u.id
+                WHEN EXISTS (SELECT 1 FROM payledger.org_members m WHERE m.org_id = o.org AND m.user_id = u.id)
+                THEN o.org END
+      FROM (SELECT payledger.current_user_id() AS id) u, (SELECT payledger_internal.requested_org_id() AS org) o;
+$$;
 GRANT EXECUTE ON FUNCTION payledger.current_owner_id() TO payledger_enduser, payledger_app;
+-- The end user's role in the organisation the request chose (NULL: none).
+CREATE OR REPLACE FUNCTION payledger.current_org_role()
+RETURNS text LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT m.role FROM payledger.org_members m
+     WHERE m.org_id = payledger_internal.requested_org_id() AND m.user_id = payledger.current_user_id();
+$$;
+GRANT EXECUTE ON FUNCTION payledger.current_org_role() TO payledger_enduser, payledger_app;
+-- Add a member to an organisation, or change their role (the backend's).
+CREATE OR REPLACE FUNCTION payledger.add_org_member(org text, user_id text, role text DEFAULT 'member')
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger_internal.require(org, 'org');
+    PERFORM payledger_internal.require(user_id, 'user_id');
+    PERFORM payledger_internal.require(role, 'role');
+    IF role NOT IN ('owner', 'admin', 'member', 'read_only') THEN
+        RAISE EXCEPTION 'role must be owner, admin, member or read_only, got %', quote_literal(role) USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.org_members AS m (org_id, user_id, role)
+    VALUES (org, add_org_member.user_id, add_org_member.role)
+    ON CONFLICT ON CONSTRAINT org_members_pkey DO UPDATE SET role = EXCLUDED.role;
+    RETURN role;
+END;
+$$;
+GRANT EXECUTE ON FUNCTION payledger.add_org_member(text, text, text) TO payledger_app;
+-- Remove a member (the backend's). Returns whether they were one.
+CREATE OR REPLACE FUNCTION payledger.remove_org_member(org text, user_id text)
+RETURNS boolean LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    WITH gone AS (DELETE FROM payledger.org_members m
+                   WHERE m.org_id = remove_org_member.org AND m.user_id = remove_org_member.user_id RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM gone);
+$$;
+GRANT EXECUTE ON FUNCTION payledger.remove_org_member(text, text) TO payledger_app;
+-- The organisations the end user belongs to, with their role.
+CREATE OR REPLACE FUNCTION payledger.my_org_memberships_of()
+RETURNS TABLE (org_id text, role text, added_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT m.org_id, m.role, m.added_at FROM payledger.org_members m WHERE m.user_id = payledger.current_user_id();
+$$;
+GRANT EXECUTE ON FUNCTION payledger.my_org_memberships_of() TO payledger_enduser, payledger_app;
+CREATE VIEW payledger.my_org_memberships AS SELECT * FROM payledger.my_org_memberships_of();
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -3278,6 +3389,16 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.payin_deadlines', '');
 /* </end connected objects> */
 
 /* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."json_readable"(
+	"value" jsonb /* JsonArg */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'json_readable_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
 -- requires:
 --   provider_schema
 --   json_readable
@@ -3912,60 +4033,6 @@ LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
       FROM payledger.invoices i
      WHERE i.status = 'paid' AND NOT i.paid_late AND (i.amount_received > i.amount) <> (i.overpay_journal IS NOT NULL)
 $$;
-
--- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_batch_as"(
-	"module" TEXT, /* Option < String > */
-	"items" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"item" INT,  /* i32 */
-	"status" TEXT,  /* & '_ str */
-	"journal_id" uuid,  /* Option < Uuid > */
-	"hold_id" uuid,  /* Option < Uuid > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
-
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."lnurl_target"(
-	"destination" TEXT /* & str */
-) RETURNS TEXT /* Option < String > */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lnurl_target_wrapper';
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."webhook_verify_core"(
-	"kind" TEXT, /* & str */
-	"secret" TEXT, /* Option < & str > */
-	"headers" jsonb, /* JsonArg */
-	"body" TEXT /* & str */
-) RETURNS TABLE (
-	"sqlstate" TEXT,  /* Option < String > */
-	"message" TEXT,  /* Option < String > */
-	"reference" TEXT,  /* Option < String > */
-	"event" TEXT,  /* Option < String > */
-	"signed" bool,  /* Option < bool > */
-	"action" TEXT,  /* Option < String > */
-	"received" bigint,  /* Option < i64 > */
-	"note" TEXT  /* Option < String > */
-)
-STABLE PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */

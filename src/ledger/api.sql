@@ -693,7 +693,8 @@ $$;
 
 -- The owner key of the current end user. Default: the setting payledger.owner_id,
 -- else Supabase's JWT subject (what auth.uid() returns). Replaceable: see docs/security.md.
-CREATE FUNCTION payledger.current_owner_id()
+-- The end user a session serves.
+CREATE FUNCTION payledger.current_user_id()
 RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     -- settings anyone in the session can set: believed only from a login
     -- trusted to say who the end user is (a superuser, or a member of
@@ -705,7 +706,73 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                               nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub') END
       FROM pg_roles r WHERE r.rolname = session_user;
 $$;
+GRANT EXECUTE ON FUNCTION payledger.current_user_id() TO payledger_enduser, payledger_app;
+
+-- The organisation the request asks to act for: payledger.org_id, else the
+-- JWT's org_id claim (NULL: none).
+CREATE FUNCTION payledger_internal.requested_org_id()
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(nullif(current_setting('payledger.org_id', true), ''),
+                    nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'org_id');
+$$;
+
+-- Whose data the my_* views show: the organisation the request chose, when
+-- the end user is a member of it (checked on every statement: a member
+-- removed sees nothing from the next one); nobody when they are not; the
+-- end user themselves when no organisation was chosen. (SECURITY DEFINER:
+-- it reads the memberships, which end users may not.)
+CREATE FUNCTION payledger.current_owner_id()
+RETURNS text LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN o.org IS NULL THEN u.id
+                WHEN EXISTS (SELECT 1 FROM payledger.org_members m WHERE m.org_id = o.org AND m.user_id = u.id)
+                THEN o.org END
+      FROM (SELECT payledger.current_user_id() AS id) u, (SELECT payledger_internal.requested_org_id() AS org) o;
+$$;
 GRANT EXECUTE ON FUNCTION payledger.current_owner_id() TO payledger_enduser, payledger_app;
+
+-- The end user's role in the organisation the request chose (NULL: none).
+CREATE FUNCTION payledger.current_org_role()
+RETURNS text LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT m.role FROM payledger.org_members m
+     WHERE m.org_id = payledger_internal.requested_org_id() AND m.user_id = payledger.current_user_id();
+$$;
+GRANT EXECUTE ON FUNCTION payledger.current_org_role() TO payledger_enduser, payledger_app;
+
+-- Add a member to an organisation, or change their role (the backend's).
+CREATE FUNCTION payledger.add_org_member(org text, user_id text, role text DEFAULT 'member')
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger_internal.require(org, 'org');
+    PERFORM payledger_internal.require(user_id, 'user_id');
+    PERFORM payledger_internal.require(role, 'role');
+    IF role NOT IN ('owner', 'admin', 'member', 'read_only') THEN
+        RAISE EXCEPTION 'role must be owner, admin, member or read_only, got %', quote_literal(role) USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.org_members AS m (org_id, user_id, role)
+    VALUES (org, add_org_member.user_id, add_org_member.role)
+    ON CONFLICT ON CONSTRAINT org_members_pkey DO UPDATE SET role = EXCLUDED.role;
+    RETURN role;
+END;
+$$;
+GRANT EXECUTE ON FUNCTION payledger.add_org_member(text, text, text) TO payledger_app;
+
+-- Remove a member (the backend's). Returns whether they were one.
+CREATE FUNCTION payledger.remove_org_member(org text, user_id text)
+RETURNS boolean LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    WITH gone AS (DELETE FROM payledger.org_members m
+                   WHERE m.org_id = remove_org_member.org AND m.user_id = remove_org_member.user_id RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM gone);
+$$;
+GRANT EXECUTE ON FUNCTION payledger.remove_org_member(text, text) TO payledger_app;
+
+-- The organisations the end user belongs to, with their role.
+CREATE FUNCTION payledger.my_org_memberships_of()
+RETURNS TABLE (org_id text, role text, added_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT m.org_id, m.role, m.added_at FROM payledger.org_members m WHERE m.user_id = payledger.current_user_id();
+$$;
+GRANT EXECUTE ON FUNCTION payledger.my_org_memberships_of() TO payledger_enduser, payledger_app;
+CREATE VIEW payledger.my_org_memberships AS SELECT * FROM payledger.my_org_memberships_of();
 
 CREATE VIEW payledger.my_accounts WITH (security_barrier) AS
 SELECT a.id, a.asset, a.kind, a.name, a.balance + coalesce(s.total, 0) AS balance, a.pending_debits,

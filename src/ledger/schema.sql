@@ -224,6 +224,17 @@ CREATE TRIGGER accounts_no_delete BEFORE DELETE OR TRUNCATE ON payledger.account
 CREATE TRIGGER holds_no_delete BEFORE DELETE OR TRUNCATE ON payledger.holds
     FOR EACH STATEMENT EXECUTE FUNCTION payledger_internal.reject_mutation();
 
+-- Organisations and their members: an end user acts for an organisation
+-- they belong to (payledger.current_owner_id), with a role.
+CREATE TABLE payledger.org_members (
+    org_id   text NOT NULL,
+    user_id  text NOT NULL,
+    role     text NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'read_only')),
+    added_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org_id, user_id)
+);
+CREATE INDEX org_members_user_idx ON payledger.org_members (user_id);
+
 -- (The statement trigger that checks that each INSERT into entries balances
 -- is src/ledger/guard.rs.)
 
@@ -234,6 +245,7 @@ ALTER TABLE payledger.accounts ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.journals ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.entries ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.holds ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.org_members ENABLE ROW LEVEL SECURITY;
 
 -- pg_dump keeps the rows of extension tables only when they are registered.
 SELECT pg_catalog.pg_extension_config_dump('payledger.assets', '');
@@ -242,3 +254,4 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.accounts', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.journals', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.entries', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.holds', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.org_members', '');

@@ -322,4 +322,37 @@ SELECT t_try($$SELECT count(*) FROM payledger.credit_grants$$);
 SELECT t_try($$SELECT payledger.grant_credits('org7', 1000)$$);
 RESET ROLE;
 RESET payledger.owner_id;
+
+-- organisations: an end user sees the organisation the request chose, when
+-- a member of it; nothing of one they are not in; their own without a choice
+SELECT payledger.add_org_member('org7', 'ana', 'admin') AS ana, payledger.add_org_member('org1', 'bo') AS bo,
+       payledger.add_org_member('org7', 'ana', 'owner') AS ana_promoted;
+SELECT t_try($$SELECT payledger.add_org_member('org7', 'cy', 'boss')$$);
+SELECT t_try($$SELECT payledger.add_org_member('org7', NULL)$$);
+SET ROLE payledger_enduser;
+SET payledger.owner_id = 'ana';
+SELECT payledger.current_owner_id() AS acting_for, count(*) AS grants FROM payledger.my_credit_grants;
+SET payledger.org_id = 'org7';
+SELECT payledger.current_owner_id() AS acting_for, payledger.current_org_role() AS role,
+       (SELECT count(*) FROM payledger.my_credit_grants) AS grants, (SELECT available FROM payledger.my_credit_balance) AS available;
+SET payledger.org_id = 'org1';
+SELECT payledger.current_owner_id() AS acting_for, count(*) AS grants FROM payledger.my_credit_grants;
+SELECT org_id, role FROM payledger.my_org_memberships ORDER BY org_id;
+RESET payledger.owner_id;
+RESET payledger.org_id;
+-- PostgREST's way (Supabase): the JWT's claims, sub the user, org_id the choice
+SELECT set_config('request.jwt.claims', '{"sub": "bo", "org_id": "org1"}', false) IS NOT NULL AS claims_set;
+SELECT payledger.current_owner_id() AS acting_for, count(*) > 0 AS sees_org1 FROM payledger.my_credit_grants;
+SELECT set_config('request.jwt.claims', '{"sub": "bo", "org_id": "org7"}', false) IS NOT NULL AS claims_set;
+SELECT payledger.current_owner_id() AS acting_for, count(*) AS grants FROM payledger.my_credit_grants;
+-- removed in the middle of a session: nothing from the next statement on
+SELECT set_config('request.jwt.claims', '{"sub": "bo", "org_id": "org1"}', false) IS NOT NULL AS claims_set;
+RESET ROLE;
+SELECT payledger.remove_org_member('org1', 'bo') AS removed, payledger.remove_org_member('org1', 'bo') AS again;
+SET ROLE payledger_enduser;
+SELECT payledger.current_owner_id() AS acting_for, count(*) AS grants FROM payledger.my_credit_grants;
+SELECT t_try($$SELECT payledger.add_org_member('org1', 'bo')$$);
+SELECT t_try($$SELECT count(*) FROM payledger.org_members$$);
+RESET ROLE;
+SELECT set_config('request.jwt.claims', '', false) IS NOT NULL AS claims_cleared;
 SELECT * FROM payledger.check_invariants();
