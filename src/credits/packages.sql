@@ -95,10 +95,40 @@ BEGIN
         pk.metric, pk.priority, now() + pk.validity,
         cost_basis => round(pk.price::numeric / payledger.credits_of(pk.credits), 12), cost_asset => pk.price_asset,
         payin => p.id, metadata => jsonb_build_object('package', pk.name));
+    PERFORM payledger_internal.credits_purchase_event(p, pk);
+END;
+$$;
+
+-- credits.purchase_paid or credits.purchase_failed, for the organisation
+-- (Capgo's purchase e-mails).
+CREATE FUNCTION payledger_internal.credits_purchase_event(p payledger.payins, pk payledger.credit_packages)
+RETURNS void LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger_internal.emit_event(
+        CASE WHEN p.state = 'PAID' THEN 'credits.purchase_paid' ELSE 'credits.purchase_failed' END, p.id,
+        coalesce(p.metadata ->> 'credit_org', p.owner_id),
+        jsonb_build_object('org', coalesce(p.metadata ->> 'credit_org', p.owner_id), 'package', pk.name, 'payin', p.id,
+                           'credits', payledger.credits_of(pk.credits), 'price', pk.price, 'asset', pk.price_asset,
+                           'recurring', p.metadata ? 'subscription', 'state', p.state, 'reason', p.failure_reason));
+$$;
+
+-- A package's pay-in that failed or was cancelled: the organisation is told.
+CREATE FUNCTION payledger_internal.credits_payin_failed(p payledger.payins)
+RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    pk payledger.credit_packages;
+BEGIN
+    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = p.metadata ->> 'credit_package';
+    -- (once: a CANCELLED pay-in that then fails told it already)
+    IF FOUND AND NOT EXISTS (SELECT 1 FROM payledger.events e
+                              WHERE e.subject_id = p.id AND e.topic = 'credits.purchase_failed') THEN
+        PERFORM payledger_internal.credits_purchase_event(p, pk);
+    END IF;
 END;
 $$;
 SELECT payledger_internal.register_payin_handler('credits', 'reached', 100, '{PAID}',
-                                        'payledger_internal.credits_payin_paid(payledger.payins)', 'CREDIT_PACKAGE');
+                                        'payledger_internal.credits_payin_paid(payledger.payins)', 'CREDIT_PACKAGE'),
+       payledger_internal.register_payin_handler('credits', 'reached', 110, '{FAILED,CANCELLED}',
+                                        'payledger_internal.credits_payin_failed(payledger.payins)', 'CREDIT_PACKAGE');
 
 -- A recurring package: a subscription whose every paid period grants.
 CREATE FUNCTION payledger.subscribe_credit_package(

@@ -175,6 +175,13 @@ SELECT changed FROM payledger.transition_payin(:'card_payin', 'PENDING');
 SELECT changed FROM payledger.settle_payin(:'card_payin');
 SELECT changed FROM payledger.settle_payin(:'card_payin');
 SELECT t_credits('org6');
+-- one that is cancelled, then fails: the organisation is told once
+SELECT payin_id AS card_payin2 FROM payledger.buy_credit_package('org6', 'any-100', '[{"external": "card"}]', acc('credit_sales')) \gset
+SELECT changed FROM payledger.transition_payin(:'card_payin2', 'PENDING');
+SELECT changed FROM payledger.cancel_payin(:'card_payin2');
+SELECT changed FROM payledger.fail_payin(:'card_payin2');
+SELECT topic, payload ->> 'package' AS package, payload ->> 'state' AS state, payload ->> 'reason' AS reason
+  FROM payledger.events WHERE topic LIKE 'credits.purchase_%' ORDER BY id;
 SELECT t_try($$SELECT payledger.buy_credit_package('org6', 'nope', '[]', acc('credit_sales'))$$);
 SELECT t_try($$SELECT payledger.buy_credit_package('org6', 'any-100', jsonb_build_array(jsonb_build_object('account', acc('org6_usd'))), acc('credit_sales'))$$);
 SELECT t_try($$SELECT payledger.subscribe_credit_package('org6', 'any-100', acc('credit_sales'))$$);
@@ -306,6 +313,13 @@ SELECT metric, credits_used, paid_used, promotional_used, expired, voided, closi
   FROM payledger.credit_history('org1', 1) WHERE metric IN ('*', 'mau', 'storage') ORDER BY metric;
 SELECT count(*) AS rows_for_12_months FROM payledger.credit_history('org1');
 SELECT t_try($$SELECT count(*) FROM payledger.credit_history('org1', 0)$$);
+
+-- the events Capgo sends e-mails for: plan usage crossing 50/75/90/100 %
+-- of a metric's limit (once per level and cycle), a metric blocked and paid
+-- again
+SELECT owner_id, topic, payload ->> 'metric' AS metric, payload ->> 'percent' AS percent
+  FROM payledger.events WHERE topic IN ('credits.plan_usage', 'credits.metric_blocked', 'credits.metric_unblocked')
+ ORDER BY id;
 
 ---------------------------------------------------------------------------
 -- End users, invariants
