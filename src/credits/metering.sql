@@ -34,46 +34,6 @@ END;
 $$;
 GRANT EXECUTE ON FUNCTION payledger.record_usage(text, text, numeric, timestamptz) TO payledger_app;
 
--- Plan usage crossing 50, 75, 90 and 100 % of a metric's monthly limit in
--- the current cycle (Capgo's plan-usage e-mails): one credits.plan_usage
--- event per level crossed, once per cycle, for a batch of organisations
--- (under their credit locks, at metering). Returns the events written.
-CREATE FUNCTION payledger_internal.credit_usage_levels(orgs text[])
-RETURNS integer LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    n integer;
-BEGIN
-    WITH cur AS (
-        SELECT u.org_id, u.metric, u.cycle_start, u.usage, l.monthly_limit,
-               (SELECT max(x) FROM unnest(ARRAY[50, 75, 90, 100]) x WHERE u.usage * 100 >= x * l.monthly_limit) AS level
-          FROM payledger.credit_orgs o
-          JOIN payledger.credit_usage u
-            ON u.org_id = o.org_id AND u.cycle_start = payledger_internal.credit_cycle_start(o.cycle_anchor, now())
-          JOIN payledger.credit_plan_limits l ON l.plan = o.plan AND l.metric = u.metric AND l.monthly_limit > 0
-         WHERE o.org_id = ANY (orgs)),
-    before AS (
-        SELECT s.org_id, s.metric, s.cycle_start, s.level FROM payledger.credit_usage_levels s WHERE s.org_id = ANY (orgs)),
-    raised AS (
-        INSERT INTO payledger.credit_usage_levels AS s (org_id, metric, cycle_start, level)
-        SELECT c.org_id, c.metric, c.cycle_start, c.level FROM cur c WHERE c.level IS NOT NULL
-        ON CONFLICT ON CONSTRAINT credit_usage_levels_pkey DO UPDATE SET level = excluded.level
-         WHERE s.level < excluded.level
-        RETURNING s.org_id, s.metric, s.cycle_start, s.level)
-    INSERT INTO payledger.events (topic, subject_id, owner_id, payload)
-    SELECT 'credits.plan_usage', NULL, r.org_id,
-           jsonb_build_object('org', r.org_id, 'metric', r.metric, 'cycle_start', r.cycle_start, 'percent', x,
-                              'usage', c.usage, 'limit', c.monthly_limit)
-      FROM raised r
-      JOIN cur c ON c.org_id = r.org_id AND c.metric = r.metric AND c.cycle_start = r.cycle_start
-      LEFT JOIN before b ON b.org_id = r.org_id AND b.metric = r.metric AND b.cycle_start = r.cycle_start
-      CROSS JOIN unnest(ARRAY[50, 75, 90, 100]) x
-     WHERE x > coalesce(b.level, 0) AND x <= r.level
-     ORDER BY r.org_id, r.metric, x;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
-END;
-$$;
-
 -- Metering's core, set-based over a batch of organisations: for each meter
 -- (organisation, metric, cycle), cost(overage) - what is settled, burnt from
 -- credits at the time of the latest reading, in burn order; one journal per
@@ -228,34 +188,17 @@ BEGIN
     INSERT INTO payledger.credit_consumption_parts (consumption_id, grant_id, amount, category)
     SELECT cons[p.d], p.grant_id, p.take, CASE p.promo WHEN 0 THEN 'promotional' ELSE 'paid' END
       FROM unnest(part_due, part_grant, part_promo, part_take) AS p(d, grant_id, promo, take);
-    -- (a meter is written only when something about it changed; a meter
-    -- that becomes blocked, or paid again, is an event: the statement's
-    -- snapshot gives the blocked state before it)
-    WITH before AS (
-        SELECT m.org_id, m.metric, m.cycle_start, m.blocked FROM payledger.credit_meters m
-         WHERE m.org_id = ANY (orgs)),
-    written AS (
-        INSERT INTO payledger.credit_meters AS m (org_id, metric, cycle_start, overage, cost, charged, forgiven, blocked,
-                                                  updated_at)
-        SELECT x.org_id, x.metric, x.cycle_start, x.overage, x.owed, x.charged + coalesce(b.burnt, 0), x.settled - x.charged,
-               x.settled + coalesce(b.burnt, 0) < x.owed, now()
-          FROM unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled, charged,
-                                               is_new, changed, i)
-          LEFT JOIN (SELECT p.d, sum(p.take) AS burnt FROM unnest(part_due, part_take) AS p(d, take) GROUP BY p.d) b ON b.d = x.i
-         WHERE x.is_new OR x.changed OR b.burnt IS NOT NULL
-        ON CONFLICT ON CONSTRAINT credit_meters_pkey DO UPDATE
-           SET overage = excluded.overage, cost = excluded.cost, charged = excluded.charged, blocked = excluded.blocked,
-               updated_at = excluded.updated_at
-        RETURNING m.org_id, m.metric, m.cycle_start, m.blocked, m.cost, m.charged)
-    INSERT INTO payledger.events (topic, subject_id, owner_id, payload)
-    SELECT CASE WHEN w.blocked THEN 'credits.metric_blocked' ELSE 'credits.metric_unblocked' END, NULL, w.org_id,
-           jsonb_build_object('org', w.org_id, 'metric', w.metric, 'cycle_start', w.cycle_start,
-                              'cost', payledger.credits_of(w.cost), 'charged', payledger.credits_of(w.charged))
-      FROM written w
-      LEFT JOIN before o ON o.org_id = w.org_id AND o.metric = w.metric AND o.cycle_start = w.cycle_start
-     WHERE w.blocked IS DISTINCT FROM coalesce(o.blocked, false)
-     ORDER BY w.org_id, w.cycle_start, w.metric;
-    PERFORM payledger_internal.credit_usage_levels(orgs);
+    -- (a meter is written only when something about it changed)
+    INSERT INTO payledger.credit_meters AS m (org_id, metric, cycle_start, overage, cost, charged, forgiven, blocked, updated_at)
+    SELECT x.org_id, x.metric, x.cycle_start, x.overage, x.owed, x.charged + coalesce(b.burnt, 0), x.settled - x.charged,
+           x.settled + coalesce(b.burnt, 0) < x.owed, now()
+      FROM unnest(due) WITH ORDINALITY AS x(org_id, metric, cycle_start, usage_at, overage, owed, settled, charged,
+                                           is_new, changed, i)
+      LEFT JOIN (SELECT p.d, sum(p.take) AS burnt FROM unnest(part_due, part_take) AS p(d, take) GROUP BY p.d) b ON b.d = x.i
+     WHERE x.is_new OR x.changed OR b.burnt IS NOT NULL
+    ON CONFLICT ON CONSTRAINT credit_meters_pkey DO UPDATE
+       SET overage = excluded.overage, cost = excluded.cost, charged = excluded.charged, blocked = excluded.blocked,
+           updated_at = excluded.updated_at;
     PERFORM payledger_internal.credit_thresholds(j_orgs);
     RETURN (SELECT count(DISTINCT p.d) FROM unnest(part_due) AS p(d));
 END;

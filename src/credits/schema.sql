@@ -246,18 +246,7 @@ CREATE TABLE payledger.credit_threshold_state (
     PRIMARY KEY (org_id, threshold)
 );
 
--- The highest share of a metric's plan limit (50, 75, 90, 100 %) an
--- organisation's usage has reached in a cycle, and been told of.
-CREATE TABLE payledger.credit_usage_levels (
-    org_id      text NOT NULL,
-    metric      text NOT NULL,
-    cycle_start timestamptz NOT NULL,
-    level       integer NOT NULL CHECK (level IN (50, 75, 90, 100)),
-    PRIMARY KEY (org_id, metric, cycle_start)
-);
-
 ALTER TABLE payledger.credit_thresholds ENABLE ROW LEVEL SECURITY;
-ALTER TABLE payledger.credit_usage_levels ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.credit_threshold_state ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.credit_settings ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.credit_metrics ENABLE ROW LEVEL SECURITY;
@@ -301,4 +290,3 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.credit_usage', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_meters', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_thresholds', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_threshold_state', '');
-SELECT pg_catalog.pg_extension_config_dump('payledger.credit_usage_levels', '');

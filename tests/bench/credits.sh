@@ -2,7 +2,7 @@
 # Credits benchmarks, every figure from one run on one throwaway cluster:
 #   get_total_credits latency (pgbench, 1 client) for an organisation with 1k
 #   history entries and one with 1M (5 grants each; the entries are
-#   consumptions booked on the grants' accounts by transfer_batch);
+#   consumptions booked on the grants' accounts in engine batches);
 #   a metering run by the background worker (payledger.metering_workers = 2
 #   sessions) over ORGS organisations x 3 metrics, all over their plan with
 #   credit to pay, at ORGS and at ORGS/10; and the same run in one session
@@ -34,7 +34,7 @@ SELECT payledger.set_credit_price_tiers(m, '[{"from": 0, "to": 1000, "price": 0.
   FROM unnest(ARRAY['mau', 'bandwidth', 'storage']) m;
 SELECT payledger.define_credit_plan('basic', '{"mau": 100, "bandwidth": 100, "storage": 100}');
 -- history: n consumptions on an organisation's 5 grants, booked 10,000 per
--- transfer_batch, with their consumption rows (as consume_credits writes
+-- engine batch, with their consumption rows (as consume_credits writes
 -- them, so that check_invariants holds)
 CREATE FUNCTION history(org text, n integer) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -53,9 +53,11 @@ BEGIN
     k := least(10000, n - done);
     CREATE TEMP TABLE b ON COMMIT DROP AS
     SELECT r.item, r.journal_id, gen_random_uuid() AS cid, gids[1 + r.item % 5] AS gid
-      FROM payledger.transfer_batch((SELECT jsonb_agg(jsonb_build_object('from', accs[1 + g % 5], 'to', sink,
-                                                                          'amount', 1000000) ORDER BY g)
-                                       FROM generate_series(1, k) g)) r;
+      -- (grant accounts are the credits module's: booked as it books them)
+      FROM payledger_internal.engine_batch_as('credits', (SELECT jsonb_agg(jsonb_build_object('kind', 'credit_consume',
+                 'postings', jsonb_build_array(jsonb_build_object('account', accs[1 + g % 5], 'amount', -1000000),
+                                               jsonb_build_object('account', sink, 'amount', 1000000))) ORDER BY g)
+                 FROM generate_series(1, k) g)) r;
     INSERT INTO payledger.credit_consumptions (id, org_id, metric, amount, requested, usage_at, idempotency_key, journal_id)
     SELECT b.cid, org, 'mau', 1000000, 1000000, now(), 'h' || (done + b.item), b.journal_id FROM b;
     INSERT INTO payledger.credit_consumption_parts SELECT b.cid, b.gid, 1000000, 'paid' FROM b;

@@ -314,13 +314,6 @@ SELECT metric, credits_used, paid_used, promotional_used, expired, voided, closi
 SELECT count(*) AS rows_for_12_months FROM payledger.credit_history('org1');
 SELECT t_try($$SELECT count(*) FROM payledger.credit_history('org1', 0)$$);
 
--- the events Capgo sends e-mails for: plan usage crossing 50/75/90/100 %
--- of a metric's limit (once per level and cycle), a metric blocked and paid
--- again
-SELECT owner_id, topic, payload ->> 'metric' AS metric, payload ->> 'percent' AS percent
-  FROM payledger.events WHERE topic IN ('credits.plan_usage', 'credits.metric_blocked', 'credits.metric_unblocked')
- ORDER BY id;
-
 ---------------------------------------------------------------------------
 -- End users, invariants
 ---------------------------------------------------------------------------
