@@ -295,7 +295,8 @@ RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger
     SELECT EXISTS (SELECT 1 FROM payledger.worker_runs_due() r WHERE r.name = 'metering');
 $$;
 
--- A whole metering run on demand, a transaction per step (a procedure: CALL
+-- A whole metering run on demand, a transaction per step, then the plan
+-- notices (src/credits/thresholds.sql) (a procedure: CALL
 -- it outside a transaction block). No SET search_path (it could not COMMIT):
 -- every name is qualified.
 CREATE PROCEDURE payledger.meter_all(batch integer DEFAULT 1000, INOUT orgs integer DEFAULT NULL,
@@ -320,6 +321,9 @@ BEGIN
         EXIT WHEN after_org IS NULL;
     END LOOP;
     PERFORM payledger.metering_done();
+    COMMIT;
+    -- (and the plan notices, as the worker runs them after metering)
+    PERFORM payledger.run_plan_notices();
 END;
 $$;
 -- May the organisation do an action that uses these metrics? No when any of

@@ -156,3 +156,148 @@ BEGIN
 END;
 $$;
 GRANT EXECUTE ON FUNCTION payledger.subscribe_credit_package(text, text, uuid, jsonb, text, timestamptz) TO payledger_app;
+
+---------------------------------------------------------------------------
+-- Buying as an end user (the console, PostgREST, Supabase)
+---------------------------------------------------------------------------
+
+-- Where end users' purchases priced in an asset are paid (an operator's
+-- setting; buy_credits needs one for the package's price asset).
+CREATE FUNCTION payledger.set_credit_sales_account(asset text, account uuid)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger_internal.require(asset, 'asset');
+    PERFORM payledger_internal.require(account, 'account');
+    IF NOT EXISTS (SELECT 1 FROM payledger.accounts a WHERE a.id = account) THEN
+        RAISE EXCEPTION 'account % does not exist', account USING ERRCODE = 'PL002';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM payledger.accounts a WHERE a.id = account AND a.asset = set_credit_sales_account.asset) THEN
+        RAISE EXCEPTION 'account % is not an account of %', account, asset USING ERRCODE = 'PL004';
+    END IF;
+    INSERT INTO payledger.credit_sales_accounts AS s (asset, account_id) VALUES (asset, account)
+    ON CONFLICT ON CONSTRAINT credit_sales_accounts_pkey DO UPDATE SET account_id = excluded.account_id;
+    RETURN account;
+END;
+$$;
+
+-- The packages on sale, for everyone signed in.
+CREATE VIEW payledger.my_credit_packages AS
+SELECT k.name, k.metric, payledger.credits_of(k.credits) AS credits, k.price_asset, k.price, k.period, k.validity,
+       k.period IS NOT NULL AS recurring
+  FROM payledger.credit_packages k
+ WHERE k.active AND EXISTS (SELECT 1 FROM payledger.credit_sales_accounts s WHERE s.asset = k.price_asset);
+
+-- The organisation the request chose, when the end user's role in it may
+-- spend its money (owner, admin, member; not read_only). Refused with 42501.
+CREATE FUNCTION payledger_internal.org_buyer(action text)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    org text := payledger_internal.requested_org_id();
+    role text := payledger.current_org_role();
+BEGIN
+    IF payledger.current_user_id() IS NULL THEN
+        RAISE EXCEPTION 'no end user: % needs a signed-in user', action USING ERRCODE = '42501';
+    END IF;
+    IF org IS NULL THEN
+        RAISE EXCEPTION '% needs an organisation', action USING ERRCODE = '42501',
+            HINT = 'Choose one with the JWT claim org_id or the setting payledger.org_id.';
+    END IF;
+    IF role IS NULL THEN
+        RAISE EXCEPTION 'not a member of organisation %', org USING ERRCODE = '42501';
+    END IF;
+    IF role NOT IN ('owner', 'admin', 'member') THEN
+        RAISE EXCEPTION 'a % member of organisation % may not %', role, org, action USING ERRCODE = '42501';
+    END IF;
+    RETURN org;
+END;
+$$;
+
+-- An end user buys a package for the organisation the request chose: once,
+-- or (recurring => true, for packages with a period) as a subscription whose
+-- first period is billed now. The pay-in is the organisation's; its invoice
+-- (BOLT11, or the card rail's client secret, in my_invoices.payment_request)
+-- is issued by the worker; the grant comes when it is paid. A repeat with
+-- the same idempotency key returns the same pay-in.
+CREATE FUNCTION payledger.buy_credits(
+    package         text,
+    recurring       boolean DEFAULT false,
+    rail            text DEFAULT 'invoice',
+    idempotency_key text DEFAULT NULL)
+RETURNS TABLE (payin_id uuid, state payledger.payin_state, subscription_id uuid)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    org text := payledger_internal.org_buyer('buy credits');
+    pk payledger.credit_packages;
+    seller uuid;
+    sub uuid;
+    p record;
+BEGIN
+    PERFORM payledger_internal.require(package, 'package');
+    PERFORM payledger_internal.require(recurring, 'recurring');
+    PERFORM payledger_internal.require(rail, 'rail');
+    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = package AND x.active;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'credit package % does not exist', package USING ERRCODE = 'PL031';
+    END IF;
+    SELECT s.account_id INTO seller FROM payledger.credit_sales_accounts s WHERE s.asset = pk.price_asset;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'credit package % is not on sale: no sales account for %', package, pk.price_asset
+            USING ERRCODE = 'PL031', HINT = 'An operator sets one with set_credit_sales_account.';
+    END IF;
+    IF recurring AND pk.period IS NULL THEN
+        RAISE EXCEPTION 'credit package % is one-time, not recurring', package USING ERRCODE = '22023';
+    END IF;
+    -- (a pay-in no provider serves would wait for an invoice nobody issues)
+    IF payledger_internal.pick_provider('CREDIT_PACKAGE', pk.price_asset, rail) IS NULL THEN
+        RAISE EXCEPTION 'no active provider serves % in % for credit packages', rail, pk.price_asset USING ERRCODE = 'PL028';
+    END IF;
+    IF recurring THEN
+        -- (the key makes a repeated click one subscription)
+        SELECT x.id INTO sub FROM payledger.subscriptions x
+         WHERE idempotency_key IS NOT NULL AND x.owner_id = org AND x.metadata ->> 'idempotency_key' = idempotency_key;
+        IF sub IS NULL THEN
+            sub := payledger.create_subscription(org, 'CREDIT_PACKAGE', pk.price_asset, pk.price, pk.period,
+                jsonb_build_array(jsonb_build_object('external', rail)),
+                jsonb_build_array(jsonb_build_object('type', 'CREDIT_SALE', 'account', seller, 'amount', pk.price)),
+                metadata => jsonb_strip_nulls(jsonb_build_object('credit_package', pk.name, 'credit_org', org,
+                    'bought_by', payledger.current_user_id(), 'idempotency_key', idempotency_key)));
+            PERFORM payledger.renew_subscription(sub);
+        END IF;
+        RETURN QUERY SELECT x.last_payin_id, y.state, x.id
+                       FROM payledger.subscriptions x JOIN payledger.payins y ON y.id = x.last_payin_id WHERE x.id = sub;
+        RETURN;
+    END IF;
+    SELECT * INTO p FROM payledger.create_payin(org, 'CREDIT_PACKAGE', pk.price_asset, pk.price,
+        jsonb_build_array(jsonb_build_object('external', rail)),
+        jsonb_build_array(jsonb_build_object('type', 'CREDIT_SALE', 'account', seller, 'amount', pk.price)),
+        NULL, NULL, idempotency_key, NULL,
+        jsonb_build_object('credit_package', pk.name, 'credit_org', org, 'bought_by', payledger.current_user_id()));
+    RETURN QUERY SELECT p.payin_id, p.state, NULL::uuid;
+END;
+$$;
+GRANT EXECUTE ON FUNCTION payledger.buy_credits(text, boolean, text, text) TO payledger_enduser, payledger_app;
+
+-- An owner or admin of the organisation stops one of its subscriptions.
+CREATE FUNCTION payledger.cancel_my_subscription(subscription uuid)
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    org text := payledger_internal.org_buyer('cancel a subscription');
+    st text;
+BEGIN
+    PERFORM payledger_internal.require(subscription, 'subscription');
+    IF payledger.current_org_role() NOT IN ('owner', 'admin') THEN
+        RAISE EXCEPTION 'only an owner or admin of organisation % may cancel its subscriptions', org USING ERRCODE = '42501';
+    END IF;
+    UPDATE payledger.subscriptions s SET status = 'cancelled'
+     WHERE s.id = subscription AND s.owner_id = org AND s.status = 'active'
+    RETURNING s.status INTO st;
+    IF st IS NULL THEN
+        SELECT s.status INTO st FROM payledger.subscriptions s WHERE s.id = subscription AND s.owner_id = org;
+        IF st IS NULL THEN
+            RAISE EXCEPTION 'subscription % does not exist', subscription USING ERRCODE = 'PL030';
+        END IF;
+    END IF;
+    RETURN st;
+END;
+$$;
+GRANT EXECUTE ON FUNCTION payledger.cancel_my_subscription(uuid) TO payledger_enduser, payledger_app;

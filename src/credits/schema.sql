@@ -143,6 +143,13 @@ CREATE TABLE payledger.credit_packages (
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 
+-- Where end users' purchases of packages priced in an asset are paid to
+-- (buy_credits: end users never name an account).
+CREATE TABLE payledger.credit_sales_accounts (
+    asset      text PRIMARY KEY REFERENCES payledger.assets (code),
+    account_id uuid NOT NULL REFERENCES payledger.accounts
+);
+
 CREATE TABLE payledger.gift_codes (
     code            text PRIMARY KEY CHECK (code ~ '^[A-Za-z0-9_-]{4,64}$'),
     credits         bigint NOT NULL CHECK (credits > 0),
@@ -246,7 +253,21 @@ CREATE TABLE payledger.credit_threshold_state (
     PRIMARY KEY (org_id, threshold)
 );
 
+-- What the organisation has been told about a meter in a cycle (the plan
+-- notices run, src/credits/thresholds.sql): the highest share of the
+-- metric's plan limit its usage reached (50, 75, 90, 100 %), and whether it
+-- was last told the metric is blocked.
+CREATE TABLE payledger.credit_plan_notices (
+    org_id      text NOT NULL,
+    metric      text NOT NULL,
+    cycle_start timestamptz NOT NULL,
+    level       integer NOT NULL DEFAULT 0 CHECK (level IN (0, 50, 75, 90, 100)),
+    blocked     boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (org_id, metric, cycle_start)
+);
+
 ALTER TABLE payledger.credit_thresholds ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_plan_notices ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.credit_threshold_state ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.credit_settings ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.credit_metrics ENABLE ROW LEVEL SECURITY;
@@ -258,6 +279,7 @@ ALTER TABLE payledger.credit_grant_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.credit_price_tiers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.credit_packages ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.gift_codes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.credit_sales_accounts ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.gift_redemptions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.credit_plans ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.credit_plan_limits ENABLE ROW LEVEL SECURITY;
@@ -281,6 +303,7 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.credit_consumption_parts',
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_grant_events', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_price_tiers', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_packages', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_sales_accounts', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.gift_codes', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.gift_redemptions', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_plans', '');
@@ -290,3 +313,4 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.credit_usage', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_meters', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_thresholds', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.credit_threshold_state', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.credit_plan_notices', '');

@@ -117,3 +117,105 @@ SELECT payledger_internal.register_housekeeping_step('credits', 'credit_grants_e
                                             max_calls => 1),
        payledger_internal.register_housekeeping_step('credits', 'credit_expiry_events', 40,
                                             'payledger.credit_check_expiring(integer)', max_calls => 1);
+
+---------------------------------------------------------------------------
+-- Plan notices (Capgo's plan e-mails)
+---------------------------------------------------------------------------
+
+-- One step of the plan notices run, for up to max_orgs organisations after
+-- after_org (of share part of parts), in its own transaction:
+--   credits.plan_usage: usage in the current cycle crossed 50, 75, 90 or 100 %
+--     of the metric's plan limit; one event per level, once per cycle;
+--   credits.metric_blocked / credits.metric_unblocked: a meter of the current
+--     or the previous cycle became blocked (overage unpaid) or paid again.
+-- A periodic run of its own, after metering's (it is named after it and
+-- shares its interval), not inside it: written in the metering batch, the
+-- events made the worker's metering run 7 times slower.
+CREATE FUNCTION payledger_internal.plan_notices_step(max_orgs integer, after_org text, part integer, parts integer)
+RETURNS TABLE (done integer, failed integer, last text)
+LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    picked text[];
+BEGIN
+    SELECT coalesce(array_agg(o.org_id ORDER BY o.org_id), '{}') INTO picked
+      FROM (SELECT o.org_id FROM payledger.credit_orgs o
+             WHERE (after_org IS NULL OR o.org_id > after_org)
+               AND (parts = 1 OR (pg_catalog.hashtextextended(o.org_id, 0) & 1023) % parts = part)
+             ORDER BY o.org_id LIMIT max_orgs) o;
+    -- usage levels (levels only rise within a cycle: usage never falls)
+    WITH cur AS (
+        SELECT u.org_id, u.metric, u.cycle_start, u.usage, l.monthly_limit,
+               CASE WHEN u.usage >= l.monthly_limit THEN 100 WHEN u.usage * 10 >= l.monthly_limit * 9 THEN 90
+                    WHEN u.usage * 4 >= l.monthly_limit * 3 THEN 75 WHEN u.usage * 2 >= l.monthly_limit THEN 50
+                    ELSE 0 END AS level
+          FROM unnest(picked) AS x(org_id)
+          JOIN payledger.credit_orgs o ON o.org_id = x.org_id
+          JOIN payledger.credit_plan_limits l ON l.plan = o.plan AND l.monthly_limit > 0
+          JOIN payledger.credit_usage u
+            ON u.org_id = o.org_id AND u.metric = l.metric
+           AND u.cycle_start = payledger_internal.credit_cycle_start(o.cycle_anchor, now())),
+    raised AS (
+        INSERT INTO payledger.credit_plan_notices AS n (org_id, metric, cycle_start, level)
+        SELECT c.org_id, c.metric, c.cycle_start, c.level FROM cur c WHERE c.level > 0
+        ON CONFLICT ON CONSTRAINT credit_plan_notices_pkey DO UPDATE SET level = excluded.level
+         WHERE n.level < excluded.level
+        RETURNING n.org_id, n.metric, n.cycle_start, n.level),
+    before AS (
+        SELECT n.org_id, n.metric, n.cycle_start, n.level FROM payledger.credit_plan_notices n
+         WHERE n.org_id = ANY (picked))
+    INSERT INTO payledger.events (topic, subject_id, owner_id, payload)
+    SELECT 'credits.plan_usage', NULL, r.org_id,
+           jsonb_build_object('org', r.org_id, 'metric', r.metric, 'cycle_start', r.cycle_start, 'percent', x,
+                              'usage', c.usage, 'limit', c.monthly_limit)
+      FROM raised r
+      JOIN cur c ON c.org_id = r.org_id AND c.metric = r.metric AND c.cycle_start = r.cycle_start
+      LEFT JOIN before b ON b.org_id = r.org_id AND b.metric = r.metric AND b.cycle_start = r.cycle_start
+      CROSS JOIN unnest(ARRAY[50, 75, 90, 100]) x
+     WHERE x > coalesce(b.level, 0) AND x <= r.level
+     ORDER BY r.org_id, r.metric, x;
+    -- blocked and unblocked meters (the statement's snapshot of the notices
+    -- is the state before it)
+    WITH changed AS (
+        SELECT m.org_id, m.metric, m.cycle_start, m.blocked, m.cost, m.charged
+          FROM payledger.credit_meters m
+          LEFT JOIN payledger.credit_plan_notices n
+            ON n.org_id = m.org_id AND n.metric = m.metric AND n.cycle_start = m.cycle_start
+         WHERE m.org_id = ANY (picked) AND m.cycle_start > now() - interval '3 months'
+           AND m.blocked IS DISTINCT FROM coalesce(n.blocked, false)),
+    -- (only rows this statement changed are told: two runs at once tell once)
+    told AS (
+        INSERT INTO payledger.credit_plan_notices AS n (org_id, metric, cycle_start, blocked)
+        SELECT c.org_id, c.metric, c.cycle_start, c.blocked FROM changed c
+        ON CONFLICT ON CONSTRAINT credit_plan_notices_pkey DO UPDATE SET blocked = excluded.blocked
+         WHERE n.blocked IS DISTINCT FROM excluded.blocked
+        RETURNING n.org_id, n.metric, n.cycle_start)
+    INSERT INTO payledger.events (topic, subject_id, owner_id, payload)
+    SELECT CASE WHEN c.blocked THEN 'credits.metric_blocked' ELSE 'credits.metric_unblocked' END, NULL, c.org_id,
+           jsonb_build_object('org', c.org_id, 'metric', c.metric, 'cycle_start', c.cycle_start,
+                              'cost', payledger.credits_of(c.cost), 'charged', payledger.credits_of(c.charged))
+      FROM changed c JOIN told t ON t.org_id = c.org_id AND t.metric = c.metric AND t.cycle_start = c.cycle_start
+     ORDER BY c.org_id, c.cycle_start, c.metric;
+    RETURN QUERY SELECT cardinality(picked), 0, CASE WHEN cardinality(picked) = max_orgs THEN picked[max_orgs] END;
+END;
+$$;
+SELECT payledger_internal.register_worker_run('credits', 'metering_notices',
+                                              'payledger_internal.plan_notices_step(integer, text, integer, integer)',
+                                              'metering_interval', NULL, 'orgs_noticed');
+
+-- The plan notices now, for every organisation (after meter_all, or a
+-- backfill of usage), in the calling transaction. Returns the events written.
+CREATE FUNCTION payledger.run_plan_notices()
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    first_event bigint := (SELECT coalesce(max(e.id), 0) FROM payledger.events e);
+    after_org text;
+BEGIN
+    LOOP
+        SELECT s.last INTO after_org FROM payledger_internal.plan_notices_step(1000, after_org, 0, 1) s;
+        EXIT WHEN after_org IS NULL;
+    END LOOP;
+    PERFORM payledger.worker_run_done('metering_notices');
+    RETURN (SELECT count(*) FROM payledger.events e
+             WHERE e.id > first_event AND e.topic IN ('credits.plan_usage', 'credits.metric_blocked', 'credits.metric_unblocked'));
+END;
+$$;

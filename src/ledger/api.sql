@@ -709,10 +709,13 @@ $$;
 GRANT EXECUTE ON FUNCTION payledger.current_user_id() TO payledger_enduser, payledger_app;
 
 -- The organisation the request asks to act for: payledger.org_id, else the
--- JWT's org_id claim (NULL: none).
+-- request's X-Org-Id header (PostgREST passes headers in request.headers:
+-- a per-request choice, as a console switching organisations needs), else
+-- the JWT's org_id claim (NULL: none). Membership is checked by the callers.
 CREATE FUNCTION payledger_internal.requested_org_id()
 RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('payledger.org_id', true), ''),
+                    nullif(nullif(current_setting('request.headers', true), '')::jsonb ->> 'x-org-id', ''),
                     nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'org_id');
 $$;
 

@@ -79,7 +79,8 @@ CREATE TABLE payledger.subscriptions (
     -- (NULL on rows made before snapshots existed: see docs/providers.md)
     profile_id      uuid REFERENCES payledger.merchant_profiles,
     provider_id     uuid REFERENCES payledger.providers,
-    status          text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'cancelled')),
+    -- lapsed: a period went unpaid (its pay-in failed); no more renewals
+    status          text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'cancelled', 'lapsed')),
     renewals        integer NOT NULL DEFAULT 0 CHECK (renewals >= 0),
     next_renewal_at timestamptz NOT NULL,
     last_payin_id   uuid,

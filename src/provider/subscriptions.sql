@@ -137,6 +137,25 @@ $$;
 SELECT payledger_internal.register_housekeeping_step('provider', 'subscriptions_renewed', 70,
                                             'payledger.renew_due_subscriptions(integer)', per_call => 1);
 
+-- A period's pay-in failed or was cancelled (the invoice went unpaid): the
+-- subscription lapses, so the next renewal does not come, and its owner is
+-- told once (subscription.lapsed). Only the latest period's pay-in counts:
+-- an older one failing late changes nothing.
+CREATE FUNCTION payledger_internal.subscription_payin_ended(p payledger.payins)
+RETURNS void LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    WITH lapsed AS (
+        UPDATE payledger.subscriptions s SET status = 'lapsed'
+         WHERE p.metadata ? 'subscription' AND s.id = (p.metadata ->> 'subscription')::uuid
+           AND s.status = 'active' AND s.last_payin_id = p.id
+        RETURNING s.id, s.owner_id, s.metadata)
+    SELECT payledger_internal.emit_event('subscription.lapsed', l.id, l.owner_id,
+               l.metadata || jsonb_build_object('subscription', l.id, 'payin', p.id, 'period', p.metadata -> 'period',
+                                                'state', p.state, 'reason', p.failure_reason))
+      FROM lapsed l;
+$$;
+SELECT payledger_internal.register_payin_handler('provider', 'reached', 310, '{FAILED,CANCELLED}',
+                                                 'payledger_internal.subscription_payin_ended(payledger.payins)');
+
 CREATE VIEW payledger.my_subscriptions WITH (security_barrier) AS
 SELECT s.id, s.payin_type, s.asset, s.amount, s.period, s.status, s.renewals, s.next_renewal_at, s.last_payin_id,
        s.created_at

@@ -206,18 +206,32 @@ SELECT payledger.record_usage('org7', 'mau', 600), payledger.record_usage('org7'
 SELECT payledger.record_usage('org7', 'storage', 1.5), payledger.record_usage('org7', 'storage', 1.2);
 SELECT payledger.meter_org('org7') AS charged;
 SELECT metric, overage, cost, charged, blocked FROM payledger.credit_meters WHERE org_id = 'org7' ORDER BY metric;
+-- the plan notices (Capgo's e-mails): mau at 90 % of its limit crossed 50,
+-- 75 and 90; storage (a gauge: its highest reading, 1.5 of 2) 50 and 75;
+-- each told once per cycle
+SELECT payledger.run_plan_notices() AS notices, payledger.run_plan_notices() AS notices_again;
+SELECT topic, payload ->> 'metric' AS metric, payload ->> 'percent' AS percent, payload ->> 'usage' AS usage,
+       payload ->> 'limit' AS monthly_limit
+  FROM payledger.events WHERE owner_id = 'org7' AND topic LIKE 'credits.%' ORDER BY id;
 -- past the plan with no credits: that metric is blocked, the others are not
 SELECT payledger.record_usage('org7', 'storage', 4.5);
 SELECT payledger.meter_org('org7') AS charged;
 SELECT metric, overage, cost, charged, blocked FROM payledger.credit_meters WHERE org_id = 'org7' ORDER BY metric;
 SELECT payledger.credit_access('org7', '{storage}') AS upload, payledger.credit_access('org7', '{bandwidth}') AS download,
        payledger.credit_access('org7', '{mau,storage}') AS both;
+SELECT payledger.run_plan_notices() AS notices;
+SELECT topic, payload ->> 'metric' AS metric, payload ->> 'cost' AS cost, payload ->> 'charged' AS charged
+  FROM payledger.events WHERE owner_id = 'org7' AND topic LIKE 'credits.metric_%' ORDER BY id;
 -- a top-up pays the unpaid overage in the same transaction and lifts the block
 SELECT payledger.grant_credits('org7', 0.15, 'purchase') IS NOT NULL AS topped_up;
 SELECT metric, cost, charged, blocked FROM payledger.credit_meters WHERE org_id = 'org7' ORDER BY metric;
 SELECT payledger.grant_credits('org7', 1, 'purchase') IS NOT NULL AS topped_up;
 SELECT metric, cost, charged, blocked FROM payledger.credit_meters WHERE org_id = 'org7' ORDER BY metric;
 SELECT payledger.credit_access('org7', '{storage}') AS upload, t_credits('org7');
+-- paid again: unblocked, told once
+SELECT payledger.run_plan_notices() AS notices, payledger.run_plan_notices() AS notices_again;
+SELECT topic, payload ->> 'metric' AS metric, payload ->> 'cost' AS cost, payload ->> 'charged' AS charged
+  FROM payledger.events WHERE owner_id = 'org7' AND topic LIKE 'credits.metric_%' ORDER BY id;
 -- the overage grows: only the growth is charged; a run again charges nothing
 SELECT payledger.grant_credits('org7', 5, 'purchase') IS NOT NULL AS topped_up;
 SELECT payledger.record_usage('org7', 'mau', 500);     -- 1,400: 400 over, 1.2 credits
@@ -322,6 +336,7 @@ SET ROLE payledger_enduser;
 SELECT available, by_metric FROM payledger.my_credit_balance;
 SELECT source, granted, remaining FROM payledger.my_credit_grants ORDER BY granted;
 SELECT metric, overage, cost, charged, blocked FROM payledger.my_credit_meters ORDER BY metric;
+SELECT plan, metric, usage, monthly_limit, percent, overage, blocked FROM payledger.my_plan_usage ORDER BY metric;
 SELECT count(*) AS grants FROM payledger.my_credit_grants;
 SELECT metric, credits_used FROM payledger.my_credit_history WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
  ORDER BY metric;
@@ -352,6 +367,12 @@ SELECT set_config('request.jwt.claims', '{"sub": "bo", "org_id": "org1"}', false
 SELECT payledger.current_owner_id() AS acting_for, count(*) > 0 AS sees_org1 FROM payledger.my_credit_grants;
 SELECT set_config('request.jwt.claims', '{"sub": "bo", "org_id": "org7"}', false) IS NOT NULL AS claims_set;
 SELECT payledger.current_owner_id() AS acting_for, count(*) AS grants FROM payledger.my_credit_grants;
+-- a request's X-Org-Id header (PostgREST's request.headers) chooses per request, before the claim
+SELECT set_config('request.jwt.claims', '{"sub": "ana", "org_id": "org1"}', false) IS NOT NULL AS claims_set,
+       set_config('request.headers', '{"x-org-id": "org7"}', false) IS NOT NULL AS header_set;
+SELECT payledger.current_owner_id() AS acting_for, payledger.current_org_role() AS role;
+SELECT set_config('request.headers', '', false) IS NOT NULL AS header_cleared;
+SELECT payledger.current_owner_id() AS acting_for_by_the_claim;
 -- removed in the middle of a session: nothing from the next statement on
 SELECT set_config('request.jwt.claims', '{"sub": "bo", "org_id": "org1"}', false) IS NOT NULL AS claims_set;
 RESET ROLE;
@@ -361,5 +382,66 @@ SELECT payledger.current_owner_id() AS acting_for, count(*) AS grants FROM payle
 SELECT t_try($$SELECT payledger.add_org_member('org1', 'bo')$$);
 SELECT t_try($$SELECT count(*) FROM payledger.org_members$$);
 RESET ROLE;
+
+-- buying as an end user, for the organisation the request chose: owners,
+-- admins and members may; read-only members and strangers may not
+SELECT payledger.create_merchant_profile('shop', is_default => true) IS NOT NULL AS shop,
+       payledger.add_provider('shop', 'card', 'stripe', 'http://127.0.0.1:9', '{"secret_key": "sk_test_1"}',
+                              rail => 'card', asset => 'usd') IS NOT NULL AS card_provider;
+SELECT payledger.add_org_member('org7', 'dee', 'read_only') AS dee, payledger.add_org_member('org7', 'eve') AS eve;
+SET ROLE payledger_enduser;
+SELECT set_config('request.jwt.claims', '{"sub": "ana", "org_id": "org7"}', false) IS NOT NULL AS ana_for_org7;
+SELECT count(*) AS on_sale_before_a_sales_account FROM payledger.my_credit_packages;
+SELECT t_try($$SELECT * FROM payledger.buy_credits('any-100', rail => 'card')$$);
+RESET ROLE;
+SELECT payledger.set_credit_sales_account('usd', acc('credit_sales')) = acc('credit_sales') AS on_sale;
+SELECT t_try($$SELECT payledger.set_credit_sales_account('credit', acc('credit_sales'))$$);
+SELECT t_try($$SELECT payledger.set_credit_sales_account('usd', gen_random_uuid())$$);
+SET ROLE payledger_enduser;
+SELECT name, metric, credits, price_asset, price, period, recurring FROM payledger.my_credit_packages ORDER BY name;
+SELECT payin_id AS ana_payin, state AS ana_state, subscription_id IS NULL AS one_time
+  FROM payledger.buy_credits('any-100', rail => 'card', idempotency_key => 'console-1') \gset
+SELECT :'ana_state' AS state, :'one_time' AS one_time;
+SELECT payin_id = :'ana_payin' AS same_payin_again FROM payledger.buy_credits('any-100', rail => 'card', idempotency_key => 'console-1');
+SELECT type, state, cost, asset, external_method FROM payledger.my_payins WHERE id = :'ana_payin';
+SELECT t_try($$SELECT * FROM payledger.buy_credits('nope', rail => 'card')$$);
+SELECT t_try($$SELECT * FROM payledger.buy_credits('any-100', true, 'card')$$);
+SELECT t_try($$SELECT * FROM payledger.buy_credits('any-100')$$);
+SELECT t_try($$SELECT * FROM payledger.buy_credits(NULL)$$);
+-- a subscription: its first period is billed at once
+SELECT payin_id AS sub_payin, subscription_id AS sub
+  FROM payledger.buy_credits('monthly-500', true, 'card', 'console-2') \gset
+SELECT subscription_id = :'sub' AND payin_id = :'sub_payin' AS same_again FROM payledger.buy_credits('monthly-500', true, 'card', 'console-2');
+SELECT status, renewals, last_payin_id = :'sub_payin' AS billed FROM payledger.my_subscriptions WHERE id = :'sub';
+-- a member may buy but not cancel; a read-only member may do neither; a stranger, nothing
+SELECT set_config('request.jwt.claims', '{"sub": "eve", "org_id": "org7"}', false) IS NOT NULL AS eve_for_org7;
+SELECT state FROM payledger.buy_credits('any-100', rail => 'card', idempotency_key => 'eve-1');
+SELECT t_try(format('SELECT payledger.cancel_my_subscription(%L)', :'sub'));
+SELECT set_config('request.jwt.claims', '{"sub": "dee", "org_id": "org7"}', false) IS NOT NULL AS dee_for_org7;
+SELECT t_try($$SELECT * FROM payledger.buy_credits('any-100', rail => 'card')$$);
+SELECT set_config('request.jwt.claims', '{"sub": "zed", "org_id": "org7"}', false) IS NOT NULL AS zed_for_org7;
+SELECT t_try($$SELECT * FROM payledger.buy_credits('any-100', rail => 'card')$$);
+SELECT set_config('request.jwt.claims', '{"sub": "ana"}', false) IS NOT NULL AS ana_without_org;
+SELECT t_try($$SELECT * FROM payledger.buy_credits('any-100', rail => 'card')$$);
+SELECT set_config('request.jwt.claims', '{"sub": "ana", "org_id": "org7"}', false) IS NOT NULL AS ana_for_org7;
+SELECT payledger.cancel_my_subscription(:'sub') AS cancelled, payledger.cancel_my_subscription(:'sub') AS again;
+SELECT t_try($$SELECT payledger.cancel_my_subscription(gen_random_uuid())$$);
+RESET ROLE;
+SELECT owner_id, metadata ->> 'bought_by' AS bought_by FROM payledger.payins WHERE id = :'ana_payin';
+-- the card payment lands: the organisation's grant
+SELECT t_credits('org7') AS before_paid;
+SELECT changed FROM payledger.transition_payin(:'ana_payin', 'PENDING');
+SELECT changed FROM payledger.settle_payin(:'ana_payin');
+SELECT t_credits('org7') AS after_paid;
+SELECT org_id, source FROM payledger.credit_grants WHERE payin_id = :'ana_payin';
+-- a subscription whose period goes unpaid lapses: no next renewal, the organisation is told once
+SET ROLE payledger_enduser;
+SELECT payin_id AS lapse_payin, subscription_id AS lapse_sub FROM payledger.buy_credits('monthly-500', true, 'card', 'console-3') \gset
+RESET ROLE;
+SELECT changed FROM payledger.fail_payin(:'lapse_payin', 'INVOICE_EXPIRED');
+SELECT status FROM payledger.subscriptions WHERE id = :'lapse_sub';
+SELECT t_try(format('SELECT payledger.renew_subscription(%L)', :'lapse_sub'));
+SELECT topic, owner_id, payload ->> 'credit_package' AS package, payload ->> 'state' AS state, payload ->> 'reason' AS reason
+  FROM payledger.events WHERE topic = 'subscription.lapsed' ORDER BY id;
 SELECT set_config('request.jwt.claims', '', false) IS NOT NULL AS claims_cleared;
 SELECT * FROM payledger.check_invariants();
