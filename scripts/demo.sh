@@ -7,8 +7,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 setup_machine
 install_extension
 setup_lnbits
+setup_console
 DIR=$(pg_scratch)
-trap 'stop_lnbits "$DIR"; stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
+trap 'stop_console "$DIR"; stop_lnbits "$DIR"; stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
 LNBITS_PORT=$((DEMO_PORT + 1000))
 log "starting LNbits (FakeWallet) on 127.0.0.1:$LNBITS_PORT"
 start_lnbits "$DIR" "$LNBITS_PORT"
@@ -16,10 +17,44 @@ read -r INKEY PAYKEY MERCHANT_ADMIN PAYER_INKEY < <(lnbits_setup "$LNBITS_PORT")
 log "starting a throwaway cluster on port $DEMO_PORT, with the payledger worker"
 start_cluster "$DIR" "$DEMO_PORT" "shared_preload_libraries = 'payledger'
 payledger.worker_database = 'postgres'
-payledger.worker_interval = 1"
+payledger.worker_interval = 1
+listen_addresses = '127.0.0.1'"
 cp "$REPO/scripts/demo.sql" "$DIR/demo.sql" && chown postgres "$DIR/demo.sql"
 log "running scripts/demo.sql"
 as_pg env LNBITS_URL="http://127.0.0.1:$LNBITS_PORT" LNBITS_PAYKEY="$PAYKEY" LNBITS_PAYER_INKEY="$PAYER_INKEY" DEMO_DIR="$DIR" \
   "$PG_BIN/psql" -X -h "$DIR" -p "$DEMO_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 \
   -v lnbits_url="http://127.0.0.1:$LNBITS_PORT" -v lnbits_inkey="$INKEY" -v lnbits_admin="$MERCHANT_ADMIN" \
   -v demo_dir="$DIR" -f "$DIR/demo.sql"
+
+log "the credits console: PostgreSQL's REST API (postrust, PostgREST mode) and the console's page"
+REST_PORT=$((DEMO_PORT + 1001)) CONSOLE_PORT=$((DEMO_PORT + 1002))
+JWT_SECRET="payledger-demo-secret-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+{ console_roles_sql; cat "$REPO/scripts/console.sql"; } |
+  as_pg "$PG_BIN/psql" -X -q -h "$DIR" -p "$DEMO_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -f - >/dev/null
+start_postrust "$DIR" "$REST_PORT" "postgres://authenticator@127.0.0.1:$DEMO_PORT/postgres" "$JWT_SECRET"
+start_console "$DIR" "$CONSOLE_PORT" "http://127.0.0.1:$REST_PORT"
+ANA=$(mint_jwt "$JWT_SECRET" ana)
+rest() { # <method> <path> [json]: as ana, for acme, through the console's server
+  curl -sf -X "$1" "http://127.0.0.1:$CONSOLE_PORT/rest/v1$2" -H "Authorization: Bearer $ANA" -H 'X-Org-Id: acme' \
+    -H 'Accept-Profile: payledger' -H 'Content-Profile: payledger' -H 'Content-Type: application/json' ${3:+-d "$3"}
+}
+echo "ana (owner of acme) buys 100 credits for 50 sat, as the console does:"
+echo "  available before: $(rest POST /rpc/my_total_credits '{}' | jq -r '.[0].available')"
+PAYIN=$(rest POST /rpc/buy_credits '{"package": "credits-100"}' | jq -r '.[0].payin_id')
+for _ in $(seq 1 80); do
+  BOLT11=$(rest GET "/my_invoices?payin_id=eq.$PAYIN&select=payment_request" | jq -r '.[0].payment_request // empty')
+  [ -n "$BOLT11" ] && break; sleep 0.25
+done
+echo "  the invoice the console shows: ${BOLT11:0:60}..."
+lnbits_pay "$LNBITS_PORT" "$PAYKEY" "$BOLT11"
+for _ in $(seq 1 80); do
+  [ "$(rest GET "/my_payins?id=eq.$PAYIN&select=state" | jq -r '.[0].state')" = PAID ] && break; sleep 0.25
+done
+echo "  paid from the payer's LNbits wallet; available now: $(rest POST /rpc/my_total_credits '{}' | jq -r '.[0].available')"
+echo
+echo "The credits console: http://127.0.0.1:$CONSOLE_PORT/#token=$ANA"
+echo "  (ana: owner of acme, read-only in globex; tokens for others: mint_jwt in scripts/lib.sh, secret $JWT_SECRET)"
+echo "  pay its invoices with the payer wallet: LNbits at http://127.0.0.1:$LNBITS_PORT, admin key $PAYKEY"
+if [ -t 0 ]; then
+  read -r -p "Press Enter to stop the demo. " _
+fi

@@ -211,3 +211,88 @@ CONF
 }
 
 stop_nostr_relay() { stop_group "$1/relay.pid"; }  # <dir>
+
+# --- the credits console: a PostgREST-compatible server, Node, Chromium ---
+POSTRUST_VERSION=3.1.0
+POSTRUST_ROOT=${POSTRUST_ROOT:-$HOME/.cache/payledger/postrust-$POSTRUST_VERSION}
+CONSOLE_DIR=$REPO/examples/credits-console
+
+# postrust (crates.io; not --locked: its lock pins a crate the index does not
+# serve; about 5.5 minutes once), Chromium and Node from Debian, and the
+# console's npm packages. Idempotent.
+setup_console() {
+  local missing=()
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if [ ! -x "$POSTRUST_ROOT/bin/postrust" ]; then
+    log "installing postrust-server $POSTRUST_VERSION into $POSTRUST_ROOT (about 5.5 minutes)"
+    cargo install -q postrust-server --version "$POSTRUST_VERSION" --root "$POSTRUST_ROOT"
+  fi
+  if [ ! -d "$CONSOLE_DIR/node_modules/playwright-core" ] || [ ! -d "$CONSOLE_DIR/node_modules/qrcode-generator" ]; then
+    log "installing the console's npm packages"
+    (cd "$CONSOLE_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+}
+
+# mint_jwt <secret> <sub> [role]: an HS256 token as Supabase's auth issues (an hour).
+mint_jwt() {
+  python3 - "$1" "$2" "${3:-authenticated}" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+secret, sub, role = sys.argv[1:4]
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b64(json.dumps({"sub": sub, "role": role, "aud": "authenticated", "exp": int(time.time()) + 3600}).encode())
+sig = b64(hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
+print(f"{head}.{body}.{sig}")
+PY
+}
+
+# start_postrust <dir> <port> <db uri> <jwt secret>: postrust in PostgREST
+# compatibility mode, serving the payledger schema, in its own process group.
+start_postrust() {
+  local dir=$1 port=$2 uri=$3 secret=$4 i
+  if port_busy "$port"; then echo "port $port is busy" >&2; return 1; fi
+  (exec env PGRST_COMPAT_MODE=true PGRST_DB_URI="$uri" PGRST_DB_SCHEMAS=payledger PGRST_DB_ANON_ROLE=anon \
+      PGRST_JWT_SECRET="$secret" PGRST_SERVER_HOST=127.0.0.1 PGRST_SERVER_PORT="$port" \
+      setsid "$POSTRUST_ROOT/bin/postrust") </dev/null >>"$dir/postrust.log" 2>&1 &
+  echo $! >"$dir/postrust.pid"
+  for i in $(seq 1 60); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/" && return 0
+    sleep 0.5
+  done
+  echo "postrust did not start; its log:" >&2; tail -20 "$dir/postrust.log" >&2; return 1
+}
+
+# start_console <dir> <port> <rest url>: the console's server, in its own process group.
+start_console() {
+  local dir=$1 port=$2 rest=$3 i
+  if port_busy "$port"; then echo "port $port is busy" >&2; return 1; fi
+  (exec env PAYLEDGER_REST_URL="$rest" PORT="$port" setsid node "$CONSOLE_DIR/server.mjs") \
+    </dev/null >>"$dir/console.log" 2>&1 &
+  echo $! >"$dir/console.pid"
+  for i in $(seq 1 40); do
+    curl -sf -o /dev/null "http://127.0.0.1:$port/" && return 0
+    sleep 0.25
+  done
+  echo "the console did not start; its log:" >&2; tail -20 "$dir/console.log" >&2; return 1
+}
+
+stop_console() { stop_group "$1/console.pid"; stop_group "$1/postrust.pid"; }  # <dir>
+
+# The database side of the console, on a database with payledger: PostgREST's
+# roles (as Supabase has them) and their grants.
+console_roles_sql() {
+  cat <<'SQL'
+DO $$ BEGIN CREATE ROLE authenticator LOGIN NOINHERIT; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN CREATE ROLE anon NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN CREATE ROLE authenticated NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+GRANT anon, authenticated TO authenticator;
+GRANT payledger_identity TO authenticator;
+GRANT payledger_enduser TO authenticated;
+SQL
+}
