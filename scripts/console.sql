@@ -21,4 +21,7 @@ SELECT sum(c.consumed) AS acme_history_used
   FROM generate_series(1, 11) n,
        LATERAL payledger.consume_credits('acme', 'bandwidth', 4 + (n * 7) % 13, 'history-' || n,
                                          usage_at => now() - make_interval(months => n)) c;
-SELECT payledger.record_usage('acme', 'bandwidth', 40) AS acme_bandwidth, payledger.record_usage('globex', 'storage', 3) AS globex_storage;
+SELECT payledger.record_usage('acme', 'bandwidth', 40) AS acme_bandwidth;
+-- globex stores 100 GiB on a 5 GiB plan: metering burns its 7 credits and
+-- blocks storage (uploads), not bandwidth
+SELECT payledger.record_usage('globex', 'storage', 100) AS globex_storage, payledger.meter_org('globex') AS globex_metered;

@@ -103,26 +103,32 @@ setup_lnbits() {
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# start_lnbits <dir> <port>: a fresh LNbits (its data in <dir>), in its own
-# process group so that stop_lnbits ends the supervisor and its server.
-start_lnbits() {
-  local dir=$1 port=$2 site i
-  if port_busy "$port"; then echo "port $port is busy" >&2; return 1; fi
-  mkdir -p "$dir/lnbits-data"
-  site=$(echo "$LNBITS_VENV"/lib/python3*/site-packages)
-  # exec: the background job's pid is LNbits' own, and setsid makes it the
-  # leader of a new process group (not a group leader already, so no fork)
-  (cd "$site" && exec env LNBITS_DATA_FOLDER="$dir/lnbits-data" LNBITS_BACKEND_WALLET_CLASS=FakeWallet \
-      LNBITS_ADMIN_UI=true LNBITS_RATE_LIMIT_NO=1000000 LNBITS_CALLBACK_URL_RULES='["https?://.+"]' \
-      LNBITS_CALLBACK_ALLOW_PRIVATE_IPS=true LNBITS_PRICE_AGGREGATOR_ENABLED=false \
-      LNBITS_EXCHANGE_RATE_PROVIDERS='[]' LNBITS_EXTENSIONS_MANIFESTS='[]' LNBITS_WASM_EXTENSIONS_MANIFESTS='[]' \
-      setsid "$LNBITS_VENV/bin/lnbits" --host 127.0.0.1 --port "$port") </dev/null >>"$dir/lnbits.log" 2>&1 &
-  echo $! >"$dir/lnbits.pid"
+# start_service <name> <dir> <url> <command...>: a server in its own process
+# group (setsid, so that stop_group ends it and its children), its pid in
+# <dir>/<name>.pid and its output in <dir>/<name>.log; ready when <url> answers.
+start_service() {
+  local name=$1 dir=$2 url=$3 i
+  shift 3
+  (exec setsid "$@") </dev/null >>"$dir/$name.log" 2>&1 &
+  echo $! >"$dir/$name.pid"
   for i in $(seq 1 120); do
-    curl -s -o /dev/null "http://127.0.0.1:$port/api/v1/health" && return 0
+    curl -s -o /dev/null "$url" && return 0
     sleep 0.5
   done
-  echo "LNbits did not start; its log:" >&2; tail -20 "$dir/lnbits.log" >&2; return 1
+  echo "$name did not start; its log:" >&2; tail -20 "$dir/$name.log" >&2; return 1
+}
+
+# start_lnbits <dir> <port>: a fresh LNbits (its data in <dir>), stopped by stop_lnbits.
+start_lnbits() {
+  local dir=$1 port=$2
+  if port_busy "$port"; then echo "port $port is busy" >&2; return 1; fi
+  mkdir -p "$dir/lnbits-data"
+  start_service lnbits "$dir" "http://127.0.0.1:$port/api/v1/health" \
+    env -C "$(echo "$LNBITS_VENV"/lib/python3*/site-packages)" LNBITS_DATA_FOLDER="$dir/lnbits-data" \
+      LNBITS_BACKEND_WALLET_CLASS=FakeWallet LNBITS_ADMIN_UI=true LNBITS_RATE_LIMIT_NO=1000000 \
+      LNBITS_CALLBACK_URL_RULES='["https?://.+"]' LNBITS_CALLBACK_ALLOW_PRIVATE_IPS=true \
+      LNBITS_PRICE_AGGREGATOR_ENABLED=false LNBITS_EXCHANGE_RATE_PROVIDERS='[]' LNBITS_EXTENSIONS_MANIFESTS='[]' \
+      LNBITS_WASM_EXTENSIONS_MANIFESTS='[]' "$LNBITS_VENV/bin/lnbits" --host 127.0.0.1 --port "$port"
 }
 
 # stop_group <pid file>: end a process group started with setsid (TERM,
@@ -200,14 +206,8 @@ message_timeout: 1800
 subscription_limit: 32
 max_limit: 6000
 CONF
-  (cd "$dir/relay" && exec setsid "$NOSTR_RELAY_VENV/bin/nostr-relay" -c "$dir/relay/config.yaml" serve) \
-    </dev/null >>"$dir/relay/relay.log" 2>&1 &
-  echo $! >"$dir/relay.pid"
-  for i in $(seq 1 60); do
-    curl -sf -o /dev/null -H 'Accept: application/nostr+json' "http://127.0.0.1:$port/" && return 0
-    sleep 0.5
-  done
-  echo "the relay did not start; its log:" >&2; tail -20 "$dir/relay/relay.log" >&2; return 1
+  start_service relay "$dir" "http://127.0.0.1:$port/" \
+    env -C "$dir/relay" "$NOSTR_RELAY_VENV/bin/nostr-relay" -c "$dir/relay/config.yaml" serve
 }
 
 stop_nostr_relay() { stop_group "$1/relay.pid"; }  # <dir>
@@ -255,31 +255,19 @@ PY
 # start_postrust <dir> <port> <db uri> <jwt secret>: postrust in PostgREST
 # compatibility mode, serving the payledger schema, in its own process group.
 start_postrust() {
-  local dir=$1 port=$2 uri=$3 secret=$4 i
+  local dir=$1 port=$2 uri=$3 secret=$4
   if port_busy "$port"; then echo "port $port is busy" >&2; return 1; fi
-  (exec env PGRST_COMPAT_MODE=true PGRST_DB_URI="$uri" PGRST_DB_SCHEMAS=payledger PGRST_DB_ANON_ROLE=anon \
-      PGRST_JWT_SECRET="$secret" PGRST_SERVER_HOST=127.0.0.1 PGRST_SERVER_PORT="$port" \
-      setsid "$POSTRUST_ROOT/bin/postrust") </dev/null >>"$dir/postrust.log" 2>&1 &
-  echo $! >"$dir/postrust.pid"
-  for i in $(seq 1 60); do
-    curl -s -o /dev/null "http://127.0.0.1:$port/" && return 0
-    sleep 0.5
-  done
-  echo "postrust did not start; its log:" >&2; tail -20 "$dir/postrust.log" >&2; return 1
+  start_service postrust "$dir" "http://127.0.0.1:$port/" \
+    env PGRST_COMPAT_MODE=true PGRST_DB_URI="$uri" PGRST_DB_SCHEMAS=payledger PGRST_DB_ANON_ROLE=anon \
+      PGRST_JWT_SECRET="$secret" PGRST_SERVER_HOST=127.0.0.1 PGRST_SERVER_PORT="$port" "$POSTRUST_ROOT/bin/postrust"
 }
 
 # start_console <dir> <port> <rest url>: the console's server, in its own process group.
 start_console() {
-  local dir=$1 port=$2 rest=$3 i
+  local dir=$1 port=$2 rest=$3
   if port_busy "$port"; then echo "port $port is busy" >&2; return 1; fi
-  (exec env PAYLEDGER_REST_URL="$rest" PORT="$port" setsid node "$CONSOLE_DIR/server.mjs") \
-    </dev/null >>"$dir/console.log" 2>&1 &
-  echo $! >"$dir/console.pid"
-  for i in $(seq 1 40); do
-    curl -sf -o /dev/null "http://127.0.0.1:$port/" && return 0
-    sleep 0.25
-  done
-  echo "the console did not start; its log:" >&2; tail -20 "$dir/console.log" >&2; return 1
+  start_service console "$dir" "http://127.0.0.1:$port/" \
+    env PAYLEDGER_REST_URL="$rest" PORT="$port" node "$CONSOLE_DIR/server.mjs"
 }
 
 stop_console() { stop_group "$1/console.pid"; stop_group "$1/postrust.pid"; }  # <dir>

@@ -263,6 +263,10 @@ $('org').addEventListener('change', () => {
   sessionStorage.setItem('payledger.org', state.org);
   clearInterval(state.poll);
   $('checkout').hidden = true;
+  // (nothing of the previous organisation stays on screen while the next loads)
+  $('available').textContent = '–';
+  for (const id of ['by-metric', 'chart', 'packages', 'subscriptions']) $(id).replaceChildren();
+  for (const id of ['usage', 'history']) $(id).tBodies[0].replaceChildren();
   refresh();
 });
 $('copy').addEventListener('click', () => navigator.clipboard && navigator.clipboard.writeText($('invoice').value));

@@ -47,6 +47,20 @@ BEGIN
 END;
 $$;
 
+-- The active package of that name, or PL031.
+CREATE FUNCTION payledger_internal.credit_package(name text)
+RETURNS payledger.credit_packages LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    pk payledger.credit_packages;
+BEGIN
+    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = credit_package.name AND x.active;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'credit package % does not exist', name USING ERRCODE = 'PL031';
+    END IF;
+    RETURN pk;
+END;
+$$;
+
 -- Buy a package: a pay-in of its price (paid by the given methods, to the
 -- seller's revenue account); the grant is made when the pay-in is PAID
 -- (at once when balances cover it), exactly once per pay-in.
@@ -66,10 +80,7 @@ BEGIN
     PERFORM payledger_internal.require(org, 'org');
     PERFORM payledger_internal.require(package, 'package');
     PERFORM payledger_internal.require(revenue_account, 'revenue_account');
-    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = package AND x.active;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'credit package % does not exist', package USING ERRCODE = 'PL031';
-    END IF;
+    pk := payledger_internal.credit_package(package);
     SELECT * INTO p FROM payledger.create_payin(coalesce(payer, org), 'CREDIT_PACKAGE', pk.price_asset, pk.price, methods,
         jsonb_build_array(jsonb_build_object('type', 'CREDIT_SALE', 'account', revenue_account, 'amount', pk.price)),
         NULL, NULL, idempotency_key, NULL, jsonb_build_object('credit_package', pk.name, 'credit_org', org));
@@ -143,10 +154,7 @@ DECLARE
     pk payledger.credit_packages;
 BEGIN
     PERFORM payledger_internal.require(org, 'org');
-    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = package AND x.active;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'credit package % does not exist', package USING ERRCODE = 'PL031';
-    END IF;
+    pk := payledger_internal.credit_package(package);
     IF pk.period IS NULL THEN
         RAISE EXCEPTION 'credit package % is one-time, not recurring', package USING ERRCODE = '22023';
     END IF;
@@ -235,10 +243,7 @@ BEGIN
     PERFORM payledger_internal.require(package, 'package');
     PERFORM payledger_internal.require(recurring, 'recurring');
     PERFORM payledger_internal.require(rail, 'rail');
-    SELECT * INTO pk FROM payledger.credit_packages x WHERE x.name = package AND x.active;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'credit package % does not exist', package USING ERRCODE = 'PL031';
-    END IF;
+    pk := payledger_internal.credit_package(package);
     SELECT s.account_id INTO seller FROM payledger.credit_sales_accounts s WHERE s.asset = pk.price_asset;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'credit package % is not on sale: no sales account for %', package, pk.price_asset

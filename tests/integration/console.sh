@@ -41,6 +41,7 @@ SELECT payledger.add_provider('shop', 'lnbits', 'lnbits', 'http://127.0.0.1:$LNB
                               '{"invoice_key": "$INKEY"}', invoice_expiry => '10 minutes');
 SELECT payledger.credits_configure();
 SELECT payledger.register_credit_metric('storage', 'gauge', 'GiB'), payledger.register_credit_metric('bandwidth', 'counter', 'GiB');
+SELECT payledger.set_credit_price_tiers('storage', '[{"from": 0, "to": 10, "price": 0.09}, {"from": 10, "price": 0.08}]');
 SELECT payledger.define_credit_plan('starter', '{"storage": 5, "bandwidth": 50}');
 SELECT payledger.set_credit_org('acme', 'starter');
 $(console_roles_sql)
@@ -78,7 +79,8 @@ expect() { # <what> <actual> <jq filter on "status body" split>
 expect "anon reads nothing" "$(rest GET /my_credit_balance -)" '$status == 401'
 expect "ana's organisations" "$(rest GET '/my_org_memberships?order=org_id' "$ANA")" \
   '$status == 200 and (map(.org_id + ":" + .role) == ["acme:owner", "globex:read_only"])'
-expect "bo sees globex's 7 credits" "$(rest POST /rpc/my_total_credits "$BO" globex '{}')" '$status == 200 and .[0].available == 7'
+expect "bo sees globex's credits, all used" "$(rest POST /rpc/my_total_credits "$BO" globex '{}')" '$status == 200 and .[0].available == 0'
+expect "and its storage blocked" "$(rest GET '/my_plan_usage?metric=eq.storage' "$BO" globex)" '$status == 200 and .[0].blocked'
 expect "bo asking for acme sees nothing" "$(rest POST /rpc/my_total_credits "$BO" acme '{}')" '$status == 200 and . == []'
 expect "bo cannot see acme's grants" "$(rest GET /my_credit_grants "$BO" acme)" '$status == 200 and . == []'
 expect "bo cannot buy for acme" "$(rest POST /rpc/buy_credits "$BO" acme '{"package": "credits-100"}')" \

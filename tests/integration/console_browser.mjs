@@ -70,10 +70,11 @@ try {
 
   // another organisation, per request: globex, where ana may only look
   await page.locator('#org').selectOption('globex');
-  await until(async () => (await text('#available')) === '7', "globex's balance");
-  check(true, "globex's 7 credits after switching");
-  const storage = page.locator('#usage tr[data-metric="storage"]');
-  check((await storage.textContent()).includes('3 of 5'), "globex's storage usage");
+  await until(async () => (await text('#available')) === '0', "globex's balance");
+  check(true, "globex's credits (all used) after switching");
+  await until(async () => (await text('#usage tr[data-metric="storage"]')).includes('100 of 5 (2,000 %)'), "globex's storage");
+  check((await text('#usage tr[data-metric="storage"]')).includes('Blocked'), "globex's storage shown blocked");
+  check(!(await text('#usage tr[data-metric="bandwidth"]')).includes('Blocked'), 'its bandwidth not');
   await page.locator('li[data-package="credits-100"] button').click();
   await page.waitForSelector('#error:not([hidden])');
   check((await page.locator('#error').textContent()).includes('42501'), 'a read-only member is refused, and told why');
