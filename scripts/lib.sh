@@ -227,6 +227,7 @@ setup_console() {
   command -v npm >/dev/null 2>&1 || missing+=(npm)
   if ((${#missing[@]})); then
     log "installing ${missing[*]}"
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
   if [ ! -x "$POSTRUST_ROOT/bin/postrust" ]; then
