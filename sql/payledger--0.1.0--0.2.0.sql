@@ -493,8 +493,68 @@ CREATE TRIGGER accounts_floor BEFORE INSERT OR UPDATE OF balance, pending_debits
 /* <begin connected objects> */
 CREATE SCHEMA IF NOT EXISTS payledger_internal;
 
--- src/payin/mod.rs
+-- src/ledger/mod.rs
 /* payledger::payledger_internal */
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."transfer_journal"(
+	"from_account" uuid, /* Option < Uuid > */
+	"to_account" uuid, /* Option < Uuid > */
+	"amount" bigint, /* Option < i64 > */
+	"idempotency_key" TEXT, /* Option < String > */
+	"metadata" jsonb, /* Option < JsonArg > */
+	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"kind" TEXT /* Option < String > */
+) RETURNS uuid /* Option < Uuid > */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
+
+-- src/payin/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."payin_create_core"(
+	"payer" TEXT, /* Option < String > */
+	"payin_type" TEXT, /* Option < String > */
+	"asset" TEXT, /* Option < String > */
+	"cost" bigint, /* Option < i64 > */
+	"methods" jsonb, /* Option < JsonArg > */
+	"payouts" jsonb, /* Option < JsonArg > */
+	"split" TEXT, /* Option < String > */
+	"payees" jsonb, /* Option < JsonArg > */
+	"idempotency_key" TEXT, /* Option < String > */
+	"parent" uuid, /* Option < Uuid > */
+	"metadata" jsonb, /* Option < JsonArg > */
+	"predecessor" uuid, /* Option < Uuid > */
+	"genesis" uuid, /* Option < Uuid > */
+	"retry_count" INT, /* Option < i32 > */
+	"retry_policy" TEXT /* Option < String > */
+) RETURNS TABLE (
+	"payin_id" uuid,  /* Option < Uuid > */
+	"state" TEXT,  /* Option < String > */
+	"custodial_amount" bigint,  /* Option < i64 > */
+	"external_amount" bigint,  /* Option < i64 > */
+	"replayed" bool,  /* Option < bool > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'payin_create_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -516,7 +576,8 @@ AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_batch"(
+CREATE  FUNCTION payledger_internal."engine_batch_as"(
+	"module" TEXT, /* Option < String > */
 	"items" jsonb /* Option < JsonArg > */
 ) RETURNS TABLE (
 	"item" INT,  /* i32 */
@@ -529,19 +590,9 @@ CREATE  FUNCTION payledger_internal."engine_batch"(
 )
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
+AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
 
 -- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."json_readable"(
-	"value" jsonb /* JsonArg */
-) RETURNS bool /* bool */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'json_readable_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -564,34 +615,35 @@ STABLE PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."lnurl_target"(
+	"destination" TEXT /* & str */
+) RETURNS TEXT /* Option < String > */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lnurl_target_wrapper';
 
 -- src/ledger/mod.rs
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
+CREATE  FUNCTION payledger_internal."engine_batch"(
+	"items" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"item" INT,  /* i32 */
+	"status" TEXT,  /* & '_ str */
+	"journal_id" uuid,  /* Option < Uuid > */
+	"hold_id" uuid,  /* Option < Uuid > */
 	"sqlstate" TEXT,  /* Option < & '_ str > */
 	"message" TEXT,  /* Option < String > */
 	"detail" TEXT  /* Option < String > */
 )
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."transfer_journal"(
-	"from_account" uuid, /* Option < Uuid > */
-	"to_account" uuid, /* Option < Uuid > */
-	"amount" bigint, /* Option < i64 > */
-	"idempotency_key" TEXT, /* Option < String > */
-	"metadata" jsonb, /* Option < JsonArg > */
-	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
-	"kind" TEXT /* Option < String > */
-) RETURNS uuid /* Option < Uuid > */
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
+AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -1826,72 +1878,6 @@ $$;
 -- (not a trigger on INSERT: a restore's COPY must not run the handlers again
 -- for old pay-ins)
 SELECT payledger_internal.payin_handlers_compile('lock'), payledger_internal.payin_handlers_compile('reached');
-
--- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_batch_as"(
-	"module" TEXT, /* Option < String > */
-	"items" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"item" INT,  /* i32 */
-	"status" TEXT,  /* & '_ str */
-	"journal_id" uuid,  /* Option < Uuid > */
-	"hold_id" uuid,  /* Option < Uuid > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
-
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."lnurl_target"(
-	"destination" TEXT /* & str */
-) RETURNS TEXT /* Option < String > */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lnurl_target_wrapper';
-
--- src/payin/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."payin_create_core"(
-	"payer" TEXT, /* Option < String > */
-	"payin_type" TEXT, /* Option < String > */
-	"asset" TEXT, /* Option < String > */
-	"cost" bigint, /* Option < i64 > */
-	"methods" jsonb, /* Option < JsonArg > */
-	"payouts" jsonb, /* Option < JsonArg > */
-	"split" TEXT, /* Option < String > */
-	"payees" jsonb, /* Option < JsonArg > */
-	"idempotency_key" TEXT, /* Option < String > */
-	"parent" uuid, /* Option < Uuid > */
-	"metadata" jsonb, /* Option < JsonArg > */
-	"predecessor" uuid, /* Option < Uuid > */
-	"genesis" uuid, /* Option < Uuid > */
-	"retry_count" INT, /* Option < i32 > */
-	"retry_policy" TEXT /* Option < String > */
-) RETURNS TABLE (
-	"payin_id" uuid,  /* Option < Uuid > */
-	"state" TEXT,  /* Option < String > */
-	"custodial_amount" bigint,  /* Option < i64 > */
-	"external_amount" bigint,  /* Option < i64 > */
-	"replayed" bool,  /* Option < bool > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'payin_create_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -3406,6 +3392,16 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.subscriptions', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.invoices', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.withdrawals', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.payin_deadlines', '');
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."json_readable"(
+	"value" jsonb /* JsonArg */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'json_readable_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -6630,7 +6626,11 @@ BEGIN
         RAISE EXCEPTION 'no active provider serves % in % for credit packages', rail, pk.price_asset USING ERRCODE = 'PL028';
     END IF;
     IF recurring THEN
-        -- (the key makes a repeated click one subscription)
+        -- (the key makes a repeated click one subscription; two at once take
+        -- turns on the key, and the second finds the first's)
+        IF idempotency_key IS NOT NULL THEN
+            PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('credits:' || org || ':' || idempotency_key, 0));
+        END IF;
         SELECT x.id INTO sub FROM payledger.subscriptions x
          WHERE idempotency_key IS NOT NULL AND x.owner_id = org AND x.metadata ->> 'idempotency_key' = idempotency_key;
         IF sub IS NULL THEN

@@ -257,7 +257,11 @@ BEGIN
         RAISE EXCEPTION 'no active provider serves % in % for credit packages', rail, pk.price_asset USING ERRCODE = 'PL028';
     END IF;
     IF recurring THEN
-        -- (the key makes a repeated click one subscription)
+        -- (the key makes a repeated click one subscription; two at once take
+        -- turns on the key, and the second finds the first's)
+        IF idempotency_key IS NOT NULL THEN
+            PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('credits:' || org || ':' || idempotency_key, 0));
+        END IF;
         SELECT x.id INTO sub FROM payledger.subscriptions x
          WHERE idempotency_key IS NOT NULL AND x.owner_id = org AND x.metadata ->> 'idempotency_key' = idempotency_key;
         IF sub IS NULL THEN
