@@ -262,6 +262,8 @@ CREATE TABLE payledger.credit_plan_notices (
     metric      text NOT NULL,
     cycle_start timestamptz NOT NULL,
     level       integer NOT NULL DEFAULT 0 CHECK (level IN (0, 50, 75, 90, 100)),
+    -- the level before the last raise (the events are for the levels between)
+    previous_level integer NOT NULL DEFAULT 0 CHECK (previous_level < level OR level = 0),
     blocked     boolean NOT NULL DEFAULT false,
     PRIMARY KEY (org_id, metric, cycle_start)
 );

@@ -142,9 +142,13 @@ BEGIN
              WHERE (after_org IS NULL OR o.org_id > after_org)
                AND (parts = 1 OR (pg_catalog.hashtextextended(o.org_id, 0) & 1023) % parts = part)
              ORDER BY o.org_id LIMIT max_orgs) o;
-    -- usage levels (levels only rise within a cycle: usage never falls)
+    -- usage levels (levels only rise within a cycle: usage never falls).
+    -- (Joins from the picked organisations, and the events from what the
+    -- upsert returns, joined to tables by their keys: never a CTE joined to
+    -- a CTE, whose row counts the planner cannot know; a nested loop over
+    -- two of them made a step of 1,000 organisations take 3 s.)
     WITH cur AS (
-        SELECT u.org_id, u.metric, u.cycle_start, u.usage, l.monthly_limit,
+        SELECT u.org_id, u.metric, u.cycle_start,
                CASE WHEN u.usage >= l.monthly_limit THEN 100 WHEN u.usage * 10 >= l.monthly_limit * 9 THEN 90
                     WHEN u.usage * 4 >= l.monthly_limit * 3 THEN 75 WHEN u.usage * 2 >= l.monthly_limit THEN 50
                     ELSE 0 END AS level
@@ -153,34 +157,38 @@ BEGIN
           JOIN payledger.credit_plan_limits l ON l.plan = o.plan AND l.monthly_limit > 0
           JOIN payledger.credit_usage u
             ON u.org_id = o.org_id AND u.metric = l.metric
-           AND u.cycle_start = payledger_internal.credit_cycle_start(o.cycle_anchor, now())),
+           AND u.cycle_start = payledger_internal.credit_cycle_start(o.cycle_anchor, now())
+          LEFT JOIN payledger.credit_plan_notices n
+            ON n.org_id = u.org_id AND n.metric = u.metric AND n.cycle_start = u.cycle_start
+         WHERE n.level IS NULL OR n.level < 100),
+    -- (only rows this statement raised are told: two runs at once tell once)
     raised AS (
         INSERT INTO payledger.credit_plan_notices AS n (org_id, metric, cycle_start, level)
         SELECT c.org_id, c.metric, c.cycle_start, c.level FROM cur c WHERE c.level > 0
-        ON CONFLICT ON CONSTRAINT credit_plan_notices_pkey DO UPDATE SET level = excluded.level
+        ON CONFLICT ON CONSTRAINT credit_plan_notices_pkey DO UPDATE
+           SET previous_level = n.level, level = excluded.level
          WHERE n.level < excluded.level
-        RETURNING n.org_id, n.metric, n.cycle_start, n.level),
-    before AS (
-        SELECT n.org_id, n.metric, n.cycle_start, n.level FROM payledger.credit_plan_notices n
-         WHERE n.org_id = ANY (picked))
+        RETURNING n.org_id, n.metric, n.cycle_start, n.level, n.previous_level)
     INSERT INTO payledger.events (topic, subject_id, owner_id, payload)
     SELECT 'credits.plan_usage', NULL, r.org_id,
            jsonb_build_object('org', r.org_id, 'metric', r.metric, 'cycle_start', r.cycle_start, 'percent', x,
-                              'usage', c.usage, 'limit', c.monthly_limit)
+                              'usage', u.usage, 'limit', l.monthly_limit)
       FROM raised r
-      JOIN cur c ON c.org_id = r.org_id AND c.metric = r.metric AND c.cycle_start = r.cycle_start
-      LEFT JOIN before b ON b.org_id = r.org_id AND b.metric = r.metric AND b.cycle_start = r.cycle_start
+      JOIN payledger.credit_usage u ON u.org_id = r.org_id AND u.metric = r.metric AND u.cycle_start = r.cycle_start
+      JOIN payledger.credit_orgs o ON o.org_id = r.org_id
+      JOIN payledger.credit_plan_limits l ON l.plan = o.plan AND l.metric = r.metric
       CROSS JOIN unnest(ARRAY[50, 75, 90, 100]) x
-     WHERE x > coalesce(b.level, 0) AND x <= r.level
+     WHERE x > r.previous_level AND x <= r.level
      ORDER BY r.org_id, r.metric, x;
     -- blocked and unblocked meters (the statement's snapshot of the notices
     -- is the state before it)
     WITH changed AS (
-        SELECT m.org_id, m.metric, m.cycle_start, m.blocked, m.cost, m.charged
-          FROM payledger.credit_meters m
+        SELECT m.org_id, m.metric, m.cycle_start, m.blocked
+          FROM unnest(picked) AS x(org_id)
+          JOIN payledger.credit_meters m ON m.org_id = x.org_id
           LEFT JOIN payledger.credit_plan_notices n
             ON n.org_id = m.org_id AND n.metric = m.metric AND n.cycle_start = m.cycle_start
-         WHERE m.org_id = ANY (picked) AND m.cycle_start > now() - interval '3 months'
+         WHERE m.cycle_start > now() - interval '3 months'
            AND m.blocked IS DISTINCT FROM coalesce(n.blocked, false)),
     -- (only rows this statement changed are told: two runs at once tell once)
     told AS (
@@ -188,13 +196,14 @@ BEGIN
         SELECT c.org_id, c.metric, c.cycle_start, c.blocked FROM changed c
         ON CONFLICT ON CONSTRAINT credit_plan_notices_pkey DO UPDATE SET blocked = excluded.blocked
          WHERE n.blocked IS DISTINCT FROM excluded.blocked
-        RETURNING n.org_id, n.metric, n.cycle_start)
+        RETURNING n.org_id, n.metric, n.cycle_start, n.blocked)
     INSERT INTO payledger.events (topic, subject_id, owner_id, payload)
-    SELECT CASE WHEN c.blocked THEN 'credits.metric_blocked' ELSE 'credits.metric_unblocked' END, NULL, c.org_id,
-           jsonb_build_object('org', c.org_id, 'metric', c.metric, 'cycle_start', c.cycle_start,
-                              'cost', payledger.credits_of(c.cost), 'charged', payledger.credits_of(c.charged))
-      FROM changed c JOIN told t ON t.org_id = c.org_id AND t.metric = c.metric AND t.cycle_start = c.cycle_start
-     ORDER BY c.org_id, c.cycle_start, c.metric;
+    SELECT CASE WHEN t.blocked THEN 'credits.metric_blocked' ELSE 'credits.metric_unblocked' END, NULL, t.org_id,
+           jsonb_build_object('org', t.org_id, 'metric', t.metric, 'cycle_start', t.cycle_start,
+                              'cost', payledger.credits_of(m.cost), 'charged', payledger.credits_of(m.charged))
+      FROM told t
+      JOIN payledger.credit_meters m ON m.org_id = t.org_id AND m.metric = t.metric AND m.cycle_start = t.cycle_start
+     ORDER BY t.org_id, t.cycle_start, t.metric;
     RETURN QUERY SELECT cardinality(picked), 0, CASE WHEN cardinality(picked) = max_orgs THEN picked[max_orgs] END;
 END;
 $$;
