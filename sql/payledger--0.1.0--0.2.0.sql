@@ -325,11 +325,19 @@ AS 'MODULE_PATHNAME', 'setting_int_wrapper';
 -- docs/reliability.md); one that moves it in one engine batch, or moves
 -- none, takes a batch.
 
+-- Registries keep functions as their signature's text, schema-qualified
+-- (resolved when called), never as regprocedure: pg_upgrade refuses a
+-- cluster whose tables hold reg* values (their OIDs are not kept), and so
+-- would block every major upgrade of payledger's users.
+CREATE OR REPLACE FUNCTION payledger_internal.proc_name(fn regprocedure)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT fn::text;
+$$;
 CREATE TABLE payledger.housekeeping_steps (
     step      text PRIMARY KEY CHECK (step ~ '^[a-z][a-z0-9_]{0,62}$'),
     run_order  integer NOT NULL UNIQUE,
     module    text NOT NULL,
-    function  regprocedure NOT NULL,
+    function  text NOT NULL,           -- a signature (payledger_internal.proc_name)
     per_call  integer CHECK (per_call >= 1),
     max_calls integer CHECK (max_calls >= 1),
     budget    interval CHECK (budget > '0')
@@ -353,7 +361,7 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     INSERT INTO payledger.housekeeping_steps AS s (step, run_order, module, function, per_call, max_calls, budget)
-    VALUES (step, run_order, module, function, per_call, max_calls, budget);
+    VALUES (step, run_order, module, payledger_internal.proc_name(function), per_call, max_calls, budget);
 END;
 $$;
 -- The plan for a batch size: the steps in their order.
@@ -376,7 +384,7 @@ DECLARE
 BEGIN
     PERFORM payledger_internal.require(step, 'step');
     PERFORM payledger_internal.require(per_call, 'per_call');
-    SELECT s.function INTO fn FROM payledger.housekeeping_steps s WHERE s.step = housekeeping_step.step;
+    SELECT s.function::regprocedure INTO fn FROM payledger.housekeeping_steps s WHERE s.step = housekeeping_step.step;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown housekeeping step %', step USING ERRCODE = '22023',
             HINT = 'The steps are in payledger.housekeeping_plan().';
@@ -498,33 +506,14 @@ CREATE SCHEMA IF NOT EXISTS payledger_internal;
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_batch_as"(
-	"module" TEXT, /* Option < String > */
-	"items" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"item" INT,  /* i32 */
-	"status" TEXT,  /* & '_ str */
-	"journal_id" uuid,  /* Option < Uuid > */
-	"hold_id" uuid,  /* Option < Uuid > */
+CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
 	"sqlstate" TEXT,  /* Option < & '_ str > */
 	"message" TEXT,  /* Option < String > */
 	"detail" TEXT  /* Option < String > */
 )
-VOLATILE PARALLEL UNSAFE 
+STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
-
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."lnurl_target"(
-	"destination" TEXT /* & str */
-) RETURNS TEXT /* Option < String > */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'lnurl_target_wrapper';
+AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
 
 -- src/payin/mod.rs
 /* </end connected objects> */
@@ -564,90 +553,6 @@ AS 'MODULE_PATHNAME', 'payin_create_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."transfer_journal"(
-	"from_account" uuid, /* Option < Uuid > */
-	"to_account" uuid, /* Option < Uuid > */
-	"amount" bigint, /* Option < i64 > */
-	"idempotency_key" TEXT, /* Option < String > */
-	"metadata" jsonb, /* Option < JsonArg > */
-	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
-	"kind" TEXT /* Option < String > */
-) RETURNS uuid /* Option < Uuid > */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
-
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."webhook_verify_core"(
-	"kind" TEXT, /* & str */
-	"secret" TEXT, /* Option < & str > */
-	"headers" jsonb, /* JsonArg */
-	"body" TEXT /* & str */
-) RETURNS TABLE (
-	"sqlstate" TEXT,  /* Option < String > */
-	"message" TEXT,  /* Option < String > */
-	"reference" TEXT,  /* Option < String > */
-	"event" TEXT,  /* Option < String > */
-	"signed" bool,  /* Option < bool > */
-	"action" TEXT,  /* Option < String > */
-	"received" bigint,  /* Option < i64 > */
-	"note" TEXT  /* Option < String > */
-)
-STABLE PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
-
--- src/payin/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."split_payouts_core"(
-	"rule" TEXT, /* String */
-	"cost" bigint, /* i64 */
-	"payees" jsonb /* Option < JsonArg > */
-) RETURNS TABLE (
-	"payouts" jsonb,  /* Option < JsonB > */
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
-
--- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."engine_failure"() RETURNS TABLE (
-	"sqlstate" TEXT,  /* Option < & '_ str > */
-	"message" TEXT,  /* Option < String > */
-	"detail" TEXT  /* Option < String > */
-)
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'engine_failure_wrapper';
-
--- src/provider/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."json_readable"(
-	"value" jsonb /* JsonArg */
-) RETURNS bool /* bool */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'json_readable_wrapper';
-
--- src/ledger/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
 CREATE  FUNCTION payledger_internal."engine_batch"(
 	"items" jsonb /* Option < JsonArg > */
 ) RETURNS TABLE (
@@ -662,6 +567,39 @@ CREATE  FUNCTION payledger_internal."engine_batch"(
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'engine_batch_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."engine_batch_as"(
+	"module" TEXT, /* Option < String > */
+	"items" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"item" INT,  /* i32 */
+	"status" TEXT,  /* & '_ str */
+	"journal_id" uuid,  /* Option < Uuid > */
+	"hold_id" uuid,  /* Option < Uuid > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'engine_batch_as_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."transfer_journal"(
+	"from_account" uuid, /* Option < Uuid > */
+	"to_account" uuid, /* Option < Uuid > */
+	"amount" bigint, /* Option < i64 > */
+	"idempotency_key" TEXT, /* Option < String > */
+	"metadata" jsonb, /* Option < JsonArg > */
+	"effective_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"kind" TEXT /* Option < String > */
+) RETURNS uuid /* Option < Uuid > */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'transfer_journal_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -1835,7 +1773,7 @@ CREATE TABLE payledger.payin_handlers (
     module     text NOT NULL CHECK (module ~ '^[a-z][a-z0-9_]{0,62}$'),
     states     payledger.payin_state[] NOT NULL CHECK (cardinality(states) > 0),
     payin_type text,
-    handler    regprocedure NOT NULL,
+    handler    text NOT NULL,  -- a signature (payledger_internal.proc_name)
     PRIMARY KEY (stage, run_order)
 );
 ALTER TABLE payledger.payin_handlers ENABLE ROW LEVEL SECURITY;
@@ -1848,7 +1786,7 @@ DECLARE
 BEGIN
     FOR h IN SELECT x.module, x.states, x.payin_type, quote_ident(n.nspname) || '.' || quote_ident(f.proname) AS fn
                FROM payledger.payin_handlers x
-               JOIN pg_catalog.pg_proc f ON f.oid = x.handler
+               JOIN pg_catalog.pg_proc f ON f.oid = x.handler::regprocedure
                JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace
               WHERE x.stage = payin_handlers_compile.stage ORDER BY x.run_order LOOP
         calls := calls || format(E'    -- %s\n    IF p.state = ANY (%L::payledger.payin_state[])%s THEN\n        PERFORM %s(p);\n    END IF;\n',
@@ -1887,7 +1825,7 @@ BEGIN
         RAISE EXCEPTION 'a pay-in handler takes (p payledger.payins), not %', handler USING ERRCODE = '22023';
     END IF;
     INSERT INTO payledger.payin_handlers AS x (stage, run_order, module, states, payin_type, handler)
-    VALUES (stage, run_order, module, states, payin_type, handler);
+    VALUES (stage, run_order, module, states, payin_type, payledger_internal.proc_name(handler));
     PERFORM payledger_internal.payin_handlers_compile(stage);
 END;
 $$;
@@ -1896,6 +1834,48 @@ $$;
 -- (not a trigger on INSERT: a restore's COPY must not run the handlers again
 -- for old pay-ins)
 SELECT payledger_internal.payin_handlers_compile('lock'), payledger_internal.payin_handlers_compile('reached');
+
+-- src/provider/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."webhook_verify_core"(
+	"kind" TEXT, /* & str */
+	"secret" TEXT, /* Option < & str > */
+	"headers" jsonb, /* JsonArg */
+	"body" TEXT /* & str */
+) RETURNS TABLE (
+	"sqlstate" TEXT,  /* Option < String > */
+	"message" TEXT,  /* Option < String > */
+	"reference" TEXT,  /* Option < String > */
+	"event" TEXT,  /* Option < String > */
+	"signed" bool,  /* Option < bool > */
+	"action" TEXT,  /* Option < String > */
+	"received" bigint,  /* Option < i64 > */
+	"note" TEXT  /* Option < String > */
+)
+STABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'webhook_verify_core_wrapper';
+
+-- src/payin/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."split_payouts_core"(
+	"rule" TEXT, /* String */
+	"cost" bigint, /* i64 */
+	"payees" jsonb /* Option < JsonArg > */
+) RETURNS TABLE (
+	"payouts" jsonb,  /* Option < JsonB > */
+	"sqlstate" TEXT,  /* Option < & '_ str > */
+	"message" TEXT,  /* Option < String > */
+	"detail" TEXT  /* Option < String > */
+)
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'split_payouts_core_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -2728,7 +2708,7 @@ SELECT h.payin_id, h.from_state, h.to_state, h.failure_reason, h.at
 -- Application functions run when a pay-in reaches one of on_states.
 CREATE TABLE payledger.settle_hooks (
     name         text PRIMARY KEY CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.-]{0,62}$'),
-    function     regprocedure NOT NULL,
+    function     text NOT NULL,  -- a signature (payledger_internal.proc_name)
     on_states    payledger.payin_state[] NOT NULL CHECK (on_states <@ '{PAID,FAILED,CANCELLED}'),
     max_attempts integer NOT NULL DEFAULT 10 CHECK (max_attempts >= 1),
     -- the registering session's search_path: the hook runs with it, as it
@@ -2882,7 +2862,7 @@ BEGIN
         RAISE EXCEPTION 'hooks run on PAID, FAILED or CANCELLED' USING ERRCODE = '22023';
     END IF;
     INSERT INTO payledger.settle_hooks AS h (name, function, on_states, max_attempts, search_path)
-    VALUES (name, function, on_states, coalesce(max_attempts, 10), coalesce(caller_search_path, ''))
+    VALUES (name, payledger_internal.proc_name(function), on_states, coalesce(max_attempts, 10), coalesce(caller_search_path, ''))
     ON CONFLICT ON CONSTRAINT settle_hooks_pkey DO UPDATE
        SET function = excluded.function, on_states = excluded.on_states, max_attempts = excluded.max_attempts,
            search_path = excluded.search_path, active = true;
@@ -2910,7 +2890,7 @@ BEGIN
     BEGIN
         -- local to this function call (its SET clause restores ours after)
         PERFORM pg_catalog.set_config('search_path', h.search_path, true);
-        EXECUTE format('SELECT %s($1, $2)', h.function::oid::regproc) USING payin, state;
+        EXECUTE format('SELECT %s($1, $2)', h.function::regprocedure::oid::regproc) USING payin, state;
         PERFORM pg_catalog.set_config('search_path', 'payledger, pg_catalog, pg_temp', true);
         UPDATE payledger.hook_runs r SET status = 'done', attempts = r.attempts + 1, done_at = now(),
                                          last_error = NULL, next_attempt_at = NULL
@@ -3410,6 +3390,16 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.subscriptions', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.invoices', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.withdrawals', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.payin_deadlines', '');
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."json_readable"(
+	"value" jsonb /* JsonArg */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'json_readable_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -4268,6 +4258,16 @@ SELECT s.id, s.payin_type, s.asset, s.amount, s.period, s.status, s.renewals, s.
 /* </end connected objects> */
 
 /* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."lnurl_target"(
+	"destination" TEXT /* & str */
+) RETURNS TEXT /* Option < String > */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lnurl_target_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
 -- requires:
 --   provider_subscriptions
 --   bolt11_decode
@@ -5060,7 +5060,7 @@ ALTER TABLE payledger.worker_status ENABLE ROW LEVEL SECURITY;
 CREATE TABLE payledger.worker_runs (
     name          text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
     module        text NOT NULL,
-    step          regprocedure NOT NULL,
+    step          text NOT NULL,  -- a signature (payledger_internal.proc_name)
     -- seconds between runs, and how many sessions share one: the names of
     -- payledger settings (payledger.setting_int)
     every_setting text NOT NULL,
@@ -5087,7 +5087,7 @@ BEGIN
     -- (unknown settings fail here, not at the first tick)
     PERFORM payledger.setting_int(every_setting), payledger.setting_int(coalesce(parts_setting, every_setting));
     INSERT INTO payledger.worker_runs AS r (name, module, step, every_setting, parts_setting, counts_as)
-    VALUES (name, module, step, every_setting, parts_setting, counts_as);
+    VALUES (name, module, payledger_internal.proc_name(step), every_setting, parts_setting, counts_as);
 END;
 $$;
 -- The runs due now, each with the number of sessions to share it.
@@ -5108,7 +5108,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catal
 DECLARE
     fn regprocedure;
 BEGIN
-    SELECT r.step INTO fn FROM payledger.worker_runs r WHERE r.name = worker_run_step.name;
+    SELECT r.step::regprocedure INTO fn FROM payledger.worker_runs r WHERE r.name = worker_run_step.name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown periodic run %', name USING ERRCODE = '22023',
             HINT = 'The runs are in payledger.worker_runs.';
@@ -5403,7 +5403,7 @@ CREATE TABLE payledger.nostr_providers (
     -- request, else this
     price_msat       bigint CHECK (price_msat >= 0),
     kind_prices      jsonb NOT NULL DEFAULT '{}'::jsonb,
-    price_function   regproc,
+    price_function   text,  -- a signature (payledger_internal.proc_name)
     payment_timeout  interval NOT NULL CHECK (payment_timeout >= '0'),
     -- how it takes money: zap receipts, payledger's invoices, or both
     methods          text[] NOT NULL CHECK (methods <@ ARRAY['zap', 'invoice'] AND cardinality(methods) > 0),
@@ -5562,7 +5562,8 @@ BEGIN
     END IF;
     INSERT INTO payledger.nostr_providers AS x (provider_pubkey, lnurl_pubkey, provider_account, policy, price_msat, kind_prices,
                                                 price_function, payment_timeout, methods, chunk_msat)
-    VALUES (provider_pubkey, lnurl_pubkey, provider_account, policy, price_msat, coalesce(kind_prices, '{}'), price_function,
+    VALUES (provider_pubkey, lnurl_pubkey, provider_account, policy, price_msat, coalesce(kind_prices, '{}'),
+            payledger_internal.proc_name(price_function::oid::regprocedure),
             payment_timeout, methods, chunk_msat)
     ON CONFLICT ON CONSTRAINT nostr_providers_pkey DO UPDATE
        SET lnurl_pubkey = EXCLUDED.lnurl_pubkey, provider_account = EXCLUDED.provider_account, policy = EXCLUDED.policy,
@@ -5649,7 +5650,7 @@ BEGIN
     END IF;
     SELECT * INTO acc FROM payledger.accounts a WHERE a.id = provider_account;
     price_function := coalesce(price_function, CASE WHEN price IS NULL AND NOT cfg.kind_prices ? (request ->> 'kind')
-                                                    THEN cfg.price_function END);
+                                                    THEN cfg.price_function::regprocedure::oid::regproc END);
     IF price IS NULL AND price_function IS NULL THEN
         price := coalesce((cfg.kind_prices ->> (request ->> 'kind'))::bigint, cfg.price_msat);
     END IF;

@@ -4,17 +4,23 @@
 #   bash tests/run.sh            all suites
 #   bash tests/run.sh regress    only some: unit regress isolation integration
 #   ACCEPT=1 bash tests/run.sh regress   rewrite expected/ from the results
+#   PG_MAJOR=17 bash tests/run.sh        only that major (else every one in
+#                                        pgrx.toml's majors, each with its suites)
+REQUESTED_MAJOR=${PG_MAJOR:-}
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 SUITES=${*:-unit regress isolation integration}
+# (expected files are the default major's: ACCEPT rewrites them from its run only)
+if [ -n "${ACCEPT:-}" ] && [ -z "$REQUESTED_MAJOR" ]; then REQUESTED_MAJOR=$(toml postgres version); fi
 OUT="$REPO/tests/.out"
 mkdir -p "$OUT"
 failed=()
 
 run_unit() {
-  log "unit: cargo pgrx test (#[pg_test] and #[test])"
+  log "unit: cargo pgrx test (#[pg_test] and #[test]), PostgreSQL $PG_VERSION"
   local pgdata rc=0; pgdata=$(pg_scratch)
-  (cd "$REPO" && cargo pgrx test --release pg$PG_VERSION --runas postgres --pgdata "$pgdata/data") || rc=$?
+  (cd "$REPO" && PGRX_PG_CONFIG_PATH="$PG_CONFIG" cargo pgrx test --release "pg$PG_VERSION" --runas postgres \
+     --pgdata "$pgdata/data") || rc=$?
   rm -rf "$pgdata"
   return $rc
 }
@@ -59,30 +65,38 @@ run_pg_regress() { # <kind: regress|isolation>
 run_integration() {
   local t rc=0
   for t in "$REPO"/tests/integration/*.sh; do
-    log "integration: $(basename "$t")"
+    log "integration: $(basename "$t"), PostgreSQL $PG_VERSION"
+    local t0=$SECONDS
     bash "$t" || { rc=1; log "FAILED: $(basename "$t")"; }
+    log "$(basename "$t"): $((SECONDS - t0)) s"
   done
   return $rc
 }
 
 setup_machine
-for s in $SUITES; do
-  case $s in
-    unit) run_unit || failed+=(unit) ;;
-    regress|isolation|integration)
-      if [ -z "${INSTALLED:-}" ]; then install_extension; INSTALLED=1; fi
-      case $s in
-        regress) log "pg_regress"; run_pg_regress regress || failed+=(regress)
-                 log "pg_regress, the schedule backwards (each file stands alone)"
-                 run_pg_regress regress_reversed || failed+=(regress_reversed) ;;
-        isolation) log "pg_isolation_regress"; run_pg_regress isolation || failed+=(isolation) ;;
-        integration) run_integration || failed+=(integration) ;;
-      esac ;;
-    *) echo "unknown suite $s" >&2; exit 2 ;;
-  esac
+for major in ${REQUESTED_MAJOR:-$PG_MAJORS}; do
+  use_major "$major"
+  INSTALLED=
+  for s in $SUITES; do
+    # (each major runs the suites pgrx.toml gives it)
+    case " $(suites_of "$major") " in *" $s "*) ;; *) log "$s: not run on PostgreSQL $major"; continue ;; esac
+    case $s in
+      unit) run_unit || failed+=("unit@$major") ;;
+      regress|isolation|integration)
+        if [ -z "$INSTALLED" ]; then install_extension; INSTALLED=1; fi
+        case $s in
+          regress) log "pg_regress, PostgreSQL $major"; run_pg_regress regress || failed+=("regress@$major")
+                   log "pg_regress, the schedule backwards (each file stands alone)"
+                   run_pg_regress regress_reversed || failed+=("regress_reversed@$major") ;;
+          isolation) log "pg_isolation_regress, PostgreSQL $major"; run_pg_regress isolation || failed+=("isolation@$major") ;;
+          integration) run_integration || failed+=("integration@$major") ;;
+        esac ;;
+      *) echo "unknown suite $s" >&2; exit 2 ;;
+    esac
+  done
 done
 if ((${#failed[@]})); then
   log "FAILED: ${failed[*]}"
   exit 1
 fi
-log "all suites passed: $SUITES"
+log "all suites passed: $SUITES, on PostgreSQL ${REQUESTED_MAJOR:-$PG_MAJORS}"

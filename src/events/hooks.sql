@@ -40,7 +40,7 @@ BEGIN
         RAISE EXCEPTION 'hooks run on PAID, FAILED or CANCELLED' USING ERRCODE = '22023';
     END IF;
     INSERT INTO payledger.settle_hooks AS h (name, function, on_states, max_attempts, search_path)
-    VALUES (name, function, on_states, coalesce(max_attempts, 10), coalesce(caller_search_path, ''))
+    VALUES (name, payledger_internal.proc_name(function), on_states, coalesce(max_attempts, 10), coalesce(caller_search_path, ''))
     ON CONFLICT ON CONSTRAINT settle_hooks_pkey DO UPDATE
        SET function = excluded.function, on_states = excluded.on_states, max_attempts = excluded.max_attempts,
            search_path = excluded.search_path, active = true;
@@ -70,7 +70,7 @@ BEGIN
     BEGIN
         -- local to this function call (its SET clause restores ours after)
         PERFORM pg_catalog.set_config('search_path', h.search_path, true);
-        EXECUTE format('SELECT %s($1, $2)', h.function::oid::regproc) USING payin, state;
+        EXECUTE format('SELECT %s($1, $2)', h.function::regprocedure::oid::regproc) USING payin, state;
         PERFORM pg_catalog.set_config('search_path', 'payledger, pg_catalog, pg_temp', true);
         UPDATE payledger.hook_runs r SET status = 'done', attempts = r.attempts + 1, done_at = now(),
                                          last_error = NULL, next_attempt_at = NULL

@@ -6,7 +6,7 @@
 -- Application functions run when a pay-in reaches one of on_states.
 CREATE TABLE payledger.settle_hooks (
     name         text PRIMARY KEY CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.-]{0,62}$'),
-    function     regprocedure NOT NULL,
+    function     text NOT NULL,  -- a signature (payledger_internal.proc_name)
     on_states    payledger.payin_state[] NOT NULL CHECK (on_states <@ '{PAID,FAILED,CANCELLED}'),
     max_attempts integer NOT NULL DEFAULT 10 CHECK (max_attempts >= 1),
     -- the registering session's search_path: the hook runs with it, as it

@@ -12,11 +12,20 @@
 -- docs/reliability.md); one that moves it in one engine batch, or moves
 -- none, takes a batch.
 
+-- Registries keep functions as their signature's text, schema-qualified
+-- (resolved when called), never as regprocedure: pg_upgrade refuses a
+-- cluster whose tables hold reg* values (their OIDs are not kept), and so
+-- would block every major upgrade of payledger's users.
+CREATE FUNCTION payledger_internal.proc_name(fn regprocedure)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT fn::text;
+$$;
+
 CREATE TABLE payledger.housekeeping_steps (
     step      text PRIMARY KEY CHECK (step ~ '^[a-z][a-z0-9_]{0,62}$'),
     run_order  integer NOT NULL UNIQUE,
     module    text NOT NULL,
-    function  regprocedure NOT NULL,
+    function  text NOT NULL,           -- a signature (payledger_internal.proc_name)
     per_call  integer CHECK (per_call >= 1),
     max_calls integer CHECK (max_calls >= 1),
     budget    interval CHECK (budget > '0')
@@ -41,7 +50,7 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     INSERT INTO payledger.housekeeping_steps AS s (step, run_order, module, function, per_call, max_calls, budget)
-    VALUES (step, run_order, module, function, per_call, max_calls, budget);
+    VALUES (step, run_order, module, payledger_internal.proc_name(function), per_call, max_calls, budget);
 END;
 $$;
 
@@ -66,7 +75,7 @@ DECLARE
 BEGIN
     PERFORM payledger_internal.require(step, 'step');
     PERFORM payledger_internal.require(per_call, 'per_call');
-    SELECT s.function INTO fn FROM payledger.housekeeping_steps s WHERE s.step = housekeeping_step.step;
+    SELECT s.function::regprocedure INTO fn FROM payledger.housekeeping_steps s WHERE s.step = housekeeping_step.step;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown housekeeping step %', step USING ERRCODE = '22023',
             HINT = 'The steps are in payledger.housekeeping_plan().';

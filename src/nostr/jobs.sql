@@ -14,7 +14,7 @@ CREATE TABLE payledger.nostr_providers (
     -- request, else this
     price_msat       bigint CHECK (price_msat >= 0),
     kind_prices      jsonb NOT NULL DEFAULT '{}'::jsonb,
-    price_function   regproc,
+    price_function   text,  -- a signature (payledger_internal.proc_name)
     payment_timeout  interval NOT NULL CHECK (payment_timeout >= '0'),
     -- how it takes money: zap receipts, payledger's invoices, or both
     methods          text[] NOT NULL CHECK (methods <@ ARRAY['zap', 'invoice'] AND cardinality(methods) > 0),
@@ -183,7 +183,8 @@ BEGIN
     END IF;
     INSERT INTO payledger.nostr_providers AS x (provider_pubkey, lnurl_pubkey, provider_account, policy, price_msat, kind_prices,
                                                 price_function, payment_timeout, methods, chunk_msat)
-    VALUES (provider_pubkey, lnurl_pubkey, provider_account, policy, price_msat, coalesce(kind_prices, '{}'), price_function,
+    VALUES (provider_pubkey, lnurl_pubkey, provider_account, policy, price_msat, coalesce(kind_prices, '{}'),
+            payledger_internal.proc_name(price_function::oid::regprocedure),
             payment_timeout, methods, chunk_msat)
     ON CONFLICT ON CONSTRAINT nostr_providers_pkey DO UPDATE
        SET lnurl_pubkey = EXCLUDED.lnurl_pubkey, provider_account = EXCLUDED.provider_account, policy = EXCLUDED.policy,
@@ -272,7 +273,7 @@ BEGIN
     END IF;
     SELECT * INTO acc FROM payledger.accounts a WHERE a.id = provider_account;
     price_function := coalesce(price_function, CASE WHEN price IS NULL AND NOT cfg.kind_prices ? (request ->> 'kind')
-                                                    THEN cfg.price_function END);
+                                                    THEN cfg.price_function::regprocedure::oid::regproc END);
     IF price IS NULL AND price_function IS NULL THEN
         price := coalesce((cfg.kind_prices ->> (request ->> 'kind'))::bigint, cfg.price_msat);
     END IF;

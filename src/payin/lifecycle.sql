@@ -26,7 +26,7 @@ CREATE TABLE payledger.payin_handlers (
     module     text NOT NULL CHECK (module ~ '^[a-z][a-z0-9_]{0,62}$'),
     states     payledger.payin_state[] NOT NULL CHECK (cardinality(states) > 0),
     payin_type text,
-    handler    regprocedure NOT NULL,
+    handler    text NOT NULL,  -- a signature (payledger_internal.proc_name)
     PRIMARY KEY (stage, run_order)
 );
 ALTER TABLE payledger.payin_handlers ENABLE ROW LEVEL SECURITY;
@@ -40,7 +40,7 @@ DECLARE
 BEGIN
     FOR h IN SELECT x.module, x.states, x.payin_type, quote_ident(n.nspname) || '.' || quote_ident(f.proname) AS fn
                FROM payledger.payin_handlers x
-               JOIN pg_catalog.pg_proc f ON f.oid = x.handler
+               JOIN pg_catalog.pg_proc f ON f.oid = x.handler::regprocedure
                JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace
               WHERE x.stage = payin_handlers_compile.stage ORDER BY x.run_order LOOP
         calls := calls || format(E'    -- %s\n    IF p.state = ANY (%L::payledger.payin_state[])%s THEN\n        PERFORM %s(p);\n    END IF;\n',
@@ -80,7 +80,7 @@ BEGIN
         RAISE EXCEPTION 'a pay-in handler takes (p payledger.payins), not %', handler USING ERRCODE = '22023';
     END IF;
     INSERT INTO payledger.payin_handlers AS x (stage, run_order, module, states, payin_type, handler)
-    VALUES (stage, run_order, module, states, payin_type, handler);
+    VALUES (stage, run_order, module, states, payin_type, payledger_internal.proc_name(handler));
     PERFORM payledger_internal.payin_handlers_compile(stage);
 END;
 $$;

@@ -35,7 +35,7 @@ ALTER TABLE payledger.worker_status ENABLE ROW LEVEL SECURITY;
 CREATE TABLE payledger.worker_runs (
     name          text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
     module        text NOT NULL,
-    step          regprocedure NOT NULL,
+    step          text NOT NULL,  -- a signature (payledger_internal.proc_name)
     -- seconds between runs, and how many sessions share one: the names of
     -- payledger settings (payledger.setting_int)
     every_setting text NOT NULL,
@@ -63,7 +63,7 @@ BEGIN
     -- (unknown settings fail here, not at the first tick)
     PERFORM payledger.setting_int(every_setting), payledger.setting_int(coalesce(parts_setting, every_setting));
     INSERT INTO payledger.worker_runs AS r (name, module, step, every_setting, parts_setting, counts_as)
-    VALUES (name, module, step, every_setting, parts_setting, counts_as);
+    VALUES (name, module, payledger_internal.proc_name(step), every_setting, parts_setting, counts_as);
 END;
 $$;
 
@@ -86,7 +86,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catal
 DECLARE
     fn regprocedure;
 BEGIN
-    SELECT r.step INTO fn FROM payledger.worker_runs r WHERE r.name = worker_run_step.name;
+    SELECT r.step::regprocedure INTO fn FROM payledger.worker_runs r WHERE r.name = worker_run_step.name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown periodic run %', name USING ERRCODE = '22023',
             HINT = 'The runs are in payledger.worker_runs.';

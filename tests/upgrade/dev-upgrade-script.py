@@ -27,6 +27,7 @@ tests/integration/upgrade.sh then proves that 0.1.0 + the script == a fresh
 the upgrade script is never regenerated again, and this file goes.
 """
 import re
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,12 @@ OUT = REPO / "sql/payledger--0.1.0--0.2.0.sql"
 
 
 def generated_script() -> Path:
-    pg_config = "/usr/lib/postgresql/15/bin/pg_config"
-    for line in (REPO / "pgrx.toml").read_text().splitlines():
-        m = re.match(r'\s*pg_config\s*=\s*"([^"]+)"', line)
-        if m:
-            pg_config = m.group(1)
+    """The install script pgrx generated for the default major (pgrx.toml's
+    [postgres] version, or PG_MAJOR), where it installed it."""
+    text = (REPO / "pgrx.toml").read_text()
+    major = os.environ.get("PG_MAJOR") or re.search(r"(?m)^version\s*=\s*(\d+)", text).group(1)
+    section = text.split(f"[pg{major}]", 1)[1]
+    pg_config = re.search(r'(?m)^pg_config\s*=\s*"([^"]+)"', section).group(1)
     share = subprocess.check_output([pg_config, "--sharedir"], text=True).strip()
     return Path(share) / "extension/payledger--0.2.0.sql"
 

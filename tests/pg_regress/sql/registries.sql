@@ -41,3 +41,12 @@ SET payledger.max_batch_size = 7;
 SELECT payledger.setting_int('max_batch_size') AS max_batch_set;
 RESET payledger.max_batch_size;
 SELECT t_try($$SELECT payledger.setting_int('no_such_setting')$$);
+
+-- no table keeps a reg* value that pg_upgrade refuses (their OIDs are not
+-- kept across a major upgrade): the registries keep signatures as text
+SELECT c.relname, a.attname, a.atttypid::regtype
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+ WHERE c.relnamespace IN ('payledger'::regnamespace, 'payledger_internal'::regnamespace) AND c.relkind IN ('r', 'p')
+   AND a.attnum > 0 AND NOT a.attisdropped
+   AND a.atttypid IN ('regproc'::regtype, 'regprocedure'::regtype, 'regoper'::regtype, 'regoperator'::regtype,
+                      'regconfig'::regtype, 'regdictionary'::regtype, 'regnamespace'::regtype, 'regcollation'::regtype);
