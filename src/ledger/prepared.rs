@@ -166,7 +166,11 @@ impl Row<'_> {
         // SAFETY: i is a column of this row's descriptor; the datum lives in
         // the SPI tuple table, and try_from_datum checks the type.
         unsafe {
+            // (PostgreSQL 18 keeps compact attributes first: ask it)
+            #[cfg(not(feature = "pg18"))]
             let oid = (*(*self.desc).attrs.as_ptr().add(i)).atttypid;
+            #[cfg(feature = "pg18")]
+            let oid = (*pg_sys::TupleDescAttr(self.desc, i as std::ffi::c_int)).atttypid;
             T::try_from_datum(self.values[i], self.nulls[i], oid)
         }
     }
