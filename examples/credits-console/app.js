@@ -7,7 +7,7 @@
 const config = Object.assign({ api: '/rest/v1', apikey: null, schema: 'payledger', pollMs: 1500 },
                              window.PAYLEDGER_CONFIG || {});
 const $ = (id) => document.getElementById(id);
-const state = { token: sessionStorage.getItem('payledger.token'), org: sessionStorage.getItem('payledger.org'),
+const state = { token: sessionStorage.getItem('payledger.token'), org: sessionStorage.getItem('payledger.org'), roles: {},
                 poll: null };
 
 // --- the API -------------------------------------------------------------
@@ -138,13 +138,23 @@ async function loadHistory() {
   $('chart').replaceChildren(svg);
 }
 
+// (the database refuses a read-only member's purchase anyway: this only
+// says so before the click)
+const mayBuy = () => ['owner', 'admin', 'member'].includes(state.roles[state.org]);
+
 async function loadPackages() {
   const rows = await api('/my_credit_packages?order=price');
+  const buyButton = (p) => {
+    const b = el('button', { type: 'button', onclick: () => buy(p, p.recurring) }, p.recurring ? 'Subscribe' : 'Buy once');
+    if (!mayBuy()) { b.disabled = true; b.setAttribute('aria-describedby', 'read-only-note'); }
+    return b;
+  };
   $('packages').replaceChildren(...rows.map((p) => el('li', { 'data-package': p.name },
     el('h3', {}, p.name),
     el('p', {}, `${num(p.credits, 6)} credits${p.metric ? ` for ${p.metric}` : ''}, ${price(p.price_asset, p.price)}`
                + (p.recurring ? ` every ${period(p.period)}` : '')),
-    el('button', { type: 'button', onclick: () => buy(p, p.recurring) }, p.recurring ? 'Subscribe' : 'Buy once'))));
+    buyButton(p))));
+  $('read-only-note').hidden = mayBuy();
 }
 
 async function loadSubscriptions() {
@@ -228,6 +238,7 @@ async function start() {
   $('user').textContent = c.email || c.sub;
   try {
     const orgs = await api('/my_org_memberships?order=org_id');
+    state.roles = Object.fromEntries(orgs.map((o) => [o.org_id, o.role]));
     if (!orgs.some((o) => o.org_id === state.org)) state.org = orgs.length ? orgs[0].org_id : null;
     $('org').replaceChildren(...orgs.map((o) => el('option', { value: o.org_id }, `${o.org_id} (${o.role.replace('_', '-')})`)));
     $('org').value = state.org || '';

@@ -75,9 +75,17 @@ try {
   await until(async () => (await text('#usage tr[data-metric="storage"]')).includes('100 of 5 (2,000 %)'), "globex's storage");
   check((await text('#usage tr[data-metric="storage"]')).includes('Blocked'), "globex's storage shown blocked");
   check(!(await text('#usage tr[data-metric="bandwidth"]')).includes('Blocked'), 'its bandwidth not');
-  await page.locator('li[data-package="credits-100"] button').click();
-  await page.waitForSelector('#error:not([hidden])');
-  check((await page.locator('#error').textContent()).includes('42501'), 'a read-only member is refused, and told why');
+  check(await page.locator('li[data-package="credits-100"] button').isDisabled(), "a read-only member's buy buttons are off");
+  check(await page.locator('#read-only-note').isVisible(), 'and the page says why');
+  // (and the database refuses the purchase itself, whatever the page does)
+  const refused = await page.evaluate(async () => {
+    const token = sessionStorage.getItem('payledger.token');
+    const r = await fetch('/rest/v1/rpc/buy_credits', { method: 'POST', body: JSON.stringify({ package: 'credits-100' }),
+      headers: { Authorization: `Bearer ${token}`, 'X-Org-Id': 'globex', 'Content-Type': 'application/json',
+                 'Content-Profile': 'payledger', 'Accept-Profile': 'payledger' } });
+    return `${r.status} ${(await r.json()).code}`;
+  });
+  check(/^4\d\d 42501$/.test(refused), `a read-only member's purchase is refused by the database (${refused})`);
   await page.screenshot({ path: `${shots}/4-read-only.png`, fullPage: true });
 
   await page.getByRole('button', { name: 'Sign out' }).click();
