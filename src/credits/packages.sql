@@ -195,9 +195,9 @@ SELECT k.name, k.metric, payledger.credits_of(k.credits) AS credits, k.price_ass
   FROM payledger.credit_packages k
  WHERE k.active AND EXISTS (SELECT 1 FROM payledger.credit_sales_accounts s WHERE s.asset = k.price_asset);
 
--- The organisation the request chose, when the end user's role in it may
--- spend its money (owner, admin, member; not read_only). Refused with 42501.
-CREATE FUNCTION payledger_internal.org_buyer(action text)
+-- The organisation the request chose, when the end user's role in it is one
+-- of roles (to buy: owner, admin, member; not read_only). Refused with 42501.
+CREATE FUNCTION payledger_internal.org_member_for(action text, roles text[])
 RETURNS text LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     org text := payledger_internal.requested_org_id();
@@ -213,8 +213,9 @@ BEGIN
     IF role IS NULL THEN
         RAISE EXCEPTION 'not a member of organisation %', org USING ERRCODE = '42501';
     END IF;
-    IF role NOT IN ('owner', 'admin', 'member') THEN
-        RAISE EXCEPTION 'a % member of organisation % may not %', role, org, action USING ERRCODE = '42501';
+    IF role <> ALL (roles) THEN
+        RAISE EXCEPTION 'a % of organisation % may not %',
+            CASE role WHEN 'read_only' THEN 'read_only member' ELSE role END, org, action USING ERRCODE = '42501';
     END IF;
     RETURN org;
 END;
@@ -234,9 +235,11 @@ CREATE FUNCTION payledger.buy_credits(
 RETURNS TABLE (payin_id uuid, state payledger.payin_state, subscription_id uuid)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    org text := payledger_internal.org_buyer('buy credits');
+    org text := payledger_internal.org_member_for('buy credits', '{owner,admin,member}');
     pk payledger.credit_packages;
     seller uuid;
+    methods jsonb;
+    payouts jsonb;
     sub uuid;
     p record;
 BEGIN
@@ -256,6 +259,8 @@ BEGIN
     IF payledger_internal.pick_provider('CREDIT_PACKAGE', pk.price_asset, rail) IS NULL THEN
         RAISE EXCEPTION 'no active provider serves % in % for credit packages', rail, pk.price_asset USING ERRCODE = 'PL028';
     END IF;
+    methods := jsonb_build_array(jsonb_build_object('external', rail));
+    payouts := jsonb_build_array(jsonb_build_object('type', 'CREDIT_SALE', 'account', seller, 'amount', pk.price));
     IF recurring THEN
         -- (the key makes a repeated click one subscription; two at once take
         -- turns on the key, and the second finds the first's)
@@ -265,9 +270,7 @@ BEGIN
         SELECT x.id INTO sub FROM payledger.subscriptions x
          WHERE idempotency_key IS NOT NULL AND x.owner_id = org AND x.metadata ->> 'idempotency_key' = idempotency_key;
         IF sub IS NULL THEN
-            sub := payledger.create_subscription(org, 'CREDIT_PACKAGE', pk.price_asset, pk.price, pk.period,
-                jsonb_build_array(jsonb_build_object('external', rail)),
-                jsonb_build_array(jsonb_build_object('type', 'CREDIT_SALE', 'account', seller, 'amount', pk.price)),
+            sub := payledger.create_subscription(org, 'CREDIT_PACKAGE', pk.price_asset, pk.price, pk.period, methods, payouts,
                 metadata => jsonb_strip_nulls(jsonb_build_object('credit_package', pk.name, 'credit_org', org,
                     'bought_by', payledger.current_user_id(), 'idempotency_key', idempotency_key)));
             PERFORM payledger.renew_subscription(sub);
@@ -276,9 +279,7 @@ BEGIN
                        FROM payledger.subscriptions x JOIN payledger.payins y ON y.id = x.last_payin_id WHERE x.id = sub;
         RETURN;
     END IF;
-    SELECT * INTO p FROM payledger.create_payin(org, 'CREDIT_PACKAGE', pk.price_asset, pk.price,
-        jsonb_build_array(jsonb_build_object('external', rail)),
-        jsonb_build_array(jsonb_build_object('type', 'CREDIT_SALE', 'account', seller, 'amount', pk.price)),
+    SELECT * INTO p FROM payledger.create_payin(org, 'CREDIT_PACKAGE', pk.price_asset, pk.price, methods, payouts,
         NULL, NULL, idempotency_key, NULL,
         jsonb_build_object('credit_package', pk.name, 'credit_org', org, 'bought_by', payledger.current_user_id()));
     RETURN QUERY SELECT p.payin_id, p.state, NULL::uuid;
@@ -290,13 +291,10 @@ GRANT EXECUTE ON FUNCTION payledger.buy_credits(text, boolean, text, text) TO pa
 CREATE FUNCTION payledger.cancel_my_subscription(subscription uuid)
 RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    org text := payledger_internal.org_buyer('cancel a subscription');
+    org text := payledger_internal.org_member_for('cancel a subscription', '{owner,admin}');
     st text;
 BEGIN
     PERFORM payledger_internal.require(subscription, 'subscription');
-    IF payledger.current_org_role() NOT IN ('owner', 'admin') THEN
-        RAISE EXCEPTION 'only an owner or admin of organisation % may cancel its subscriptions', org USING ERRCODE = '42501';
-    END IF;
     UPDATE payledger.subscriptions s SET status = 'cancelled'
      WHERE s.id = subscription AND s.owner_id = org AND s.status = 'active'
     RETURNING s.status INTO st;

@@ -122,8 +122,8 @@ SELECT payledger_internal.register_housekeeping_step('credits', 'credit_grants_e
 -- Plan notices (Capgo's plan e-mails)
 ---------------------------------------------------------------------------
 
--- One step of the plan notices run, for up to max_orgs organisations after
--- after_org (of share part of parts), in its own transaction:
+-- The plan notices of a batch of organisations (Capgo's plan e-mails);
+-- returns the events written:
 --   credits.plan_usage: usage in the current cycle crossed 50, 75, 90 or 100 %
 --     of the metric's plan limit; one event per level, once per cycle;
 --   credits.metric_blocked / credits.metric_unblocked: a meter of the current
@@ -131,17 +131,12 @@ SELECT payledger_internal.register_housekeeping_step('credits', 'credit_grants_e
 -- A periodic run of its own, after metering's (it is named after it and
 -- shares its interval), not inside it: written in the metering batch, the
 -- events made the worker's metering run 7 times slower.
-CREATE FUNCTION payledger_internal.plan_notices_step(max_orgs integer, after_org text, part integer, parts integer)
-RETURNS TABLE (done integer, failed integer, last text)
-LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+CREATE FUNCTION payledger_internal.plan_notices(picked text[])
+RETURNS integer LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    picked text[];
+    raised_events integer;
+    blocked_events integer;
 BEGIN
-    SELECT coalesce(array_agg(o.org_id ORDER BY o.org_id), '{}') INTO picked
-      FROM (SELECT o.org_id FROM payledger.credit_orgs o
-             WHERE (after_org IS NULL OR o.org_id > after_org)
-               AND (parts = 1 OR (pg_catalog.hashtextextended(o.org_id, 0) & 1023) % parts = part)
-             ORDER BY o.org_id LIMIT max_orgs) o;
     -- usage levels (levels only rise within a cycle: usage never falls).
     -- (Joins from the picked organisations, and the events from what the
     -- upsert returns, joined to tables by their keys: never a CTE joined to
@@ -180,6 +175,7 @@ BEGIN
       CROSS JOIN unnest(ARRAY[50, 75, 90, 100]) x
      WHERE x > r.previous_level AND x <= r.level
      ORDER BY r.org_id, r.metric, x;
+    GET DIAGNOSTICS raised_events = ROW_COUNT;
     -- blocked and unblocked meters (the statement's snapshot of the notices
     -- is the state before it)
     WITH changed AS (
@@ -204,6 +200,25 @@ BEGIN
       FROM told t
       JOIN payledger.credit_meters m ON m.org_id = t.org_id AND m.metric = t.metric AND m.cycle_start = t.cycle_start
      ORDER BY t.org_id, t.cycle_start, t.metric;
+    GET DIAGNOSTICS blocked_events = ROW_COUNT;
+    RETURN raised_events + blocked_events;
+END;
+$$;
+
+-- One step of the run: the next max_orgs organisations after after_org (of
+-- share part of parts), told in this step's transaction.
+CREATE FUNCTION payledger_internal.plan_notices_step(max_orgs integer, after_org text, part integer, parts integer)
+RETURNS TABLE (done integer, failed integer, last text)
+LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    picked text[];
+BEGIN
+    SELECT coalesce(array_agg(o.org_id ORDER BY o.org_id), '{}') INTO picked
+      FROM (SELECT o.org_id FROM payledger.credit_orgs o
+             WHERE (after_org IS NULL OR o.org_id > after_org)
+               AND (parts = 1 OR (pg_catalog.hashtextextended(o.org_id, 0) & 1023) % parts = part)
+             ORDER BY o.org_id LIMIT max_orgs) o;
+    PERFORM payledger_internal.plan_notices(picked);
     RETURN QUERY SELECT cardinality(picked), 0, CASE WHEN cardinality(picked) = max_orgs THEN picked[max_orgs] END;
 END;
 $$;
@@ -216,15 +231,17 @@ SELECT payledger_internal.register_worker_run('credits', 'metering_notices',
 CREATE FUNCTION payledger.run_plan_notices()
 RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    first_event bigint := (SELECT coalesce(max(e.id), 0) FROM payledger.events e);
-    after_org text;
+    picked text[];
+    told integer := 0;
 BEGIN
-    LOOP
-        SELECT s.last INTO after_org FROM payledger_internal.plan_notices_step(1000, after_org, 0, 1) s;
-        EXIT WHEN after_org IS NULL;
+    -- (the events this call wrote: another run's, committed meanwhile, are not its)
+    FOR picked IN SELECT array_agg(x.org_id ORDER BY x.org_id)
+                    FROM (SELECT o.org_id, (row_number() OVER (ORDER BY o.org_id) - 1) / 1000 AS k
+                            FROM payledger.credit_orgs o) x
+                   GROUP BY x.k ORDER BY x.k LOOP
+        told := told + payledger_internal.plan_notices(picked);
     END LOOP;
     PERFORM payledger.worker_run_done('metering_notices');
-    RETURN (SELECT count(*) FROM payledger.events e
-             WHERE e.id > first_event AND e.topic IN ('credits.plan_usage', 'credits.metric_blocked', 'credits.metric_unblocked'));
+    RETURN told;
 END;
 $$;
