@@ -1,30 +1,33 @@
 #!/usr/bin/env python3
-"""Regenerate sql/payledger--0.1.0--0.2.0.sql while 0.2.0 is in development.
+"""Regenerate the upgrade script of the version in development.
 
-The upgrade is derived, object by object, from two install scripts: the frozen
-0.1.0 one (tests/upgrade/payledger--0.1.0.sql) and the 0.2.0 one cargo pgrx
-generates from the sources, in their install order (the `requires` graph:
-ledger, payin, events, provider, worker, credits, nostr, then the invariants
-and the grants). Install the current build first:
+The version in development is Cargo.toml's; the release it upgrades from is
+the newest install script frozen in tests/upgrade (payledger--<old>.sql). The
+upgrade script sql/payledger--<old>--<new>.sql is derived, object by object,
+from two install scripts: the frozen one and the one cargo pgrx generates from
+the sources, in their install order (the `requires` graph: ledger, payin,
+events, provider, worker, credits, nostr, then the invariants and the grants).
+Install the current build first:
 
-    cargo pgrx install --release && python3 tests/upgrade/dev-upgrade-script.py \
+    cargo pgrx install --release && python3 tests/upgrade/dev-upgrade-script.py \\
         && cargo pgrx install --release
 
-For each statement of the 0.2.0 script, in order:
-  * one that 0.1.0 has word for word is skipped (it is installed already),
+For each statement of the new script, in order:
+  * one that the old has word for word is skipped (it is installed already),
     but GRANT and REVOKE, which are run again (new functions need them);
   * a function or procedure is written as CREATE OR REPLACE (new ones, and
-    0.1.0's whose text changed);
-  * a table, trigger, type, view, index or policy that 0.1.0 has with other
-    text cannot be replaced: tests/upgrade/0.1.0--0.2.0.pre.sql must change it
+    the old's whose text changed);
+  * a table, trigger, type, view, index or policy that the old has with other
+    text cannot be replaced: tests/upgrade/<old>--<new>.pre.sql must change it
     by hand (the generator refuses to write a script that does not mention
     it), or drop it, and it is then created here;
   * anything else (the new modules' tables, seeds, config dumps) is written
     as it is.
 
-tests/integration/upgrade.sh then proves that 0.1.0 + the script == a fresh
-0.2.0. Once 0.2.0 is released (its install script frozen in tests/upgrade),
-the upgrade script is never regenerated again, and this file goes.
+tests/integration/upgrade.sh then proves that each frozen release followed by
+the upgrade scripts equals a fresh install. Once a version is released (its
+install script frozen in tests/upgrade), its upgrade script is never
+regenerated: the generator refuses to.
 """
 import re
 import os
@@ -33,9 +36,21 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-OLD = REPO / "tests/upgrade/payledger--0.1.0.sql"
-PRE = REPO / "tests/upgrade/0.1.0--0.2.0.pre.sql"
-OUT = REPO / "sql/payledger--0.1.0--0.2.0.sql"
+
+
+def version_key(v: str):
+    return tuple(int(x) for x in v.split("."))
+
+
+NEW = re.search(r'(?m)^version\s*=\s*"([^"]+)"', (REPO / "Cargo.toml").read_text()).group(1)
+FROZEN = sorted((p.name[len("payledger--"):-len(".sql")] for p in (REPO / "tests/upgrade").glob("payledger--*.sql")),
+                key=version_key)
+if NEW in FROZEN:
+    sys.exit(f"{NEW} is released (tests/upgrade/payledger--{NEW}.sql): bump Cargo.toml's version first")
+OLD_VERSION = FROZEN[-1]
+OLD = REPO / f"tests/upgrade/payledger--{OLD_VERSION}.sql"
+PRE = REPO / f"tests/upgrade/{OLD_VERSION}--{NEW}.pre.sql"
+OUT = REPO / f"sql/payledger--{OLD_VERSION}--{NEW}.sql"
 
 
 def generated_script() -> Path:
@@ -46,7 +61,7 @@ def generated_script() -> Path:
     section = text.split(f"[pg{major}]", 1)[1]
     pg_config = re.search(r'(?m)^pg_config\s*=\s*"([^"]+)"', section).group(1)
     share = subprocess.check_output([pg_config, "--sharedir"], text=True).strip()
-    return Path(share) / "extension/payledger--0.2.0.sql"
+    return Path(share) / f"extension/payledger--{NEW}.sql"
 
 
 def statements(text: str):
@@ -165,7 +180,7 @@ def main():
             last_source = source
         body.append(text)
     if missing:
-        sys.exit("changed since 0.1.0, to be altered by hand in " + str(PRE.relative_to(REPO)) + ":\n  "
+        sys.exit(f"changed since {OLD_VERSION}, to be altered by hand in " + str(PRE.relative_to(REPO)) + ":\n  "
                  + "\n  ".join(missing))
     OUT.write_text(pre.rstrip() + "\n" + "\n".join(body) + "\n")
     print(f"wrote {OUT.relative_to(REPO)}")
