@@ -35,7 +35,7 @@ log() { printf '\n== %s\n' "$*" >&2; }
 # Install what is missing: Debian packages, cargo-pgrx, the pgrx config. Idempotent.
 setup_machine() {
   local pkgs=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config sudo
-              python3 python3-venv curl ca-certificates jq)
+              python3 python3-venv curl ca-certificates jq dpkg-dev mmdebstrap)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
