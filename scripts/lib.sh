@@ -13,7 +13,7 @@ toml() { # toml <section> <key>: one plain value from pgrx.toml (no dependency: 
 
 PG_MAJORS=$(toml postgres majors)
 PGRX_VERSION=$(toml pgrx version)
-TEST_PORT=$(toml postgres test_port)
+TEST_PORT=${PAYLEDGER_TEST_PORT:-$(toml postgres test_port)}
 DEMO_PORT=$(toml postgres demo_port)
 export PATH="$HOME/.cargo/bin:$PATH"
 

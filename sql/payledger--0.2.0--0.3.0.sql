@@ -4,6 +4,33 @@
 -- tables, triggers, types, views, indexes and policies written here;
 -- tests/integration/upgrade.sh proves the result equals a fresh install.
 
+-- p2p: a pay-in type says what its p2p pay-ins fall back to
+ALTER TABLE payledger.payin_types
+    ADD COLUMN p2p_fallback text NOT NULL DEFAULT 'credits' CHECK (p2p_fallback IN ('credits', 'none'));
+-- (register_payin_type gained p2p_fallback: the old signature goes)
+DROP FUNCTION payledger.register_payin_type(text, text, boolean, boolean, integer);
+
+-- src/ledger/mod.rs
+-- The roles, first, so that each module grants its API next to its
+-- definition (the grants that follow from the schemas are in
+-- already exist. See docs/security.md.
+--   payledger_admin    operators: the whole API, every table
+--   payledger_app      the application backend (Supabase: service_role)
+--   payledger_enduser  end users (Supabase: authenticated): their own rows, through views
+--   payledger_identity logins trusted to say which end user a session serves
+--                      (Supabase: authenticator); grants no privilege
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['payledger_admin', 'payledger_app', 'payledger_enduser', 'payledger_identity'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END;
+$$;
+
 -- src/bolt11.rs
 /* </end connected objects> */
 
@@ -43,6 +70,18 @@ GRANT EXECUTE ON FUNCTION payledger.new_id() TO payledger_app;
 
 GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verify_event(jsonb), payledger.bip340_verify(bytea, bytea, bytea), payledger.verify_zap_receipt(jsonb, text, text, bigint, text) TO payledger_app;
 
+-- src/p2p/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."nwc_connection"(
+	"uri" TEXT /* & str */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
+
 -- src/ledger/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.transfer_batch(jsonb) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.open_account(text, text, text, text, boolean, bigint, jsonb) TO payledger_app;
@@ -66,6 +105,45 @@ GRANT EXECUTE ON FUNCTION payledger.remove_org_member(text, text) TO payledger_a
 GRANT EXECUTE ON FUNCTION payledger.my_org_memberships_of() TO payledger_enduser, payledger_app;
 
 -- src/payin/mod.rs
+---------------------------------------------------------------------------
+-- Registries (operators)
+---------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION payledger.register_payin_type(
+    type           text,
+    description    text,
+    allow_external boolean DEFAULT true,
+    withdrawal     boolean DEFAULT false,
+    max_retries    integer DEFAULT 5,
+    p2p_fallback   text DEFAULT 'credits')
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    existing payledger.payin_types;
+BEGIN
+    PERFORM payledger_internal.require(type, 'type');
+    PERFORM payledger_internal.require(description, 'description');
+    IF type !~ '^[A-Za-z][A-Za-z0-9_]{0,62}$' THEN
+        RAISE EXCEPTION 'pay-in type % is not valid', quote_literal(type) USING ERRCODE = '22023';
+    END IF;
+    IF max_retries < 0 OR allow_external IS NULL OR withdrawal IS NULL THEN
+        RAISE EXCEPTION 'max_retries must be >= 0 (or NULL), the flags not null' USING ERRCODE = '22023';
+    END IF;
+    IF p2p_fallback IS NULL OR p2p_fallback NOT IN ('credits', 'none') THEN
+        RAISE EXCEPTION 'p2p_fallback must be credits or none, got %', coalesce(quote_literal(p2p_fallback), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.payin_types AS t (type, description, allow_external, withdrawal, max_retries, p2p_fallback)
+    VALUES (register_payin_type.type, register_payin_type.description, register_payin_type.allow_external,
+            register_payin_type.withdrawal, register_payin_type.max_retries, register_payin_type.p2p_fallback)
+    ON CONFLICT ON CONSTRAINT payin_types_pkey DO NOTHING;
+    SELECT * INTO existing FROM payledger.payin_types t WHERE t.type = register_payin_type.type;
+    IF (existing.allow_external, existing.withdrawal, existing.max_retries, existing.p2p_fallback)
+       IS DISTINCT FROM (allow_external, withdrawal, max_retries, p2p_fallback) THEN
+        RAISE EXCEPTION 'pay-in type % already exists with other settings', type USING ERRCODE = 'PL014';
+    END IF;
+    RETURN type;
+END;
+$$;
 GRANT EXECUTE ON FUNCTION payledger.split_payouts(text, bigint, jsonb) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.create_payin(text, text, text, bigint, jsonb, jsonb, text, jsonb, text, uuid, jsonb) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.transition_payin(uuid, payledger.payin_state, payledger.payin_failure_reason, text) TO payledger_app;
@@ -98,19 +176,226 @@ TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.clear_auto_withdrawal(text, text, uuid) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.payin_deadlines_in_force() TO payledger_app;
 
--- src/nostr/mod.rs
-GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
+-- src/p2p/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   provider_deadlines
+
+-- payledger p2p: the wallets users attach to receive peer to peer. A p2p
+-- pay-in's receiver share is paid into one of them (Stacker News' zaps to an
+-- attached wallet) instead of a custodial balance.
+
+-- nwc: Nostr Wallet Connect (NIP-47) over a relay; lnbits: an LNbits
+-- wallet's invoice key; lnd_rest: an LND node's invoice macaroon;
+-- lightning_address: LNURL-pay (LUD-16), no credentials.
+CREATE TYPE payledger.receiver_wallet_kind AS ENUM ('nwc', 'lnbits', 'lnd_rest', 'lightning_address');
+-- Non-secret settings only; credentials live in receiver_wallet_secrets.
+CREATE TABLE payledger.receiver_wallets (
+    id          uuid PRIMARY KEY,
+    owner_id    text NOT NULL,     -- the receiver: the owner of the pay-out's account
+    kind        payledger.receiver_wallet_kind NOT NULL,
+    label       text NOT NULL DEFAULT '' CHECK (length(label) <= 100),
+    -- nwc: wallet_pubkey, relays, client_pubkey; lnbits, lnd_rest: url
+    -- (tls_cert_pem); lightning_address: address
+    config      jsonb NOT NULL,
+    priority    integer NOT NULL DEFAULT 0,   -- lower first
+    enabled     boolean NOT NULL DEFAULT true,
+    -- health, kept by the worker: a wallet that failed this many times in a
+    -- row is skipped for a while (see docs/p2p.md)
+    consecutive_failures integer NOT NULL DEFAULT 0 CHECK (consecutive_failures >= 0),
+    last_failure_at timestamptz,
+    last_error  text,
+    last_ok_at  timestamptz,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- detached wallets stay (their pay-ins name them) but are never used
+    detached_at timestamptz
+);
+CREATE INDEX receiver_wallets_owner_idx ON payledger.receiver_wallets (owner_id, priority) WHERE detached_at IS NULL;
+-- Readable by the worker (a superuser connection) and payledger_admin only.
+CREATE TABLE payledger.receiver_wallet_secrets (
+    wallet_id   uuid PRIMARY KEY REFERENCES payledger.receiver_wallets ON DELETE CASCADE,
+    credentials jsonb NOT NULL,  -- {"secret"} (nwc), {"invoice_key"}, {"invoice_macaroon"}
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE payledger.receiver_wallets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE payledger.receiver_wallet_secrets ENABLE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallets', '');
+SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallet_secrets', '');
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   p2p_schema
+--   nwc_connection
+
+-- payledger p2p: attaching, changing and detaching receiver wallets. The
+-- backend (payledger_app) does it for any user; an end user for themselves
+-- (attach_my_receiver_wallet …). Credentials go to receiver_wallet_secrets,
+-- which only the operators and the worker read; nothing here echoes them.
+
+-- The wallet's settings and credentials from what the user gave (22023 with
+-- what is wrong, never a secret's value):
+--   nwc                {"uri": "nostr+walletconnect://…"}
+--   lnbits             {"url": "https://…", "invoice_key": "…"}
+--   lnd_rest           {"url": "https://…", "invoice_macaroon": "<hex>", "tls_cert_pem": "…"}
+--   lightning_address  {"address": "name@host"} (or an "lnurl1…")
+CREATE OR REPLACE FUNCTION payledger_internal.receiver_wallet_settings(
+    kind payledger.receiver_wallet_kind, connection jsonb, OUT config jsonb, OUT credentials jsonb)
+LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    c jsonb;
+BEGIN
+    PERFORM payledger_internal.require(kind, 'kind');
+    PERFORM payledger_internal.require(connection, 'connection');
+    PERFORM payledger_internal.json_readable(connection);
+    IF jsonb_typeof(connection) <> 'object' THEN
+        RAISE EXCEPTION 'connection must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    CASE kind
+    WHEN 'nwc' THEN
+        IF jsonb_typeof(connection -> 'uri') IS DISTINCT FROM 'string' THEN
+            RAISE EXCEPTION 'an nwc wallet needs {"uri": "nostr+walletconnect://…"}' USING ERRCODE = '22023';
+        END IF;
+        c := payledger_internal.nwc_connection(connection ->> 'uri');
+        config := jsonb_build_object('wallet_pubkey', c -> 'wallet_pubkey', 'relays', c -> 'relays',
+                                     'client_pubkey', c -> 'client_pubkey')
+                  || CASE WHEN c ? 'lud16' THEN jsonb_build_object('lud16', c -> 'lud16') ELSE '{}' END;
+        credentials := jsonb_build_object('secret', c -> 'secret');
+    WHEN 'lnbits', 'lnd_rest' THEN
+        IF coalesce(connection ->> 'url', '') !~ '^https?://[^\s/?#@]+(/[^\s?#]*)?$' THEN
+            RAISE EXCEPTION 'a % wallet needs "url": an http(s) URL without credentials, query or fragment', kind
+                USING ERRCODE = '22023';
+        END IF;
+        c := CASE kind WHEN 'lnbits' THEN '"invoice_key"' ELSE '"invoice_macaroon"' END;
+        IF jsonb_typeof(connection -> (c #>> '{}')) IS DISTINCT FROM 'string' THEN
+            RAISE EXCEPTION 'a % wallet needs a string %', kind, c #>> '{}' USING ERRCODE = '22023';
+        END IF;
+        IF connection ? 'tls_cert_pem' AND jsonb_typeof(connection -> 'tls_cert_pem') <> 'string' THEN
+            RAISE EXCEPTION 'tls_cert_pem must be a string' USING ERRCODE = '22023';
+        END IF;
+        config := jsonb_strip_nulls(jsonb_build_object('url', connection -> 'url', 'tls_cert_pem', connection -> 'tls_cert_pem'));
+        credentials := jsonb_build_object(c #>> '{}', connection -> (c #>> '{}'));
+    WHEN 'lightning_address' THEN
+        IF jsonb_typeof(connection -> 'address') IS DISTINCT FROM 'string'
+           OR payledger_internal.lnurl_target(lower(connection ->> 'address')) IS NULL THEN
+            RAISE EXCEPTION 'a lightning_address wallet needs "address": name@host or an lnurl1… string'
+                USING ERRCODE = '22023';
+        END IF;
+        config := jsonb_build_object('address', lower(connection ->> 'address'));
+        credentials := '{}';
+    END CASE;
+END;
+$$;
+CREATE OR REPLACE FUNCTION payledger_internal.attach_receiver_wallet(
+    owner text, kind payledger.receiver_wallet_kind, connection jsonb, priority integer, label text)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    s record;
+    wid uuid := payledger.new_id();
+BEGIN
+    PERFORM payledger_internal.require(owner, 'owner');
+    IF length(coalesce(label, '')) > 100 THEN
+        RAISE EXCEPTION 'label is longer than 100 characters' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO s FROM payledger_internal.receiver_wallet_settings(kind, connection);
+    INSERT INTO payledger.receiver_wallets (id, owner_id, kind, label, config, priority)
+    VALUES (wid, owner, kind, coalesce(label, ''), s.config, coalesce(priority, 0));
+    INSERT INTO payledger.receiver_wallet_secrets (wallet_id, credentials) VALUES (wid, s.credentials);
+    RETURN wid;
+END;
+$$;
+-- The backend attaches a wallet for a user.
+CREATE OR REPLACE FUNCTION payledger.attach_receiver_wallet(
+    owner text, kind payledger.receiver_wallet_kind, connection jsonb, priority integer DEFAULT 0,
+    label text DEFAULT NULL)
+RETURNS uuid LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger_internal.attach_receiver_wallet(owner, kind, connection, priority, label);
+$$;
+GRANT EXECUTE ON FUNCTION payledger.attach_receiver_wallet(text, payledger.receiver_wallet_kind, jsonb, integer, text)
+    TO payledger_app;
+-- The signed-in end user attaches a wallet of their own.
+CREATE OR REPLACE FUNCTION payledger.attach_my_receiver_wallet(
+    kind payledger.receiver_wallet_kind, connection jsonb, priority integer DEFAULT 0, label text DEFAULT NULL)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    me text := payledger.current_user_id();
+BEGIN
+    IF me IS NULL THEN
+        RAISE EXCEPTION 'no end user: attaching a wallet needs a signed-in user' USING ERRCODE = '42501';
+    END IF;
+    RETURN payledger_internal.attach_receiver_wallet(me, kind, connection, priority, label);
+END;
+$$;
+GRANT EXECUTE ON FUNCTION payledger.attach_my_receiver_wallet(payledger.receiver_wallet_kind, jsonb, integer, text)
+    TO payledger_enduser;
+-- Enable or disable a wallet, change its priority, or detach it (for good:
+-- it stays for the pay-ins that name it, never used again). A wallet
+-- enabled again starts with a clean health record. PL037 for a wallet that
+-- does not exist (or is not the end user's); 55000 to change a detached one.
+CREATE OR REPLACE FUNCTION payledger_internal.set_receiver_wallet(
+    wallet uuid, owner text, enabled boolean, priority integer, detach boolean)
+RETURNS payledger.receiver_wallets LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    w payledger.receiver_wallets;
+BEGIN
+    PERFORM payledger_internal.require(wallet, 'wallet');
+    SELECT * INTO w FROM payledger.receiver_wallets x
+     WHERE x.id = wallet AND (owner IS NULL OR x.owner_id = owner) FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'receiver wallet % does not exist', wallet USING ERRCODE = 'PL037';
+    END IF;
+    IF w.detached_at IS NOT NULL THEN
+        RAISE EXCEPTION 'receiver wallet % is detached', wallet USING ERRCODE = '55000';
+    END IF;
+    UPDATE payledger.receiver_wallets x
+       SET enabled = coalesce(set_receiver_wallet.enabled, x.enabled) AND NOT coalesce(detach, false),
+           priority = coalesce(set_receiver_wallet.priority, x.priority),
+           detached_at = CASE WHEN detach THEN now() END,
+           consecutive_failures = CASE WHEN set_receiver_wallet.enabled AND NOT x.enabled THEN 0
+                                       ELSE x.consecutive_failures END
+     WHERE x.id = w.id
+    RETURNING * INTO w;
+    IF detach THEN
+        DELETE FROM payledger.receiver_wallet_secrets s WHERE s.wallet_id = w.id;
+    END IF;
+    RETURN w;
+END;
+$$;
+CREATE OR REPLACE FUNCTION payledger.set_receiver_wallet(wallet uuid, enabled boolean DEFAULT NULL, priority integer DEFAULT NULL)
+RETURNS payledger.receiver_wallets LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger_internal.set_receiver_wallet(wallet, NULL, enabled, priority, false);
+$$;
+GRANT EXECUTE ON FUNCTION payledger.set_receiver_wallet(uuid, boolean, integer) TO payledger_app;
+CREATE OR REPLACE FUNCTION payledger.detach_receiver_wallet(wallet uuid)
+RETURNS payledger.receiver_wallets LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger_internal.set_receiver_wallet(wallet, NULL, NULL, NULL, true);
+$$;
+GRANT EXECUTE ON FUNCTION payledger.detach_receiver_wallet(uuid) TO payledger_app;
+-- The end user's own wallets only (another user's is PL037, as if absent).
+CREATE OR REPLACE FUNCTION payledger.set_my_receiver_wallet(wallet uuid, enabled boolean DEFAULT NULL, priority integer DEFAULT NULL,
+                                                 detach boolean DEFAULT false)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    me text := payledger.current_user_id();
+BEGIN
+    IF me IS NULL THEN
+        RAISE EXCEPTION 'no end user: changing a wallet needs a signed-in user' USING ERRCODE = '42501';
+    END IF;
+    RETURN (payledger_internal.set_receiver_wallet(wallet, me, enabled, priority, coalesce(detach, false))).id;
+END;
+$$;
+GRANT EXECUTE ON FUNCTION payledger.set_my_receiver_wallet(uuid, boolean, integer, boolean) TO payledger_enduser;
+-- What an end user sees of their wallets: where each points, never a secret.
+CREATE VIEW payledger.my_receiver_wallets WITH (security_barrier) AS
+SELECT w.id, w.kind, w.label, w.priority, w.enabled,
+       CASE w.kind WHEN 'nwc' THEN w.config -> 'relays' ->> 0
+                   WHEN 'lightning_address' THEN w.config ->> 'address'
+                   ELSE w.config ->> 'url' END AS points_to,
+       w.consecutive_failures, w.last_error, w.last_ok_at, w.created_at
+  FROM payledger.receiver_wallets w
+ WHERE w.owner_id = payledger.current_user_id() AND w.detached_at IS NULL;
 
 -- src/credits/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.credit_asset() TO payledger_enduser, payledger_app;
@@ -137,6 +422,20 @@ GRANT EXECUTE ON FUNCTION payledger.my_total_credits() TO payledger_enduser, pay
 GRANT EXECUTE ON FUNCTION payledger.credit_history(text, integer) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.my_credit_history(integer) TO payledger_enduser, payledger_app;
 
+-- src/nostr/mod.rs
+GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
+
 -- src/lib.rs
 /* </end connected objects> */
 
@@ -161,3 +460,27 @@ REVOKE ALL ON ALL TABLES IN SCHEMA payledger FROM PUBLIC;
 REVOKE ALL ON ALL ROUTINES IN SCHEMA payledger, payledger_internal FROM PUBLIC;
 GRANT USAGE ON SCHEMA payledger TO payledger_admin, payledger_app, payledger_enduser;
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA payledger TO payledger_admin;
+-- Reading. Every table has row-level security on, so a reader needs a
+-- policy too. (Idempotent: an upgrade runs it again over older tables.)
+DO $$
+DECLARE
+    t record;
+    readers text;
+BEGIN
+    FOR t IN SELECT c.relname, c.relkind, c.relrowsecurity FROM pg_catalog.pg_class c
+              WHERE c.relnamespace = 'payledger'::regnamespace AND c.relkind IN ('r', 'p', 'v')
+              ORDER BY c.relname LOOP
+        -- (tables named *_secrets hold credentials: the admin's only)
+        readers := CASE WHEN t.relname LIKE '%\_secrets' THEN 'payledger_admin'
+                        WHEN t.relkind = 'v' AND t.relname LIKE 'my\_%' THEN 'payledger_enduser, payledger_app, payledger_admin'
+                        ELSE 'payledger_admin, payledger_app' END;
+        EXECUTE format('GRANT SELECT ON payledger.%I TO %s', t.relname, readers);
+        IF t.relrowsecurity AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
+                                             WHERE p.polrelid = format('payledger.%I', t.relname)::regclass) THEN
+            EXECUTE format('CREATE POLICY %I ON payledger.%I FOR SELECT TO %s USING (true)',
+                           CASE WHEN t.relname LIKE '%\_secrets' THEN 'admin_read' ELSE 'backend_read' END,
+                           t.relname, readers);
+        END IF;
+    END LOOP;
+END;
+$$;

@@ -93,6 +93,8 @@ codes! {
     UnpayableDestination = "PL035", "unpayable_destination";
     /// A live withdrawal already pays this BOLT11 (its payment hash).
     DestinationInFlight = "PL036", "destination_in_flight";
+    /// A receiver wallet id that does not exist (or is not the end user's).
+    UnknownReceiverWallet = "PL037", "unknown_receiver_wallet";
     /// 22004: a required argument is NULL.
     NullValue = "22004", "null_value_not_allowed";
     /// 22023: a malformed argument (wrong JSON shape, bad uuid, bad time).

@@ -18,6 +18,7 @@ mod fuzz;
 mod gucs;
 mod ledger;
 mod nostr;
+mod p2p;
 mod payin;
 mod pool;
 mod provider;

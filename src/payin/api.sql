@@ -39,7 +39,8 @@ CREATE FUNCTION payledger.register_payin_type(
     description    text,
     allow_external boolean DEFAULT true,
     withdrawal     boolean DEFAULT false,
-    max_retries    integer DEFAULT 5)
+    max_retries    integer DEFAULT 5,
+    p2p_fallback   text DEFAULT 'credits')
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     existing payledger.payin_types;
@@ -52,13 +53,17 @@ BEGIN
     IF max_retries < 0 OR allow_external IS NULL OR withdrawal IS NULL THEN
         RAISE EXCEPTION 'max_retries must be >= 0 (or NULL), the flags not null' USING ERRCODE = '22023';
     END IF;
-    INSERT INTO payledger.payin_types AS t (type, description, allow_external, withdrawal, max_retries)
+    IF p2p_fallback IS NULL OR p2p_fallback NOT IN ('credits', 'none') THEN
+        RAISE EXCEPTION 'p2p_fallback must be credits or none, got %', coalesce(quote_literal(p2p_fallback), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO payledger.payin_types AS t (type, description, allow_external, withdrawal, max_retries, p2p_fallback)
     VALUES (register_payin_type.type, register_payin_type.description, register_payin_type.allow_external,
-            register_payin_type.withdrawal, register_payin_type.max_retries)
+            register_payin_type.withdrawal, register_payin_type.max_retries, register_payin_type.p2p_fallback)
     ON CONFLICT ON CONSTRAINT payin_types_pkey DO NOTHING;
     SELECT * INTO existing FROM payledger.payin_types t WHERE t.type = register_payin_type.type;
-    IF (existing.allow_external, existing.withdrawal, existing.max_retries)
-       IS DISTINCT FROM (allow_external, withdrawal, max_retries) THEN
+    IF (existing.allow_external, existing.withdrawal, existing.max_retries, existing.p2p_fallback)
+       IS DISTINCT FROM (allow_external, withdrawal, max_retries, p2p_fallback) THEN
         RAISE EXCEPTION 'pay-in type % already exists with other settings', type USING ERRCODE = 'PL014';
     END IF;
     RETURN type;

@@ -318,7 +318,11 @@ fn open(
     let mut locked = engine::lock_accounts(client, &all, &debited);
 
     let owners = check_accounts(&locked, &legs, &payouts, payer, asset)?;
-    let (amounts, remaining) = pay_from_balances(&locked, &legs, ext.as_ref(), cost)?;
+    let p2p_min = match ext.as_ref() {
+        Some(e) if e.p2p => p2p_share(&payouts)?,
+        _ => 0,
+    };
+    let (amounts, remaining) = pay_from_balances(&locked, &legs, ext.as_ref(), cost, p2p_min)?;
     let custodial = cost - remaining;
     let state = match (&parent_state, remaining > 0) {
         (Some(s), _) => s.clone(),
@@ -623,11 +627,35 @@ fn check_accounts(
 }
 
 /// What each method pays, in order, and the external remainder.
+/// What a p2p pay-in's invoice must cover at least: the receiver's share
+/// (the pay-out with role "receiver", forwarded to the receiver's wallet)
+/// and the routing fee budget (role "routing_fee", optional). The node must
+/// have received what it forwards.
+fn p2p_share(payouts: &[Payout]) -> Result<i64> {
+    let role = |r: &str| {
+        payouts
+            .iter()
+            .filter(|p| p.role.as_deref() == Some(r))
+            .map(|p| p.amount)
+            .collect::<Vec<_>>()
+    };
+    let (receiver, fee) = (role("receiver"), role("routing_fee"));
+    if receiver.len() != 1 || fee.len() > 1 {
+        return Err(err(
+            Code::Malformed,
+            "a p2p pay-in needs exactly one pay-out with role \"receiver\" (forwarded to the receiver's \
+             wallet) and at most one with role \"routing_fee\" (the routing fee budget)",
+        ));
+    }
+    Ok(receiver[0] + fee.first().copied().unwrap_or(0))
+}
+
 fn pay_from_balances(
     locked: &Locked,
     legs: &[Method],
     ext: Option<&External>,
     cost: i64,
+    p2p_min: i64,
 ) -> Result<(Vec<i64>, i64)> {
     let can_spend = |id: &Id, want: i64| -> i64 {
         match locked.accounts.get(id) {
@@ -669,13 +697,24 @@ fn pay_from_balances(
             amounts.push(want);
         }
         remaining = ext_amount as i64;
-    } else {
-        let mut left = cost;
-        for l in legs {
-            let take = left.min(can_spend(&l.account, left));
-            amounts.push(take);
-            left -= take;
+        if remaining < p2p_min {
+            return Err(err(
+                Code::UnbalancedPayin,
+                format!(
+                    "a p2p pay-in's invoice must cover the receiver's share and the routing fee \
+                     budget ({p2p_min}), not {remaining}"
+                ),
+            ));
         }
+    } else {
+        // (balances never pay what a p2p pay-in forwards: the invoice does)
+        let mut budget = cost - p2p_min;
+        for l in legs {
+            let take = budget.min(can_spend(&l.account, budget));
+            amounts.push(take);
+            budget -= take;
+        }
+        let mut left = cost - amounts.iter().sum::<i64>();
         // The external remainder is a whole number of units (1,000 msat for a
         // Lightning invoice): pay that much less from the last balances.
         let unit = ext.map_or(1, |e| e.unit);

@@ -65,7 +65,11 @@ CREATE TABLE payledger.payin_types (
     withdrawal     boolean NOT NULL DEFAULT false,
     -- how many times a failed pay-in of this type may be retried (NULL: no limit)
     max_retries    integer CHECK (max_retries >= 0),
-    created_at     timestamptz NOT NULL DEFAULT now()
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    -- a p2p pay-in whose receiver has no wallet left to pay into: retried
+    -- with the receiver's share credited to their balance ('credits', as
+    -- Stacker News does), or not at all ('none': types paid only p2p)
+    p2p_fallback   text NOT NULL DEFAULT 'credits' CHECK (p2p_fallback IN ('credits', 'none'))
 );
 
 CREATE TABLE payledger.payout_types (

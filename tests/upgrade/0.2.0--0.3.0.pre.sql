@@ -3,3 +3,9 @@
 -- the current install scripts, after the hand-written changes to 0.2.0's
 -- tables, triggers, types, views, indexes and policies written here;
 -- tests/integration/upgrade.sh proves the result equals a fresh install.
+
+-- p2p: a pay-in type says what its p2p pay-ins fall back to
+ALTER TABLE payledger.payin_types
+    ADD COLUMN p2p_fallback text NOT NULL DEFAULT 'credits' CHECK (p2p_fallback IN ('credits', 'none'));
+-- (register_payin_type gained p2p_fallback: the old signature goes)
+DROP FUNCTION payledger.register_payin_type(text, text, boolean, boolean, integer);

@@ -14,7 +14,8 @@ Install the current build first:
 
 For each statement of the new script, in order:
   * one that the old has word for word is skipped (it is installed already),
-    but GRANT and REVOKE, which are run again (new functions need them);
+    but GRANT, REVOKE and DO blocks (the roles and src/security.sql's grants,
+    both idempotent), which are run again: new objects need them;
   * a function or procedure is written as CREATE OR REPLACE (new ones, and
     the old's whose text changed);
   * a table, trigger, type, view, index or policy that the old has with other
@@ -159,7 +160,7 @@ def main():
         c = code(s)
         if not c:
             continue
-        if c in old_code and not re.match(r"^(GRANT|REVOKE)\b", c):
+        if c in old_code and not re.match(r"^(GRANT|REVOKE|DO)\b", c):
             continue
         text = "\n".join(l for l in s.strip().splitlines() if not re.match(r"-- (src/|payledger::|bootstrap|finalize)", l))
         m = ROUTINE.match(c)

@@ -186,15 +186,20 @@ BEGIN
   END LOOP;
   RETURN true;
 END $$;
--- a fresh pay-in for each start: an invoice, a wrapped (p2p) invoice, a withdrawal
+-- a fresh pay-in for each start: an invoice, a wrapped (p2p) invoice (the
+-- receiver's 70 % by invoice), a withdrawal
 CREATE FUNCTION t_fresh(start payledger.payin_state) RETURNS uuid LANGUAGE sql AS $$
   SELECT (payledger.create_payin('ann', CASE WHEN start = 'PENDING_WITHDRAWAL' THEN 'WITHDRAWAL' ELSE 'ITEM_CREATE' END,
             'msat', 2000,
             CASE WHEN start = 'PENDING_WITHDRAWAL' THEN t_methods(jsonb_build_object('account', acc('a_sats')))
+                 WHEN start = 'PENDING_INVOICE_WRAP' THEN
+                   t_methods(jsonb_build_object('account', acc('a_sats'), 'amount', 600),
+                             jsonb_build_object('external', 'invoice', 'amount', 1400, 'p2p', true))
                  ELSE t_methods(jsonb_build_object('account', acc('a_sats'), 'amount', 1000),
-                                jsonb_build_object('external', 'invoice', 'amount', 1000,
-                                                   'p2p', start = 'PENDING_INVOICE_WRAP')) END,
-            split => 'territory', payees => t_payees())).payin_id $$;
+                                jsonb_build_object('external', 'invoice', 'amount', 1000)) END,
+            split => CASE WHEN start = 'PENDING_INVOICE_WRAP' THEN 'zap_in_territory' ELSE 'territory' END,
+            payees => t_payees() || CASE WHEN start = 'PENDING_INVOICE_WRAP' THEN jsonb_build_object('receiver', acc('founder'))
+                                         ELSE '{}' END)).payin_id $$;
 SELECT payledger.transfer(acc('pay_world'), acc('a_sats'), 10000000) IS NOT NULL AS topped_up;
 CREATE TEMP TABLE t_matrix AS
 SELECT f.s AS from_state, t.s AS to_state,

@@ -1,0 +1,116 @@
+-- Peer-to-peer payments: receiver wallets (attach, change, detach, what end
+-- users see, secrets kept from everyone but the operators) and p2p pay-ins
+-- (the receiver's share and the routing fee budget paid by the invoice,
+-- never by balances).
+\set db t_p2p
+\i sql/fixtures/base.sql
+\i sql/fixtures/people.sql
+\set wallet_pk 'b889ff5b1513b641e2a139f661a661364979c5beee91842f8f0ef42ab558e9d4'
+\set secret '71a8c14c1407c113601079c4302dab36460f0ccd0ad506f1f2dc73b5100e4f3c'
+SELECT 'nostr+walletconnect://' || :'wallet_pk' || '?relay=ws%3A%2F%2F127.0.0.1%3A7447&relay=wss://relay.example&secret='
+       || :'secret' || '&lud16=bob%40example.com' AS nwc_uri \gset
+
+-- attaching, one of each kind
+SELECT payledger.attach_receiver_wallet('bob', 'nwc', jsonb_build_object('uri', :'nwc_uri'), label => 'Alby Hub') AS w_nwc \gset
+SELECT payledger.attach_receiver_wallet('bob', 'lnbits', '{"url": "https://lnbits.example", "invoice_key": "bob-inkey"}',
+                                        priority => 1) AS w_lnbits \gset
+SELECT payledger.attach_receiver_wallet('bob', 'lnd_rest', '{"url": "https://node.example:8080", "invoice_macaroon": "0201ab"}',
+                                        priority => 2) IS NOT NULL AS lnd_attached;
+SELECT payledger.attach_receiver_wallet('carol', 'lightning_address', '{"address": "Carol@Example.com"}') AS w_carol \gset
+SELECT kind, label, priority, enabled, config FROM payledger.receiver_wallets ORDER BY owner_id, priority;
+-- the credentials are apart, and never in the settings
+SELECT w.kind, s.credentials FROM payledger.receiver_wallet_secrets s JOIN payledger.receiver_wallets w ON w.id = s.wallet_id
+ ORDER BY w.owner_id, w.priority;
+SELECT count(*) AS settings_with_a_secret FROM payledger.receiver_wallets w
+ WHERE w.config::text LIKE '%' || :'secret' || '%' OR w.config::text LIKE '%inkey%' OR w.config::text LIKE '%0201ab%';
+
+-- bad connections: 22023 saying what is wrong, never echoing a secret; nothing stored
+SELECT t_try(format($$SELECT payledger.attach_receiver_wallet('bob', 'nwc', %L)$$, x)) AS refused
+  FROM (VALUES ('"nostr+walletconnect://x"'::jsonb), ('{}'),
+               (jsonb_build_object('uri', 'nostrwalletconnect://' || :'wallet_pk' || '?relay=ws://x&secret=' || :'secret')),
+               (jsonb_build_object('uri', 'nostr+walletconnect://' || :'wallet_pk' || '?secret=' || :'secret')),
+               (jsonb_build_object('uri', 'nostr+walletconnect://' || :'wallet_pk' || '?relay=https://x&secret=' || :'secret')),
+               (jsonb_build_object('uri', 'nostr+walletconnect://' || :'wallet_pk' || '?relay=ws://x&secret=' || repeat('0', 64))),
+               (jsonb_build_object('uri', 'nostr+walletconnect://' || repeat('0', 64) || '?relay=ws://x&secret=' || :'secret')))
+       AS t(x);
+SELECT t_try($$SELECT payledger.attach_receiver_wallet('bob', 'lnbits', '{"url": "https://u:p@lnbits.example", "invoice_key": "k"}')$$),
+       t_try($$SELECT payledger.attach_receiver_wallet('bob', 'lnbits', '{"url": "https://lnbits.example"}')$$),
+       t_try($$SELECT payledger.attach_receiver_wallet('bob', 'lnd_rest', '{"url": "https://n", "invoice_macaroon": 7}')$$),
+       t_try($$SELECT payledger.attach_receiver_wallet('bob', 'lightning_address', '{"address": "not an address"}')$$),
+       t_try($$SELECT payledger.attach_receiver_wallet('bob', 'lightning_address', '{"address": "a@b.c"}', label => repeat('x', 101))$$),
+       t_try($$SELECT payledger.attach_receiver_wallet(NULL, 'lightning_address', '{"address": "a@b.c"}')$$),
+       t_try($$SELECT payledger.attach_receiver_wallet('bob', 'card', '{}')$$);
+SELECT count(*) AS wallets, (SELECT count(*) FROM payledger.receiver_wallet_secrets) AS secrets FROM payledger.receiver_wallets;
+
+-- changing: priority, disabled, enabled again with a clean record, detached for good
+UPDATE payledger.receiver_wallets SET consecutive_failures = 3 WHERE id = :'w_lnbits';
+SELECT (payledger.set_receiver_wallet(:'w_lnbits', enabled => false)).enabled AS enabled;
+SELECT (x).enabled, (x).consecutive_failures, (x).priority
+  FROM (SELECT payledger.set_receiver_wallet(:'w_lnbits', enabled => true, priority => 5) AS x) y;
+SELECT (payledger.detach_receiver_wallet(:'w_carol')).enabled AS carol_enabled;
+SELECT count(*) AS carol_secrets_left FROM payledger.receiver_wallet_secrets WHERE wallet_id = :'w_carol';
+SELECT t_try(format($$SELECT payledger.set_receiver_wallet(%L, enabled => true)$$, :'w_carol')) AS detached,
+       t_try($$SELECT payledger.set_receiver_wallet(gen_random_uuid(), enabled => true)$$) AS unknown,
+       t_try($$SELECT payledger.detach_receiver_wallet(NULL)$$) AS null_wallet;
+
+-- an end user: their own wallets only, no secrets, no tables
+SET ROLE payledger_enduser;
+SET payledger.owner_id = 'bob';
+SELECT t_try($$SELECT 1 FROM payledger.receiver_wallets$$) AS wallets_table,
+       t_try($$SELECT 1 FROM payledger.receiver_wallet_secrets$$) AS secrets_table;
+SELECT payledger.attach_my_receiver_wallet('lightning_address', '{"address": "bob@example.com"}', priority => 9) AS w_bob_la \gset
+SELECT kind, label, priority, enabled, points_to, consecutive_failures FROM payledger.my_receiver_wallets ORDER BY priority;
+SELECT payledger.set_my_receiver_wallet(:'w_bob_la', enabled => false) IS NOT NULL AS disabled,
+       t_try(format($$SELECT payledger.set_my_receiver_wallet(%L, detach => true)$$, :'w_carol')) AS not_bobs;
+SET payledger.owner_id = 'carol';
+SELECT count(*) AS carol_sees FROM payledger.my_receiver_wallets;
+RESET payledger.owner_id;
+SELECT t_try($$SELECT payledger.attach_my_receiver_wallet('lightning_address', '{"address": "x@example.com"}')$$) AS nobody;
+RESET ROLE;
+-- the backend reads the wallets, not their secrets
+SET ROLE payledger_app;
+SELECT count(*) AS app_reads_wallets FROM payledger.receiver_wallets;
+SELECT t_try($$SELECT 1 FROM payledger.receiver_wallet_secrets$$) AS app_reads_secrets;
+RESET ROLE;
+
+-- p2p pay-ins: Stacker News' zap in a territory, paid p2p: 70 % to the
+-- receiver's wallet, 21 % founder, 6 % rewards pool, 3 % routing fee budget
+SELECT payledger.register_payin_type('ZAP', 'zap'),
+       payledger.register_payin_type('BOUNTY_PAYMENT', 'bounty', p2p_fallback => 'none');
+SELECT payledger.register_payout_type(t, t) FROM (VALUES ('ZAP'), ('TERRITORY_REVENUE'), ('REWARDS_POOL'), ('ROUTING_FEE')) x(t);
+SELECT t_try($$SELECT payledger.register_payin_type('ZAP', 'zap', p2p_fallback => 'none')$$) AS redefined,
+       t_try($$SELECT payledger.register_payin_type('X', 'x', p2p_fallback => 'sometimes')$$) AS bad_policy,
+       t_try($$SELECT payledger.register_payin_type('X', 'x', p2p_fallback => NULL)$$) AS null_policy;
+SELECT type, p2p_fallback FROM payledger.payin_types ORDER BY type;
+SELECT payledger.define_split_rule('zap_p2p', jsonb_build_array(
+  jsonb_build_object('role', 'receiver', 'payout_type', 'ZAP', 'percent', 70),
+  jsonb_build_object('role', 'founder', 'payout_type', 'TERRITORY_REVENUE', 'percent', 21),
+  jsonb_build_object('role', 'pool', 'payout_type', 'REWARDS_POOL', 'percent', 6, 'account', acc('fees')),
+  jsonb_build_object('role', 'routing_fee', 'payout_type', 'ROUTING_FEE', 'percent', 3, 'account', acc('fees'))), 'pool');
+SELECT payledger.transfer(acc('world'), acc('alice'), 80000) IS NOT NULL AS alice_has_80_sat;
+-- a 100-sat zap: alice's balance may pay only the 27 sat not forwarded; the invoice covers 73 (70 + 3)
+SELECT state, custodial_amount, external_amount
+  FROM payledger.create_payin('alice', 'ZAP', 'msat', 100000,
+         jsonb_build_array(jsonb_build_object('account', acc('alice')), '{"external": "invoice", "p2p": true, "unit": 1000}'::jsonb),
+         split => 'zap_p2p', payees => jsonb_build_object('receiver', acc('bob'), 'founder', acc('carol')));
+SELECT payledger.balance(acc('alice')) AS alice_left;
+-- explicit amounts: the invoice must cover the receiver's share and the budget (PL021)
+SELECT t_try(format($$SELECT state FROM payledger.create_payin('alice', 'ZAP', 'msat', 100000, %L, split => 'zap_p2p', payees => %L)$$,
+         jsonb_build_array(jsonb_build_object('account', acc('alice'), 'amount', 30000), '{"external": "invoice", "p2p": true, "amount": 70000}'::jsonb),
+         jsonb_build_object('receiver', acc('bob'), 'founder', acc('carol')))) AS short_invoice;
+-- a p2p pay-in names its receiver: one pay-out with role receiver (22023)
+SELECT t_try(format($$SELECT state FROM payledger.create_payin('alice', 'ZAP', 'msat', 100000, '[{"external": "invoice", "p2p": true}]', %L)$$,
+         jsonb_build_array(jsonb_build_object('type', 'ZAP', 'account', acc('bob'), 'amount', 100000)))) AS no_receiver,
+       t_try(format($$SELECT state FROM payledger.create_payin('alice', 'ZAP', 'msat', 100000, '[{"external": "invoice", "p2p": true}]', %L)$$,
+         jsonb_build_array(jsonb_build_object('type', 'ZAP', 'account', acc('bob'), 'amount', 50000, 'role', 'receiver'),
+                           jsonb_build_object('type', 'ZAP', 'account', acc('carol'), 'amount', 50000, 'role', 'receiver')))) AS two_receivers;
+-- the refused ones moved nothing: one pay-in, alice's 27 sat in it
+SELECT count(*) AS payins, payledger.balance(acc('alice')) AS alice FROM payledger.payins;
+-- not wrapped yet (the worker's p2p steps are to come): it waits for
+-- PENDING_INVOICE_WRAP's deadline, then fails with the wrapping reason and
+-- alice's 27 sat come back
+SELECT payledger.set_payin_deadline('PENDING_INVOICE_WRAP', '1 millisecond') IS NOT NULL AS shortened;
+SELECT pg_sleep(0.05);
+SELECT payledger.fail_overdue_payins(10) AS failed;
+SELECT state, failure_reason, payledger.balance(acc('alice')) AS alice FROM payledger.payins;
+SELECT count(*) AS violations FROM payledger.check_invariants();
