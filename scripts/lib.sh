@@ -276,6 +276,33 @@ CONF
 
 stop_nostr_relay() { stop_group "$1/relay.pid"; }  # <dir>
 
+# --- a NIP-47 wallet service (@getalby/sdk's NWCWalletService) on that relay ---
+NWC_WALLET_DIR=$REPO/tests/integration/nwc_wallet
+
+setup_nwc_wallet() {
+  command -v npm >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+  [ -d "$NWC_WALLET_DIR/node_modules/@getalby/sdk" ] || (cd "$NWC_WALLET_DIR" && npm ci --no-audit --no-fund --silent)
+}
+
+# start_nwc_wallet <dir> <relay url> <LNbits url> <LNbits invoice key> [none]:
+# a wallet service answering make_invoice from that LNbits wallet (with
+# "none": publishing no info event, so speaking NIP-04 only); prints the
+# connection URI a user would paste. Stopped by stop_nwc_wallet.
+start_nwc_wallet() {
+  local dir=$1 i
+  rm -f "$dir/nwc.uri"
+  (exec setsid env RELAY_URL="$2" LNBITS_URL="$3" LNBITS_INKEY="$4" NWC_URI_FILE="$dir/nwc.uri" NWC_INFO="${5:-}" \
+     node "$NWC_WALLET_DIR/wallet_service.mjs") </dev/null >>"$dir/nwc.log" 2>&1 &
+  echo $! >"$dir/nwc.pid"
+  for i in $(seq 1 60); do
+    [ -s "$dir/nwc.uri" ] && { cat "$dir/nwc.uri"; return 0; }
+    sleep 0.5
+  done
+  echo "the NWC wallet service did not start; its log:" >&2; tail -20 "$dir/nwc.log" >&2; return 1
+}
+
+stop_nwc_wallet() { stop_group "$1/nwc.pid"; }  # <dir>
+
 # --- the credits console: a PostgREST-compatible server, Node, Chromium ---
 POSTRUST_VERSION=3.1.0
 POSTRUST_ROOT=${POSTRUST_ROOT:-$HOME/.cache/payledger/postrust-$POSTRUST_VERSION}

@@ -70,18 +70,6 @@ GRANT EXECUTE ON FUNCTION payledger.new_id() TO payledger_app;
 
 GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verify_event(jsonb), payledger.bip340_verify(bytea, bytea, bytea), payledger.verify_zap_receipt(jsonb, text, text, bigint, text) TO payledger_app;
 
--- src/p2p/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."nwc_connection"(
-	"uri" TEXT /* & str */
-) RETURNS jsonb /* JsonB */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
-
 -- src/ledger/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.transfer_batch(jsonb) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.open_account(text, text, text, text, boolean, bigint, jsonb) TO payledger_app;
@@ -158,6 +146,31 @@ GRANT EXECUTE ON FUNCTION payledger.payin_audit(uuid) TO payledger_app;
 -- src/events/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.events_since(bigint, integer) TO payledger_app;
 
+-- src/p2p/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."nwc_connection"(
+	"uri" TEXT /* & str */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
+	"wallet" uuid, /* pgrx :: Uuid */
+	"amount_msat" bigint, /* i64 */
+	"memo" TEXT, /* & str */
+	"expiry_secs" INT /* i32 */
+) RETURNS jsonb /* JsonB */
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
+
 -- src/provider/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.request_invoice(uuid, uuid, interval, text) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.provider_webhook(uuid, jsonb, text) TO payledger_app;
@@ -229,6 +242,7 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallet_secrets', 
 -- requires:
 --   p2p_schema
 --   nwc_connection
+--   receiver_wallet_ask
 
 -- payledger p2p: attaching, changing and detaching receiver wallets. The
 -- backend (payledger_app) does it for any user; an end user for themselves
@@ -396,6 +410,96 @@ SELECT w.id, w.kind, w.label, w.priority, w.enabled,
        w.consecutive_failures, w.last_error, w.last_ok_at, w.created_at
   FROM payledger.receiver_wallets w
  WHERE w.owner_id = payledger.current_user_id() AND w.detached_at IS NULL;
+-- Try a wallet: ask it for an invoice of amount_msat (1 sat by default), as
+-- a p2p pay-in would, and check what comes back (a BOLT11 for that amount,
+-- not expired). The result is recorded as the wallet's health (a failure
+-- counts towards skipping it; a success clears the count) and returned,
+-- never raised: a wallet that does not answer is news, not bad input. The
+-- call is made from this session, with no lock held, within
+-- payledger.worker_http_timeout.
+CREATE OR REPLACE FUNCTION payledger_internal.test_receiver_wallet(wallet uuid, owner text, amount_msat bigint)
+RETURNS TABLE (ok boolean, bolt11 text, payment_hash text, network text, error text)
+LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    w payledger.receiver_wallets;
+    r jsonb;
+    d record;
+    hash text;
+    net text;
+    problem text;
+BEGIN
+    PERFORM payledger_internal.require(wallet, 'wallet');
+    PERFORM payledger_internal.require(amount_msat, 'amount_msat');
+    IF amount_msat < 1000 OR amount_msat % 1000 <> 0 THEN
+        RAISE EXCEPTION 'amount_msat must be a whole number of sats, at least 1000' USING ERRCODE = 'PL001';
+    END IF;
+    SELECT * INTO w FROM payledger.receiver_wallets x WHERE x.id = wallet AND (owner IS NULL OR x.owner_id = owner);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'receiver wallet % does not exist', wallet USING ERRCODE = 'PL037';
+    END IF;
+    IF w.detached_at IS NOT NULL THEN
+        RAISE EXCEPTION 'receiver wallet % is detached', wallet USING ERRCODE = '55000';
+    END IF;
+    r := payledger_internal.receiver_wallet_ask(w.id, amount_msat, 'payledger wallet test', 600);
+    IF (r ->> 'ok')::boolean THEN
+        BEGIN
+            SELECT * INTO d FROM payledger.bolt11_decode(r ->> 'bolt11');
+            hash := d.payment_hash;
+            net := d.network;
+            problem := CASE WHEN d.amount_msat IS DISTINCT FROM amount_msat
+                                 THEN format('the invoice is for %s msat, not %s', coalesce(d.amount_msat::text, 'any amount'), amount_msat)
+                            WHEN d.expires_at <= now() THEN 'the invoice has expired' END;
+        EXCEPTION WHEN OTHERS THEN
+            problem := 'the wallet answered something that is not a BOLT11 invoice: ' || SQLERRM;
+        END;
+    ELSE
+        problem := r ->> 'error';
+    END IF;
+    UPDATE payledger.receiver_wallets x
+       SET consecutive_failures = CASE WHEN problem IS NULL THEN 0 ELSE x.consecutive_failures + 1 END,
+           last_failure_at = CASE WHEN problem IS NULL THEN x.last_failure_at ELSE now() END,
+           last_ok_at = CASE WHEN problem IS NULL THEN now() ELSE x.last_ok_at END,
+           last_error = left(problem, 500)
+     WHERE x.id = w.id;
+    RETURN QUERY SELECT problem IS NULL, CASE WHEN problem IS NULL THEN r ->> 'bolt11' END,
+                        CASE WHEN problem IS NULL THEN hash END, CASE WHEN problem IS NULL THEN net END,
+                        left(problem, 500);
+END;
+$$;
+CREATE OR REPLACE FUNCTION payledger.test_receiver_wallet(wallet uuid, amount_msat bigint DEFAULT 1000)
+RETURNS TABLE (ok boolean, bolt11 text, payment_hash text, network text, error text)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT * FROM payledger_internal.test_receiver_wallet(wallet, NULL, amount_msat);
+$$;
+GRANT EXECUTE ON FUNCTION payledger.test_receiver_wallet(uuid, bigint) TO payledger_app;
+-- The end user tries one of their own wallets (as when attaching it).
+CREATE OR REPLACE FUNCTION payledger.test_my_receiver_wallet(wallet uuid, amount_msat bigint DEFAULT 1000)
+RETURNS TABLE (ok boolean, bolt11 text, payment_hash text, network text, error text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    me text := payledger.current_user_id();
+BEGIN
+    IF me IS NULL THEN
+        RAISE EXCEPTION 'no end user: trying a wallet needs a signed-in user' USING ERRCODE = '42501';
+    END IF;
+    RETURN QUERY SELECT * FROM payledger_internal.test_receiver_wallet(wallet, me, amount_msat);
+END;
+$$;
+GRANT EXECUTE ON FUNCTION payledger.test_my_receiver_wallet(uuid, bigint) TO payledger_enduser;
+
+-- src/nostr/mod.rs
+GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
 
 -- src/credits/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.credit_asset() TO payledger_enduser, payledger_app;
@@ -421,20 +525,6 @@ GRANT EXECUTE ON FUNCTION payledger.credit_access(text, text[]) TO payledger_app
 GRANT EXECUTE ON FUNCTION payledger.my_total_credits() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credit_history(text, integer) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.my_credit_history(integer) TO payledger_enduser, payledger_app;
-
--- src/nostr/mod.rs
-GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
 
 -- src/lib.rs
 /* </end connected objects> */

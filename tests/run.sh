@@ -44,11 +44,13 @@ run_pg_regress() { # <kind: regress|isolation>
     args=($(cd "$REPO/tests/isolation/specs" && ls *.spec | sed 's/\.spec$//'))
   fi
   mkdir -p "$dir/results"
+  # (the postgres user reads everything from $dir: the clone may be where it cannot)
+  cp "$REPO/tests/pg_regress/regress.conf" "$dir/regress.conf"
   chown -R postgres:postgres "$dir"
   chmod -R a+rX "$REPO/tests"
   local rc=0
   # (from $dir: the tests include their fixtures as sql/fixtures/…)
-  (cd "$dir" && as_pg "$tool" --temp-instance="$dir/tmp_check" --temp-config="$REPO/tests/pg_regress/regress.conf" \
+  (cd "$dir" && as_pg "$tool" --temp-instance="$dir/tmp_check" --temp-config="$dir/regress.conf" \
     --bindir="$PG_BIN" --inputdir="$dir" --outputdir="$dir" --port="$TEST_PORT" "${args[@]}") || rc=$?
   if [ -n "${ACCEPT:-}" ] && [ "$kind" != regress_reversed ]; then
     local target="$REPO/tests/pg_regress/expected"; [ "$kind" = isolation ] && target="$REPO/tests/isolation/expected"

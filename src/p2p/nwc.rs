@@ -117,3 +117,179 @@ mod tests {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// The client: one request, one response, over the wallet service's relay
+// ---------------------------------------------------------------------------
+
+use super::relay::Relay;
+use crate::provider::adapters::Failure;
+use ::nostr::event::{Event, Kind};
+use ::nostr::nips::nip47::{
+    MakeInvoiceRequest, Method, Nip47Ciphers, NostrWalletConnectUri, Request, Response,
+};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// An invoice the wallet service made or found.
+#[derive(Debug)]
+pub struct Invoice {
+    pub bolt11: String,
+}
+
+fn refused(m: impl std::fmt::Display) -> Failure {
+    Failure::Refused(m.to_string())
+}
+
+/// Which encryption the wallet service speaks: its info event (kind 13194)
+/// lists `nip44_v2` in an `encryption` tag when it speaks NIP-44; without
+/// the tag it speaks NIP-04 only (NIP-47).
+fn ciphers(relay: &mut Relay, wallet: &str) -> Result<Nip47Ciphers, Failure> {
+    relay.send(&json!(["REQ", "info", {"kinds": [13194], "authors": [wallet], "limit": 1}]))?;
+    let mut found = None;
+    loop {
+        let m = relay.next()?;
+        match (
+            m.first().and_then(Value::as_str),
+            m.get(1).and_then(Value::as_str),
+        ) {
+            (Some("EVENT"), Some("info")) => {
+                let Some(ev) = m.get(2).and_then(|e| Event::from_json(e.to_string()).ok()) else {
+                    continue;
+                };
+                if ev.kind == Kind::WalletConnectInfo
+                    && ev.pubkey.to_hex() == wallet
+                    && ev.verify().is_ok()
+                {
+                    found = Some(ev);
+                }
+            }
+            (Some("EOSE"), Some("info")) => break,
+            (Some("CLOSED"), Some("info")) => break,
+            _ => {}
+        }
+    }
+    relay.send(&json!(["CLOSE", "info"]))?;
+    let nip44 = found.is_some_and(|ev| {
+        ev.tags.iter().any(|t| {
+            let v = t.as_slice();
+            v.first().map(String::as_str) == Some("encryption")
+                && v.get(1)
+                    .is_some_and(|s| s.split_whitespace().any(|c| c == "nip44_v2"))
+        })
+    });
+    Ok(if nip44 {
+        Nip47Ciphers::NIP44V2
+    } else {
+        Nip47Ciphers::NIP04
+    })
+}
+
+/// Send one request and wait for its response (kind 23195 from the wallet
+/// service, tagged with the request's id), trying the URI's relays in turn.
+fn call(uri: &str, request: Request, timeout: Duration) -> Result<Response, Failure> {
+    let uri = NostrWalletConnectUri::parse(uri)
+        .map_err(|_| refused("the NWC connection URI is not valid"))?;
+    let deadline = Instant::now() + timeout;
+    let wallet = uri.public_key.to_hex();
+    let mut last = refused("the NWC URI names no relay");
+    for relay_url in &uri.relays {
+        let mut relay = match Relay::connect(relay_url.as_str(), deadline) {
+            Ok(r) => r,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        let result = (|| {
+            let cipher = ciphers(&mut relay, &wallet)?;
+            let event = request
+                .clone()
+                .to_event(&uri, cipher)
+                .map_err(|e| refused(format!("building the NWC request: {e}")))?;
+            let id = event.id.to_hex();
+            // (subscribed before publishing: the answer may come at once)
+            relay.send(
+                &json!(["REQ", "answer", {"kinds": [23195], "authors": [wallet], "#e": [id]}]),
+            )?;
+            let event_json: Value =
+                serde_json::from_str(&event.as_json()).expect("an event is JSON");
+            relay.publish(&event_json)?;
+            loop {
+                let m = relay.next()?;
+                if m.first().and_then(Value::as_str) != Some("EVENT")
+                    || m.get(1).and_then(Value::as_str) != Some("answer")
+                {
+                    continue;
+                }
+                let Some(ev) = m.get(2).and_then(|e| Event::from_json(e.to_string()).ok()) else {
+                    continue;
+                };
+                // (the relay filters; the signature and the tag are checked here)
+                let answers = ev.tags.iter().any(|t| {
+                    let v = t.as_slice();
+                    v.first().map(String::as_str) == Some("e") && v.get(1) == Some(&id)
+                });
+                if !answers || ev.verify().is_err() {
+                    continue;
+                }
+                let ev_cipher = if ev.content.contains("?iv=") {
+                    Nip47Ciphers::NIP04
+                } else {
+                    cipher
+                };
+                return Response::from_event(&uri, &ev, ev_cipher).map_err(|e| {
+                    refused(format!("the wallet service's answer cannot be read: {e}"))
+                });
+            }
+        })();
+        relay.close();
+        match result {
+            Ok(r) => return Ok(r),
+            Err(e @ Failure::Refused(_)) => return Err(e),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn answer(r: Response, want: Method) -> Result<Value, Failure> {
+    if let Some(e) = r.error {
+        return Err(refused(format!(
+            "the wallet service refused: {} ({:?})",
+            e.message, e.code
+        )));
+    }
+    if r.result_type != want {
+        return Err(refused(format!(
+            "the wallet service answered {} to {}",
+            r.result_type, want
+        )));
+    }
+    let v = serde_json::to_value(&r.result).unwrap_or(Value::Null);
+    Ok(v)
+}
+
+/// NIP-47 `make_invoice`: an invoice of the receiver's wallet.
+pub fn make_invoice(
+    uri: &str,
+    amount_msat: u64,
+    description: &str,
+    expiry_secs: u64,
+    timeout: Duration,
+) -> Result<Invoice, Failure> {
+    let req = Request::make_invoice(MakeInvoiceRequest {
+        amount: amount_msat,
+        description: Some(description.to_owned()),
+        description_hash: None,
+        expiry: Some(expiry_secs),
+    });
+    let r = answer(call(uri, req, timeout)?, Method::MakeInvoice)?;
+    let bolt11 = r
+        .get("invoice")
+        .and_then(Value::as_str)
+        .ok_or_else(|| refused("the wallet service answered make_invoice without an invoice"))?;
+    Ok(Invoice {
+        bolt11: bolt11.to_owned(),
+    })
+}

@@ -172,3 +172,82 @@ SELECT w.id, w.kind, w.label, w.priority, w.enabled,
        w.consecutive_failures, w.last_error, w.last_ok_at, w.created_at
   FROM payledger.receiver_wallets w
  WHERE w.owner_id = payledger.current_user_id() AND w.detached_at IS NULL;
+
+-- Try a wallet: ask it for an invoice of amount_msat (1 sat by default), as
+-- a p2p pay-in would, and check what comes back (a BOLT11 for that amount,
+-- not expired). The result is recorded as the wallet's health (a failure
+-- counts towards skipping it; a success clears the count) and returned,
+-- never raised: a wallet that does not answer is news, not bad input. The
+-- call is made from this session, with no lock held, within
+-- payledger.worker_http_timeout.
+CREATE FUNCTION payledger_internal.test_receiver_wallet(wallet uuid, owner text, amount_msat bigint)
+RETURNS TABLE (ok boolean, bolt11 text, payment_hash text, network text, error text)
+LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    w payledger.receiver_wallets;
+    r jsonb;
+    d record;
+    hash text;
+    net text;
+    problem text;
+BEGIN
+    PERFORM payledger_internal.require(wallet, 'wallet');
+    PERFORM payledger_internal.require(amount_msat, 'amount_msat');
+    IF amount_msat < 1000 OR amount_msat % 1000 <> 0 THEN
+        RAISE EXCEPTION 'amount_msat must be a whole number of sats, at least 1000' USING ERRCODE = 'PL001';
+    END IF;
+    SELECT * INTO w FROM payledger.receiver_wallets x WHERE x.id = wallet AND (owner IS NULL OR x.owner_id = owner);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'receiver wallet % does not exist', wallet USING ERRCODE = 'PL037';
+    END IF;
+    IF w.detached_at IS NOT NULL THEN
+        RAISE EXCEPTION 'receiver wallet % is detached', wallet USING ERRCODE = '55000';
+    END IF;
+    r := payledger_internal.receiver_wallet_ask(w.id, amount_msat, 'payledger wallet test', 600);
+    IF (r ->> 'ok')::boolean THEN
+        BEGIN
+            SELECT * INTO d FROM payledger.bolt11_decode(r ->> 'bolt11');
+            hash := d.payment_hash;
+            net := d.network;
+            problem := CASE WHEN d.amount_msat IS DISTINCT FROM amount_msat
+                                 THEN format('the invoice is for %s msat, not %s', coalesce(d.amount_msat::text, 'any amount'), amount_msat)
+                            WHEN d.expires_at <= now() THEN 'the invoice has expired' END;
+        EXCEPTION WHEN OTHERS THEN
+            problem := 'the wallet answered something that is not a BOLT11 invoice: ' || SQLERRM;
+        END;
+    ELSE
+        problem := r ->> 'error';
+    END IF;
+    UPDATE payledger.receiver_wallets x
+       SET consecutive_failures = CASE WHEN problem IS NULL THEN 0 ELSE x.consecutive_failures + 1 END,
+           last_failure_at = CASE WHEN problem IS NULL THEN x.last_failure_at ELSE now() END,
+           last_ok_at = CASE WHEN problem IS NULL THEN now() ELSE x.last_ok_at END,
+           last_error = left(problem, 500)
+     WHERE x.id = w.id;
+    RETURN QUERY SELECT problem IS NULL, CASE WHEN problem IS NULL THEN r ->> 'bolt11' END,
+                        CASE WHEN problem IS NULL THEN hash END, CASE WHEN problem IS NULL THEN net END,
+                        left(problem, 500);
+END;
+$$;
+
+CREATE FUNCTION payledger.test_receiver_wallet(wallet uuid, amount_msat bigint DEFAULT 1000)
+RETURNS TABLE (ok boolean, bolt11 text, payment_hash text, network text, error text)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT * FROM payledger_internal.test_receiver_wallet(wallet, NULL, amount_msat);
+$$;
+GRANT EXECUTE ON FUNCTION payledger.test_receiver_wallet(uuid, bigint) TO payledger_app;
+
+-- The end user tries one of their own wallets (as when attaching it).
+CREATE FUNCTION payledger.test_my_receiver_wallet(wallet uuid, amount_msat bigint DEFAULT 1000)
+RETURNS TABLE (ok boolean, bolt11 text, payment_hash text, network text, error text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    me text := payledger.current_user_id();
+BEGIN
+    IF me IS NULL THEN
+        RAISE EXCEPTION 'no end user: trying a wallet needs a signed-in user' USING ERRCODE = '42501';
+    END IF;
+    RETURN QUERY SELECT * FROM payledger_internal.test_receiver_wallet(wallet, me, amount_msat);
+END;
+$$;
+GRANT EXECUTE ON FUNCTION payledger.test_my_receiver_wallet(uuid, bigint) TO payledger_enduser;

@@ -53,6 +53,17 @@ SELECT t_try(format($$SELECT payledger.set_receiver_wallet(%L, enabled => true)$
        t_try($$SELECT payledger.set_receiver_wallet(gen_random_uuid(), enabled => true)$$) AS unknown,
        t_try($$SELECT payledger.detach_receiver_wallet(NULL)$$) AS null_wallet;
 
+-- trying a wallet (tests/integration/p2p_wallets.sh asks real ones): one
+-- that does not answer is a result, recorded as its health, not an error
+SELECT payledger.attach_receiver_wallet('dave', 'lnbits', '{"url": "http://127.0.0.1:9", "invoice_key": "k"}') AS w_dead \gset
+SELECT ok, bolt11 IS NULL AS no_invoice, error IS NOT NULL AS says_why FROM payledger.test_receiver_wallet(:'w_dead', 1000);
+SELECT consecutive_failures, last_failure_at IS NOT NULL AS failed_at, last_error IS NOT NULL AS has_error
+  FROM payledger.receiver_wallets WHERE id = :'w_dead';
+SELECT t_try(format($$SELECT ok FROM payledger.test_receiver_wallet(%L, 1500)$$, :'w_lnbits')) AS part_sat,
+       t_try(format($$SELECT ok FROM payledger.test_receiver_wallet(%L, 0)$$, :'w_lnbits')) AS zero,
+       t_try(format($$SELECT ok FROM payledger.test_receiver_wallet(%L)$$, :'w_carol')) AS detached,
+       t_try($$SELECT ok FROM payledger.test_receiver_wallet(gen_random_uuid())$$) AS unknown;
+
 -- an end user: their own wallets only, no secrets, no tables
 SET ROLE payledger_enduser;
 SET payledger.owner_id = 'bob';
@@ -64,6 +75,7 @@ SELECT payledger.set_my_receiver_wallet(:'w_bob_la', enabled => false) IS NOT NU
        t_try(format($$SELECT payledger.set_my_receiver_wallet(%L, detach => true)$$, :'w_carol')) AS not_bobs;
 SET payledger.owner_id = 'carol';
 SELECT count(*) AS carol_sees FROM payledger.my_receiver_wallets;
+SELECT t_try(format($$SELECT ok FROM payledger.test_my_receiver_wallet(%L)$$, :'w_lnbits')) AS not_carols;
 RESET payledger.owner_id;
 SELECT t_try($$SELECT payledger.attach_my_receiver_wallet('lightning_address', '{"address": "x@example.com"}')$$) AS nobody;
 RESET ROLE;

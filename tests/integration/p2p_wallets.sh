@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Receiver wallets asked for an invoice, with real parts: a real LNbits
+# wallet (its invoice key), the same wallet behind a real NIP-47 wallet
+# service (@getalby/sdk 7's NWCWalletService) on a real Nostr relay (PyPI
+# nostr-relay, which checks signatures), payledger being the NWC client
+# (NIP-44 v2, as the service's info event offers; NIP-04 with a service that
+# publishes no info event), and a Lightning Address
+# (LNURL-pay) served by the LNURL test server. test_receiver_wallet gets a
+# BOLT11 for the amount from each, LNbits knows it as its own, and a payer
+# paying it credits the receiver's LNbits wallet. Failures are recorded as
+# the wallet's health: a wrong key, a wallet service that is gone.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
+setup_lnbits
+setup_nostr_relay
+setup_nwc_wallet
+LNBITS_PORT=$((TEST_PORT + 1003)) RELAY_PORT=$((TEST_PORT + 1004)) MOCK_PORT=$((TEST_PORT + 1005))
+trap 'stop_nwc_wallet "$DIR"; stop_nostr_relay "$DIR"; stop_lnbits "$DIR"; kill $MOCK_PID 2>/dev/null; stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
+MOCK_PID=
+start_lnbits "$DIR" "$LNBITS_PORT"
+start_nostr_relay "$DIR" "$RELAY_PORT"
+"$LNBITS_VENV/bin/python" "$REPO/tests/integration/mock_providers.py" "$MOCK_PORT" >"$DIR/mock.log" 2>&1 &
+MOCK_PID=$!
+read -r RECEIVER_INKEY PAYER_ADMIN _ _ < <(lnbits_setup "$LNBITS_PORT")
+LNBITS="http://127.0.0.1:$LNBITS_PORT"
+NWC_URI=$(start_nwc_wallet "$DIR" "ws://127.0.0.1:$RELAY_PORT" "$LNBITS" "$RECEIVER_INKEY")
+for _ in $(seq 1 40); do port_busy "$MOCK_PORT" && break; sleep 0.25; done
+LNURL=$("$LNBITS_VENV/bin/python" -c "
+from bech32 import bech32_encode, convertbits
+print(bech32_encode('lnurl', convertbits(b'http://127.0.0.1:$MOCK_PORT/.well-known/lnurlp/lnd-bob', 8, 5)).upper())")
+
+psql_ -d postgres -c "CREATE DATABASE payledger_it"
+q() { psql_ -d payledger_it -Atc "$1"; }
+psql_ -d payledger_it -q -c "CREATE EXTENSION payledger" -c "SELECT payledger.create_asset('msat', 3, 'millisatoshi')" >/dev/null
+psql_ -d payledger_it -q -c "LOAD 'payledger'" -c "ALTER SYSTEM SET payledger.lnurl_http_hosts = '127.0.0.1'" -c "SELECT pg_reload_conf()" >/dev/null
+W_NWC=$(q "SELECT payledger.attach_receiver_wallet('bob', 'nwc', jsonb_build_object('uri', '$NWC_URI'))")
+W_LNBITS=$(q "SELECT payledger.attach_receiver_wallet('bob', 'lnbits', jsonb_build_object('url', '$LNBITS', 'invoice_key', '$RECEIVER_INKEY'), priority => 1)")
+W_LNADDR=$(q "SELECT payledger.attach_receiver_wallet('bob', 'lightning_address', jsonb_build_object('address', '$LNURL'), priority => 2)")
+
+lnbits_payment() { # <payment hash>: what LNbits says of it, to the receiver's invoice key
+  curl -sf "$LNBITS/api/v1/payments/$1" -H "X-Api-Key: $RECEIVER_INKEY"
+}
+balance() { curl -sf "$LNBITS/api/v1/wallet" -H "X-Api-Key: $RECEIVER_INKEY" | jq -r .balance; }
+
+# NWC: make_invoice over the relay, answered from the LNbits wallet
+IFS='|' read -r ok bolt11 hash network error < <(q "SELECT * FROM payledger.test_receiver_wallet('$W_NWC', 21000)")
+[ "$ok" = t ] || fail "NWC: $error"
+[ "$network" = bitcoin ] || fail "NWC: network $network"
+lnbits_payment "$hash" | jq -e '.paid == false' >/dev/null || fail "NWC: LNbits does not know the invoice $hash"
+before=$(balance)
+lnbits_pay "$LNBITS_PORT" "$PAYER_ADMIN" "$bolt11"
+lnbits_payment "$hash" | jq -e '.paid == true' >/dev/null || fail "NWC: the invoice was not paid"
+[ "$(balance)" = $((before + 21000)) ] || fail "NWC: the receiver's wallet did not get 21 sat ($before -> $(balance))"
+grep -q "request encrypted with nip44_v2" "$DIR/nwc.log" || fail "NWC: the request was not encrypted with NIP-44 v2"
+echo "NWC: a 21-sat invoice from the wallet service over the relay (NIP-44 v2), paid into the receiver's LNbits wallet"
+
+# an older wallet service with no info event: the client speaks NIP-04
+stop_nwc_wallet "$DIR"
+NWC04_URI=$(start_nwc_wallet "$DIR" "ws://127.0.0.1:$RELAY_PORT" "$LNBITS" "$RECEIVER_INKEY" none)
+W_NWC04=$(q "SELECT payledger.attach_receiver_wallet('bob', 'nwc', jsonb_build_object('uri', '$NWC04_URI'), priority => 3)")
+IFS='|' read -r ok bolt11 hash network error < <(q "SELECT * FROM payledger.test_receiver_wallet('$W_NWC04', 2000)")
+[ "$ok" = t ] || fail "NWC (NIP-04): $error"
+grep -q "request encrypted with nip04" "$DIR/nwc.log" || fail "NWC: the request to an info-less service was not NIP-04"
+lnbits_payment "$hash" | jq -e '.paid == false' >/dev/null || fail "NWC (NIP-04): LNbits does not know the invoice $hash"
+echo "NWC: a wallet service without an info event answers a NIP-04 request"
+
+# LNbits directly
+IFS='|' read -r ok bolt11 hash network error < <(q "SELECT * FROM payledger.test_receiver_wallet('$W_LNBITS', 5000)")
+[ "$ok" = t ] || fail "LNbits: $error"
+lnbits_payment "$hash" | jq -e '.paid == false' >/dev/null || fail "LNbits: unknown invoice"
+echo "LNbits: a 5-sat invoice of the receiver's wallet"
+
+# a Lightning Address (LNURL-pay, checked as withdrawals check it)
+IFS='|' read -r ok bolt11 hash network error < <(q "SELECT * FROM payledger.test_receiver_wallet('$W_LNADDR', 3000)")
+[ "$ok" = t ] || fail "Lightning Address: $error"
+echo "Lightning Address: a 3-sat invoice from the LNURL server"
+[ "$(q "SELECT count(*) FROM payledger.receiver_wallets WHERE last_ok_at IS NOT NULL AND consecutive_failures = 0")" = 4 ] ||
+  fail "the four wallets are not recorded healthy"
+
+# failures: recorded, not raised
+q "UPDATE payledger.receiver_wallet_secrets SET credentials = '{\"invoice_key\": \"wrong\"}' WHERE wallet_id = '$W_LNBITS'" >/dev/null
+IFS='|' read -r ok _ _ _ error < <(q "SELECT * FROM payledger.test_receiver_wallet('$W_LNBITS', 5000)")
+[ "$ok" = f ] || fail "a wrong invoice key was not noticed"
+echo "LNbits with a wrong key: $error"
+stop_nwc_wallet "$DIR"
+IFS='|' read -r ok _ _ _ error < <(q "SELECT * FROM payledger.test_receiver_wallet('$W_NWC04', 1000)")
+[ "$ok" = f ] || fail "a gone wallet service was not noticed"
+echo "NWC with the wallet service gone: $error"
+[ "$(q "SELECT string_agg(kind || ':' || consecutive_failures, ' ' ORDER BY priority) FROM payledger.receiver_wallets")" = \
+  "nwc:0 lnbits:1 lightning_address:0 nwc:1" ] || fail "health not recorded: $(q "SELECT string_agg(kind || ':' || consecutive_failures, ' ') FROM payledger.receiver_wallets")"
+! grep -q "$(q "SELECT credentials ->> 'secret' FROM payledger.receiver_wallet_secrets WHERE wallet_id = '$W_NWC04'")" "$DIR"/data/log/* "$DIR/server.log" 2>/dev/null ||
+  fail "the NWC secret is in the server log"
+echo "ok: p2p_wallets"
