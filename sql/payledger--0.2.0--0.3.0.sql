@@ -70,6 +70,19 @@ GRANT EXECUTE ON FUNCTION payledger.new_id() TO payledger_app;
 
 GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verify_event(jsonb), payledger.bip340_verify(bytea, bytea, bytea), payledger.verify_zap_receipt(jsonb, text, text, bigint, text) TO payledger_app;
 
+-- src/p2p/mod.rs
+/* payledger::payledger_internal */
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."nwc_connection"(
+	"uri" TEXT /* & str */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
+
 -- src/ledger/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.transfer_batch(jsonb) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.open_account(text, text, text, text, boolean, bigint, jsonb) TO payledger_app;
@@ -146,31 +159,6 @@ GRANT EXECUTE ON FUNCTION payledger.payin_audit(uuid) TO payledger_app;
 -- src/events/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.events_since(bigint, integer) TO payledger_app;
 
--- src/p2p/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."nwc_connection"(
-	"uri" TEXT /* & str */
-) RETURNS jsonb /* JsonB */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
-	"wallet" uuid, /* pgrx :: Uuid */
-	"amount_msat" bigint, /* i64 */
-	"memo" TEXT, /* & str */
-	"expiry_secs" INT /* i32 */
-) RETURNS jsonb /* JsonB */
-STRICT VOLATILE PARALLEL UNSAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
-
 -- src/provider/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.request_invoice(uuid, uuid, interval, text) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.provider_webhook(uuid, jsonb, text) TO payledger_app;
@@ -236,6 +224,19 @@ ALTER TABLE payledger.receiver_wallets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.receiver_wallet_secrets ENABLE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallets', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallet_secrets', '');
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
+	"wallet" uuid, /* pgrx :: Uuid */
+	"amount_msat" bigint, /* i64 */
+	"memo" TEXT, /* & str */
+	"expiry_secs" INT /* i32 */
+) RETURNS jsonb /* JsonB */
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -329,18 +330,25 @@ RETURNS uuid LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger,
 $$;
 GRANT EXECUTE ON FUNCTION payledger.attach_receiver_wallet(text, payledger.receiver_wallet_kind, jsonb, integer, text)
     TO payledger_app;
--- The signed-in end user attaches a wallet of their own.
-CREATE OR REPLACE FUNCTION payledger.attach_my_receiver_wallet(
-    kind payledger.receiver_wallet_kind, connection jsonb, priority integer DEFAULT 0, label text DEFAULT NULL)
-RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+-- The signed-in end user (42501 without one: the my_ functions act for
+-- nobody else).
+CREATE OR REPLACE FUNCTION payledger_internal.signed_in_user(action text)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     me text := payledger.current_user_id();
 BEGIN
     IF me IS NULL THEN
-        RAISE EXCEPTION 'no end user: attaching a wallet needs a signed-in user' USING ERRCODE = '42501';
+        RAISE EXCEPTION 'no end user: % needs a signed-in user', action USING ERRCODE = '42501';
     END IF;
-    RETURN payledger_internal.attach_receiver_wallet(me, kind, connection, priority, label);
+    RETURN me;
 END;
+$$;
+-- The signed-in end user attaches a wallet of their own.
+CREATE OR REPLACE FUNCTION payledger.attach_my_receiver_wallet(
+    kind payledger.receiver_wallet_kind, connection jsonb, priority integer DEFAULT 0, label text DEFAULT NULL)
+RETURNS uuid LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger_internal.attach_receiver_wallet(payledger_internal.signed_in_user('attaching a wallet'),
+                                                     kind, connection, priority, label);
 $$;
 GRANT EXECUTE ON FUNCTION payledger.attach_my_receiver_wallet(payledger.receiver_wallet_kind, jsonb, integer, text)
     TO payledger_enduser;
@@ -390,15 +398,9 @@ GRANT EXECUTE ON FUNCTION payledger.detach_receiver_wallet(uuid) TO payledger_ap
 -- The end user's own wallets only (another user's is PL037, as if absent).
 CREATE OR REPLACE FUNCTION payledger.set_my_receiver_wallet(wallet uuid, enabled boolean DEFAULT NULL, priority integer DEFAULT NULL,
                                                  detach boolean DEFAULT false)
-RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    me text := payledger.current_user_id();
-BEGIN
-    IF me IS NULL THEN
-        RAISE EXCEPTION 'no end user: changing a wallet needs a signed-in user' USING ERRCODE = '42501';
-    END IF;
-    RETURN (payledger_internal.set_receiver_wallet(wallet, me, enabled, priority, coalesce(detach, false))).id;
-END;
+RETURNS uuid LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT (payledger_internal.set_receiver_wallet(wallet, payledger_internal.signed_in_user('changing a wallet'),
+                                                   enabled, priority, coalesce(detach, false))).id;
 $$;
 GRANT EXECUTE ON FUNCTION payledger.set_my_receiver_wallet(uuid, boolean, integer, boolean) TO payledger_enduser;
 -- What an end user sees of their wallets: where each points, never a secret.
@@ -475,15 +477,9 @@ GRANT EXECUTE ON FUNCTION payledger.test_receiver_wallet(uuid, bigint) TO payled
 -- The end user tries one of their own wallets (as when attaching it).
 CREATE OR REPLACE FUNCTION payledger.test_my_receiver_wallet(wallet uuid, amount_msat bigint DEFAULT 1000)
 RETURNS TABLE (ok boolean, bolt11 text, payment_hash text, network text, error text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    me text := payledger.current_user_id();
-BEGIN
-    IF me IS NULL THEN
-        RAISE EXCEPTION 'no end user: trying a wallet needs a signed-in user' USING ERRCODE = '42501';
-    END IF;
-    RETURN QUERY SELECT * FROM payledger_internal.test_receiver_wallet(wallet, me, amount_msat);
-END;
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT * FROM payledger_internal.test_receiver_wallet(wallet, payledger_internal.signed_in_user('trying a wallet'),
+                                                          amount_msat);
 $$;
 GRANT EXECUTE ON FUNCTION payledger.test_my_receiver_wallet(uuid, bigint) TO payledger_enduser;
 

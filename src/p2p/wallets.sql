@@ -86,18 +86,26 @@ $$;
 GRANT EXECUTE ON FUNCTION payledger.attach_receiver_wallet(text, payledger.receiver_wallet_kind, jsonb, integer, text)
     TO payledger_app;
 
--- The signed-in end user attaches a wallet of their own.
-CREATE FUNCTION payledger.attach_my_receiver_wallet(
-    kind payledger.receiver_wallet_kind, connection jsonb, priority integer DEFAULT 0, label text DEFAULT NULL)
-RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+-- The signed-in end user (42501 without one: the my_ functions act for
+-- nobody else).
+CREATE FUNCTION payledger_internal.signed_in_user(action text)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     me text := payledger.current_user_id();
 BEGIN
     IF me IS NULL THEN
-        RAISE EXCEPTION 'no end user: attaching a wallet needs a signed-in user' USING ERRCODE = '42501';
+        RAISE EXCEPTION 'no end user: % needs a signed-in user', action USING ERRCODE = '42501';
     END IF;
-    RETURN payledger_internal.attach_receiver_wallet(me, kind, connection, priority, label);
+    RETURN me;
 END;
+$$;
+
+-- The signed-in end user attaches a wallet of their own.
+CREATE FUNCTION payledger.attach_my_receiver_wallet(
+    kind payledger.receiver_wallet_kind, connection jsonb, priority integer DEFAULT 0, label text DEFAULT NULL)
+RETURNS uuid LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT payledger_internal.attach_receiver_wallet(payledger_internal.signed_in_user('attaching a wallet'),
+                                                     kind, connection, priority, label);
 $$;
 GRANT EXECUTE ON FUNCTION payledger.attach_my_receiver_wallet(payledger.receiver_wallet_kind, jsonb, integer, text)
     TO payledger_enduser;
@@ -151,15 +159,9 @@ GRANT EXECUTE ON FUNCTION payledger.detach_receiver_wallet(uuid) TO payledger_ap
 -- The end user's own wallets only (another user's is PL037, as if absent).
 CREATE FUNCTION payledger.set_my_receiver_wallet(wallet uuid, enabled boolean DEFAULT NULL, priority integer DEFAULT NULL,
                                                  detach boolean DEFAULT false)
-RETURNS uuid LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    me text := payledger.current_user_id();
-BEGIN
-    IF me IS NULL THEN
-        RAISE EXCEPTION 'no end user: changing a wallet needs a signed-in user' USING ERRCODE = '42501';
-    END IF;
-    RETURN (payledger_internal.set_receiver_wallet(wallet, me, enabled, priority, coalesce(detach, false))).id;
-END;
+RETURNS uuid LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT (payledger_internal.set_receiver_wallet(wallet, payledger_internal.signed_in_user('changing a wallet'),
+                                                   enabled, priority, coalesce(detach, false))).id;
 $$;
 GRANT EXECUTE ON FUNCTION payledger.set_my_receiver_wallet(uuid, boolean, integer, boolean) TO payledger_enduser;
 
@@ -240,14 +242,8 @@ GRANT EXECUTE ON FUNCTION payledger.test_receiver_wallet(uuid, bigint) TO payled
 -- The end user tries one of their own wallets (as when attaching it).
 CREATE FUNCTION payledger.test_my_receiver_wallet(wallet uuid, amount_msat bigint DEFAULT 1000)
 RETURNS TABLE (ok boolean, bolt11 text, payment_hash text, network text, error text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    me text := payledger.current_user_id();
-BEGIN
-    IF me IS NULL THEN
-        RAISE EXCEPTION 'no end user: trying a wallet needs a signed-in user' USING ERRCODE = '42501';
-    END IF;
-    RETURN QUERY SELECT * FROM payledger_internal.test_receiver_wallet(wallet, me, amount_msat);
-END;
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT * FROM payledger_internal.test_receiver_wallet(wallet, payledger_internal.signed_in_user('trying a wallet'),
+                                                          amount_msat);
 $$;
 GRANT EXECUTE ON FUNCTION payledger.test_my_receiver_wallet(uuid, bigint) TO payledger_enduser;
