@@ -10,6 +10,12 @@ ALTER TABLE payledger.payin_types
 -- (register_payin_type gained p2p_fallback: the old signature goes)
 DROP FUNCTION payledger.register_payin_type(text, text, boolean, boolean, integer);
 
+-- p2p: hold invoices at the operator's node
+ALTER TABLE payledger.invoices
+    ADD COLUMN hold boolean NOT NULL DEFAULT false,
+    ADD COLUMN cltv_expiry integer CHECK (cltv_expiry > 0),
+    ADD CONSTRAINT invoice_hold CHECK (hold = (cltv_expiry IS NOT NULL) AND (NOT hold OR payment_hash IS NOT NULL));
+
 -- src/ledger/mod.rs
 -- The roles, first, so that each module grants its API next to its
 -- definition (the grants that follow from the schemas are in
@@ -71,7 +77,6 @@ GRANT EXECUTE ON FUNCTION payledger.new_id() TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verify_event(jsonb), payledger.bip340_verify(bytea, bytea, bytea), payledger.verify_zap_receipt(jsonb, text, text, bigint, text) TO payledger_app;
 
 -- src/p2p/mod.rs
-/* payledger::payledger_internal */
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -82,6 +87,19 @@ IMMUTABLE STRICT PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
+	"wallet" uuid, /* pgrx :: Uuid */
+	"amount_msat" bigint, /* i64 */
+	"memo" TEXT, /* & str */
+	"expiry_secs" INT /* i32 */
+) RETURNS jsonb /* JsonB */
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
 
 -- src/ledger/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.transfer_batch(jsonb) TO payledger_app;
@@ -161,6 +179,204 @@ GRANT EXECUTE ON FUNCTION payledger.events_since(bigint, integer) TO payledger_a
 
 -- src/provider/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.request_invoice(uuid, uuid, interval, text) TO payledger_app;
+-- Apply what was learnt about an invoice: by the worker after a call, or by
+-- a verified webhook. The invoice row is locked first (then the pay-in, then
+-- accounts), and every change is guarded by the state it comes from, so two
+-- reports of the same payment settle it once.
+--   {"op": "create", "ok": true, "external_id", "payment_hash", "payment_request", "expires_at", "monitor_until"}
+--   {"op": "create", "ok": false, "error", "retryable"}
+--   {"op": "check", "status": "paid", "received", "preimage"}
+--   {"op": "check", "status": "pending" | "expired" | "invalid" | "not_found", "note"}
+--   {"op": "check", "ok": false, "error", "retryable"}
+--   {"op": "cancel", "cancel": "cancelled" | "too_late" | "gone"}
+--   {"op": "cancel", "ok": false, "error", "retryable"}
+-- Returns what it did, in a word.
+CREATE OR REPLACE FUNCTION payledger.invoice_apply(invoice uuid, result jsonb)
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    inv payledger.invoices;
+    p payledger.payins;
+    prov payledger.providers;
+    t record;
+    received bigint;
+    said text := result ->> 'status';
+    max_attempts integer := payledger.setting_int('worker_create_attempts');
+BEGIN
+    SELECT * INTO inv FROM payledger.invoices i WHERE i.id = invoice FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'invoice % does not exist', invoice USING ERRCODE = 'PL029';
+    END IF;
+    SELECT * INTO prov FROM payledger.providers x WHERE x.id = inv.provider_id;
+
+    IF result ->> 'op' = 'create' THEN
+        IF inv.status <> 'creating' THEN
+            RETURN 'ignored';
+        END IF;
+        IF result ->> 'ok' = 'false' THEN
+            -- an unreachable provider does not use up the tries (its backoff
+            -- paces them); the creation deadline (monitor_until) still holds
+            IF coalesce((result ->> 'retryable')::boolean, false) THEN
+                UPDATE payledger.invoices i
+                   SET last_error = left(result ->> 'error', 500), errors = i.errors + 1,
+                       create_attempts = greatest(i.create_attempts - 1, 0),
+                       next_check_at = now(), locked_until = NULL, updated_at = now()
+                 WHERE i.id = inv.id;
+                RETURN 'creation_unreachable';
+            END IF;
+            IF inv.create_attempts >= max_attempts THEN
+                UPDATE payledger.invoices i
+                   SET status = 'failed', last_error = left(result ->> 'error', 500), next_check_at = NULL,
+                       locked_until = NULL, updated_at = now()
+                 WHERE i.id = inv.id;
+                PERFORM payledger.transition_payin(inv.payin_id, 'FAILED', 'INVOICE_CREATION_FAILED');
+                RETURN 'creation_failed';
+            END IF;
+            UPDATE payledger.invoices i
+               SET last_error = left(result ->> 'error', 500), errors = i.errors + 1,
+                   next_check_at = now() + payledger_internal.backoff(i.create_attempts), locked_until = NULL, updated_at = now()
+             WHERE i.id = inv.id;
+            RETURN 'creation_retry';
+        END IF;
+        UPDATE payledger.invoices i
+           SET status = 'pending', external_id = result ->> 'external_id', payment_hash = result ->> 'payment_hash',
+               payment_request = result ->> 'payment_request',
+               expires_at = coalesce(to_timestamp((result ->> 'expires_at')::double precision), now() + i.expiry),
+               monitor_until = least(i.created_at + make_interval(secs => payledger.setting_int('worker_max_invoice_age')),
+                                     coalesce(to_timestamp((result ->> 'monitor_until')::double precision),
+                                              coalesce(to_timestamp((result ->> 'expires_at')::double precision),
+                                                       now() + i.expiry) + prov.monitoring)),
+               errors = 0, last_error = NULL, next_check_at = now(), locked_until = NULL, updated_at = now()
+         WHERE i.id = inv.id;
+        -- (a hold invoice is a p2p pay-in's: it waits for the payer's payment to be held)
+        SELECT * INTO t FROM payledger.transition_payin(inv.payin_id, (CASE WHEN inv.hold THEN 'PENDING_HELD' ELSE 'PENDING' END)::payledger.payin_state,
+                                                        NULL, coalesce(result ->> 'payment_hash', result ->> 'external_id'));
+        RETURN CASE WHEN t.changed THEN 'created' ELSE 'created_for_' || lower(t.state::text) END;
+    END IF;
+
+    IF result ->> 'op' = 'cancel' THEN
+        IF inv.cancel IS DISTINCT FROM 'requested' THEN
+            UPDATE payledger.invoices i SET locked_until = NULL WHERE i.id = inv.id;
+            RETURN 'ignored';
+        END IF;
+        IF result ->> 'ok' = 'false' THEN
+            -- still requested: tried again after a backoff
+            UPDATE payledger.invoices i
+               SET errors = i.errors + 1, last_error = left('cancelling: ' || (result ->> 'error'), 500),
+                   next_check_at = now() + payledger_internal.backoff(i.errors + 1), locked_until = NULL,
+                   updated_at = now()
+             WHERE i.id = inv.id;
+            RETURN 'cancel_error';
+        END IF;
+        IF result ->> 'cancel' = 'too_late' THEN
+            -- paid before the cancel: the next check books it as late money
+            UPDATE payledger.invoices i
+               SET cancel = 'too_late', errors = 0, next_check_at = now(), locked_until = NULL, updated_at = now()
+             WHERE i.id = inv.id;
+            RETURN 'cancel_too_late';
+        END IF;
+        IF result ->> 'cancel' NOT IN ('cancelled', 'gone') THEN
+            RAISE EXCEPTION 'unknown cancel result %', result USING ERRCODE = '22023';
+        END IF;
+        -- it can no longer be paid: no longer watched
+        UPDATE payledger.invoices i
+           SET cancel = result ->> 'cancel', cancelled_at = now(), status = 'failed', errors = 0,
+               last_error = CASE WHEN result ->> 'cancel' = 'gone' THEN 'the provider has no such invoice (its pay-in ended)'
+                                 ELSE 'cancelled at the provider: its pay-in ended' END,
+               next_check_at = NULL, locked_until = NULL, updated_at = now()
+         WHERE i.id = inv.id;
+        RETURN 'invoice_cancelled';
+    END IF;
+
+    -- a check (or a webhook's news)
+    IF result ->> 'ok' = 'false' OR said = 'not_found' THEN
+        UPDATE payledger.invoices i
+           SET errors = i.errors + 1, checks = i.checks + 1,
+               last_error = left(coalesce(result ->> 'error', 'not found at the provider'), 500),
+               next_check_at = CASE WHEN i.next_check_at IS NULL THEN NULL
+                                    ELSE now() + payledger_internal.backoff(i.errors + 1) END,
+               locked_until = NULL, updated_at = now()
+         WHERE i.id = inv.id;
+        RETURN 'error';
+    END IF;
+
+    IF said = 'paid' THEN
+        IF inv.status = 'paid' THEN
+            UPDATE payledger.invoices i SET next_check_at = NULL, locked_until = NULL WHERE i.id = inv.id;
+            RETURN 'already_paid';
+        END IF;
+        received := coalesce((result ->> 'received')::bigint, inv.amount);
+        IF received < inv.amount THEN
+            -- not all of it: keep watching, and say so
+            UPDATE payledger.invoices i
+               SET checks = i.checks + 1, last_error = format('underpaid: %s of %s', received, inv.amount),
+                   next_check_at = now(), locked_until = NULL, updated_at = now()
+             WHERE i.id = inv.id;
+            RETURN 'underpaid';
+        END IF;
+        UPDATE payledger.invoices i
+           SET status = 'paid', amount_received = received, preimage = result ->> 'preimage', paid_at = now(),
+               checks = i.checks + 1, errors = 0, last_error = NULL, next_check_at = NULL, locked_until = NULL,
+               updated_at = now()
+         WHERE i.id = inv.id
+        RETURNING * INTO inv;
+        -- locked, so that a cancel or failure committing meanwhile is seen
+        -- (then the money is a late payment, not lost)
+        SELECT * INTO p FROM payledger.payins x WHERE x.id = inv.payin_id FOR NO KEY UPDATE;
+        IF p.state IN ('PENDING_INVOICE_CREATION', 'PENDING', 'HELD') THEN
+            IF p.state = 'PENDING_INVOICE_CREATION' THEN
+                PERFORM payledger.transition_payin(p.id, 'PENDING', NULL, coalesce(inv.payment_hash, inv.external_id));
+            END IF;
+            SELECT * INTO t FROM payledger.transition_payin(p.id, 'PAID');
+        END IF;
+        IF p.state IN ('PENDING_INVOICE_CREATION', 'PENDING', 'HELD', 'PAID') THEN
+            IF received > inv.amount THEN
+                UPDATE payledger.invoices i
+                   SET overpay_journal = payledger_internal.record_overpayment(inv, p, received - inv.amount)
+                 WHERE i.id = inv.id;
+            END IF;
+            RETURN CASE WHEN p.state = 'PAID' THEN 'already_paid' ELSE 'paid' END;
+        END IF;
+        -- FAILED or CANCELLED before the money came
+        UPDATE payledger.invoices i SET paid_late = true, late_journal = payledger_internal.record_late_payment(inv, received)
+         WHERE i.id = inv.id;
+        RETURN 'paid_late';
+    END IF;
+
+    IF said = 'pending' THEN
+        UPDATE payledger.invoices i
+           SET checks = i.checks + 1, errors = 0, last_error = NULL, locked_until = NULL, updated_at = now(),
+               next_check_at = CASE WHEN i.next_check_at IS NULL THEN NULL ELSE payledger_internal.invoice_recheck_at(i) END
+         WHERE i.id = inv.id;
+        RETURN 'pending';
+    END IF;
+
+    IF said IN ('expired', 'invalid') THEN
+        IF inv.status IN ('paid', 'failed') OR (inv.status = 'expired' AND said = 'expired') THEN
+            UPDATE payledger.invoices i
+               SET checks = i.checks + 1, locked_until = NULL,
+                   next_check_at = CASE WHEN i.next_check_at IS NOT NULL AND i.monitor_until > now()
+                                        THEN payledger_internal.invoice_recheck_at(i) END
+             WHERE i.id = inv.id;
+            RETURN 'unchanged';
+        END IF;
+        UPDATE payledger.invoices i
+           SET status = CASE WHEN said = 'expired' THEN 'expired' ELSE 'failed' END::payledger.invoice_status,
+               checks = i.checks + 1, errors = 0, locked_until = NULL, updated_at = now(),
+               last_error = left(coalesce(result ->> 'note', result ->> 'error'), 500),
+               -- an expired invoice is still watched for late money until monitor_until
+               next_check_at = CASE WHEN said = 'expired' AND i.monitor_until > now() THEN payledger_internal.invoice_recheck_at(i) END
+         WHERE i.id = inv.id;
+        IF result ->> 'note' IS NOT NULL THEN
+            PERFORM payledger_internal.emit_event('invoice.partial_payment', inv.id, NULL,
+                jsonb_build_object('invoice', inv.id, 'payin', inv.payin_id, 'note', result ->> 'note'));
+        END IF;
+        PERFORM payledger.transition_payin(inv.payin_id, 'FAILED',
+            CASE WHEN said = 'expired' THEN 'INVOICE_EXPIRED' ELSE 'UNKNOWN_FAILURE' END::payledger.payin_failure_reason);
+        RETURN said;
+    END IF;
+    RAISE EXCEPTION 'unknown invoice result %', result USING ERRCODE = '22023';
+END;
+$$;
 GRANT EXECUTE ON FUNCTION payledger.provider_webhook(uuid, jsonb, text) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.create_subscription(text, text, text, bigint, interval, jsonb, jsonb, text, jsonb, text, timestamptz, jsonb) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.cancel_subscription(uuid) TO payledger_app;
@@ -224,19 +440,44 @@ ALTER TABLE payledger.receiver_wallets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.receiver_wallet_secrets ENABLE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallets', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallet_secrets', '');
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
-	"wallet" uuid, /* pgrx :: Uuid */
-	"amount_msat" bigint, /* i64 */
-	"memo" TEXT, /* & str */
-	"expiry_secs" INT /* i32 */
-) RETURNS jsonb /* JsonB */
-STRICT VOLATILE PARALLEL UNSAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
+-- One per p2p pay-in: the receiver's invoice its hold invoice wraps. (A
+-- retry is another pay-in, with its own row.)
+--   asking   the receiver's wallet is being asked for an invoice (the worker)
+--   wrapped  its invoice checked; the hold invoice, with the same payment
+--            hash, is issued at the operator's node (payledger.invoices, hold)
+--   failed   no wallet, no node, or the wallet refused (see failure); the
+--            pay-in is FAILED
+CREATE TABLE payledger.p2p_forwards (
+    payin_id      uuid PRIMARY KEY,
+    receiver_id   text NOT NULL,            -- the owner of the receiver pay-out's account
+    wallet_id     uuid REFERENCES payledger.receiver_wallets,
+    provider_id   uuid REFERENCES payledger.providers,   -- the operator's node, which holds
+    amount        bigint NOT NULL CHECK (amount > 0),     -- msat for the receiver
+    fee_budget    bigint NOT NULL CHECK (fee_budget >= 0), -- msat, the routing_fee pay-out
+    status        text NOT NULL CHECK (status IN ('asking', 'wrapped', 'failed')),
+    failure       text,
+    -- the receiver's invoice, once given and checked
+    bolt11        text,
+    payment_hash  text CHECK (payment_hash ~ '^[0-9a-f]{64}$'),
+    expires_at    timestamptz,
+    final_cltv    integer,                  -- its min_final_cltv_expiry
+    -- the worker's bookkeeping
+    attempts      integer NOT NULL DEFAULT 0,
+    errors        integer NOT NULL DEFAULT 0,
+    last_error    text,
+    next_check_at timestamptz,              -- NULL: nothing to do
+    locked_until  timestamptz,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT p2p_forward_wallet CHECK (status = 'failed' OR (wallet_id IS NOT NULL AND provider_id IS NOT NULL)),
+    CONSTRAINT p2p_forward_invoice CHECK (status <> 'wrapped' OR (bolt11 IS NOT NULL AND payment_hash IS NOT NULL))
+);
+CREATE INDEX p2p_forwards_due_idx ON payledger.p2p_forwards (next_check_at) WHERE next_check_at IS NOT NULL;
+-- one receiver invoice is wrapped once
+CREATE UNIQUE INDEX p2p_forwards_hash_idx ON payledger.p2p_forwards (payment_hash) WHERE status <> 'failed';
+CREATE INDEX p2p_forwards_wallet_idx ON payledger.p2p_forwards (wallet_id);
+ALTER TABLE payledger.p2p_forwards ENABLE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('payledger.p2p_forwards', '');
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -482,20 +723,398 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, 
                                                           amount_msat);
 $$;
 GRANT EXECUTE ON FUNCTION payledger.test_my_receiver_wallet(uuid, bigint) TO payledger_enduser;
+/* </end connected objects> */
 
--- src/nostr/mod.rs
-GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
+/* <begin connected objects> */
+-- requires:
+--   p2p_wallets
+
+-- payledger p2p: wrapping. A p2p pay-in (PENDING_INVOICE_WRAP) gets an
+-- invoice for its receiver's share from the receiver's wallet; once checked,
+-- a hold invoice with the same payment hash is opened at the operator's node
+-- for what the payer owes, and the pay-in is PENDING_HELD when the node has
+-- issued it (payledger.invoice_apply). The worker drives it: p2p_claim in
+-- its claim step, the wallet called on its threads, p2p_apply for each
+-- result. See docs/p2p.md.
+
+-- A p2p pay-in's receiver (the owner of the receiver pay-out's account),
+-- the share forwarded, and the routing fee budget.
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_shares(payin uuid, OUT receiver_id text, OUT amount bigint, OUT fee_budget bigint)
+LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT r.owner_id, r.amount,
+           coalesce((SELECT f.amount FROM payledger.payouts f WHERE f.payin_id = r.payin_id AND f.role = 'routing_fee'), 0)
+      FROM payledger.payouts r WHERE r.payin_id = payin AND r.role = 'receiver';
+$$;
+-- The wallet to ask: the receiver's, enabled and attached, not cooling down
+-- after payledger.p2p_wallet_max_failures failures in a row, not one that
+-- already failed earlier in this pay-in's chain of retries; lowest priority
+-- first.
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_pick_wallet(p payledger.payins, receiver text)
+RETURNS uuid LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT w.id FROM payledger.receiver_wallets w
+     WHERE w.owner_id = receiver AND w.enabled AND w.detached_at IS NULL
+       AND NOT (w.consecutive_failures >= payledger.setting_int('p2p_wallet_max_failures')
+                AND w.last_failure_at > now() - make_interval(secs => payledger.setting_int('p2p_wallet_cooldown')))
+       AND NOT EXISTS (SELECT 1 FROM payledger.p2p_forwards f JOIN payledger.payins x ON x.id = f.payin_id
+                        WHERE f.wallet_id = w.id AND f.status = 'failed' AND x.id <> p.id
+                          AND coalesce(x.genesis_id, x.id) = coalesce(p.genesis_id, p.id))
+     ORDER BY w.priority, w.created_at, w.id
+     LIMIT 1;
+$$;
+-- A forward that cannot go on: recorded with why, and its pay-in FAILED
+-- with the reason (its custodial part back to the payer). The caller holds
+-- the forward's row, or has just written it.
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_fail(f payledger.p2p_forwards, reason payledger.payin_failure_reason, why text)
+RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE payledger.p2p_forwards x
+       SET status = 'failed', failure = left(why, 500), next_check_at = NULL, locked_until = NULL, updated_at = now()
+     WHERE x.payin_id = f.payin_id;
+    IF (SELECT p.state FROM payledger.payins p WHERE p.id = f.payin_id) = 'PENDING_INVOICE_WRAP' THEN
+        PERFORM payledger.transition_payin(f.payin_id, 'FAILED', reason);
+    END IF;
+END;
+$$;
+-- Begin a p2p pay-in the caller has locked: its forward asks the first
+-- wallet; without a wallet, or without a node of the operator that can hold
+-- invoices (lnd_rest), the pay-in fails at once.
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_begin(p payledger.payins)
+RETURNS text LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    s record;
+    node payledger.providers;
+    wallet uuid;
+    why text;
+BEGIN
+    SELECT * INTO s FROM payledger_internal.p2p_shares(p.id);
+    SELECT * INTO node FROM payledger.providers x
+     WHERE x.id = payledger_internal.pick_provider(p.type, p.asset, p.external_method);
+    wallet := payledger_internal.p2p_pick_wallet(p, s.receiver_id);
+    why := CASE WHEN node.id IS NULL THEN format('no active provider serves %s in %s', p.external_method, p.asset)
+                WHEN node.kind <> 'lnd_rest' THEN format('provider %s (%s) cannot hold invoices: p2p needs an lnd_rest node',
+                                                         node.name, node.kind)
+                WHEN wallet IS NULL THEN format('receiver %s has no wallet to pay into', s.receiver_id) END;
+    INSERT INTO payledger.p2p_forwards (payin_id, receiver_id, wallet_id, provider_id, amount, fee_budget, status, failure,
+                                        next_check_at)
+    VALUES (p.id, s.receiver_id, wallet, CASE WHEN node.kind = 'lnd_rest' THEN node.id END, s.amount, s.fee_budget,
+            CASE WHEN why IS NULL THEN 'asking' ELSE 'failed' END, why,
+            CASE WHEN why IS NULL THEN '-infinity'::timestamptz END);
+    IF why IS NOT NULL THEN
+        PERFORM payledger.transition_payin(p.id, 'FAILED', 'INVOICE_WRAPPING_FAILED_UNKNOWN');
+        RETURN 'not_wrapped';
+    END IF;
+    RETURN 'asking';
+END;
+$$;
+-- The worker's claim (inside worker_claim's transaction): begin the p2p
+-- pay-ins waiting to be wrapped, then claim the forwards whose wallet is to
+-- be asked (SKIP LOCKED, with a lease). No secrets: the worker reads the
+-- wallets' credentials itself.
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_claim(batch integer, lease interval)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    p payledger.payins;
+    claims jsonb;
+BEGIN
+    FOR p IN SELECT x.* FROM payledger.payins x
+              WHERE x.state = 'PENDING_INVOICE_WRAP'
+                AND NOT EXISTS (SELECT 1 FROM payledger.p2p_forwards f WHERE f.payin_id = x.id)
+              ORDER BY x.state_changed_at LIMIT batch
+              FOR NO KEY UPDATE OF x SKIP LOCKED LOOP
+        PERFORM payledger_internal.p2p_begin(p);
+    END LOOP;
+    WITH due AS (
+        SELECT f.payin_id FROM payledger.p2p_forwards f
+         WHERE f.status = 'asking' AND f.next_check_at <= now()
+           AND (f.locked_until IS NULL OR f.locked_until < now())
+         ORDER BY f.next_check_at
+         LIMIT batch
+         FOR UPDATE OF f SKIP LOCKED),
+    claimed AS (
+        UPDATE payledger.p2p_forwards f
+           SET locked_until = now() + lease, attempts = f.attempts + 1, updated_at = now()
+          FROM due WHERE f.payin_id = due.payin_id
+        RETURNING f.*)
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'forward_id', c.payin_id, 'op', 'receiver_invoice',
+               'wallet_id', c.wallet_id, 'wallet_kind', w.kind, 'wallet_config', w.config,
+               'amount', c.amount, 'memo', format('%s via %s', y.type, c.payin_id),
+               -- (the wallet's invoice must outlive the hold invoice by the buffer)
+               'expiry_secs', payledger.setting_int('p2p_max_hold_expiry') + payledger.setting_int('p2p_expiry_buffer'))
+             ORDER BY c.payin_id), '[]')
+      INTO claims
+      FROM claimed c JOIN payledger.receiver_wallets w ON w.id = c.wallet_id
+      JOIN payledger.payins y ON y.id = c.payin_id;
+    RETURN claims;
+END;
+$$;
+-- A wallet's answer counts towards its health.
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_wallet_health(wallet uuid, problem text)
+RETURNS void LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    UPDATE payledger.receiver_wallets x
+       SET consecutive_failures = CASE WHEN problem IS NULL THEN 0 ELSE x.consecutive_failures + 1 END,
+           last_failure_at = CASE WHEN problem IS NULL THEN x.last_failure_at ELSE now() END,
+           last_ok_at = CASE WHEN problem IS NULL THEN now() ELSE x.last_ok_at END,
+           last_error = left(problem, 500)
+     WHERE x.id = wallet;
+$$;
+-- What was wrong with a receiver's invoice, judged as the forward will need
+-- it, with the failure reason it gives (NULL: nothing). The operator's node
+-- must be able to pay it: an amount of exactly the share, the node's
+-- network, enough time left to hold the payer's payment first, and a final
+-- CLTV delta that leaves room to settle.
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_invoice_problem(
+    f payledger.p2p_forwards, bolt11 text, OUT reason payledger.payin_failure_reason, OUT problem text,
+    OUT payment_hash text, OUT expires_at timestamptz, OUT final_cltv integer)
+LANGUAGE plpgsql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    network text;
+    decoded record;
+BEGIN
+    BEGIN
+        SELECT * INTO decoded FROM payledger.bolt11_decode(bolt11);
+    EXCEPTION WHEN OTHERS THEN
+        reason := 'INVOICE_WRAPPING_FAILED_UNKNOWN';
+        problem := 'the wallet answered something that is not a BOLT11 invoice: ' || SQLERRM;
+        RETURN;
+    END;
+    SELECT coalesce(x.config ->> 'network', 'bitcoin') INTO network FROM payledger.providers x WHERE x.id = f.provider_id;
+    IF decoded.amount_msat IS DISTINCT FROM f.amount THEN
+        reason := 'INVOICE_WRAPPING_FAILED_UNKNOWN';
+        problem := format('the wallet''s invoice is for %s msat, not %s', coalesce(decoded.amount_msat::text, 'any amount'), f.amount);
+    ELSIF decoded.network <> network THEN
+        reason := 'INVOICE_WRAPPING_FAILED_UNKNOWN';
+        problem := format('the wallet''s invoice is for %s, the node pays on %s', decoded.network, network);
+    ELSIF decoded.expires_at < now() + make_interval(secs => payledger.setting_int('p2p_expiry_buffer') + 60) THEN
+        reason := 'INVOICE_WRAPPING_FAILED_HIGH_PREDICTED_EXPIRY';
+        problem := format('the wallet''s invoice expires in under %s s: too soon to hold a payment first',
+                          payledger.setting_int('p2p_expiry_buffer') + 60);
+    ELSIF decoded.min_final_cltv_expiry + payledger.setting_int('p2p_settle_cltv_margin')
+          > payledger.setting_int('p2p_max_cltv_delta') THEN
+        reason := 'INVOICE_WRAPPING_FAILED_HIGH_PREDICTED_EXPIRY';
+        problem := format('the wallet''s invoice needs a final CLTV delta of %s blocks: with %s to settle, over the %s allowed',
+                          decoded.min_final_cltv_expiry, payledger.setting_int('p2p_settle_cltv_margin'),
+                          payledger.setting_int('p2p_max_cltv_delta'));
+    ELSIF EXISTS (SELECT 1 FROM payledger.p2p_forwards x WHERE x.payment_hash = decoded.payment_hash AND x.status <> 'failed')
+          OR EXISTS (SELECT 1 FROM payledger.invoices i WHERE i.payment_hash = decoded.payment_hash) THEN
+        reason := 'INVOICE_WRAPPING_FAILED_UNKNOWN';
+        problem := 'the wallet''s invoice has a payment hash payledger already knows';
+    END IF;
+    payment_hash := decoded.payment_hash;
+    expires_at := decoded.expires_at;
+    final_cltv := decoded.min_final_cltv_expiry;
+END;
+$$;
+-- Apply what the wallet answered (one result, in its own transaction; the
+-- forward's row first, then its pay-in). A good invoice opens the hold
+-- invoice at the node, for the pay-in's external amount and the same
+-- payment hash, expiring before the wallet's by payledger.p2p_expiry_buffer
+-- (and within payledger.p2p_max_hold_expiry), with the wallet's final CLTV
+-- delta plus payledger.p2p_settle_cltv_margin. A refusal or a bad invoice
+-- fails the pay-in with its reason; a wallet that did not answer is asked
+-- again after a backoff, until PENDING_INVOICE_WRAP's deadline.
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_apply(forward uuid, result jsonb)
+RETURNS text LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    f payledger.p2p_forwards;
+    p payledger.payins;
+    node payledger.providers;
+    c record;
+    hold_for interval;
+BEGIN
+    SELECT * INTO f FROM payledger.p2p_forwards x WHERE x.payin_id = forward FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'p2p forward % does not exist', forward USING ERRCODE = 'PL019';
+    END IF;
+    IF result ->> 'op' IS DISTINCT FROM 'receiver_invoice' THEN
+        RAISE EXCEPTION 'unknown p2p result %', left(result::text, 100) USING ERRCODE = '22023';
+    END IF;
+    IF f.status <> 'asking' THEN
+        RETURN 'ignored';
+    END IF;
+    SELECT * INTO p FROM payledger.payins x WHERE x.id = f.payin_id;
+    IF p.state <> 'PENDING_INVOICE_WRAP' THEN
+        -- (failed by its deadline, or cancelled, meanwhile)
+        PERFORM payledger_internal.p2p_fail(f, NULL, format('the pay-in became %s first', p.state));
+        RETURN 'payin_ended';
+    END IF;
+    IF result ->> 'ok' = 'false' THEN
+        IF coalesce((result ->> 'retryable')::boolean, false) THEN
+            UPDATE payledger.p2p_forwards x
+               SET errors = x.errors + 1, last_error = left(result ->> 'error', 500), locked_until = NULL,
+                   next_check_at = now() + payledger_internal.backoff(x.errors + 1), updated_at = now()
+             WHERE x.payin_id = f.payin_id;
+            PERFORM payledger_internal.p2p_wallet_health(f.wallet_id, result ->> 'error');
+            RETURN 'wallet_unreachable';
+        END IF;
+        PERFORM payledger_internal.p2p_wallet_health(f.wallet_id, result ->> 'error');
+        PERFORM payledger_internal.p2p_fail(f, 'INVOICE_WRAPPING_FAILED_UNKNOWN', 'the wallet refused: ' || (result ->> 'error'));
+        RETURN 'wallet_refused';
+    END IF;
+    SELECT * INTO c FROM payledger_internal.p2p_invoice_problem(f, result ->> 'bolt11');
+    IF c.problem IS NOT NULL THEN
+        PERFORM payledger_internal.p2p_wallet_health(f.wallet_id, c.problem);
+        PERFORM payledger_internal.p2p_fail(f, c.reason, c.problem);
+        RETURN 'invoice_refused';
+    END IF;
+    PERFORM payledger_internal.p2p_wallet_health(f.wallet_id, NULL);
+    UPDATE payledger.p2p_forwards x
+       SET status = 'wrapped', bolt11 = result ->> 'bolt11', payment_hash = c.payment_hash,
+           expires_at = c.expires_at, final_cltv = c.final_cltv,
+           errors = 0, last_error = NULL, next_check_at = NULL, locked_until = NULL, updated_at = now()
+     WHERE x.payin_id = f.payin_id;
+    SELECT * INTO node FROM payledger.providers x WHERE x.id = f.provider_id;
+    hold_for := least(make_interval(secs => payledger.setting_int('p2p_max_hold_expiry')),
+                      c.expires_at - now() - make_interval(secs => payledger.setting_int('p2p_expiry_buffer')));
+    INSERT INTO payledger.invoices (id, payin_id, provider_id, provider_kind, provider_name, profile_id, asset, amount,
+                                    memo, expiry, status, payment_hash, hold, cltv_expiry, monitor_until, next_check_at)
+    VALUES (payledger.new_id(), p.id, node.id, node.kind, node.name, node.profile_id, p.asset, p.external_amount,
+            p.type || ' ' || p.id, date_trunc('second', hold_for), 'creating', c.payment_hash, true,
+            c.final_cltv + payledger.setting_int('p2p_settle_cltv_margin'),
+            now() + hold_for, '-infinity');
+    RETURN 'wrapped';
+END;
+$$;
+
+-- src/worker/mod.rs
+---------------------------------------------------------------------------
+-- The worker's steps
+---------------------------------------------------------------------------
+
+-- Step 1, in its own short transaction: open invoices for pay-ins waiting
+-- for one, then claim due invoices and withdrawals (SKIP LOCKED, with a lease so that a
+-- crashed worker's claims come back) and return what to call. No secrets.
+CREATE OR REPLACE FUNCTION payledger.worker_claim(batch integer, due_before timestamptz DEFAULT now())
+RETURNS jsonb LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    lease interval := make_interval(secs => 30 + 2 * payledger.setting_int('worker_http_timeout') / 1000.0);
+    w record;
+    claims jsonb;
+BEGIN
+    PERFORM payledger_internal.require_limit(batch, 'batch');
+    -- (pay-ins no provider serves are the application's to invoice: left alone)
+    FOR w IN SELECT p.id FROM payledger.payins p
+              WHERE p.state = 'PENDING_INVOICE_CREATION' AND p.external_amount > 0
+                AND NOT EXISTS (SELECT 1 FROM payledger.invoices i WHERE i.payin_id = p.id)
+                AND payledger_internal.pick_provider(p.type, p.asset, p.external_method) IS NOT NULL
+              ORDER BY p.state_changed_at LIMIT batch
+              FOR NO KEY UPDATE OF p SKIP LOCKED LOOP
+        PERFORM payledger_internal.open_invoice(w.id);
+    END LOOP;
+
+    -- an open invoice whose pay-in ended (FAILED, CANCELLED) is to be
+    -- cancelled where its provider can (see payledger.invoice_apply), and is
+    -- marked 'cannot' where it cannot; noticed here, not in the pay-in's
+    -- move, so that a cancel never locks an invoice while holding its pay-in
+    -- (invoice_apply locks them the other way round)
+    WITH due AS (
+        SELECT i.id, (i.status = 'pending' AND i.cancel IS NULL AND y.state IN ('FAILED', 'CANCELLED')) AS ended
+          FROM payledger.invoices i JOIN payledger.providers pr ON pr.id = i.provider_id
+          JOIN payledger.payins y ON y.id = i.payin_id
+         WHERE i.next_check_at <= due_before
+           AND (i.locked_until IS NULL OR i.locked_until < now())
+           AND (pr.retry_after IS NULL OR pr.retry_after <= now())
+         ORDER BY i.next_check_at
+         LIMIT batch
+         FOR UPDATE OF i SKIP LOCKED),
+    claimed AS (
+        UPDATE payledger.invoices i
+           SET locked_until = now() + lease,
+               create_attempts = i.create_attempts + (i.status = 'creating')::integer,
+               cancel = CASE WHEN NOT due.ended THEN i.cancel
+                             WHEN i.provider_kind IN ('lnd_rest', 'cln_rest', 'stripe') THEN 'requested'
+                             ELSE 'cannot' END
+          FROM due WHERE i.id = due.id
+        RETURNING i.*)
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'invoice_id', c.id,
+               'op', CASE WHEN c.cancel = 'requested' THEN 'cancel' WHEN c.status = 'creating' THEN 'create' ELSE 'check' END,
+               'provider_id', c.provider_id, 'kind', pr.kind, 'base_url', pr.base_url, 'config', pr.config,
+               'amount', c.amount, 'asset', c.asset, 'memo', c.memo,
+               'expiry_secs', greatest(1, extract(epoch FROM c.expiry)::bigint),
+               'external_id', c.external_id)
+             -- a hold invoice is issued for a payment hash it is given (src/p2p/)
+             || CASE WHEN c.hold THEN jsonb_build_object('hold', true, 'payment_hash', c.payment_hash,
+                                                         'cltv_expiry', c.cltv_expiry) ELSE '{}' END), '[]')
+      INTO claims
+      FROM claimed c JOIN payledger.providers pr ON pr.id = c.provider_id;
+
+    -- withdrawals: one to pay is recorded as sent first (status unknown), so
+    -- that after a crash between the call and the record it is looked up,
+    -- never paid again
+    WITH due AS (
+        SELECT wd.id, wd.status = 'sending' AS send FROM payledger.withdrawals wd
+          JOIN payledger.providers pr ON pr.id = wd.provider_id
+         WHERE wd.next_check_at <= due_before
+           AND (wd.locked_until IS NULL OR wd.locked_until < now())
+           AND (pr.retry_after IS NULL OR pr.retry_after <= now())
+         ORDER BY wd.next_check_at
+         LIMIT batch
+         FOR UPDATE OF wd SKIP LOCKED),
+    claimed AS (
+        UPDATE payledger.withdrawals wd
+           SET status = CASE WHEN due.send THEN 'unknown' ELSE wd.status END,
+               attempts = wd.attempts + due.send::integer,
+               sent_at = CASE WHEN due.send THEN now() ELSE wd.sent_at END,
+               locked_until = now() + lease, updated_at = now()
+          FROM due WHERE wd.id = due.id
+        RETURNING wd.*, due.send)
+    SELECT claims || coalesce(jsonb_agg(jsonb_build_object(
+               'withdrawal_id', c.id,
+               'op', CASE WHEN c.status = 'resolving' THEN 'resolve' WHEN c.send THEN 'pay' ELSE 'lookup' END,
+               'provider_id', c.provider_id, 'kind', pr.kind, 'base_url', pr.base_url, 'config', pr.config,
+               'destination', c.destination, 'payment_hash', c.payment_hash, 'amount', c.amount,
+               'max_fee', c.max_fee, 'network', coalesce(pr.config ->> 'network', 'bitcoin'))), '[]')
+      INTO claims
+      FROM claimed c JOIN payledger.providers pr ON pr.id = c.provider_id;
+
+    -- p2p pay-ins: their receivers' wallets asked for invoices (src/p2p/)
+    RETURN claims || payledger_internal.p2p_claim(batch, lease);
+END;
+$$;
+-- Step 3: apply one result, in its own short transaction (the worker and
+-- run_tick commit after each). One result per transaction is the lock order:
+-- settling locks the invoice, then its pay-in, then that pay-in's accounts in
+-- one pass, as a client's call does; a transaction settling two pay-ins would
+-- lock two passes of accounts, out of order with a client's single pass, and
+-- could deadlock with it. A result that cannot be applied is recorded on the
+-- invoice (backoff) with a WARNING, never lost. Returns the outcome in a word.
+CREATE OR REPLACE FUNCTION payledger.worker_apply(result jsonb)
+RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM payledger_internal.require(result, 'result');
+    BEGIN
+        IF result ? 'forward_id' THEN
+            RETURN payledger_internal.p2p_apply((result ->> 'forward_id')::uuid, result);
+        END IF;
+        IF result ? 'withdrawal_id' THEN
+            RETURN payledger_internal.withdrawal_apply((result ->> 'withdrawal_id')::uuid, result);
+        END IF;
+        RETURN payledger.invoice_apply((result ->> 'invoice_id')::uuid, result);
+    EXCEPTION WHEN OTHERS THEN
+        IF result ? 'forward_id' THEN
+            UPDATE payledger.p2p_forwards f
+               SET last_error = left('applying the result: ' || SQLERRM, 500), locked_until = NULL,
+                   errors = f.errors + 1, next_check_at = now() + payledger_internal.backoff(f.errors + 1)
+             WHERE f.payin_id = (result ->> 'forward_id')::uuid AND f.next_check_at IS NOT NULL;
+            RAISE WARNING 'payledger worker: p2p forward %: %', result ->> 'forward_id', SQLERRM;
+        ELSIF result ? 'withdrawal_id' THEN
+            UPDATE payledger.withdrawals wd
+               SET last_error = left('applying the result: ' || SQLERRM, 500), locked_until = NULL,
+                   errors = wd.errors + 1, next_check_at = now() + payledger_internal.backoff(wd.errors + 1)
+             WHERE wd.id = (result ->> 'withdrawal_id')::uuid AND wd.next_check_at IS NOT NULL;
+            RAISE WARNING 'payledger worker: withdrawal %: %', result ->> 'withdrawal_id', SQLERRM;
+        ELSE
+            UPDATE payledger.invoices i
+               SET last_error = left('applying the result: ' || SQLERRM, 500), locked_until = NULL,
+                   errors = i.errors + 1, next_check_at = now() + payledger_internal.backoff(i.errors + 1)
+             WHERE i.id = (result ->> 'invoice_id')::uuid;
+            RAISE WARNING 'payledger worker: invoice %: %', result ->> 'invoice_id', SQLERRM;
+        END IF;
+        RETURN 'apply_error';
+    END;
+END;
+$$;
 
 -- src/credits/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.credit_asset() TO payledger_enduser, payledger_app;
@@ -521,6 +1140,20 @@ GRANT EXECUTE ON FUNCTION payledger.credit_access(text, text[]) TO payledger_app
 GRANT EXECUTE ON FUNCTION payledger.my_total_credits() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credit_history(text, integer) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.my_credit_history(integer) TO payledger_enduser, payledger_app;
+
+-- src/nostr/mod.rs
+GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
 
 -- src/lib.rs
 /* </end connected objects> */

@@ -26,6 +26,12 @@ pub static METERING_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(21_600);
 pub static METERING_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static WEBHOOK_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static LNURL_HTTP_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static P2P_MAX_CLTV_DELTA: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static P2P_SETTLE_CLTV_MARGIN: GucSetting<i32> = GucSetting::<i32>::new(80);
+pub static P2P_EXPIRY_BUFFER: GucSetting<i32> = GucSetting::<i32>::new(120);
+pub static P2P_MAX_HOLD_EXPIRY: GucSetting<i32> = GucSetting::<i32>::new(900);
+pub static P2P_WALLET_MAX_FAILURES: GucSetting<i32> = GucSetting::<i32>::new(3);
+pub static P2P_WALLET_COOLDOWN: GucSetting<i32> = GucSetting::<i32>::new(3600);
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -154,6 +160,66 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"payledger.p2p_max_cltv_delta",
+        c"Largest CLTV delta (blocks) a p2p forward may need: the receiver's route and final hop.",
+        c"A receiver invoice whose predicted route needs more fails with INVOICE_WRAPPING_FAILED_HIGH_PREDICTED_EXPIRY.",
+        &P2P_MAX_CLTV_DELTA,
+        1,
+        10000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.p2p_settle_cltv_margin",
+        c"Blocks a held p2p payment must keep beyond the forward's route to be settled in time.",
+        c"Added to the hold invoice's final CLTV delta; a held HTLC with fewer blocks left fails with INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW.",
+        &P2P_SETTLE_CLTV_MARGIN,
+        0,
+        10000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.p2p_expiry_buffer",
+        c"Seconds the hold invoice expires before the receiver's invoice.",
+        c"A receiver invoice expiring sooner than this fails with INVOICE_WRAPPING_FAILED_HIGH_PREDICTED_EXPIRY.",
+        &P2P_EXPIRY_BUFFER,
+        0,
+        86400,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.p2p_max_hold_expiry",
+        c"Longest expiry, in seconds, of a p2p pay-in's hold invoice.",
+        c"The hold invoice expires at the earliest of this and the receiver's invoice's expiry less the buffer.",
+        &P2P_MAX_HOLD_EXPIRY,
+        1,
+        86400,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.p2p_wallet_max_failures",
+        c"Failures in a row after which a receiver wallet is skipped for a while.",
+        c"Skipped for payledger.p2p_wallet_cooldown seconds after its last failure.",
+        &P2P_WALLET_MAX_FAILURES,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.p2p_wallet_cooldown",
+        c"Seconds a failing receiver wallet is skipped.",
+        c"After payledger.p2p_wallet_max_failures failures in a row.",
+        &P2P_WALLET_COOLDOWN,
+        0,
+        2592000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"payledger.lnurl_http_hosts",
         c"Hosts whose LNURL servers may be called over plain http (a comma list).",
@@ -202,6 +268,12 @@ fn int_setting(name: &str) -> Option<&'static GucSetting<i32>> {
         "metering_interval" => &METERING_INTERVAL,
         "metering_workers" => &METERING_WORKERS,
         "webhook_max_attempts" => &WEBHOOK_MAX_ATTEMPTS,
+        "p2p_max_cltv_delta" => &P2P_MAX_CLTV_DELTA,
+        "p2p_settle_cltv_margin" => &P2P_SETTLE_CLTV_MARGIN,
+        "p2p_expiry_buffer" => &P2P_EXPIRY_BUFFER,
+        "p2p_max_hold_expiry" => &P2P_MAX_HOLD_EXPIRY,
+        "p2p_wallet_max_failures" => &P2P_WALLET_MAX_FAILURES,
+        "p2p_wallet_cooldown" => &P2P_WALLET_COOLDOWN,
         _ => return None,
     })
 }

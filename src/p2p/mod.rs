@@ -1,10 +1,11 @@
 //! Peer-to-peer payments (Stacker News' zaps to an attached wallet): the
 //! wallets users attach to receive (`schema.sql`, `wallets.sql`); asking
 //! one for an invoice (`receive`), through Nostr Wallet Connect (`nwc`, over
-//! a relay: `relay`), LNbits, LND or a Lightning Address.
+//! a relay: `relay`), LNbits, LND or a Lightning Address; wrapping it in a
+//! hold invoice at the operator's node (`forwards.sql`).
 
 pub mod nwc;
-mod receive;
+pub mod receive;
 mod relay;
 
 use pgrx::prelude::*;
@@ -20,6 +21,11 @@ extension_sql_file!(
     "wallets.sql",
     name = "p2p_wallets",
     requires = ["p2p_schema", nwc_connection, receiver_wallet_ask]
+);
+extension_sql_file!(
+    "forwards.sql",
+    name = "p2p_forwards",
+    requires = ["p2p_wallets"]
 );
 
 /// An NWC connection URI, parsed and checked (22023 with what is wrong,

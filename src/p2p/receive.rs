@@ -83,6 +83,7 @@ pub fn invoice(
                     asset: "msat",
                     memo,
                     expiry_secs,
+                    hold: None,
                 },
             )?;
             created

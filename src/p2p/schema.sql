@@ -41,3 +41,43 @@ ALTER TABLE payledger.receiver_wallets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.receiver_wallet_secrets ENABLE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallets', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallet_secrets', '');
+
+-- One per p2p pay-in: the receiver's invoice its hold invoice wraps. (A
+-- retry is another pay-in, with its own row.)
+--   asking   the receiver's wallet is being asked for an invoice (the worker)
+--   wrapped  its invoice checked; the hold invoice, with the same payment
+--            hash, is issued at the operator's node (payledger.invoices, hold)
+--   failed   no wallet, no node, or the wallet refused (see failure); the
+--            pay-in is FAILED
+CREATE TABLE payledger.p2p_forwards (
+    payin_id      uuid PRIMARY KEY,
+    receiver_id   text NOT NULL,            -- the owner of the receiver pay-out's account
+    wallet_id     uuid REFERENCES payledger.receiver_wallets,
+    provider_id   uuid REFERENCES payledger.providers,   -- the operator's node, which holds
+    amount        bigint NOT NULL CHECK (amount > 0),     -- msat for the receiver
+    fee_budget    bigint NOT NULL CHECK (fee_budget >= 0), -- msat, the routing_fee pay-out
+    status        text NOT NULL CHECK (status IN ('asking', 'wrapped', 'failed')),
+    failure       text,
+    -- the receiver's invoice, once given and checked
+    bolt11        text,
+    payment_hash  text CHECK (payment_hash ~ '^[0-9a-f]{64}$'),
+    expires_at    timestamptz,
+    final_cltv    integer,                  -- its min_final_cltv_expiry
+    -- the worker's bookkeeping
+    attempts      integer NOT NULL DEFAULT 0,
+    errors        integer NOT NULL DEFAULT 0,
+    last_error    text,
+    next_check_at timestamptz,              -- NULL: nothing to do
+    locked_until  timestamptz,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT p2p_forward_wallet CHECK (status = 'failed' OR (wallet_id IS NOT NULL AND provider_id IS NOT NULL)),
+    CONSTRAINT p2p_forward_invoice CHECK (status <> 'wrapped' OR (bolt11 IS NOT NULL AND payment_hash IS NOT NULL))
+);
+CREATE INDEX p2p_forwards_due_idx ON payledger.p2p_forwards (next_check_at) WHERE next_check_at IS NOT NULL;
+-- one receiver invoice is wrapped once
+CREATE UNIQUE INDEX p2p_forwards_hash_idx ON payledger.p2p_forwards (payment_hash) WHERE status <> 'failed';
+CREATE INDEX p2p_forwards_wallet_idx ON payledger.p2p_forwards (wallet_id);
+
+ALTER TABLE payledger.p2p_forwards ENABLE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('payledger.p2p_forwards', '');

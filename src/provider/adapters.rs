@@ -105,6 +105,15 @@ pub struct NewInvoice<'a> {
     pub asset: &'a str,
     pub memo: &'a str,
     pub expiry_secs: i64,
+    /// a hold invoice (LND only): for a payment hash whose preimage payledger
+    /// does not know; a payment to it is held until settled or cancelled
+    pub hold: Option<Hold<'a>>,
+}
+
+pub struct Hold<'a> {
+    pub payment_hash: &'a str,
+    /// the final CLTV delta the invoice asks for
+    pub cltv_expiry: i64,
 }
 
 #[derive(Debug, Default)]
@@ -341,9 +350,49 @@ pub(super) fn b64_to_hex(s: &str) -> Option<String> {
         .map(hex::encode)
 }
 
+/// A hold invoice at LND: `POST /v2/invoices/hodl` (invoicesrpc
+/// AddHoldInvoice) with the payment hash (bytes, base64), the amount, the
+/// expiry and the final CLTV delta. Its id is the payment hash.
+fn create_hold(
+    agent: &Agent,
+    ep: &Endpoint,
+    inv: &NewInvoice,
+    h: &Hold,
+) -> Result<Created, Failure> {
+    if ep.kind != Kind::LndRest {
+        return Err(Failure::Refused(
+            "hold invoices need an lnd_rest provider".into(),
+        ));
+    }
+    let hash = hex::decode(h.payment_hash)
+        .ok()
+        .filter(|b| b.len() == 32)
+        .ok_or_else(|| Failure::Refused("a hold invoice needs a 32-byte payment hash".into()))?;
+    let body = json!({"hash": base64::engine::general_purpose::STANDARD.encode(hash),
+                      "value_msat": inv.amount.to_string(), "memo": inv.memo,
+                      "expiry": inv.expiry_secs.to_string(), "cltv_expiry": h.cltv_expiry.to_string()});
+    let a = success(exchange(
+        agent,
+        "POST",
+        &ep.url("/v2/invoices/hodl"),
+        &[("Grpc-Metadata-macaroon", ep.secret("macaroon")?)],
+        Body::Json(body),
+    )?)?;
+    Ok(Created {
+        external_id: h.payment_hash.to_owned(),
+        payment_hash: Some(h.payment_hash.to_owned()),
+        payment_request: Some(str_field(&a, "payment_request")?),
+        expires_at: Some(now() + inv.expiry_secs),
+        monitor_until: None,
+    })
+}
+
 pub fn create(agent: &Agent, ep: &Endpoint, inv: &NewInvoice) -> Result<Created, Failure> {
     if ep.kind.lightning() && inv.amount <= 0 {
         return Err(Failure::Refused("the amount must be positive".into()));
+    }
+    if let Some(h) = &inv.hold {
+        return create_hold(agent, ep, inv, h);
     }
     match ep.kind {
         Kind::Lnbits => {

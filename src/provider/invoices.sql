@@ -219,8 +219,9 @@ BEGIN
                                                        now() + i.expiry) + prov.monitoring)),
                errors = 0, last_error = NULL, next_check_at = now(), locked_until = NULL, updated_at = now()
          WHERE i.id = inv.id;
-        SELECT * INTO t FROM payledger.transition_payin(inv.payin_id, 'PENDING', NULL,
-                                                        coalesce(result ->> 'payment_hash', result ->> 'external_id'));
+        -- (a hold invoice is a p2p pay-in's: it waits for the payer's payment to be held)
+        SELECT * INTO t FROM payledger.transition_payin(inv.payin_id, (CASE WHEN inv.hold THEN 'PENDING_HELD' ELSE 'PENDING' END)::payledger.payin_state,
+                                                        NULL, coalesce(result ->> 'payment_hash', result ->> 'external_id'));
         RETURN CASE WHEN t.changed THEN 'created' ELSE 'created_for_' || lower(t.state::text) END;
     END IF;
 

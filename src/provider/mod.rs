@@ -112,7 +112,13 @@ fn agent_for(ep: &Endpoint, provider: &str, s: &CallSettings) -> Result<ureq::Ag
 /// provider and the operation.
 fn claim_base(claim: &Value) -> serde_json::Map<String, Value> {
     let mut base = serde_json::Map::new();
-    for k in ["invoice_id", "withdrawal_id", "provider_id", "op"] {
+    for k in [
+        "invoice_id",
+        "withdrawal_id",
+        "forward_id",
+        "provider_id",
+        "op",
+    ] {
         if let Some(v) = claim.get(k) {
             base.insert(k.into(), v.clone());
         }
@@ -132,6 +138,33 @@ fn failure(claim: &Value, f: &Failure) -> Value {
 /// look its payment up, and say what came of it in the shape
 /// `payledger.invoice_apply` (`withdrawal_apply`) reads.
 fn call_one(claim: &Value, secrets: &Secrets, s: &CallSettings) -> Value {
+    if claim["op"] == "receiver_invoice" {
+        // a p2p pay-in's receiver's wallet (src/p2p/), not a provider
+        let wallet = claim["wallet_id"].as_str().unwrap_or_default();
+        let Some(credentials) = secrets.get(&format!("wallet:{wallet}")) else {
+            return failure(
+                claim,
+                &Failure::Refused("the wallet has no credentials".into()),
+            );
+        };
+        return match crate::p2p::receive::invoice(
+            claim["wallet_kind"].as_str().unwrap_or_default(),
+            &claim["wallet_config"],
+            credentials,
+            claim["amount"].as_i64().unwrap_or(0),
+            claim["memo"].as_str().unwrap_or_default(),
+            claim["expiry_secs"].as_i64().unwrap_or(3600),
+            s,
+        ) {
+            Ok(bolt11) => {
+                let mut v = claim_base(claim);
+                v.insert("ok".into(), true.into());
+                v.insert("bolt11".into(), bolt11.into());
+                Value::Object(v)
+            }
+            Err(f) => failure(claim, &f),
+        };
+    }
     let provider = claim["provider_id"].as_str().unwrap_or_default();
     let Some(kind) = claim["kind"].as_str().and_then(Kind::parse) else {
         return failure(claim, &Failure::Refused("unknown provider kind".into()));
@@ -210,6 +243,10 @@ fn call_one(claim: &Value, secrets: &Secrets, s: &CallSettings) -> Value {
             asset: claim["asset"].as_str().unwrap_or_default(),
             memo: claim["memo"].as_str().unwrap_or_default(),
             expiry_secs: claim["expiry_secs"].as_i64().unwrap_or(3600),
+            hold: (claim["hold"] == true).then(|| adapters::Hold {
+                payment_hash: claim["payment_hash"].as_str().unwrap_or_default(),
+                cltv_expiry: claim["cltv_expiry"].as_i64().unwrap_or(0),
+            }),
         };
         return match adapters::create(&agent, &ep, &inv) {
             Ok(c) => merge(
@@ -219,6 +256,12 @@ fn call_one(claim: &Value, secrets: &Secrets, s: &CallSettings) -> Value {
             ),
             Err(f) => failure(claim, &f),
         };
+    }
+    if claim["op"] != "check" {
+        return failure(
+            claim,
+            &Failure::Refused(format!("unknown operation {}", claim["op"])),
+        );
     }
     let external_id = claim["external_id"].as_str().unwrap_or_default();
     match adapters::status(&agent, &ep, external_id) {
@@ -244,9 +287,38 @@ pub fn call_all(claims: &[Value], secrets: &Secrets, s: &CallSettings) -> Vec<Va
     )
 }
 
-/// The credentials of the providers named in the claims (SPI; run inside a
-/// transaction, before any call).
+/// The credentials of the providers named in the claims, and of the
+/// receiver wallets (keyed `wallet:<id>`) (SPI; run inside a transaction,
+/// before any call).
 pub fn load_secrets(claims: &[Value]) -> Secrets {
+    let mut out = load_provider_secrets(claims);
+    let wallets: Vec<String> = claims
+        .iter()
+        .filter_map(|c| c["wallet_id"].as_str().map(str::to_owned))
+        .collect();
+    if !wallets.is_empty() {
+        Spi::connect(|client| {
+            let rows = client
+                .select(
+                    "SELECT wallet_id::text, credentials FROM payledger.receiver_wallet_secrets
+                      WHERE wallet_id = ANY ($1::uuid[])",
+                    None,
+                    &[wallets.into()],
+                )
+                .unwrap_or_else(|e| pgrx::error!("reading wallet credentials: {e}"));
+            for row in rows {
+                if let (Ok(Some(id)), Ok(Some(JsonB(c)))) =
+                    (row.get::<String>(1), row.get::<JsonB>(2))
+                {
+                    out.insert(format!("wallet:{id}"), c);
+                }
+            }
+        });
+    }
+    out
+}
+
+fn load_provider_secrets(claims: &[Value]) -> Secrets {
     let mut ids: Vec<String> = claims
         .iter()
         .filter_map(|c| c["provider_id"].as_str().map(str::to_owned))

@@ -137,6 +137,12 @@ CREATE TABLE payledger.invoices (
     locked_until    timestamptz,                 -- a worker's claim on it
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- a hold invoice (a p2p pay-in's, src/p2p/): issued for a payment hash
+    -- whose preimage payledger does not know, with this final CLTV delta;
+    -- a payment to it is held by the node until settled or cancelled
+    hold            boolean NOT NULL DEFAULT false,
+    cltv_expiry     integer CHECK (cltv_expiry > 0),
+    CONSTRAINT invoice_hold CHECK (hold = (cltv_expiry IS NOT NULL) AND (NOT hold OR payment_hash IS NOT NULL)),
     CONSTRAINT invoice_issued CHECK (status IN ('creating', 'failed') OR external_id IS NOT NULL),
     CONSTRAINT invoice_paid CHECK ((status = 'paid') = (paid_at IS NOT NULL)
                                    AND (status = 'paid') = (amount_received IS NOT NULL)),

@@ -28,7 +28,7 @@ use pgrx::JsonB;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-extension_sql_file!("worker.sql", name = "worker", requires = ["p2p_wallets"]);
+extension_sql_file!("worker.sql", name = "worker", requires = ["p2p_forwards"]);
 
 pub fn register() {
     // SAFETY: a plain read of a flag set by the postmaster.

@@ -157,7 +157,10 @@ BEGIN
                'provider_id', c.provider_id, 'kind', pr.kind, 'base_url', pr.base_url, 'config', pr.config,
                'amount', c.amount, 'asset', c.asset, 'memo', c.memo,
                'expiry_secs', greatest(1, extract(epoch FROM c.expiry)::bigint),
-               'external_id', c.external_id)), '[]')
+               'external_id', c.external_id)
+             -- a hold invoice is issued for a payment hash it is given (src/p2p/)
+             || CASE WHEN c.hold THEN jsonb_build_object('hold', true, 'payment_hash', c.payment_hash,
+                                                         'cltv_expiry', c.cltv_expiry) ELSE '{}' END), '[]')
       INTO claims
       FROM claimed c JOIN payledger.providers pr ON pr.id = c.provider_id;
 
@@ -189,7 +192,9 @@ BEGIN
                'max_fee', c.max_fee, 'network', coalesce(pr.config ->> 'network', 'bitcoin'))), '[]')
       INTO claims
       FROM claimed c JOIN payledger.providers pr ON pr.id = c.provider_id;
-    RETURN claims;
+
+    -- p2p pay-ins: their receivers' wallets asked for invoices (src/p2p/)
+    RETURN claims || payledger_internal.p2p_claim(batch, lease);
 END;
 $$;
 
@@ -205,12 +210,21 @@ RETURNS text LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payled
 BEGIN
     PERFORM payledger_internal.require(result, 'result');
     BEGIN
+        IF result ? 'forward_id' THEN
+            RETURN payledger_internal.p2p_apply((result ->> 'forward_id')::uuid, result);
+        END IF;
         IF result ? 'withdrawal_id' THEN
             RETURN payledger_internal.withdrawal_apply((result ->> 'withdrawal_id')::uuid, result);
         END IF;
         RETURN payledger.invoice_apply((result ->> 'invoice_id')::uuid, result);
     EXCEPTION WHEN OTHERS THEN
-        IF result ? 'withdrawal_id' THEN
+        IF result ? 'forward_id' THEN
+            UPDATE payledger.p2p_forwards f
+               SET last_error = left('applying the result: ' || SQLERRM, 500), locked_until = NULL,
+                   errors = f.errors + 1, next_check_at = now() + payledger_internal.backoff(f.errors + 1)
+             WHERE f.payin_id = (result ->> 'forward_id')::uuid AND f.next_check_at IS NOT NULL;
+            RAISE WARNING 'payledger worker: p2p forward %: %', result ->> 'forward_id', SQLERRM;
+        ELSIF result ? 'withdrawal_id' THEN
             UPDATE payledger.withdrawals wd
                SET last_error = left('applying the result: ' || SQLERRM, 500), locked_until = NULL,
                    errors = wd.errors + 1, next_check_at = now() + payledger_internal.backoff(wd.errors + 1)

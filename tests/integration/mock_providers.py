@@ -17,7 +17,8 @@ LNURL-pay (LUD-06) and Lightning Addresses (LUD-16):
      "<node>-<name>" is paid by an invoice of that node (lnd, cln); "liar"
      answers an invoice for another amount, "plain" one with a description
      instead of the metadata's hash, "closed" a LUD-06 ERROR.
-LND: POST /v1/invoices, GET /v1/invoice/{r_hash hex}, POST /v2/invoices/cancel,
+LND: POST /v1/invoices, POST /v2/invoices/hodl (hold invoices: a payment to one is
+     ACCEPTED, its HTLC held), GET /v1/invoice/{r_hash hex}, POST /v2/invoices/cancel,
      POST /v2/router/send and GET /v2/router/track/{payment_hash base64url}
      (grpc-gateway streams: one JSON object a line, {"result": Payment};
      an error before the first one is the HTTP status of its gRPC code).
@@ -25,7 +26,8 @@ CLN: POST /v1/invoice, /v1/listinvoices, /v1/delinvoice, /v1/pay, /v1/listpays
      (JSON-RPC errors as HTTP 500 {"code", "message"}).
 
 Control endpoints (no auth), for the tests to play the payer and the network:
-    POST /_control/settle/<id>     paid in full (id: payment hash or provider id)
+    POST /_control/settle/<id>     paid in full (id: payment hash or provider id);
+                                   a hold invoice's payment is held (ACCEPTED)
     POST /_control/overpay/<id>    paid twice the amount (BOLT 4 allows it)
     POST /_control/expire/<id>     past expiry unpaid
     POST /_control/paidlate/<id>   BTCPay: Expired + PaidLate
@@ -72,6 +74,7 @@ payments = {}      # (node, payment hash) -> outgoing payment
 refunds = {}       # Stripe refund id -> refund
 idempotency = {}   # Stripe Idempotency-Key -> response
 stats = {"requests": 0}
+HEIGHT = 870000    # the LND node's block height
 down = False
 network = {"mode": "ok"}
 bench = "--bench" in sys.argv
@@ -84,10 +87,12 @@ def respond(status, body):
     return status, reason, data
 
 
-def new_invoice(node, amount_msat, memo, expiry, description_hash=None):
-    """A payable invoice of a node: a real BOLT11 signed with its key."""
-    preimage = os.urandom(32)
-    h = hashlib.sha256(preimage).hexdigest()
+def new_invoice(node, amount_msat, memo, expiry, description_hash=None, hold_hash=None, cltv=None):
+    """A payable invoice of a node: a real BOLT11 signed with its key. A
+    hold invoice (hold_hash) is for a payment hash whose preimage the node
+    does not know: a payment to it is held (ACCEPTED) until settled."""
+    preimage = None if hold_hash else os.urandom(32)
+    h = hold_hash or hashlib.sha256(preimage).hexdigest()
     now = int(time.time())
     tags = Tags()
     if description_hash:
@@ -95,12 +100,15 @@ def new_invoice(node, amount_msat, memo, expiry, description_hash=None):
     else:
         tags.add(TagChar.description, memo or "")
     tags.add(TagChar.expire_time, expiry)
+    if cltv:
+        tags.add(TagChar.min_final_cltv_expiry, cltv)
     tags.add(TagChar.payment_secret, os.urandom(32).hex())
     tags.add(TagChar.payment_hash, h)
     pr = bolt11.encode(Bolt11(currency="bc", amount_msat=MilliSatoshi(amount_msat), date=now, tags=tags),
                        NODE_KEYS[node])
     invoices[h] = {"kind": node, "state": "OPEN" if node == "lnd" else "unpaid", "amount_msat": amount_msat,
-                   "preimage": preimage, "bolt11": pr, "created": now, "expires_at": now + expiry}
+                   "preimage": preimage, "bolt11": pr, "created": now, "expires_at": now + expiry,
+                   "hold": bool(hold_hash), "cltv": cltv or 80}
     return h, invoices[h]
 
 
@@ -209,6 +217,21 @@ def lnd(method, path, query, headers, body):
         h, inv = new_invoice("lnd", int(req["value_msat"]), req.get("memo"), int(req.get("expiry", 86400)))
         return respond(200, {"r_hash": b64(h), "payment_request": inv["bolt11"],
                              "add_index": str(len(invoices)), "payment_addr": base64.b64encode(os.urandom(32)).decode()})
+    if method == "POST" and path == "/v2/invoices/hodl":
+        # invoicesrpc AddHoldInvoice: the hash is given, the preimage unknown
+        req = json.loads(body or b"{}")
+        try:
+            h = base64.b64decode(req.get("hash", "")).hex()
+        except Exception:
+            h = ""
+        if len(h) != 64:
+            return grpc_error(2, "invalid hash")
+        if h in invoices:
+            return grpc_error(2, "invoice with payment hash already exists")
+        _, inv = new_invoice("lnd", int(req.get("value_msat") or 0), req.get("memo"), int(req.get("expiry") or 86400),
+                             hold_hash=h, cltv=int(req.get("cltv_expiry") or 80))
+        return respond(200, {"payment_request": inv["bolt11"], "add_index": str(len(invoices)),
+                             "payment_addr": base64.b64encode(os.urandom(32)).decode()})
     if method == "GET" and path.startswith("/v1/invoice/"):
         h = path.rsplit("/", 1)[1]
         inv = invoices.get(h)
@@ -221,7 +244,9 @@ def lnd(method, path, query, headers, body):
                              "state": inv["state"], "settled": paid,
                              "value_msat": str(inv["amount_msat"]),
                              "amt_paid_msat": str(inv.get("paid_msat", 0) if paid else 0),
-                             "r_preimage": base64.b64encode(inv["preimage"]).decode()})
+                             "r_preimage": base64.b64encode(inv["preimage"] or b"").decode(),
+                             "cltv_expiry": str(inv["cltv"]), "is_keysend": False,
+                             "htlcs": [inv["htlc"]] if inv.get("htlc") else []})
     if method == "POST" and path == "/v2/invoices/cancel":
         h = base64.b64decode(json.loads(body or b"{}").get("payment_hash", "")).hex()
         inv = invoices.get(h)
@@ -524,7 +549,15 @@ def control(method, path):
         return respond(404, {"error": "no such invoice"})
     paid = {"lnd": "SETTLED", "cln": "paid", "btcpay": "Settled", "stripe": "succeeded"}
     expired = {"lnd": "CANCELED", "cln": "expired", "btcpay": "Expired", "stripe": "canceled"}
-    if action in ("settle", "overpay"):
+    if action == "settle" and inv.get("hold"):
+        # the payer's HTLC arrives at a hold invoice: held, not settled (LND's ACCEPTED)
+        if inv["state"] != "OPEN":
+            return respond(409, {"error": "invoice is " + inv["state"]})
+        inv["state"] = "ACCEPTED"
+        inv["htlc"] = {"chan_id": "1", "htlc_index": "0", "amt_msat": str(inv["amount_msat"]),
+                       "accept_height": HEIGHT, "accept_time": str(int(time.time())), "resolve_time": "0",
+                       "expiry_height": HEIGHT + inv["cltv"], "state": "ACCEPTED"}
+    elif action in ("settle", "overpay"):
         inv["state"] = paid[inv["kind"]]
         inv["paid_msat"] = inv["amount_msat"] * (2 if action == "overpay" else 1)
         inv["paid_at"] = int(time.time())

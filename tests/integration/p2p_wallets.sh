@@ -8,7 +8,10 @@
 # (LNURL-pay) served by the LNURL test server. test_receiver_wallet gets a
 # BOLT11 for the amount from each, LNbits knows it as its own, and a payer
 # paying it credits the receiver's LNbits wallet. Failures are recorded as
-# the wallet's health: a wrong key, a wallet service that is gone.
+# the wallet's health: a wrong key, a wallet service that is gone. Then a
+# p2p zap wrapped by the worker: the NWC wallet's invoice in a hold invoice
+# with the same payment hash at the operator's LND node (the LND test
+# server, tests/integration/mock_providers.py), PENDING_HELD.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 setup_lnbits
@@ -76,6 +79,46 @@ IFS='|' read -r ok bolt11 hash network error < <(q "SELECT * FROM payledger.test
 echo "Lightning Address: a 3-sat invoice from the LNURL server"
 [ "$(q "SELECT count(*) FROM payledger.receiver_wallets WHERE last_ok_at IS NOT NULL AND consecutive_failures = 0")" = 4 ] ||
   fail "the four wallets are not recorded healthy"
+
+# a p2p zap wrapped by the worker (one tick at a time, CALL run_tick): the
+# NWC wallet's invoice for bob's 70 sat, then a hold invoice with the same
+# payment hash at the operator's LND node (the LND test server) for the 100
+# sat alice owes; the payer's payment is then held there (ACCEPTED)
+psql_ -d payledger_it -q >/dev/null <<SQL
+SELECT payledger.register_payin_type('ZAP', 'zap');
+SELECT payledger.register_payout_type(t, t) FROM (VALUES ('ZAP'), ('REWARDS_POOL'), ('ROUTING_FEE')) x(t);
+SELECT payledger.define_split_rule('zap_p2p', jsonb_build_array(
+  jsonb_build_object('role', 'receiver', 'payout_type', 'ZAP', 'percent', 70),
+  jsonb_build_object('role', 'pool', 'payout_type', 'REWARDS_POOL', 'percent', 27,
+                     'account', payledger.open_account('operator', 'msat', 'fees', 'rewards')),
+  jsonb_build_object('role', 'routing_fee', 'payout_type', 'ROUTING_FEE', 'percent', 3,
+                     'account', payledger.open_account('operator', 'msat', 'fees', 'routing'))), 'pool');
+SELECT payledger.create_merchant_profile('main', is_default => true);
+SELECT payledger.add_provider('main', 'node', 'lnd_rest', 'http://127.0.0.1:$MOCK_PORT', '{"macaroon": "0201036c6e64ad"}');
+SQL
+# (the running wallet service is the NIP-04 one: the others stand aside)
+q "SELECT count(payledger.set_receiver_wallet(id, enabled => false)) FROM payledger.receiver_wallets WHERE id <> '$W_NWC04'" >/dev/null
+ZAP=$(q "SELECT payin_id FROM payledger.create_payin('alice', 'ZAP', 'msat', 100000, '[{\"external\": \"invoice\", \"p2p\": true, \"unit\": 1000}]',
+          split => 'zap_p2p', payees => jsonb_build_object('receiver', payledger.open_account('bob', 'msat')))")
+for _ in $(seq 1 10); do
+  psql_ -d payledger_it -q -c "CALL payledger.run_tick()" 2>/dev/null
+  [ "$(q "SELECT state FROM payledger.payins WHERE id = '$ZAP'")" = PENDING_HELD ] && break
+done
+[ "$(q "SELECT state FROM payledger.payins WHERE id = '$ZAP'")" = PENDING_HELD ] ||
+  fail "p2p: not wrapped: $(q "SELECT state || ' ' || coalesce(failure_reason::text, '') FROM payledger.payins WHERE id = '$ZAP'") / $(q "SELECT status || ' ' || coalesce(failure, last_error, '') FROM payledger.p2p_forwards WHERE payin_id = '$ZAP'")"
+IFS='|' read -r receiver_hash hold_bolt11 hold_hash < <(q "SELECT f.payment_hash, i.payment_request, i.payment_hash
+  FROM payledger.p2p_forwards f JOIN payledger.invoices i ON i.payin_id = f.payin_id WHERE f.payin_id = '$ZAP'")
+[ "$receiver_hash" = "$hold_hash" ] || fail "p2p: the hold invoice's hash is not the receiver's"
+lnbits_payment "$receiver_hash" | jq -e '.paid == false' >/dev/null || fail "p2p: the receiver's LNbits wallet does not know its invoice"
+[ "$(q "SELECT amount_msat || ' ' || payment_hash FROM payledger.bolt11_decode('$hold_bolt11')")" = "100000 $receiver_hash" ] ||
+  fail "p2p: the hold invoice is not for 100 sat with the receiver's hash"
+curl -sf "http://127.0.0.1:$MOCK_PORT/v1/invoice/$hold_hash" -H 'Grpc-Metadata-macaroon: 0201036c6e64' | jq -e '.state == "OPEN"' >/dev/null ||
+  fail "p2p: the node has no open hold invoice"
+curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_control/settle/$hold_hash" >/dev/null
+curl -sf "http://127.0.0.1:$MOCK_PORT/v1/invoice/$hold_hash" -H 'Grpc-Metadata-macaroon: 0201036c6e64' | jq -e '.state == "ACCEPTED"' >/dev/null ||
+  fail "p2p: the node did not hold the payment"
+echo "p2p: the NWC wallet's invoice wrapped in a hold invoice at the node (same hash, 100 sat): PENDING_HELD; the payment held"
+q "SELECT count(payledger.set_receiver_wallet(id, enabled => true)) FROM payledger.receiver_wallets WHERE NOT enabled" >/dev/null
 
 # failures: recorded, not raised
 q "UPDATE payledger.receiver_wallet_secrets SET credentials = '{\"invoice_key\": \"wrong\"}' WHERE wallet_id = '$W_LNBITS'" >/dev/null

@@ -9,3 +9,9 @@ ALTER TABLE payledger.payin_types
     ADD COLUMN p2p_fallback text NOT NULL DEFAULT 'credits' CHECK (p2p_fallback IN ('credits', 'none'));
 -- (register_payin_type gained p2p_fallback: the old signature goes)
 DROP FUNCTION payledger.register_payin_type(text, text, boolean, boolean, integer);
+
+-- p2p: hold invoices at the operator's node
+ALTER TABLE payledger.invoices
+    ADD COLUMN hold boolean NOT NULL DEFAULT false,
+    ADD COLUMN cltv_expiry integer CHECK (cltv_expiry > 0),
+    ADD CONSTRAINT invoice_hold CHECK (hold = (cltv_expiry IS NOT NULL) AND (NOT hold OR payment_hash IS NOT NULL));

@@ -126,3 +126,112 @@ SELECT pg_sleep(0.05);
 SELECT payledger.fail_overdue_payins(10) AS failed;
 SELECT state, failure_reason, payledger.balance(acc('alice')) AS alice FROM payledger.payins;
 SELECT count(*) AS violations FROM payledger.check_invariants();
+
+-- Wrapping, driven by hand as the worker drives it: its claims, and the
+-- results it would record after calling the wallet and the node
+-- (tests/integration/p2p_wallets.sh runs it against real ones).
+SELECT payledger.set_payin_deadline('PENDING_INVOICE_WRAP', '1 hour') IS NOT NULL AS deadline_back;
+CREATE FUNCTION t_zap(key text) RETURNS uuid LANGUAGE sql AS $$
+  SELECT payin_id FROM payledger.create_payin('alice', 'ZAP', 'msat', 100000,
+           jsonb_build_array(jsonb_build_object('account', acc('alice')), '{"external": "invoice", "p2p": true, "unit": 1000}'::jsonb),
+           split => 'zap_p2p', payees => jsonb_build_object('receiver', acc('bob'), 'founder', acc('carol')), idempotency_key => key)
+$$;
+CREATE FUNCTION t_bolt11(amount bigint, label text, expiry bigint DEFAULT 3600, network text DEFAULT 'bitcoin') RETURNS text
+LANGUAGE sql AS $$
+  SELECT payledger.bolt11_create(sha256('bob wallet'::bytea), amount, sha256(convert_to(label, 'UTF8')), label, NULL, expiry, network)
+$$;
+CREATE FUNCTION t_p2p_claims() RETURNS TABLE (op text, wallet_kind text, amount bigint, hold boolean, cltv integer) LANGUAGE sql AS $$
+  SELECT x ->> 'op', x ->> 'wallet_kind', (x ->> 'amount')::bigint, (x ->> 'hold')::boolean, (x ->> 'cltv_expiry')::integer
+    FROM jsonb_array_elements(payledger.worker_claim(10)) x ORDER BY 1, 2
+$$;
+CREATE FUNCTION t_answer(payin uuid, bolt11 text) RETURNS text LANGUAGE sql AS $$
+  SELECT payledger.worker_apply(jsonb_build_object('forward_id', payin, 'op', 'receiver_invoice', 'ok', true, 'bolt11', bolt11))
+$$;
+CREATE FUNCTION t_p2p(payin uuid) RETURNS TABLE (state payledger.payin_state, reason payledger.payin_failure_reason,
+                                                 forward text, failure text) LANGUAGE sql AS $$
+  SELECT p.state, p.failure_reason, f.status, t_mask(f.failure)
+    FROM payledger.payins p LEFT JOIN payledger.p2p_forwards f ON f.payin_id = p.id WHERE p.id = payin
+$$;
+SELECT payledger.create_merchant_profile('main', is_default => true) IS NOT NULL AS profile;
+-- no provider: the pay-in fails at once, saying why
+SELECT t_zap('z1') AS z1 \gset
+SELECT * FROM t_p2p_claims();
+SELECT * FROM t_p2p(:'z1');
+-- a provider that cannot hold invoices (LNbits): the same
+SELECT payledger.add_provider('main', 'ln-lnbits', 'lnbits', 'http://127.0.0.1:9', '{"invoice_key": "k"}') IS NOT NULL AS lnbits;
+SELECT t_zap('z2') AS z2 \gset
+SELECT * FROM t_p2p_claims();
+SELECT * FROM t_p2p(:'z2');
+-- the operator's LND node: bob's first wallet (NWC) is asked for 70 sat
+SELECT payledger.set_provider_active((SELECT id FROM payledger.providers WHERE name = 'ln-lnbits'), false) IS NOT NULL AS retired;
+SELECT payledger.add_provider('main', 'node', 'lnd_rest', 'https://127.0.0.1:9', '{"macaroon": "0201"}') IS NOT NULL AS node;
+SELECT t_zap('z3') AS z3 \gset
+SELECT * FROM t_p2p_claims();
+-- the wallet refuses: FAILED, counted against the wallet, alice's 27 sat back
+SELECT payledger.worker_apply(jsonb_build_object('forward_id', :'z3', 'op', 'receiver_invoice', 'ok', false,
+                                                 'retryable', false, 'error', 'QUOTA_EXCEEDED'));
+SELECT * FROM t_p2p(:'z3');
+SELECT kind, consecutive_failures, last_error FROM payledger.receiver_wallets WHERE id = :'w_nwc';
+-- the wallet does not answer: asked again after a backoff, not now
+SELECT t_zap('z4') AS z4 \gset
+SELECT count(*) AS claims FROM t_p2p_claims();
+SELECT payledger.worker_apply(jsonb_build_object('forward_id', :'z4', 'op', 'receiver_invoice', 'ok', false,
+                                                 'retryable', true, 'error', 'relay: no answer in time'));
+SELECT count(*) AS claims_now FROM t_p2p_claims();
+SELECT state, forward, errors FROM t_p2p(:'z4'), payledger.p2p_forwards WHERE payin_id = :'z4';
+-- invoices the node could not pay as they are: each fails with its reason
+UPDATE payledger.p2p_forwards SET next_check_at = now() WHERE payin_id = :'z4';
+SELECT count(*) AS claims_again FROM t_p2p_claims();
+SELECT t_answer(:'z4', t_bolt11(69000, 'short')) AS wrong_amount;
+SELECT * FROM t_p2p(:'z4');
+SELECT t_zap('z5') AS z5 \gset
+SELECT count(*) FROM t_p2p_claims();
+SELECT t_answer(:'z5', t_bolt11(70000, 'testnet', network => 'testnet')) AS other_network;
+SELECT * FROM t_p2p(:'z5');
+SELECT t_zap('z6') AS z6 \gset
+SELECT count(*) FROM t_p2p_claims();
+SELECT t_answer(:'z6', t_bolt11(70000, 'soon', expiry => 60)) AS expires_soon;
+SELECT * FROM t_p2p(:'z6');
+SELECT t_zap('z7') AS z7 \gset
+SELECT count(*) FROM t_p2p_claims();
+SELECT t_answer(:'z7', 'lnbc1garbage') AS not_an_invoice;
+SELECT * FROM t_p2p(:'z7');
+-- (a node allowing 90 blocks: the wallet's final 18 plus 80 to settle do not fit)
+ALTER SYSTEM SET payledger.p2p_max_cltv_delta = 90;
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.2);
+SELECT t_zap('z8') AS z8 \gset
+SELECT count(*) FROM t_p2p_claims();
+SELECT t_answer(:'z8', t_bolt11(70000, 'cltv')) AS cltv_too_high;
+SELECT * FROM t_p2p(:'z8');
+ALTER SYSTEM RESET payledger.p2p_max_cltv_delta;
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.2);
+-- a good invoice: the hold invoice is opened at the node for the 73 sat alice
+-- owes, with the wallet's payment hash and final CLTV delta plus 80
+SELECT t_zap('z9') AS z9 \gset
+SELECT count(*) FROM t_p2p_claims();
+SELECT t_answer(:'z9', t_bolt11(70000, 'good')) AS good;
+SELECT * FROM t_p2p(:'z9');
+SELECT i.hold, i.cltv_expiry, i.amount, i.status, i.payment_hash = f.payment_hash AS same_hash,
+       i.expiry <= interval '900 seconds' AS within_max
+  FROM payledger.invoices i JOIN payledger.p2p_forwards f ON f.payin_id = i.payin_id WHERE i.payin_id = :'z9';
+-- the worker's next claim creates it at the node: a hold invoice for that hash
+SELECT * FROM t_p2p_claims();
+-- a second wallet answering with an invoice payledger already wraps: refused
+SELECT t_zap('z10') AS z10 \gset
+SELECT * FROM t_p2p_claims();
+SELECT t_answer(:'z10', t_bolt11(70000, 'good')) AS same_hash;
+SELECT * FROM t_p2p(:'z10');
+-- the node has issued the hold invoice: PENDING_HELD
+SELECT payledger.worker_apply(jsonb_build_object('invoice_id', i.id, 'op', 'create', 'ok', true, 'external_id', i.payment_hash,
+                                                 'payment_hash', i.payment_hash, 'payment_request', 'lnbc730n1hold'))
+  FROM payledger.invoices i WHERE i.payin_id = :'z9';
+SELECT * FROM t_p2p(:'z9');
+-- a late answer for an ended pay-in changes nothing
+SELECT t_answer(:'z3', t_bolt11(70000, 'late')) AS late;
+-- the NWC wallet failed three times in a row: skipped for an hour, the next asked
+SELECT kind, priority, consecutive_failures, enabled FROM payledger.receiver_wallets WHERE owner_id = 'bob' ORDER BY priority;
+SELECT payledger.balance(acc('alice')) AS alice, count(*) FILTER (WHERE state = 'FAILED') AS failed,
+       count(*) FILTER (WHERE state = 'PENDING_HELD') AS held FROM payledger.payins;
+SELECT count(*) AS violations FROM payledger.check_invariants();
