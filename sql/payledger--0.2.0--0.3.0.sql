@@ -14,6 +14,11 @@ DROP FUNCTION payledger.register_payin_type(text, text, boolean, boolean, intege
 ALTER TABLE payledger.invoices
     ADD COLUMN hold boolean NOT NULL DEFAULT false,
     ADD COLUMN cltv_expiry integer CHECK (cltv_expiry > 0),
+    ADD COLUMN held_at timestamptz,
+    ADD COLUMN held_amount bigint CHECK (held_amount > 0),
+    ADD COLUMN htlc_expiry_height integer,
+    ADD COLUMN held_block_height integer,
+    ADD CONSTRAINT invoice_held CHECK (hold OR held_at IS NULL),
     ADD CONSTRAINT invoice_hold CHECK (hold = (cltv_expiry IS NOT NULL) AND (NOT hold OR payment_hash IS NOT NULL));
 
 -- src/ledger/mod.rs
@@ -77,6 +82,7 @@ GRANT EXECUTE ON FUNCTION payledger.new_id() TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verify_event(jsonb), payledger.bip340_verify(bytea, bytea, bytea), payledger.verify_zap_receipt(jsonb, text, text, bigint, text) TO payledger_app;
 
 -- src/p2p/mod.rs
+/* payledger::payledger_internal */
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -348,6 +354,32 @@ BEGIN
                next_check_at = CASE WHEN i.next_check_at IS NULL THEN NULL ELSE payledger_internal.invoice_recheck_at(i) END
          WHERE i.id = inv.id;
         RETURN 'pending';
+    END IF;
+
+    -- a hold invoice's payment held by the node (src/p2p/): recorded, and the
+    -- pay-in HELD when all of it is; the node keeps it until payledger
+    -- settles it with the preimage or cancels it
+    IF said = 'held' THEN
+        IF NOT inv.hold THEN
+            RAISE EXCEPTION 'invoice % is not a hold invoice, and cannot be held', inv.id USING ERRCODE = '22023';
+        END IF;
+        received := (result ->> 'held_amount')::bigint;
+        UPDATE payledger.invoices i
+           SET held_at = coalesce(i.held_at, now()), held_amount = received,
+               htlc_expiry_height = (result ->> 'htlc_expiry_height')::integer,
+               held_block_height = (result ->> 'block_height')::integer,
+               last_error = CASE WHEN received < i.amount THEN format('held in part: %s of %s', received, i.amount) END,
+               checks = i.checks + 1, errors = 0, locked_until = NULL, updated_at = now(),
+               next_check_at = CASE WHEN i.next_check_at IS NULL THEN NULL ELSE payledger_internal.invoice_recheck_at(i) END
+         WHERE i.id = inv.id;
+        -- (locked, so that a failure committing meanwhile is seen: then the
+        -- worker cancels the hold invoice and the payer gets the HTLC back)
+        SELECT * INTO p FROM payledger.payins x WHERE x.id = inv.payin_id FOR NO KEY UPDATE;
+        IF received >= inv.amount AND p.state = 'PENDING_HELD' THEN
+            PERFORM payledger.transition_payin(p.id, 'HELD');
+            RETURN 'held';
+        END IF;
+        RETURN 'held_unchanged';
     END IF;
 
     IF said IN ('expired', 'invalid') THEN
@@ -1116,6 +1148,20 @@ BEGIN
 END;
 $$;
 
+-- src/nostr/mod.rs
+GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
+
 -- src/credits/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.credit_asset() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credits_of(bigint) TO payledger_enduser, payledger_app;
@@ -1140,20 +1186,6 @@ GRANT EXECUTE ON FUNCTION payledger.credit_access(text, text[]) TO payledger_app
 GRANT EXECUTE ON FUNCTION payledger.my_total_credits() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credit_history(text, integer) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.my_credit_history(integer) TO payledger_enduser, payledger_app;
-
--- src/nostr/mod.rs
-GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
 
 -- src/lib.rs
 /* </end connected objects> */

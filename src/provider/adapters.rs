@@ -141,6 +141,13 @@ pub enum Status {
     },
     Invalid(String),
     NotFound,
+    /// a hold invoice's payment held by the node (LND's ACCEPTED): how much,
+    /// the earliest held HTLC's timeout, and the node's block height now
+    Held {
+        amount: i64,
+        expiry_height: i64,
+        block_height: i64,
+    },
 }
 
 #[derive(Debug, PartialEq)]
@@ -348,6 +355,45 @@ pub(super) fn b64_to_hex(s: &str) -> Option<String> {
         .decode(s)
         .ok()
         .map(hex::encode)
+}
+
+/// What LND holds for an ACCEPTED invoice: the ACCEPTED HTLCs (lnrpc
+/// InvoiceHTLC: `amt_msat`, `expiry_height`, `state`), and its block height
+/// (`GET /v1/getinfo`), so that the forward knows how many blocks it has.
+fn held(agent: &Agent, ep: &Endpoint, invoice: &Value) -> Result<Status, Failure> {
+    let htlcs: Vec<&Value> = invoice
+        .get("htlcs")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter(|h| h.get("state").and_then(Value::as_str) == Some("ACCEPTED"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let amount: i64 = htlcs.iter().filter_map(|h| int_field(h, "amt_msat")).sum();
+    let expiry = htlcs
+        .iter()
+        .filter_map(|h| int_field(h, "expiry_height"))
+        .min();
+    let (Some(expiry_height), true) = (expiry, amount > 0) else {
+        return Err(Failure::Unreachable(
+            "an ACCEPTED invoice without held HTLCs".into(),
+        ));
+    };
+    let info = success(exchange(
+        agent,
+        "GET",
+        &ep.url("/v1/getinfo"),
+        &[("Grpc-Metadata-macaroon", ep.secret("macaroon")?)],
+        Body::None,
+    )?)?;
+    let block_height = int_field(&info, "block_height")
+        .ok_or_else(|| Failure::Unreachable("getinfo without block_height".into()))?;
+    Ok(Status::Held {
+        amount,
+        expiry_height,
+        block_height,
+    })
 }
 
 /// A hold invoice at LND: `POST /v2/invoices/hodl` (invoicesrpc
@@ -622,8 +668,9 @@ pub fn status(agent: &Agent, ep: &Endpoint, external_id: &str) -> Result<Status,
                         .and_then(Value::as_str)
                         .and_then(b64_to_hex),
                 },
-                // ACCEPTED is a held HTLC: not money yet
-                "OPEN" | "ACCEPTED" => Status::Pending,
+                // ACCEPTED: HTLCs held for a hold invoice, not money yet
+                "ACCEPTED" => held(agent, ep, &a)?,
+                "OPEN" => Status::Pending,
                 "CANCELED" => Status::Expired { note: None },
                 other => return Err(Failure::Unreachable(format!("unknown LND state {other:?}"))),
             })

@@ -322,6 +322,32 @@ BEGIN
         RETURN 'pending';
     END IF;
 
+    -- a hold invoice's payment held by the node (src/p2p/): recorded, and the
+    -- pay-in HELD when all of it is; the node keeps it until payledger
+    -- settles it with the preimage or cancels it
+    IF said = 'held' THEN
+        IF NOT inv.hold THEN
+            RAISE EXCEPTION 'invoice % is not a hold invoice, and cannot be held', inv.id USING ERRCODE = '22023';
+        END IF;
+        received := (result ->> 'held_amount')::bigint;
+        UPDATE payledger.invoices i
+           SET held_at = coalesce(i.held_at, now()), held_amount = received,
+               htlc_expiry_height = (result ->> 'htlc_expiry_height')::integer,
+               held_block_height = (result ->> 'block_height')::integer,
+               last_error = CASE WHEN received < i.amount THEN format('held in part: %s of %s', received, i.amount) END,
+               checks = i.checks + 1, errors = 0, locked_until = NULL, updated_at = now(),
+               next_check_at = CASE WHEN i.next_check_at IS NULL THEN NULL ELSE payledger_internal.invoice_recheck_at(i) END
+         WHERE i.id = inv.id;
+        -- (locked, so that a failure committing meanwhile is seen: then the
+        -- worker cancels the hold invoice and the payer gets the HTLC back)
+        SELECT * INTO p FROM payledger.payins x WHERE x.id = inv.payin_id FOR NO KEY UPDATE;
+        IF received >= inv.amount AND p.state = 'PENDING_HELD' THEN
+            PERFORM payledger.transition_payin(p.id, 'HELD');
+            RETURN 'held';
+        END IF;
+        RETURN 'held_unchanged';
+    END IF;
+
     IF said IN ('expired', 'invalid') THEN
         IF inv.status IN ('paid', 'failed') OR (inv.status = 'expired' AND said = 'expired') THEN
             UPDATE payledger.invoices i

@@ -272,6 +272,14 @@ fn call_one(claim: &Value, secrets: &Secrets, s: &CallSettings) -> Value {
         Ok(Status::Expired { note }) => merge(json!({"status": "expired", "note": note})),
         Ok(Status::Invalid(m)) => merge(json!({"status": "invalid", "error": m})),
         Ok(Status::NotFound) => merge(json!({"status": "not_found"})),
+        Ok(Status::Held {
+            amount,
+            expiry_height,
+            block_height,
+        }) => merge(
+            json!({"status": "held", "held_amount": amount, "htlc_expiry_height": expiry_height,
+                   "block_height": block_height}),
+        ),
         Err(f) => failure(claim, &f),
     }
 }

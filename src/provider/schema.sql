@@ -142,6 +142,13 @@ CREATE TABLE payledger.invoices (
     -- a payment to it is held by the node until settled or cancelled
     hold            boolean NOT NULL DEFAULT false,
     cltv_expiry     integer CHECK (cltv_expiry > 0),
+    -- the payer's payment held by the node (LND's ACCEPTED): when first
+    -- seen, how much, the held HTLC's timeout and the node's block height
+    held_at         timestamptz,
+    held_amount     bigint CHECK (held_amount > 0),
+    htlc_expiry_height integer,
+    held_block_height  integer,
+    CONSTRAINT invoice_held CHECK (hold OR held_at IS NULL),
     CONSTRAINT invoice_hold CHECK (hold = (cltv_expiry IS NOT NULL) AND (NOT hold OR payment_hash IS NOT NULL)),
     CONSTRAINT invoice_issued CHECK (status IN ('creating', 'failed') OR external_id IS NOT NULL),
     CONSTRAINT invoice_paid CHECK ((status = 'paid') = (paid_at IS NOT NULL)

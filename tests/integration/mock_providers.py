@@ -217,6 +217,9 @@ def lnd(method, path, query, headers, body):
         h, inv = new_invoice("lnd", int(req["value_msat"]), req.get("memo"), int(req.get("expiry", 86400)))
         return respond(200, {"r_hash": b64(h), "payment_request": inv["bolt11"],
                              "add_index": str(len(invoices)), "payment_addr": base64.b64encode(os.urandom(32)).decode()})
+    if method == "GET" and path == "/v1/getinfo":
+        return respond(200, {"identity_pubkey": "02" + "ab" * 32, "alias": "payledger-test-lnd",
+                             "block_height": HEIGHT, "synced_to_chain": True, "chains": [{"chain": "bitcoin", "network": "mainnet"}]})
     if method == "POST" and path == "/v2/invoices/hodl":
         # invoicesrpc AddHoldInvoice: the hash is given, the preimage unknown
         req = json.loads(body or b"{}")
@@ -578,7 +581,7 @@ def route(method, path, query, headers, body):
         return respond(503, {"message": "down for maintenance"})
     if path.startswith(("/.well-known/lnurlp/", "/lnurlp/")):
         return lnurlp(method, path, query)
-    if path.startswith(("/v1/invoices", "/v1/invoice/", "/v2/")):
+    if path.startswith(("/v1/invoices", "/v1/invoice/", "/v1/getinfo", "/v2/")):
         return lnd(method, path, query, headers, body)
     if path.startswith("/v1/") and path[4:] in ("invoice", "listinvoices", "delinvoice", "pay", "listpays"):
         return cln(method, path, query, headers, body)

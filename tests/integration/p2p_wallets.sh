@@ -117,7 +117,14 @@ curl -sf "http://127.0.0.1:$MOCK_PORT/v1/invoice/$hold_hash" -H 'Grpc-Metadata-m
 curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_control/settle/$hold_hash" >/dev/null
 curl -sf "http://127.0.0.1:$MOCK_PORT/v1/invoice/$hold_hash" -H 'Grpc-Metadata-macaroon: 0201036c6e64' | jq -e '.state == "ACCEPTED"' >/dev/null ||
   fail "p2p: the node did not hold the payment"
-echo "p2p: the NWC wallet's invoice wrapped in a hold invoice at the node (same hash, 100 sat): PENDING_HELD; the payment held"
+for _ in $(seq 1 5); do
+  psql_ -d payledger_it -q -c "UPDATE payledger.invoices SET next_check_at = now() WHERE payin_id = '$ZAP'" -c "CALL payledger.run_tick()" 2>/dev/null
+  [ "$(q "SELECT state FROM payledger.payins WHERE id = '$ZAP'")" = HELD ] && break
+done
+[ "$(q "SELECT p.state || ' ' || i.held_amount || ' ' || i.htlc_expiry_height || ' ' || i.held_block_height
+         FROM payledger.payins p JOIN payledger.invoices i ON i.payin_id = p.id WHERE p.id = '$ZAP'")" = "HELD 100000 870098 870000" ] ||
+  fail "p2p: the held payment was not seen: $(q "SELECT state FROM payledger.payins WHERE id = '$ZAP'")"
+echo "p2p: the NWC wallet's invoice wrapped in a hold invoice at the node (same hash, 100 sat): PENDING_HELD; the payment held: HELD"
 q "SELECT count(payledger.set_receiver_wallet(id, enabled => true)) FROM payledger.receiver_wallets WHERE NOT enabled" >/dev/null
 
 # failures: recorded, not raised

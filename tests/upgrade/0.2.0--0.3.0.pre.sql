@@ -14,4 +14,9 @@ DROP FUNCTION payledger.register_payin_type(text, text, boolean, boolean, intege
 ALTER TABLE payledger.invoices
     ADD COLUMN hold boolean NOT NULL DEFAULT false,
     ADD COLUMN cltv_expiry integer CHECK (cltv_expiry > 0),
+    ADD COLUMN held_at timestamptz,
+    ADD COLUMN held_amount bigint CHECK (held_amount > 0),
+    ADD COLUMN htlc_expiry_height integer,
+    ADD COLUMN held_block_height integer,
+    ADD CONSTRAINT invoice_held CHECK (hold OR held_at IS NULL),
     ADD CONSTRAINT invoice_hold CHECK (hold = (cltv_expiry IS NOT NULL) AND (NOT hold OR payment_hash IS NOT NULL));

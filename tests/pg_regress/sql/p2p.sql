@@ -228,10 +228,34 @@ SELECT payledger.worker_apply(jsonb_build_object('invoice_id', i.id, 'op', 'crea
                                                  'payment_hash', i.payment_hash, 'payment_request', 'lnbc730n1hold'))
   FROM payledger.invoices i WHERE i.payin_id = :'z9';
 SELECT * FROM t_p2p(:'z9');
+-- the payer pays it and the node holds the payment (LND's ACCEPTED): in
+-- part first (the pay-in waits), then all of it: HELD, with the held HTLC's
+-- timeout and the node's height, which tell the forward its blocks
+CREATE FUNCTION t_held(payin uuid, held bigint) RETURNS text LANGUAGE sql AS $$
+  SELECT payledger.worker_apply(jsonb_build_object('invoice_id', i.id, 'op', 'check', 'ok', true, 'status', 'held',
+                                                   'held_amount', held, 'htlc_expiry_height', 870098, 'block_height', 870000))
+    FROM payledger.invoices i WHERE i.payin_id = payin
+$$;
+SELECT t_held(:'z9', 50000) AS in_part;
+SELECT (t_p2p(:'z9')).state, (SELECT last_error FROM payledger.invoices WHERE payin_id = :'z9');
+SELECT t_held(:'z9', 73000) AS all_of_it;
+SELECT (t_p2p(:'z9')).state;
+SELECT held_amount, htlc_expiry_height, held_block_height, held_at IS NOT NULL AS held, status, last_error
+  FROM payledger.invoices WHERE payin_id = :'z9';
+SELECT t_held(:'z9', 73000) AS again;
+-- a payment held on an invoice that is not a hold invoice: refused, recorded
+SELECT payledger.transfer(acc('world'), acc('alice'), 100000) IS NOT NULL AS topped_up;
+SELECT payin_id AS plain FROM payledger.create_payin('alice', 'ZAP', 'msat', 1000, '[{"external": "invoice"}]',
+         jsonb_build_array(jsonb_build_object('type', 'ZAP', 'account', acc('bob'), 'amount', 1000))) \gset
+SELECT count(*) FILTER (WHERE op = 'create') AS plain_created FROM t_p2p_claims();
+SET client_min_messages = error;
+SELECT t_held(:'plain', 1000) AS not_hold;
+RESET client_min_messages;
+SELECT errors, t_mask(last_error) FROM payledger.invoices WHERE payin_id = :'plain';
 -- a late answer for an ended pay-in changes nothing
 SELECT t_answer(:'z3', t_bolt11(70000, 'late')) AS late;
 -- the NWC wallet failed three times in a row: skipped for an hour, the next asked
 SELECT kind, priority, consecutive_failures, enabled FROM payledger.receiver_wallets WHERE owner_id = 'bob' ORDER BY priority;
 SELECT payledger.balance(acc('alice')) AS alice, count(*) FILTER (WHERE state = 'FAILED') AS failed,
-       count(*) FILTER (WHERE state = 'PENDING_HELD') AS held FROM payledger.payins;
+       count(*) FILTER (WHERE state = 'HELD') AS held FROM payledger.payins;
 SELECT count(*) AS violations FROM payledger.check_invariants();
