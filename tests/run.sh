@@ -33,7 +33,7 @@ run_pg_regress() { # <kind: regress|isolation>
     cp -r "$REPO/tests/pg_regress/sql" "$REPO/tests/pg_regress/expected" "$REPO/tests/fixtures" "$dir/"
     tool="$PGXS_TEST/regress/pg_regress"
     if [ "$kind" = regress ]; then
-      args=(--schedule="$REPO/tests/pg_regress/schedule" --dbname=payledger_regress)
+      args=(--schedule="$dir/schedule" --dbname=payledger_regress)
     else
       # every file stands alone: the schedule backwards gives the same output
       args=(--dbname=payledger_regress $(awk '/^test:/ {print $2}' "$REPO/tests/pg_regress/schedule" | tac))
@@ -45,7 +45,7 @@ run_pg_regress() { # <kind: regress|isolation>
   fi
   mkdir -p "$dir/results"
   # (the postgres user reads everything from $dir: the clone may be where it cannot)
-  cp "$REPO/tests/pg_regress/regress.conf" "$dir/regress.conf"
+  cp "$REPO/tests/pg_regress/regress.conf" "$REPO/tests/pg_regress/schedule" "$dir/"
   chown -R postgres:postgres "$dir"
   chmod -R a+rX "$REPO/tests"
   local rc=0
