@@ -93,19 +93,6 @@ IMMUTABLE STRICT PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
-	"wallet" uuid, /* pgrx :: Uuid */
-	"amount_msat" bigint, /* i64 */
-	"memo" TEXT, /* & str */
-	"expiry_secs" INT /* i32 */
-) RETURNS jsonb /* JsonB */
-STRICT VOLATILE PARALLEL UNSAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
 
 -- src/ledger/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.transfer_batch(jsonb) TO payledger_app;
@@ -413,6 +400,23 @@ GRANT EXECUTE ON FUNCTION payledger.provider_webhook(uuid, jsonb, text) TO payle
 GRANT EXECUTE ON FUNCTION payledger.create_subscription(text, text, text, bigint, interval, jsonb, jsonb, text, jsonb, text, timestamptz, jsonb) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.cancel_subscription(uuid) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.renew_subscription(uuid) TO payledger_app;
+
+-- src/p2p/mod.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
+	"wallet" uuid, /* pgrx :: Uuid */
+	"amount_msat" bigint, /* i64 */
+	"memo" TEXT, /* & str */
+	"expiry_secs" INT /* i32 */
+) RETURNS jsonb /* JsonB */
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
+
+-- src/provider/mod.rs
 GRANT EXECUTE ON FUNCTION
     payledger.withdraw(text, text, text, bigint, jsonb, text, uuid, text, jsonb, uuid, bigint)
 TO payledger_app;
@@ -576,18 +580,39 @@ BEGIN
     END CASE;
 END;
 $$;
+-- Whether an end user's wallet URL may be reached unencrypted: only a host
+-- listed in payledger.lnurl_http_hosts (loopback test servers), as for LNURL.
+CREATE OR REPLACE FUNCTION payledger_internal.plain_http_allowed(url text)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT lower(substring(url FROM '^[a-z]+://\[?([^/:?#\]]+)')) = ANY (
+               string_to_array(replace(lower(coalesce(current_setting('payledger.lnurl_http_hosts', true), '')), ' ', ''), ','));
+$$;
+-- (end_user: the wallet is an end user's own, so it must be reached over
+-- TLS: https, wss; the backend may attach what it trusts)
 CREATE OR REPLACE FUNCTION payledger_internal.attach_receiver_wallet(
-    owner text, kind payledger.receiver_wallet_kind, connection jsonb, priority integer, label text)
+    owner text, kind payledger.receiver_wallet_kind, connection jsonb, priority integer, label text,
+    end_user boolean DEFAULT false)
 RETURNS uuid LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     s record;
     wid uuid := payledger.new_id();
+    plain text;
 BEGIN
     PERFORM payledger_internal.require(owner, 'owner');
     IF length(coalesce(label, '')) > 100 THEN
         RAISE EXCEPTION 'label is longer than 100 characters' USING ERRCODE = '22023';
     END IF;
     SELECT * INTO s FROM payledger_internal.receiver_wallet_settings(kind, connection);
+    IF end_user THEN
+        SELECT u INTO plain
+          FROM (SELECT s.config ->> 'url' AS u UNION ALL SELECT jsonb_array_elements_text(s.config -> 'relays')) x
+         WHERE u IS NOT NULL AND u !~ '^(https|wss)://' AND NOT payledger_internal.plain_http_allowed(u)
+         LIMIT 1;
+        IF plain IS NOT NULL THEN
+            RAISE EXCEPTION 'a wallet of your own is reached over TLS: % is not https:// or wss://', plain
+                USING ERRCODE = '22023';
+        END IF;
+    END IF;
     INSERT INTO payledger.receiver_wallets (id, owner_id, kind, label, config, priority)
     VALUES (wid, owner, kind, coalesce(label, ''), s.config, coalesce(priority, 0));
     INSERT INTO payledger.receiver_wallet_secrets (wallet_id, credentials) VALUES (wid, s.credentials);
@@ -621,7 +646,7 @@ CREATE OR REPLACE FUNCTION payledger.attach_my_receiver_wallet(
     kind payledger.receiver_wallet_kind, connection jsonb, priority integer DEFAULT 0, label text DEFAULT NULL)
 RETURNS uuid LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT payledger_internal.attach_receiver_wallet(payledger_internal.signed_in_user('attaching a wallet'),
-                                                     kind, connection, priority, label);
+                                                     kind, connection, priority, label, end_user => true);
 $$;
 GRANT EXECUTE ON FUNCTION payledger.attach_my_receiver_wallet(payledger.receiver_wallet_kind, jsonb, integer, text)
     TO payledger_enduser;
@@ -1148,20 +1173,6 @@ BEGIN
 END;
 $$;
 
--- src/nostr/mod.rs
-GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
-
 -- src/credits/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.credit_asset() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credits_of(bigint) TO payledger_enduser, payledger_app;
@@ -1186,6 +1197,20 @@ GRANT EXECUTE ON FUNCTION payledger.credit_access(text, text[]) TO payledger_app
 GRANT EXECUTE ON FUNCTION payledger.my_total_credits() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credit_history(text, integer) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.my_credit_history(integer) TO payledger_enduser, payledger_app;
+
+-- src/nostr/mod.rs
+GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
 
 -- src/lib.rs
 /* </end connected objects> */

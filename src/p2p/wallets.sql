@@ -57,18 +57,40 @@ BEGIN
 END;
 $$;
 
+-- Whether an end user's wallet URL may be reached unencrypted: only a host
+-- listed in payledger.lnurl_http_hosts (loopback test servers), as for LNURL.
+CREATE FUNCTION payledger_internal.plain_http_allowed(url text)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT lower(substring(url FROM '^[a-z]+://\[?([^/:?#\]]+)')) = ANY (
+               string_to_array(replace(lower(coalesce(current_setting('payledger.lnurl_http_hosts', true), '')), ' ', ''), ','));
+$$;
+
+-- (end_user: the wallet is an end user's own, so it must be reached over
+-- TLS: https, wss; the backend may attach what it trusts)
 CREATE FUNCTION payledger_internal.attach_receiver_wallet(
-    owner text, kind payledger.receiver_wallet_kind, connection jsonb, priority integer, label text)
+    owner text, kind payledger.receiver_wallet_kind, connection jsonb, priority integer, label text,
+    end_user boolean DEFAULT false)
 RETURNS uuid LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     s record;
     wid uuid := payledger.new_id();
+    plain text;
 BEGIN
     PERFORM payledger_internal.require(owner, 'owner');
     IF length(coalesce(label, '')) > 100 THEN
         RAISE EXCEPTION 'label is longer than 100 characters' USING ERRCODE = '22023';
     END IF;
     SELECT * INTO s FROM payledger_internal.receiver_wallet_settings(kind, connection);
+    IF end_user THEN
+        SELECT u INTO plain
+          FROM (SELECT s.config ->> 'url' AS u UNION ALL SELECT jsonb_array_elements_text(s.config -> 'relays')) x
+         WHERE u IS NOT NULL AND u !~ '^(https|wss)://' AND NOT payledger_internal.plain_http_allowed(u)
+         LIMIT 1;
+        IF plain IS NOT NULL THEN
+            RAISE EXCEPTION 'a wallet of your own is reached over TLS: % is not https:// or wss://', plain
+                USING ERRCODE = '22023';
+        END IF;
+    END IF;
     INSERT INTO payledger.receiver_wallets (id, owner_id, kind, label, config, priority)
     VALUES (wid, owner, kind, coalesce(label, ''), s.config, coalesce(priority, 0));
     INSERT INTO payledger.receiver_wallet_secrets (wallet_id, credentials) VALUES (wid, s.credentials);
@@ -105,7 +127,7 @@ CREATE FUNCTION payledger.attach_my_receiver_wallet(
     kind payledger.receiver_wallet_kind, connection jsonb, priority integer DEFAULT 0, label text DEFAULT NULL)
 RETURNS uuid LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT payledger_internal.attach_receiver_wallet(payledger_internal.signed_in_user('attaching a wallet'),
-                                                     kind, connection, priority, label);
+                                                     kind, connection, priority, label, end_user => true);
 $$;
 GRANT EXECUTE ON FUNCTION payledger.attach_my_receiver_wallet(payledger.receiver_wallet_kind, jsonb, integer, text)
     TO payledger_enduser;

@@ -70,6 +70,9 @@ SET payledger.owner_id = 'bob';
 SELECT t_try($$SELECT 1 FROM payledger.receiver_wallets$$) AS wallets_table,
        t_try($$SELECT 1 FROM payledger.receiver_wallet_secrets$$) AS secrets_table;
 SELECT payledger.attach_my_receiver_wallet('lightning_address', '{"address": "bob@example.com"}', priority => 9) AS w_bob_la \gset
+-- an end user's own wallet is reached over TLS (the database server makes the calls)
+SELECT t_try($$SELECT payledger.attach_my_receiver_wallet('lnbits', '{"url": "http://10.0.0.5", "invoice_key": "k"}')$$) AS http,
+       t_try(format($$SELECT payledger.attach_my_receiver_wallet('nwc', %L)$$, jsonb_build_object('uri', :'nwc_uri'))) AS ws_relay;
 SELECT kind, label, priority, enabled, points_to, consecutive_failures FROM payledger.my_receiver_wallets ORDER BY priority;
 SELECT payledger.set_my_receiver_wallet(:'w_bob_la', enabled => false) IS NOT NULL AS disabled,
        t_try(format($$SELECT payledger.set_my_receiver_wallet(%L, detach => true)$$, :'w_carol')) AS not_bobs;
