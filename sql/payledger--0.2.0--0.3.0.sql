@@ -82,7 +82,6 @@ GRANT EXECUTE ON FUNCTION payledger.new_id() TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verify_event(jsonb), payledger.bip340_verify(bytea, bytea, bytea), payledger.verify_zap_receipt(jsonb, text, text, bigint, text) TO payledger_app;
 
 -- src/p2p/mod.rs
-/* payledger::payledger_internal */
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -400,23 +399,6 @@ GRANT EXECUTE ON FUNCTION payledger.provider_webhook(uuid, jsonb, text) TO payle
 GRANT EXECUTE ON FUNCTION payledger.create_subscription(text, text, text, bigint, interval, jsonb, jsonb, text, jsonb, text, timestamptz, jsonb) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.cancel_subscription(uuid) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.renew_subscription(uuid) TO payledger_app;
-
--- src/p2p/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
-	"wallet" uuid, /* pgrx :: Uuid */
-	"amount_msat" bigint, /* i64 */
-	"memo" TEXT, /* & str */
-	"expiry_secs" INT /* i32 */
-) RETURNS jsonb /* JsonB */
-STRICT VOLATILE PARALLEL UNSAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
-
--- src/provider/mod.rs
 GRANT EXECUTE ON FUNCTION
     payledger.withdraw(text, text, text, bigint, jsonb, text, uuid, text, jsonb, uuid, bigint)
 TO payledger_app;
@@ -514,6 +496,19 @@ CREATE UNIQUE INDEX p2p_forwards_hash_idx ON payledger.p2p_forwards (payment_has
 CREATE INDEX p2p_forwards_wallet_idx ON payledger.p2p_forwards (wallet_id);
 ALTER TABLE payledger.p2p_forwards ENABLE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('payledger.p2p_forwards', '');
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
+	"wallet" uuid, /* pgrx :: Uuid */
+	"amount_msat" bigint, /* i64 */
+	"memo" TEXT, /* & str */
+	"expiry_secs" INT /* i32 */
+) RETURNS jsonb /* JsonB */
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -650,6 +645,29 @@ RETURNS uuid LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = payledger,
 $$;
 GRANT EXECUTE ON FUNCTION payledger.attach_my_receiver_wallet(payledger.receiver_wallet_kind, jsonb, integer, text)
     TO payledger_enduser;
+-- A wallet that can be changed or tried: PL037 when it does not exist (or,
+-- with owner, is not theirs), 55000 when detached. lock: FOR NO KEY UPDATE.
+CREATE OR REPLACE FUNCTION payledger_internal.live_receiver_wallet(wallet uuid, owner text, lock boolean)
+RETURNS payledger.receiver_wallets LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    w payledger.receiver_wallets;
+BEGIN
+    PERFORM payledger_internal.require(wallet, 'wallet');
+    IF lock THEN
+        SELECT * INTO w FROM payledger.receiver_wallets x
+         WHERE x.id = wallet AND (owner IS NULL OR x.owner_id = owner) FOR NO KEY UPDATE;
+    ELSE
+        SELECT * INTO w FROM payledger.receiver_wallets x WHERE x.id = wallet AND (owner IS NULL OR x.owner_id = owner);
+    END IF;
+    IF w.id IS NULL THEN
+        RAISE EXCEPTION 'receiver wallet % does not exist', wallet USING ERRCODE = 'PL037';
+    END IF;
+    IF w.detached_at IS NOT NULL THEN
+        RAISE EXCEPTION 'receiver wallet % is detached', wallet USING ERRCODE = '55000';
+    END IF;
+    RETURN w;
+END;
+$$;
 -- Enable or disable a wallet, change its priority, or detach it (for good:
 -- it stays for the pay-ins that name it, never used again). A wallet
 -- enabled again starts with a clean health record. PL037 for a wallet that
@@ -660,15 +678,7 @@ RETURNS payledger.receiver_wallets LANGUAGE plpgsql VOLATILE SET search_path = p
 DECLARE
     w payledger.receiver_wallets;
 BEGIN
-    PERFORM payledger_internal.require(wallet, 'wallet');
-    SELECT * INTO w FROM payledger.receiver_wallets x
-     WHERE x.id = wallet AND (owner IS NULL OR x.owner_id = owner) FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'receiver wallet % does not exist', wallet USING ERRCODE = 'PL037';
-    END IF;
-    IF w.detached_at IS NOT NULL THEN
-        RAISE EXCEPTION 'receiver wallet % is detached', wallet USING ERRCODE = '55000';
-    END IF;
+    w := payledger_internal.live_receiver_wallet(wallet, owner, true);
     UPDATE payledger.receiver_wallets x
        SET enabled = coalesce(set_receiver_wallet.enabled, x.enabled) AND NOT coalesce(detach, false),
            priority = coalesce(set_receiver_wallet.priority, x.priority),
@@ -733,13 +743,8 @@ BEGIN
     IF amount_msat < 1000 OR amount_msat % 1000 <> 0 THEN
         RAISE EXCEPTION 'amount_msat must be a whole number of sats, at least 1000' USING ERRCODE = 'PL001';
     END IF;
-    SELECT * INTO w FROM payledger.receiver_wallets x WHERE x.id = wallet AND (owner IS NULL OR x.owner_id = owner);
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'receiver wallet % does not exist', wallet USING ERRCODE = 'PL037';
-    END IF;
-    IF w.detached_at IS NOT NULL THEN
-        RAISE EXCEPTION 'receiver wallet % is detached', wallet USING ERRCODE = '55000';
-    END IF;
+    -- (no lock held while the wallet is called)
+    w := payledger_internal.live_receiver_wallet(wallet, owner, false);
     r := payledger_internal.receiver_wallet_ask(w.id, amount_msat, 'payledger wallet test', 600);
     IF (r ->> 'ok')::boolean THEN
         BEGIN
@@ -1173,6 +1178,20 @@ BEGIN
 END;
 $$;
 
+-- src/nostr/mod.rs
+GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
+
 -- src/credits/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.credit_asset() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credits_of(bigint) TO payledger_enduser, payledger_app;
@@ -1197,20 +1216,6 @@ GRANT EXECUTE ON FUNCTION payledger.credit_access(text, text[]) TO payledger_app
 GRANT EXECUTE ON FUNCTION payledger.my_total_credits() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credit_history(text, integer) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.my_credit_history(integer) TO payledger_enduser, payledger_app;
-
--- src/nostr/mod.rs
-GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
 
 -- src/lib.rs
 /* </end connected objects> */

@@ -132,6 +132,30 @@ $$;
 GRANT EXECUTE ON FUNCTION payledger.attach_my_receiver_wallet(payledger.receiver_wallet_kind, jsonb, integer, text)
     TO payledger_enduser;
 
+-- A wallet that can be changed or tried: PL037 when it does not exist (or,
+-- with owner, is not theirs), 55000 when detached. lock: FOR NO KEY UPDATE.
+CREATE FUNCTION payledger_internal.live_receiver_wallet(wallet uuid, owner text, lock boolean)
+RETURNS payledger.receiver_wallets LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    w payledger.receiver_wallets;
+BEGIN
+    PERFORM payledger_internal.require(wallet, 'wallet');
+    IF lock THEN
+        SELECT * INTO w FROM payledger.receiver_wallets x
+         WHERE x.id = wallet AND (owner IS NULL OR x.owner_id = owner) FOR NO KEY UPDATE;
+    ELSE
+        SELECT * INTO w FROM payledger.receiver_wallets x WHERE x.id = wallet AND (owner IS NULL OR x.owner_id = owner);
+    END IF;
+    IF w.id IS NULL THEN
+        RAISE EXCEPTION 'receiver wallet % does not exist', wallet USING ERRCODE = 'PL037';
+    END IF;
+    IF w.detached_at IS NOT NULL THEN
+        RAISE EXCEPTION 'receiver wallet % is detached', wallet USING ERRCODE = '55000';
+    END IF;
+    RETURN w;
+END;
+$$;
+
 -- Enable or disable a wallet, change its priority, or detach it (for good:
 -- it stays for the pay-ins that name it, never used again). A wallet
 -- enabled again starts with a clean health record. PL037 for a wallet that
@@ -142,15 +166,7 @@ RETURNS payledger.receiver_wallets LANGUAGE plpgsql VOLATILE SET search_path = p
 DECLARE
     w payledger.receiver_wallets;
 BEGIN
-    PERFORM payledger_internal.require(wallet, 'wallet');
-    SELECT * INTO w FROM payledger.receiver_wallets x
-     WHERE x.id = wallet AND (owner IS NULL OR x.owner_id = owner) FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'receiver wallet % does not exist', wallet USING ERRCODE = 'PL037';
-    END IF;
-    IF w.detached_at IS NOT NULL THEN
-        RAISE EXCEPTION 'receiver wallet % is detached', wallet USING ERRCODE = '55000';
-    END IF;
+    w := payledger_internal.live_receiver_wallet(wallet, owner, true);
     UPDATE payledger.receiver_wallets x
        SET enabled = coalesce(set_receiver_wallet.enabled, x.enabled) AND NOT coalesce(detach, false),
            priority = coalesce(set_receiver_wallet.priority, x.priority),
@@ -220,13 +236,8 @@ BEGIN
     IF amount_msat < 1000 OR amount_msat % 1000 <> 0 THEN
         RAISE EXCEPTION 'amount_msat must be a whole number of sats, at least 1000' USING ERRCODE = 'PL001';
     END IF;
-    SELECT * INTO w FROM payledger.receiver_wallets x WHERE x.id = wallet AND (owner IS NULL OR x.owner_id = owner);
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'receiver wallet % does not exist', wallet USING ERRCODE = 'PL037';
-    END IF;
-    IF w.detached_at IS NOT NULL THEN
-        RAISE EXCEPTION 'receiver wallet % is detached', wallet USING ERRCODE = '55000';
-    END IF;
+    -- (no lock held while the wallet is called)
+    w := payledger_internal.live_receiver_wallet(wallet, owner, false);
     r := payledger_internal.receiver_wallet_ask(w.id, amount_msat, 'payledger wallet test', 600);
     IF (r ->> 'ok')::boolean THEN
         BEGIN

@@ -299,60 +299,42 @@ pub fn call_all(claims: &[Value], secrets: &Secrets, s: &CallSettings) -> Vec<Va
 /// receiver wallets (keyed `wallet:<id>`) (SPI; run inside a transaction,
 /// before any call).
 pub fn load_secrets(claims: &[Value]) -> Secrets {
-    let mut out = load_provider_secrets(claims);
-    let wallets: Vec<String> = claims
-        .iter()
-        .filter_map(|c| c["wallet_id"].as_str().map(str::to_owned))
-        .collect();
-    if !wallets.is_empty() {
+    let ids = |field: &str| {
+        let mut v: Vec<String> = claims
+            .iter()
+            .filter_map(|c| c[field].as_str().map(str::to_owned))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut out = Secrets::new();
+    for (ids, sql, prefix) in [
+        (
+            ids("provider_id"),
+            "SELECT provider_id::text, credentials FROM payledger.provider_secrets WHERE provider_id = ANY ($1::uuid[])",
+            "",
+        ),
+        (
+            ids("wallet_id"),
+            "SELECT wallet_id::text, credentials FROM payledger.receiver_wallet_secrets WHERE wallet_id = ANY ($1::uuid[])",
+            "wallet:",
+        ),
+    ] {
+        if ids.is_empty() {
+            continue;
+        }
         Spi::connect(|client| {
             let rows = client
-                .select(
-                    "SELECT wallet_id::text, credentials FROM payledger.receiver_wallet_secrets
-                      WHERE wallet_id = ANY ($1::uuid[])",
-                    None,
-                    &[wallets.into()],
-                )
-                .unwrap_or_else(|e| pgrx::error!("reading wallet credentials: {e}"));
+                .select(sql, None, &[ids.into()])
+                .unwrap_or_else(|e| pgrx::error!("reading credentials: {e}"));
             for row in rows {
-                if let (Ok(Some(id)), Ok(Some(JsonB(c)))) =
-                    (row.get::<String>(1), row.get::<JsonB>(2))
-                {
-                    out.insert(format!("wallet:{id}"), c);
+                if let (Ok(Some(id)), Ok(Some(JsonB(c)))) = (row.get::<String>(1), row.get::<JsonB>(2)) {
+                    out.insert(format!("{prefix}{id}"), c);
                 }
             }
         });
     }
-    out
-}
-
-fn load_provider_secrets(claims: &[Value]) -> Secrets {
-    let mut ids: Vec<String> = claims
-        .iter()
-        .filter_map(|c| c["provider_id"].as_str().map(str::to_owned))
-        .collect();
-    ids.sort();
-    ids.dedup();
-    let mut out = Secrets::new();
-    if ids.is_empty() {
-        return out;
-    }
-    Spi::connect(|client| {
-        let rows = client
-            .select(
-                "SELECT provider_id::text, credentials FROM payledger.provider_secrets
-                  WHERE provider_id = ANY ($1::uuid[])",
-                None,
-                &[ids.into()],
-            )
-            .unwrap_or_else(|e| pgrx::error!("reading provider credentials: {e}"));
-        for row in rows {
-            if let (Ok(Some(id)), Ok(Some(JsonB(c)))) = (row.get::<String>(1), row.get::<JsonB>(2))
-            {
-                out.insert(id, c);
-            }
-        }
-    });
     out
 }
 
