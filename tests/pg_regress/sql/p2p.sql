@@ -73,6 +73,21 @@ SELECT payledger.attach_my_receiver_wallet('lightning_address', '{"address": "bo
 -- an end user's own wallet is reached over TLS (the database server makes the calls)
 SELECT t_try($$SELECT payledger.attach_my_receiver_wallet('lnbits', '{"url": "http://10.0.0.5", "invoice_key": "k"}')$$) AS http,
        t_try(format($$SELECT payledger.attach_my_receiver_wallet('nwc', %L)$$, jsonb_build_object('uri', :'nwc_uri'))) AS ws_relay;
+RESET ROLE;
+-- but for the loopback test hosts an operator lists in payledger.lnurl_http_hosts
+ALTER SYSTEM SET payledger.lnurl_http_hosts = '127.0.0.1, relay.example';
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.2);
+SET ROLE payledger_enduser;
+SELECT payledger.attach_my_receiver_wallet('nwc', jsonb_build_object('uri', :'nwc_uri'), priority => 8, label => 'test relay')
+       IS NOT NULL AS ws_relay_listed;
+SELECT (payledger.set_my_receiver_wallet(id, detach => true)) IS NOT NULL AS detached_again
+  FROM payledger.my_receiver_wallets WHERE label = 'test relay';
+RESET ROLE;
+ALTER SYSTEM RESET payledger.lnurl_http_hosts;
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.2);
+SET ROLE payledger_enduser;
 SELECT kind, label, priority, enabled, points_to, consecutive_failures FROM payledger.my_receiver_wallets ORDER BY priority;
 SELECT payledger.set_my_receiver_wallet(:'w_bob_la', enabled => false) IS NOT NULL AS disabled,
        t_try(format($$SELECT payledger.set_my_receiver_wallet(%L, detach => true)$$, :'w_carol')) AS not_bobs;
