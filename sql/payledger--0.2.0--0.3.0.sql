@@ -21,6 +21,9 @@ ALTER TABLE payledger.invoices
     ADD CONSTRAINT invoice_held CHECK (hold OR held_at IS NULL),
     ADD CONSTRAINT invoice_hold CHECK (hold = (cltv_expiry IS NOT NULL) AND (NOT hold OR payment_hash IS NOT NULL));
 
+-- p2p: a held payment is forwarded
+INSERT INTO payledger.payin_transitions VALUES ('HELD', 'FORWARDING', NULL);
+
 -- src/ledger/mod.rs
 -- The roles, first, so that each module grants its API next to its
 -- definition (the grants that follow from the schemas are in
@@ -82,6 +85,20 @@ GRANT EXECUTE ON FUNCTION payledger.new_id() TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verify_event(jsonb), payledger.bip340_verify(bytea, bytea, bytea), payledger.verify_zap_receipt(jsonb, text, text, bigint, text) TO payledger_app;
 
 -- src/p2p/mod.rs
+/* payledger::payledger_internal */
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
+	"wallet" uuid, /* pgrx :: Uuid */
+	"amount_msat" bigint, /* i64 */
+	"memo" TEXT, /* & str */
+	"expiry_secs" INT /* i32 */
+) RETURNS jsonb /* JsonB */
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -116,6 +133,31 @@ GRANT EXECUTE ON FUNCTION payledger.remove_org_member(text, text) TO payledger_a
 GRANT EXECUTE ON FUNCTION payledger.my_org_memberships_of() TO payledger_enduser, payledger_app;
 
 -- src/payin/mod.rs
+INSERT INTO payledger.payin_transitions VALUES
+    ('PENDING_INVOICE_CREATION', 'PENDING', NULL),
+    ('PENDING_INVOICE_CREATION', 'PENDING_HELD', NULL),
+    ('PENDING_INVOICE_CREATION', 'FAILED', 'INVOICE_CREATION_FAILED'),
+    ('PENDING_INVOICE_WRAP', 'PENDING_HELD', NULL),
+    ('PENDING_INVOICE_WRAP', 'FAILED', 'INVOICE_WRAPPING_FAILED_UNKNOWN'),
+    ('PENDING', 'PAID', NULL),
+    ('PENDING', 'CANCELLED', 'SYSTEM_CANCELLED'),
+    ('PENDING', 'FAILED', 'UNKNOWN_FAILURE'),
+    ('PENDING_HELD', 'HELD', NULL),
+    ('PENDING_HELD', 'FORWARDING', NULL),
+    ('PENDING_HELD', 'CANCELLED', 'SYSTEM_CANCELLED'),
+    ('PENDING_HELD', 'FAILED', 'HELD_INVOICE_UNEXPECTED_ERROR'),
+    ('HELD', 'PAID', NULL),
+    ('HELD', 'FORWARDING', NULL),
+    ('HELD', 'CANCELLED', 'SYSTEM_CANCELLED'),
+    ('HELD', 'FAILED', 'HELD_INVOICE_UNEXPECTED_ERROR'),
+    ('FORWARDING', 'FORWARDED', NULL),
+    ('FORWARDING', 'FAILED_FORWARD', 'INVOICE_FORWARDING_FAILED'),
+    ('FORWARDED', 'PAID', NULL),
+    ('FAILED_FORWARD', 'CANCELLED', 'INVOICE_FORWARDING_FAILED'),
+    ('FAILED_FORWARD', 'FAILED', 'INVOICE_FORWARDING_FAILED'),
+    ('CANCELLED', 'FAILED', 'SYSTEM_CANCELLED'),
+    ('PENDING_WITHDRAWAL', 'PAID', NULL),
+    ('PENDING_WITHDRAWAL', 'FAILED', 'WITHDRAWAL_FAILED');
 ---------------------------------------------------------------------------
 -- Registries (operators)
 ---------------------------------------------------------------------------
@@ -296,6 +338,17 @@ BEGIN
             UPDATE payledger.invoices i SET next_check_at = NULL, locked_until = NULL WHERE i.id = inv.id;
             RETURN 'already_paid';
         END IF;
+        IF inv.hold THEN
+            -- settled at the node: only by payledger's forward (src/p2p/),
+            -- whose settle result moves the pay-in and books the money; its
+            -- answer was lost, or is on its way. Left to it.
+            UPDATE payledger.invoices i
+               SET checks = i.checks + 1, locked_until = NULL, updated_at = now(),
+                   last_error = 'settled at the node: waiting for the forward''s settle result',
+                   next_check_at = payledger_internal.invoice_recheck_at(i)
+             WHERE i.id = inv.id;
+            RETURN 'hold_settled';
+        END IF;
         received := coalesce((result ->> 'received')::bigint, inv.amount);
         IF received < inv.amount THEN
             -- not all of it: keep watching, and say so
@@ -369,6 +422,18 @@ BEGIN
     END IF;
 
     IF said IN ('expired', 'invalid') THEN
+        IF inv.hold AND inv.status = 'pending'
+           AND (SELECT y.state FROM payledger.payins y WHERE y.id = inv.payin_id) IN ('FORWARDING', 'FORWARDED') THEN
+            -- the node cancelled a held payment that is being forwarded: only
+            -- the forward's outcome may move the pay-in (src/p2p/)
+            UPDATE payledger.invoices i
+               SET status = 'failed', checks = i.checks + 1, errors = 0, locked_until = NULL, next_check_at = NULL,
+                   last_error = 'the node cancelled the held payment while it was forwarded', updated_at = now()
+             WHERE i.id = inv.id;
+            PERFORM payledger_internal.emit_event('invoice.hold_cancelled', inv.id, NULL,
+                jsonb_build_object('invoice', inv.id, 'payin', inv.payin_id));
+            RETURN 'hold_cancelled';
+        END IF;
         IF inv.status IN ('paid', 'failed') OR (inv.status = 'expired' AND said = 'expired') THEN
             UPDATE payledger.invoices i
                SET checks = i.checks + 1, locked_until = NULL,
@@ -395,6 +460,54 @@ BEGIN
     RAISE EXCEPTION 'unknown invoice result %', result USING ERRCODE = '22023';
 END;
 $$;
+-- Invoices past their deadline: one unpaid past monitoring (or never created
+-- in time) expires (or fails) and fails its pay-in, which gives back its
+-- custodial legs; an expired one past monitoring is no longer watched.
+-- Returns how many it closed. The worker calls it with max_invoices 1, one
+-- transaction each (one pay-in's accounts per transaction: see worker_apply).
+CREATE OR REPLACE FUNCTION payledger.expire_invoices(max_invoices integer DEFAULT 1)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    inv record;
+    n integer := 0;
+    msg text;
+BEGIN
+    PERFORM payledger_internal.require_limit(max_invoices, 'max_invoices');
+    FOR inv IN SELECT i.id, i.status, i.payin_id FROM payledger.invoices i
+                WHERE i.next_check_at IS NOT NULL AND i.monitor_until < now()
+                  AND (i.locked_until IS NULL OR i.locked_until < now())
+                  -- (a held payment does not expire: the HELD deadline and
+                  -- the forward end it, src/p2p/)
+                  AND i.held_at IS NULL
+                LIMIT max_invoices FOR UPDATE SKIP LOCKED LOOP
+        -- an invoice whose closing fails (its pay-in's move raises) is
+        -- backed off and reported, so that it holds up neither the others
+        -- nor the worker
+        BEGIN
+            UPDATE payledger.invoices i
+               SET status = CASE WHEN i.status = 'creating' THEN 'failed'
+                                 WHEN i.status = 'pending' THEN 'expired' ELSE i.status END,
+                   last_error = CASE WHEN i.status IN ('creating', 'pending') THEN coalesce(i.last_error, 'past its deadline')
+                                     ELSE i.last_error END,
+                   next_check_at = NULL, updated_at = now()
+             WHERE i.id = inv.id;
+            IF inv.status IN ('creating', 'pending') THEN
+                PERFORM payledger.transition_payin(inv.payin_id, 'FAILED',
+                    CASE WHEN inv.status = 'creating' THEN 'INVOICE_CREATION_FAILED' ELSE 'INVOICE_EXPIRED' END::payledger.payin_failure_reason);
+            END IF;
+            n := n + 1;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            UPDATE payledger.invoices i
+               SET errors = i.errors + 1, last_error = left('closing failed: ' || msg, 500),
+                   locked_until = now() + payledger_internal.backoff(i.errors + 1), updated_at = now()
+             WHERE i.id = inv.id;
+            RAISE WARNING 'payledger: closing invoice % failed: %', inv.id, msg;
+        END;
+    END LOOP;
+    RETURN n;
+END;
+$$;
 GRANT EXECUTE ON FUNCTION payledger.provider_webhook(uuid, jsonb, text) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.create_subscription(text, text, text, bigint, interval, jsonb, jsonb, text, jsonb, text, timestamptz, jsonb) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.cancel_subscription(uuid) TO payledger_app;
@@ -409,7 +522,78 @@ GRANT EXECUTE ON FUNCTION
     payledger.set_auto_withdrawal(text, text, text, bigint, numeric, bigint, text, uuid, uuid)
 TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.clear_auto_withdrawal(text, text, uuid) TO payledger_app;
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   provider_auto_withdrawals
+
+-- payledger providers: a deadline for every waiting state. A pay-in that
+-- waits in a state longer than its deadline (payledger.payin_deadlines) is
+-- failed by a housekeeping step, with the state's reason, and its escrow
+-- goes back to the payer: no pay-in waits forever. The deadline is the last
+-- resort, not the rule: a pay-in whose invoice payledger watches closes with
+-- that invoice (expire_invoices), and one whose withdrawal is in flight is
+-- settled by what the provider says (withdrawals.sql); neither is failed
+-- here while it lasts, except a payment held for a p2p forward (HELD: its
+-- deadline cancels it). FORWARDING has none: an outgoing payment is in
+-- flight, and only its outcome may end it.
+
+-- The deadlines in force: the operator's where set, else the defaults.
+CREATE OR REPLACE FUNCTION payledger.payin_deadlines_in_force()
+RETURNS TABLE (state payledger.payin_state, after interval, reason payledger.payin_failure_reason)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT v.state, coalesce(d.after, v.after), coalesce(d.reason, v.reason)
+      FROM (VALUES ('PENDING_INVOICE_CREATION'::payledger.payin_state, interval '1 hour',
+                    'INVOICE_CREATION_FAILED'::payledger.payin_failure_reason),
+                   ('PENDING_INVOICE_WRAP', '1 hour', 'INVOICE_WRAPPING_FAILED_UNKNOWN'),
+                   ('PENDING_WITHDRAWAL', '1 day', 'WITHDRAWAL_FAILED'),
+                   ('PENDING', '1 day', 'INVOICE_EXPIRED'),
+                   ('PENDING_HELD', '1 day', 'HELD_INVOICE_UNEXPECTED_ERROR'),
+                   ('HELD', '1 hour', 'HELD_INVOICE_SETTLED_TOO_SLOW'),
+                   ('FAILED_FORWARD', '10 minutes', 'INVOICE_FORWARDING_FAILED'),
+                   ('CANCELLED', '10 minutes', NULL)) v(state, after, reason)
+      LEFT JOIN payledger.payin_deadlines d ON d.state = v.state
+     ORDER BY v.state;
+$$;
 GRANT EXECUTE ON FUNCTION payledger.payin_deadlines_in_force() TO payledger_app;
+-- The housekeeping step: fail up to max_payins pay-ins past their state's
+-- deadline, one transaction each (one pay-in's accounts per transaction: the
+-- lock order). One that cannot be failed (its move raises) is reported and
+-- left for the next tick; the others are not held up. Returns how many it
+-- failed.
+CREATE OR REPLACE FUNCTION payledger.fail_overdue_payins(max_payins integer DEFAULT 1)
+RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    o record;
+    n integer := 0;
+BEGIN
+    PERFORM payledger_internal.require_limit(max_payins, 'max_payins');
+    FOR o IN SELECT p.id, p.state, d.reason FROM payledger.payins p
+               JOIN payledger.payin_deadlines_in_force() d ON d.state = p.state
+              WHERE p.state NOT IN ('PAID', 'FAILED') AND p.state_changed_at < now() - d.after
+                -- (a held payment is not: HELD's deadline holds for it)
+                AND NOT EXISTS (SELECT 1 FROM payledger.invoices i
+                                 WHERE i.payin_id = p.id AND i.status IN ('creating', 'pending')
+                                   AND NOT (p.state = 'HELD' AND i.held_at IS NOT NULL))
+                -- (a payment that may be under way is left to its lookups;
+                -- one not sent yet, or an address not resolved yet, may fail)
+                AND NOT EXISTS (SELECT 1 FROM payledger.withdrawals w
+                                 WHERE w.payin_id = p.id AND w.status IN ('unknown', 'pending'))
+              ORDER BY p.state_changed_at
+              LIMIT max_payins
+              FOR NO KEY UPDATE OF p SKIP LOCKED LOOP
+        BEGIN
+            PERFORM payledger.transition_payin(o.id, 'FAILED', o.reason);
+            n := n + 1;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'payledger: pay-in % past its % deadline could not be failed: % (SQLSTATE %)',
+                o.id, o.state, SQLERRM, SQLSTATE;
+        END;
+    END LOOP;
+    RETURN n;
+END;
+$$;
 
 -- src/p2p/mod.rs
 /* </end connected objects> */
@@ -458,13 +642,19 @@ ALTER TABLE payledger.receiver_wallets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE payledger.receiver_wallet_secrets ENABLE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallets', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallet_secrets', '');
--- One per p2p pay-in: the receiver's invoice its hold invoice wraps. (A
--- retry is another pay-in, with its own row.)
---   asking   the receiver's wallet is being asked for an invoice (the worker)
---   wrapped  its invoice checked; the hold invoice, with the same payment
---            hash, is issued at the operator's node (payledger.invoices, hold)
---   failed   no wallet, no node, or the wallet refused (see failure); the
---            pay-in is FAILED
+-- One per p2p pay-in: the receiver's invoice its hold invoice wraps, and the
+-- forward that pays it. (A retry is another pay-in, with its own row.)
+--   asking      the receiver's wallet is being asked for an invoice (the worker)
+--   wrapped     its invoice checked; the hold invoice, with the same payment
+--               hash, is issued at the operator's node (payledger.invoices,
+--               hold); forwarded once the payer's payment is held (HELD)
+--   forwarding  the receiver's invoice is being paid by the node: recorded
+--               before the call, so that after a crash it is looked up, never
+--               paid twice
+--   forwarded   paid, the preimage known: it settles the hold invoice
+--   settled     the hold invoice settled: the pay-in is PAID
+--   failed      no wallet, no node, the wallet refused, or the forward
+--               failed (see failure); the pay-in is FAILED
 CREATE TABLE payledger.p2p_forwards (
     payin_id      uuid PRIMARY KEY,
     receiver_id   text NOT NULL,            -- the owner of the receiver pay-out's account
@@ -472,13 +662,21 @@ CREATE TABLE payledger.p2p_forwards (
     provider_id   uuid REFERENCES payledger.providers,   -- the operator's node, which holds
     amount        bigint NOT NULL CHECK (amount > 0),     -- msat for the receiver
     fee_budget    bigint NOT NULL CHECK (fee_budget >= 0), -- msat, the routing_fee pay-out
-    status        text NOT NULL CHECK (status IN ('asking', 'wrapped', 'failed')),
+    status        text NOT NULL CHECK (status IN ('asking', 'wrapped', 'forwarding', 'forwarded', 'settled', 'failed')),
     failure       text,
     -- the receiver's invoice, once given and checked
     bolt11        text,
     payment_hash  text CHECK (payment_hash ~ '^[0-9a-f]{64}$'),
     expires_at    timestamptz,
     final_cltv    integer,                  -- its min_final_cltv_expiry
+    -- the forward
+    cltv_limit    integer,                  -- blocks the route may take (the held HTLC's less the margin)
+    sent_at       timestamptz,
+    preimage      text CHECK (preimage ~ '^[0-9a-f]{64}$'),
+    fee_paid      bigint CHECK (fee_paid >= 0),  -- msat, the actual routing fee
+    forwarded_at  timestamptz,
+    settled_at    timestamptz,
+    forward_journal uuid,                   -- the share and the fee leaving by Lightning, at PAID
     -- the worker's bookkeeping
     attempts      integer NOT NULL DEFAULT 0,
     errors        integer NOT NULL DEFAULT 0,
@@ -488,27 +686,23 @@ CREATE TABLE payledger.p2p_forwards (
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT p2p_forward_wallet CHECK (status = 'failed' OR (wallet_id IS NOT NULL AND provider_id IS NOT NULL)),
-    CONSTRAINT p2p_forward_invoice CHECK (status <> 'wrapped' OR (bolt11 IS NOT NULL AND payment_hash IS NOT NULL))
+    CONSTRAINT p2p_forward_invoice CHECK (status IN ('asking', 'failed') OR (bolt11 IS NOT NULL AND payment_hash IS NOT NULL)),
+    CONSTRAINT p2p_forward_sent CHECK (status NOT IN ('forwarding', 'forwarded', 'settled') OR sent_at IS NOT NULL),
+    -- never a settle without the preimage
+    CONSTRAINT p2p_forward_preimage CHECK (status NOT IN ('forwarded', 'settled')
+                                           OR (preimage IS NOT NULL AND fee_paid IS NOT NULL AND forwarded_at IS NOT NULL)),
+    -- (its journal is written in the same transaction, after the pay-in's:
+    -- check_invariants() checks it)
+    CONSTRAINT p2p_forward_settled CHECK ((status = 'settled') = (settled_at IS NOT NULL))
 );
 CREATE INDEX p2p_forwards_due_idx ON payledger.p2p_forwards (next_check_at) WHERE next_check_at IS NOT NULL;
+-- the wrapped ones wait for their pay-in to be HELD
+CREATE INDEX p2p_forwards_wrapped_idx ON payledger.p2p_forwards (payin_id) WHERE status = 'wrapped';
 -- one receiver invoice is wrapped once
 CREATE UNIQUE INDEX p2p_forwards_hash_idx ON payledger.p2p_forwards (payment_hash) WHERE status <> 'failed';
 CREATE INDEX p2p_forwards_wallet_idx ON payledger.p2p_forwards (wallet_id);
 ALTER TABLE payledger.p2p_forwards ENABLE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('payledger.p2p_forwards', '');
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
-	"wallet" uuid, /* pgrx :: Uuid */
-	"amount_msat" bigint, /* i64 */
-	"memo" TEXT, /* & str */
-	"expiry_secs" INT /* i32 */
-) RETURNS jsonb /* JsonB */
-STRICT VOLATILE PARALLEL UNSAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -791,13 +985,18 @@ GRANT EXECUTE ON FUNCTION payledger.test_my_receiver_wallet(uuid, bigint) TO pay
 -- requires:
 --   p2p_wallets
 
--- payledger p2p: wrapping. A p2p pay-in (PENDING_INVOICE_WRAP) gets an
--- invoice for its receiver's share from the receiver's wallet; once checked,
--- a hold invoice with the same payment hash is opened at the operator's node
--- for what the payer owes, and the pay-in is PENDING_HELD when the node has
--- issued it (payledger.invoice_apply). The worker drives it: p2p_claim in
--- its claim step, the wallet called on its threads, p2p_apply for each
--- result. See docs/p2p.md.
+-- payledger p2p: wrapping and forwarding. A p2p pay-in (PENDING_INVOICE_WRAP)
+-- gets an invoice for its receiver's share from the receiver's wallet; once
+-- checked, a hold invoice with the same payment hash is opened at the
+-- operator's node for what the payer owes (PENDING_HELD, when the node has
+-- issued it: payledger.invoice_apply). When the payer's payment is held
+-- (HELD), the node pays the receiver's invoice (FORWARDING); the preimage it
+-- learns settles the hold invoice (FORWARDED, then PAID). The worker drives
+-- it: p2p_claim in its claim step, the wallet and the node called on its
+-- threads, p2p_apply for each result. See docs/p2p.md.
+--
+-- Lock order: a forward's row first, then its hold invoice, then its pay-in
+-- (then the accounts). A pay-in's move never locks a forward.
 
 -- A p2p pay-in's receiver (the owner of the receiver pay-out's account),
 -- the share forwarded, and the routing fee budget.
@@ -824,19 +1023,56 @@ RETURNS uuid LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_tem
      LIMIT 1;
 $$;
 -- A forward that cannot go on: recorded with why, and its pay-in FAILED
--- with the reason (its custodial part back to the payer). The caller holds
--- the forward's row, or has just written it.
+-- with the reason (its custodial part back to the payer; its hold invoice,
+-- if any, cancelled at the node by the worker's next claim). One that was
+-- being forwarded passes through FAILED_FORWARD. The caller holds the
+-- forward's row. reason NULL: the pay-in ended already.
 CREATE OR REPLACE FUNCTION payledger_internal.p2p_fail(f payledger.p2p_forwards, reason payledger.payin_failure_reason, why text)
 RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    st payledger.payin_state;
 BEGIN
     UPDATE payledger.p2p_forwards x
        SET status = 'failed', failure = left(why, 500), next_check_at = NULL, locked_until = NULL, updated_at = now()
      WHERE x.payin_id = f.payin_id;
-    IF (SELECT p.state FROM payledger.payins p WHERE p.id = f.payin_id) = 'PENDING_INVOICE_WRAP' THEN
+    SELECT p.state INTO st FROM payledger.payins p WHERE p.id = f.payin_id;
+    IF reason IS NULL THEN
+        RETURN;
+    END IF;
+    IF st = 'FORWARDING' THEN
+        PERFORM payledger.transition_payin(f.payin_id, 'FAILED_FORWARD', reason);
+        st := 'FAILED_FORWARD';
+    END IF;
+    IF st IN ('PENDING_INVOICE_WRAP', 'PENDING_HELD', 'HELD', 'FAILED_FORWARD') THEN
         PERFORM payledger.transition_payin(f.payin_id, 'FAILED', reason);
     END IF;
 END;
 $$;
+-- A p2p pay-in moves past HELD only with its forward: FORWARDING while the
+-- node pays the receiver, FORWARDED once it has, FAILED_FORWARD when that
+-- failed, PAID once the payer's held payment is settled. A handler of the
+-- pay-in lifecycle (lock stage): any other move (an application's
+-- transition_payin) is refused with PL020, so that nothing fails a pay-in
+-- whose money may be on its way, and nothing makes one PAID before its
+-- payer's payment is collected. It only reads the forward: its writers lock
+-- it before the pay-in.
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_payin_lock(p payledger.payins)
+RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    st text;
+    expected text := CASE p.state WHEN 'FORWARDING' THEN 'forwarding' WHEN 'FORWARDED' THEN 'forwarded'
+                                  WHEN 'FAILED_FORWARD' THEN 'failed' WHEN 'PAID' THEN 'settled' END;
+BEGIN
+    SELECT f.status INTO st FROM payledger.p2p_forwards f WHERE f.payin_id = p.id;
+    IF NOT FOUND OR st = expected THEN
+        RETURN;
+    END IF;
+    RAISE EXCEPTION 'pay-in % is forwarded peer to peer (its forward is %): only the forward moves it to %', p.id, st, p.state
+        USING ERRCODE = 'PL020', HINT = 'See docs/p2p.md.';
+END;
+$$;
+SELECT payledger_internal.register_payin_handler('p2p', 'lock', 400, '{FORWARDING,FORWARDED,FAILED_FORWARD,PAID}',
+                                                 'payledger_internal.p2p_payin_lock(payledger.payins)');
 -- Begin a p2p pay-in the caller has locked: its forward asks the first
 -- wallet; without a wallet, or without a node of the operator that can hold
 -- invoices (lnd_rest), the pay-in fails at once.
@@ -868,14 +1104,25 @@ BEGIN
     RETURN 'asking';
 END;
 $$;
--- The worker's claim (inside worker_claim's transaction): begin the p2p
--- pay-ins waiting to be wrapped, then claim the forwards whose wallet is to
--- be asked (SKIP LOCKED, with a lease). No secrets: the worker reads the
--- wallets' credentials itself.
+-- The worker's claim (inside worker_claim's transaction), in the lock
+-- order (forward, then pay-in; SKIP LOCKED, never waiting):
+--   1. begin the p2p pay-ins waiting to be wrapped;
+--   2. forward the held ones: each is recorded as sent (FORWARDING) before
+--      the call, so that after a crash it is looked up, never paid twice;
+--      one whose held HTLC leaves too few blocks to forward and still settle
+--      fails with INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW instead;
+--   3. claim the forwards due: a wallet to ask, a forward to look up, a hold
+--      invoice to settle (with a lease).
+-- No secrets: the worker reads the wallets' and the node's credentials itself.
 CREATE OR REPLACE FUNCTION payledger_internal.p2p_claim(batch integer, lease interval)
 RETURNS jsonb LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     p payledger.payins;
+    fw payledger.p2p_forwards;
+    inv payledger.invoices;
+    margin integer := payledger.setting_int('p2p_settle_cltv_margin');
+    blocks integer;
+    sent jsonb := '[]';
     claims jsonb;
 BEGIN
     FOR p IN SELECT x.* FROM payledger.payins x
@@ -885,28 +1132,78 @@ BEGIN
               FOR NO KEY UPDATE OF x SKIP LOCKED LOOP
         PERFORM payledger_internal.p2p_begin(p);
     END LOOP;
+
+    FOR fw IN SELECT x.* FROM payledger.p2p_forwards x
+               JOIN payledger.payins y ON y.id = x.payin_id
+               JOIN payledger.providers pr ON pr.id = x.provider_id
+              WHERE x.status = 'wrapped' AND y.state IN ('HELD', 'FAILED', 'CANCELLED')
+                AND (pr.retry_after IS NULL OR pr.retry_after <= now())
+              ORDER BY y.state_changed_at LIMIT batch
+              FOR UPDATE OF x SKIP LOCKED LOOP
+        SELECT * INTO p FROM payledger.payins y WHERE y.id = fw.payin_id FOR NO KEY UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        IF p.state <> 'HELD' THEN
+            -- (failed or cancelled while held: its hold invoice is cancelled
+            -- by the invoice claim, and the payer's payment goes back)
+            PERFORM payledger_internal.p2p_fail(fw, NULL, format('the pay-in became %s before it was forwarded', p.state));
+            CONTINUE;
+        END IF;
+        SELECT * INTO inv FROM payledger.invoices i WHERE i.payin_id = p.id AND i.hold AND i.payment_hash = fw.payment_hash;
+        blocks := inv.htlc_expiry_height - inv.held_block_height - margin;
+        IF blocks IS NULL OR blocks < fw.final_cltv THEN
+            PERFORM payledger_internal.p2p_fail(fw, 'INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW',
+                format('the held payment leaves %s blocks to forward after the %s to settle; the receiver''s invoice needs %s',
+                       coalesce(blocks::text, 'no'), margin, fw.final_cltv));
+            CONTINUE;
+        END IF;
+        UPDATE payledger.p2p_forwards x
+           SET status = 'forwarding', cltv_limit = blocks, sent_at = now(), attempts = x.attempts + 1,
+               locked_until = now() + lease, next_check_at = now() + lease, updated_at = now()
+         WHERE x.payin_id = fw.payin_id;
+        PERFORM payledger.transition_payin(p.id, 'FORWARDING');
+        sent := sent || jsonb_build_object('forward_id', fw.payin_id, 'op', 'pay', 'destination', fw.bolt11,
+                                           'payment_hash', fw.payment_hash, 'amount', fw.amount, 'max_fee', fw.fee_budget,
+                                           'htlc_expiry_height', inv.htlc_expiry_height, 'settle_margin', margin,
+                                           'final_cltv', fw.final_cltv, 'provider_id', fw.provider_id);
+    END LOOP;
+
     WITH due AS (
         SELECT f.payin_id FROM payledger.p2p_forwards f
-         WHERE f.status = 'asking' AND f.next_check_at <= now()
+          JOIN payledger.providers pr ON pr.id = f.provider_id
+         WHERE f.status IN ('asking', 'forwarding', 'forwarded') AND f.next_check_at <= now()
            AND (f.locked_until IS NULL OR f.locked_until < now())
+           AND (f.status = 'asking' OR pr.retry_after IS NULL OR pr.retry_after <= now())
          ORDER BY f.next_check_at
          LIMIT batch
          FOR UPDATE OF f SKIP LOCKED),
     claimed AS (
         UPDATE payledger.p2p_forwards f
-           SET locked_until = now() + lease, attempts = f.attempts + 1, updated_at = now()
+           SET locked_until = now() + lease, attempts = f.attempts + (f.status = 'asking')::integer, updated_at = now()
           FROM due WHERE f.payin_id = due.payin_id
         RETURNING f.*)
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-               'forward_id', c.payin_id, 'op', 'receiver_invoice',
-               'wallet_id', c.wallet_id, 'wallet_kind', w.kind, 'wallet_config', w.config,
-               'amount', c.amount, 'memo', format('%s via %s', y.type, c.payin_id),
-               -- (the wallet's invoice must outlive the hold invoice by the buffer)
-               'expiry_secs', payledger.setting_int('p2p_max_hold_expiry') + payledger.setting_int('p2p_expiry_buffer'))
+    SELECT coalesce(jsonb_agg(CASE c.status
+               WHEN 'asking' THEN jsonb_build_object(
+                   'forward_id', c.payin_id, 'op', 'receiver_invoice',
+                   'wallet_id', c.wallet_id, 'wallet_kind', w.kind, 'wallet_config', w.config,
+                   'amount', c.amount, 'memo', format('%s via %s', y.type, c.payin_id),
+                   -- (the wallet's invoice must outlive the hold invoice by the buffer)
+                   'expiry_secs', payledger.setting_int('p2p_max_hold_expiry') + payledger.setting_int('p2p_expiry_buffer'))
+               WHEN 'forwarding' THEN jsonb_build_object(
+                   'forward_id', c.payin_id, 'op', 'lookup', 'destination', c.bolt11, 'payment_hash', c.payment_hash,
+                   'amount', c.amount, 'max_fee', c.fee_budget, 'provider_id', c.provider_id)
+               ELSE jsonb_build_object(
+                   'forward_id', c.payin_id, 'op', 'settle', 'payment_hash', c.payment_hash, 'preimage', c.preimage,
+                   'provider_id', c.provider_id) END
              ORDER BY c.payin_id), '[]')
       INTO claims
       FROM claimed c JOIN payledger.receiver_wallets w ON w.id = c.wallet_id
       JOIN payledger.payins y ON y.id = c.payin_id;
+    -- the node's address for the calls to it
+    SELECT coalesce(jsonb_agg(CASE WHEN x ->> 'op' = 'receiver_invoice' THEN x
+                                   ELSE x || jsonb_build_object('kind', pr.kind, 'base_url', pr.base_url, 'config', pr.config) END), '[]')
+      INTO claims
+      FROM jsonb_array_elements(sent || claims) x
+      LEFT JOIN payledger.providers pr ON pr.id = (x ->> 'provider_id')::uuid;
     RETURN claims;
 END;
 $$;
@@ -951,12 +1248,12 @@ BEGIN
         reason := 'INVOICE_WRAPPING_FAILED_HIGH_PREDICTED_EXPIRY';
         problem := format('the wallet''s invoice expires in under %s s: too soon to hold a payment first',
                           payledger.setting_int('p2p_expiry_buffer') + 60);
-    ELSIF decoded.min_final_cltv_expiry + payledger.setting_int('p2p_settle_cltv_margin')
+    ELSIF decoded.min_final_cltv_expiry + payledger.setting_int('p2p_route_cltv') + payledger.setting_int('p2p_settle_cltv_margin')
           > payledger.setting_int('p2p_max_cltv_delta') THEN
         reason := 'INVOICE_WRAPPING_FAILED_HIGH_PREDICTED_EXPIRY';
-        problem := format('the wallet''s invoice needs a final CLTV delta of %s blocks: with %s to settle, over the %s allowed',
-                          decoded.min_final_cltv_expiry, payledger.setting_int('p2p_settle_cltv_margin'),
-                          payledger.setting_int('p2p_max_cltv_delta'));
+        problem := format('the wallet''s invoice needs a final CLTV delta of %s blocks: with %s for the route and %s to settle, over the %s allowed',
+                          decoded.min_final_cltv_expiry, payledger.setting_int('p2p_route_cltv'),
+                          payledger.setting_int('p2p_settle_cltv_margin'), payledger.setting_int('p2p_max_cltv_delta'));
     ELSIF EXISTS (SELECT 1 FROM payledger.p2p_forwards x WHERE x.payment_hash = decoded.payment_hash AND x.status <> 'failed')
           OR EXISTS (SELECT 1 FROM payledger.invoices i WHERE i.payment_hash = decoded.payment_hash) THEN
         reason := 'INVOICE_WRAPPING_FAILED_UNKNOWN';
@@ -967,30 +1264,22 @@ BEGIN
     final_cltv := decoded.min_final_cltv_expiry;
 END;
 $$;
--- Apply what the wallet answered (one result, in its own transaction; the
--- forward's row first, then its pay-in). A good invoice opens the hold
+-- Apply what the wallet answered (the caller holds the forward's row). A good invoice opens the hold
 -- invoice at the node, for the pay-in's external amount and the same
 -- payment hash, expiring before the wallet's by payledger.p2p_expiry_buffer
 -- (and within payledger.p2p_max_hold_expiry), with the wallet's final CLTV
--- delta plus payledger.p2p_settle_cltv_margin. A refusal or a bad invoice
+-- delta plus payledger.p2p_route_cltv for the forward's route and
+-- payledger.p2p_settle_cltv_margin to settle after it. A refusal or a bad invoice
 -- fails the pay-in with its reason; a wallet that did not answer is asked
 -- again after a backoff, until PENDING_INVOICE_WRAP's deadline.
-CREATE OR REPLACE FUNCTION payledger_internal.p2p_apply(forward uuid, result jsonb)
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_wrap(f payledger.p2p_forwards, result jsonb)
 RETURNS text LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
-    f payledger.p2p_forwards;
     p payledger.payins;
     node payledger.providers;
     c record;
     hold_for interval;
 BEGIN
-    SELECT * INTO f FROM payledger.p2p_forwards x WHERE x.payin_id = forward FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'p2p forward % does not exist', forward USING ERRCODE = 'PL019';
-    END IF;
-    IF result ->> 'op' IS DISTINCT FROM 'receiver_invoice' THEN
-        RAISE EXCEPTION 'unknown p2p result %', left(result::text, 100) USING ERRCODE = '22023';
-    END IF;
     IF f.status <> 'asking' THEN
         RETURN 'ignored';
     END IF;
@@ -1032,10 +1321,223 @@ BEGIN
                                     memo, expiry, status, payment_hash, hold, cltv_expiry, monitor_until, next_check_at)
     VALUES (payledger.new_id(), p.id, node.id, node.kind, node.name, node.profile_id, p.asset, p.external_amount,
             p.type || ' ' || p.id, date_trunc('second', hold_for), 'creating', c.payment_hash, true,
-            c.final_cltv + payledger.setting_int('p2p_settle_cltv_margin'),
+            c.final_cltv + payledger.setting_int('p2p_route_cltv') + payledger.setting_int('p2p_settle_cltv_margin'),
             now() + hold_for, '-infinity');
     RETURN 'wrapped';
 END;
+$$;
+-- What the node said of a forward (a pay or a lookup; the caller holds the
+-- forward's row):
+--   {"status": "succeeded", "fee", "preimage"}   paid: FORWARDED, and its
+--       hold invoice is settled next; never without the preimage of the
+--       payment hash, which is checked here
+--   {"status": "failed", "error", "reason"}      not paid, and it will not
+--       be: FAILED_FORWARD, then FAILED (INVOICE_FORWARDING_FAILED, or the
+--       reason given); the hold invoice is cancelled
+--   {"status": "pending"}, {"status": "not_found"}, {"ok": false, ...}
+--       looked up again; a payment the node does not know is taken for
+--       never sent only once a call that timed out can no longer be on its way
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_forward_result(f payledger.p2p_forwards, result jsonb)
+RETURNS text LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    st text := result ->> 'status';
+    quiet interval := make_interval(secs => 60 + 2 * payledger.setting_int('worker_http_timeout') / 1000.0);
+BEGIN
+    IF f.status <> 'forwarding' THEN
+        UPDATE payledger.p2p_forwards x SET locked_until = NULL WHERE x.payin_id = f.payin_id;
+        RETURN 'ignored';
+    END IF;
+    IF st = 'succeeded' THEN
+        IF coalesce(result ->> 'preimage', '') !~ '^[0-9a-f]{64}$'
+           OR sha256(decode(result ->> 'preimage', 'hex')) <> decode(f.payment_hash, 'hex') THEN
+            -- (paid, says the node, but without the proof: asked again,
+            -- and never settled on its word)
+            UPDATE payledger.p2p_forwards x
+               SET errors = x.errors + 1, last_error = 'the node reported the forward paid without the payment''s preimage',
+                   next_check_at = now() + payledger_internal.backoff(x.errors + 1), locked_until = NULL, updated_at = now()
+             WHERE x.payin_id = f.payin_id;
+            RETURN 'forward_without_preimage';
+        END IF;
+        IF (result ->> 'fee')::bigint < 0 THEN
+            RAISE EXCEPTION 'a negative routing fee %', result ->> 'fee' USING ERRCODE = '22023';
+        END IF;
+        UPDATE payledger.p2p_forwards x
+           SET status = 'forwarded', preimage = result ->> 'preimage', fee_paid = coalesce((result ->> 'fee')::bigint, 0),
+               forwarded_at = now(), cltv_limit = coalesce((result ->> 'cltv_limit')::integer, x.cltv_limit),
+               errors = 0, last_error = NULL, next_check_at = now(), locked_until = NULL, updated_at = now()
+         WHERE x.payin_id = f.payin_id;
+        PERFORM payledger.transition_payin(f.payin_id, 'FORWARDED');
+        RETURN 'forwarded';
+    ELSIF st = 'failed' OR (st = 'not_found' AND f.sent_at < now() - quiet) THEN
+        PERFORM payledger_internal.p2p_wallet_health(f.wallet_id, 'the forward failed: '
+                                                     || coalesce(result ->> 'error', 'the node has no such payment'));
+        PERFORM payledger_internal.p2p_fail(f, coalesce(result ->> 'reason', 'INVOICE_FORWARDING_FAILED')::payledger.payin_failure_reason,
+                                            'the forward failed: ' || coalesce(result ->> 'error', 'the node has no such payment'));
+        RETURN 'forward_failed';
+    ELSIF st IN ('pending', 'not_found') THEN
+        UPDATE payledger.p2p_forwards x
+           SET next_check_at = now() + least(greatest((now() - x.sent_at) / 10, interval '2 seconds'), interval '1 minute'),
+               cltv_limit = coalesce((result ->> 'cltv_limit')::integer, x.cltv_limit),
+               locked_until = NULL, updated_at = now()
+         WHERE x.payin_id = f.payin_id;
+        RETURN 'forward_pending';
+    ELSIF result ->> 'ok' = 'false' THEN
+        -- no answer: the payment may or may not be under way; a lookup says
+        UPDATE payledger.p2p_forwards x
+           SET errors = x.errors + 1, last_error = left(result ->> 'error', 500), locked_until = NULL,
+               next_check_at = now() + payledger_internal.backoff(x.errors + 1), updated_at = now()
+         WHERE x.payin_id = f.payin_id;
+        RETURN 'forward_error';
+    END IF;
+    RAISE EXCEPTION 'unknown forward result %', left(result::text, 200) USING ERRCODE = '22023';
+END;
+$$;
+-- The money of a settled forward, at PAID (after the pay-in's own journal
+-- credited its pay-outs): the receiver's share and the actual routing fee
+-- left by Lightning, so they go from the receiver's and the routing fee
+-- pay-out's accounts to the clearing account the payer's payment came into.
+-- What the budget did not spend stays with the routing fee pay-out; a fee
+-- over the budget is the operator's, from suspense, with an event.
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_book(f payledger.p2p_forwards, p payledger.payins)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    receiver uuid;
+    fee_account uuid;
+    from_budget bigint := least(f.fee_paid, f.fee_budget);
+    postings jsonb;
+BEGIN
+    SELECT o.account_id INTO receiver FROM payledger.payouts o WHERE o.payin_id = p.id AND o.role = 'receiver';
+    SELECT o.account_id INTO fee_account FROM payledger.payouts o WHERE o.payin_id = p.id AND o.role = 'routing_fee';
+    postings := jsonb_build_array(jsonb_build_object('account', receiver, 'amount', -f.amount),
+                                  jsonb_build_object('account', p.external_account, 'amount', f.amount + f.fee_paid));
+    IF from_budget > 0 THEN
+        postings := postings || jsonb_build_object('account', fee_account, 'amount', -from_budget);
+    END IF;
+    IF f.fee_paid > from_budget THEN
+        postings := postings || jsonb_build_object('account',
+            payledger_internal.open_account_as(NULL, 'payledger', p.asset, 'suspense', 'fee_overrun', true, NULL, NULL),
+            'amount', -(f.fee_paid - from_budget));
+        PERFORM payledger_internal.emit_event('p2p.fee_over_limit', p.id, NULL,
+            jsonb_build_object('payin', p.id, 'fee', f.fee_paid, 'max_fee', f.fee_budget));
+    END IF;
+    RETURN (payledger_internal.apply_as('payin', jsonb_build_object(
+        'postings', postings, 'kind', 'p2p_forward',
+        'metadata', jsonb_build_object('payin', p.id, 'payment_hash', f.payment_hash, 'fee', f.fee_paid)))).journal_id;
+END;
+$$;
+-- What the node said of settling the hold invoice (the caller holds the
+-- forward's row):
+--   {"settle": "settled"}   the payer's payment is collected: the hold
+--       invoice is paid, the pay-in PAID (its pay-outs credited), and the
+--       forward's money booked (p2p_book), in this one transaction
+--   {"settle": "cancelled" | "gone"}   the node cannot settle it: the
+--       receiver was paid and the payer's payment is lost to the operator.
+--       Recorded, with the event p2p.settle_failed; the pay-in stays
+--       FORWARDED (the settle margin exists so that this does not happen)
+--   {"ok": false, ...}   tried again after a backoff
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_settle_result(f payledger.p2p_forwards, result jsonb)
+RETURNS text LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    inv payledger.invoices;
+    p payledger.payins;
+BEGIN
+    IF f.status <> 'forwarded' THEN
+        UPDATE payledger.p2p_forwards x SET locked_until = NULL WHERE x.payin_id = f.payin_id;
+        RETURN 'ignored';
+    END IF;
+    IF result ->> 'ok' = 'false' THEN
+        UPDATE payledger.p2p_forwards x
+           SET errors = x.errors + 1, last_error = left('settling: ' || (result ->> 'error'), 500), locked_until = NULL,
+               next_check_at = now() + payledger_internal.backoff(x.errors + 1), updated_at = now()
+         WHERE x.payin_id = f.payin_id;
+        RETURN 'settle_error';
+    END IF;
+    IF result ->> 'settle' IN ('cancelled', 'gone') THEN
+        UPDATE payledger.p2p_forwards x
+           SET last_error = format('the node cannot settle the hold invoice (%s): the receiver was paid, the payer''s payment was not collected',
+                                   result ->> 'settle'),
+               next_check_at = NULL, locked_until = NULL, updated_at = now()
+         WHERE x.payin_id = f.payin_id;
+        PERFORM payledger_internal.emit_event('p2p.settle_failed', f.payin_id, NULL,
+            jsonb_build_object('payin', f.payin_id, 'payment_hash', f.payment_hash, 'node', result ->> 'settle'));
+        RETURN 'settle_failed';
+    END IF;
+    IF result ->> 'settle' IS DISTINCT FROM 'settled' THEN
+        RAISE EXCEPTION 'unknown settle result %', left(result::text, 200) USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO inv FROM payledger.invoices i WHERE i.payin_id = f.payin_id AND i.hold AND i.payment_hash = f.payment_hash
+       FOR UPDATE;
+    IF inv.status <> 'paid' THEN
+        UPDATE payledger.invoices i
+           SET status = 'paid', amount_received = coalesce(i.held_amount, i.amount), preimage = f.preimage, paid_at = now(),
+               errors = 0, last_error = NULL, next_check_at = NULL, locked_until = NULL, updated_at = now()
+         WHERE i.id = inv.id
+        RETURNING * INTO inv;
+    END IF;
+    UPDATE payledger.p2p_forwards x
+       SET status = 'settled', settled_at = now(), next_check_at = NULL, locked_until = NULL, errors = 0, last_error = NULL,
+           updated_at = now()
+     WHERE x.payin_id = f.payin_id
+    RETURNING * INTO f;
+    PERFORM payledger.transition_payin(f.payin_id, 'PAID');
+    SELECT * INTO p FROM payledger.payins y WHERE y.id = f.payin_id;
+    UPDATE payledger.p2p_forwards x SET forward_journal = payledger_internal.p2p_book(f, p) WHERE x.payin_id = f.payin_id;
+    IF inv.amount_received > inv.amount THEN
+        UPDATE payledger.invoices i
+           SET overpay_journal = payledger_internal.record_overpayment(inv, p, inv.amount_received - inv.amount)
+         WHERE i.id = inv.id;
+    END IF;
+    RETURN 'settled';
+END;
+$$;
+-- Apply one result of the worker's calls for a forward, in its own
+-- transaction: the forward's row first (then its hold invoice, its pay-in).
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_apply(forward uuid, result jsonb)
+RETURNS text LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    f payledger.p2p_forwards;
+BEGIN
+    SELECT * INTO f FROM payledger.p2p_forwards x WHERE x.payin_id = forward FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'p2p forward % does not exist', forward USING ERRCODE = 'PL019';
+    END IF;
+    CASE result ->> 'op'
+        WHEN 'receiver_invoice' THEN RETURN payledger_internal.p2p_wrap(f, result);
+        WHEN 'pay', 'lookup' THEN RETURN payledger_internal.p2p_forward_result(f, result);
+        WHEN 'settle' THEN RETURN payledger_internal.p2p_settle_result(f, result);
+        ELSE RAISE EXCEPTION 'unknown p2p result %', left(result::text, 100) USING ERRCODE = '22023';
+    END CASE;
+END;
+$$;
+-- Invariants of forwards (part of payledger.check_invariants()).
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_invariants()
+RETURNS TABLE (invariant text, subject text, detail text)
+LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    -- a forward's status and its pay-in's state agree
+    SELECT 'p2p_forward_state', f.payin_id::text, format('forward %s, pay-in %s', f.status, p.state)
+      FROM payledger.p2p_forwards f JOIN payledger.payins p ON p.id = f.payin_id
+     WHERE NOT CASE f.status
+               WHEN 'asking' THEN p.state IN ('PENDING_INVOICE_WRAP', 'FAILED', 'CANCELLED')
+               WHEN 'wrapped' THEN p.state IN ('PENDING_INVOICE_WRAP', 'PENDING_HELD', 'HELD', 'FAILED', 'CANCELLED')
+               WHEN 'forwarding' THEN p.state = 'FORWARDING'
+               WHEN 'forwarded' THEN p.state = 'FORWARDED'
+               WHEN 'settled' THEN p.state = 'PAID'
+               ELSE p.state IN ('FAILED', 'CANCELLED') END
+    UNION ALL
+    -- a settled forward's share and fee went to the clearing account by one
+    -- journal
+    SELECT 'p2p_forward_booked', f.payin_id::text,
+           format('journal %s credits %s, the share and fee are %s', f.forward_journal, coalesce(c.total, 0),
+                  f.amount + f.fee_paid)
+      FROM payledger.p2p_forwards f
+      LEFT JOIN LATERAL (SELECT sum(e.amount) AS total FROM payledger.entries e
+                          WHERE e.journal_id = f.forward_journal AND e.amount > 0) c ON true
+     WHERE f.status = 'settled' AND (f.forward_journal IS NULL OR coalesce(c.total, 0) <> f.amount + f.fee_paid)
+    UNION ALL
+    -- the preimage is the payment hash's
+    SELECT 'p2p_forward_preimage', f.payin_id::text, 'the preimage does not hash to the payment hash'
+      FROM payledger.p2p_forwards f
+     WHERE f.preimage IS NOT NULL AND sha256(decode(f.preimage, 'hex')) <> decode(f.payment_hash, 'hex');
 $$;
 
 -- src/worker/mod.rs
@@ -1178,20 +1680,6 @@ BEGIN
 END;
 $$;
 
--- src/nostr/mod.rs
-GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
-
 -- src/credits/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.credit_asset() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credits_of(bigint) TO payledger_enduser, payledger_app;
@@ -1217,7 +1705,53 @@ GRANT EXECUTE ON FUNCTION payledger.my_total_credits() TO payledger_enduser, pay
 GRANT EXECUTE ON FUNCTION payledger.credit_history(text, integer) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.my_credit_history(integer) TO payledger_enduser, payledger_app;
 
+-- src/nostr/mod.rs
+GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
+
 -- src/lib.rs
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- requires:
+--   ledger_api
+--   payin_api
+--   events_hooks
+--   provider_withdrawals
+--   nostr_jobs
+--   credits_history
+--   p2p_forwards
+
+-- Every violation of payledger's invariants, from every module; empty when healthy.
+CREATE OR REPLACE FUNCTION payledger.check_invariants()
+RETURNS TABLE (invariant text, subject text, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
+    SELECT * FROM payledger_internal.ledger_invariants()
+    UNION ALL
+    SELECT * FROM payledger_internal.payin_invariants()
+    UNION ALL
+    SELECT * FROM payledger_internal.events_invariants()
+    UNION ALL
+    SELECT * FROM payledger_internal.provider_invariants()
+    UNION ALL
+    SELECT * FROM payledger_internal.withdrawal_invariants()
+    UNION ALL
+    SELECT * FROM payledger_internal.nostr_invariants()
+    UNION ALL
+    SELECT * FROM payledger_internal.credit_invariants()
+    UNION ALL
+    SELECT * FROM payledger_internal.p2p_invariants()
+$$;
 /* </end connected objects> */
 
 /* <begin connected objects> */

@@ -28,6 +28,7 @@ pub static WEBHOOK_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static LNURL_HTTP_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static P2P_MAX_CLTV_DELTA: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static P2P_SETTLE_CLTV_MARGIN: GucSetting<i32> = GucSetting::<i32>::new(80);
+pub static P2P_ROUTE_CLTV: GucSetting<i32> = GucSetting::<i32>::new(144);
 pub static P2P_EXPIRY_BUFFER: GucSetting<i32> = GucSetting::<i32>::new(120);
 pub static P2P_MAX_HOLD_EXPIRY: GucSetting<i32> = GucSetting::<i32>::new(900);
 pub static P2P_WALLET_MAX_FAILURES: GucSetting<i32> = GucSetting::<i32>::new(3);
@@ -173,8 +174,18 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"payledger.p2p_settle_cltv_margin",
         c"Blocks a held p2p payment must keep beyond the forward's route to be settled in time.",
-        c"Added to the hold invoice's final CLTV delta; a held HTLC with fewer blocks left fails with INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW.",
+        c"Part of the hold invoice's final CLTV delta; a held HTLC leaving fewer blocks than it plus the receiver's final delta fails with INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW.",
         &P2P_SETTLE_CLTV_MARGIN,
+        0,
+        10000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"payledger.p2p_route_cltv",
+        c"Blocks a p2p forward's route may add to the receiver's final CLTV delta.",
+        c"Added to the hold invoice's final CLTV delta, with the settle margin.",
+        &P2P_ROUTE_CLTV,
         0,
         10000,
         GucContext::Sighup,
@@ -270,6 +281,7 @@ fn int_setting(name: &str) -> Option<&'static GucSetting<i32>> {
         "webhook_max_attempts" => &WEBHOOK_MAX_ATTEMPTS,
         "p2p_max_cltv_delta" => &P2P_MAX_CLTV_DELTA,
         "p2p_settle_cltv_margin" => &P2P_SETTLE_CLTV_MARGIN,
+        "p2p_route_cltv" => &P2P_ROUTE_CLTV,
         "p2p_expiry_buffer" => &P2P_EXPIRY_BUFFER,
         "p2p_max_hold_expiry" => &P2P_MAX_HOLD_EXPIRY,
         "p2p_wallet_max_failures" => &P2P_WALLET_MAX_FAILURES,

@@ -15,4 +15,6 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg
     SELECT * FROM payledger_internal.nostr_invariants()
     UNION ALL
     SELECT * FROM payledger_internal.credit_invariants()
+    UNION ALL
+    SELECT * FROM payledger_internal.p2p_invariants()
 $$;

@@ -47,7 +47,8 @@ extension_sql_file!(
         "events_hooks",
         "provider_withdrawals",
         "nostr_jobs",
-        "credits_history"
+        "credits_history",
+        "p2p_forwards"
     ]
 );
 extension_sql_file!("security.sql", name = "security", finalize);

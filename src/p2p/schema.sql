@@ -42,13 +42,19 @@ ALTER TABLE payledger.receiver_wallet_secrets ENABLE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallets', '');
 SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallet_secrets', '');
 
--- One per p2p pay-in: the receiver's invoice its hold invoice wraps. (A
--- retry is another pay-in, with its own row.)
---   asking   the receiver's wallet is being asked for an invoice (the worker)
---   wrapped  its invoice checked; the hold invoice, with the same payment
---            hash, is issued at the operator's node (payledger.invoices, hold)
---   failed   no wallet, no node, or the wallet refused (see failure); the
---            pay-in is FAILED
+-- One per p2p pay-in: the receiver's invoice its hold invoice wraps, and the
+-- forward that pays it. (A retry is another pay-in, with its own row.)
+--   asking      the receiver's wallet is being asked for an invoice (the worker)
+--   wrapped     its invoice checked; the hold invoice, with the same payment
+--               hash, is issued at the operator's node (payledger.invoices,
+--               hold); forwarded once the payer's payment is held (HELD)
+--   forwarding  the receiver's invoice is being paid by the node: recorded
+--               before the call, so that after a crash it is looked up, never
+--               paid twice
+--   forwarded   paid, the preimage known: it settles the hold invoice
+--   settled     the hold invoice settled: the pay-in is PAID
+--   failed      no wallet, no node, the wallet refused, or the forward
+--               failed (see failure); the pay-in is FAILED
 CREATE TABLE payledger.p2p_forwards (
     payin_id      uuid PRIMARY KEY,
     receiver_id   text NOT NULL,            -- the owner of the receiver pay-out's account
@@ -56,13 +62,21 @@ CREATE TABLE payledger.p2p_forwards (
     provider_id   uuid REFERENCES payledger.providers,   -- the operator's node, which holds
     amount        bigint NOT NULL CHECK (amount > 0),     -- msat for the receiver
     fee_budget    bigint NOT NULL CHECK (fee_budget >= 0), -- msat, the routing_fee pay-out
-    status        text NOT NULL CHECK (status IN ('asking', 'wrapped', 'failed')),
+    status        text NOT NULL CHECK (status IN ('asking', 'wrapped', 'forwarding', 'forwarded', 'settled', 'failed')),
     failure       text,
     -- the receiver's invoice, once given and checked
     bolt11        text,
     payment_hash  text CHECK (payment_hash ~ '^[0-9a-f]{64}$'),
     expires_at    timestamptz,
     final_cltv    integer,                  -- its min_final_cltv_expiry
+    -- the forward
+    cltv_limit    integer,                  -- blocks the route may take (the held HTLC's less the margin)
+    sent_at       timestamptz,
+    preimage      text CHECK (preimage ~ '^[0-9a-f]{64}$'),
+    fee_paid      bigint CHECK (fee_paid >= 0),  -- msat, the actual routing fee
+    forwarded_at  timestamptz,
+    settled_at    timestamptz,
+    forward_journal uuid,                   -- the share and the fee leaving by Lightning, at PAID
     -- the worker's bookkeeping
     attempts      integer NOT NULL DEFAULT 0,
     errors        integer NOT NULL DEFAULT 0,
@@ -72,9 +86,18 @@ CREATE TABLE payledger.p2p_forwards (
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT p2p_forward_wallet CHECK (status = 'failed' OR (wallet_id IS NOT NULL AND provider_id IS NOT NULL)),
-    CONSTRAINT p2p_forward_invoice CHECK (status <> 'wrapped' OR (bolt11 IS NOT NULL AND payment_hash IS NOT NULL))
+    CONSTRAINT p2p_forward_invoice CHECK (status IN ('asking', 'failed') OR (bolt11 IS NOT NULL AND payment_hash IS NOT NULL)),
+    CONSTRAINT p2p_forward_sent CHECK (status NOT IN ('forwarding', 'forwarded', 'settled') OR sent_at IS NOT NULL),
+    -- never a settle without the preimage
+    CONSTRAINT p2p_forward_preimage CHECK (status NOT IN ('forwarded', 'settled')
+                                           OR (preimage IS NOT NULL AND fee_paid IS NOT NULL AND forwarded_at IS NOT NULL)),
+    -- (its journal is written in the same transaction, after the pay-in's:
+    -- check_invariants() checks it)
+    CONSTRAINT p2p_forward_settled CHECK ((status = 'settled') = (settled_at IS NOT NULL))
 );
 CREATE INDEX p2p_forwards_due_idx ON payledger.p2p_forwards (next_check_at) WHERE next_check_at IS NOT NULL;
+-- the wrapped ones wait for their pay-in to be HELD
+CREATE INDEX p2p_forwards_wrapped_idx ON payledger.p2p_forwards (payin_id) WHERE status = 'wrapped';
 -- one receiver invoice is wrapped once
 CREATE UNIQUE INDEX p2p_forwards_hash_idx ON payledger.p2p_forwards (payment_hash) WHERE status <> 'failed';
 CREATE INDEX p2p_forwards_wallet_idx ON payledger.p2p_forwards (wallet_id);

@@ -380,6 +380,15 @@ fn held(agent: &Agent, ep: &Endpoint, invoice: &Value) -> Result<Status, Failure
             "an ACCEPTED invoice without held HTLCs".into(),
         ));
     };
+    Ok(Status::Held {
+        amount,
+        expiry_height,
+        block_height: block_height(agent, ep)?,
+    })
+}
+
+/// An LND node's block height (`GET /v1/getinfo`).
+pub fn block_height(agent: &Agent, ep: &Endpoint) -> Result<i64, Failure> {
     let info = success(exchange(
         agent,
         "GET",
@@ -387,13 +396,54 @@ fn held(agent: &Agent, ep: &Endpoint, invoice: &Value) -> Result<Status, Failure
         &[("Grpc-Metadata-macaroon", ep.secret("macaroon")?)],
         Body::None,
     )?)?;
-    let block_height = int_field(&info, "block_height")
-        .ok_or_else(|| Failure::Unreachable("getinfo without block_height".into()))?;
-    Ok(Status::Held {
-        amount,
-        expiry_height,
-        block_height,
-    })
+    int_field(&info, "block_height")
+        .ok_or_else(|| Failure::Unreachable("getinfo without block_height".into()))
+}
+
+/// What came of settling a hold invoice.
+#[derive(Debug, PartialEq)]
+pub enum Settled {
+    /// settled now, or before (a repeat after a lost answer)
+    Done,
+    /// the node cancelled it: the payer's payment went back
+    Cancelled,
+    /// the node has no such invoice
+    Gone,
+}
+
+/// Settle a hold invoice with its preimage (bytes, base64): invoicesrpc
+/// SettleInvoice, `POST /v2/invoices/settle`. LND answers a repeat, and
+/// every refusal, with gRPC's Unknown code and the reason in words.
+pub fn settle_hold(agent: &Agent, ep: &Endpoint, preimage: &str) -> Result<Settled, Failure> {
+    if ep.kind != Kind::LndRest {
+        return Err(Failure::Refused(
+            "hold invoices need an lnd_rest provider".into(),
+        ));
+    }
+    let bytes = hex::decode(preimage)
+        .ok()
+        .filter(|b| b.len() == 32)
+        .ok_or_else(|| Failure::Refused("a preimage is 32 bytes".into()))?;
+    let (status, a) = raw_exchange(
+        agent,
+        "POST",
+        &ep.url("/v2/invoices/settle"),
+        &[("Grpc-Metadata-macaroon", ep.secret("macaroon")?)],
+        Body::Json(json!({"preimage": base64::engine::general_purpose::STANDARD.encode(bytes)})),
+    )?;
+    if (200..300).contains(&status) {
+        return Ok(Settled::Done);
+    }
+    let message = a.get("message").and_then(Value::as_str).unwrap_or("");
+    if message.contains("already settled") {
+        Ok(Settled::Done)
+    } else if message.contains("already canceled") {
+        Ok(Settled::Cancelled)
+    } else if message.contains("unable to locate invoice") {
+        Ok(Settled::Gone)
+    } else {
+        Err(refused_or_unreachable(status, &a))
+    }
 }
 
 /// A hold invoice at LND: `POST /v2/invoices/hodl` (invoicesrpc

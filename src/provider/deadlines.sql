@@ -5,14 +5,15 @@
 -- resort, not the rule: a pay-in whose invoice payledger watches closes with
 -- that invoice (expire_invoices), and one whose withdrawal is in flight is
 -- settled by what the provider says (withdrawals.sql); neither is failed
--- here while it lasts. FORWARDING has none: an outgoing payment is in flight,
--- and only its outcome may end it.
+-- here while it lasts, except a payment held for a p2p forward (HELD: its
+-- deadline cancels it). FORWARDING has none: an outgoing payment is in
+-- flight, and only its outcome may end it.
 
 -- The deadlines in force: the operator's where set, else the defaults.
 CREATE FUNCTION payledger.payin_deadlines_in_force()
 RETURNS TABLE (state payledger.payin_state, after interval, reason payledger.payin_failure_reason)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
-    SELECT v.state, coalesce(d.after, v.after), CASE WHEN d.state IS NULL THEN v.reason ELSE d.reason END
+    SELECT v.state, coalesce(d.after, v.after), coalesce(d.reason, v.reason)
       FROM (VALUES ('PENDING_INVOICE_CREATION'::payledger.payin_state, interval '1 hour',
                     'INVOICE_CREATION_FAILED'::payledger.payin_failure_reason),
                    ('PENDING_INVOICE_WRAP', '1 hour', 'INVOICE_WRAPPING_FAILED_UNKNOWN'),
@@ -28,7 +29,7 @@ $$;
 GRANT EXECUTE ON FUNCTION payledger.payin_deadlines_in_force() TO payledger_app;
 
 -- Admin: how long a state may last, and the reason a pay-in past it fails
--- with (NULL: the transition's default, or the reason it already has).
+-- with (NULL: the state's own, in payin_deadlines_in_force()).
 CREATE FUNCTION payledger.set_payin_deadline(state payledger.payin_state, after interval,
                                              reason payledger.payin_failure_reason DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = payledger, pg_catalog, pg_temp AS $$
@@ -62,8 +63,10 @@ BEGIN
     FOR o IN SELECT p.id, p.state, d.reason FROM payledger.payins p
                JOIN payledger.payin_deadlines_in_force() d ON d.state = p.state
               WHERE p.state NOT IN ('PAID', 'FAILED') AND p.state_changed_at < now() - d.after
+                -- (a held payment is not: HELD's deadline holds for it)
                 AND NOT EXISTS (SELECT 1 FROM payledger.invoices i
-                                 WHERE i.payin_id = p.id AND i.status IN ('creating', 'pending'))
+                                 WHERE i.payin_id = p.id AND i.status IN ('creating', 'pending')
+                                   AND NOT (p.state = 'HELD' AND i.held_at IS NOT NULL))
                 -- (a payment that may be under way is left to its lookups;
                 -- one not sent yet, or an address not resolved yet, may fail)
                 AND NOT EXISTS (SELECT 1 FROM payledger.withdrawals w

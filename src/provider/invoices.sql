@@ -276,6 +276,17 @@ BEGIN
             UPDATE payledger.invoices i SET next_check_at = NULL, locked_until = NULL WHERE i.id = inv.id;
             RETURN 'already_paid';
         END IF;
+        IF inv.hold THEN
+            -- settled at the node: only by payledger's forward (src/p2p/),
+            -- whose settle result moves the pay-in and books the money; its
+            -- answer was lost, or is on its way. Left to it.
+            UPDATE payledger.invoices i
+               SET checks = i.checks + 1, locked_until = NULL, updated_at = now(),
+                   last_error = 'settled at the node: waiting for the forward''s settle result',
+                   next_check_at = payledger_internal.invoice_recheck_at(i)
+             WHERE i.id = inv.id;
+            RETURN 'hold_settled';
+        END IF;
         received := coalesce((result ->> 'received')::bigint, inv.amount);
         IF received < inv.amount THEN
             -- not all of it: keep watching, and say so
@@ -349,6 +360,18 @@ BEGIN
     END IF;
 
     IF said IN ('expired', 'invalid') THEN
+        IF inv.hold AND inv.status = 'pending'
+           AND (SELECT y.state FROM payledger.payins y WHERE y.id = inv.payin_id) IN ('FORWARDING', 'FORWARDED') THEN
+            -- the node cancelled a held payment that is being forwarded: only
+            -- the forward's outcome may move the pay-in (src/p2p/)
+            UPDATE payledger.invoices i
+               SET status = 'failed', checks = i.checks + 1, errors = 0, locked_until = NULL, next_check_at = NULL,
+                   last_error = 'the node cancelled the held payment while it was forwarded', updated_at = now()
+             WHERE i.id = inv.id;
+            PERFORM payledger_internal.emit_event('invoice.hold_cancelled', inv.id, NULL,
+                jsonb_build_object('invoice', inv.id, 'payin', inv.payin_id));
+            RETURN 'hold_cancelled';
+        END IF;
         IF inv.status IN ('paid', 'failed') OR (inv.status = 'expired' AND said = 'expired') THEN
             UPDATE payledger.invoices i
                SET checks = i.checks + 1, locked_until = NULL,
@@ -407,6 +430,9 @@ BEGIN
     FOR inv IN SELECT i.id, i.status, i.payin_id FROM payledger.invoices i
                 WHERE i.next_check_at IS NOT NULL AND i.monitor_until < now()
                   AND (i.locked_until IS NULL OR i.locked_until < now())
+                  -- (a held payment does not expire: the HELD deadline and
+                  -- the forward end it, src/p2p/)
+                  AND i.held_at IS NULL
                 LIMIT max_invoices FOR UPDATE SKIP LOCKED LOOP
         -- an invoice whose closing fails (its pay-in's move raises) is
         -- backed off and reported, so that it holds up neither the others

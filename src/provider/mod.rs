@@ -207,20 +207,70 @@ fn call_one(claim: &Value, secrets: &Secrets, s: &CallSettings) -> Value {
         };
     }
     if claim["op"] == "pay" || claim["op"] == "lookup" {
-        let payment = outgoing::Payment {
-            withdrawal_id: claim["withdrawal_id"].as_str().unwrap_or_default(),
+        let mut payment = outgoing::Payment {
+            withdrawal_id: claim["withdrawal_id"]
+                .as_str()
+                .or(claim["forward_id"].as_str())
+                .unwrap_or_default(),
             destination: claim["destination"].as_str().unwrap_or_default(),
             payment_hash: claim["payment_hash"].as_str().unwrap_or_default(),
             amount: claim["amount"].as_i64().unwrap_or(0),
             max_fee: claim["max_fee"].as_i64().unwrap_or(0),
+            cltv_limit: None,
         };
+        if let (Some(expiry), "pay") = (
+            claim["htlc_expiry_height"].as_i64(),
+            claim["op"].as_str().unwrap_or_default(),
+        ) {
+            // a p2p forward: its route must end the margin before the
+            // payer's held HTLC, counted from the node's height now
+            let height = match adapters::block_height(&agent, &ep) {
+                Ok(h) => h,
+                Err(f) => {
+                    return merge(
+                        json!({"status": "failed", "error": format!("not sent: {}", f.message())}),
+                    )
+                }
+            };
+            let limit = expiry - height - claim["settle_margin"].as_i64().unwrap_or(0);
+            let needed = claim["final_cltv"].as_i64().unwrap_or(0);
+            if limit < needed {
+                return merge(
+                    json!({"status": "failed", "reason": "INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW",
+                                    "cltv_limit": limit,
+                                    "error": format!("not sent: {limit} blocks left to forward, the receiver's invoice needs {needed}")}),
+                );
+            }
+            payment.cltv_limit = Some(limit);
+        }
         let outcome = if claim["op"] == "pay" {
             outgoing::pay(&agent, &ep, &payment)
         } else {
             outgoing::lookup(&agent, &ep, &payment)
         };
         return match outcome {
-            Ok(o) => merge(outgoing::to_json(&o)),
+            Ok(o) => {
+                let mut v = merge(outgoing::to_json(&o));
+                if let Some(limit) = payment.cltv_limit {
+                    v["cltv_limit"] = limit.into();
+                }
+                v
+            }
+            Err(f) => failure(claim, &f),
+        };
+    }
+    if claim["op"] == "settle" {
+        // a p2p pay-in's hold invoice, with the preimage its forward learnt
+        return match adapters::settle_hold(
+            &agent,
+            &ep,
+            claim["preimage"].as_str().unwrap_or_default(),
+        ) {
+            Ok(r) => merge(json!({"settle": match r {
+                adapters::Settled::Done => "settled",
+                adapters::Settled::Cancelled => "cancelled",
+                adapters::Settled::Gone => "gone",
+            }})),
             Err(f) => failure(claim, &f),
         };
     }

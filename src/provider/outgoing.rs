@@ -43,6 +43,10 @@ pub struct Payment<'a> {
     pub amount: i64,
     /// the routing fee budget, msat
     pub max_fee: i64,
+    /// the most blocks the route may lock the payment for (LND's
+    /// `cltv_limit`): a p2p forward's, so that it ends before the payer's
+    /// held HTLC does
+    pub cltv_limit: Option<i64>,
 }
 
 fn unsupported(ep: &Endpoint) -> Failure {
@@ -196,14 +200,18 @@ pub fn pay(agent: &Agent, ep: &Endpoint, p: &Payment) -> Result<Outcome, Failure
             // the first message of the stream: the payment as it starts (or
             // its end, when that is at once); LND goes on paying after the
             // stream is dropped
+            let mut body = json!({"payment_request": p.destination,
+                                  "fee_limit_msat": p.max_fee.to_string(),
+                                  "timeout_seconds": 60, "no_inflight_updates": false});
+            if let Some(limit) = p.cltv_limit {
+                body["cltv_limit"] = limit.into();
+            }
             let (status, answer) = first_of_stream(
                 agent,
                 "POST",
                 &ep.url("/v2/router/send"),
                 &[("Grpc-Metadata-macaroon", ep.secret("admin_macaroon")?)],
-                Body::Json(json!({"payment_request": p.destination,
-                                  "fee_limit_msat": p.max_fee.to_string(),
-                                  "timeout_seconds": 60, "no_inflight_updates": false})),
+                Body::Json(body),
             )?;
             lnd_outcome(status, &answer)
         }

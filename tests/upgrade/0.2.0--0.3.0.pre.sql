@@ -20,3 +20,6 @@ ALTER TABLE payledger.invoices
     ADD COLUMN held_block_height integer,
     ADD CONSTRAINT invoice_held CHECK (hold OR held_at IS NULL),
     ADD CONSTRAINT invoice_hold CHECK (hold = (cltv_expiry IS NOT NULL) AND (NOT hold OR payment_hash IS NOT NULL));
+
+-- p2p: a held payment is forwarded
+INSERT INTO payledger.payin_transitions VALUES ('HELD', 'FORWARDING', NULL);

@@ -154,9 +154,15 @@ CREATE FUNCTION t_zap(key text) RETURNS uuid LANGUAGE sql AS $$
            jsonb_build_array(jsonb_build_object('account', acc('alice')), '{"external": "invoice", "p2p": true, "unit": 1000}'::jsonb),
            split => 'zap_p2p', payees => jsonb_build_object('receiver', acc('bob'), 'founder', acc('carol')), idempotency_key => key)
 $$;
+-- (the wallet's invoices: for label, the preimage sha256(label), the payment
+-- hash sha256 of that)
 CREATE FUNCTION t_bolt11(amount bigint, label text, expiry bigint DEFAULT 3600, network text DEFAULT 'bitcoin') RETURNS text
 LANGUAGE sql AS $$
-  SELECT payledger.bolt11_create(sha256('bob wallet'::bytea), amount, sha256(convert_to(label, 'UTF8')), label, NULL, expiry, network)
+  SELECT payledger.bolt11_create(sha256('bob wallet'::bytea), amount, sha256(sha256(convert_to(label, 'UTF8'))), label, NULL,
+                                 expiry, network)
+$$;
+CREATE FUNCTION t_preimage(label text) RETURNS text LANGUAGE sql AS $$
+  SELECT encode(sha256(convert_to(label, 'UTF8')), 'hex')
 $$;
 CREATE FUNCTION t_p2p_claims() RETURNS TABLE (op text, wallet_kind text, amount bigint, hold boolean, cltv integer) LANGUAGE sql AS $$
   SELECT x ->> 'op', x ->> 'wallet_kind', (x ->> 'amount')::bigint, (x ->> 'hold')::boolean, (x ->> 'cltv_expiry')::integer
@@ -214,7 +220,7 @@ SELECT t_zap('z7') AS z7 \gset
 SELECT count(*) FROM t_p2p_claims();
 SELECT t_answer(:'z7', 'lnbc1garbage') AS not_an_invoice;
 SELECT * FROM t_p2p(:'z7');
--- (a node allowing 90 blocks: the wallet's final 18 plus 80 to settle do not fit)
+-- (a node allowing 90 blocks: the wallet's final 18, 144 for the route and 80 to settle do not fit)
 ALTER SYSTEM SET payledger.p2p_max_cltv_delta = 90;
 SELECT pg_reload_conf();
 SELECT pg_sleep(0.2);
@@ -226,7 +232,8 @@ ALTER SYSTEM RESET payledger.p2p_max_cltv_delta;
 SELECT pg_reload_conf();
 SELECT pg_sleep(0.2);
 -- a good invoice: the hold invoice is opened at the node for the 73 sat alice
--- owes, with the wallet's payment hash and final CLTV delta plus 80
+-- owes, with the wallet's payment hash and final CLTV delta plus 144 for the
+-- route and 80 to settle
 SELECT t_zap('z9') AS z9 \gset
 SELECT count(*) FROM t_p2p_claims();
 SELECT t_answer(:'z9', t_bolt11(70000, 'good')) AS good;
@@ -251,7 +258,7 @@ SELECT * FROM t_p2p(:'z9');
 -- timeout and the node's height, which tell the forward its blocks
 CREATE FUNCTION t_held(payin uuid, held bigint) RETURNS text LANGUAGE sql AS $$
   SELECT payledger.worker_apply(jsonb_build_object('invoice_id', i.id, 'op', 'check', 'ok', true, 'status', 'held',
-                                                   'held_amount', held, 'htlc_expiry_height', 870098, 'block_height', 870000))
+                                                   'held_amount', held, 'htlc_expiry_height', 870242, 'block_height', 870000))
     FROM payledger.invoices i WHERE i.payin_id = payin
 $$;
 SELECT t_held(:'z9', 50000) AS in_part;
@@ -261,6 +268,152 @@ SELECT (t_p2p(:'z9')).state;
 SELECT held_amount, htlc_expiry_height, held_block_height, held_at IS NOT NULL AS held, status, last_error
   FROM payledger.invoices WHERE payin_id = :'z9';
 SELECT t_held(:'z9', 73000) AS again;
+
+-- Forwarding, driven by hand. The next claim sends the forward: recorded as
+-- sent (FORWARDING) before the call, with the routing fee budget (3 sat) as
+-- its fee limit and the blocks the held HTLC leaves as its CLTV limit (242
+-- - 80 to settle = 162: 144 for the route, and the wallet's final 18)
+CREATE FUNCTION t_node_claims() RETURNS TABLE (op text, amount bigint, max_fee bigint, expiry_height integer, margin integer,
+                                               final_cltv integer, preimage text) LANGUAGE sql AS $$
+  SELECT x ->> 'op', (x ->> 'amount')::bigint, (x ->> 'max_fee')::bigint, (x ->> 'htlc_expiry_height')::integer,
+         (x ->> 'settle_margin')::integer, (x ->> 'final_cltv')::integer, x ->> 'preimage'
+    FROM jsonb_array_elements(payledger.worker_claim(10)) x WHERE x ? 'forward_id' ORDER BY 1
+$$;
+CREATE FUNCTION t_forward(payin uuid, result jsonb) RETURNS text LANGUAGE sql AS $$
+  SELECT payledger.worker_apply(jsonb_build_object('forward_id', payin, 'op', 'pay') || result)
+$$;
+CREATE FUNCTION t_due(payin uuid) RETURNS void LANGUAGE sql AS $$
+  UPDATE payledger.p2p_forwards SET next_check_at = now(), locked_until = NULL WHERE payin_id = payin
+$$;
+SELECT * FROM t_node_claims();
+SELECT (t_p2p(:'z9')).*, cltv_limit, sent_at IS NOT NULL AS sent FROM payledger.p2p_forwards WHERE payin_id = :'z9';
+-- while it may be on its way, nobody else moves the pay-in
+SELECT t_try(format($$SELECT payledger.transition_payin(%L, 'FAILED_FORWARD')$$, :'z9')) AS app_fails_it,
+       t_try(format($$SELECT payledger.fail_payin(%L)$$, :'z9')) AS app_fails_it_again;
+-- in flight: looked up later; a lookup that finds nothing so soon is no failure
+SELECT t_forward(:'z9', '{"status": "pending"}') AS in_flight;
+SELECT t_due(:'z9');
+SELECT op, amount, max_fee FROM t_node_claims();
+SELECT t_forward(:'z9', '{"op": "lookup", "status": "not_found"}') AS not_found_yet;
+SELECT (t_p2p(:'z9')).state;
+-- paid, says the node, but with a preimage that is not the hash's: never
+-- settled on its word, looked up again
+SELECT t_forward(:'z9', jsonb_build_object('status', 'succeeded', 'fee', 1070, 'preimage', t_preimage('not it'))) AS wrong_preimage;
+SELECT (t_p2p(:'z9')).state, errors, last_error FROM payledger.p2p_forwards WHERE payin_id = :'z9';
+-- paid with the preimage: FORWARDED, and the next claim settles the hold invoice with it
+SELECT t_due(:'z9');
+SELECT t_forward(:'z9', jsonb_build_object('op', 'lookup', 'status', 'succeeded', 'fee', 1070, 'preimage', t_preimage('good'))) AS paid;
+SELECT (t_p2p(:'z9')).*, fee_paid, preimage = t_preimage('good') AS preimage_kept FROM payledger.p2p_forwards WHERE payin_id = :'z9';
+SELECT op, preimage = t_preimage('good') AS with_preimage FROM t_node_claims();
+-- a check that sees the hold invoice settled first leaves it to the forward
+SELECT payledger.worker_apply(jsonb_build_object('invoice_id', i.id, 'op', 'check', 'ok', true, 'status', 'paid',
+                                                 'received', 73000))
+  FROM payledger.invoices i WHERE i.payin_id = :'z9';
+SELECT (t_p2p(:'z9')).state, (SELECT status FROM payledger.invoices WHERE payin_id = :'z9') AS invoice;
+-- the node could not answer: tried again; then settled: PAID, the pay-outs
+-- credited, and the share and the 1.07 sat fee booked as gone by Lightning
+SELECT payledger.worker_apply(jsonb_build_object('forward_id', :'z9', 'op', 'settle', 'ok', false, 'retryable', true,
+                                                 'error', 'connection refused')) AS unreachable;
+SELECT payledger.worker_apply(jsonb_build_object('forward_id', :'z9', 'op', 'settle', 'settle', 'settled')) AS settled;
+SELECT payledger.worker_apply(jsonb_build_object('forward_id', :'z9', 'op', 'settle', 'settle', 'settled')) AS twice;
+SELECT (t_p2p(:'z9')).*, f.settled_at IS NOT NULL AS settled, i.status AS invoice, i.amount_received, i.preimage = f.preimage AS same_preimage
+  FROM payledger.p2p_forwards f JOIN payledger.invoices i ON i.payin_id = f.payin_id WHERE f.payin_id = :'z9';
+SELECT journal_kind, owner_id, account_kind, account_name, amount FROM payledger.payin_audit(:'z9')
+ WHERE journal_kind <> 'payin_open';
+-- the forward's journal: bob's 70 sat and the 1.07 sat fee left by Lightning
+-- (from the clearing account the payer's 73 sat came into); 1.93 sat of the
+-- budget stay with the routing fee pay-out
+SELECT j.kind, a.owner_id, a.kind AS account_kind, e.amount
+  FROM payledger.p2p_forwards f JOIN payledger.journals j ON j.id = f.forward_journal
+  JOIN payledger.entries e ON e.journal_id = j.id JOIN payledger.accounts a ON a.id = e.account_id
+ WHERE f.payin_id = :'z9' ORDER BY e.amount;
+SELECT payledger.balance(acc('bob')) AS bob, payledger.balance(acc('fees')) AS fees;
+SELECT to_state, from_state FROM payledger.payin_history WHERE payin_id = :'z9' ORDER BY at;
+SELECT count(*) AS violations FROM payledger.check_invariants();
+
+-- What goes wrong after the payer's payment is held. t_to_held takes a zap
+-- to HELD as above (wrapped, the hold invoice issued, paid and held).
+SELECT payledger.transfer(acc('world'), acc('alice'), 200000) IS NOT NULL AS topped_up;
+CREATE FUNCTION t_to_held(key text, expiry_height integer DEFAULT 870242) RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+  z uuid := t_zap(key);
+  i payledger.invoices;
+BEGIN
+  PERFORM payledger.worker_claim(10);
+  PERFORM t_answer(z, t_bolt11(70000, key));
+  PERFORM payledger.worker_claim(10);
+  SELECT * INTO i FROM payledger.invoices x WHERE x.payin_id = z;
+  PERFORM payledger.worker_apply(jsonb_build_object('invoice_id', i.id, 'op', 'create', 'ok', true, 'external_id', i.payment_hash,
+                                                    'payment_hash', i.payment_hash, 'payment_request', 'lnbc730n1hold'));
+  PERFORM payledger.worker_apply(jsonb_build_object('invoice_id', i.id, 'op', 'check', 'ok', true, 'status', 'held',
+                                                    'held_amount', 73000, 'htlc_expiry_height', expiry_height,
+                                                    'block_height', 870000));
+  RETURN z;
+END $$;
+-- (the hold invoice's next calls, its last check's lease over)
+CREATE FUNCTION t_invoice_ops(payin uuid) RETURNS TABLE (op text) LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE payledger.invoices SET locked_until = NULL WHERE payin_id = payin;
+  RETURN QUERY SELECT x ->> 'op' FROM jsonb_array_elements(payledger.worker_claim(10)) x
+                WHERE x ->> 'invoice_id' = (SELECT id::text FROM payledger.invoices WHERE payin_id = payin);
+END $$;
+-- the forward fails at the node: FAILED_FORWARD, then FAILED with
+-- INVOICE_FORWARDING_FAILED, counted against the wallet; alice's 27 sat
+-- back, and the next claim cancels the hold invoice (the payer's HTLC goes back)
+SELECT t_to_held('f1') AS f1 \gset
+SELECT (t_p2p(:'f1')).state, payledger.balance(acc('alice')) AS alice;
+SELECT op FROM t_node_claims();
+SELECT t_forward(:'f1', '{"status": "failed", "error": "LND: FAILURE_REASON_NO_ROUTE"}') AS no_route;
+SELECT * FROM t_p2p(:'f1');
+SELECT to_state, failure_reason FROM payledger.payin_history WHERE payin_id = :'f1' ORDER BY at DESC LIMIT 2;
+SELECT payledger.balance(acc('alice')) AS alice, w.consecutive_failures AS wallet_failures
+  FROM payledger.p2p_forwards f JOIN payledger.receiver_wallets w ON w.id = f.wallet_id WHERE f.payin_id = :'f1';
+SELECT * FROM t_invoice_ops(:'f1');
+-- a held HTLC that leaves too few blocks (50 - 80 to settle < the wallet's
+-- 18): never sent, FAILED with INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW
+SELECT t_to_held('f2', 870050) AS f2 \gset
+SELECT count(*) AS sent FROM t_node_claims();
+SELECT * FROM t_p2p(:'f2');
+-- the same found by the worker at the node's height of the moment, before sending
+SELECT t_to_held('f3') AS f3 \gset
+SELECT op FROM t_node_claims();
+SELECT t_forward(:'f3', '{"status": "failed", "reason": "INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW", "cltv_limit": 10,
+                          "error": "not sent: 10 blocks left to forward, the receiver''s invoice needs 18"}') AS too_late;
+SELECT * FROM t_p2p(:'f3');
+-- a held payment not forwarded within HELD's deadline: FAILED with
+-- HELD_INVOICE_SETTLED_TOO_SLOW; the worker never forwards it, and cancels its hold invoice
+SELECT t_to_held('f4') AS f4 \gset
+SELECT payledger.set_payin_deadline('HELD', '1 millisecond') IS NOT NULL AS shortened;
+SELECT pg_sleep(0.05);
+SELECT payledger.fail_overdue_payins(10) AS failed;
+SELECT payledger.set_payin_deadline('HELD', '1 hour') IS NOT NULL AS back;
+SELECT * FROM t_invoice_ops(:'f4');
+SELECT * FROM t_p2p(:'f4');
+-- a forward the node does not know long after it was sent was never made: FAILED
+SELECT t_to_held('f5') AS f5 \gset
+SELECT op FROM t_node_claims();
+UPDATE payledger.p2p_forwards SET sent_at = now() - interval '10 minutes', next_check_at = now(), locked_until = NULL
+ WHERE payin_id = :'f5';
+SELECT t_forward(:'f5', '{"op": "lookup", "status": "not_found"}') AS never_made;
+SELECT * FROM t_p2p(:'f5');
+-- the node cancels the held payment while it is forwarded: recorded, the
+-- pay-in left to the forward (here it fails, and nothing is lost)
+SELECT t_to_held('f6') AS f6 \gset
+SELECT op FROM t_node_claims();
+SELECT payledger.worker_apply(jsonb_build_object('invoice_id', i.id, 'op', 'check', 'ok', true, 'status', 'expired'))
+  FROM payledger.invoices i WHERE i.payin_id = :'f6';
+SELECT (t_p2p(:'f6')).state, i.status, i.last_error FROM payledger.invoices i WHERE i.payin_id = :'f6';
+SELECT t_forward(:'f6', '{"status": "failed", "error": "LND: FAILURE_REASON_TIMEOUT"}') AS then_failed;
+SELECT * FROM t_p2p(:'f6');
+-- ... or the forward was paid and the node cannot settle: the operator's
+-- loss, said by the event p2p.settle_failed; the pay-in stays FORWARDED
+SELECT t_to_held('f7') AS f7 \gset
+SELECT op FROM t_node_claims();
+SELECT t_forward(:'f7', jsonb_build_object('status', 'succeeded', 'fee', 0, 'preimage', t_preimage('f7'))) AS paid;
+SELECT payledger.worker_apply(jsonb_build_object('forward_id', :'f7', 'op', 'settle', 'settle', 'cancelled')) AS cannot_settle;
+SELECT (t_p2p(:'f7')).state, last_error, next_check_at FROM payledger.p2p_forwards WHERE payin_id = :'f7';
+SELECT topic, payload ->> 'node' AS node FROM payledger.events WHERE topic = 'p2p.settle_failed';
+SELECT count(*) AS violations FROM payledger.check_invariants();
 -- a payment held on an invoice that is not a hold invoice: refused, recorded
 SELECT payledger.transfer(acc('world'), acc('alice'), 100000) IS NOT NULL AS topped_up;
 SELECT payin_id AS plain FROM payledger.create_payin('alice', 'ZAP', 'msat', 1000, '[{"external": "invoice"}]',
