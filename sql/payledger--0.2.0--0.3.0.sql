@@ -85,7 +85,6 @@ GRANT EXECUTE ON FUNCTION payledger.new_id() TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verify_event(jsonb), payledger.bip340_verify(bytea, bytea, bytea), payledger.verify_zap_receipt(jsonb, text, text, bigint, text) TO payledger_app;
 
 -- src/p2p/mod.rs
-/* payledger::payledger_internal */
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -99,16 +98,6 @@ STRICT VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."nwc_connection"(
-	"uri" TEXT /* & str */
-) RETURNS jsonb /* JsonB */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
 
 -- src/ledger/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.transfer_batch(jsonb) TO payledger_app;
@@ -703,6 +692,16 @@ CREATE UNIQUE INDEX p2p_forwards_hash_idx ON payledger.p2p_forwards (payment_has
 CREATE INDEX p2p_forwards_wallet_idx ON payledger.p2p_forwards (wallet_id);
 ALTER TABLE payledger.p2p_forwards ENABLE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('payledger.p2p_forwards', '');
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."nwc_connection"(
+	"uri" TEXT /* & str */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -1680,6 +1679,20 @@ BEGIN
 END;
 $$;
 
+-- src/nostr/mod.rs
+GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
+
 -- src/credits/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.credit_asset() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credits_of(bigint) TO payledger_enduser, payledger_app;
@@ -1704,20 +1717,6 @@ GRANT EXECUTE ON FUNCTION payledger.credit_access(text, text[]) TO payledger_app
 GRANT EXECUTE ON FUNCTION payledger.my_total_credits() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credit_history(text, integer) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.my_credit_history(integer) TO payledger_enduser, payledger_app;
-
--- src/nostr/mod.rs
-GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
 
 -- src/lib.rs
 /* </end connected objects> */

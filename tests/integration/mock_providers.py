@@ -164,6 +164,10 @@ def finish(p, ok):
     """A payment arrives (the payee's invoice is settled when it is one of ours) or fails."""
     if ok:
         target = invoices.get(p["payment_hash"])
+        if target is not None and target["bolt11"] != p["bolt11"]:
+            # (a hold invoice of ours wrapping another node's invoice: same
+            # hash, but the payee is that other node)
+            target = None
         if target is not None and target["kind"] in ("lnd", "cln"):
             if target["state"] not in ("OPEN", "unpaid"):
                 ok = False  # a canceled, deleted or paid invoice takes no HTLC
@@ -570,7 +574,7 @@ def stripe(method, path, query, headers, body):
 # Control, routing, HTTP
 # -------------------------------------------------------------------------
 
-def control(method, path):
+def control(method, path, body=None):
     global down
     parts = path.split("/")
     action = parts[2] if len(parts) > 2 else ""
@@ -582,6 +586,10 @@ def control(method, path):
     if action in ("down", "up"):
         down = action == "down"
         return respond(200, {"down": down})
+    if action == "gateway":
+        gateway.clear()
+        gateway.update(json.loads(body or b"{}"))
+        return respond(200, {"gateway": gateway.get("url")})
     if action == "network" and target in ("ok", "fail", "hold", "slow"):
         network["mode"] = target
         return respond(200, network)
@@ -622,7 +630,7 @@ def control(method, path):
 
 def route(method, path, query, headers, body):
     if path.startswith("/_control/"):
-        return control(method, path)
+        return control(method, path, body)
     stats["requests"] += 1
     if down:
         return respond(503, {"message": "down for maintenance"})

@@ -8,10 +8,13 @@
 # (LNURL-pay) served by the LNURL test server. test_receiver_wallet gets a
 # BOLT11 for the amount from each, LNbits knows it as its own, and a payer
 # paying it credits the receiver's LNbits wallet. Failures are recorded as
-# the wallet's health: a wrong key, a wallet service that is gone. Then a
-# p2p zap wrapped by the worker: the NWC wallet's invoice in a hold invoice
-# with the same payment hash at the operator's LND node (the LND test
-# server, tests/integration/mock_providers.py), PENDING_HELD.
+# the wallet's health: a wrong key, a wallet service that is gone. Then p2p
+# zaps driven by the worker (run_tick): the receiver's NWC wallet's invoice,
+# then its LNbits wallet's, wrapped in a hold invoice with the same payment
+# hash at the operator's LND node (the LND test server,
+# tests/integration/mock_providers.py, paying through an LNbits wallet of
+# its own), held, forwarded, settled: PAID, and the receiver's wallet has
+# the sats.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 setup_lnbits
@@ -94,7 +97,8 @@ SELECT payledger.define_split_rule('zap_p2p', jsonb_build_array(
   jsonb_build_object('role', 'routing_fee', 'payout_type', 'ROUTING_FEE', 'percent', 3,
                      'account', payledger.open_account('operator', 'msat', 'fees', 'routing'))), 'pool');
 SELECT payledger.create_merchant_profile('main', is_default => true);
-SELECT payledger.add_provider('main', 'node', 'lnd_rest', 'http://127.0.0.1:$MOCK_PORT', '{"macaroon": "0201036c6e64ad"}');
+SELECT payledger.add_provider('main', 'node', 'lnd_rest', 'http://127.0.0.1:$MOCK_PORT',
+                              '{"macaroon": "0201036c6e64", "admin_macaroon": "0201036c6e64ad"}');
 SQL
 # (the running wallet service is the NIP-04 one: the others stand aside)
 q "SELECT count(payledger.set_receiver_wallet(id, enabled => false)) FROM payledger.receiver_wallets WHERE id <> '$W_NWC04'" >/dev/null
@@ -114,17 +118,63 @@ lnbits_payment "$receiver_hash" | jq -e '.paid == false' >/dev/null || fail "p2p
   fail "p2p: the hold invoice is not for 100 sat with the receiver's hash"
 curl -sf "http://127.0.0.1:$MOCK_PORT/v1/invoice/$hold_hash" -H 'Grpc-Metadata-macaroon: 0201036c6e64' | jq -e '.state == "OPEN"' >/dev/null ||
   fail "p2p: the node has no open hold invoice"
-curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_control/settle/$hold_hash" >/dev/null
-curl -sf "http://127.0.0.1:$MOCK_PORT/v1/invoice/$hold_hash" -H 'Grpc-Metadata-macaroon: 0201036c6e64' | jq -e '.state == "ACCEPTED"' >/dev/null ||
-  fail "p2p: the node did not hold the payment"
-for _ in $(seq 1 5); do
-  psql_ -d payledger_it -q -c "UPDATE payledger.invoices SET next_check_at = now() WHERE payin_id = '$ZAP'" -c "CALL payledger.run_tick()" 2>/dev/null
-  [ "$(q "SELECT state FROM payledger.payins WHERE id = '$ZAP'")" = HELD ] && break
+# the node pays other nodes' invoices through an LNbits wallet (its gateway:
+# the payer's wallet above): the receiver's LNbits wallet is really paid, and
+# the preimage is real
+GATEWAY_ADMIN=$PAYER_ADMIN
+curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_control/gateway" \
+  -d "{\"url\": \"$LNBITS\", \"admin_key\": \"$GATEWAY_ADMIN\"}" >/dev/null
+gateway_balance() { curl -sf "$LNBITS/api/v1/wallet" -H "X-Api-Key: $GATEWAY_ADMIN" | jq -r .balance; }
+
+# alice pays the hold invoice and the node holds her payment; the worker sees
+# it HELD, forwards bob's 70 sat to his wallet's invoice with the 3-sat fee
+# budget, settles the hold invoice with the preimage it learns: PAID
+zap_to_paid() { # <pay-in> <hold hash>
+  curl -sf -X POST "http://127.0.0.1:$MOCK_PORT/_control/settle/$2" >/dev/null
+  curl -sf "http://127.0.0.1:$MOCK_PORT/v1/invoice/$2" -H 'Grpc-Metadata-macaroon: 0201036c6e64' | jq -e '.state == "ACCEPTED"' >/dev/null ||
+    fail "p2p: the node did not hold the payment"
+  for _ in $(seq 1 5); do
+    psql_ -d payledger_it -q -c "UPDATE payledger.invoices SET next_check_at = now() WHERE payin_id = '$1' AND status = 'pending'" \
+          -c "CALL payledger.run_tick()" 2>/dev/null
+    [ "$(q "SELECT state FROM payledger.payins WHERE id = '$1'")" = PAID ] && break
+  done
+  [ "$(q "SELECT state FROM payledger.payins WHERE id = '$1'")" = PAID ] ||
+    fail "p2p: not paid: $(q "SELECT state || ' ' || coalesce(failure_reason::text, '') FROM payledger.payins WHERE id = '$1'") / $(q "SELECT status || ' ' || coalesce(failure, last_error, '') FROM payledger.p2p_forwards WHERE payin_id = '$1'")"
+  [ "$(q "SELECT string_agg(to_state::text, ' ' ORDER BY at) FROM payledger.payin_history WHERE payin_id = '$1'")" = \
+    "PENDING_INVOICE_WRAP PENDING_HELD HELD FORWARDING FORWARDED PAID" ] || fail "p2p: not the states of a forward"
+  [ "$(q "SELECT i.held_amount || ' ' || i.htlc_expiry_height || ' ' || i.held_block_height || ' ' || f.cltv_limit || ' ' || f.fee_paid || ' ' || f.status
+           FROM payledger.invoices i JOIN payledger.p2p_forwards f ON f.payin_id = i.payin_id WHERE i.payin_id = '$1'")" = \
+    "100000 870242 870000 162 1070 settled" ] || fail "p2p: the held payment and the forward are not as the node made them"
+  curl -sf "http://127.0.0.1:$MOCK_PORT/v1/invoice/$2" -H 'Grpc-Metadata-macaroon: 0201036c6e64' | jq -e '.state == "SETTLED"' >/dev/null ||
+    fail "p2p: the node's hold invoice is not settled"
+}
+receiver_before=$(balance) gateway_before=$(gateway_balance)
+zap_to_paid "$ZAP" "$hold_hash"
+lnbits_payment "$receiver_hash" | jq -e '.paid == true' >/dev/null || fail "p2p: the NWC wallet's invoice is not paid"
+[ "$(balance)" = $((receiver_before + 70000)) ] || fail "p2p: bob's NWC wallet did not get 70 sat ($receiver_before -> $(balance))"
+[ "$(gateway_balance)" = $((gateway_before - 70000)) ] || fail "p2p: the node's gateway did not pay 70 sat"
+[ "$(q "SELECT count(*) FROM payledger.check_invariants()")" = 0 ] || fail "p2p: invariants: $(q "SELECT string_agg(invariant, ', ') FROM payledger.check_invariants()")"
+echo "p2p: a zap held at the node, forwarded to bob's NWC wallet (70 sat, fee 1.07 sat within 3) and settled with its preimage: PAID"
+
+# the same to bob's LNbits wallet, attached with its invoice key
+q "SELECT count(payledger.set_receiver_wallet(id, enabled => id = '$W_LNBITS')) FROM payledger.receiver_wallets" >/dev/null
+ZAP2=$(q "SELECT payin_id FROM payledger.create_payin('alice', 'ZAP', 'msat', 100000, '[{\"external\": \"invoice\", \"p2p\": true, \"unit\": 1000}]',
+          split => 'zap_p2p', payees => jsonb_build_object('receiver', payledger.open_account('bob', 'msat')))")
+for _ in $(seq 1 10); do
+  psql_ -d payledger_it -q -c "CALL payledger.run_tick()" 2>/dev/null
+  [ "$(q "SELECT state FROM payledger.payins WHERE id = '$ZAP2'")" = PENDING_HELD ] && break
 done
-[ "$(q "SELECT p.state || ' ' || i.held_amount || ' ' || i.htlc_expiry_height || ' ' || i.held_block_height
-         FROM payledger.payins p JOIN payledger.invoices i ON i.payin_id = p.id WHERE p.id = '$ZAP'")" = "HELD 100000 870098 870000" ] ||
-  fail "p2p: the held payment was not seen: $(q "SELECT state FROM payledger.payins WHERE id = '$ZAP'")"
-echo "p2p: the NWC wallet's invoice wrapped in a hold invoice at the node (same hash, 100 sat): PENDING_HELD; the payment held: HELD"
+IFS='|' read -r receiver_hash2 wallet_kind < <(q "SELECT f.payment_hash, w.kind FROM payledger.p2p_forwards f
+  JOIN payledger.receiver_wallets w ON w.id = f.wallet_id WHERE f.payin_id = '$ZAP2'")
+[ "$wallet_kind" = lnbits ] || fail "p2p: not the LNbits wallet: $wallet_kind"
+receiver_before=$(balance)
+zap_to_paid "$ZAP2" "$receiver_hash2"
+[ "$(balance)" = $((receiver_before + 70000)) ] || fail "p2p: bob's LNbits wallet did not get 70 sat"
+[ "$(q "SELECT payledger.balance(payledger.open_account('bob', 'msat')) || ' ' ||
+           payledger.balance(payledger.open_account('operator', 'msat', 'fees', 'routing'))")" = "0 3860" ] ||
+  fail "p2p: bob's balance should be untouched and the routing fee account keep 2 x 1.93 sat"
+[ "$(q "SELECT count(*) FROM payledger.check_invariants()")" = 0 ] || fail "p2p: invariants after the second zap"
+echo "p2p: the same into bob's LNbits wallet; bob's balance untouched, the unspent fee budget kept"
 q "SELECT count(payledger.set_receiver_wallet(id, enabled => true)) FROM payledger.receiver_wallets WHERE NOT enabled" >/dev/null
 
 # failures: recorded, not raised
