@@ -20,19 +20,31 @@ LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
       FROM payledger.payouts r WHERE r.payin_id = payin AND r.role = 'receiver';
 $$;
 
--- The wallet to ask: the receiver's, enabled and attached, not cooling down
--- after payledger.p2p_wallet_max_failures failures in a row, not one that
--- already failed earlier in this pay-in's chain of retries; lowest priority
--- first.
-CREATE FUNCTION payledger_internal.p2p_pick_wallet(p payledger.payins, receiver text)
+-- The reasons that blame the receiver's wallet (Stacker News'
+-- PAY_IN_RECEIVER_FAILURE_REASONS): a pay-in failed with one is retried with
+-- another wallet, or with credits (p2p_fallback).
+CREATE FUNCTION payledger_internal.p2p_receiver_blamed(reason payledger.payin_failure_reason)
+RETURNS boolean LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(reason::text IN ('INVOICE_WRAPPING_FAILED_HIGH_PREDICTED_FEE', 'INVOICE_WRAPPING_FAILED_HIGH_PREDICTED_EXPIRY',
+                                     'INVOICE_WRAPPING_FAILED_UNKNOWN', 'INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW',
+                                     'INVOICE_FORWARDING_FAILED'), false);
+$$;
+
+-- The wallet to ask for a pay-in of a chain of retries (chain: its genesis):
+-- the receiver's, enabled and attached, not cooling down after
+-- payledger.p2p_wallet_max_failures failures in a row, not one that a pay-in
+-- of the chain (other than exclude) failed with for a reason that blames the
+-- wallet; lowest priority first.
+CREATE FUNCTION payledger_internal.p2p_pick_wallet(chain uuid, exclude uuid, receiver text)
 RETURNS uuid LANGUAGE sql STABLE SET search_path = payledger, pg_catalog, pg_temp AS $$
     SELECT w.id FROM payledger.receiver_wallets w
      WHERE w.owner_id = receiver AND w.enabled AND w.detached_at IS NULL
        AND NOT (w.consecutive_failures >= payledger.setting_int('p2p_wallet_max_failures')
                 AND w.last_failure_at > now() - make_interval(secs => payledger.setting_int('p2p_wallet_cooldown')))
        AND NOT EXISTS (SELECT 1 FROM payledger.p2p_forwards f JOIN payledger.payins x ON x.id = f.payin_id
-                        WHERE f.wallet_id = w.id AND f.status = 'failed' AND x.id <> p.id
-                          AND coalesce(x.genesis_id, x.id) = coalesce(p.genesis_id, p.id))
+                        WHERE f.wallet_id = w.id AND x.id IS DISTINCT FROM exclude
+                          AND x.state = 'FAILED' AND payledger_internal.p2p_receiver_blamed(x.failure_reason)
+                          AND coalesce(x.genesis_id, x.id) = chain)
      ORDER BY w.priority, w.created_at, w.id
      LIMIT 1;
 $$;
@@ -90,6 +102,59 @@ $$;
 SELECT payledger_internal.register_payin_handler('p2p', 'lock', 400, '{FORWARDING,FORWARDED,FAILED_FORWARD,PAID}',
                                                  'payledger_internal.p2p_payin_lock(payledger.payins)');
 
+-- A p2p pay-in failed for a reason that blames the receiver's wallet is
+-- retried at once (Stacker News' fallback): with the receiver's next wallet
+-- while one is left (policy 'p2p_next_wallet'), else, where its type's
+-- p2p_fallback is 'credits', without p2p: the receiver's share is credited
+-- to their balance (policy 'credits_fallback'). A type whose p2p_fallback is
+-- 'none' is not retried once its wallets are spent, nor one past its
+-- max_retries. The successor is announced by a payin.retried event (the
+-- payer pays its invoice, if it has one). A handler of the pay-in lifecycle
+-- (reached FAILED, before the outbox's); a retry that fails is reported by
+-- a payin.not_retried event and does not undo the failure.
+CREATE FUNCTION payledger_internal.p2p_fallback(p payledger.payins)
+RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    receiver text;
+    t payledger.payin_types;
+    policy text;
+    methods jsonb;
+    r record;
+BEGIN
+    IF NOT payledger_internal.p2p_receiver_blamed(p.failure_reason) OR p.parent_id IS NOT NULL OR p.successor_id IS NOT NULL THEN
+        RETURN;
+    END IF;
+    SELECT f.receiver_id INTO receiver FROM payledger.p2p_forwards f WHERE f.payin_id = p.id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT * INTO t FROM payledger.payin_types x WHERE x.type = p.type;
+    IF p.retry_count >= t.max_retries THEN
+        RETURN;
+    END IF;
+    IF payledger_internal.p2p_pick_wallet(coalesce(p.genesis_id, p.id), NULL, receiver) IS NOT NULL THEN
+        policy := 'p2p_next_wallet';
+    ELSIF t.p2p_fallback = 'credits' THEN
+        policy := 'credits_fallback';
+        SELECT jsonb_agg(l.options - 'amount' - 'p2p' ORDER BY l.seq) INTO methods
+          FROM payledger.payin_legs l WHERE l.payin_id = p.id;
+    ELSE
+        RETURN;
+    END IF;
+    BEGIN
+        SELECT * INTO r FROM payledger.retry_payin(p.id, methods, policy => policy);
+        PERFORM payledger_internal.emit_event('payin.retried', p.id, p.owner_id,
+            jsonb_build_object('payin', p.id, 'successor', r.payin_id, 'policy', policy, 'state', r.state,
+                               'external_amount', r.external_amount));
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM payledger_internal.emit_event('payin.not_retried', p.id, p.owner_id,
+            jsonb_build_object('payin', p.id, 'policy', policy, 'sqlstate', SQLSTATE, 'error', SQLERRM));
+    END;
+END;
+$$;
+SELECT payledger_internal.register_payin_handler('p2p', 'reached', 800, '{FAILED}',
+                                                 'payledger_internal.p2p_fallback(payledger.payins)');
+
 -- Begin a p2p pay-in the caller has locked: its forward asks the first
 -- wallet; without a wallet, or without a node of the operator that can hold
 -- invoices (lnd_rest), the pay-in fails at once.
@@ -104,7 +169,7 @@ BEGIN
     SELECT * INTO s FROM payledger_internal.p2p_shares(p.id);
     SELECT * INTO node FROM payledger.providers x
      WHERE x.id = payledger_internal.pick_provider(p.type, p.asset, p.external_method);
-    wallet := payledger_internal.p2p_pick_wallet(p, s.receiver_id);
+    wallet := payledger_internal.p2p_pick_wallet(coalesce(p.genesis_id, p.id), p.id, s.receiver_id);
     why := CASE WHEN node.id IS NULL THEN format('no active provider serves %s in %s', p.external_method, p.asset)
                 WHEN node.kind <> 'lnd_rest' THEN format('provider %s (%s) cannot hold invoices: p2p needs an lnd_rest node',
                                                          node.name, node.kind)

@@ -104,8 +104,10 @@ SELECT t_try($$SELECT 1 FROM payledger.receiver_wallet_secrets$$) AS app_reads_s
 RESET ROLE;
 
 -- p2p pay-ins: Stacker News' zap in a territory, paid p2p: 70 % to the
--- receiver's wallet, 21 % founder, 6 % rewards pool, 3 % routing fee budget
-SELECT payledger.register_payin_type('ZAP', 'zap'),
+-- receiver's wallet, 21 % founder, 6 % rewards pool, 3 % routing fee budget.
+-- (ZAP is never retried, so that each failure below stays one pay-in; the
+-- automatic retries have their section at the end.)
+SELECT payledger.register_payin_type('ZAP', 'zap', max_retries => 0),
        payledger.register_payin_type('BOUNTY_PAYMENT', 'bounty', p2p_fallback => 'none');
 SELECT payledger.register_payout_type(t, t) FROM (VALUES ('ZAP'), ('TERRITORY_REVENUE'), ('REWARDS_POOL'), ('ROUTING_FEE')) x(t);
 SELECT t_try($$SELECT payledger.register_payin_type('ZAP', 'zap', p2p_fallback => 'none')$$) AS redefined,
@@ -429,4 +431,62 @@ SELECT t_answer(:'z3', t_bolt11(70000, 'late')) AS late;
 SELECT kind, priority, consecutive_failures, enabled FROM payledger.receiver_wallets WHERE owner_id = 'bob' ORDER BY priority;
 SELECT payledger.balance(acc('alice')) AS alice, count(*) FILTER (WHERE state = 'FAILED') AS failed,
        count(*) FILTER (WHERE state = 'HELD') AS held FROM payledger.payins;
+SELECT count(*) AS violations FROM payledger.check_invariants();
+
+-- The fallback. A pay-in failed for a reason that blames the receiver's
+-- wallet is retried at once: with the receiver's next wallet while one is
+-- left, then, for a type whose p2p_fallback is 'credits', without p2p (the
+-- receiver's share credited to their balance); a type whose p2p_fallback is
+-- 'none' stops when the wallets are spent. Each successor is announced by a
+-- payin.retried event.
+SELECT payledger.register_payin_type('TIP', 'tip'),
+       payledger.register_payin_type('TIP_P2P_ONLY', 'tip, p2p only', p2p_fallback => 'none');
+INSERT INTO t_acc VALUES ('erin', payledger.open_account('erin', 'msat'));
+SELECT payledger.attach_receiver_wallet('erin', 'lnbits', '{"url": "https://lnbits.example", "invoice_key": "k1"}') AS w_erin1 \gset
+SELECT payledger.attach_receiver_wallet('erin', 'lnd_rest', '{"url": "https://lnd.example", "invoice_macaroon": "0201"}',
+                                        priority => 1) AS w_erin2 \gset
+CREATE FUNCTION t_tip(type text, key text) RETURNS uuid LANGUAGE sql AS $$
+  SELECT payin_id FROM payledger.create_payin('alice', type, 'msat', 100000,
+           jsonb_build_array(jsonb_build_object('account', acc('alice')), '{"external": "invoice", "p2p": true, "unit": 1000}'::jsonb),
+           split => 'zap_p2p', payees => jsonb_build_object('receiver', acc('erin'), 'founder', acc('carol')), idempotency_key => key)
+$$;
+CREATE FUNCTION t_chain(first uuid) RETURNS TABLE (retry_count integer, state payledger.payin_state, reason payledger.payin_failure_reason,
+                                                   policy text, wallet text, custodial bigint, external bigint) LANGUAGE sql AS $$
+  SELECT p.retry_count, p.state, p.failure_reason, p.retry_policy, w.kind::text, p.custodial_amount, p.external_amount
+    FROM payledger.payins p LEFT JOIN payledger.p2p_forwards f ON f.payin_id = p.id
+    LEFT JOIN payledger.receiver_wallets w ON w.id = f.wallet_id
+   WHERE coalesce(p.genesis_id, p.id) = first ORDER BY p.retry_count
+$$;
+CREATE FUNCTION t_refuse(first uuid) RETURNS text LANGUAGE sql AS $$
+  SELECT payledger.worker_apply(jsonb_build_object('forward_id', f.payin_id, 'op', 'receiver_invoice', 'ok', false,
+                                                   'retryable', false, 'error', 'NOT_AVAILABLE'))
+    FROM payledger.p2p_forwards f JOIN payledger.payins p ON p.id = f.payin_id
+   WHERE coalesce(p.genesis_id, p.id) = first AND f.status = 'asking'
+$$;
+-- erin's first wallet refuses: a successor asks their second
+SELECT t_tip('TIP', 't1') AS t1 \gset
+SELECT count(*) AS asked FROM t_p2p_claims();
+SELECT t_refuse(:'t1') AS first_wallet;
+SELECT count(*) AS asked FROM t_p2p_claims();
+SELECT * FROM t_chain(:'t1');
+-- the second refuses too: none left, so the successor pays erin in credits;
+-- alice's balance covers the 100 sat, so it is PAID at once, and erin's
+-- share is on their balance
+SELECT t_refuse(:'t1') AS second_wallet;
+SELECT * FROM t_chain(:'t1');
+SELECT payledger.balance(acc('erin')) AS erin;
+SELECT topic, payload ->> 'policy' AS policy, payload ->> 'state' AS successor_state
+  FROM payledger.events WHERE topic = 'payin.retried' ORDER BY id;
+-- a p2p-only type: after the second wallet, no successor
+SELECT t_tip('TIP_P2P_ONLY', 't2') AS t2 \gset
+SELECT count(*) AS asked FROM t_p2p_claims();
+SELECT t_refuse(:'t2') AS first_wallet;
+SELECT count(*) AS asked FROM t_p2p_claims();
+SELECT t_refuse(:'t2') AS second_wallet;
+SELECT * FROM t_chain(:'t2');
+-- a failure that does not blame the wallet (the application's, a
+-- deadline's) is not retried
+SELECT t_tip('TIP', 't3') AS t3 \gset
+SELECT payledger.fail_payin(:'t3', 'SYSTEM_CANCELLED') IS NOT NULL AS failed;
+SELECT * FROM t_chain(:'t3');
 SELECT count(*) AS violations FROM payledger.check_invariants();
