@@ -88,6 +88,16 @@ GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verif
 /* </end connected objects> */
 
 /* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."nwc_connection"(
+	"uri" TEXT /* & str */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
 CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
 	"wallet" uuid, /* pgrx :: Uuid */
 	"amount_msat" bigint, /* i64 */
@@ -199,18 +209,6 @@ GRANT EXECUTE ON FUNCTION payledger.payin_audit(uuid) TO payledger_app;
 
 -- src/events/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.events_since(bigint, integer) TO payledger_app;
-
--- src/p2p/mod.rs
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."nwc_connection"(
-	"uri" TEXT /* & str */
-) RETURNS jsonb /* JsonB */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
 
 -- src/provider/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.request_invoice(uuid, uuid, interval, text) TO payledger_app;
@@ -655,7 +653,8 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallet_secrets', 
 --   forwarded   paid, the preimage known: it settles the hold invoice
 --   settled     the hold invoice settled: the pay-in is PAID
 --   failed      no wallet, no node, the wallet refused, or the forward
---               failed (see failure); the pay-in is FAILED
+--               failed (see failure); the pay-in is FAILED, and retried
+--               (the fallback) when that blames the receiver's wallet
 CREATE TABLE payledger.p2p_forwards (
     payin_id      uuid PRIMARY KEY,
     receiver_id   text NOT NULL,            -- the owner of the receiver pay-out's account
@@ -665,6 +664,9 @@ CREATE TABLE payledger.p2p_forwards (
     fee_budget    bigint NOT NULL CHECK (fee_budget >= 0), -- msat, the routing_fee pay-out
     status        text NOT NULL CHECK (status IN ('asking', 'wrapped', 'forwarding', 'forwarded', 'settled', 'failed')),
     failure       text,
+    -- a failure the claim found (no wallet, no node, too few blocks), made
+    -- in a transaction of its own (the pay-in's money moves then)
+    fail_reason   payledger.payin_failure_reason,
     -- the receiver's invoice, once given and checked
     bolt11        text,
     payment_hash  text CHECK (payment_hash ~ '^[0-9a-f]{64}$'),
@@ -682,11 +684,12 @@ CREATE TABLE payledger.p2p_forwards (
     attempts      integer NOT NULL DEFAULT 0,
     errors        integer NOT NULL DEFAULT 0,
     last_error    text,
-    next_check_at timestamptz,              -- NULL: nothing to do
+    next_check_at timestamptz,              -- NULL: nothing to do (failed: the fallback is due)
     locked_until  timestamptz,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT p2p_forward_wallet CHECK (status = 'failed' OR (wallet_id IS NOT NULL AND provider_id IS NOT NULL)),
+    CONSTRAINT p2p_forward_wallet CHECK (status = 'failed' OR fail_reason IS NOT NULL
+                                         OR (wallet_id IS NOT NULL AND provider_id IS NOT NULL)),
     CONSTRAINT p2p_forward_invoice CHECK (status IN ('asking', 'failed') OR (bolt11 IS NOT NULL AND payment_hash IS NOT NULL)),
     CONSTRAINT p2p_forward_sent CHECK (status NOT IN ('forwarding', 'forwarded', 'settled') OR sent_at IS NOT NULL),
     -- never a settle without the preimage
@@ -1038,14 +1041,22 @@ $$;
 -- with the reason (its custodial part back to the payer; its hold invoice,
 -- if any, cancelled at the node by the worker's next claim). One that was
 -- being forwarded passes through FAILED_FORWARD. The caller holds the
--- forward's row. reason NULL: the pay-in ended already.
+-- forward's row. reason NULL: the pay-in ended already. A reason that
+-- blames the receiver's wallet makes the fallback due (p2p_fallback, in a
+-- transaction of its own).
 CREATE OR REPLACE FUNCTION payledger_internal.p2p_fail(f payledger.p2p_forwards, reason payledger.payin_failure_reason, why text)
 RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     st payledger.payin_state;
 BEGIN
+    -- (a failure that blames the receiver's wallet, of a type whose retries
+    -- are not spent: the fallback is due)
     UPDATE payledger.p2p_forwards x
-       SET status = 'failed', failure = left(why, 500), next_check_at = NULL, locked_until = NULL, updated_at = now()
+       SET status = 'failed', failure = left(why, 500), locked_until = NULL, updated_at = now(),
+           next_check_at = CASE WHEN payledger_internal.p2p_receiver_blamed(reason)
+                                     AND (SELECT p.retry_count < coalesce(t.max_retries, p.retry_count + 1)
+                                            FROM payledger.payins p JOIN payledger.payin_types t ON t.type = p.type
+                                           WHERE p.id = f.payin_id) THEN now() END
      WHERE x.payin_id = f.payin_id;
     SELECT p.state INTO st FROM payledger.payins p WHERE p.id = f.payin_id;
     IF reason IS NULL THEN
@@ -1085,61 +1096,9 @@ END;
 $$;
 SELECT payledger_internal.register_payin_handler('p2p', 'lock', 400, '{FORWARDING,FORWARDED,FAILED_FORWARD,PAID}',
                                                  'payledger_internal.p2p_payin_lock(payledger.payins)');
--- A p2p pay-in failed for a reason that blames the receiver's wallet is
--- retried at once (Stacker News' fallback): with the receiver's next wallet
--- while one is left (policy 'p2p_next_wallet'), else, where its type's
--- p2p_fallback is 'credits', without p2p: the receiver's share is credited
--- to their balance (policy 'credits_fallback'). A type whose p2p_fallback is
--- 'none' is not retried once its wallets are spent, nor one past its
--- max_retries. The successor is announced by a payin.retried event (the
--- payer pays its invoice, if it has one). A handler of the pay-in lifecycle
--- (reached FAILED, before the outbox's); a retry that fails is reported by
--- a payin.not_retried event and does not undo the failure.
-CREATE OR REPLACE FUNCTION payledger_internal.p2p_fallback(p payledger.payins)
-RETURNS void LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
-DECLARE
-    receiver text;
-    t payledger.payin_types;
-    policy text;
-    methods jsonb;
-    r record;
-BEGIN
-    IF NOT payledger_internal.p2p_receiver_blamed(p.failure_reason) OR p.parent_id IS NOT NULL OR p.successor_id IS NOT NULL THEN
-        RETURN;
-    END IF;
-    SELECT f.receiver_id INTO receiver FROM payledger.p2p_forwards f WHERE f.payin_id = p.id;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-    SELECT * INTO t FROM payledger.payin_types x WHERE x.type = p.type;
-    IF p.retry_count >= t.max_retries THEN
-        RETURN;
-    END IF;
-    IF payledger_internal.p2p_pick_wallet(coalesce(p.genesis_id, p.id), NULL, receiver) IS NOT NULL THEN
-        policy := 'p2p_next_wallet';
-    ELSIF t.p2p_fallback = 'credits' THEN
-        policy := 'credits_fallback';
-        SELECT jsonb_agg(l.options - 'amount' - 'p2p' ORDER BY l.seq) INTO methods
-          FROM payledger.payin_legs l WHERE l.payin_id = p.id;
-    ELSE
-        RETURN;
-    END IF;
-    BEGIN
-        SELECT * INTO r FROM payledger.retry_payin(p.id, methods, policy => policy);
-        PERFORM payledger_internal.emit_event('payin.retried', p.id, p.owner_id,
-            jsonb_build_object('payin', p.id, 'successor', r.payin_id, 'policy', policy, 'state', r.state,
-                               'external_amount', r.external_amount));
-    EXCEPTION WHEN OTHERS THEN
-        PERFORM payledger_internal.emit_event('payin.not_retried', p.id, p.owner_id,
-            jsonb_build_object('payin', p.id, 'policy', policy, 'sqlstate', SQLSTATE, 'error', SQLERRM));
-    END;
-END;
-$$;
-SELECT payledger_internal.register_payin_handler('p2p', 'reached', 800, '{FAILED}',
-                                                 'payledger_internal.p2p_fallback(payledger.payins)');
 -- Begin a p2p pay-in the caller has locked: its forward asks the first
 -- wallet; without a wallet, or without a node of the operator that can hold
--- invoices (lnd_rest), the pay-in fails at once.
+-- invoices (lnd_rest), the pay-in is to fail (the claim's next item).
 CREATE OR REPLACE FUNCTION payledger_internal.p2p_begin(p payledger.payins)
 RETURNS text LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
@@ -1156,16 +1115,13 @@ BEGIN
                 WHEN node.kind <> 'lnd_rest' THEN format('provider %s (%s) cannot hold invoices: p2p needs an lnd_rest node',
                                                          node.name, node.kind)
                 WHEN wallet IS NULL THEN format('receiver %s has no wallet to pay into', s.receiver_id) END;
+    -- (a failure is made by the claim's fail item, in its own transaction)
     INSERT INTO payledger.p2p_forwards (payin_id, receiver_id, wallet_id, provider_id, amount, fee_budget, status, failure,
-                                        next_check_at)
+                                        fail_reason, next_check_at)
     VALUES (p.id, s.receiver_id, wallet, CASE WHEN node.kind = 'lnd_rest' THEN node.id END, s.amount, s.fee_budget,
-            CASE WHEN why IS NULL THEN 'asking' ELSE 'failed' END, why,
-            CASE WHEN why IS NULL THEN '-infinity'::timestamptz END);
-    IF why IS NOT NULL THEN
-        PERFORM payledger.transition_payin(p.id, 'FAILED', 'INVOICE_WRAPPING_FAILED_UNKNOWN');
-        RETURN 'not_wrapped';
-    END IF;
-    RETURN 'asking';
+            'asking', why, CASE WHEN why IS NOT NULL THEN 'INVOICE_WRAPPING_FAILED_UNKNOWN'::payledger.payin_failure_reason END,
+            '-infinity');
+    RETURN CASE WHEN why IS NULL THEN 'asking' ELSE 'not_wrapped' END;
 END;
 $$;
 -- The worker's claim (inside worker_claim's transaction), in the lock
@@ -1174,9 +1130,12 @@ $$;
 --   2. forward the held ones: each is recorded as sent (FORWARDING) before
 --      the call, so that after a crash it is looked up, never paid twice;
 --      one whose held HTLC leaves too few blocks to forward and still settle
---      fails with INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW instead;
---   3. claim the forwards due: a wallet to ask, a forward to look up, a hold
---      invoice to settle (with a lease).
+--      is to fail with INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW instead;
+--   3. claim the forwards due (with a lease): a wallet to ask, a forward to
+--      look up, a hold invoice to settle; and the items the apply step does
+--      alone, one transaction each (a pay-in's money moves in them, one
+--      pay-in per transaction: the lock order): a failure found here
+--      ('fail'), a fallback ('fallback').
 -- No secrets: the worker reads the wallets' and the node's credentials itself.
 CREATE OR REPLACE FUNCTION payledger_internal.p2p_claim(batch integer, lease interval)
 RETURNS jsonb LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
@@ -1200,7 +1159,7 @@ BEGIN
     FOR fw IN SELECT x.* FROM payledger.p2p_forwards x
                JOIN payledger.payins y ON y.id = x.payin_id
                JOIN payledger.providers pr ON pr.id = x.provider_id
-              WHERE x.status = 'wrapped' AND y.state IN ('HELD', 'FAILED', 'CANCELLED')
+              WHERE x.status = 'wrapped' AND x.fail_reason IS NULL AND y.state IN ('HELD', 'FAILED', 'CANCELLED')
                 AND (pr.retry_after IS NULL OR pr.retry_after <= now())
               ORDER BY y.state_changed_at LIMIT batch
               FOR UPDATE OF x SKIP LOCKED LOOP
@@ -1215,9 +1174,12 @@ BEGIN
         SELECT * INTO inv FROM payledger.invoices i WHERE i.payin_id = p.id AND i.hold AND i.payment_hash = fw.payment_hash;
         blocks := inv.htlc_expiry_height - inv.held_block_height - margin;
         IF blocks IS NULL OR blocks < fw.final_cltv THEN
-            PERFORM payledger_internal.p2p_fail(fw, 'INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW',
-                format('the held payment leaves %s blocks to forward after the %s to settle; the receiver''s invoice needs %s',
-                       coalesce(blocks::text, 'no'), margin, fw.final_cltv));
+            -- (failed by the fail item below, in its own transaction)
+            UPDATE payledger.p2p_forwards x
+               SET fail_reason = 'INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW', next_check_at = now(), updated_at = now(),
+                   failure = format('the held payment leaves %s blocks to forward after the %s to settle; the receiver''s invoice needs %s',
+                                    coalesce(blocks::text, 'no'), margin, fw.final_cltv)
+             WHERE x.payin_id = fw.payin_id;
             CONTINUE;
         END IF;
         UPDATE payledger.p2p_forwards x
@@ -1233,10 +1195,10 @@ BEGIN
 
     WITH due AS (
         SELECT f.payin_id FROM payledger.p2p_forwards f
-          JOIN payledger.providers pr ON pr.id = f.provider_id
-         WHERE f.status IN ('asking', 'forwarding', 'forwarded') AND f.next_check_at <= now()
+          LEFT JOIN payledger.providers pr ON pr.id = f.provider_id
+         WHERE f.next_check_at <= now()
            AND (f.locked_until IS NULL OR f.locked_until < now())
-           AND (f.status = 'asking' OR pr.retry_after IS NULL OR pr.retry_after <= now())
+           AND (f.status NOT IN ('forwarding', 'forwarded') OR pr.retry_after IS NULL OR pr.retry_after <= now())
          ORDER BY f.next_check_at
          LIMIT batch
          FOR UPDATE OF f SKIP LOCKED),
@@ -1245,14 +1207,18 @@ BEGIN
            SET locked_until = now() + lease, attempts = f.attempts + (f.status = 'asking')::integer, updated_at = now()
           FROM due WHERE f.payin_id = due.payin_id
         RETURNING f.*)
-    SELECT coalesce(jsonb_agg(CASE c.status
-               WHEN 'asking' THEN jsonb_build_object(
+    SELECT coalesce(jsonb_agg(CASE
+               -- (items for the worker's apply step alone: no call)
+               WHEN c.fail_reason IS NOT NULL AND c.status IN ('asking', 'wrapped') THEN jsonb_build_object(
+                   'forward_id', c.payin_id, 'op', 'fail', 'reason', c.fail_reason, 'error', c.failure)
+               WHEN c.status = 'failed' THEN jsonb_build_object('forward_id', c.payin_id, 'op', 'fallback')
+               WHEN c.status = 'asking' THEN jsonb_build_object(
                    'forward_id', c.payin_id, 'op', 'receiver_invoice',
                    'wallet_id', c.wallet_id, 'wallet_kind', w.kind, 'wallet_config', w.config,
                    'amount', c.amount, 'memo', format('%s via %s', y.type, c.payin_id),
                    -- (the wallet's invoice must outlive the hold invoice by the buffer)
                    'expiry_secs', payledger.setting_int('p2p_max_hold_expiry') + payledger.setting_int('p2p_expiry_buffer'))
-               WHEN 'forwarding' THEN jsonb_build_object(
+               WHEN c.status = 'forwarding' THEN jsonb_build_object(
                    'forward_id', c.payin_id, 'op', 'lookup', 'destination', c.bolt11, 'payment_hash', c.payment_hash,
                    'amount', c.amount, 'max_fee', c.fee_budget, 'provider_id', c.provider_id)
                ELSE jsonb_build_object(
@@ -1260,10 +1226,10 @@ BEGIN
                    'provider_id', c.provider_id) END
              ORDER BY c.payin_id), '[]')
       INTO claims
-      FROM claimed c JOIN payledger.receiver_wallets w ON w.id = c.wallet_id
+      FROM claimed c LEFT JOIN payledger.receiver_wallets w ON w.id = c.wallet_id
       JOIN payledger.payins y ON y.id = c.payin_id;
     -- the node's address for the calls to it
-    SELECT coalesce(jsonb_agg(CASE WHEN x ->> 'op' = 'receiver_invoice' THEN x
+    SELECT coalesce(jsonb_agg(CASE WHEN x ->> 'op' IN ('receiver_invoice', 'fail', 'fallback') THEN x
                                    ELSE x || jsonb_build_object('kind', pr.kind, 'base_url', pr.base_url, 'config', pr.config) END), '[]')
       INTO claims
       FROM jsonb_array_elements(sent || claims) x
@@ -1554,6 +1520,55 @@ BEGIN
     RETURN 'settled';
 END;
 $$;
+-- A p2p pay-in failed for a reason that blames the receiver's wallet is
+-- retried (Stacker News' fallback), by the worker in a transaction of its
+-- own: with the receiver's next wallet while one is left (policy
+-- 'p2p_next_wallet'), else, where its type's p2p_fallback is 'credits',
+-- without p2p: the receiver's share is credited to their balance (policy
+-- 'credits_fallback'). A type whose p2p_fallback is 'none' is not retried
+-- once its wallets are spent, nor one past its max_retries. The successor
+-- is announced by a payin.retried event (the payer pays its invoice, if it
+-- has one); a retry that cannot be made, by a payin.not_retried event.
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_fallback(p payledger.payins)
+RETURNS text LANGUAGE plpgsql SET search_path = payledger, pg_catalog, pg_temp AS $$
+DECLARE
+    receiver text;
+    t payledger.payin_types;
+    policy text;
+    methods jsonb;
+    r record;
+BEGIN
+    IF p.state <> 'FAILED' OR NOT payledger_internal.p2p_receiver_blamed(p.failure_reason) OR p.parent_id IS NOT NULL
+       OR p.successor_id IS NOT NULL THEN
+        RETURN 'no_fallback';
+    END IF;
+    SELECT f.receiver_id INTO receiver FROM payledger.p2p_forwards f WHERE f.payin_id = p.id;
+    SELECT * INTO t FROM payledger.payin_types x WHERE x.type = p.type;
+    IF p.retry_count >= t.max_retries THEN
+        RETURN 'no_fallback';
+    END IF;
+    IF payledger_internal.p2p_pick_wallet(coalesce(p.genesis_id, p.id), NULL, receiver) IS NOT NULL THEN
+        policy := 'p2p_next_wallet';
+    ELSIF t.p2p_fallback = 'credits' THEN
+        policy := 'credits_fallback';
+        SELECT jsonb_agg(l.options - 'amount' - 'p2p' ORDER BY l.seq) INTO methods
+          FROM payledger.payin_legs l WHERE l.payin_id = p.id;
+    ELSE
+        RETURN 'no_fallback';
+    END IF;
+    BEGIN
+        SELECT * INTO r FROM payledger.retry_payin(p.id, methods, policy => policy);
+        PERFORM payledger_internal.emit_event('payin.retried', p.id, p.owner_id,
+            jsonb_build_object('payin', p.id, 'successor', r.payin_id, 'policy', policy, 'state', r.state,
+                               'external_amount', r.external_amount));
+        RETURN policy;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM payledger_internal.emit_event('payin.not_retried', p.id, p.owner_id,
+            jsonb_build_object('payin', p.id, 'policy', policy, 'sqlstate', SQLSTATE, 'error', SQLERRM));
+        RETURN 'not_retried';
+    END;
+END;
+$$;
 -- Apply one result of the worker's calls for a forward, in its own
 -- transaction: the forward's row first (then its hold invoice, its pay-in).
 CREATE OR REPLACE FUNCTION payledger_internal.p2p_apply(forward uuid, result jsonb)
@@ -1566,6 +1581,21 @@ BEGIN
         RAISE EXCEPTION 'p2p forward % does not exist', forward USING ERRCODE = 'PL019';
     END IF;
     CASE result ->> 'op'
+        WHEN 'fail' THEN
+            IF f.fail_reason IS NULL OR f.status NOT IN ('asking', 'wrapped') THEN
+                UPDATE payledger.p2p_forwards x SET locked_until = NULL WHERE x.payin_id = f.payin_id;
+                RETURN 'ignored';
+            END IF;
+            PERFORM payledger_internal.p2p_fail(f, f.fail_reason, f.failure);
+            RETURN CASE WHEN f.status = 'asking' THEN 'not_wrapped' ELSE 'not_forwarded' END;
+        WHEN 'fallback' THEN
+            IF f.status <> 'failed' OR f.next_check_at IS NULL THEN
+                UPDATE payledger.p2p_forwards x SET locked_until = NULL WHERE x.payin_id = f.payin_id;
+                RETURN 'ignored';
+            END IF;
+            UPDATE payledger.p2p_forwards x SET next_check_at = NULL, locked_until = NULL, updated_at = now()
+             WHERE x.payin_id = f.payin_id;
+            RETURN payledger_internal.p2p_fallback((SELECT y FROM payledger.payins y WHERE y.id = f.payin_id));
         WHEN 'receiver_invoice' THEN RETURN payledger_internal.p2p_wrap(f, result);
         WHEN 'pay', 'lookup' THEN RETURN payledger_internal.p2p_forward_result(f, result);
         WHEN 'settle' THEN RETURN payledger_internal.p2p_settle_result(f, result);

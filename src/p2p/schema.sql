@@ -54,7 +54,8 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.receiver_wallet_secrets', 
 --   forwarded   paid, the preimage known: it settles the hold invoice
 --   settled     the hold invoice settled: the pay-in is PAID
 --   failed      no wallet, no node, the wallet refused, or the forward
---               failed (see failure); the pay-in is FAILED
+--               failed (see failure); the pay-in is FAILED, and retried
+--               (the fallback) when that blames the receiver's wallet
 CREATE TABLE payledger.p2p_forwards (
     payin_id      uuid PRIMARY KEY,
     receiver_id   text NOT NULL,            -- the owner of the receiver pay-out's account
@@ -64,6 +65,9 @@ CREATE TABLE payledger.p2p_forwards (
     fee_budget    bigint NOT NULL CHECK (fee_budget >= 0), -- msat, the routing_fee pay-out
     status        text NOT NULL CHECK (status IN ('asking', 'wrapped', 'forwarding', 'forwarded', 'settled', 'failed')),
     failure       text,
+    -- a failure the claim found (no wallet, no node, too few blocks), made
+    -- in a transaction of its own (the pay-in's money moves then)
+    fail_reason   payledger.payin_failure_reason,
     -- the receiver's invoice, once given and checked
     bolt11        text,
     payment_hash  text CHECK (payment_hash ~ '^[0-9a-f]{64}$'),
@@ -81,11 +85,12 @@ CREATE TABLE payledger.p2p_forwards (
     attempts      integer NOT NULL DEFAULT 0,
     errors        integer NOT NULL DEFAULT 0,
     last_error    text,
-    next_check_at timestamptz,              -- NULL: nothing to do
+    next_check_at timestamptz,              -- NULL: nothing to do (failed: the fallback is due)
     locked_until  timestamptz,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT p2p_forward_wallet CHECK (status = 'failed' OR (wallet_id IS NOT NULL AND provider_id IS NOT NULL)),
+    CONSTRAINT p2p_forward_wallet CHECK (status = 'failed' OR fail_reason IS NOT NULL
+                                         OR (wallet_id IS NOT NULL AND provider_id IS NOT NULL)),
     CONSTRAINT p2p_forward_invoice CHECK (status IN ('asking', 'failed') OR (bolt11 IS NOT NULL AND payment_hash IS NOT NULL)),
     CONSTRAINT p2p_forward_sent CHECK (status NOT IN ('forwarding', 'forwarded', 'settled') OR sent_at IS NOT NULL),
     -- never a settle without the preimage

@@ -138,6 +138,10 @@ fn failure(claim: &Value, f: &Failure) -> Value {
 /// look its payment up, and say what came of it in the shape
 /// `payledger.invoice_apply` (`withdrawal_apply`) reads.
 fn call_one(claim: &Value, secrets: &Secrets, s: &CallSettings) -> Value {
+    if claim["op"] == "fail" || claim["op"] == "fallback" {
+        // a p2p item for the apply step alone (src/p2p/forwards.sql): no call
+        return claim.clone();
+    }
     if claim["op"] == "receiver_invoice" {
         // a p2p pay-in's receiver's wallet (src/p2p/), not a provider
         let wallet = claim["wallet_id"].as_str().unwrap_or_default();
