@@ -8,12 +8,29 @@ setup_machine
 install_extension
 setup_lnbits
 setup_console
+setup_nostr_relay
+setup_nwc_wallet
 DIR=$(pg_scratch)
-trap 'stop_console "$DIR"; stop_lnbits "$DIR"; stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
-LNBITS_PORT=$((DEMO_PORT + 1000))
+NODE_PID=
+trap 'stop_console "$DIR"; stop_nwc_wallet "$DIR"; stop_nostr_relay "$DIR"; [ -z "$NODE_PID" ] || kill "$NODE_PID" 2>/dev/null
+      stop_lnbits "$DIR"; stop_cluster "$DIR"; rm -rf "$DIR"' EXIT
+LNBITS_PORT=$((DEMO_PORT + 1000)) RELAY_PORT=$((DEMO_PORT + 1003)) NODE_PORT=$((DEMO_PORT + 1004))
 log "starting LNbits (FakeWallet) on 127.0.0.1:$LNBITS_PORT"
 start_lnbits "$DIR" "$LNBITS_PORT"
 read -r INKEY PAYKEY MERCHANT_ADMIN PAYER_INKEY < <(lnbits_setup "$LNBITS_PORT")
+# peer to peer: bob's own LNbits wallet, behind an NWC wallet service on a
+# local Nostr relay; the operator's LND node is the LND test server, paying
+# other nodes' invoices through the payer's LNbits wallet
+log "starting a Nostr relay, bob's NWC wallet service and the operator's node (the LND test server)"
+BOB_INKEY=$(curl -sf -X POST "http://127.0.0.1:$LNBITS_PORT/api/v1/account" -H 'Content-Type: application/json' \
+  -d '{"name": "bob"}' | jq -r .inkey)
+start_nostr_relay "$DIR" "$RELAY_PORT"
+NWC_URI=$(start_nwc_wallet "$DIR" "ws://127.0.0.1:$RELAY_PORT" "http://127.0.0.1:$LNBITS_PORT" "$BOB_INKEY")
+"$LNBITS_VENV/bin/python" "$REPO/tests/integration/mock_providers.py" "$NODE_PORT" >"$DIR/node.log" 2>&1 &
+NODE_PID=$!
+for _ in $(seq 1 40); do port_busy "$NODE_PORT" && break; sleep 0.25; done
+curl -sf -X POST "http://127.0.0.1:$NODE_PORT/_control/gateway" \
+  -d "{\"url\": \"http://127.0.0.1:$LNBITS_PORT\", \"admin_key\": \"$PAYKEY\"}" >/dev/null
 log "starting a throwaway cluster on port $DEMO_PORT, with the payledger worker"
 start_cluster "$DIR" "$DEMO_PORT" "shared_preload_libraries = 'payledger'
 payledger.worker_database = 'postgres'
@@ -22,8 +39,10 @@ listen_addresses = '127.0.0.1'"
 cp "$REPO/scripts/demo.sql" "$DIR/demo.sql" && chown postgres "$DIR/demo.sql"
 log "running scripts/demo.sql"
 as_pg env LNBITS_URL="http://127.0.0.1:$LNBITS_PORT" LNBITS_PAYKEY="$PAYKEY" LNBITS_PAYER_INKEY="$PAYER_INKEY" DEMO_DIR="$DIR" \
+  NODE_URL="http://127.0.0.1:$NODE_PORT" BOB_INKEY="$BOB_INKEY" \
   "$PG_BIN/psql" -X -h "$DIR" -p "$DEMO_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 \
   -v lnbits_url="http://127.0.0.1:$LNBITS_PORT" -v lnbits_inkey="$INKEY" -v lnbits_admin="$MERCHANT_ADMIN" \
+  -v node_url="http://127.0.0.1:$NODE_PORT" -v nwc_uri="$NWC_URI" -v bob_inkey="$BOB_INKEY" \
   -v demo_dir="$DIR" -f "$DIR/demo.sql"
 
 log "the credits console: PostgreSQL's REST API (postrust, PostgREST mode) and the console's page"

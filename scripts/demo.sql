@@ -1,5 +1,6 @@
 -- payledger demo: the ledger core, pay-ins and pay-outs, a NIP-90 job, a
--- pay-in settled, a withdrawal and a tip paid, and a cancelled invoice
+-- pay-in settled, a withdrawal and a tip paid, zaps paid peer to peer into
+-- a receiver's NWC and LNbits wallets, and a cancelled invoice
 -- watched for late money by the background worker at a local LNbits,
 -- prepaid credits. Run by
 -- scripts/demo.sh against a throwaway cluster (it sets lnbits_url,
@@ -249,6 +250,74 @@ SELECT withdrawal_id AS tip FROM payledger.withdraw('operator', 'msat', trim(E'\
 SELECT demo_wait_withdrawal(:'tip') AS tip;
 SELECT pr.name AS paid_at, w.status, w.amount, w.fee FROM payledger.withdrawals w
   JOIN payledger.providers pr ON pr.id = w.provider_id WHERE w.id = :'tip';
+
+\echo '=== peer to peer: alice zaps bob, paid into bob''s own wallets ==='
+\echo '--- zaps go through the operator''s LND node, which can hold invoices (its REST API; the LND test server'
+\echo '    stands in, as no LND runs here): a profile for zaps, and Stacker News'' split outside a territory'
+SELECT payledger.create_merchant_profile('zaps') IS NOT NULL AS profile,
+       payledger.add_provider('zaps', 'node', 'lnd_rest', :'node_url',
+                              jsonb_build_object('macaroon', '0201036c6e64', 'admin_macaroon', '0201036c6e64ad')) IS NOT NULL AS node;
+SELECT payledger.register_payin_type('ZAP', 'zap'), payledger.register_payout_type('ZAP', 'a zap, to its receiver');
+SELECT payledger.route_payin_type('ZAP', 'zaps');
+SELECT payledger.define_split_rule('zap_p2p', jsonb_build_array(
+         jsonb_build_object('role', 'receiver', 'payout_type', 'ZAP', 'percent', 70),
+         jsonb_build_object('role', 'pool', 'payout_type', 'REWARDS_POOL', 'percent', 27, 'account', :'pool'),
+         jsonb_build_object('role', 'routing_fee', 'payout_type', 'ROUTING_FEE', 'percent', 3, 'account', :'revenue')), 'pool');
+\echo '--- bob attaches his wallets: Nostr Wallet Connect (a wallet service on a local relay) first, his LNbits wallet next'
+SELECT payledger.attach_receiver_wallet('bob', 'nwc', jsonb_build_object('uri', :'nwc_uri'), label => 'phone') AS bob_nwc \gset
+SELECT payledger.attach_receiver_wallet('bob', 'lnbits', jsonb_build_object('url', :'lnbits_url', 'invoice_key', :'bob_inkey'),
+                                        priority => 1, label => 'lnbits') AS bob_lnbits \gset
+SELECT kind, label, priority, relay_or_url FROM (
+  SELECT kind, label, priority, coalesce(config -> 'relays' ->> 0, config ->> 'url') AS relay_or_url
+    FROM payledger.receiver_wallets WHERE owner_id = 'bob') w ORDER BY priority;
+CREATE FUNCTION demo_zap(key text) RETURNS uuid LANGUAGE sql AS $$
+  SELECT payin_id FROM payledger.create_payin('alice', 'ZAP', 'msat', 100000,
+           jsonb_build_array(jsonb_build_object('account', payledger.account_id('alice', 'msat')),
+                             '{"external": "invoice", "p2p": true, "unit": 1000}'::jsonb),
+           split => 'zap_p2p', payees => jsonb_build_object('receiver', payledger.account_id('bob', 'msat')), idempotency_key => key)
+$$;
+\echo '--- alice zaps bob 100 sat: 27 from her balance; 73 by a hold invoice of the node that wraps an invoice of'
+\echo '    bob''s NWC wallet for his 70 (same payment hash), the other 3 the routing fee budget'
+SELECT demo_zap('zap-1') AS zap1 \gset
+SELECT demo_wait(:'zap1', 'PENDING_HELD') AS state;
+SELECT w.kind AS wallet, f.amount AS bob_share, f.fee_budget, i.amount AS hold_invoice, i.payment_hash = f.payment_hash AS same_hash
+  FROM payledger.p2p_forwards f JOIN payledger.receiver_wallets w ON w.id = f.wallet_id
+  JOIN payledger.invoices i ON i.payin_id = f.payin_id WHERE f.payin_id = :'zap1';
+\set QUIET on
+\pset tuples_only on
+\pset format unaligned
+SELECT payment_hash FROM payledger.invoices WHERE payin_id = :'zap1' \g :demo_dir/hold
+\pset tuples_only off
+\pset format aligned
+\set QUIET off
+\echo '--- alice''s wallet pays it and the node holds the payment; the worker forwards 70 sat to bob''s wallet, and settles'
+\echo '    the hold invoice with the preimage it learns'
+\! curl -sf -X POST "$NODE_URL/_control/settle/$(cat "$DEMO_DIR/hold")" >/dev/null && echo 'paid: held at the node'
+SELECT demo_wait(:'zap1', 'PAID') AS state;
+SELECT string_agg(to_state::text, ' -> ' ORDER BY at) AS states FROM payledger.payin_history WHERE payin_id = :'zap1';
+SELECT f.status, f.fee_paid AS routing_fee_paid, i.status AS hold_invoice FROM payledger.p2p_forwards f
+  JOIN payledger.invoices i ON i.payin_id = f.payin_id WHERE f.payin_id = :'zap1';
+\! echo "bob's LNbits wallet (behind his NWC connection) holds $(curl -sf "$LNBITS_URL/api/v1/wallet" -H "X-Api-Key: $BOB_INKEY" | jq -r .balance) msat"
+\echo 'bob''s balance at the operator is untouched: his share is in his own wallet (earned, then forwarded):'
+SELECT payledger.balance(:'bob') AS bob_custodial_msat,
+       (SELECT string_agg(j.kind || ' ' || e.amount, ', ' ORDER BY e.seq) FROM payledger.entries e JOIN payledger.journals j ON j.id = e.journal_id
+         WHERE e.account_id = :'bob' AND j.kind IN ('payin_paid', 'p2p_forward')) AS bob_history;
+\echo '--- bob turns his NWC wallet off: the next zap goes to his LNbits wallet'
+SELECT payledger.set_receiver_wallet(:'bob_nwc', enabled => false) IS NOT NULL AS nwc_off;
+SELECT demo_zap('zap-2') AS zap2 \gset
+SELECT demo_wait(:'zap2', 'PENDING_HELD') AS state;
+\set QUIET on
+\pset tuples_only on
+\pset format unaligned
+SELECT payment_hash FROM payledger.invoices WHERE payin_id = :'zap2' \g :demo_dir/hold
+\pset tuples_only off
+\pset format aligned
+\set QUIET off
+\! curl -sf -X POST "$NODE_URL/_control/settle/$(cat "$DEMO_DIR/hold")" >/dev/null && echo 'paid: held at the node'
+SELECT demo_wait(:'zap2', 'PAID') AS state;
+SELECT w.kind AS wallet, f.status FROM payledger.p2p_forwards f JOIN payledger.receiver_wallets w ON w.id = f.wallet_id
+ WHERE f.payin_id = :'zap2';
+\! echo "bob's LNbits wallet now holds $(curl -sf "$LNBITS_URL/api/v1/wallet" -H "X-Api-Key: $BOB_INKEY" | jq -r .balance) msat"
 
 \echo '=== a purchase cancelled while its invoice is open, and paid anyway ==='
 SELECT payin_id AS cancelled_payin FROM payledger.create_payin('alice', 'ITEM_CREATE', 'msat', 20000000,
