@@ -303,7 +303,7 @@ SELECT payledger.balance(:'bob') AS bob_custodial_msat,
        (SELECT string_agg(j.kind || ' ' || e.amount, ', ' ORDER BY e.seq) FROM payledger.entries e JOIN payledger.journals j ON j.id = e.journal_id
          WHERE e.account_id = :'bob' AND j.kind IN ('payin_paid', 'p2p_forward')) AS bob_history;
 \echo '--- bob turns his NWC wallet off: the next zap goes to his LNbits wallet'
-SELECT payledger.set_receiver_wallet(:'bob_nwc', enabled => false) IS NOT NULL AS nwc_off;
+SELECT (payledger.set_receiver_wallet(:'bob_nwc', enabled => false)).enabled AS nwc_enabled;
 SELECT demo_zap('zap-2') AS zap2 \gset
 SELECT demo_wait(:'zap2', 'PENDING_HELD') AS state;
 \set QUIET on
