@@ -1056,7 +1056,7 @@ BEGIN
            next_check_at = CASE WHEN payledger_internal.p2p_receiver_blamed(reason)
                                      AND (SELECT p.retry_count < coalesce(t.max_retries, p.retry_count + 1)
                                             FROM payledger.payins p JOIN payledger.payin_types t ON t.type = p.type
-                                           WHERE p.id = f.payin_id) THEN now() END
+                                           WHERE p.id = f.payin_id) THEN '-infinity'::timestamptz END
      WHERE x.payin_id = f.payin_id;
     SELECT p.state INTO st FROM payledger.payins p WHERE p.id = f.payin_id;
     IF reason IS NULL THEN
@@ -1176,7 +1176,7 @@ BEGIN
         IF blocks IS NULL OR blocks < fw.final_cltv THEN
             -- (failed by the fail item below, in its own transaction)
             UPDATE payledger.p2p_forwards x
-               SET fail_reason = 'INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW', next_check_at = now(), updated_at = now(),
+               SET fail_reason = 'INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW', next_check_at = '-infinity', updated_at = now(),
                    failure = format('the held payment leaves %s blocks to forward after the %s to settle; the receiver''s invoice needs %s',
                                     coalesce(blocks::text, 'no'), margin, fw.final_cltv)
              WHERE x.payin_id = fw.payin_id;
@@ -1394,7 +1394,8 @@ BEGIN
         UPDATE payledger.p2p_forwards x
            SET status = 'forwarded', preimage = result ->> 'preimage', fee_paid = coalesce((result ->> 'fee')::bigint, 0),
                forwarded_at = now(), cltv_limit = coalesce((result ->> 'cltv_limit')::integer, x.cltv_limit),
-               errors = 0, last_error = NULL, next_check_at = now(), locked_until = NULL, updated_at = now()
+               -- (settled at once: in the same tick)
+               errors = 0, last_error = NULL, next_check_at = '-infinity', locked_until = NULL, updated_at = now()
          WHERE x.payin_id = f.payin_id;
         PERFORM payledger.transition_payin(f.payin_id, 'FORWARDED');
         RETURN 'forwarded';
@@ -1773,20 +1774,109 @@ BEGIN
     END;
 END;
 $$;
-
--- src/nostr/mod.rs
-GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
+-- One tick on demand, by the same steps as the background worker: claim and
+-- commit, call the providers in a statement that holds no row lock and no
+-- transaction id, record and commit, until nothing is due; then the
+-- housekeeping. For operators and tests (a procedure: CALL it outside an
+-- explicit transaction block).
+-- (No SET search_path: a procedure with one cannot COMMIT. Every name in it
+-- is qualified, and pg_catalog is searched first anyway.)
+CREATE OR REPLACE PROCEDURE payledger.run_tick(batch integer DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    started timestamptz := clock_timestamp();
+    claims jsonb;
+    results jsonb;
+    r jsonb;
+    outcome text;
+    counts jsonb := '{}';
+    h record;
+    calls integer;
+    got bigint;
+    took bigint;
+    step_started timestamptz;
+    n integer := coalesce(batch, payledger.setting_int('worker_batch_size'));
+    rounds integer := 0;
+    run record;
+    step record;
+    run_after text;
+    done bigint;
+    failed bigint;
+BEGIN
+    -- claim until nothing is due, at most 50 rounds (as the worker: a step
+    -- that follows one just done is due at once, so a held p2p payment is
+    -- seen, forwarded and settled in one tick; what was rescheduled in this
+    -- tick waits for the next, since only what was due at its start is claimed)
+    LOOP
+        claims := payledger.worker_claim(n, started);
+        COMMIT;
+        rounds := rounds + 1;
+        EXIT WHEN jsonb_array_length(claims) = 0;
+        results := payledger.provider_call(claims);
+        -- one result per transaction (see worker_apply)
+        FOR r IN SELECT x FROM jsonb_array_elements(results) x LOOP
+            outcome := payledger.worker_apply(r);
+            COMMIT;
+            counts := jsonb_set(counts, ARRAY[outcome], to_jsonb(coalesce((counts ->> outcome)::integer, 0) + 1));
+        END LOOP;
+        PERFORM payledger.worker_provider_health(results);
+        COMMIT;
+        EXIT WHEN rounds >= 50;
+    END LOOP;
+    -- the outbox to the webhook endpoints: claim, send with no row lock
+    -- held, record each result in its own transaction
+    LOOP
+        claims := payledger.webhook_claim(n, started);
+        COMMIT;
+        EXIT WHEN jsonb_array_length(claims) = 0;
+        results := payledger.webhook_send(claims);
+        FOR r IN SELECT x FROM jsonb_array_elements(results) x LOOP
+            outcome := payledger.webhook_apply(r);
+            COMMIT;
+            counts := jsonb_set(counts, ARRAY[outcome], to_jsonb(coalesce((counts ->> outcome)::integer, 0) + 1));
+        END LOOP;
+        EXIT WHEN jsonb_array_length(claims) < n;
+    END LOOP;
+    -- the housekeeping, a transaction per call (see housekeeping_plan)
+    FOR h IN SELECT * FROM payledger.housekeeping_plan(n) LOOP
+        calls := 0;
+        took := 0;
+        step_started := clock_timestamp();
+        LOOP
+            got := payledger.housekeeping_step(h.step, h.per_call);
+            COMMIT;
+            calls := calls + 1;
+            took := took + got;
+            EXIT WHEN got < h.per_call OR calls >= h.max_calls
+                   OR clock_timestamp() - step_started > coalesce(h.budget, interval '100 years');
+        END LOOP;
+        counts := counts || jsonb_build_object(h.step, took);
+    END LOOP;
+    -- the periodic runs that are due, whole, in this session (the worker
+    -- shares them out over several), a transaction per step
+    FOR run IN SELECT * FROM payledger.worker_runs_due() LOOP
+        run_after := NULL;
+        done := 0;
+        failed := 0;
+        LOOP
+            SELECT * INTO step FROM payledger.worker_run_step(run.name, n, run_after);
+            COMMIT;
+            done := done + step.done;
+            failed := failed + step.failed;
+            run_after := step.last;
+            EXIT WHEN run_after IS NULL;
+        END LOOP;
+        PERFORM payledger.worker_run_done(run.name);
+        COMMIT;
+        counts := counts || jsonb_build_object(run.counts_as, done, run.name || '_failed', failed);
+    END LOOP;
+    PERFORM payledger.worker_note_tick(counts);
+    COMMIT;
+    PERFORM payledger.announce_events();
+    COMMIT;
+    RAISE NOTICE 'payledger tick: %', counts;
+END;
+$$;
 
 -- src/credits/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.credit_asset() TO payledger_enduser, payledger_app;
@@ -1812,6 +1902,20 @@ GRANT EXECUTE ON FUNCTION payledger.credit_access(text, text[]) TO payledger_app
 GRANT EXECUTE ON FUNCTION payledger.my_total_credits() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credit_history(text, integer) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.my_credit_history(integer) TO payledger_enduser, payledger_app;
+
+-- src/nostr/mod.rs
+GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
 
 -- src/lib.rs
 /* </end connected objects> */

@@ -68,7 +68,7 @@ BEGIN
            next_check_at = CASE WHEN payledger_internal.p2p_receiver_blamed(reason)
                                      AND (SELECT p.retry_count < coalesce(t.max_retries, p.retry_count + 1)
                                             FROM payledger.payins p JOIN payledger.payin_types t ON t.type = p.type
-                                           WHERE p.id = f.payin_id) THEN now() END
+                                           WHERE p.id = f.payin_id) THEN '-infinity'::timestamptz END
      WHERE x.payin_id = f.payin_id;
     SELECT p.state INTO st FROM payledger.payins p WHERE p.id = f.payin_id;
     IF reason IS NULL THEN
@@ -192,7 +192,7 @@ BEGIN
         IF blocks IS NULL OR blocks < fw.final_cltv THEN
             -- (failed by the fail item below, in its own transaction)
             UPDATE payledger.p2p_forwards x
-               SET fail_reason = 'INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW', next_check_at = now(), updated_at = now(),
+               SET fail_reason = 'INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW', next_check_at = '-infinity', updated_at = now(),
                    failure = format('the held payment leaves %s blocks to forward after the %s to settle; the receiver''s invoice needs %s',
                                     coalesce(blocks::text, 'no'), margin, fw.final_cltv)
              WHERE x.payin_id = fw.payin_id;
@@ -414,7 +414,8 @@ BEGIN
         UPDATE payledger.p2p_forwards x
            SET status = 'forwarded', preimage = result ->> 'preimage', fee_paid = coalesce((result ->> 'fee')::bigint, 0),
                forwarded_at = now(), cltv_limit = coalesce((result ->> 'cltv_limit')::integer, x.cltv_limit),
-               errors = 0, last_error = NULL, next_check_at = now(), locked_until = NULL, updated_at = now()
+               -- (settled at once: in the same tick)
+               errors = 0, last_error = NULL, next_check_at = '-infinity', locked_until = NULL, updated_at = now()
          WHERE x.payin_id = f.payin_id;
         PERFORM payledger.transition_payin(f.payin_id, 'FORWARDED');
         RETURN 'forwarded';

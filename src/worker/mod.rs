@@ -139,6 +139,14 @@ fn add_counts(total: &mut serde_json::Map<String, Value>, step: &Value) {
     }
 }
 
+/// Claim rounds in one tick, at most: a tick claims until nothing is due
+/// (the next step of a pay-in, due at once, is taken in the same tick: a
+/// held p2p payment is seen, forwarded and settled in one), and yields to
+/// the webhooks and the housekeeping after this many rounds under a steady
+/// stream of new work. Nothing loops: what is due is what was due when the
+/// tick started, or a step that follows one just done.
+const MAX_CLAIM_ROUNDS: usize = 50;
+
 fn tick() {
     if !ready() {
         return;
@@ -151,6 +159,7 @@ fn tick() {
             .unwrap_or_default()
     });
     let mut counts = serde_json::Map::new();
+    let mut rounds = 0;
     loop {
         let (claims, secrets) = BackgroundWorker::transaction(|| {
             let claims = Spi::get_one_with_args::<JsonB>(
@@ -192,7 +201,8 @@ fn tick() {
             )
             .unwrap_or_else(|e| pgrx::error!("recording providers' health: {e}"));
         });
-        if (claims.len() as i32) < batch || shutting_down() {
+        rounds += 1;
+        if rounds >= MAX_CLAIM_ROUNDS || shutting_down() {
             break;
         }
     }
