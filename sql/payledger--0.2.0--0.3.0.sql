@@ -88,16 +88,6 @@ GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verif
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."nwc_connection"(
-	"uri" TEXT /* & str */
-) RETURNS jsonb /* JsonB */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
-/* </end connected objects> */
-
-/* <begin connected objects> */
 CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
 	"wallet" uuid, /* pgrx :: Uuid */
 	"amount_msat" bigint, /* i64 */
@@ -132,31 +122,6 @@ GRANT EXECUTE ON FUNCTION payledger.remove_org_member(text, text) TO payledger_a
 GRANT EXECUTE ON FUNCTION payledger.my_org_memberships_of() TO payledger_enduser, payledger_app;
 
 -- src/payin/mod.rs
-INSERT INTO payledger.payin_transitions VALUES
-    ('PENDING_INVOICE_CREATION', 'PENDING', NULL),
-    ('PENDING_INVOICE_CREATION', 'PENDING_HELD', NULL),
-    ('PENDING_INVOICE_CREATION', 'FAILED', 'INVOICE_CREATION_FAILED'),
-    ('PENDING_INVOICE_WRAP', 'PENDING_HELD', NULL),
-    ('PENDING_INVOICE_WRAP', 'FAILED', 'INVOICE_WRAPPING_FAILED_UNKNOWN'),
-    ('PENDING', 'PAID', NULL),
-    ('PENDING', 'CANCELLED', 'SYSTEM_CANCELLED'),
-    ('PENDING', 'FAILED', 'UNKNOWN_FAILURE'),
-    ('PENDING_HELD', 'HELD', NULL),
-    ('PENDING_HELD', 'FORWARDING', NULL),
-    ('PENDING_HELD', 'CANCELLED', 'SYSTEM_CANCELLED'),
-    ('PENDING_HELD', 'FAILED', 'HELD_INVOICE_UNEXPECTED_ERROR'),
-    ('HELD', 'PAID', NULL),
-    ('HELD', 'FORWARDING', NULL),
-    ('HELD', 'CANCELLED', 'SYSTEM_CANCELLED'),
-    ('HELD', 'FAILED', 'HELD_INVOICE_UNEXPECTED_ERROR'),
-    ('FORWARDING', 'FORWARDED', NULL),
-    ('FORWARDING', 'FAILED_FORWARD', 'INVOICE_FORWARDING_FAILED'),
-    ('FORWARDED', 'PAID', NULL),
-    ('FAILED_FORWARD', 'CANCELLED', 'INVOICE_FORWARDING_FAILED'),
-    ('FAILED_FORWARD', 'FAILED', 'INVOICE_FORWARDING_FAILED'),
-    ('CANCELLED', 'FAILED', 'SYSTEM_CANCELLED'),
-    ('PENDING_WITHDRAWAL', 'PAID', NULL),
-    ('PENDING_WITHDRAWAL', 'FAILED', 'WITHDRAWAL_FAILED');
 ---------------------------------------------------------------------------
 -- Registries (operators)
 ---------------------------------------------------------------------------
@@ -707,6 +672,16 @@ CREATE UNIQUE INDEX p2p_forwards_hash_idx ON payledger.p2p_forwards (payment_has
 CREATE INDEX p2p_forwards_wallet_idx ON payledger.p2p_forwards (wallet_id);
 ALTER TABLE payledger.p2p_forwards ENABLE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('payledger.p2p_forwards', '');
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."nwc_connection"(
+	"uri" TEXT /* & str */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
