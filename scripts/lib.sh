@@ -303,6 +303,27 @@ start_nwc_wallet() {
 
 stop_nwc_wallet() { stop_group "$1/nwc.pid"; }  # <dir>
 
+# zap_setup_sql <node url>: Stacker News' zap outside a territory, paid peer
+# to peer (70 % to the receiver's wallet, 27 % rewards pool, a 3 % routing
+# fee budget; never retried, so that a failure stays one pay-in), and the
+# operator's LND node (the LND test server's macaroons) in the default
+# profile, for the p2p tests and benchmark
+zap_setup_sql() {
+  cat <<SQL
+SELECT payledger.register_payin_type('ZAP', 'zap', max_retries => 0);
+SELECT payledger.register_payout_type(t, t) FROM (VALUES ('ZAP'), ('REWARDS_POOL'), ('ROUTING_FEE')) x(t);
+SELECT payledger.define_split_rule('zap_p2p', jsonb_build_array(
+  jsonb_build_object('role', 'receiver', 'payout_type', 'ZAP', 'percent', 70),
+  jsonb_build_object('role', 'pool', 'payout_type', 'REWARDS_POOL', 'percent', 27,
+                     'account', payledger.open_account('operator', 'msat', 'fees', 'rewards')),
+  jsonb_build_object('role', 'routing_fee', 'payout_type', 'ROUTING_FEE', 'percent', 3,
+                     'account', payledger.open_account('operator', 'msat', 'fees', 'routing'))), 'pool');
+SELECT payledger.create_merchant_profile('main', is_default => true);
+SELECT payledger.add_provider('main', 'node', 'lnd_rest', '$1',
+                              '{"macaroon": "0201036c6e64", "admin_macaroon": "0201036c6e64ad"}');
+SQL
+}
+
 # --- the credits console: a PostgREST-compatible server, Node, Chromium ---
 POSTRUST_VERSION=3.1.0
 POSTRUST_ROOT=${POSTRUST_ROOT:-$HOME/.cache/payledger/postrust-$POSTRUST_VERSION}

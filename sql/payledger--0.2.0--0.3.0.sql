@@ -85,6 +85,7 @@ GRANT EXECUTE ON FUNCTION payledger.new_id() TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verify_event(jsonb), payledger.bip340_verify(bytea, bytea, bytea), payledger.verify_zap_receipt(jsonb, text, text, bigint, text) TO payledger_app;
 
 -- src/p2p/mod.rs
+/* payledger::payledger_internal */
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -98,6 +99,16 @@ STRICT VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."nwc_connection"(
+	"uri" TEXT /* & str */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
 
 -- src/ledger/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.transfer_batch(jsonb) TO payledger_app;
@@ -675,16 +686,6 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.p2p_forwards', '');
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."nwc_connection"(
-	"uri" TEXT /* & str */
-) RETURNS jsonb /* JsonB */
-IMMUTABLE STRICT PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
-/* </end connected objects> */
-
-/* <begin connected objects> */
 -- requires:
 --   p2p_schema
 --   nwc_connection
@@ -1212,6 +1213,15 @@ BEGIN
     RETURN claims;
 END;
 $$;
+-- A step to try again after a backoff (no answer, or one not to act on),
+-- with why.
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_later(f payledger.p2p_forwards, why text)
+RETURNS void LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    UPDATE payledger.p2p_forwards x
+       SET errors = x.errors + 1, last_error = left(why, 500), locked_until = NULL,
+           next_check_at = now() + payledger_internal.backoff(x.errors + 1), updated_at = now()
+     WHERE x.payin_id = f.payin_id;
+$$;
 -- A wallet's answer counts towards its health.
 CREATE OR REPLACE FUNCTION payledger_internal.p2p_wallet_health(wallet uuid, problem text)
 RETURNS void LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
@@ -1296,10 +1306,7 @@ BEGIN
     END IF;
     IF result ->> 'ok' = 'false' THEN
         IF coalesce((result ->> 'retryable')::boolean, false) THEN
-            UPDATE payledger.p2p_forwards x
-               SET errors = x.errors + 1, last_error = left(result ->> 'error', 500), locked_until = NULL,
-                   next_check_at = now() + payledger_internal.backoff(x.errors + 1), updated_at = now()
-             WHERE x.payin_id = f.payin_id;
+            PERFORM payledger_internal.p2p_later(f, result ->> 'error');
             PERFORM payledger_internal.p2p_wallet_health(f.wallet_id, result ->> 'error');
             RETURN 'wallet_unreachable';
         END IF;
@@ -1357,10 +1364,7 @@ BEGIN
            OR sha256(decode(result ->> 'preimage', 'hex')) <> decode(f.payment_hash, 'hex') THEN
             -- (paid, says the node, but without the proof: asked again,
             -- and never settled on its word)
-            UPDATE payledger.p2p_forwards x
-               SET errors = x.errors + 1, last_error = 'the node reported the forward paid without the payment''s preimage',
-                   next_check_at = now() + payledger_internal.backoff(x.errors + 1), locked_until = NULL, updated_at = now()
-             WHERE x.payin_id = f.payin_id;
+            PERFORM payledger_internal.p2p_later(f, 'the node reported the forward paid without the payment''s preimage');
             RETURN 'forward_without_preimage';
         END IF;
         IF (result ->> 'fee')::bigint < 0 THEN
@@ -1389,10 +1393,7 @@ BEGIN
         RETURN 'forward_pending';
     ELSIF result ->> 'ok' = 'false' THEN
         -- no answer: the payment may or may not be under way; a lookup says
-        UPDATE payledger.p2p_forwards x
-           SET errors = x.errors + 1, last_error = left(result ->> 'error', 500), locked_until = NULL,
-               next_check_at = now() + payledger_internal.backoff(x.errors + 1), updated_at = now()
-         WHERE x.payin_id = f.payin_id;
+        PERFORM payledger_internal.p2p_later(f, result ->> 'error');
         RETURN 'forward_error';
     END IF;
     RAISE EXCEPTION 'unknown forward result %', left(result::text, 200) USING ERRCODE = '22023';
@@ -1452,10 +1453,7 @@ BEGIN
         RETURN 'ignored';
     END IF;
     IF result ->> 'ok' = 'false' THEN
-        UPDATE payledger.p2p_forwards x
-           SET errors = x.errors + 1, last_error = left('settling: ' || (result ->> 'error'), 500), locked_until = NULL,
-               next_check_at = now() + payledger_internal.backoff(x.errors + 1), updated_at = now()
-         WHERE x.payin_id = f.payin_id;
+        PERFORM payledger_internal.p2p_later(f, 'settling: ' || (result ->> 'error'));
         RETURN 'settle_error';
     END IF;
     IF result ->> 'settle' IN ('cancelled', 'gone') THEN
@@ -1853,6 +1851,20 @@ BEGIN
 END;
 $$;
 
+-- src/nostr/mod.rs
+GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
+
 -- src/credits/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.credit_asset() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credits_of(bigint) TO payledger_enduser, payledger_app;
@@ -1877,20 +1889,6 @@ GRANT EXECUTE ON FUNCTION payledger.credit_access(text, text[]) TO payledger_app
 GRANT EXECUTE ON FUNCTION payledger.my_total_credits() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credit_history(text, integer) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.my_credit_history(integer) TO payledger_enduser, payledger_app;
-
--- src/nostr/mod.rs
-GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
 
 -- src/lib.rs
 /* </end connected objects> */

@@ -254,6 +254,16 @@ BEGIN
 END;
 $$;
 
+-- A step to try again after a backoff (no answer, or one not to act on),
+-- with why.
+CREATE FUNCTION payledger_internal.p2p_later(f payledger.p2p_forwards, why text)
+RETURNS void LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
+    UPDATE payledger.p2p_forwards x
+       SET errors = x.errors + 1, last_error = left(why, 500), locked_until = NULL,
+           next_check_at = now() + payledger_internal.backoff(x.errors + 1), updated_at = now()
+     WHERE x.payin_id = f.payin_id;
+$$;
+
 -- A wallet's answer counts towards its health.
 CREATE FUNCTION payledger_internal.p2p_wallet_health(wallet uuid, problem text)
 RETURNS void LANGUAGE sql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
@@ -340,10 +350,7 @@ BEGIN
     END IF;
     IF result ->> 'ok' = 'false' THEN
         IF coalesce((result ->> 'retryable')::boolean, false) THEN
-            UPDATE payledger.p2p_forwards x
-               SET errors = x.errors + 1, last_error = left(result ->> 'error', 500), locked_until = NULL,
-                   next_check_at = now() + payledger_internal.backoff(x.errors + 1), updated_at = now()
-             WHERE x.payin_id = f.payin_id;
+            PERFORM payledger_internal.p2p_later(f, result ->> 'error');
             PERFORM payledger_internal.p2p_wallet_health(f.wallet_id, result ->> 'error');
             RETURN 'wallet_unreachable';
         END IF;
@@ -402,10 +409,7 @@ BEGIN
            OR sha256(decode(result ->> 'preimage', 'hex')) <> decode(f.payment_hash, 'hex') THEN
             -- (paid, says the node, but without the proof: asked again,
             -- and never settled on its word)
-            UPDATE payledger.p2p_forwards x
-               SET errors = x.errors + 1, last_error = 'the node reported the forward paid without the payment''s preimage',
-                   next_check_at = now() + payledger_internal.backoff(x.errors + 1), locked_until = NULL, updated_at = now()
-             WHERE x.payin_id = f.payin_id;
+            PERFORM payledger_internal.p2p_later(f, 'the node reported the forward paid without the payment''s preimage');
             RETURN 'forward_without_preimage';
         END IF;
         IF (result ->> 'fee')::bigint < 0 THEN
@@ -434,10 +438,7 @@ BEGIN
         RETURN 'forward_pending';
     ELSIF result ->> 'ok' = 'false' THEN
         -- no answer: the payment may or may not be under way; a lookup says
-        UPDATE payledger.p2p_forwards x
-           SET errors = x.errors + 1, last_error = left(result ->> 'error', 500), locked_until = NULL,
-               next_check_at = now() + payledger_internal.backoff(x.errors + 1), updated_at = now()
-         WHERE x.payin_id = f.payin_id;
+        PERFORM payledger_internal.p2p_later(f, result ->> 'error');
         RETURN 'forward_error';
     END IF;
     RAISE EXCEPTION 'unknown forward result %', left(result::text, 200) USING ERRCODE = '22023';
@@ -499,10 +500,7 @@ BEGIN
         RETURN 'ignored';
     END IF;
     IF result ->> 'ok' = 'false' THEN
-        UPDATE payledger.p2p_forwards x
-           SET errors = x.errors + 1, last_error = left('settling: ' || (result ->> 'error'), 500), locked_until = NULL,
-               next_check_at = now() + payledger_internal.backoff(x.errors + 1), updated_at = now()
-         WHERE x.payin_id = f.payin_id;
+        PERFORM payledger_internal.p2p_later(f, 'settling: ' || (result ->> 'error'));
         RETURN 'settle_error';
     END IF;
     IF result ->> 'settle' IN ('cancelled', 'gone') THEN

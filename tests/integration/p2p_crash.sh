@@ -47,20 +47,9 @@ q() { psql_ -d pd -Atc "$1"; }
 wallet_msat() { curl -sf "$L/api/v1/wallet" -H "X-Api-Key: $1" | jq -r .balance; }
 
 psql_ -d postgres -c "CREATE DATABASE pd" >/dev/null
+{ echo "CREATE EXTENSION payledger; SELECT payledger.create_asset('msat', 3, 'millisatoshi');"; zap_setup_sql "$NODE"; } |
+  psql_ -d pd >/dev/null
 psql_ -d pd >/dev/null <<SQL
-CREATE EXTENSION payledger;
-SELECT payledger.create_asset('msat', 3, 'millisatoshi');
-SELECT payledger.register_payin_type('ZAP', 'zap', max_retries => 0);
-SELECT payledger.register_payout_type(t, t) FROM (VALUES ('ZAP'), ('REWARDS_POOL'), ('ROUTING_FEE')) x(t);
-SELECT payledger.define_split_rule('zap_p2p', jsonb_build_array(
-  jsonb_build_object('role', 'receiver', 'payout_type', 'ZAP', 'percent', 70),
-  jsonb_build_object('role', 'pool', 'payout_type', 'REWARDS_POOL', 'percent', 27,
-                     'account', payledger.open_account('operator', 'msat', 'fees', 'rewards')),
-  jsonb_build_object('role', 'routing_fee', 'payout_type', 'ROUTING_FEE', 'percent', 3,
-                     'account', payledger.open_account('operator', 'msat', 'fees', 'routing'))), 'pool');
-SELECT payledger.create_merchant_profile('main', is_default => true);
-SELECT payledger.add_provider('main', 'node', 'lnd_rest', '$NODE',
-                              '{"macaroon": "0201036c6e64", "admin_macaroon": "0201036c6e64ad"}');
 SELECT payledger.attach_receiver_wallet('bob', 'lnbits', jsonb_build_object('url', '$L', 'invoice_key', '$RECEIVER_INKEY'));
 CREATE TABLE zap_acks (key text PRIMARY KEY, payin_id uuid NOT NULL);
 SQL

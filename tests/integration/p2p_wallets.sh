@@ -87,19 +87,7 @@ echo "Lightning Address: a 3-sat invoice from the LNURL server"
 # NWC wallet's invoice for bob's 70 sat, then a hold invoice with the same
 # payment hash at the operator's LND node (the LND test server) for the 100
 # sat alice owes; the payer's payment is then held there (ACCEPTED)
-psql_ -d payledger_it -q >/dev/null <<SQL
-SELECT payledger.register_payin_type('ZAP', 'zap');
-SELECT payledger.register_payout_type(t, t) FROM (VALUES ('ZAP'), ('REWARDS_POOL'), ('ROUTING_FEE')) x(t);
-SELECT payledger.define_split_rule('zap_p2p', jsonb_build_array(
-  jsonb_build_object('role', 'receiver', 'payout_type', 'ZAP', 'percent', 70),
-  jsonb_build_object('role', 'pool', 'payout_type', 'REWARDS_POOL', 'percent', 27,
-                     'account', payledger.open_account('operator', 'msat', 'fees', 'rewards')),
-  jsonb_build_object('role', 'routing_fee', 'payout_type', 'ROUTING_FEE', 'percent', 3,
-                     'account', payledger.open_account('operator', 'msat', 'fees', 'routing'))), 'pool');
-SELECT payledger.create_merchant_profile('main', is_default => true);
-SELECT payledger.add_provider('main', 'node', 'lnd_rest', 'http://127.0.0.1:$MOCK_PORT',
-                              '{"macaroon": "0201036c6e64", "admin_macaroon": "0201036c6e64ad"}');
-SQL
+zap_setup_sql "http://127.0.0.1:$MOCK_PORT" | psql_ -d payledger_it -q >/dev/null
 # (the running wallet service is the NIP-04 one: the others stand aside)
 q "SELECT count(payledger.set_receiver_wallet(id, enabled => false)) FROM payledger.receiver_wallets WHERE id <> '$W_NWC04'" >/dev/null
 ZAP=$(q "SELECT payin_id FROM payledger.create_payin('alice', 'ZAP', 'msat', 100000, '[{\"external\": \"invoice\", \"p2p\": true, \"unit\": 1000}]',
