@@ -85,20 +85,6 @@ GRANT EXECUTE ON FUNCTION payledger.new_id() TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verify_event(jsonb), payledger.bip340_verify(bytea, bytea, bytea), payledger.verify_zap_receipt(jsonb, text, text, bigint, text) TO payledger_app;
 
 -- src/p2p/mod.rs
-/* payledger::payledger_internal */
-/* </end connected objects> */
-
-/* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
-	"wallet" uuid, /* pgrx :: Uuid */
-	"amount_msat" bigint, /* i64 */
-	"memo" TEXT, /* & str */
-	"expiry_secs" INT /* i32 */
-) RETURNS jsonb /* JsonB */
-STRICT VOLATILE PARALLEL UNSAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -686,6 +672,19 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.p2p_forwards', '');
 /* </end connected objects> */
 
 /* <begin connected objects> */
+CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
+	"wallet" uuid, /* pgrx :: Uuid */
+	"amount_msat" bigint, /* i64 */
+	"memo" TEXT, /* & str */
+	"expiry_secs" INT /* i32 */
+) RETURNS jsonb /* JsonB */
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
 -- requires:
 --   p2p_schema
 --   nwc_connection
@@ -1107,13 +1106,14 @@ $$;
 --      the call, so that after a crash it is looked up, never paid twice;
 --      one whose held HTLC leaves too few blocks to forward and still settle
 --      is to fail with INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW instead;
---   3. claim the forwards due (with a lease): a wallet to ask, a forward to
---      look up, a hold invoice to settle; and the items the apply step does
---      alone, one transaction each (a pay-in's money moves in them, one
---      pay-in per transaction: the lock order): a failure found here
---      ('fail'), a fallback ('fallback').
+--   3. claim the forwards due before due_before (the tick's start; a step
+--      that follows one just done is due at once, '-infinity'), with a
+--      lease: a wallet to ask, a forward to look up, a hold invoice to
+--      settle; and the items the apply step does alone, one transaction each
+--      (a pay-in's money moves in them, one pay-in per transaction: the lock
+--      order): a failure found here ('fail'), a fallback ('fallback').
 -- No secrets: the worker reads the wallets' and the node's credentials itself.
-CREATE OR REPLACE FUNCTION payledger_internal.p2p_claim(batch integer, lease interval)
+CREATE OR REPLACE FUNCTION payledger_internal.p2p_claim(batch integer, lease interval, due_before timestamptz)
 RETURNS jsonb LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     p payledger.payins;
@@ -1172,7 +1172,7 @@ BEGIN
     WITH due AS (
         SELECT f.payin_id FROM payledger.p2p_forwards f
           LEFT JOIN payledger.providers pr ON pr.id = f.provider_id
-         WHERE f.next_check_at <= now()
+         WHERE f.next_check_at <= due_before
            AND (f.locked_until IS NULL OR f.locked_until < now())
            AND (f.status NOT IN ('forwarding', 'forwarded') OR pr.retry_after IS NULL OR pr.retry_after <= now())
          ORDER BY f.next_check_at
@@ -1701,7 +1701,7 @@ BEGIN
       FROM claimed c JOIN payledger.providers pr ON pr.id = c.provider_id;
 
     -- p2p pay-ins: their receivers' wallets asked for invoices (src/p2p/)
-    RETURN claims || payledger_internal.p2p_claim(batch, lease);
+    RETURN claims || payledger_internal.p2p_claim(batch, lease, due_before);
 END;
 $$;
 -- Step 3: apply one result, in its own short transaction (the worker and
@@ -1851,20 +1851,6 @@ BEGIN
 END;
 $$;
 
--- src/nostr/mod.rs
-GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
-
 -- src/credits/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.credit_asset() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credits_of(bigint) TO payledger_enduser, payledger_app;
@@ -1889,6 +1875,20 @@ GRANT EXECUTE ON FUNCTION payledger.credit_access(text, text[]) TO payledger_app
 GRANT EXECUTE ON FUNCTION payledger.my_total_credits() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credit_history(text, integer) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.my_credit_history(integer) TO payledger_enduser, payledger_app;
+
+-- src/nostr/mod.rs
+GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
 
 -- src/lib.rs
 /* </end connected objects> */

@@ -147,13 +147,14 @@ $$;
 --      the call, so that after a crash it is looked up, never paid twice;
 --      one whose held HTLC leaves too few blocks to forward and still settle
 --      is to fail with INVOICE_FORWARDING_CLTV_DELTA_TOO_LOW instead;
---   3. claim the forwards due (with a lease): a wallet to ask, a forward to
---      look up, a hold invoice to settle; and the items the apply step does
---      alone, one transaction each (a pay-in's money moves in them, one
---      pay-in per transaction: the lock order): a failure found here
---      ('fail'), a fallback ('fallback').
+--   3. claim the forwards due before due_before (the tick's start; a step
+--      that follows one just done is due at once, '-infinity'), with a
+--      lease: a wallet to ask, a forward to look up, a hold invoice to
+--      settle; and the items the apply step does alone, one transaction each
+--      (a pay-in's money moves in them, one pay-in per transaction: the lock
+--      order): a failure found here ('fail'), a fallback ('fallback').
 -- No secrets: the worker reads the wallets' and the node's credentials itself.
-CREATE FUNCTION payledger_internal.p2p_claim(batch integer, lease interval)
+CREATE FUNCTION payledger_internal.p2p_claim(batch integer, lease interval, due_before timestamptz)
 RETURNS jsonb LANGUAGE plpgsql VOLATILE SET search_path = payledger, pg_catalog, pg_temp AS $$
 DECLARE
     p payledger.payins;
@@ -212,7 +213,7 @@ BEGIN
     WITH due AS (
         SELECT f.payin_id FROM payledger.p2p_forwards f
           LEFT JOIN payledger.providers pr ON pr.id = f.provider_id
-         WHERE f.next_check_at <= now()
+         WHERE f.next_check_at <= due_before
            AND (f.locked_until IS NULL OR f.locked_until < now())
            AND (f.status NOT IN ('forwarding', 'forwarded') OR pr.retry_after IS NULL OR pr.retry_after <= now())
          ORDER BY f.next_check_at

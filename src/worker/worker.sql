@@ -194,7 +194,7 @@ BEGIN
       FROM claimed c JOIN payledger.providers pr ON pr.id = c.provider_id;
 
     -- p2p pay-ins: their receivers' wallets asked for invoices (src/p2p/)
-    RETURN claims || payledger_internal.p2p_claim(batch, lease);
+    RETURN claims || payledger_internal.p2p_claim(batch, lease, due_before);
 END;
 $$;
 
