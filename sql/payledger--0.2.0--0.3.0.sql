@@ -88,13 +88,16 @@ GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verif
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."nwc_connection"(
-	"uri" TEXT /* & str */
+CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
+	"wallet" uuid, /* pgrx :: Uuid */
+	"amount_msat" bigint, /* i64 */
+	"memo" TEXT, /* & str */
+	"expiry_secs" INT /* i32 */
 ) RETURNS jsonb /* JsonB */
-IMMUTABLE STRICT PARALLEL SAFE 
+STRICT VOLATILE PARALLEL UNSAFE 
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
+AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
 
 -- src/ledger/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.transfer_batch(jsonb) TO payledger_app;
@@ -672,16 +675,13 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.p2p_forwards', '');
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
-	"wallet" uuid, /* pgrx :: Uuid */
-	"amount_msat" bigint, /* i64 */
-	"memo" TEXT, /* & str */
-	"expiry_secs" INT /* i32 */
+CREATE  FUNCTION payledger_internal."nwc_connection"(
+	"uri" TEXT /* & str */
 ) RETURNS jsonb /* JsonB */
-STRICT VOLATILE PARALLEL UNSAFE 
+IMMUTABLE STRICT PARALLEL SAFE 
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
+AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */

@@ -22,6 +22,7 @@ mod p2p;
 mod payin;
 mod pool;
 mod provider;
+mod secrets;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);

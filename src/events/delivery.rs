@@ -89,32 +89,12 @@ pub fn send_all(
 
 /// The endpoints' secrets named in the claims (SPI, in the claim's transaction).
 pub fn load_secrets(claims: &[Value]) -> HashMap<String, String> {
-    let mut ids: Vec<String> = claims
-        .iter()
-        .filter_map(|c| c["endpoint_id"].as_str().map(str::to_owned))
-        .collect();
-    ids.sort();
-    ids.dedup();
-    let mut out = HashMap::new();
-    if ids.is_empty() {
-        return out;
-    }
-    Spi::connect(|client| {
-        let rows = client
-            .select(
-                "SELECT endpoint_id::text, secret FROM payledger.webhook_endpoint_secrets
-                  WHERE endpoint_id = ANY ($1::uuid[])",
-                None,
-                &[ids.into()],
-            )
-            .unwrap_or_else(|e| pgrx::error!("reading webhook secrets: {e}"));
-        for row in rows {
-            if let (Ok(Some(id)), Ok(Some(s))) = (row.get::<String>(1), row.get::<String>(2)) {
-                out.insert(id, s);
-            }
-        }
-    });
-    out
+    crate::secrets::of_claims(
+        claims,
+        "endpoint_id",
+        "SELECT endpoint_id::text, secret FROM payledger.webhook_endpoint_secrets
+          WHERE endpoint_id = ANY ($1::uuid[])",
+    )
 }
 
 /// The worker's send step as a function, for `CALL payledger.run_tick()`:

@@ -353,43 +353,25 @@ pub fn call_all(claims: &[Value], secrets: &Secrets, s: &CallSettings) -> Vec<Va
 /// receiver wallets (keyed `wallet:<id>`) (SPI; run inside a transaction,
 /// before any call).
 pub fn load_secrets(claims: &[Value]) -> Secrets {
-    let ids = |field: &str| {
-        let mut v: Vec<String> = claims
-            .iter()
-            .filter_map(|c| c[field].as_str().map(str::to_owned))
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    };
-    let mut out = Secrets::new();
-    for (ids, sql, prefix) in [
-        (
-            ids("provider_id"),
-            "SELECT provider_id::text, credentials FROM payledger.provider_secrets WHERE provider_id = ANY ($1::uuid[])",
-            "",
-        ),
-        (
-            ids("wallet_id"),
-            "SELECT wallet_id::text, credentials FROM payledger.receiver_wallet_secrets WHERE wallet_id = ANY ($1::uuid[])",
-            "wallet:",
-        ),
-    ] {
-        if ids.is_empty() {
-            continue;
-        }
-        Spi::connect(|client| {
-            let rows = client
-                .select(sql, None, &[ids.into()])
-                .unwrap_or_else(|e| pgrx::error!("reading credentials: {e}"));
-            for row in rows {
-                if let (Ok(Some(id)), Ok(Some(JsonB(c)))) = (row.get::<String>(1), row.get::<JsonB>(2)) {
-                    out.insert(format!("{prefix}{id}"), c);
-                }
-            }
-        });
-    }
-    out
+    let providers: HashMap<String, JsonB> = crate::secrets::of_claims(
+        claims,
+        "provider_id",
+        "SELECT provider_id::text, credentials FROM payledger.provider_secrets WHERE provider_id = ANY ($1::uuid[])",
+    );
+    let wallets: HashMap<String, JsonB> = crate::secrets::of_claims(
+        claims,
+        "wallet_id",
+        "SELECT wallet_id::text, credentials FROM payledger.receiver_wallet_secrets WHERE wallet_id = ANY ($1::uuid[])",
+    );
+    providers
+        .into_iter()
+        .map(|(id, JsonB(c))| (id, c))
+        .chain(
+            wallets
+                .into_iter()
+                .map(|(id, JsonB(c))| (format!("wallet:{id}"), c)),
+        )
+        .collect()
 }
 
 /// The worker's middle step as a function, for `CALL payledger.run_tick()`:
