@@ -122,17 +122,9 @@ payer() { while [ ! -e "$DIR/payer_stop" ]; do pay_holds; sleep 0.2; done; }
 RANDOM=$SEED
 touch "$DIR/acks"
 for round in $(seq 1 "$ROUNDS"); do
-  rm -f "$DIR/stop" "$DIR/payer_stop"
+  rm -f "$DIR/payer_stop"
   payer & payer_pid=$!
-  pids=()
-  for c in $(seq 1 "$CLIENTS"); do client "$round" "$c" & pids+=($!); done
-  delay=$((3 + RANDOM % 5))
-  log "round $round: $CLIENTS clients zapping, SIGKILL to the postmaster after ${delay}s"
-  sleep "$delay"
-  kill -KILL "$(head -1 "$DIR/data/postmaster.pid")"
-  touch "$DIR/stop"
-  wait "${pids[@]}" 2>/dev/null || true
-  restart_after_crash "$round"
+  crash_under_clients "$round" zapping
   # the worker settles what is left (a forward the node does not know counts
   # as never sent only after 62 s); the payer pays what is still open
   for _ in $(seq 1 240); do
@@ -142,12 +134,7 @@ for round in $(seq 1 "$ROUNDS"); do
   touch "$DIR/payer_stop"; wait "$payer_pid" 2>/dev/null || true
   left=$(q "SELECT count(*) FROM payledger.payins WHERE state NOT IN ('PAID', 'FAILED')")
   [ "$left" = 0 ] || { q "SELECT state, count(*) FROM payledger.payins GROUP BY 1"; fail "round $round: $left zaps still waiting"; }
-  acked=$(wc -l < "$DIR/acks")
-  missing=$(q "SELECT count(*) FROM unnest(string_to_array('$(tr '\n' ' ' < "$DIR/acks" | sed 's/ $//')', ' ')) k
-                WHERE k <> '' AND NOT EXISTS (SELECT 1 FROM zap_acks a WHERE a.key = k)")
-  [ "$missing" = 0 ] || fail "round $round: $missing of $acked acknowledged zaps are missing"
-  v=$(q "SELECT count(*) FROM payledger.check_invariants()")
-  [ "$v" = 0 ] || { psql_ -d pd -c "SELECT * FROM payledger.check_invariants() LIMIT 20"; fail "round $round: $v invariant violations"; }
+  check_after_crash "$round" pd zap_acks zaps
   echo "round $round: killed after ${delay}s; $acked zaps acknowledged so far;" \
        "$(q "SELECT string_agg(s || ' ' || n, ', ' ORDER BY s) FROM (SELECT concat_ws(' ', state, failure_reason) AS s, count(*) AS n FROM payledger.payins GROUP BY 1) s")"
 done

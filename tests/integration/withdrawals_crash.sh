@@ -97,16 +97,7 @@ client() { # <round> <n>: withdrawals until told to stop; logs what committed
 RANDOM=$SEED
 touch "$DIR/acks"
 for round in $(seq 1 "$ROUNDS"); do
-  rm -f "$DIR/stop"
-  pids=()
-  for c in $(seq 1 "$CLIENTS"); do client "$round" "$c" & pids+=($!); done
-  delay=$((3 + RANDOM % 5))
-  log "round $round: $CLIENTS clients withdrawing, SIGKILL to the postmaster after ${delay}s"
-  sleep "$delay"
-  kill -KILL "$(head -1 "$DIR/data/postmaster.pid")"
-  touch "$DIR/stop"
-  wait "${pids[@]}" 2>/dev/null || true
-  restart_after_crash "$round"
+  crash_under_clients "$round" withdrawing
   # the worker settles what is left: payments it did not see are looked up
   # (one LNbits does not know counts as never sent only after 62 s)
   for _ in $(seq 1 240); do
@@ -115,12 +106,7 @@ for round in $(seq 1 "$ROUNDS"); do
   done
   left=$(q "SELECT count(*) FROM payledger.withdrawals WHERE status NOT IN ('succeeded', 'failed')")
   [ "$left" = 0 ] || { q "SELECT status, count(*) FROM payledger.withdrawals GROUP BY 1"; fail "round $round: $left withdrawals still waiting"; }
-  acked=$(wc -l < "$DIR/acks")
-  missing=$(q "SELECT count(*) FROM unnest(string_to_array('$(tr '\n' ' ' < "$DIR/acks" | sed 's/ $//')', ' ')) k
-                WHERE k <> '' AND NOT EXISTS (SELECT 1 FROM wd_acks a WHERE a.key = k)")
-  [ "$missing" = 0 ] || fail "round $round: $missing of $acked acknowledged withdrawals are missing"
-  v=$(q "SELECT count(*) FROM payledger.check_invariants()")
-  [ "$v" = 0 ] || { psql_ -d wd -c "SELECT * FROM payledger.check_invariants() LIMIT 20"; fail "round $round: $v invariant violations"; }
+  check_after_crash "$round" wd wd_acks withdrawals
   echo "round $round: killed after ${delay}s; $acked withdrawals acknowledged so far;" \
        "$(q "SELECT string_agg(status || ' ' || n, ', ' ORDER BY status) FROM (SELECT status::text, count(*) AS n FROM payledger.withdrawals GROUP BY 1) s")"
 done
