@@ -419,6 +419,13 @@ SELECT op FROM t_node_claims();
 SELECT payledger.worker_apply(jsonb_build_object('invoice_id', i.id, 'op', 'check', 'ok', true, 'status', 'expired'))
   FROM payledger.invoices i WHERE i.payin_id = :'f6';
 SELECT (t_p2p(:'f6')).state, i.status, i.last_error FROM payledger.invoices i WHERE i.payin_id = :'f6';
+-- results the worker cannot read (22023, recorded with a backoff, nothing moved)
+SET client_min_messages = error;
+SELECT t_forward(:'f6', '{"status": "exploded"}') AS unknown_status,
+       t_forward(:'f6', jsonb_build_object('status', 'succeeded', 'fee', -1, 'preimage', t_preimage('f6'))) AS negative_fee,
+       payledger.worker_apply(jsonb_build_object('forward_id', :'f6', 'op', 'teleport')) AS unknown_op;
+RESET client_min_messages;
+SELECT (t_p2p(:'f6')).state, status, errors, t_mask(last_error) AS last_error FROM payledger.p2p_forwards WHERE payin_id = :'f6';
 SELECT t_forward(:'f6', '{"status": "failed", "error": "LND: FAILURE_REASON_TIMEOUT"}') AS then_failed;
 SELECT * FROM t_p2p(:'f6');
 -- ... or the forward was paid and the node cannot settle: the operator's
