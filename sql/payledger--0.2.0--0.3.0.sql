@@ -88,16 +88,13 @@ GRANT EXECUTE ON FUNCTION payledger.nostr_event_id(jsonb), payledger.nostr_verif
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
-	"wallet" uuid, /* pgrx :: Uuid */
-	"amount_msat" bigint, /* i64 */
-	"memo" TEXT, /* & str */
-	"expiry_secs" INT /* i32 */
+CREATE  FUNCTION payledger_internal."nwc_connection"(
+	"uri" TEXT /* & str */
 ) RETURNS jsonb /* JsonB */
-STRICT VOLATILE PARALLEL UNSAFE 
+IMMUTABLE STRICT PARALLEL SAFE 
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
+AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
 
 -- src/ledger/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.transfer_batch(jsonb) TO payledger_app;
@@ -675,13 +672,16 @@ SELECT pg_catalog.pg_extension_config_dump('payledger.p2p_forwards', '');
 /* </end connected objects> */
 
 /* <begin connected objects> */
-CREATE  FUNCTION payledger_internal."nwc_connection"(
-	"uri" TEXT /* & str */
+CREATE  FUNCTION payledger_internal."receiver_wallet_ask"(
+	"wallet" uuid, /* pgrx :: Uuid */
+	"amount_msat" bigint, /* i64 */
+	"memo" TEXT, /* & str */
+	"expiry_secs" INT /* i32 */
 ) RETURNS jsonb /* JsonB */
-IMMUTABLE STRICT PARALLEL SAFE 
+STRICT VOLATILE PARALLEL UNSAFE 
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'nwc_connection_wrapper';
+AS 'MODULE_PATHNAME', 'receiver_wallet_ask_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
@@ -1512,6 +1512,9 @@ DECLARE
     methods jsonb;
     r record;
 BEGIN
+    -- (locked, as retry_payin locks it: one retried by the application
+    -- meanwhile is seen with its successor, and left alone)
+    SELECT * INTO p FROM payledger.payins y WHERE y.id = p.id FOR UPDATE;
     IF p.state <> 'FAILED' OR NOT payledger_internal.p2p_receiver_blamed(p.failure_reason) OR p.parent_id IS NOT NULL
        OR p.successor_id IS NOT NULL THEN
         RETURN 'no_fallback';
@@ -1851,6 +1854,20 @@ BEGIN
 END;
 $$;
 
+-- src/nostr/mod.rs
+GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
+TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
+GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
+
 -- src/credits/mod.rs
 GRANT EXECUTE ON FUNCTION payledger.credit_asset() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credits_of(bigint) TO payledger_enduser, payledger_app;
@@ -1875,20 +1892,6 @@ GRANT EXECUTE ON FUNCTION payledger.credit_access(text, text[]) TO payledger_app
 GRANT EXECUTE ON FUNCTION payledger.my_total_credits() TO payledger_enduser, payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.credit_history(text, integer) TO payledger_app;
 GRANT EXECUTE ON FUNCTION payledger.my_credit_history(integer) TO payledger_enduser, payledger_app;
-
--- src/nostr/mod.rs
-GRANT EXECUTE ON FUNCTION payledger.nostr_provider_configure(text, text, uuid, text, bigint, jsonb, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_open(jsonb, text, text, uuid, text, bigint, regproc, interval, text[], bigint)
-TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_feedback(uuid, text, bigint, text, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_result(uuid, text, bigint, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_published(uuid, jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_invoice(uuid, bigint, uuid, interval) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_zap(jsonb) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_pay_invoice(uuid, text, bigint) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_job_fail(uuid, text) TO payledger_app;
-GRANT EXECUTE ON FUNCTION payledger.nostr_expire_jobs(integer) TO payledger_app;
 
 -- src/lib.rs
 /* </end connected objects> */

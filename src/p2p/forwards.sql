@@ -561,6 +561,9 @@ DECLARE
     methods jsonb;
     r record;
 BEGIN
+    -- (locked, as retry_payin locks it: one retried by the application
+    -- meanwhile is seen with its successor, and left alone)
+    SELECT * INTO p FROM payledger.payins y WHERE y.id = p.id FOR UPDATE;
     IF p.state <> 'FAILED' OR NOT payledger_internal.p2p_receiver_blamed(p.failure_reason) OR p.parent_id IS NOT NULL
        OR p.successor_id IS NOT NULL THEN
         RETURN 'no_fallback';
